@@ -1,0 +1,40 @@
+"""pipeline: batched derivatives and PDE parameter sweeps of PyTorch functions on Ray.
+
+The few names a user needs:
+
+    >>> import pipeline
+    >>> out = pipeline.derivatives(fn, x, ("value", "jacobian", "hessian"))   # doctest: +SKIP
+    >>> ds = pipeline.open_results("results/quickstart.zarr")               # doctest: +SKIP
+    >>> spec = pipeline.load_spec("jobs/quickstart.yaml")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["derivatives", "compute_derivatives", "open_results", "load_spec", "submit", "solve"]
+
+
+def __getattr__(name: str):
+    # Lazy re-exports: `import pipeline` stays cheap (no torch, no zarr) for the CLI's --help.
+    if name in ("derivatives", "compute_derivatives", "hvp"):
+        from . import derivatives as _derivatives
+
+        return getattr(_derivatives, name)
+    if name == "open_results":
+        from .store import open_results
+
+        return open_results
+    if name == "load_spec":
+        from .spec import load_spec
+
+        return load_spec
+    if name == "submit":
+        from .driver import submit
+
+        return submit
+    if name == "solve":
+        from .solvers import solve
+
+        return solve
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -1,0 +1,91 @@
+"""torch.func strategies: nested ``jacfwd`` / ``jacrev`` vmapped over samples.
+
+These are the reference implementations and the fallback for functions the
+Taylor engine does not cover. One nested transform computes every requested
+order at once: each level returns the lower orders as ``aux`` so the value and
+the Jacobian come out of the same pass as the Hessian.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import jacfwd, jacrev, vmap
+
+from pipeline.quantities import max_order, quantity_order
+
+TORCH_FUNC_METHODS = ("forward", "reverse", "forward-over-reverse")
+
+
+def _lift(inner: Callable, transform: Callable) -> Callable:
+    """Wrap ``inner(x) -> (D^k f, [f, ..., D^k f])`` into the same for order k+1."""
+
+    def lifted(x):
+        derivative, lower = transform(inner, has_aux=True)(x)
+        return derivative, lower + [derivative]
+
+    return lifted
+
+
+def derivative_function(fn: Callable, order: int, method: str) -> Callable:
+    """One-sample function returning ``[f, Df, ..., D^order f]`` with nested transforms.
+
+    Args:
+        fn: maps one sample ``[*in]`` to ``[*out]``.
+        order: highest derivative order (0 gives just the value).
+        method: ``"forward"`` (jacfwd at every level), ``"reverse"`` (jacrev at
+            every level) or ``"forward-over-reverse"`` (jacrev innermost, jacfwd
+            outside, the usual Hessian recipe).
+
+    Example:
+        >>> per_sample = derivative_function(torch.sin, 2, "forward")
+        >>> [t.shape for t in per_sample(torch.zeros(3))]
+        [torch.Size([3]), torch.Size([3, 3]), torch.Size([3, 3, 3])]
+    """
+    if method not in TORCH_FUNC_METHODS:
+        raise ValueError(f"unknown torch.func method {method!r}; choose from {TORCH_FUNC_METHODS}")
+
+    def level0(x):
+        y = fn(x)
+        return y, [y]
+
+    current = level0
+    for level in range(1, order + 1):
+        if method == "forward":
+            transform = jacfwd
+        elif method == "reverse":
+            transform = jacrev
+        else:  # reverse mode for the first derivative, forward mode on top of it
+            transform = jacrev if level == 1 else jacfwd
+        current = _lift(current, transform)
+
+    def all_orders(x):
+        return current(x)[1]
+
+    return all_orders
+
+
+def laplacian_from_hessian(hessian: torch.Tensor, in_ndim: int) -> torch.Tensor:
+    """Trace of ``[..., *in, *in]`` over the two input groups -> ``[...]``."""
+    lead = hessian.shape[: hessian.ndim - 2 * in_ndim]
+    in_size = 1
+    for s in hessian.shape[hessian.ndim - in_ndim :]:
+        in_size *= s
+    flat = hessian.reshape(*lead, in_size, in_size)
+    return flat.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def torch_func_chunk(fn: Callable, x: torch.Tensor, quantities: tuple[str, ...], method: str) -> dict[str, torch.Tensor]:
+    """Compute canonical ``quantities`` for a chunk ``x [B, *in]`` with one vmapped transform."""
+    order = max_order(quantities)
+    per_sample = derivative_function(fn, order, method)
+    derivatives = vmap(per_sample)(x)
+    in_ndim = x.ndim - 1
+    outputs = {}
+    for name in quantities:
+        if name == "laplacian":
+            outputs[name] = laplacian_from_hessian(derivatives[2], in_ndim)
+        else:
+            outputs[name] = derivatives[quantity_order(name)]
+    return outputs

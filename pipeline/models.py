@@ -1,0 +1,189 @@
+"""The functions a job differentiates: the built-in MLP and user callables by import path.
+
+``build_function(spec.function, dtype, device)`` returns a callable mapping
+ONE sample ``[*in_shape]`` to its output ``[*out_shape]``. Checkpoints load
+with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code.
+
+Example:
+    >>> from pipeline.spec import MLPFunction
+    >>> f = build_function(MLPFunction(kind="mlp", in_features=2, out_features=3))
+    >>> f(torch.zeros(2)).shape
+    torch.Size([3])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .spec import ImportFunction, MLPFunction
+
+
+class FunctionError(ValueError):
+    """The job's function cannot be imported, built or evaluated."""
+
+
+class Sin(nn.Module):
+    """``sin`` as a module (torch has no ``nn.Sin``)."""
+
+    def forward(self, x):
+        return torch.sin(x)
+
+
+class Cos(nn.Module):
+    def forward(self, x):
+        return torch.cos(x)
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "sin": Sin,
+    "cos": Cos,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "exp": Exp,
+}
+
+
+def make_mlp(in_features: int, hidden: list[int], out_features: int, activation: str = "tanh", seed: int = 0) -> nn.Sequential:
+    """The built-in MLP: Linear layers with ``activation`` between them, seeded init.
+
+    Example:
+        >>> make_mlp(2, [128] * 4, 150).forward(torch.zeros(5, 2)).shape
+        torch.Size([5, 150])
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        widths = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(_ACTIVATIONS[activation]())
+        return nn.Sequential(*layers)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def import_target(target: str, python_path: list[str] | tuple[str, ...] = ()) -> object:
+    """Import ``package.module:attr`` (dotted attributes allowed), with extra search paths."""
+    module_name, _, attr_path = target.partition(":")
+    for entry in python_path:
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise FunctionError(
+            f"function.target: cannot import module {module_name!r} ({err}); check the spelling, install the "
+            f"package, or put its directory in function.python_path (searched: {list(python_path) or 'sys.path'})"
+        ) from None
+    obj: object = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
+            raise FunctionError(
+                f"function.target: {module_name!r} has no attribute {attr_path!r}; available names include {public}"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_checkpoint(module: nn.Module, path: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FunctionError(f"function.checkpoint: {path} does not exist; check the path") from None
+    except Exception as err:  # unpickling errors come in many types
+        raise FunctionError(
+            f"function.checkpoint: {path} cannot be loaded with weights_only=True ({err}); "
+            "save it with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise FunctionError(f"function.checkpoint: {path} does not fit the model: {err}") from None
+
+
+def build_function(spec, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Callable:
+    """The per-sample callable of a job's function spec, in ``dtype`` on ``device``."""
+    if isinstance(spec, MLPFunction):
+        module = make_mlp(spec.in_features, list(spec.hidden), spec.out_features, spec.activation, spec.seed)
+        if spec.checkpoint:
+            _load_checkpoint(module, spec.checkpoint)
+        return module.to(device=device, dtype=dtype).eval()
+    if isinstance(spec, ImportFunction):
+        return _build_imported(spec, dtype, device)
+    raise TypeError(f"unknown function spec {type(spec).__name__}")
+
+
+def _build_imported(spec: ImportFunction, dtype, device) -> Callable:
+    obj = import_target(spec.target, spec.python_path)
+    try:
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            fn = obj(**spec.kwargs)
+        elif spec.factory:
+            fn = obj(**spec.kwargs)
+        elif isinstance(obj, nn.Module):
+            if spec.kwargs:
+                raise FunctionError("function.kwargs: an nn.Module instance takes no kwargs; remove them")
+            fn = obj
+        elif callable(obj):
+            fn = _bind(obj, spec.kwargs) if spec.kwargs else obj
+        else:
+            raise FunctionError(f"function.target: {spec.target} is a {type(obj).__name__}, not a callable")
+    except TypeError as err:
+        raise FunctionError(f"function.kwargs: {spec.target} rejected {spec.kwargs!r}: {err}") from None
+    if not callable(fn):
+        raise FunctionError(f"function.factory: {spec.target}(**kwargs) returned {type(fn).__name__}, not a callable")
+    if isinstance(fn, nn.Module):
+        if spec.checkpoint:
+            _load_checkpoint(fn, spec.checkpoint)
+        return fn.to(device=device, dtype=dtype).eval()
+    if spec.checkpoint:
+        raise FunctionError("function.checkpoint: only an nn.Module can load a checkpoint; remove the key")
+    return fn
+
+
+def _bind(fn: Callable, kwargs: dict) -> Callable:
+    def bound(x):
+        return fn(x, **kwargs)
+
+    bound.__name__ = getattr(fn, "__name__", "function")
+    return bound
+
+
+def probe_output_shape(fn: Callable, in_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> tuple[int, ...]:
+    """Evaluate ``fn`` on one zero sample and return its output shape, with a clear error on failure."""
+    x = torch.zeros(in_shape, dtype=dtype)
+    try:
+        with torch.no_grad():
+            y = fn(x)
+    except Exception as err:
+        raise FunctionError(
+            f"function: evaluating it on one sample of shape {list(in_shape)} failed: {type(err).__name__}: {err}; "
+            "the function must map ONE sample (no batch axis) to its output"
+        ) from None
+    if not isinstance(y, torch.Tensor):
+        raise FunctionError(f"function: must return a tensor, returned {type(y).__name__}")
+    if not y.is_floating_point():
+        raise FunctionError(f"function: must return a floating-point tensor, returned {y.dtype}")
+    if math.prod(y.shape) == 0:
+        raise FunctionError(f"function: returned an empty tensor of shape {list(y.shape)}")
+    return tuple(y.shape)

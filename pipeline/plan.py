@@ -1,0 +1,136 @@
+"""The plan: shards of samples aligned to store chunks, and the store layout.
+
+Pure data and pure functions (stdlib only): the driver builds a ``Plan`` once,
+the store creates its arrays from ``Plan.arrays``, every executor runs the same
+``run_shard`` over ``Plan.shards``.
+
+Example:
+    >>> [(s.start, s.stop) for s in plan_shards(10, shard_size=4, chunk_size=2)]
+    [(0, 4), (4, 8), (8, 10)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .quantities import input_dims, quantity_dims, quantity_shape
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: samples ``[start, stop)``."""
+
+    id: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """One array of the store: name, full shape, dims, chunks, dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the driver needs to create the store and run the shards."""
+
+    n: int
+    chunk_size: int
+    shard_size: int
+    shards: tuple[Shard, ...]
+    arrays: tuple[ArrayLayout, ...]
+    sample_dim: str = "sample"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def array(self, name: str) -> ArrayLayout:
+        for layout in self.arrays:
+            if layout.name == name:
+                return layout
+        raise KeyError(name)
+
+
+def plan_shards(n: int, shard_size: int, chunk_size: int) -> tuple[Shard, ...]:
+    """Split ``n`` samples into shards of ``shard_size``, each a whole number of chunks.
+
+    Only the last shard may be shorter, and it still covers whole chunks of the
+    array (the array's last chunk is short too), so no two shards ever write the
+    same chunk.
+    """
+    if n <= 0:
+        raise ValueError(f"the number of samples must be positive, got {n}")
+    if chunk_size <= 0 or shard_size <= 0:
+        raise ValueError(f"shard_size and chunk_size must be positive, got {shard_size}, {chunk_size}")
+    if shard_size % chunk_size:
+        raise ValueError(f"shard_size ({shard_size}) must be a multiple of chunk_size ({chunk_size})")
+    return tuple(
+        Shard(id=i, start=start, stop=min(start + shard_size, n)) for i, start in enumerate(range(0, n, shard_size))
+    )
+
+
+def derivative_arrays(
+    n: int,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    quantities: tuple[str, ...],
+    chunk_size: int,
+    dtype: str,
+    input_dtype: str | None = None,
+) -> tuple[ArrayLayout, ...]:
+    """Layouts of ``inputs`` and of every quantity, sample axis first, chunked on samples only."""
+    chunk = min(chunk_size, n)
+    layouts = [
+        ArrayLayout(
+            name="inputs",
+            shape=(n, *in_shape),
+            dims=("sample", *input_dims(len(in_shape))),
+            chunks=(chunk, *in_shape),
+            dtype=input_dtype or dtype,
+        )
+    ]
+    for name in quantities:
+        shape = quantity_shape(name, in_shape, out_shape)
+        layouts.append(
+            ArrayLayout(
+                name=name,
+                shape=(n, *shape),
+                dims=("sample", *quantity_dims(name, len(in_shape), len(out_shape))),
+                chunks=(chunk, *shape),
+                dtype=dtype,
+            )
+        )
+    return tuple(layouts)
+
+
+def plan_derivative_job(
+    n: int,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    quantities: tuple[str, ...],
+    chunk_size: int,
+    shard_size: int,
+    dtype: str,
+) -> Plan:
+    """The plan of a derivative job from its resolved sizes.
+
+    Example:
+        >>> p = plan_derivative_job(10, (2,), (3,), ("value", "hessian"), 4, 8, "float32")
+        >>> [a.shape for a in p.arrays], len(p.shards)
+        ([(10, 2), (10, 3), (10, 3, 2, 2)], 2)
+    """
+    return Plan(
+        n=n,
+        chunk_size=chunk_size,
+        shard_size=shard_size,
+        shards=plan_shards(n, shard_size, chunk_size),
+        arrays=derivative_arrays(n, in_shape, out_shape, quantities, chunk_size, dtype),
+    )

@@ -1,0 +1,162 @@
+"""Executors: run ``tasks.run_shard`` over shards on Ray, or in this process.
+
+Both executors take the same arguments and report each shard through
+callbacks, so the driver and the progress bar do not care which one runs.
+Ray lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .plan import Shard
+from .store import ShardRecord
+
+OnDone = Callable[[ShardRecord], None]
+OnFailed = Callable[[Shard, int, str], None]
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot be started or joined."""
+
+
+@dataclass
+class InlineExecutor:
+    """Run shards one after another in this process (for debugging: breakpoints work)."""
+
+    name: str = "inline"
+
+    def describe(self) -> str:
+        return "inline (this process, no Ray)"
+
+    def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
+        for shard in shards:
+            for attempt in range(spec.execution.retries + 1):
+                try:
+                    on_done(unit(spec, shard))
+                    break
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:
+                    if attempt == spec.execution.retries:
+                        on_failed(shard, attempt + 1, _format_error(err))
+
+
+@dataclass
+class RayExecutor:
+    """Run shards as Ray tasks with bounded in-flight work and Ray's own retries.
+
+    Args:
+        local: start a local Ray sized to this machine (when none is running).
+        address: cluster to join (default: ``RAY_ADDRESS``).
+    """
+
+    local: bool = False
+    address: str | None = None
+    name: str = "ray"
+
+    def start(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.local:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            return
+        address = cluster_address(self.address)
+        try:
+            ray.init(address=address)
+        except Exception as err:
+            raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+
+    def describe(self) -> str:
+        import ray
+
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        return f"ray ({int(resources.get('CPU', 0))} CPUs, {gpus} GPUs, {len(ray.nodes())} nodes)"
+
+    def resources(self, spec) -> tuple[float, float, int]:
+        """(cpus, gpus) per task and the in-flight bound for this cluster."""
+        import ray
+
+        cluster = ray.cluster_resources()
+        gpus = spec.execution.gpus_per_task
+        if gpus == "auto":
+            gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+        cpus = spec.execution.cpus_per_task
+        if gpus > cluster.get("GPU", 0):
+            raise ClusterError(
+                f"execution.gpus_per_task is {gpus} but the cluster has {cluster.get('GPU', 0)} GPUs; "
+                "use gpus_per_task: auto or 0"
+            )
+        slots = cluster.get("GPU", 0) / gpus if gpus else cluster.get("CPU", 1) / cpus
+        in_flight = spec.execution.max_in_flight
+        if in_flight == "auto":
+            in_flight = max(2, int(2 * max(slots, 1)))
+        return cpus, gpus, int(in_flight)
+
+    def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
+        import ray
+
+        self.start()
+        cpus, gpus, bound = self.resources(spec)
+        remote = ray.remote(unit).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_retries=spec.execution.retries,
+            retry_exceptions=True,
+            name=f"{spec.name}-shard",
+        )
+        spec_ref = ray.put(spec)
+        waiting = deque(shards)
+        running: dict = {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < bound:
+                    shard = waiting.popleft()
+                    running[remote.remote(spec_ref, shard)] = shard
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    shard = running.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayTaskError as err:
+                        cause = getattr(err, "cause", None) or err
+                        on_failed(shard, spec.execution.retries + 1, _format_error(cause))
+                    except ray.exceptions.RayError as err:  # worker died, node lost, ...
+                        on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
+                    else:
+                        on_done(record)
+        finally:
+            for ref in running:  # interrupted: do not leave work running on the cluster
+                ray.cancel(ref, force=True)
+
+
+def cluster_address(address: str | None) -> str:
+    """The cluster to join: ``address``, else ``$RAY_ADDRESS``, else a ClusterError saying what to do."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ClusterError(
+            "no Ray cluster to join: pass --local to run on this machine, or --address HOST:PORT "
+            "(or set RAY_ADDRESS) to join a cluster started with `ray up cluster.yaml`"
+        )
+    return address
+
+
+def _format_error(err: BaseException) -> str:
+    lines = traceback.format_exception_only(type(err), err)
+    return "".join(lines).strip()[-2000:]
+
+
+def make_executor(name: str, *, local: bool = False, address: str | None = None):
+    """The executor called ``name`` ('ray' or 'inline')."""
+    if name == "inline":
+        return InlineExecutor()
+    if name == "ray":
+        return RayExecutor(local=local, address=address)
+    raise ValueError(f"unknown executor {name!r}; use 'ray' or 'inline'")

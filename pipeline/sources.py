@@ -1,0 +1,192 @@
+"""Input sets, read one shard at a time and never loaded whole.
+
+``describe_inputs(spec)`` tells the number of samples and the sample shape
+(opening only file metadata); ``read_inputs(spec, start, stop)`` returns the
+samples ``[start, stop)`` as a float64 numpy array ``[stop - start, *shape]``.
+
+Random and Sobol inputs are a function of the global sample index only, so a
+sample's value never depends on the shard size or the number of workers:
+random numbers come from independent, seeded blocks of ``RANDOM_BLOCK``
+samples; Sobol points are fast-forwarded to ``start``.
+
+Example:
+    >>> from pipeline.spec import UniformInputs
+    >>> spec = UniformInputs(kind="uniform", n=10, shape=(2,))
+    >>> read_inputs(spec, 3, 5).shape
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .spec import (
+    GridInputs,
+    NormalInputs,
+    NpyInputs,
+    ParquetInputs,
+    SobolInputs,
+    UniformInputs,
+    ZarrInputs,
+)
+
+RANDOM_BLOCK = 4096
+
+
+class InputError(ValueError):
+    """An input file is missing or does not hold what the job says."""
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """Size, sample shape and stored dtype of an input set."""
+
+    n: int
+    shape: tuple[int, ...]
+    dtype: str = "float64"
+
+
+def describe_inputs(spec) -> InputInfo:
+    """Number of samples and sample shape, reading only metadata for files."""
+    if isinstance(spec, (UniformInputs, NormalInputs, SobolInputs, GridInputs)):
+        return InputInfo(spec.n, tuple(spec.shape))
+    if isinstance(spec, NpyInputs):
+        array = _open_npy(spec.path)
+        return _limit(spec, InputInfo(array.shape[0], tuple(array.shape[1:]), str(array.dtype)), "inputs.path")
+    if isinstance(spec, ZarrInputs):
+        array = _open_zarr(spec)
+        return _limit(spec, InputInfo(array.shape[0], tuple(array.shape[1:]), str(array.dtype)), "inputs.array")
+    if isinstance(spec, ParquetInputs):
+        schema, rows = _parquet_meta(spec)
+        for column in spec.columns:
+            if column not in schema.names:
+                raise InputError(
+                    f"inputs.columns: column {column!r} is not in {spec.path}; its columns are {schema.names}"
+                )
+        return _limit(spec, InputInfo(rows, (len(spec.columns),)), "inputs.path")
+    raise TypeError(f"unknown input spec {type(spec).__name__}")
+
+
+def _limit(spec, info: InputInfo, key: str) -> InputInfo:
+    if info.n == 0:
+        raise InputError(f"{key}: {spec.path} holds no samples; point inputs.path at a non-empty array")
+    if spec.n is not None:
+        if spec.n > info.n:
+            raise InputError(
+                f"inputs.n: asks for {spec.n} samples but {spec.path} holds {info.n}; "
+                f"use inputs.n <= {info.n} or leave it out to use all"
+            )
+        return InputInfo(spec.n, info.shape, info.dtype)
+    return info
+
+
+def read_inputs(spec, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)`` as float64 ``[stop - start, *sample_shape]``."""
+    if stop <= start:
+        raise ValueError(f"empty range [{start}, {stop})")
+    if isinstance(spec, UniformInputs):
+        return _random_rows(spec, start, stop, lambda g, k: g.uniform(spec.low, spec.high, size=k))
+    if isinstance(spec, NormalInputs):
+        return _random_rows(spec, start, stop, lambda g, k: g.normal(spec.mean, spec.std, size=k))
+    if isinstance(spec, SobolInputs):
+        return _sobol_rows(spec, start, stop)
+    if isinstance(spec, GridInputs):
+        return _grid_rows(spec, start, stop)
+    if isinstance(spec, NpyInputs):
+        return np.array(_open_npy(spec.path)[start:stop], dtype=np.float64)  # copy out of the memory map
+    if isinstance(spec, ZarrInputs):
+        return np.asarray(_open_zarr(spec)[start:stop], dtype=np.float64)
+    if isinstance(spec, ParquetInputs):
+        return _parquet_rows(spec, start, stop)
+    raise TypeError(f"unknown input spec {type(spec).__name__}")
+
+
+def _random_rows(spec, start: int, stop: int, draw) -> np.ndarray:
+    width = math.prod(spec.shape)
+    parts = []
+    for block in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1):
+        generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([spec.seed, block])))
+        values = draw(generator, (RANDOM_BLOCK, width))
+        lo = max(start - block * RANDOM_BLOCK, 0)
+        hi = min(stop - block * RANDOM_BLOCK, RANDOM_BLOCK)
+        parts.append(values[lo:hi])
+    return np.concatenate(parts).reshape(stop - start, *spec.shape)
+
+
+def _sobol_rows(spec: SobolInputs, start: int, stop: int) -> np.ndarray:
+    import torch
+
+    engine = torch.quasirandom.SobolEngine(math.prod(spec.shape), scramble=spec.scramble, seed=spec.seed)
+    if start:
+        engine.fast_forward(start)
+    points = engine.draw(stop - start, dtype=torch.float64).numpy()
+    return (spec.low + (spec.high - spec.low) * points).reshape(stop - start, *spec.shape)
+
+
+def _grid_rows(spec: GridInputs, start: int, stop: int) -> np.ndarray:
+    nums = [axis.num for axis in spec.axes]
+    index = np.unravel_index(np.arange(start, stop), nums)
+    columns = [np.linspace(a.low, a.high, a.num)[i] for a, i in zip(spec.axes, index)]
+    return np.stack(columns, axis=1)
+
+
+def _open_npy(path: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise InputError(f"inputs.path: {path} is not a readable .npy file ({err})") from None
+    if array.ndim < 1 or not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"inputs.path: {path} holds {array.dtype} of shape {array.shape}; need a numeric array [samples, ...]"
+        )
+    return array
+
+
+def _open_zarr(spec: ZarrInputs):
+    import zarr
+
+    if not Path(spec.path).exists():
+        raise InputError(f"inputs.path: {spec.path} does not exist; point it at a Zarr store")
+    try:
+        group = zarr.open_group(spec.path, mode="r")
+    except Exception as err:  # zarr raises several types for "not a store"
+        raise InputError(f"inputs.path: {spec.path} is not a Zarr group ({err})") from None
+    if spec.array not in group.array_keys():
+        raise InputError(
+            f"inputs.array: {spec.array!r} is not an array of {spec.path}; its arrays are {sorted(group.array_keys())}"
+        )
+    array = group[spec.array]
+    if array.ndim < 1:
+        raise InputError(f"inputs.array: {spec.array!r} is a scalar; need an array [samples, ...]")
+    return array
+
+
+def _parquet_meta(spec: ParquetInputs):
+    import pyarrow.parquet as pq
+
+    if not Path(spec.path).is_file():
+        raise InputError(f"inputs.path: {spec.path} does not exist; point it at a Parquet file")
+    file = pq.ParquetFile(spec.path)
+    return file.schema_arrow, file.metadata.num_rows
+
+
+def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(spec.path)
+    groups, offset, first = [], 0, None
+    for i in range(file.metadata.num_row_groups):
+        rows = file.metadata.row_group(i).num_rows
+        if offset + rows > start and offset < stop:
+            groups.append(i)
+            first = offset if first is None else first
+        offset += rows
+    table = file.read_row_groups(groups, columns=list(spec.columns))
+    table = table.slice(start - first, stop - start)
+    return np.stack([table.column(c).to_numpy().astype(np.float64) for c in spec.columns], axis=1)

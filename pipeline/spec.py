@@ -1,0 +1,522 @@
+"""The job spec: pydantic models of a job file, loading, overrides and hashing.
+
+A job file is YAML. ``load_spec(path, overrides)`` reads it, applies
+``--set key.path=value`` overrides, validates it once and returns a frozen
+``JobSpec``. Every problem becomes a ``SpecError`` whose lines name the key
+path, the bad value and the fix. Nothing here touches torch, Ray or a store.
+
+Example:
+    >>> spec = load_spec("jobs/quickstart.yaml", overrides=["inputs.n=1000"])
+    >>> spec.inputs.n
+    1000
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .quantities import canonical_quantities
+
+SCHEMA_VERSION = 1
+ACTIVATIONS = ("tanh", "sigmoid", "sin", "cos", "relu", "gelu", "silu", "softplus", "exp")
+DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Shape = tuple[PositiveInt, ...]
+
+
+class SpecError(ValueError):
+    """A job spec is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid job spec{where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------- function
+
+
+class MLPFunction(Strict):
+    """The built-in multilayer perceptron ``in_features -> hidden... -> out_features``."""
+
+    kind: Literal["mlp"]
+    in_features: PositiveInt = Field(description="size of one input sample (the sample must be a vector)")
+    hidden: list[PositiveInt] = Field(default=[64, 64], description="widths of the hidden layers")
+    out_features: PositiveInt = Field(description="size of one output sample")
+    activation: Literal[ACTIVATIONS] = Field(default="tanh", description="elementwise activation")  # type: ignore[valid-type]
+    seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
+    checkpoint: str | None = Field(default=None, description="state_dict file, loaded with weights_only=True")
+
+
+class ImportFunction(Strict):
+    """Any torch callable given by import path ``package.module:attr``.
+
+    ``attr`` may be a function of one sample, an ``nn.Module`` instance, an
+    ``nn.Module`` class (instantiated with ``kwargs``) or, with ``factory: true``,
+    a function called with ``kwargs`` that returns the per-sample callable.
+    """
+
+    kind: Literal["import"]
+    target: str = Field(description="import path 'package.module:attr'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class/factory/function")
+    factory: bool = Field(default=False, description="call target(**kwargs) to build the function")
+    checkpoint: str | None = Field(default=None, description="state_dict file for an nn.Module, loaded with weights_only=True")
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="directories added to sys.path before importing (default: the job file's directory)",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not _IMPORT_PATH.match(value):
+            raise ValueError(
+                f"expected an import path like 'package.module:attr', got {value!r}; "
+                "use a colon between the module and the attribute"
+            )
+        return value
+
+
+Function = Annotated[Union[MLPFunction, ImportFunction], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------- inputs
+
+
+class _Generated(Strict):
+    n: PositiveInt = Field(description="number of samples")
+    shape: Shape = Field(default=(2,), description="shape of one input sample, e.g. [2] or [2, 2]")
+    seed: int = Field(default=0, description="random seed; results do not depend on sharding")
+
+
+class UniformInputs(_Generated):
+    """Uniform random samples in [low, high)."""
+
+    kind: Literal["uniform"]
+    low: float = -1.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class NormalInputs(_Generated):
+    """Normal random samples with the given mean and standard deviation."""
+
+    kind: Literal["normal"]
+    mean: float = 0.0
+    std: Annotated[float, Field(gt=0)] = 1.0
+
+
+class SobolInputs(_Generated):
+    """Scrambled Sobol points mapped to [low, high) in every coordinate."""
+
+    kind: Literal["sobol"]
+    low: float = 0.0
+    high: float = 1.0
+    scramble: bool = True
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if math.prod(self.shape) > 1111:
+            raise ValueError(f"Sobol points support at most 1111 dimensions, shape {list(self.shape)} has more")
+        return self
+
+
+class GridAxis(Strict):
+    """One axis of a regular grid: ``num`` points from ``low`` to ``high`` inclusive."""
+
+    low: float
+    high: float
+    num: PositiveInt
+
+
+class GridInputs(Strict):
+    """Cartesian product of linspaces; a sample is the vector of one point's coordinates."""
+
+    kind: Literal["grid"]
+    axes: list[GridAxis] = Field(min_length=1, description="one {low, high, num} per input coordinate")
+
+    @property
+    def n(self) -> int:
+        return math.prod(axis.num for axis in self.axes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.axes),)
+
+
+class _FileInputs(Strict):
+    path: str = Field(description="file or store path (relative paths are relative to the current directory)")
+    n: PositiveInt | None = Field(default=None, description="use only the first n samples (default: all)")
+
+
+class ZarrInputs(_FileInputs):
+    """Samples along the first axis of an existing Zarr array (e.g. a previous job's 'inputs')."""
+
+    kind: Literal["zarr"]
+    array: str = Field(default="inputs", description="name of the array inside the store")
+
+
+class ParquetInputs(_FileInputs):
+    """Samples from Parquet columns; one row is one sample, one column per input coordinate."""
+
+    kind: Literal["parquet"]
+    columns: list[str] = Field(min_length=1, description="columns that form one input sample, in order")
+
+
+class NpyInputs(_FileInputs):
+    """Samples along the first axis of a ``.npy`` file, memory-mapped."""
+
+    kind: Literal["npy"]
+
+
+Inputs = Annotated[
+    Union[UniformInputs, NormalInputs, SobolInputs, GridInputs, ZarrInputs, ParquetInputs, NpyInputs],
+    Field(discriminator="kind"),
+]
+
+
+# ----------------------------------------------------------- derivatives/store
+
+
+class DerivativeSettings(Strict):
+    """How the engine computes: method, chunk of samples per batched call, precision."""
+
+    method: Literal[DERIVATIVE_METHODS] = "auto"  # type: ignore[valid-type]
+    chunk_size: PositiveInt | Literal["auto"] = Field(default="auto", description="samples per batched call")
+    dtype: Literal["float32", "float64"] = "float32"
+    allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
+
+
+class StoreSettings(Strict):
+    """Where and how results are written."""
+
+    path: str = Field(description="Zarr store directory (relative paths are relative to the current directory)")
+    chunk_size: PositiveInt = Field(default=4096, description="samples per Zarr chunk")
+    overwrite: bool = Field(default=False, description="replace an existing store with a different spec")
+
+
+class ExecutionSettings(Strict):
+    """How the work is spread over Ray workers."""
+
+    shard_size: PositiveInt | None = Field(
+        default=None, description="samples per task; a multiple of store.chunk_size (default: 4 chunks)"
+    )
+    gpus_per_task: float | Literal["auto"] = Field(
+        default="auto", description="GPUs per task; auto = 1 when the cluster has GPUs, else 0"
+    )
+    cpus_per_task: Annotated[float, Field(gt=0)] = 1.0
+    retries: Annotated[int, Field(ge=0)] = Field(default=2, description="extra attempts for a failed shard")
+    max_in_flight: PositiveInt | Literal["auto"] = Field(
+        default="auto", description="tasks submitted but not finished; auto = 2 x the worker slots"
+    )
+
+    @field_validator("gpus_per_task")
+    @classmethod
+    def _gpus(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError(f"must be 'auto' or >= 0, got {value}")
+        return value
+
+
+# ----------------------------------------------------------------------- job
+
+
+class JobSpec(Strict):
+    """A derivative job: a function, its inputs, the quantities per sample, a store."""
+
+    schema_version: Literal[1] = Field(description="version of this schema; currently 1")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="job name (letters, digits, _ . -)")
+    kind: Literal["derivatives"] = "derivatives"
+    function: Function
+    inputs: Inputs
+    quantities: tuple[str, ...] = Field(default=("value", "jacobian", "hessian"))
+    derivatives: DerivativeSettings = Field(default_factory=DerivativeSettings)
+    store: StoreSettings
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @field_validator("quantities", mode="before")
+    @classmethod
+    def _quantities(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        return canonical_quantities(value)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.execution.shard_size is not None and self.execution.shard_size % self.store.chunk_size:
+            raise ValueError(
+                f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "
+                f"({self.store.chunk_size}) so that every task writes whole chunks; "
+                f"try {self.store.chunk_size * max(1, round(self.execution.shard_size / self.store.chunk_size))}"
+            )
+        if isinstance(self.function, MLPFunction) and isinstance(
+            self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
+        ):
+            expected = (self.function.in_features,)
+            if tuple(self.inputs.shape) != expected:
+                where = "inputs.axes (one per coordinate)" if isinstance(self.inputs, GridInputs) else "inputs.shape"
+                raise ValueError(
+                    f"function.in_features is {self.function.in_features} but {where} gives samples of shape "
+                    f"{list(self.inputs.shape)}; make {where} match [{self.function.in_features}] "
+                    f"or change function.in_features"
+                )
+        return self
+
+    @property
+    def shard_size(self) -> int:
+        """Samples per task (defaults to four store chunks)."""
+        return self.execution.shard_size or 4 * self.store.chunk_size
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain JSON data (what the store records)."""
+        return self.model_dump(mode="json")
+
+    def spec_hash(self) -> str:
+        """Hash of everything that determines the results (not where or how they run)."""
+        data = self.resolved()
+        data.pop("execution", None)
+        data["store"] = {"chunk_size": data["store"]["chunk_size"]}
+        data["derivatives"].pop("chunk_size", None)
+        canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``key.path=value`` into its path and YAML-parsed value.
+
+    Example:
+        >>> parse_override("inputs.n=1000")
+        (['inputs', 'n'], 1000)
+    """
+    if "=" not in text:
+        raise SpecError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set inputs.n=1000"])
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise SpecError([f"--set {text!r}: the key path is empty; e.g. --set inputs.n=1000"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise SpecError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of the raw job data with ``key.path=value`` overrides applied."""
+    data = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise SpecError([f"--set {text!r}: {where} is {child!r}, not a mapping, so it has no key {path[i + 1]!r}"])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _loc_path(loc: tuple) -> str:
+    # pydantic puts union tags (e.g. 'mlp', 'uniform') and model names in the
+    # location; users only know the keys of their file.
+    parts: list[str] = []
+    tags = {"mlp", "import", "uniform", "normal", "sobol", "grid", "zarr", "parquet", "npy"}
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in tags and parts and parts[-1] in ("function", "inputs"):
+            continue
+        elif item.startswith("function-after") or item.startswith("tagged-union"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    node: Any = model
+    for item in loc[:-1]:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(item) if isinstance(item, str) else None
+            if field is None:
+                continue
+            node = _model_in(field.annotation, loc)
+        else:
+            return None
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return sorted(node.model_fields)
+    return None
+
+
+def _model_in(annotation: Any, loc: tuple) -> Any:
+    import typing
+
+    args = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in args:
+        found = _model_in(arg, loc)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            # pick the union member whose 'kind' tag appears in the location
+            kind = found.model_fields.get("kind")
+            if kind is None or any(t in loc for t in typing.get_args(kind.annotation)):
+                return found
+    return None
+
+
+_FIXES = {
+    "missing": "add this key",
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "greater_than": "use a larger value",
+    "union_tag_invalid": "set 'kind' to one of the listed values",
+    "union_tag_not_found": "add a 'kind' key",
+}
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc = tuple(error.get("loc", ()))
+    path = _loc_path(loc)
+    kind = error.get("type", "")
+    value = error.get("input")
+    msg = error.get("msg", "")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key (value {value!r}); remove it or fix its spelling{hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing; add it (see `pipeline schema`)"
+    if kind == "union_tag_invalid":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        tag = error.get("ctx", {}).get("tag", value)
+        return f"{path}.kind: unknown kind {tag!r}; use one of {expected}"
+    if kind == "union_tag_not_found":
+        return f"{path}: no 'kind' key; add kind: one of the kinds listed by `pipeline schema`"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    fix = _FIXES.get(kind)
+    if path == "(top level)" and kind == "value_error":
+        return msg  # cross-key checks name their keys themselves
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{path}: {msg}{shown}" + (f"; {fix}" if fix and fix not in msg else "")
+
+
+def validate_spec(data: Any, source: str | None = None) -> JobSpec:
+    """Validate raw job data (a dict) into a ``JobSpec`` or raise ``SpecError``."""
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): a job file must be a YAML mapping, got {type(data).__name__}"], source)
+    version = data.get("schema_version")
+    if version is not None and version != SCHEMA_VERSION:
+        raise SpecError(
+            [f"schema_version: this pipeline reads version {SCHEMA_VERSION}, got {version!r}; set schema_version: 1"],
+            source,
+        )
+    model = _job_model(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError([_describe(e, model) for e in err.errors()], source) from None
+
+
+def _job_model(data: dict) -> type[BaseModel]:
+    kind = data.get("kind", "derivatives")
+    models = job_models()
+    if kind not in models:
+        raise SpecError([f"kind: unknown job kind {kind!r}; use one of {', '.join(models)}"])
+    return models[kind]
+
+
+def job_models() -> dict[str, type[BaseModel]]:
+    """Job kinds and their models (sweeps register here when present)."""
+    return {"derivatives": JobSpec}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a job file, turning file and YAML errors into ``SpecError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([f"job file {str(path)!r} does not exist; check the path"]) from None
+    except OSError as err:
+        raise SpecError([f"job file {str(path)!r} cannot be read: {err}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+    return data if data is not None else {}
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Load, override and validate a job file; relative file paths become absolute.
+
+    Relative paths (store, input files, checkpoints, ``function.python_path``)
+    are relative to the current directory, where the user runs ``pipeline``;
+    ``function.python_path`` defaults to the job file's directory, so a module
+    beside the job file imports.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    data = apply_overrides(raw, overrides) if overrides else raw
+    spec = validate_spec(data, str(path))
+    return _resolve_paths(spec, path.resolve().parent)
+
+
+def _resolve_paths(spec: JobSpec, job_dir: Path) -> JobSpec:
+    def absolute(p: str, base: Path) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    cwd = Path.cwd()
+    update: dict[str, Any] = {"store": spec.store.model_copy(update={"path": absolute(spec.store.path, cwd)})}
+    if isinstance(spec.inputs, (ZarrInputs, ParquetInputs, NpyInputs)):
+        update["inputs"] = spec.inputs.model_copy(update={"path": absolute(spec.inputs.path, cwd)})
+    if isinstance(spec.function, ImportFunction):
+        paths = [absolute(p, cwd) for p in spec.function.python_path] or [str(job_dir)]
+        fn_update: dict[str, Any] = {"python_path": paths}
+        if spec.function.checkpoint:
+            fn_update["checkpoint"] = absolute(spec.function.checkpoint, cwd)
+        update["function"] = spec.function.model_copy(update=fn_update)
+    elif isinstance(spec.function, MLPFunction) and spec.function.checkpoint:
+        update["function"] = spec.function.model_copy(update={"checkpoint": absolute(spec.function.checkpoint, cwd)})
+    return spec.model_copy(update=update)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of every job kind (what `pipeline schema` prints)."""
+    models = job_models()
+    if len(models) == 1:
+        return JobSpec.model_json_schema()
+    return {"oneOf": [m.model_json_schema() for m in models.values()]}

@@ -1,0 +1,341 @@
+"""The result store: a Zarr v3 group with Parquet tables beside the arrays.
+
+Driver side (once): ``create_store`` makes the group and every array up front
+and writes ``plan.parquet``; ``finalize_store`` writes ``manifest.parquet``
+from the shards' commit markers, consolidates the metadata and sets the
+``complete`` flag last. Worker side (per shard): ``write_region`` writes whole
+chunks of the shard's own sample range, then ``write_marker`` commits it.
+Reading: ``open_results(path)`` returns an ``xarray.Dataset``.
+
+Layout::
+
+    store.zarr/
+      zarr.json            root attributes: spec, spec_hash, versions, complete
+      inputs/ value/ ...   arrays, sample axis first, with dimension_names
+      plan.parquet         one row per shard: id, start, stop
+      manifest.parquet     one row per shard: status, attempts, host, seconds, ...
+      _shards/<id>.json    commit markers (the commit point of a shard)
+      _shards/<id>.attempts one line per attempt
+
+Example:
+    >>> ds = open_results("results/quickstart.zarr")   # doctest: +SKIP
+    >>> ds.hessian.sel(output=0).mean().item()         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plan import Plan, Shard
+
+MARKERS = "_shards"
+PLAN_FILE = "plan.parquet"
+MANIFEST_FILE = "manifest.parquet"
+CASES_FILE = "cases.parquet"
+FORMAT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store is missing, belongs to another job, or cannot be written."""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """What one shard reports: written into its commit marker and the manifest."""
+
+    shard_id: int
+    start: int
+    stop: int
+    status: str
+    attempts: int
+    host: str
+    device: str
+    seconds: float
+    samples_per_second: float
+    nonfinite: int
+    checksum: str
+    method: str = ""
+    chunk_size: int = 0
+    peak_memory_bytes: int = -1
+    error: str = ""
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+def store_exists(path: str | Path) -> bool:
+    """True when ``path`` holds a Zarr group."""
+    return (Path(path) / "zarr.json").is_file()
+
+
+def read_attributes(path: str | Path) -> dict[str, Any]:
+    """The root attributes of a store (spec, spec_hash, complete, ...)."""
+    if not store_exists(path):
+        raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
+    return dict(json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {}))
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the results."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("pipeline", "torch", "zarr", "numpy", "pyarrow", "ray"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def create_store(path: str | Path, plan: Plan, attributes: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
+
+    The store is built in a temporary sibling directory and renamed into place,
+    so a failure here never leaves a half-made store at ``path``.
+    """
+    zarr = _zarr()
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} already exists; pass --overwrite (store.overwrite: true) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        attrs = {
+            **attributes,
+            "complete": False,
+            "format_version": FORMAT_VERSION,
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "n": plan.n,
+            "chunk_size": plan.chunk_size,
+            "shard_size": plan.shard_size,
+            "n_shards": len(plan.shards),
+        }
+        group = zarr.open_group(str(staging), mode="w", attributes=attrs)
+        for layout in plan.arrays:
+            group.create_array(
+                layout.name,
+                shape=layout.shape,
+                chunks=layout.chunks,
+                dtype=layout.dtype,
+                fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                dimension_names=layout.dims,
+                attributes=dict(plan.extra.get("array_attributes", {}).get(layout.name, {})),
+            )
+        (staging / MARKERS).mkdir()
+        _write_plan(staging, plan)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_plan(path: Path, plan: Plan) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "shard_id": pa.array([s.id for s in plan.shards], pa.int64()),
+            "start": pa.array([s.start for s in plan.shards], pa.int64()),
+            "stop": pa.array([s.stop for s in plan.shards], pa.int64()),
+        }
+    )
+    pq.write_table(table, path / PLAN_FILE)
+
+
+def read_plan(path: str | Path) -> list[Shard]:
+    """The shards recorded in ``plan.parquet``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path) / PLAN_FILE).to_pydict()
+    return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
+
+
+def write_cases(path: str | Path, table) -> None:
+    """Write a sweep's table of cases (a ``pyarrow.Table``) beside the arrays."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, Path(path) / CASES_FILE)
+
+
+def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] | None = None) -> bool:
+    """Write the manifest and, when every shard committed, consolidate and set ``complete``.
+
+    Returns True when the store is complete.
+    """
+    path = Path(path)
+    markers = read_markers(path)
+    failed = failed or {}
+    rows = []
+    for shard in plan.shards:
+        if shard.id in markers:
+            rows.append(markers[shard.id])
+        elif shard.id in failed:
+            rows.append(failed[shard.id])
+        else:
+            rows.append(
+                ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
+            )
+    _write_manifest(path, rows)
+    complete = all(r.status == "done" for r in rows)
+    if complete:
+        zarr = _zarr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
+            zarr.consolidate_metadata(str(path))
+            group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
+            group.attrs["complete"] = True  # set last: readers trust it
+    return complete
+
+
+def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
+    pq.write_table(pa.table(columns), path / MANIFEST_FILE)
+
+
+def read_manifest(path: str | Path):
+    """The manifest as a ``pyarrow.Table`` (None before the first finalize)."""
+    import pyarrow.parquet as pq
+
+    file = Path(path) / MANIFEST_FILE
+    return pq.read_table(file) if file.is_file() else None
+
+
+# ------------------------------------------------------------------ worker
+
+
+def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int) -> None:
+    """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region)."""
+    zarr = _zarr()
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    for name, values in arrays.items():
+        target = group[name]
+        if values.shape[0] != stop - start or tuple(values.shape[1:]) != tuple(target.shape[1:]):
+            raise StoreError(
+                f"shard [{start}, {stop}) of {name!r} has shape {values.shape}, the store expects "
+                f"{(stop - start, *target.shape[1:])}"
+            )
+        target[start:stop] = values.astype(target.dtype, copy=False)
+
+
+def record_attempt(path: str | Path, shard_id: int) -> int:
+    """Note one more attempt of a shard; returns the attempt number (1 for the first)."""
+    file = Path(path) / MARKERS / f"{shard_id}.attempts"
+    with open(file, "a") as handle:
+        handle.write(f"{time.time():.3f} {socket.gethostname()}\n")
+    return attempt_count(path, shard_id)
+
+
+def attempt_count(path: str | Path, shard_id: int) -> int:
+    file = Path(path) / MARKERS / f"{shard_id}.attempts"
+    return len(file.read_text().splitlines()) if file.is_file() else 0
+
+
+def write_marker(path: str | Path, record: ShardRecord) -> None:
+    """Commit a shard: atomically write its marker after its data is written."""
+    folder = Path(path) / MARKERS
+    final = folder / f"{record.shard_id}.json"
+    temporary = folder / f".{record.shard_id}.json.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(asdict(record)))
+    os.replace(temporary, final)
+
+
+def read_markers(path: str | Path) -> dict[int, ShardRecord]:
+    """Committed shards by id."""
+    folder = Path(path) / MARKERS
+    records = {}
+    if folder.is_dir():
+        for file in folder.glob("*.json"):
+            data = json.loads(file.read_text())
+            records[data["shard_id"]] = ShardRecord(**data)
+    return records
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """CRC32 of the bytes of the arrays in name order (what a re-run must reproduce)."""
+    import zlib
+
+    crc = 0
+    for name in sorted(arrays):
+        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).view(np.uint8).ravel(), crc)
+    return f"{crc:08x}"
+
+
+# ----------------------------------------------------------------- reading
+
+
+def open_results(path: str | Path, *, require_complete: bool = False):
+    """Open a store as an ``xarray.Dataset`` with named dimensions.
+
+    Args:
+        path: the store directory.
+        require_complete: raise if some shards have not committed yet (by
+            default an incomplete store opens with NaN where shards are missing,
+            and ``ds.attrs["complete"]`` is False).
+
+    Example:
+        >>> ds = open_results("results/quickstart.zarr")   # doctest: +SKIP
+        >>> ds.jacobian.shape                              # doctest: +SKIP
+        (4096, 3, 2)
+    """
+    import xarray as xr
+
+    attrs = read_attributes(path)
+    if require_complete and not attrs.get("complete"):
+        raise StoreError(f"{path} is not complete; run `pipeline status {path}` to see which shards are missing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
+    return dataset
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """Counts of done / failed / pending shards (markers and manifest, no array reads)."""
+    attrs = read_attributes(path)
+    plan = read_plan(path)
+    markers = read_markers(path)
+    manifest = read_manifest(path)
+    failed = set()
+    if manifest is not None:
+        data = manifest.select(["shard_id", "status"]).to_pydict()
+        failed = {i for i, s in zip(data["shard_id"], data["status"]) if s == "failed"} - set(markers)
+    done = len([s for s in plan if s.id in markers])
+    return {
+        "path": str(path),
+        "name": attrs.get("spec", {}).get("name", "?"),
+        "complete": bool(attrs.get("complete")),
+        "shards": len(plan),
+        "done": done,
+        "failed": len(failed),
+        "pending": len(plan) - done - len(failed),
+        "samples_done": sum(s.size for s in plan if s.id in markers),
+        "samples": sum(s.size for s in plan),
+    }
+
+
+def host_name() -> str:
+    return socket.gethostname()

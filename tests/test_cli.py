@@ -1,0 +1,135 @@
+"""The CLI as a user runs it: every job file, validation exit codes, inspect and status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+SMALL = {"from_store.yaml": []}  # reads the quickstart store: n comes from it
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def small_overrides(job: Path) -> list[str]:
+    if job.name == "from_store.yaml":
+        return []
+    return ["--set", "inputs.n=600"] if "kind: grid" not in job.read_text() else []
+
+
+@pytest.fixture(scope="module")
+def quickstart_store(tmp_path_factory, ray_cluster):
+    """The quickstart job run through the CLI on local Ray, as the README says."""
+    folder = tmp_path_factory.mktemp("cli")
+    store = folder / "quickstart.zarr"
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", "inputs.n=600",
+                 "--set", f"store.path={store}", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200")
+    assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_every_job_runs_through_the_cli(job, quickstart_store, tmp_path):
+    args = ["submit", job, "--local", "--quiet", "--set", f"store.path={tmp_path / 'out.zarr'}",
+            "--set", "store.chunk_size=100", "--set", "execution.shard_size=200", *small_overrides(job)]
+    if job.name == "from_store.yaml":
+        args += ["--set", f"inputs.path={quickstart_store}"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output
+    ds = xr.open_zarr(str(tmp_path / "out.zarr"))
+    assert ds.attrs["complete"] is True and ds.sizes["sample"] == 600
+    for name in ds.attrs["quantities"]:
+        assert ds[name].dims[0] == "sample" and not ds[name].isnull().any()
+
+
+def test_submit_again_resumes_and_does_nothing(quickstart_store):
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", "inputs.n=600",
+                 "--set", f"store.path={quickstart_store}", "--set", "store.chunk_size=100",
+                 "--set", "execution.shard_size=200")
+    assert result.exit_code == 0 and "0 shards run" in result.output and "already committed" in result.output
+
+
+def test_validate_good_and_bad(tmp_path):
+    ok = run("validate", ROOT / "jobs/quickstart.yaml")
+    assert ok.exit_code == 0 and "valid: quickstart" in ok.output and "shards" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nname: b\nfunction: {kind: mlp, in_features: 2, out_features: 3}\n"
+                   "inputs: {kind: uniform, n: 10, shape: [2], colour: red}\nstore: {path: " + str(tmp_path / "s.zarr") + "}\n")
+    result = run("validate", bad)
+    assert result.exit_code == 2
+    assert "inputs.colour: unknown key" in result.output and "'red'" in result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_submit_bad_spec_exits_2_and_writes_nothing(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline",
+                 "--set", f"store.path={store}", "--set", "inputs.shape=[3]")
+    assert result.exit_code == 2 and "in_features is 2" in result.output
+    assert not store.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_import_path_exits_2_and_writes_nothing(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
+                 "--set", f"store.path={store}", "--set", "function.target=user_functions:nope")
+    assert result.exit_code == 2 and "has no attribute 'nope'" in result.output
+    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
+                 "--set", f"store.path={store}", "--set", "function.target=no_such_module:f")
+    assert result.exit_code == 2 and "cannot import module 'no_such_module'" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_function_that_fails_on_samples_exits_2(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
+                 "--set", f"store.path={store}", "--set", "inputs.shape=[2, 3]")
+    assert result.exit_code == 2 and "function:" in result.output and "[2, 3]" in result.output
+    assert not store.exists()
+
+
+def test_without_cluster_address_explains_local(monkeypatch):
+    from pipeline.runner import ClusterError, cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ClusterError, match="pass --local"):
+        cluster_address(None)
+    assert cluster_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert cluster_address(None) == "head:6379"
+
+
+def test_inspect_and_status(quickstart_store):
+    result = run("inspect", quickstart_store)
+    assert result.exit_code == 0
+    for word in ("complete", "hessian", "laplacian", "float32", "shards: 3 done", "samples/s"):
+        assert word in result.output, word
+    status = run("status", quickstart_store, "--json")
+    assert status.exit_code == 0
+    assert json.loads(status.output) == {
+        "path": str(quickstart_store), "name": "quickstart", "complete": True, "shards": 3, "done": 3,
+        "failed": 0, "pending": 0, "samples_done": 600, "samples": 600,
+    }
+
+
+def test_status_of_missing_store(tmp_path):
+    result = run("status", tmp_path / "nothing.zarr")
+    assert result.exit_code == 2 and "not a pipeline store" in result.output
+
+
+def test_schema_and_help():
+    schema = run("schema")
+    assert schema.exit_code == 0 and "properties" in json.loads(schema.output)
+    helptext = run("submit", "--help").output
+    for word in ("--local", "--address", "--set", "--executor", "inline", "resumes"):
+        assert word in helptext

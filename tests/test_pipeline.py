@@ -1,0 +1,198 @@
+"""End to end, under every executor: spec -> plan -> shards -> engine -> store -> xarray.
+
+Every number is checked against the seed-000 autograd loop (tests/references.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.driver import submit
+from pipeline.models import build_function
+from pipeline.runner import InlineExecutor, RayExecutor
+from pipeline.spec import validate_spec
+from pipeline.store import open_results, read_attributes, read_manifest, read_markers, summarize
+from references import quantities_from_loop
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(params=["inline", "ray"])
+def executor(request):
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        return RayExecutor()
+    return InlineExecutor()
+
+
+def make_spec(tmp_path, name="s.zarr", **changes):
+    data = {
+        "schema_version": 1,
+        "name": "t",
+        "function": {"kind": "mlp", "in_features": 2, "hidden": [16, 16], "out_features": 3, "activation": "tanh"},
+        "inputs": {"kind": "uniform", "n": 37, "shape": [2], "seed": 1},
+        "quantities": ["value", "jacobian", "hessian", "laplacian", "d3"],
+        "derivatives": {"dtype": "float64"},
+        "store": {"path": str(tmp_path / name), "chunk_size": 4},
+        "execution": {"shard_size": 8, "retries": 0},
+    }
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate_spec(data)
+
+
+def reference(spec, x):
+    fn = build_function(spec.function, torch.float64)
+    return quantities_from_loop(fn, torch.as_tensor(x, dtype=torch.float64), spec.quantities)
+
+
+def test_results_match_the_autograd_loop(tmp_path, executor):
+    spec = make_spec(tmp_path)
+    summary = submit(spec, executor)
+    assert summary.complete and not summary.failed and len(summary.done) == 5
+    ds = open_results(spec.store.path, require_complete=True)
+    expected = reference(spec, ds.inputs.values)
+    for name in spec.quantities:
+        np.testing.assert_allclose(ds[name].values, expected[name].numpy(), rtol=1e-9, atol=1e-10, err_msg=name)
+    assert ds.d3.dims == ("sample", "output", "input", "input_d2", "input_d3")
+    manifest = read_manifest(spec.store.path).to_pydict()
+    assert manifest["status"] == ["done"] * 5
+    assert [b - a for a, b in zip(manifest["start"], manifest["stop"])] == [8, 8, 8, 8, 5]
+    assert all(s > 0 for s in manifest["samples_per_second"]) and manifest["nonfinite"] == [0] * 5
+
+
+def test_float32_default_is_close_to_float64(tmp_path):
+    spec = make_spec(tmp_path, **{"derivatives.dtype": "float32", "quantities": ["value", "jacobian", "hessian"]})
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    assert ds.hessian.dtype == np.float32
+    expected = reference(spec, ds.inputs.values.astype(np.float64))
+    for name in spec.quantities:
+        scale = np.abs(expected[name].numpy()).max()
+        assert np.abs(ds[name].values - expected[name].numpy()).max() / scale < 1e-5, name
+
+
+@pytest.mark.parametrize(
+    "store_chunk, shard, engine_chunk", [(4, 4, 1), (4, 12, 3), (8, 16, "auto"), (40, 40, 5)]
+)
+def test_results_do_not_depend_on_sharding(tmp_path, store_chunk, shard, engine_chunk):
+    base = make_spec(tmp_path, "base.zarr", **{"store.chunk_size": 37, "execution.shard_size": 37})
+    submit(base, InlineExecutor())
+    other = make_spec(
+        tmp_path,
+        "other.zarr",
+        **{"store.chunk_size": store_chunk, "execution.shard_size": shard, "derivatives.chunk_size": engine_chunk},
+    )
+    submit(other, InlineExecutor())
+    a, b = open_results(base.store.path), open_results(other.store.path)
+    np.testing.assert_array_equal(a.inputs.values, b.inputs.values)
+    for name in base.quantities:
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=1e-13, err_msg=name)
+
+
+def test_user_function_with_matrix_inputs(tmp_path, executor):
+    spec = make_spec(
+        tmp_path,
+        function={"kind": "import", "target": "user_fns:matrix_map", "kwargs": {"scale": 0.5}, "python_path": [TESTS]},
+        inputs={"kind": "normal", "n": 9, "shape": [2, 2], "seed": 3},
+        quantities=["value", "jacobian", "hessian"],
+    )
+    submit(spec, executor)
+    ds = open_results(spec.store.path)
+    assert ds.jacobian.shape == (9, 2, 2, 2, 2)
+    assert ds.jacobian.dims == ("sample", "output_0", "output_1", "input_0", "input_1")
+    expected = reference(spec, ds.inputs.values)
+    for name in spec.quantities:
+        np.testing.assert_allclose(ds[name].values, expected[name].numpy(), rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+def test_seed002_third_derivative_end_to_end(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(4.0).reshape(1, 2, 2))
+    spec = make_spec(
+        tmp_path,
+        function={"kind": "import", "target": "user_fns:quartic_sum", "python_path": [TESTS]},
+        inputs={"kind": "npy", "path": str(tmp_path / "x.npy")},
+        quantities=["d3"],
+    )
+    submit(spec, InlineExecutor())
+    d3 = open_results(spec.store.path).d3.values[0]  # [2,2, 2,2, 2,2]
+    np.testing.assert_allclose(d3.sum(axis=(2, 3, 4, 5)), [[0, 24], [48, 72]])
+    diagonal = np.array([[d3[i, j, i, j, i, j] for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(diagonal, [[0, 24], [48, 72]])
+
+
+def test_checkpoint_is_loaded_with_weights_only(tmp_path):
+    import sys
+
+    sys.path.insert(0, TESTS)
+    from user_fns import Quadratic
+
+    model = Quadratic()
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([[1.0, 2.0], [0.0, 3.0]]))
+        model.b.copy_(torch.tensor([1.0, -1.0]))
+    torch.save(model.state_dict(), tmp_path / "q.pt")
+    spec = make_spec(
+        tmp_path,
+        function={"kind": "import", "target": "user_fns:Quadratic", "checkpoint": str(tmp_path / "q.pt"), "python_path": [TESTS]},
+        quantities=["value", "hessian"],
+    )
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    a = np.array([[1.0, 2.0], [0.0, 3.0]])
+    np.testing.assert_allclose(ds.hessian.values, np.broadcast_to(a + a.T, (37, 2, 2)), atol=1e-12)
+
+
+def test_resume_runs_only_missing_shards(tmp_path):
+    spec = make_spec(tmp_path)
+    submit(spec, InlineExecutor())
+    before = open_results(spec.store.path).hessian.values.copy()
+    # Lose shard 2: its marker and its data.
+    os.remove(Path(spec.store.path) / "_shards" / "2.json")
+    import zarr
+
+    zarr.open_group(spec.store.path, mode="r+", use_consolidated=False)["hessian"][16:24] = np.nan
+    assert summarize(spec.store.path)["pending"] == 1
+    summary = submit(spec, InlineExecutor())
+    assert summary.skipped == 4 and [r.shard_id for r in summary.done] == [2] and summary.complete
+    np.testing.assert_array_equal(open_results(spec.store.path).hessian.values, before)
+    assert read_markers(spec.store.path)[2].attempts == 2
+
+
+def test_failed_shards_are_recorded_then_retried(tmp_path, ray_cluster):
+    spec = make_spec(
+        tmp_path,
+        function={"kind": "import", "target": "user_fns:fails_off_driver", "kwargs": {"driver_pid": os.getpid()},
+                  "python_path": [TESTS]},
+        quantities=["value", "jacobian"],
+        **{"inputs.n": 16, "execution.retries": 1},
+    )
+    summary = submit(spec, RayExecutor())
+    assert not summary.complete and len(summary.failed) == 2
+    first = summary.failed[0]
+    assert "this worker always fails" in first.error and first.attempts == 2
+    manifest = read_manifest(spec.store.path).to_pydict()
+    assert manifest["status"] == ["failed", "failed"] and manifest["attempts"] == [2, 2]
+    assert read_attributes(spec.store.path)["complete"] is False
+    # The same job in this process (where the function works) completes the store.
+    summary = submit(spec, InlineExecutor())
+    assert summary.complete and len(summary.done) == 2
+    assert summarize(spec.store.path)["failed"] == 0
+
+
+def test_different_spec_does_not_reuse_a_store(tmp_path):
+    from pipeline.store import StoreError
+
+    submit(make_spec(tmp_path), InlineExecutor())
+    with pytest.raises(StoreError, match="another spec"):
+        submit(make_spec(tmp_path, **{"function.seed": 5}), InlineExecutor())
+    assert submit(make_spec(tmp_path, **{"function.seed": 5}), InlineExecutor(), overwrite=True).complete

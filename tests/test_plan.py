@@ -1,0 +1,58 @@
+"""The plan: shards cover every sample once, aligned to store chunks (property-tested)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.plan import derivative_arrays, plan_derivative_job, plan_shards
+
+
+@given(
+    n=st.integers(1, 5000),
+    chunk=st.integers(1, 300),
+    chunks_per_shard=st.integers(1, 8),
+)
+def test_shards_partition_samples_on_chunk_boundaries(n, chunk, chunks_per_shard):
+    shards = plan_shards(n, chunk * chunks_per_shard, chunk)
+    assert shards[0].start == 0 and shards[-1].stop == n
+    for a, b in zip(shards, shards[1:]):
+        assert a.stop == b.start
+    for s in shards:
+        assert s.start % chunk == 0
+        assert s.stop % chunk == 0 or s.stop == n
+        assert 0 < s.size <= chunk * chunks_per_shard
+    assert [s.id for s in shards] == list(range(len(shards)))
+
+
+def test_uneven_last_shard():
+    shards = plan_shards(10, 4, 2)
+    assert [(s.start, s.stop) for s in shards] == [(0, 4), (4, 8), (8, 10)]
+
+
+@pytest.mark.parametrize("n, shard, chunk", [(0, 4, 2), (10, 5, 2), (10, 0, 2)])
+def test_bad_plans_raise(n, shard, chunk):
+    with pytest.raises(ValueError):
+        plan_shards(n, shard, chunk)
+
+
+def test_array_layouts_follow_the_store_contract():
+    arrays = derivative_arrays(100, (2, 2), (3,), ("value", "jacobian", "hessian", "laplacian", "d3"), 16, "float32")
+    layout = {a.name: a for a in arrays}
+    assert layout["inputs"].shape == (100, 2, 2)
+    assert layout["inputs"].dims == ("sample", "input_0", "input_1")
+    assert layout["jacobian"].shape == (100, 3, 2, 2)
+    assert layout["hessian"].dims == ("sample", "output", "input_0", "input_1", "input_0_d2", "input_1_d2")
+    assert layout["laplacian"].shape == (100, 3)
+    assert layout["d3"].shape == (100, 3) + (2, 2) * 3
+    for a in arrays:
+        assert a.chunks[0] == 16 and a.chunks[1:] == a.shape[1:]
+        assert len(set(a.dims)) == len(a.dims) == len(a.shape)
+
+
+def test_scalar_output_and_small_n():
+    plan = plan_derivative_job(5, (3,), (), ("value", "hessian"), 16, 32, "float64")
+    assert plan.array("value").shape == (5,) and plan.array("value").chunks == (5,)
+    assert plan.array("hessian").dims == ("sample", "input", "input_d2")
+    assert len(plan.shards) == 1

@@ -1,0 +1,194 @@
+"""Job spec validation: every error names the key path, the value and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.spec import SpecError, apply_overrides, json_schema, load_spec, parse_override, validate_spec
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def base() -> dict:
+    return {
+        "schema_version": 1,
+        "name": "t",
+        "function": {"kind": "mlp", "in_features": 2, "hidden": [8], "out_features": 3},
+        "inputs": {"kind": "uniform", "n": 100, "shape": [2]},
+        "quantities": ["value", "jacobian"],
+        "store": {"path": "out.zarr", "chunk_size": 10},
+    }
+
+
+def problems(data) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        validate_spec(data)
+    return info.value.problems
+
+
+def test_valid_spec_has_defaults():
+    spec = validate_spec(base())
+    assert spec.derivatives.method == "auto"
+    assert spec.shard_size == 40
+    assert spec.quantities == ("value", "jacobian")
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_file_validates(job):
+    spec = load_spec(job)
+    assert spec.name
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    data = base()
+    data["inputs"]["nn"] = 5
+    [line] = problems(data)
+    assert line.startswith("inputs.nn: unknown key")
+    assert "5" in line and "allowed keys here" in line and "seed" in line
+
+
+def test_unknown_top_level_key():
+    data = base()
+    data["quantitites"] = ["value"]
+    [line] = problems(data)
+    assert line.startswith("quantitites: unknown key") and "quantities" in line
+
+
+def test_wrong_type_shows_value():
+    data = base()
+    data["inputs"]["n"] = "many"
+    [line] = problems(data)
+    assert line.startswith("inputs.n:") and "'many'" in line and "whole number" in line
+
+
+def test_negative_count():
+    data = base()
+    data["inputs"]["n"] = -3
+    [line] = problems(data)
+    assert line.startswith("inputs.n:") and "-3" in line
+
+
+def test_bad_kind_lists_choices():
+    data = base()
+    data["inputs"]["kind"] = "halton"
+    [line] = problems(data)
+    assert line.startswith("inputs.kind:") and "halton" in line and "sobol" in line
+
+
+def test_bad_import_path():
+    data = base()
+    data["function"] = {"kind": "import", "target": "mymodule.fn"}
+    [line] = problems(data)
+    assert line.startswith("function.target:") and "mymodule.fn" in line and "colon" in line
+
+
+def test_impossible_shapes():
+    data = base()
+    data["inputs"]["shape"] = [3]
+    [line] = problems(data)
+    assert "in_features is 2" in line and "[3]" in line
+
+
+def test_shard_not_multiple_of_chunk():
+    data = base()
+    data["execution"] = {"shard_size": 15}
+    [line] = problems(data)
+    assert "shard_size (15)" in line and "chunk_size (10)" in line and "try 20" in line
+
+
+def test_bad_quantity():
+    data = base()
+    data["quantities"] = ["value", "hessain"]
+    [line] = problems(data)
+    assert line.startswith("quantities:") and "hessain" in line and "laplacian" in line
+
+
+def test_quantity_aliases_and_dedup():
+    data = base()
+    data["quantities"] = ["d1", "jacobian", "d2", "d3"]
+    assert validate_spec(data).quantities == ("jacobian", "hessian", "d3")
+
+
+def test_wrong_schema_version():
+    data = base()
+    data["schema_version"] = 7
+    [line] = problems(data)
+    assert line.startswith("schema_version:") and "7" in line
+
+
+def test_missing_key():
+    data = base()
+    del data["store"]
+    [line] = problems(data)
+    assert line.startswith("store: required key is missing")
+
+
+def test_several_problems_reported_together():
+    data = base()
+    data["inputs"]["n"] = 0
+    data["store"]["chunk_size"] = "big"
+    assert len(problems(data)) == 2
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("inputs.n=1000") == (["inputs", "n"], 1000)
+    assert parse_override("quantities=[value, d3]") == (["quantities"], ["value", "d3"])
+    data = apply_overrides(base(), ["inputs.n=7", "derivatives.dtype=float64"])
+    spec = validate_spec(data)
+    assert spec.inputs.n == 7 and spec.derivatives.dtype == "float64"
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(SpecError, match="KEY.PATH=VALUE"):
+        parse_override("inputs.n")
+
+
+def test_override_into_a_scalar_is_an_error():
+    with pytest.raises(SpecError, match="not a mapping"):
+        apply_overrides(base(), ["inputs.n.x=1"])
+
+
+def test_load_spec_resolves_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "jobs" / "j.yaml"
+    job.parent.mkdir()
+    data = base()
+    data["function"] = {"kind": "import", "target": "mod:fn"}
+    job.write_text(yaml.safe_dump(data))
+    spec = load_spec(job)
+    assert spec.store.path == str(tmp_path / "out.zarr")
+    assert spec.function.python_path == [str(job.parent)]
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+
+
+def test_hash_ignores_execution_but_not_function():
+    a = validate_spec(base())
+    data = base()
+    data["execution"] = {"shard_size": 50, "retries": 5}
+    assert validate_spec(data).spec_hash() == a.spec_hash()
+    data["function"]["seed"] = 1
+    assert validate_spec(data).spec_hash() != a.spec_hash()
+
+
+def test_spec_is_frozen():
+    spec = validate_spec(base())
+    with pytest.raises(Exception):
+        spec.name = "x"
+
+
+def test_json_schema_lists_kinds():
+    text = json.dumps(json_schema())
+    for word in ("uniform", "sobol", "grid", "zarr", "parquet", "npy", "mlp", "import"):
+        assert word in text

@@ -1,0 +1,101 @@
+"""The store: template up front, region writes, commit markers, manifest, completeness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.plan import plan_derivative_job
+from pipeline.store import (
+    ShardRecord,
+    StoreError,
+    checksum,
+    create_store,
+    finalize_store,
+    open_results,
+    read_attributes,
+    read_manifest,
+    read_markers,
+    summarize,
+    write_marker,
+    write_region,
+)
+
+
+def make(tmp_path, n=10):
+    plan = plan_derivative_job(n, (2,), (3,), ("value", "jacobian"), 2, 4, "float32")
+    path = tmp_path / "s.zarr"
+    create_store(path, plan, {"spec": {"name": "t"}, "spec_hash": "abc", "name": "t"})
+    return path, plan
+
+
+def record(shard, status="done"):
+    return ShardRecord(shard.id, shard.start, shard.stop, status, 1, "h", "cpu", 0.1, 10.0, 0, "0")
+
+
+def test_template_has_every_array_with_dims_and_fill(tmp_path):
+    path, _ = make(tmp_path)
+    attrs = read_attributes(path)
+    assert attrs["complete"] is False and attrs["spec_hash"] == "abc" and "torch" in attrs["versions"]
+    ds = xr.open_zarr(str(path))
+    assert ds.jacobian.dims == ("sample", "output", "input")
+    assert np.isnan(ds.value.values).all()
+
+
+def test_existing_store_is_not_replaced_silently(tmp_path):
+    path, plan = make(tmp_path)
+    with pytest.raises(StoreError, match="--overwrite"):
+        create_store(path, plan, {})
+    create_store(path, plan, {"spec_hash": "new"}, overwrite=True)
+    assert read_attributes(path)["spec_hash"] == "new"
+
+
+def test_regions_markers_manifest_and_complete_flag(tmp_path):
+    path, plan = make(tmp_path)
+    rng = np.random.default_rng(0)
+    expected = {"value": rng.normal(size=(10, 3)), "jacobian": rng.normal(size=(10, 3, 2))}
+    for shard in plan.shards[:-1]:
+        write_region(path, {k: v[shard.start : shard.stop] for k, v in expected.items()}, shard.start, shard.stop)
+        write_marker(path, record(shard))
+    assert finalize_store(path, plan) is False
+    counts = summarize(path)
+    assert (counts["done"], counts["pending"], counts["complete"]) == (2, 1, False)
+    assert read_manifest(path).column("status").to_pylist() == ["done", "done", "pending"]
+    last = plan.shards[-1]
+    write_region(path, {k: v[last.start : last.stop] for k, v in expected.items()}, last.start, last.stop)
+    write_marker(path, record(last))
+    assert finalize_store(path, plan) is True
+    ds = open_results(path, require_complete=True)
+    assert ds.attrs["complete"] is True
+    np.testing.assert_allclose(ds.value.values, expected["value"].astype(np.float32))
+    np.testing.assert_allclose(ds.jacobian.values, expected["jacobian"].astype(np.float32))
+    assert sorted(read_markers(path)) == [0, 1, 2]
+
+
+def test_failed_shards_appear_in_manifest(tmp_path):
+    path, plan = make(tmp_path)
+    failed = {1: ShardRecord(1, 4, 8, "failed", 3, "", "", 0, 0, 0, "", error="boom")}
+    assert finalize_store(path, plan, failed) is False
+    manifest = read_manifest(path).to_pydict()
+    assert manifest["status"][1] == "failed" and manifest["error"][1] == "boom" and manifest["attempts"][1] == 3
+    assert summarize(path)["failed"] == 1
+    with pytest.raises(StoreError, match="not complete"):
+        open_results(path, require_complete=True)
+
+
+def test_region_shape_mismatch_is_refused(tmp_path):
+    path, _ = make(tmp_path)
+    with pytest.raises(StoreError, match="expects"):
+        write_region(path, {"value": np.zeros((3, 3))}, 0, 4)
+
+
+def test_checksum_changes_with_data():
+    a = {"x": np.arange(4.0)}
+    assert checksum(a) == checksum({"x": np.arange(4.0)})
+    assert checksum(a) != checksum({"x": np.arange(4.0) + 1e-12})
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not a pipeline store"):
+        read_attributes(tmp_path)

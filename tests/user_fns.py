@@ -1,0 +1,33 @@
+"""Functions that test jobs import by path ('user_fns:...'), with python_path = tests/."""
+
+import os
+
+import torch
+
+
+def quartic_sum(x):
+    """Seed 002: (x**4).sum(), whose third derivative summed over two groups is 24 x."""
+    return (x**4).sum()
+
+
+def matrix_map(x, scale=1.0):
+    return torch.tanh(scale * x) @ x + torch.exp(-(x**2))
+
+
+def fails_off_driver(x, driver_pid=0):
+    """Works in the driver process, raises in any other (a Ray worker): a shard that always fails."""
+    if os.getpid() != driver_pid:
+        raise RuntimeError("this worker always fails")
+    return torch.sin(x).sum()
+
+
+class Quadratic(torch.nn.Module):
+    """y = x^T A x + b . x with fixed A and b, for checkpoint tests."""
+
+    def __init__(self, size=2):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(size, size))
+        self.b = torch.nn.Parameter(torch.zeros(size))
+
+    def forward(self, x):
+        return x @ self.a @ x + self.b @ x
