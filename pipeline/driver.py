@@ -131,7 +131,9 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
         return [s for s in shards if s.id not in committed], len(committed)
     if path.exists() and not overwrite:
         raise StoreError(f"store.path: {path} exists and is not a pipeline store; choose another path or pass --overwrite")
-    create_store(path, prepared.plan, store_attributes(prepared), overwrite=overwrite)
+    create_store(
+        path, prepared.plan, store_attributes(prepared), overwrite=overwrite, compression=spec.store.compression
+    )
     return list(prepared.plan.shards), 0
 
 

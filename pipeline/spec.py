@@ -216,6 +216,9 @@ class StoreSettings(Strict):
 
     path: str = Field(description="Zarr store directory (relative paths are relative to the current directory)")
     chunk_size: PositiveInt = Field(default=4096, description="samples per Zarr chunk")
+    compression: Literal["lz4", "zstd", "none"] = Field(
+        default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
+    )
     overwrite: bool = Field(default=False, description="replace an existing store with a different spec")
 
 

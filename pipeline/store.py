@@ -105,7 +105,22 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def create_store(path: str | Path, plan: Plan, attributes: dict[str, Any], *, overwrite: bool = False) -> None:
+def compressors(name: str):
+    """Zarr codecs for ``store.compression`` (lz4 measured ~5x faster than zarr's default zstd)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "none":
+        return None
+    if name == "zstd":
+        return ZstdCodec(level=3)
+    if name == "lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    raise ValueError(f"store.compression: unknown codec {name!r}; use lz4, zstd or none")
+
+
+def create_store(
+    path: str | Path, plan: Plan, attributes: dict[str, Any], *, overwrite: bool = False, compression: str = "lz4"
+) -> None:
     """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
 
     The store is built in a temporary sibling directory and renamed into place,
@@ -138,6 +153,7 @@ def create_store(path: str | Path, plan: Plan, attributes: dict[str, Any], *, ov
                 dtype=layout.dtype,
                 fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
+                compressors=compressors(compression),
                 attributes=dict(plan.extra.get("array_attributes", {}).get(layout.name, {})),
             )
         (staging / MARKERS).mkdir()
