@@ -135,10 +135,11 @@ def validate(job, overrides, deep):
             from .driver import prepare
 
             prepared = prepare(spec)
+            unit = "cases" if spec.kind == "sweep" else "samples"
+            line += "".join(f"\n  {part}" for part in prepared.summary.splitlines())
             line += (
-                f"\n  {prepared.plan.n} samples of shape {list(prepared.in_shape)} -> output {list(prepared.out_shape)}"
-                f"\n  quantities {list(spec.quantities)}, method {prepared.method}"
-                f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} samples, chunks of {prepared.plan.chunk_size}"
+                f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {unit}, "
+                f"chunks of {prepared.plan.chunk_size}"
             )
     except _bad_input_errors() as err:
         _fail(str(err))

@@ -1,8 +1,8 @@
 """The driver: spec -> plan -> store -> executor -> finalized store.
 
-``prepare(spec)`` resolves sizes (reading only input metadata), builds the
-function once on the driver's CPU and runs the engine on two samples, so bad
-input fails here, before any store exists. ``submit(spec, executor)`` creates
+``prepare(spec)`` resolves sizes (reading only input metadata) and runs the
+job on a tiny example on the driver's CPU (see ``kinds/``), so bad input fails
+here, before any store exists. ``submit(spec, executor)`` creates
 the store (or resumes one made by the same spec), runs the pending shards and
 finalizes the store.
 
@@ -14,15 +14,11 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
-from .models import FunctionError, build_function, probe_output_shape
-from .plan import Plan, Shard, plan_derivative_job
-from .sources import describe_inputs, read_inputs
-from .spec import JobSpec, MLPFunction
+from .kinds import Prepared, kind_module
+from .plan import Plan, Shard
 from .store import (
     ShardRecord,
     StoreError,
@@ -34,18 +30,7 @@ from .store import (
     read_plan,
     store_exists,
 )
-from .tasks import DTYPES, run_shard
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated job with its resolved sizes and plan."""
-
-    spec: JobSpec
-    plan: Plan
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    method: str
+from .tasks import run_shard
 
 
 @dataclass
@@ -65,49 +50,20 @@ class RunSummary:
         return sum(r.stop - r.start for r in self.done) / seconds if seconds else 0.0
 
 
-def prepare(spec: JobSpec) -> Prepared:
-    """Resolve sizes, check the function on two samples, and plan the shards."""
-    from .derivatives import compute_derivatives
-
-    info = describe_inputs(spec.inputs)
-    if isinstance(spec.function, MLPFunction) and info.shape != (spec.function.in_features,):
-        raise FunctionError(
-            f"function.in_features is {spec.function.in_features} but the samples in {getattr(spec.inputs, 'path', 'inputs')} "
-            f"have shape {list(info.shape)}; set function.in_features to match or pick other inputs"
-        )
-    dtype = DTYPES[spec.derivatives.dtype]
-    fn = build_function(spec.function, dtype, "cpu")
-    out_shape = probe_output_shape(fn, info.shape, dtype)
-    x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
-    try:
-        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2)
-    except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
-        raise FunctionError(
-            f"function: computing {list(spec.quantities)} on two samples failed: {type(err).__name__}: {err}"
-        ) from None
-    plan = plan_derivative_job(
-        n=info.n,
-        in_shape=info.shape,
-        out_shape=out_shape,
-        quantities=spec.quantities,
-        chunk_size=spec.store.chunk_size,
-        shard_size=spec.shard_size,
-        dtype=spec.derivatives.dtype,
-    )
-    return Prepared(spec, plan, info.shape, out_shape, result.method)
+def prepare(spec) -> Prepared:
+    """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    return kind_module(spec).prepare(spec)
 
 
 def store_attributes(prepared: Prepared) -> dict:
+    """Root attributes of a new store: the resolved spec, its hash, and the kind's own facts."""
     spec = prepared.spec
     return {
         "spec": spec.resolved(),
         "spec_hash": spec.spec_hash(),
         "kind": spec.kind,
         "name": spec.name,
-        "quantities": list(spec.quantities),
-        "in_shape": list(prepared.in_shape),
-        "out_shape": list(prepared.out_shape),
-        "method_preflight": prepared.method,
+        **prepared.attributes,
     }
 
 
@@ -132,19 +88,24 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     if path.exists() and not overwrite:
         raise StoreError(f"store.path: {path} exists and is not a pipeline store; choose another path or pass --overwrite")
     create_store(
-        path, prepared.plan, store_attributes(prepared), overwrite=overwrite, compression=spec.store.compression
+        path,
+        prepared.plan,
+        store_attributes(prepared),
+        overwrite=overwrite,
+        compression=spec.store.compression,
+        initial_arrays=prepared.initial_arrays,
+        tables=prepared.tables,
+        array_attributes=prepared.array_attributes,
     )
     return list(prepared.plan.shards), 0
 
 
-def submit(spec: JobSpec, executor, *, overwrite: bool = False, progress=None) -> RunSummary:
+def submit(spec, executor, *, overwrite: bool = False, progress=None) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store."""
     prepared = prepare(spec)
     shards, skipped = pending_shards(prepared, overwrite=overwrite)
     plan_shards = read_plan(spec.store.path)
-    plan = Plan(
-        prepared.plan.n, prepared.plan.chunk_size, prepared.plan.shard_size, tuple(plan_shards), prepared.plan.arrays
-    )
+    plan = replace(prepared.plan, shards=tuple(plan_shards))
     summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped)
     if progress is not None:
         progress.start(total_shards=len(plan_shards), total_samples=plan.n, done_shards=skipped,

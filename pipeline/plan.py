@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .quantities import input_dims, quantity_dims, quantity_shape
 
@@ -50,7 +50,6 @@ class Plan:
     shards: tuple[Shard, ...]
     arrays: tuple[ArrayLayout, ...]
     sample_dim: str = "sample"
-    extra: dict = field(default_factory=dict, compare=False)
 
     def array(self, name: str) -> ArrayLayout:
         for layout in self.arrays:
@@ -133,4 +132,56 @@ def plan_derivative_job(
         shard_size=shard_size,
         shards=plan_shards(n, shard_size, chunk_size),
         arrays=derivative_arrays(n, in_shape, out_shape, quantities, chunk_size, dtype),
+    )
+
+
+def sweep_arrays(
+    n_cases: int,
+    outputs: dict[str, tuple[tuple[str, ...], tuple[int, ...]]],
+    coords: dict[str, int],
+    case_parameters: tuple[str, ...],
+    scalars: tuple[str, ...],
+    chunk_size: int,
+    dtype: str,
+) -> tuple[ArrayLayout, ...]:
+    """Layouts of a sweep: outputs ``[case, ...]``, case parameters and scalars ``[case]``, coordinates ``[dim]``."""
+    chunk = min(chunk_size, n_cases)
+    layouts = []
+    for name, (dims, shape) in outputs.items():
+        layouts.append(ArrayLayout(name, (n_cases, *shape), ("case", *dims), (chunk, *shape), dtype))
+    for name in (*case_parameters, *scalars):
+        layouts.append(ArrayLayout(name, (n_cases,), ("case",), (chunk,), "float64" if name in case_parameters else dtype))
+    for dim, size in coords.items():
+        layouts.append(ArrayLayout(dim, (size,), (dim,), (size,), "float64"))
+    names = [layout.name for layout in layouts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"names used twice in the store: {duplicates}; rename the parameter or sensitivity output")
+    return tuple(layouts)
+
+
+def plan_sweep_job(
+    n_cases: int,
+    outputs: dict[str, tuple[tuple[str, ...], tuple[int, ...]]],
+    coords: dict[str, int],
+    case_parameters: tuple[str, ...],
+    scalars: tuple[str, ...],
+    chunk_size: int,
+    shard_size: int,
+    dtype: str,
+) -> Plan:
+    """The plan of a sweep: shards are ranges of cases.
+
+    Example:
+        >>> p = plan_sweep_job(10, {"T": (("time", "x"), (5, 8))}, {"time": 5, "x": 8}, ("a",), (), 4, 4, "float32")
+        >>> p.array("T").shape, p.array("T").dims, len(p.shards)
+        ((10, 5, 8), ('case', 'time', 'x'), 3)
+    """
+    return Plan(
+        n=n_cases,
+        chunk_size=chunk_size,
+        shard_size=shard_size,
+        shards=plan_shards(n_cases, shard_size, chunk_size),
+        arrays=sweep_arrays(n_cases, outputs, coords, case_parameters, scalars, chunk_size, dtype),
+        sample_dim="case",
     )

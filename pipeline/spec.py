@@ -301,11 +301,22 @@ class JobSpec(Strict):
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""
         data = self.resolved()
-        data.pop("execution", None)
-        data["store"] = {"chunk_size": data["store"]["chunk_size"]}
         data["derivatives"].pop("chunk_size", None)
-        canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+        return results_hash(data)
+
+
+def results_hash(data: dict[str, Any]) -> str:
+    """Hash of a resolved spec without the keys that do not change results.
+
+    Execution settings and the store's path, codec and overwrite flag change
+    where and how a job runs, not what it computes; a store made by a spec
+    with the same hash can be resumed.
+    """
+    data = dict(data)
+    data.pop("execution", None)
+    data["store"] = {"chunk_size": data["store"]["chunk_size"]}
+    canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- loading
@@ -353,11 +364,14 @@ def _loc_path(loc: tuple) -> str:
     # pydantic puts union tags (e.g. 'mlp', 'uniform') and model names in the
     # location; users only know the keys of their file.
     parts: list[str] = []
-    tags = {"mlp", "import", "uniform", "normal", "sobol", "grid", "zarr", "parquet", "npy"}
-    for item in loc:
+    tags = {"mlp", "import", "uniform", "normal", "sobol", "grid", "zarr", "parquet", "npy", "zip", "random",
+            "lhs", "product"}
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in tags and parts and parts[-1] in ("function", "inputs"):
+        elif item in tags and i and (
+            loc[i - 1] in ("function", "inputs", "sweep") or isinstance(loc[i - 1], int) or loc[i - 2 : i - 1] == ("profiles",)
+        ):
             continue
         elif item.startswith("function-after") or item.startswith("tagged-union"):
             continue
@@ -462,8 +476,10 @@ def _job_model(data: dict) -> type[BaseModel]:
 
 
 def job_models() -> dict[str, type[BaseModel]]:
-    """Job kinds and their models (sweeps register here when present)."""
-    return {"derivatives": JobSpec}
+    """Job kinds and their models."""
+    from .sweep_spec import SweepJob
+
+    return {"derivatives": JobSpec, "sweep": SweepJob}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -504,6 +520,8 @@ def _resolve_paths(spec: JobSpec, job_dir: Path) -> JobSpec:
 
     cwd = Path.cwd()
     update: dict[str, Any] = {"store": spec.store.model_copy(update={"path": absolute(spec.store.path, cwd)})}
+    if spec.kind == "sweep":
+        return spec.model_copy(update={**update, **_resolve_sweep_paths(spec, job_dir, lambda p: absolute(p, cwd))})
     if isinstance(spec.inputs, (ZarrInputs, ParquetInputs, NpyInputs)):
         update["inputs"] = spec.inputs.model_copy(update={"path": absolute(spec.inputs.path, cwd)})
     if isinstance(spec.function, ImportFunction):
@@ -515,6 +533,19 @@ def _resolve_paths(spec: JobSpec, job_dir: Path) -> JobSpec:
     elif isinstance(spec.function, MLPFunction) and spec.function.checkpoint:
         update["function"] = spec.function.model_copy(update={"checkpoint": absolute(spec.function.checkpoint, cwd)})
     return spec.model_copy(update=update)
+
+
+def _resolve_sweep_paths(spec, job_dir: Path, absolute) -> dict[str, Any]:
+    update: dict[str, Any] = {}
+    solver = spec.solver
+    if ":" in solver.name:
+        paths = [absolute(p) for p in solver.python_path] or [str(job_dir)]
+        update["solver"] = solver.model_copy(update={"python_path": paths})
+    if getattr(spec.sweep, "path", None):
+        update["sweep"] = spec.sweep.model_copy(update={"path": absolute(spec.sweep.path)})
+    if spec.profiles:
+        update["profiles"] = {k: v.model_copy(update={"path": absolute(v.path)}) for k, v in spec.profiles.items()}
+    return update
 
 
 def json_schema() -> dict[str, Any]:

@@ -119,9 +119,23 @@ def compressors(name: str):
 
 
 def create_store(
-    path: str | Path, plan: Plan, attributes: dict[str, Any], *, overwrite: bool = False, compression: str = "lz4"
+    path: str | Path,
+    plan: Plan,
+    attributes: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    compression: str = "lz4",
+    initial_arrays: dict[str, np.ndarray] | None = None,
+    tables: dict[str, Any] | None = None,
+    array_attributes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
+
+    ``initial_arrays`` are written whole (coordinates, a sweep's case
+    parameters: data the driver knows up front); ``tables`` maps file names to
+    ``pyarrow.Table`` written as Parquet beside the arrays (``cases.parquet``);
+    ``array_attributes`` adds attributes per array (e.g. xarray's
+    ``coordinates``).
 
     The store is built in a temporary sibling directory and renamed into place,
     so a failure here never leaves a half-made store at ``path``.
@@ -154,10 +168,16 @@ def create_store(
                 fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
                 compressors=compressors(compression),
-                attributes=dict(plan.extra.get("array_attributes", {}).get(layout.name, {})),
+                attributes=dict((array_attributes or {}).get(layout.name, {})),
             )
+        for name, values in (initial_arrays or {}).items():
+            group[name][...] = values
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
+        for file_name, table in (tables or {}).items():
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, staging / file_name)
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
@@ -188,11 +208,12 @@ def read_plan(path: str | Path) -> list[Shard]:
     return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
 
 
-def write_cases(path: str | Path, table) -> None:
-    """Write a sweep's table of cases (a ``pyarrow.Table``) beside the arrays."""
+def read_cases(path: str | Path, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``[start, stop)`` of a sweep's ``cases.parquet`` as columns (without the ``case`` index)."""
     import pyarrow.parquet as pq
 
-    pq.write_table(table, Path(path) / CASES_FILE)
+    table = pq.read_table(Path(path) / CASES_FILE).slice(start, stop - start)
+    return {name: table.column(name).to_numpy() for name in table.column_names if name != "case"}
 
 
 def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] | None = None) -> bool:

@@ -1,26 +1,20 @@
 """The one unit of work: ``run_shard(spec, shard)``, the same under every executor.
 
-It reads the shard's inputs, runs the derivative engine on the worker's device,
-writes the shard's region of the store, then its commit marker, and returns a
-small ``ShardRecord`` (never the arrays). No Ray in here.
+It computes the shard on the worker's device (the job kind says how), writes
+the shard's region of the store, then its commit marker, and returns a small
+``ShardRecord`` (never the arrays). No Ray in here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from .models import build_function
+from .kinds import kind_module
 from .plan import Shard
-from .sources import read_inputs
-from .spec import JobSpec
 from .store import ShardRecord, checksum, host_name, record_attempt, write_marker, write_region
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def pick_device() -> torch.device:
@@ -34,46 +28,12 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-@lru_cache(maxsize=4)
-def _cached_function(function_json: str, dtype: str, device: str) -> Callable:
-    # A worker process runs many shards of one job: build (and load) the model once.
-    from pydantic import TypeAdapter
-
-    from .spec import Function
-
-    spec = TypeAdapter(Function).validate_json(function_json)
-    return build_function(spec, DTYPES[dtype], device)
+def compute_shard(spec, shard: Shard, device: torch.device | None = None):
+    """The arrays of one shard (keyed by store array name) and how they were computed."""
+    return kind_module(spec).compute(spec, shard, device or pick_device())
 
 
-def job_function(spec: JobSpec, device: torch.device) -> Callable:
-    """The job's per-sample function on ``device`` (cached per worker process)."""
-    return _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device))
-
-
-def compute_shard(spec: JobSpec, shard: Shard, device: torch.device | None = None):
-    """Inputs and quantities of a shard as numpy arrays, plus the engine's report."""
-    from .derivatives import compute_derivatives
-
-    device = device or pick_device()
-    dtype = DTYPES[spec.derivatives.dtype]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = spec.derivatives.allow_tf32
-        torch.backends.cudnn.allow_tf32 = spec.derivatives.allow_tf32
-    x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
-    result = compute_derivatives(
-        job_function(spec, device),
-        x,
-        spec.quantities,
-        method=spec.derivatives.method,
-        chunk_size=spec.derivatives.chunk_size,
-    )
-    arrays = {"inputs": x.detach().cpu().numpy()}
-    for name in spec.quantities:
-        arrays[name] = result.outputs[name].detach().cpu().numpy()
-    return arrays, result
-
-
-def run_shard(spec: JobSpec, shard: Shard) -> ShardRecord:
+def run_shard(spec, shard: Shard) -> ShardRecord:
     """Compute one shard, write its region and commit it; return its record.
 
     Raises whatever the computation raises (the executor retries); the marker
@@ -84,7 +44,7 @@ def run_shard(spec: JobSpec, shard: Shard) -> ShardRecord:
     attempt = record_attempt(store, shard.id)
     began = time.perf_counter()
     device = pick_device()
-    arrays, result = compute_shard(spec, shard, device)
+    arrays, info = compute_shard(spec, shard, device)
     write_region(store, arrays, shard.start, shard.stop)
     seconds = time.perf_counter() - began
     record = ShardRecord(
@@ -97,11 +57,11 @@ def run_shard(spec: JobSpec, shard: Shard) -> ShardRecord:
         device=device_name(device),
         seconds=round(seconds, 4),
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
-        nonfinite=int(sum(np.count_nonzero(~np.isfinite(a)) for n, a in arrays.items() if n != "inputs")),
+        nonfinite=int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")),
         checksum=checksum(arrays),
-        method=result.method,
-        chunk_size=int(result.chunk_size),
-        peak_memory_bytes=int(result.peak_memory_bytes) if result.peak_memory_bytes is not None else -1,
+        method=info.method,
+        chunk_size=info.chunk_size,
+        peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,
     )
     write_marker(store, record)
     return record

@@ -129,7 +129,9 @@ def test_status_of_missing_store(tmp_path):
 
 def test_schema_and_help():
     schema = run("schema")
-    assert schema.exit_code == 0 and "properties" in json.loads(schema.output)
+    assert schema.exit_code == 0
+    kinds = [m["properties"]["kind"] for m in json.loads(schema.output)["oneOf"]]
+    assert {k.get("const", k.get("default")) for k in kinds} == {"derivatives", "sweep"}
     helptext = run("submit", "--help").output
     for word in ("--local", "--address", "--set", "--executor", "inline", "resumes"):
         assert word in helptext

@@ -1,0 +1,87 @@
+"""Derivative jobs: quantities of a torch function over an input set, per sample."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..models import FunctionError, build_function, probe_output_shape
+from ..plan import plan_derivative_job
+from ..sources import describe_inputs, read_inputs
+from ..spec import JobSpec, MLPFunction
+from . import Prepared, ShardInfo
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    """Resolve sizes, run the engine on two samples on the CPU, and plan the store."""
+    from ..derivatives import compute_derivatives
+
+    info = describe_inputs(spec.inputs)
+    if isinstance(spec.function, MLPFunction) and info.shape != (spec.function.in_features,):
+        raise FunctionError(
+            f"function.in_features is {spec.function.in_features} but the samples in "
+            f"{getattr(spec.inputs, 'path', 'inputs')} have shape {list(info.shape)}; "
+            "set function.in_features to match or pick other inputs"
+        )
+    dtype = DTYPES[spec.derivatives.dtype]
+    fn = build_function(spec.function, dtype, "cpu")
+    out_shape = probe_output_shape(fn, info.shape, dtype)
+    x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
+    try:
+        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2)
+    except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
+        raise FunctionError(
+            f"function: computing {list(spec.quantities)} on two samples failed: {type(err).__name__}: {err}"
+        ) from None
+    plan = plan_derivative_job(
+        n=info.n,
+        in_shape=info.shape,
+        out_shape=out_shape,
+        quantities=spec.quantities,
+        chunk_size=spec.store.chunk_size,
+        shard_size=spec.shard_size,
+        dtype=spec.derivatives.dtype,
+    )
+    attributes = {
+        "quantities": list(spec.quantities),
+        "in_shape": list(info.shape),
+        "out_shape": list(out_shape),
+        "method_preflight": result.method,
+    }
+    summary = (
+        f"{plan.n} samples of shape {list(info.shape)} -> output {list(out_shape)}\n"
+        f"quantities {list(spec.quantities)}, method {result.method}"
+    )
+    return Prepared(spec, plan, attributes, summary)
+
+
+@lru_cache(maxsize=4)
+def _cached_function(function_json: str, dtype: str, device: str):
+    # A worker process runs many shards of one job: build (and load) the model once.
+    from pydantic import TypeAdapter
+
+    from ..spec import Function
+
+    return build_function(TypeAdapter(Function).validate_json(function_json), DTYPES[dtype], device)
+
+
+def compute(spec: JobSpec, shard, device: torch.device):
+    """Inputs and quantities of a shard as numpy arrays, and how they were computed."""
+    from ..derivatives import compute_derivatives
+
+    dtype = DTYPES[spec.derivatives.dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = spec.derivatives.allow_tf32
+        torch.backends.cudnn.allow_tf32 = spec.derivatives.allow_tf32
+    fn = _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device))
+    x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
+    result = compute_derivatives(
+        fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=spec.derivatives.chunk_size
+    )
+    arrays = {"inputs": x.detach().cpu().numpy()}
+    for name in spec.quantities:
+        arrays[name] = result.outputs[name].detach().cpu().numpy()
+    return arrays, ShardInfo(result.method, int(result.chunk_size), result.peak_memory_bytes)
