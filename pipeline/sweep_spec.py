@@ -1,0 +1,247 @@
+"""The job spec of a parameter sweep: a solver, a sweep of its parameters, a store.
+
+A sweep job runs a PDE solver (``rte1d``, ``heat1d`` or your own by import
+path) over a table of cases; every swept parameter becomes a coordinate of the
+outputs ``[case, ...]``. Registered as job kind ``sweep`` in ``spec.py``.
+
+Example job file::
+
+    schema_version: 1
+    name: rte-sweep
+    kind: sweep
+    solver: {name: rte1d, options: {nx: 400, t_end: 1.0}}
+    sweep:
+      kind: grid
+      axes:
+        T0_mean: {low: 0.5, high: 2.0, num: 8}
+        sigma_mean: [0.5, 1.0, 2.0]
+    fixed: {T0_amplitude: 0.1}
+    store: {path: results/sweep.zarr}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from .spec import (
+    _IMPORT_PATH,
+    ExecutionSettings,
+    NpyInputs,
+    PositiveInt,
+    StoreSettings,
+    Strict,
+    ZarrInputs,
+    results_hash,
+)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Axis(Strict):
+    """``num`` values from ``low`` to ``high`` inclusive, evenly spaced (linear) or geometric (log)."""
+
+    low: float
+    high: float
+    num: PositiveInt
+    scale: Literal["linear", "log"] = "linear"
+
+
+class Range(Strict):
+    """An interval ``[low, high]`` sampled linearly or on a log scale."""
+
+    low: float
+    high: float
+    scale: Literal["linear", "log"] = "linear"
+
+
+class SolverSettings(Strict):
+    """Which solver runs each case, with which options and precision."""
+
+    name: str = Field(description="a built-in solver (rte1d, heat1d) or an import path 'package.module:attr'")
+    options: dict[str, Any] = Field(default_factory=dict, description="solver options (grid, time span, constants)")
+    dtype: Literal["float32", "float64"] = "float32"
+    python_path: list[str] = Field(default_factory=list, description="directories searched for a user solver")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if ":" in value and not _IMPORT_PATH.match(value):
+            raise ValueError(f"expected a solver name or an import path like 'package.module:attr', got {value!r}")
+        return value
+
+
+def _check_names(names) -> None:
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"parameter name {name!r} is not an identifier; use letters, digits and _")
+
+
+class GridSweep(Strict):
+    """Cartesian product: every combination of the axes' values (last axis fastest)."""
+
+    kind: Literal["grid"]
+    axes: dict[str, Union[list[float], Axis]] = Field(min_length=1, description="name -> values or {low, high, num}")
+
+
+class ZipSweep(Strict):
+    """Cases side by side: the i-th value of every list forms case i."""
+
+    kind: Literal["zip"]
+    values: dict[str, list[float]] = Field(min_length=1, description="name -> values, all of one length")
+
+
+class _Sampled(Strict):
+    n: PositiveInt = Field(description="number of cases")
+    ranges: dict[str, Union[tuple[float, float], Range]] = Field(
+        min_length=1, description="name -> [low, high] or {low, high, scale}"
+    )
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class RandomSweep(_Sampled):
+    """Independent uniform samples over the ranges (seeded)."""
+
+    kind: Literal["random"]
+
+
+class LatinHypercubeSweep(_Sampled):
+    """Latin hypercube over the ranges: one case per stratum in every parameter (seeded)."""
+
+    kind: Literal["lhs"]
+
+
+class SobolSweep(_Sampled):
+    """Scrambled Sobol points over the ranges (seeded)."""
+
+    kind: Literal["sobol"]
+    scramble: bool = True
+
+
+class ParquetSweep(Strict):
+    """Cases from a Parquet table: one row per case, one column per parameter."""
+
+    kind: Literal["parquet"]
+    path: str = Field(description="Parquet file (relative to the current directory)")
+    columns: list[str] | None = Field(default=None, description="parameter columns (default: all numeric columns)")
+
+
+class ProductSweep(Strict):
+    """Cartesian product of the case tables of several sweeps."""
+
+    kind: Literal["product"]
+    sweeps: list["Sweep"] = Field(min_length=1)
+
+
+Sweep = Annotated[
+    Union[GridSweep, ZipSweep, RandomSweep, LatinHypercubeSweep, SobolSweep, ParquetSweep, ProductSweep],
+    Field(discriminator="kind"),
+]
+ProductSweep.model_rebuild()
+
+ProfileSource = Annotated[Union[ZarrInputs, NpyInputs], Field(discriminator="kind")]
+
+
+class Reduction(Strict):
+    """A scalar of one case's output: ``reduce`` over space of ``output`` at save ``index``."""
+
+    output: str = Field(description="solver output, e.g. T")
+    index: int | None = Field(
+        default=-1, description="index along the first per-case axis (e.g. save time; -1: last; null: reduce all)"
+    )
+    reduce: Literal["mean", "sum", "max", "min"] = "mean"
+
+
+class Sensitivities(Strict):
+    """Derivatives of scalar outputs with respect to swept parameters, per case."""
+
+    outputs: dict[str, Reduction] = Field(min_length=1, description="name -> which scalar to differentiate")
+    wrt: list[str] | None = Field(default=None, description="swept parameters (default: every swept parameter)")
+
+    @field_validator("outputs")
+    @classmethod
+    def _names(cls, value):
+        _check_names(value)
+        return value
+
+
+def _swept(sweep) -> list[str]:
+    if isinstance(sweep, GridSweep):
+        return list(sweep.axes)
+    if isinstance(sweep, ZipSweep):
+        return list(sweep.values)
+    if isinstance(sweep, ParquetSweep):
+        return list(sweep.columns or [])
+    if isinstance(sweep, ProductSweep):
+        return [name for part in sweep.sweeps for name in _swept(part)]
+    return list(sweep.ranges)
+
+
+def _names_known(sweep) -> bool:
+    if isinstance(sweep, ParquetSweep):
+        return sweep.columns is not None
+    if isinstance(sweep, ProductSweep):
+        return all(_names_known(part) for part in sweep.sweeps)
+    return True
+
+
+class SweepStore(StoreSettings):
+    chunk_size: PositiveInt = Field(default=64, description="cases per Zarr chunk")
+
+
+class SweepJob(Strict):
+    """A parameter sweep job: a solver run over a table of cases."""
+
+    schema_version: Literal[1] = Field(description="version of this schema; currently 1")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: Literal["sweep"]
+    solver: SolverSettings
+    sweep: Sweep
+    fixed: dict[str, float] = Field(default_factory=dict, description="parameters held fixed over all cases")
+    profiles: dict[str, ProfileSource] = Field(
+        default_factory=dict, description="per-case array parameters, e.g. T0 from a .npy of shape [cases, nx]"
+    )
+    sensitivities: Sensitivities | None = None
+    store: SweepStore
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        swept = set(self.swept_parameters()) if _names_known(self.sweep) else None
+        if swept is not None:
+            both = sorted(swept & set(self.fixed))
+            if both:
+                raise ValueError(f"fixed: {both} are also swept; keep each parameter in one place")
+            clash = sorted(swept & set(self.profiles))
+            if clash:
+                raise ValueError(f"profiles: {clash} are also swept; keep each parameter in one place")
+        if self.sensitivities is not None and self.sensitivities.wrt and swept is not None:
+            unknown = sorted(set(self.sensitivities.wrt) - swept)
+            if unknown:
+                raise ValueError(
+                    f"sensitivities.wrt: {unknown} are not swept parameters; choose from {sorted(swept)}"
+                )
+        if self.execution.shard_size is not None and self.execution.shard_size % self.store.chunk_size:
+            raise ValueError(
+                f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "
+                f"({self.store.chunk_size}) so that every task writes whole chunks"
+            )
+        return self
+
+    def swept_parameters(self) -> list[str]:
+        """Names of the swept parameters, in order (a Parquet table without columns: known from the file)."""
+        return _swept(self.sweep)
+
+    @property
+    def shard_size(self) -> int:
+        """Cases per task (defaults to one store chunk)."""
+        return self.execution.shard_size or self.store.chunk_size
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def spec_hash(self) -> str:
+        """Hash of everything that determines the results (not where or how they run)."""
+        return results_hash(self.resolved())
