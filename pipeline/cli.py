@@ -95,7 +95,9 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         if executor == "ray":
             runner.start()
             console.print(f"[dim]executor: {runner.describe()}[/dim]")
-        summary = run_submit(spec, runner, overwrite=overwrite, progress=None if quiet else RichProgress(console))
+        unit = "cases" if spec.kind == "sweep" else "samples"
+        progress = None if quiet else RichProgress(console, unit=unit)
+        summary = run_submit(spec, runner, overwrite=overwrite, progress=progress)
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
@@ -112,7 +114,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         first = next(iter(summary.failed.values()))
         console.print(f"first error (shard {first.shard_id}): {first.error}")
         sys.exit(EXIT_FAILED_SHARDS)
-    rate = f", {summary.samples_per_second:,.0f} samples/s per task" if ran else ""
+    unit = "cases" if spec.kind == "sweep" else "samples"
+    rate = f", {summary.samples_per_second:,.0f} {unit}/s per task" if ran else ""
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
 
 

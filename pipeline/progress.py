@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class RichProgress:
     """A rich progress bar fed by the driver's shard callbacks."""
 
-    def __init__(self, console: Console | None = None, label: str = "shards"):
+    def __init__(self, console: Console | None = None, label: str = "shards", unit: str = "samples"):
         self.console = console or Console(stderr=True)
         self.label = label
+        self.unit = unit
         self._progress: Progress | None = None
         self._task = None
         self._samples = 0
@@ -40,7 +41,7 @@ class RichProgress:
         self._samples += record.stop - record.start
         rate = self._samples / max(time.perf_counter() - self._began, 1e-9)
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, rate=f"{rate:,.0f} samples/s")
+            self._progress.update(self._task, advance=1, rate=f"{rate:,.0f} {self.unit}/s")
 
     def fail(self, shard, error: str) -> None:
         first_line = error.splitlines()[0] if error else "unknown error"

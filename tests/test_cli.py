@@ -13,17 +13,28 @@ from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
-SMALL = {"from_store.yaml": []}  # reads the quickstart store: n comes from it
+SMALL_SWEEP = [
+    "--set", "solver.options={nx: 32, n_angles: 4, t_end: 0.5, save_every: 5}",
+    "--set", "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
+    "--set", "store.chunk_size=2", "--set", "execution.shard_size=4",
+]
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def small_overrides(job: Path) -> list[str]:
+def small_overrides(job: Path) -> tuple[list[str], int]:
+    """Overrides that make a job small, and its number of samples (or cases) then."""
+    text = job.read_text()
+    if "kind: sweep" in text and "kind: grid" in text:
+        return SMALL_SWEEP, 6
+    if "kind: sweep" in text:
+        return ["--set", "solver.options={nx: 32, t_end: 0.5, save_every: 5}", "--set", "sweep.n=6",
+                "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"], 6
     if job.name == "from_store.yaml":
-        return []
-    return ["--set", "inputs.n=600"] if "kind: grid" not in job.read_text() else []
+        return ["--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
+    return ["--set", "inputs.n=600", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +50,18 @@ def quickstart_store(tmp_path_factory, ray_cluster):
 
 @pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
 def test_every_job_runs_through_the_cli(job, quickstart_store, tmp_path):
-    args = ["submit", job, "--local", "--quiet", "--set", f"store.path={tmp_path / 'out.zarr'}",
-            "--set", "store.chunk_size=100", "--set", "execution.shard_size=200", *small_overrides(job)]
+    overrides, n = small_overrides(job)
+    args = ["submit", job, "--local", "--quiet", "--set", f"store.path={tmp_path / 'out.zarr'}", *overrides]
     if job.name == "from_store.yaml":
         args += ["--set", f"inputs.path={quickstart_store}"]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert "complete" in result.output
     ds = xr.open_zarr(str(tmp_path / "out.zarr"))
-    assert ds.attrs["complete"] is True and ds.sizes["sample"] == 600
-    for name in ds.attrs["quantities"]:
-        assert ds[name].dims[0] == "sample" and not ds[name].isnull().any()
+    axis = "case" if ds.attrs["kind"] == "sweep" else "sample"
+    assert ds.attrs["complete"] is True and ds.sizes[axis] == n
+    for name in ds.data_vars:
+        assert ds[name].dims[0] == axis and not ds[name].isnull().any(), name
 
 
 def test_submit_again_resumes_and_does_nothing(quickstart_store):

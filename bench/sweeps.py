@@ -1,0 +1,190 @@
+"""Benchmark: seed 004's vmap(solve) vs a Python loop vs ``pipeline.solvers.solve("rte1d")``.
+
+Measured side by side in one run, in cases per second, at several case counts;
+checks that ours matches the seed (max relative error over E and T, in the
+dtype of the run) and prints a Markdown table of ratios for BENCHMARKS.md.
+
+The seed's cases ``c = 1, 2, ..., n`` (``T0 = (1 + 0.1 sin(2 pi x + sin c)) (1 + sin c)``,
+``sigma = (1 + 0.1 sin(2 pi x + sin(c + 1))) (1 + sin c)``), nx=400, 8 angles,
+t_end=1 (499 steps, 50 saves).
+
+Usage:
+    python bench/sweeps.py                      # 4, 64, 1024 cases on CPU, float32
+    python bench/sweeps.py --threads 1          # one thread (a shared machine: stable numbers)
+    python bench/sweeps.py --device cuda --full # adds 8192 cases (default on a GPU)
+                                                # (on a 2-core CPU the seed's vmap needs ~14 min there)
+    python bench/sweeps.py --cases 4,64 --dtype float64
+
+Hook for the store: ``time_ours(..., write=fn)`` times ``fn(outputs)`` separately
+(e.g. a region write to Zarr); the table shows its share of the time in the
+``write frac`` column (``-`` while no writer is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from pipeline.solvers import solve  # noqa: E402
+from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
+
+
+@dataclass
+class Timing:
+    """Best wall time of one approach on ``n_cases`` cases (seconds), and the optional write time."""
+
+    seconds: float
+    n_cases: int
+    write_seconds: float | None = None
+
+    @property
+    def cases_per_second(self) -> float:
+        return self.n_cases / self.seconds
+
+    @property
+    def write_fraction(self) -> float | None:
+        if self.write_seconds is None:
+            return None
+        return self.write_seconds / (self.seconds + self.write_seconds)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
+    """Best of ``repeats`` wall times (synchronised), and the last result."""
+    best, result = math.inf, None
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = run()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def seed_inputs(n_cases: int, dtype: torch.dtype, device: torch.device):
+    x = seed_grid(400, dtype=dtype)
+    T0, sigma = seed_cases(x, cases=tuple(range(1, n_cases + 1)))
+    return T0.to(device), sigma.to(device)
+
+
+def time_seed_vmap(T0, sigma, repeats: int) -> tuple[Timing, tuple]:
+    seconds, result = best_time(lambda: reference_solve_batch(T0, sigma), T0.device, repeats)
+    return Timing(seconds, T0.shape[0]), result
+
+
+def time_seed_loop(T0, sigma, repeats: int) -> Timing:
+    def run():
+        return [reference_solve(T0[i], sigma[i]) for i in range(T0.shape[0])]
+
+    seconds, _ = best_time(run, T0.device, repeats)
+    return Timing(seconds, T0.shape[0])
+
+
+def time_ours(
+    T0, sigma, repeats: int, *, write: Callable[[dict[str, torch.Tensor]], None] | None = None, **options
+) -> tuple[Timing, dict[str, torch.Tensor]]:
+    """Time ``solve("rte1d")``; with ``write``, also time ``write(outputs)`` after each solve."""
+    seconds, outputs = best_time(lambda: solve("rte1d", {"T0": T0, "sigma": sigma}, **options), T0.device, repeats)
+    write_seconds = None
+    if write is not None:
+        write_seconds, _ = best_time(lambda: write(outputs), T0.device, repeats)
+    return Timing(seconds, T0.shape[0], write_seconds), outputs
+
+
+def max_relative_error(ours: dict[str, torch.Tensor], seed: tuple[torch.Tensor, torch.Tensor]) -> float:
+    E, T = seed
+    return max(float(((ours["E"] - E).abs() / E.abs()).max()), float(((ours["T"] - T).abs() / T.abs()).max()))
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = platform.processor() or platform.machine()
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    what = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        what += f", {os.cpu_count()} cores"
+    return f"{what}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cases", default=None, help="comma-separated case counts (default 4,64,1024; +8192 with --full or on GPU)")
+    parser.add_argument("--full", action="store_true", help="add 8192 cases")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="the seed ran in float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (1 run above 1024 cases)")
+    parser.add_argument("--loop-cases", type=int, default=8, help="the Python loop runs at most this many cases")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="rte1d's compile option")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if args.cases:
+        counts = [int(c) for c in args.cases.split(",")]
+    else:
+        counts = [4, 64, 1024] + ([8192] if args.full or device.type == "cuda" else [])
+    compile_option = {"auto": "auto", "true": True, "false": False}[args.compile]
+
+    print(f"# rte1d sweep benchmark, {datetime.date.today()}, {device} {args.dtype}")
+    print(f"# machine: {machine_description(device)}")
+    print("# seed 004 problem: nx=400, 8 angles, t_end=1 (499 steps, 50 saves)")
+    rows = []
+    for n in counts:
+        repeats = args.repeats if n <= 1024 else 1
+        T0, sigma = seed_inputs(n, dtype, device)
+        if device.type == "cuda" or compile_option is True:  # compile and warm up before timing
+            solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
+        ours, outputs = time_ours(T0, sigma, repeats, compile=compile_option)
+        vmap, seed_result = time_seed_vmap(T0, sigma, repeats)
+        error = max_relative_error(outputs, seed_result)
+        k = min(n, args.loop_cases)
+        loop = time_seed_loop(T0[:k], sigma[:k], 1)
+        rows.append((n, vmap, loop, ours, error, k))
+        print(
+            f"# {n} cases: ours {ours.seconds:.3f} s, seed vmap {vmap.seconds:.3f} s, "
+            f"loop {loop.seconds:.3f} s for {k} cases",
+            flush=True,
+        )
+
+    print()
+    print("| cases | seed vmap (cases/s) | Python loop (cases/s) | ours (cases/s) | ours / vmap | ours / loop | max rel err | write frac |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, vmap, loop, ours, error, k in rows:
+        frac = "-" if ours.write_fraction is None else f"{ours.write_fraction:.2f}"
+        loop_note = "" if k == n else f" ({k} cases)"
+        print(
+            f"| {n} | {vmap.cases_per_second:.1f} | {loop.cases_per_second:.1f}{loop_note} | {ours.cases_per_second:.1f} | "
+            f"{ours.cases_per_second / vmap.cases_per_second:.1f}x | {ours.cases_per_second / loop.cases_per_second:.1f}x | "
+            f"{error:.1e} | {frac} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Sweep jobs: a PDE solver run over a table of parameter cases.
+
+The driver builds the case table once (``sweeps.make_cases``), writes it to
+``cases.parquet`` and as ``[case]`` coordinate arrays; each shard reads its
+rows back, solves its cases batched on the worker's device and returns the
+outputs ``[case, ...]`` and, when asked, sensitivities ``d<q>_d<p> [case]``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from ..plan import plan_sweep_job
+from ..sources import InputError, describe_inputs, read_inputs
+from ..spec import SpecError
+from ..store import read_cases
+from . import Prepared, ShardInfo
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
+
+
+def _solver(spec):
+    from ..solvers import get_solver
+
+    for entry in spec.solver.python_path:
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        return get_solver(spec.solver.name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise SpecError([f"solver.name: {err}"]) from None
+
+
+def case_table(spec) -> dict[str, np.ndarray]:
+    """The sweep's cases (fixed parameters included as constant columns)."""
+    from ..sweeps import make_cases
+
+    sweep = spec.sweep.model_dump(mode="json", exclude_none=True)
+    try:
+        return make_cases({**sweep, "fixed": dict(spec.fixed) or None})
+    except (ValueError, OSError) as err:
+        raise SpecError([str(err)]) from None
+
+
+def sensitivity_names(spec, swept: list[str]) -> tuple[list[str], list[str]]:
+    """(scalar outputs, parameters differentiated against) of the job's sensitivities."""
+    if spec.sensitivities is None:
+        return [], []
+    return list(spec.sensitivities.outputs), list(spec.sensitivities.wrt or swept)
+
+
+def prepare(spec) -> Prepared:
+    """Build the case table, check the solver on the first case, and plan the store."""
+    from ..sweeps import to_arrow_table
+
+    solver = _solver(spec)
+    try:
+        options = solver.validate_options(spec.solver.options)
+    except ValueError as err:
+        raise SpecError([f"solver.options: {err}"]) from None
+    table = case_table(spec)
+    n = len(next(iter(table.values())))
+    swept = [name for name in table if name not in spec.fixed]
+    known = solver.parameters(options)
+    if known:
+        unknown = sorted((set(table) | set(spec.profiles)) - set(known))
+        if unknown:
+            raise SpecError(
+                [f"sweep: {unknown} are not parameters of {solver.name}; its parameters are {sorted(known)}"]
+            )
+    for name, source in spec.profiles.items():
+        try:
+            info = describe_inputs(source)
+        except InputError as err:
+            raise SpecError([f"profiles.{name}: {err}"]) from None
+        expected = known[name].shape if name in known else info.shape
+        if info.n < n or tuple(info.shape) != tuple(expected):
+            raise SpecError(
+                [f"profiles.{name}: {source.path} holds {info.n} profiles of shape {list(info.shape)}; "
+                 f"the sweep needs {n} of shape {list(expected)}"]
+            )
+    scalars, wrt = sensitivity_names(spec, swept)
+    if scalars and spec.profiles:
+        raise SpecError(["sensitivities: not supported together with profiles yet; remove one of them"])
+    first = _case_params(spec, table, 0, 1, torch.float64, torch.device("cpu"))
+    try:
+        outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
+    except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
+        raise SpecError([f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]) from None
+    for q, reduction in (spec.sensitivities.outputs.items() if scalars else []):
+        if reduction.output not in outputs:
+            raise SpecError(
+                [f"sensitivities.outputs.{q}.output: {reduction.output!r} is not an output of {solver.name}; "
+                 f"choose from {sorted(outputs)}"]
+            )
+    try:
+        result = _solve(spec, solver, options, first, torch.device("cpu"), torch.float64)
+        if scalars:
+            sensitivities(spec, solver, options, first, torch.device("cpu"), torch.float64)
+    except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError) as err:
+        raise SpecError([f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]) from None
+    for name, (dims, shape) in outputs.items():
+        if tuple(result[name].shape[1:]) != tuple(shape):
+            raise SpecError([f"solver: output {name!r} has shape {list(result[name].shape[1:])}, declared {list(shape)}"])
+    coords = {dim: np.asarray(values) for dim, values in solver.coords(options).items()}
+    derived = [*scalars, *(f"d{q}_d{p}" for q in scalars for p in wrt)]
+    plan = plan_sweep_job(
+        n_cases=n,
+        outputs=outputs,
+        coords={dim: len(values) for dim, values in coords.items()},
+        case_parameters=tuple(table),
+        scalars=tuple(derived),
+        chunk_size=spec.store.chunk_size,
+        shard_size=spec.shard_size,
+        dtype=spec.solver.dtype,
+    )
+    case_coords = " ".join(table)
+    attributes = {
+        "solver": solver.name,
+        "solver_options": {k: v for k, v in options.items() if _jsonable(v)},
+        "parameters": list(table),
+        "swept": swept,
+        "outputs": list(outputs),
+        "sensitivities": derived,
+    }
+    summary = (
+        f"{n} cases of {solver.name}, swept {swept}, fixed {sorted(spec.fixed)}\n"
+        f"outputs {', '.join(f'{k} {list(d)}' for k, (d, _) in outputs.items())}"
+        + (f"\nsensitivities {derived}" if derived else "")
+    )
+    return Prepared(
+        spec,
+        plan,
+        attributes,
+        summary,
+        initial_arrays={**{k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, **coords},
+        tables={"cases.parquet": to_arrow_table(table)},
+        array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
+    )
+
+
+def _jsonable(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _case_params(spec, table, start, stop, dtype, device) -> dict[str, torch.Tensor]:
+    params = {k: torch.tensor(np.asarray(v[start:stop], dtype=np.float64), dtype=dtype, device=device)
+              for k, v in table.items()}
+    for name, source in spec.profiles.items():
+        params[name] = torch.as_tensor(read_inputs(source, start, stop), dtype=dtype, device=device)
+    return params
+
+
+def _solve(spec, solver, options, params, device, dtype):
+    from ..solvers import solve
+
+    return solve(solver, params, device=device, dtype=dtype, **options)
+
+
+def compute(spec, shard, device: torch.device):
+    """Outputs (and sensitivities) of the shard's cases as numpy arrays."""
+    solver = _solver(spec)
+    options = solver.validate_options(spec.solver.options)
+    dtype = DTYPES[spec.solver.dtype]
+    table = read_cases(spec.store.path, shard.start, shard.stop)
+    params = _case_params(spec, table, 0, shard.size, dtype, device)
+    outputs = _solve(spec, solver, options, params, device, dtype)
+    arrays = {name: value.detach().cpu().numpy() for name, value in outputs.items()}
+    if spec.sensitivities is not None:
+        arrays.update(sensitivities(spec, solver, options, params, device, dtype))
+    return arrays, ShardInfo(method=solver.name, chunk_size=shard.size)
+
+
+def _reduce(outputs, reduction) -> torch.Tensor:
+    value = outputs[reduction.output]
+    if reduction.index is not None and value.ndim > 1:
+        value = value[:, reduction.index]
+    return REDUCTIONS[reduction.reduce](value.reshape(value.shape[0], -1), dim=1)
+
+
+def sensitivities(spec, solver, options, params, device, dtype) -> dict[str, np.ndarray]:
+    """``q`` and ``dq/dp`` per case for each sensitivity output ``q`` and swept parameter ``p``.
+
+    Forward mode: one Jacobian-vector product of the batched solve per
+    parameter, with the tangent 1 in every case (cases are independent, so
+    each case's tangent output is its own derivative).
+    """
+    swept = [name for name in params if name not in spec.fixed]
+    scalars, wrt = sensitivity_names(spec, swept)
+    reductions = spec.sensitivities.outputs
+    result: dict[str, np.ndarray] = {}
+
+    def scalars_of(values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        outputs = _solve(spec, solver, options, values, device, dtype)
+        return tuple(_reduce(outputs, reductions[q]) for q in scalars)
+
+    for p in wrt:
+        def along_p(value_p, p=p):
+            return scalars_of({**params, p: value_p})
+
+        values, tangents = torch.func.jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
+        for q, value, tangent in zip(scalars, values, tangents):
+            result[q] = value.detach().cpu().numpy()
+            result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
+    if not wrt:
+        for q, value in zip(scalars, scalars_of(params)):
+            result[q] = value.detach().cpu().numpy()
+    return result

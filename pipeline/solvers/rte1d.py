@@ -1,0 +1,392 @@
+"""``rte1d``: 1-D gray radiative transfer coupled to a material temperature (seed 004).
+
+Equations, on a periodic domain ``[0, L)`` with ``nx`` cells, for the angular
+intensity ``I(x, mu, t)`` at Gauss-Legendre angles ``mu_k`` (weights ``w_k``,
+``sum w_k = 2``) and the temperature ``T(x, t)``::
+
+    dI_k/dt + mu_k dI_k/dx = sigma (a c T^4 / 2 - I_k)
+    rho cv dT/dt           = sigma (E - a c T^4),        E = sum_k w_k I_k
+
+discretised exactly as the seed: first-order upwind streaming, explicit Euler
+in time with ``dt = CFL * dx`` and ``n_steps = int(t_end / dt)``, emission and
+absorption evaluated at the old time level, ``I = a c T0^4 / 2`` initially.
+``E`` and ``T`` are saved after every step whose index is a multiple of
+``save_every`` (step 0 included), i.e. at times ``(s + 1) * dt``. The seed
+defines ``rho`` but never uses it; here ``rho * cv`` is the heat capacity,
+which is the seed for the default ``rho = 1``.
+
+Conservation: streaming cancels over a periodic domain and the exchange terms
+are equal and opposite, so ``sum_x (E + rho cv T)`` is conserved to round-off.
+
+Case parameters: ``T0`` and ``sigma`` profiles ``[nx]``, or either one built from
+scalars ``mean * (1 + amplitude * sin(2 pi wavenumber x / L + phase))`` with
+``T0_mean, T0_amplitude, T0_wavenumber, T0_phase`` (and ``sigma_*``). The seed's
+case ``c`` is ``T0_mean = sigma_mean = 1 + sin(c)``, amplitudes ``0.1``,
+``T0_phase = sin(c)``, ``sigma_phase = sin(c + 1)``.
+
+Implementation: natively batched over cases (no vmap), in-place updates into
+two preallocated ping-pong buffers with ghost cells, coefficients precomputed
+once, eleven kernels per step. On CPU the cases run in blocks sized for the
+cache; on CUDA a fused step is compiled with ``torch.compile`` (``compile``).
+When derivatives are requested (autograd, ``torch.func.jvp``) an out-of-place
+version of the seed's step runs instead, so parameter sensitivities work.
+
+Example:
+    >>> import torch
+    >>> from pipeline.solvers import solve
+    >>> c = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    >>> out = solve("rte1d", {"T0_mean": 1 + c.sin(), "T0_phase": c.sin(),
+    ...                       "sigma_mean": 1 + c.sin(), "sigma_phase": (c + 1).sin()})
+    >>> out["E"].shape
+    torch.Size([4, 50, 400])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .interface import ParamInfo, Solver, tracks_derivatives
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "nx": 400,
+    "L": 1.0,
+    "n_angles": 8,
+    "t_end": 1.0,
+    "CFL": 0.8,
+    "save_every": 10,
+    "a": 1.0,
+    "c": 1.0,
+    "rho": 1.0,
+    "cv": 1.0,
+    # performance only (results do not depend on them):
+    "compile": "auto",
+    "block_cases": None,
+}
+
+PROFILE_DEFAULTS = {"mean": 1.0, "amplitude": 0.1, "wavenumber": 1.0, "phase": 0.0}
+_PROFILES = ("T0", "sigma")
+_CPU_BLOCK_BYTES = 4 << 20  # state per block on CPU; best of 16..1024-case blocks on a 2-core EPYC (L2 1 MiB/core)
+
+
+# -- description ----------------------------------------------------------------------
+
+
+def cell_centres(nx: int, L: float) -> np.ndarray:
+    """Cell centres ``(i + 1/2) * L / nx`` (float64).
+
+    Example:
+        >>> cell_centres(4, 1.0)
+        array([0.125, 0.375, 0.625, 0.875])
+    """
+    return (np.arange(nx, dtype=np.float64) + 0.5) * (L / nx)
+
+
+def time_grid(options: dict[str, Any]) -> tuple[float, float, int, np.ndarray]:
+    """``(dx, dt, n_steps, save_steps)`` as the seed computes them.
+
+    Example:
+        >>> dx, dt, n_steps, saves = time_grid(DEFAULT_OPTIONS)
+        >>> n_steps, len(saves)
+        (500, 50)
+    """
+    dx = options["L"] / options["nx"]
+    dt = options["CFL"] * dx
+    n_steps = int(options["t_end"] / dt)
+    return dx, dt, n_steps, np.arange(0, n_steps, options["save_every"])
+
+
+def gauss_legendre(n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Angles ``mu`` (ascending: the first half negative) and weights (sum 2).
+
+    Example:
+        >>> mu, w = gauss_legendre(2)
+        >>> mu.round(4).tolist(), w.tolist()
+        ([-0.5774, 0.5774], [1.0, 1.0])
+    """
+    return np.polynomial.legendre.leggauss(n_angles)
+
+
+def _parameters(options: dict[str, Any]) -> dict[str, ParamInfo]:
+    nx = options["nx"]
+    infos: dict[str, ParamInfo] = {}
+    for p, what in (("T0", "initial temperature"), ("sigma", "opacity")):
+        scalars = tuple(f"{p}_{k}" for k in PROFILE_DEFAULTS)
+        infos[p] = ParamInfo(("x",), (nx,), None, f"{what} profile [nx]; replaces {', '.join(scalars)}", scalars)
+    for p in _PROFILES:
+        for key, default in PROFILE_DEFAULTS.items():
+            infos[f"{p}_{key}"] = ParamInfo(
+                (), (), default, f"{p} = mean * (1 + amplitude * sin(2 pi wavenumber x / L + phase)): {key}"
+            )
+    return infos
+
+
+def _outputs(options: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    shape = (len(time_grid(options)[3]), options["nx"])
+    return {"E": (("time", "x"), shape), "T": (("time", "x"), shape)}
+
+
+def _coords(options: dict[str, Any]) -> dict[str, np.ndarray]:
+    _, dt, _, saves = time_grid(options)
+    return {"x": cell_centres(options["nx"], options["L"]), "time": (saves + 1) * dt}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    def bad(key: str, fix: str) -> ValueError:
+        return ValueError(f"rte1d: option {key}={options[key]!r} is invalid; {fix}")
+
+    if not _is_int(options["nx"]) or options["nx"] < 4:
+        raise bad("nx", "use an integer nx >= 4 (the seed uses 400)")
+    n = options["n_angles"]
+    if not _is_int(n) or n < 2 or n % 2:
+        raise bad("n_angles", "use an even integer >= 2: half the Gauss-Legendre angles move right, half left")
+    for key in ("L", "t_end", "CFL", "a", "c", "rho", "cv"):
+        if not _is_positive(options[key]):
+            raise bad(key, f"use a finite number > 0 (default {DEFAULT_OPTIONS[key]})")
+    if not _is_int(options["save_every"]) or options["save_every"] < 1:
+        raise bad("save_every", "use an integer >= 1 (the seed saves every 10 steps)")
+    mu_max = float(np.abs(gauss_legendre(n)[0]).max())
+    if options["CFL"] * mu_max > 1:
+        raise bad(
+            "CFL",
+            f"the upwind step is unstable when CFL * max|mu| = {options['CFL'] * mu_max:.4g} > 1; "
+            "use CFL <= 1 (the seed uses 0.8)",
+        )
+    _, dt, n_steps, _ = time_grid(options)
+    if n_steps < 1:
+        raise bad("t_end", f"it is shorter than one time step dt = CFL * L / nx = {dt:.4g}; increase t_end")
+    if options["compile"] not in ("auto", True, False):
+        raise bad("compile", "use 'auto' (compile the step on CUDA only), True or False")
+    block = options["block_cases"]
+    if block is not None and (not _is_int(block) or block < 1):
+        raise bad("block_cases", "use None (automatic) or a positive integer")
+
+
+# -- computation ----------------------------------------------------------------------
+
+
+def profile(mean, amplitude, wavenumber, phase, x: torch.Tensor, L: float) -> torch.Tensor:
+    """``mean * (1 + amplitude * sin(2 pi wavenumber x / L + phase))`` for ``[cases]`` scalars -> ``[cases, nx]``.
+
+    Example:
+        >>> one = torch.ones(1)
+        >>> profile(2 * one, 0.5 * one, one, 0 * one, torch.tensor([0.25, 0.75]), 1.0)
+        tensor([[3., 1.]])
+    """
+    arg = (2 * math.pi / L) * wavenumber[:, None] * x + phase[:, None]
+    return mean[:, None] * (1 + amplitude[:, None] * torch.sin(arg))
+
+
+def initial_profiles(params: dict[str, torch.Tensor], options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``T0`` and ``sigma`` profiles ``[cases, nx]``, given or built from the scalar parameters."""
+    some = next(iter(params.values()))
+    x = torch.as_tensor(cell_centres(options["nx"], options["L"]), dtype=some.dtype, device=some.device)
+    out = []
+    for p in _PROFILES:
+        if p in params:
+            out.append(params[p])
+        else:
+            out.append(profile(*(params[f"{p}_{k}"] for k in PROFILE_DEFAULTS), x, options["L"]))
+    return out[0], out[1]
+
+
+def solve_rte1d(params: dict[str, torch.Tensor], **options: Any) -> dict[str, torch.Tensor]:
+    """Batched solver: ``params`` with a leading case axis -> ``{"E", "T": [cases, saves, nx]}``.
+
+    Use ``pipeline.solvers.solve("rte1d", ...)``, which validates options and
+    fills defaults; this is the function behind it. When derivatives flow
+    (autograd, ``torch.func.jvp`` / ``grad`` / ``vmap``) it takes the
+    out-of-place path, so sensitivities of outputs to parameters work.
+    """
+    T0, sigma = initial_profiles(params, options)
+    if tracks_derivatives(T0, sigma):
+        E, T = _integrate_functional(T0, sigma, options, _step)
+        return {"E": E, "T": T}
+    n_cases, nx = T0.shape
+    _, _, _, saves = time_grid(options)
+    E_out = T0.new_empty((n_cases, len(saves), nx))
+    T_out = T0.new_empty((n_cases, len(saves), nx))
+    use_compile = options["compile"] is True or (options["compile"] == "auto" and T0.device.type == "cuda")
+    block = options["block_cases"] or _auto_block(n_cases, nx, options["n_angles"], T0)
+    with torch.no_grad():
+        for start in range(0, n_cases, block):
+            part = slice(start, min(start + block, n_cases))
+            if not use_compile:
+                _integrate_inplace(T0[part], sigma[part], E_out[part], T_out[part], options)
+                continue
+            try:
+                E_out[part], T_out[part] = _integrate_functional(T0[part], sigma[part], options, _compiled_step())
+            except Exception as err:  # compiler missing or failing: "auto" must still give results
+                if options["compile"] is True:
+                    raise
+                warnings.warn(
+                    f"rte1d: torch.compile of the step failed on {T0.device} ({type(err).__name__}: {err}); "
+                    "using the eager step instead. Pass compile=False to skip compiling.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                use_compile = False
+                _integrate_inplace(T0[part], sigma[part], E_out[part], T_out[part], options)
+    return {"E": E_out, "T": T_out}
+
+
+def _auto_block(n_cases: int, nx: int, n_angles: int, like: torch.Tensor) -> int:
+    # three state-sized arrays: two intensity buffers and the precomputed coefficient
+    per_case = 3 * n_angles * (nx + 2) * like.element_size()
+    if like.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(like.device)
+        return max(1, min(n_cases, int(0.5 * free) // per_case))
+    if like.device.type == "cpu":
+        return max(1, min(n_cases, _CPU_BLOCK_BYTES // per_case))
+    return n_cases
+
+
+class _Coefficients:
+    """Everything constant over the time loop, computed once per block."""
+
+    def __init__(self, sigma: torch.Tensor, options: dict[str, Any]):
+        dx, dt, n_steps, _ = time_grid(options)
+        mu_np, w_np = gauss_legendre(options["n_angles"])
+        mu = torch.from_numpy(mu_np).to(dtype=sigma.dtype, device=sigma.device)
+        self.w = torch.from_numpy(w_np).to(dtype=sigma.dtype, device=sigma.device)
+        self.half = options["n_angles"] // 2
+        self.n_steps = n_steps
+        self.save_every = options["save_every"]
+        self.ac = options["a"] * options["c"]
+        self.half_ac = 0.5 * options["a"] * options["c"]
+        nu = (dt / dx) * mu  # signed Courant numbers per angle, as the seed computes them
+        self.nu = nu.view(1, -1, 1)
+        self.dts = (dt * sigma)[:, None, :]  # [B, 1, nx]
+        self.k_T = (dt / (options["rho"] * options["cv"])) * sigma  # [B, nx]
+
+
+def _integrate_inplace(T0, sigma, E_out, T_out, options) -> None:
+    """Eager path: 11 kernels per step, no allocation or indexing inside the loop.
+
+    Per angle ``k`` the seed's update is rewritten as one multiply-add chain
+    ``I_new = S + |nu_k| I_upwind + (1 - |nu_k| - dt sigma) I`` with the
+    emission ``S = dt sigma a c T^4 / 2`` shared by all angles. The intensity is
+    stored angle-major ``[angle, case, nx + 2]`` (one ghost cell each side), so
+    each half of the angles is one contiguous block and ``E = w @ I`` is a
+    single matrix-vector product.
+    """
+    co = _Coefficients(sigma, options)
+    H, A = co.half, 2 * co.half
+    n_cases, nx = T0.shape
+    nu_abs = co.nu.abs().view(A, 1, 1)
+    nu_right, nu_left = nu_abs[H:], nu_abs[:H]  # mu > 0 reads x-1, mu < 0 reads x+1
+    dts = co.dts.view(1, n_cases, nx)
+    self_coef = (1 - nu_abs) - dts  # [A, B, nx]
+    source_coef = co.half_ac * dts  # [1, B, nx]
+
+    buffers = [T0.new_empty((A, n_cases, nx + 2)) for _ in range(2)]
+    views = [_StateViews(b, H) for b in buffers]
+    views[0].interior.copy_((co.half_ac * T0**4).expand(A, n_cases, nx))
+    views[0].fill_ghosts()
+    T = T0.clone()
+    E_full = T0.new_empty((n_cases, nx + 2))
+    E_flat, E = E_full.view(-1), E_full[:, 1:-1]
+    torch.mv(views[0].flat.t(), co.w, out=E_flat)
+    T4 = torch.empty_like(T)
+    T4_angles = T4.view(1, n_cases, nx)
+    S = torch.empty_like(source_coef)
+    gap = torch.empty_like(T)
+
+    saved = 0
+    for step in range(co.n_steps):
+        cur, nxt = views[step % 2], views[(step + 1) % 2]
+        torch.mul(T, T, out=T4)  # T**4 as two squarings: pow(T, 4) is a slow libm call on CPU
+        T4.mul_(T4)
+        torch.mul(source_coef, T4_angles, out=S)
+        torch.addcmul(S, cur.right_upwind, nu_right, out=nxt.right_interior)
+        torch.addcmul(S, cur.left_upwind, nu_left, out=nxt.left_interior)
+        nxt.interior.addcmul_(cur.interior, self_coef)
+        nxt.fill_ghosts()
+        # material update with the old E and T (explicit, as the seed)
+        torch.sub(E, T4, alpha=co.ac, out=gap)
+        T.addcmul_(co.k_T, gap)
+        torch.mv(nxt.flat.t(), co.w, out=E_flat)
+        if step % co.save_every == 0:
+            E_out[:, saved].copy_(E)
+            T_out[:, saved].copy_(T)
+            saved += 1
+
+
+class _StateViews:
+    """Fixed views into one ``[angle, case, nx + 2]`` intensity buffer (made once, not per step)."""
+
+    def __init__(self, I: torch.Tensor, half: int):
+        self.flat = I.view(I.shape[0], -1)
+        self.interior = I[:, :, 1:-1]
+        self.right_interior, self.right_upwind = I[half:, :, 1:-1], I[half:, :, :-2]  # mu > 0
+        self.left_interior, self.left_upwind = I[:half, :, 1:-1], I[:half, :, 2:]  # mu < 0
+        # periodic ghosts: mu > 0 reads the left ghost (= last cell), mu < 0 the right ghost (= first cell)
+        self._ghost_pairs = ((I[half:, :, 0], I[half:, :, -2]), (I[:half, :, -1], I[:half, :, 1]))
+
+    def fill_ghosts(self) -> None:
+        for ghost, cell in self._ghost_pairs:
+            ghost.copy_(cell)
+
+
+def _step(I, T, E, nu, dts, k_T, w, half_ac: float, ac: float, half: int):
+    """One step of the seed's scheme, written functionally so ``torch.compile`` can fuse it."""
+    T4 = T**4
+    emission = half_ac * T4[:, None, :]
+    neg, pos = I[:, :half], I[:, half:]
+    pos_new = pos - nu[:, half:] * (pos - pos.roll(1, -1)) + dts * (emission - pos)
+    neg_new = neg - nu[:, :half] * (neg.roll(-1, -1) - neg) + dts * (emission - neg)
+    I_new = torch.cat([neg_new, pos_new], dim=1)
+    T_new = T + k_T * (E - ac * T4)
+    E_new = (w[:, None] * I_new).sum(dim=1)
+    return I_new, T_new, E_new
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled_step():
+    """``_step`` compiled by ``torch.compile`` (once per process; recompiles per shape/dtype as needed)."""
+    if "step" not in _COMPILED:
+        _COMPILED["step"] = torch.compile(_step, dynamic=None)
+    return _COMPILED["step"]
+
+
+def _integrate_functional(T0, sigma, options, step) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out-of-place time loop (differentiable; fused by ``torch.compile`` when ``step`` is compiled)."""
+    co = _Coefficients(sigma, options)
+    I = (co.half_ac * T0**4)[:, None, :].expand(-1, 2 * co.half, -1)
+    T = T0
+    E = torch.matmul(co.w, I)
+    saved_E, saved_T = [], []
+    for n in range(co.n_steps):
+        I, T, E = step(I, T, E, co.nu, co.dts, co.k_T, co.w, co.half_ac, co.ac, co.half)
+        if n % co.save_every == 0:
+            saved_E.append(E)
+            saved_T.append(T)
+    return torch.stack(saved_E, dim=1), torch.stack(saved_T, dim=1)
+
+
+SOLVER = Solver(
+    name="rte1d",
+    fn=solve_rte1d,
+    default_options=DEFAULT_OPTIONS,
+    batched=True,
+    parameters_fn=_parameters,
+    outputs_fn=_outputs,
+    coords_fn=_coords,
+    check_options=_check_options,
+    description="1-D gray radiative transfer + material temperature, periodic, upwind (seed 004)",
+)

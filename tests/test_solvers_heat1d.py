@@ -1,0 +1,134 @@
+"""heat1d: convergence orders fitted against analytic solutions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.solvers import get_solver, solve
+from pipeline.solvers.heat1d import exact_solution
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# three cases with different mean, amplitude, integer wavenumber, phase and diffusivity
+CASES = {
+    "u_mean": torch.tensor([0.0, 1.0, -0.5], dtype=F64),
+    "amplitude": torch.tensor([1.0, 0.3, 2.0], dtype=F64),
+    "wavenumber": torch.tensor([1.0, 2.0, 1.0], dtype=F64),
+    "phase": torch.tensor([0.0, 0.7, -1.2], dtype=F64),
+    "diffusivity": torch.tensor([0.1, 0.05, 0.2], dtype=F64),
+}
+
+
+def continuous_exact(nx: int, t_end: float, n_saves: int) -> torch.Tensor:
+    """u_mean + A exp(-D kappa^2 t) sin(kappa x + phase), written out independently of heat1d."""
+    x = (torch.arange(nx, dtype=F64) + 0.5) / nx
+    t = t_end * torch.arange(1, n_saves + 1, dtype=F64) / n_saves
+    kappa = 2 * math.pi * CASES["wavenumber"]
+    decay = torch.exp(-CASES["diffusivity"][:, None] * kappa[:, None] ** 2 * t)
+    wave = torch.sin(kappa[:, None] * x + CASES["phase"][:, None])
+    return CASES["u_mean"][:, None, None] + CASES["amplitude"][:, None, None] * decay[:, :, None] * wave[:, None, :]
+
+
+def semi_discrete_exact(nx: int, t_end: float, n_saves: int) -> torch.Tensor:
+    """Exact in time for the central-difference Laplacian: mode kappa decays at 4 sin^2(kappa dx/2)/dx^2."""
+    dx = 1.0 / nx
+    x = (torch.arange(nx, dtype=F64) + 0.5) * dx
+    t = t_end * torch.arange(1, n_saves + 1, dtype=F64) / n_saves
+    kappa = 2 * math.pi * CASES["wavenumber"]
+    rate = CASES["diffusivity"] * 4 * torch.sin(kappa * dx / 2) ** 2 / dx**2
+    decay = torch.exp(-rate[:, None] * t)
+    wave = torch.sin(kappa[:, None] * x + CASES["phase"][:, None])
+    return CASES["u_mean"][:, None, None] + CASES["amplitude"][:, None, None] * decay[:, :, None] * wave[:, None, :]
+
+
+def fitted_order(steps: list[float], errors: list[float]) -> float:
+    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
+    return float(slope)
+
+
+@pytest.mark.parametrize("scheme,dt_of_dx", [("crank_nicolson", lambda dx: 0.5 * dx), ("ftcs", lambda dx: 0.2 * dx * dx)])
+def test_space_time_convergence_order_is_two(scheme, dt_of_dx):
+    sizes = [16, 32, 64, 128]
+    errors = []
+    for nx in sizes:
+        out = solve("heat1d", CASES, nx=nx, t_end=0.1, n_saves=4, scheme=scheme, dt=dt_of_dx(1.0 / nx))
+        errors.append(float((out["u"] - continuous_exact(nx, 0.1, 4)).abs().max()))
+    assert errors[-1] < 1e-3
+    assert abs(fitted_order([1.0 / n for n in sizes], errors) - 2.0) < 0.2
+
+
+@pytest.mark.parametrize("scheme,order,nx,first", [("crank_nicolson", 2.0, 32, 8), ("ftcs", 1.0, 16, 16)])
+def test_time_convergence_order(scheme, order, nx, first):
+    """At fixed nx, against the semi-discrete exact solution, only the time error remains."""
+    dts = [0.1 / (first * 2**i) for i in range(4)]  # FTCS: dt <= dx^2 / (2 max D) = 0.0098
+    errors = []
+    for dt in dts:
+        out = solve("heat1d", CASES, nx=nx, t_end=0.1, n_saves=1, scheme=scheme, dt=dt)
+        errors.append(float((out["u"] - semi_discrete_exact(nx, 0.1, 1)).abs().max()))
+    assert abs(fitted_order(dts, errors) - order) < 0.2
+
+
+def test_exact_solution_helper_agrees_with_the_test_formula():
+    options = get_solver("heat1d").validate_options({"nx": 20, "n_saves": 3})
+    torch.testing.assert_close(exact_solution(CASES, options), continuous_exact(20, 0.1, 3), rtol=1e-14, atol=1e-14)
+
+
+def test_profile_input_equals_scalar_input():
+    nx = 32
+    x = (torch.arange(nx, dtype=F64) + 0.5) / nx
+    u0 = CASES["u_mean"][:, None] + CASES["amplitude"][:, None] * torch.sin(
+        2 * math.pi * CASES["wavenumber"][:, None] * x + CASES["phase"][:, None]
+    )
+    a = solve("heat1d", CASES, nx=nx)
+    b = solve("heat1d", {"u0": u0, "diffusivity": CASES["diffusivity"]}, nx=nx)
+    torch.testing.assert_close(a["u"], b["u"], rtol=1e-13, atol=1e-13)
+
+
+def test_description_matches_outputs():
+    s = get_solver("heat1d")
+    out = solve(s, CASES, nx=24, n_saves=6)
+    assert s.outputs({"nx": 24, "n_saves": 6}) == {"u": (("time", "x"), (6, 24))}
+    assert out["u"].shape == (3, 6, 24)
+    np.testing.assert_allclose(s.coords({"n_saves": 4})["time"], [0.025, 0.05, 0.075, 0.1])
+
+
+def test_ftcs_instability_is_reported_with_a_fix():
+    with pytest.raises(ValueError, match=r"unstable.*set dt <= .*crank_nicolson"):
+        solve("heat1d", {"diffusivity": torch.tensor([0.1, 5.0])}, scheme="ftcs", dt=1e-3)
+
+
+@pytest.mark.parametrize(
+    "options,words",
+    [({"scheme": "euler"}, ["scheme='euler'", "crank_nicolson, ftcs"]), ({"dt": 0.0}, ["dt=0.0", "None"]), ({"n_saves": 0}, ["n_saves=0"])],
+)
+def test_option_errors(options, words):
+    with pytest.raises(ValueError) as err:
+        get_solver("heat1d").validate_options(options)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("scheme", ["crank_nicolson", "ftcs"])
+def test_sensitivity_to_diffusivity_matches_finite_differences(scheme):
+    def centre_value(D):
+        return solve("heat1d", {**CASES, "diffusivity": D}, nx=16, scheme=scheme)["u"][:, -1, 3]
+
+    D = CASES["diffusivity"]
+    _, tangent = torch.func.jvp(centre_value, (D,), (torch.ones_like(D),))
+    eps = 1e-6
+    fd = (centre_value(D + eps) - centre_value(D - eps)) / (2 * eps)
+    torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-9)
+    assert float(tangent.abs().min()) > 1e-3

@@ -1,0 +1,201 @@
+"""Sweep jobs end to end: case tables -> shards of cases -> solver -> store with case coordinates.
+
+References: seed 004's solver re-implemented as written (tests/reference_rte1d.py),
+the heat equation's analytic solution, and float64 finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.driver import prepare, submit
+from pipeline.runner import InlineExecutor, RayExecutor
+from pipeline.spec import SpecError, validate_spec
+from pipeline.store import open_results
+from reference_rte1d import reference_solve_batch, seed_grid
+
+SMALL_RTE = {"nx": 32, "n_angles": 4, "t_end": 0.5, "save_every": 5}
+
+
+@pytest.fixture(params=["inline", "ray"])
+def executor(request):
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        return RayExecutor()
+    return InlineExecutor()
+
+
+def sweep_spec(tmp_path, sweep, solver=None, **extra):
+    data = {
+        "schema_version": 1,
+        "name": "sw",
+        "kind": "sweep",
+        "solver": solver or {"name": "rte1d", "options": SMALL_RTE, "dtype": "float64"},
+        "sweep": sweep,
+        "store": {"path": str(tmp_path / "sweep.zarr"), "chunk_size": 2},
+        "execution": {"shard_size": 4, "retries": 0},
+        **extra,
+    }
+    return validate_spec(data)
+
+
+def rte_reference(T0_mean, sigma_mean, T0_phase, amplitude=0.1, options=SMALL_RTE):
+    x = seed_grid(options["nx"])
+    T0 = torch.stack([m * (1 + amplitude * torch.sin(2 * math.pi * x + p)) for m, p in zip(T0_mean, T0_phase)])
+    sigma = torch.stack([s * (1 + amplitude * torch.sin(2 * math.pi * x)) for s in sigma_mean])
+    return reference_solve_batch(
+        T0, sigma, Nvx=options["n_angles"], t=options["t_end"], save_every=options["save_every"]
+    )
+
+
+def test_rte_grid_sweep_matches_the_seed_solver(tmp_path, executor):
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "grid", "axes": {"T0_mean": [0.8, 1.6], "sigma_mean": {"low": 0.5, "high": 2.0, "num": 3},
+                                  "T0_phase": [0.0, 1.0]}},
+        fixed={"T0_amplitude": 0.1, "sigma_amplitude": 0.1},
+    )
+    summary = submit(spec, executor)
+    assert summary.complete and len(summary.done) == 3  # 12 cases, 4 per shard
+    ds = open_results(spec.store.path, require_complete=True)
+    assert ds.T.dims == ("case", "time", "x") and ds.T.shape == (12, 4, 32)
+    for name in ("T0_mean", "sigma_mean", "T0_phase", "T0_amplitude", "x", "time"):
+        assert name in ds.coords, name
+    E, T = rte_reference(
+        torch.tensor(ds.T0_mean.values), torch.tensor(ds.sigma_mean.values), torch.tensor(ds.T0_phase.values)
+    )
+    np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ds.E.values, E.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ds.x.values, seed_grid(32).numpy())
+    # the grid is the cartesian product, last axis fastest
+    np.testing.assert_array_equal(ds.T0_phase.values, [0.0, 1.0] * 6)
+    np.testing.assert_array_equal(ds.T0_mean.values, [0.8] * 6 + [1.6] * 6)
+    cases = pq.read_table(f"{spec.store.path}/cases.parquet").to_pydict()
+    assert cases["case"] == list(range(12)) and np.allclose(cases["sigma_mean"], ds.sigma_mean.values)
+
+
+@pytest.mark.parametrize(
+    "sweep, n",
+    [
+        ({"kind": "zip", "values": {"T0_mean": [1.0, 1.2, 1.4], "sigma_mean": [0.5, 0.7, 0.9]}}, 3),
+        ({"kind": "random", "n": 5, "ranges": {"T0_mean": [0.5, 2.0]}, "seed": 1}, 5),
+        ({"kind": "lhs", "n": 6, "ranges": {"T0_mean": [0.5, 2.0], "sigma_mean": {"low": 0.1, "high": 10, "scale": "log"}}}, 6),
+        ({"kind": "sobol", "n": 4, "ranges": {"T0_mean": [0.5, 2.0], "sigma_mean": [0.5, 2.0]}}, 4),
+        ({"kind": "product", "sweeps": [{"kind": "grid", "axes": {"T0_mean": [1.0, 2.0]}},
+                                         {"kind": "zip", "values": {"sigma_mean": [0.5, 1.0, 1.5]}}]}, 6),
+    ],
+    ids=["zip", "random", "lhs", "sobol", "product"],
+)
+def test_every_sweep_kind_runs_and_records_its_cases(tmp_path, sweep, n):
+    from pipeline.sweeps import make_cases
+
+    spec = sweep_spec(tmp_path, sweep)
+    assert submit(spec, InlineExecutor()).complete
+    ds = open_results(spec.store.path)
+    expected = make_cases(sweep)
+    assert ds.sizes["case"] == n
+    for name, values in expected.items():
+        np.testing.assert_allclose(ds[name].values, values)
+    phase = np.zeros(n)
+    E, T = rte_reference(torch.tensor(ds.T0_mean.values),
+                         torch.tensor(ds.sigma_mean.values if "sigma_mean" in ds else np.ones(n)), torch.tensor(phase))
+    np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
+
+
+def test_parquet_table_of_cases(tmp_path):
+    pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 2.0], "sigma_mean": [1.0, 2.0, 3.0], "note": ["a", "b", "c"]}),
+                   tmp_path / "cases.parquet")
+    spec = sweep_spec(tmp_path, {"kind": "parquet", "path": str(tmp_path / "cases.parquet"),
+                                 "columns": ["T0_mean", "sigma_mean"]})
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    np.testing.assert_allclose(ds.sigma_mean.values, [1.0, 2.0, 3.0])
+
+
+def test_heat_sweep_matches_the_analytic_solution(tmp_path, executor):
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "grid", "axes": {"diffusivity": [0.05, 0.1, 0.2], "amplitude": [0.5, 1.0]}},
+        solver={"name": "heat1d", "options": {"nx": 128, "t_end": 0.2, "n_saves": 4}, "dtype": "float64"},
+    )
+    submit(spec, executor)
+    ds = open_results(spec.store.path)
+    x, t = ds.x.values, ds.time.values
+    D, A = ds.diffusivity.values[:, None, None], ds.amplitude.values[:, None, None]
+    exact = A * np.exp(-D * (2 * np.pi) ** 2 * t[None, :, None]) * np.sin(2 * np.pi * x[None, None, :])
+    assert np.abs(ds.u.values - exact).max() < 2e-3 * np.abs(exact).max()
+
+
+def test_profiles_from_a_npy_file(tmp_path):
+    x = seed_grid(32)
+    T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3)])
+    np.save(tmp_path / "T0.npy", T0.numpy())
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": [0.5, 1.0, 2.0]}},
+                      profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+                      fixed={"sigma_amplitude": 0.0})
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    sigma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)[:, None].expand(3, 32)
+    E, T = reference_solve_batch(T0, sigma, Nvx=4, t=0.5, save_every=5)
+    np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"solver": {"name": "rte2d"}}, "solver.name: unknown solver 'rte2d'"),
+        ({"solver": {"name": "rte1d", "options": {"nxx": 3}}}, "solver.options:"),
+        ({"sweep": {"kind": "grid", "axes": {"T0_meen": [1.0]}}}, "not parameters of rte1d"),
+        ({"sweep": {"kind": "zip", "values": {"T0_mean": [1.0, 2.0], "sigma_mean": [1.0]}}}, "same length"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_store(tmp_path, change, message):
+    base = {"kind": "grid", "axes": {"T0_mean": [1.0]}}
+    spec = sweep_spec(tmp_path, change.get("sweep", base), solver=change.get("solver"))
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        prepare(spec)
+    assert not (tmp_path / "sweep.zarr").exists()
+
+
+def test_sensitivities_match_finite_differences_of_the_seed_solver(tmp_path, executor):
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"T0_mean": [0.8, 1.3, 1.7], "sigma_mean": [0.5, 1.0, 3.0]}},
+        sensitivities={"outputs": {"Tf": {"output": "T", "index": -1, "reduce": "mean"},
+                                   "Emax": {"output": "E", "index": 2, "reduce": "max"}}},
+        fixed={"T0_phase": 0.0},
+    )
+    submit(spec, executor)
+    ds = open_results(spec.store.path)
+    T0_mean, sigma_mean = torch.tensor(ds.T0_mean.values), torch.tensor(ds.sigma_mean.values)
+    phase = torch.zeros(3, dtype=torch.float64)
+
+    def scalars(t0, s):
+        E, T = rte_reference(t0, s, phase)
+        return T[:, -1].mean(-1), E[:, 2].amax(-1)
+
+    Tf, Emax = scalars(T0_mean, sigma_mean)
+    np.testing.assert_allclose(ds.Tf.values, Tf.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ds.Emax.values, Emax.numpy(), rtol=1e-10)
+    h = 1e-6
+    for name, (plus, minus) in {
+        "T0_mean": (scalars(T0_mean + h, sigma_mean), scalars(T0_mean - h, sigma_mean)),
+        "sigma_mean": (scalars(T0_mean, sigma_mean + h), scalars(T0_mean, sigma_mean - h)),
+    }.items():
+        for i, q in enumerate(("Tf", "Emax")):
+            fd = (plus[i] - minus[i]) / (2 * h)
+            np.testing.assert_allclose(ds[f"d{q}_d{name}"].values, fd.numpy(), rtol=1e-6, atol=1e-9, err_msg=q + name)
+    assert "dTf_dT0_phase" not in ds  # fixed parameters are not differentiated
+
+
+def test_sensitivity_of_an_unknown_output_is_refused(tmp_path):
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                      sensitivities={"outputs": {"q": {"output": "Temperature"}}})
+    with pytest.raises(SpecError, match="sensitivities.outputs.q.output: 'Temperature' is not an output"):
+        prepare(spec)

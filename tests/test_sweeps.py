@@ -1,0 +1,272 @@
+"""Sweep case generation: counts, ranges, determinism, stratification, Sobol nets, Parquet."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import sweeps
+from pipeline.sweeps import (
+    from_parquet,
+    grid,
+    latin_hypercube,
+    latin_hypercube_points,
+    make_cases,
+    n_cases,
+    product,
+    random_uniform,
+    sobol,
+    sobol_points,
+    to_arrow_table,
+    zip_cases,
+)
+
+
+def test_module_works_without_torch():
+    """Load pipeline/sweeps.py on its own with torch made unimportable, and use it."""
+    code = (
+        "import sys, importlib.util; sys.modules['torch'] = None; "
+        f"spec = importlib.util.spec_from_file_location('sweeps_alone', {sweeps.__file__!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "t = m.make_cases({'kind': 'sobol', 'ranges': {'a': [0, 1]}, 'n': 4}); "
+        "assert m.n_cases(t) == 4 and m.to_arrow_table(t).num_rows == 4"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- grid and zip ------------------------------------------------------------------
+
+
+def test_grid_is_a_cartesian_product_with_the_last_key_fastest():
+    table = grid({"a": [1, 2, 3], "b": {"low": 0.0, "high": 1.0, "num": 5}, "c": [10.0, 20.0]})
+    assert n_cases(table) == 3 * 5 * 2
+    expected = list(itertools.product([1, 2, 3], np.linspace(0, 1, 5), [10.0, 20.0]))
+    rows = list(zip(table["a"].tolist(), table["b"].tolist(), table["c"].tolist()))
+    assert rows == [tuple(map(float, r)) for r in expected]
+    assert table["a"].dtype == np.int64 and table["b"].dtype == np.float64
+
+
+def test_grid_log_axis_and_single_point():
+    table = grid({"d": {"low": 1e-3, "high": 1e-1, "num": 3, "scale": "log"}, "e": {"low": 2, "high": 3, "num": 1}})
+    np.testing.assert_allclose(table["d"], [1e-3, 1e-2, 1e-1])
+    assert table["e"].tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "axes,words",
+    [
+        ({"a": {"low": 0, "high": 1, "num": 0}}, ["grid.axes.a.num", "got 0", "n: 64"]),
+        ({"a": {"low": 2, "high": 1, "num": 3}}, ["grid.axes.a", "low must be smaller than high"]),
+        ({"a": ["x", "y"]}, ["grid.axes.a", "every value must be a number"]),
+        ({"a": []}, ["grid.axes.a", "non-empty"]),
+        ({"a": "1,2"}, ["grid.axes.a", "list of numbers"]),
+        ({"a": {"low": 0, "high": 1}}, ["grid.axes.a", "needs low, high and num"]),
+        ({"case": [1, 2]}, ["reserved for the case index"]),
+        ({"a": [1.0, float("nan")]}, ["finite"]),
+        ({"a": {"low": -1, "high": 1, "num": 3, "scale": "log"}}, ["log range needs low > 0"]),
+    ],
+)
+def test_grid_errors_name_the_key_and_the_fix(axes, words):
+    with pytest.raises(ValueError) as err:
+        grid(axes)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_zip():
+    table = zip_cases({"a": [1.0, 2.0, 3.0], "b": [4, 5, 6]})
+    assert n_cases(table) == 3 and table["b"].tolist() == [4, 5, 6]
+    with pytest.raises(ValueError, match=r"sweep zip.values: all lists must have the same length, got \{'a': 2, 'b': 3\}"):
+        zip_cases({"a": [1, 2], "b": [1, 2, 3]})
+
+
+# -- random designs ------------------------------------------------------------------
+
+RANGES = {"a": [0.0, 1.0], "b": {"low": -5.0, "high": 5.0}, "c": {"low": 1e-2, "high": 1e2, "scale": "log"}}
+
+
+@pytest.mark.parametrize("design", [random_uniform, latin_hypercube, sobol])
+def test_designs_count_range_and_determinism(design):
+    table = design(RANGES, n=64, seed=7)
+    assert n_cases(table) == 64 and list(table) == ["a", "b", "c"]
+    assert ((table["a"] >= 0) & (table["a"] < 1)).all()
+    assert ((table["b"] >= -5) & (table["b"] < 5)).all()
+    assert ((table["c"] >= 1e-2) & (table["c"] < 1e2)).all()
+    # log scale: log10(c) spreads over [-2, 2), so a quarter of the points below 0.1
+    assert 8 <= (table["c"] < 0.1).sum() <= 24
+    again = design(RANGES, n=64, seed=7)
+    other = design(RANGES, n=64, seed=8)
+    for k in table:
+        np.testing.assert_array_equal(table[k], again[k])
+        assert not np.array_equal(table[k], other[k])
+
+
+@pytest.mark.parametrize(
+    "call,words",
+    [
+        (lambda: random_uniform({"a": [0, 1]}, n=0), ["random.n", "got 0"]),
+        (lambda: random_uniform({"a": [0, 1]}, n=4, seed=-1), ["random.seed", "got -1"]),
+        (lambda: latin_hypercube({"a": [1, 0]}, n=4), ["lhs.ranges.a", "low must be smaller than high"]),
+        (lambda: latin_hypercube({"a": [0, 1, 2]}, n=4), ["lhs.ranges.a", "expected a range"]),
+        (lambda: sobol({"a": {"low": 0, "hi": 1}}, n=4), ["sobol.ranges.a", "unknown range key(s) ['hi']"]),
+        (lambda: sobol({}, n=4), ["sobol.ranges", "T0_mean"]),
+        (lambda: sobol({f"p{i}": [0, 1] for i in range(22)}, n=4), ["at most 21 parameters", "lhs"]),
+    ],
+)
+def test_design_errors(call, words):
+    with pytest.raises(ValueError) as err:
+        call()
+    for word in words:
+        assert word in str(err.value)
+
+
+def assert_one_point_per_stratum(unit: np.ndarray) -> None:
+    n = unit.shape[0]
+    for j in range(unit.shape[1]):
+        assert sorted(np.floor(unit[:, j] * n).astype(int).tolist()) == list(range(n))
+
+
+@given(n=st.integers(1, 200), d=st.integers(1, 6), seed=st.integers(0, 2**32))
+@settings(max_examples=40, deadline=None)
+def test_latin_hypercube_has_exactly_one_point_per_stratum(n, d, seed):
+    unit = latin_hypercube_points(n, d, seed)
+    assert unit.shape == (n, d) and (unit >= 0).all() and (unit < 1).all()
+    assert_one_point_per_stratum(unit)
+
+
+def test_latin_hypercube_scaled_keeps_strata():
+    table = latin_hypercube({"a": [2.0, 4.0], "b": [-1.0, 0.0]}, n=50, seed=3)
+    unit = np.stack([(table["a"] - 2) / 2, table["b"] + 1], axis=1)
+    assert_one_point_per_stratum(unit)
+
+
+# -- Sobol ---------------------------------------------------------------------------
+
+
+def test_sobol_first_points_are_the_known_sequence():
+    points = sobol_points(8, 3, scramble=False)
+    np.testing.assert_array_equal(points[:, 0], [0, 0.5, 0.75, 0.25, 0.375, 0.875, 0.625, 0.125])
+    np.testing.assert_array_equal(points[:, 1], [0, 0.5, 0.25, 0.75, 0.375, 0.875, 0.125, 0.625])
+    np.testing.assert_array_equal(points[:, 2], [0, 0.5, 0.25, 0.75, 0.625, 0.125, 0.875, 0.375])
+
+
+def test_sobol_matches_torch_unscrambled_in_all_21_dimensions():
+    torch = pytest.importorskip("torch")  # an independent implementation (Joe-Kuo directions)
+    ours = sobol_points(2048, 21, scramble=False)
+    ref = torch.quasirandom.SobolEngine(21, scramble=False).draw(2048, dtype=torch.float64).numpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scrambled_sobol_keeps_the_net_property(seed):
+    """Dims 1-2 of Sobol form a (0, m, 2)-net: every elementary box of area 2^-m holds one point.
+
+    A linear matrix scramble plus digital shift preserves this, so it must hold for any seed.
+    """
+    m = 8
+    points = sobol_points(2**m, 4, seed=seed)
+    assert (points >= 0).all() and (points < 1).all()
+    assert_one_point_per_stratum(points)  # every 1-D projection: one point per 1/2^m stratum
+    cells = (points[:, :2] * 2**m).astype(np.int64)
+    for a in range(m + 1):
+        box = (cells[:, 0] >> (m - a)) * 2 ** (m - a) + (cells[:, 1] >> a)
+        assert np.bincount(box, minlength=2**m).tolist() == [1] * 2**m
+
+
+def test_sobol_integrates_better_than_random():
+    def integrand(u):  # exact integral over the unit cube: 1
+        return np.prod(1 + 0.5 * (u - 0.5) + 0.3 * np.sin(2 * np.pi * u), axis=1)
+
+    n, d = 1024, 5
+    sobol_error = abs(integrand(sobol_points(n, d, seed=0)).mean() - 1)
+    random_error = np.mean([abs(integrand(np.random.default_rng(s).random((n, d))).mean() - 1) for s in range(8)])
+    assert sobol_error < random_error / 5
+
+
+# -- Parquet, tables, make_cases -----------------------------------------------------
+
+
+def test_parquet_round_trip(tmp_path):
+    table = sobol(RANGES, n=16, seed=1)
+    table["k"] = np.arange(16, dtype=np.int64)
+    arrow = to_arrow_table(table)
+    assert arrow.column_names == ["case", "a", "b", "c", "k"]
+    assert arrow.column("case").type == pa.int64()
+    path = tmp_path / "cases.parquet"
+    pq.write_table(arrow, path)
+    back = from_parquet(path)
+    assert list(back) == ["a", "b", "c", "k"]
+    for k in table:
+        np.testing.assert_array_equal(back[k], table[k])
+        assert back[k].dtype == table[k].dtype
+    only = from_parquet(path, columns=["b"])
+    assert list(only) == ["b"]
+
+
+def test_parquet_errors(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"a": [1.0, None], "s": ["x", "y"], "b": [1.0, 2.0]}), path)
+    with pytest.raises(ValueError, match=r"parquet.columns.a: 1 null value"):
+        from_parquet(path, columns=["a"])
+    with pytest.raises(ValueError, match=r"parquet.columns.s: the column is not numeric"):
+        from_parquet(path, columns=["s"])
+    with pytest.raises(ValueError, match=r"column\(s\) \['zz'\] are not in the file.*choose from"):
+        from_parquet(path, columns=["zz"])
+    with pytest.raises(ValueError, match="does not exist"):
+        from_parquet(tmp_path / "missing.parquet")
+    (tmp_path / "text.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        from_parquet(tmp_path / "text.parquet")
+
+
+def test_make_cases_dispatches_every_kind(tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0]}), path)
+    specs = {
+        "grid": ({"kind": "grid", "axes": {"a": [1, 2], "b": [3, 4, 5]}}, 6),
+        "zip": ({"kind": "zip", "values": {"a": [1, 2]}}, 2),
+        "random": ({"kind": "random", "ranges": {"a": [0, 1]}, "n": 5, "seed": 1}, 5),
+        "lhs": ({"kind": "lhs", "ranges": {"a": [0, 1]}, "n": 6}, 6),
+        "sobol": ({"kind": "sobol", "ranges": {"a": [0, 1]}, "n": 8, "scramble": False}, 8),
+        "parquet": ({"kind": "parquet", "path": str(path)}, 3),
+    }
+    for kind, (spec, n) in specs.items():
+        assert n_cases(make_cases(spec)) == n, kind
+    both = make_cases({"kind": "product", "sweeps": [specs["zip"][0], {"kind": "grid", "axes": {"b": [7, 8, 9]}}], "fixed": {"c": 0.5}})
+    assert n_cases(both) == 6
+    assert both["a"].tolist() == [1, 1, 1, 2, 2, 2] and both["b"].tolist() == [7, 8, 9, 7, 8, 9]
+    assert both["c"].tolist() == [0.5] * 6
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ({"kind": "mesh"}, ["sweep kind", "'mesh'", "grid, zip"]),
+        ({"kind": "sobol", "ranges": {"a": [0, 1]}, "n": 4, "sed": 1}, ["sobol.sed", "allowed keys"]),
+        ({"kind": "lhs", "ranges": {"a": [0, 1]}}, ["lhs.n", "is required"]),
+        ({"kind": "grid", "axes": {"a": [1]}, "fixed": {"a": 1.0}}, ["fixed.a", "swept already"]),
+        ({"kind": "grid", "axes": {"a": [1]}, "fixed": {"b": "x"}}, ["fixed.b", "finite number"]),
+        ({"kind": "product", "sweeps": [{"kind": "zip", "values": {"a": [1]}}] * 2}, ["appear in more than one sweep"]),
+    ],
+)
+def test_make_cases_errors(spec, words):
+    with pytest.raises(ValueError) as err:
+        make_cases(spec)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_table_helpers():
+    assert n_cases({}) == 0
+    with pytest.raises(ValueError, match="different lengths"):
+        n_cases({"a": np.zeros(2), "b": np.zeros(3)})
+    assert product({"a": np.array([1, 2])}, {"b": np.array([3.0])})["b"].tolist() == [3.0, 3.0]
+    assert to_arrow_table({"a": np.array([1.0])}, index=None).column_names == ["a"]
