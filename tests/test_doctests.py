@@ -1,0 +1,22 @@
+"""The examples in docstrings run and give what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.sources", "pipeline.models",
+           "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
+           "pipeline.solvers.registry", "pipeline.solvers.run"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples refer to jobs/ by relative path
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
