@@ -14,6 +14,14 @@ Usage:
     python bench/sweeps.py --device cuda --full # adds 8192 cases (default on a GPU)
                                                 # (on a 2-core CPU the seed's vmap needs ~14 min there)
     python bench/sweeps.py --cases 4,64 --dtype float64
+    python bench/sweeps.py --sensitivities --threads 1   # plain solve vs solve + 3 sensitivities, 64 and 1024 cases
+
+Sensitivities section (``--sensitivities``): the sweep job's per-case
+``d(mean final T)/dp`` for p = T0_mean, sigma_mean, T0_phase, timed as a plain
+solve plus three ``torch.func.jvp`` through ``solve`` on the out-of-place step
+(the path before the hand-written tangents; ``--no-old`` skips it), the same
+through the hand-written tangents (``_ForwardSensitivities``), and one
+``rte1d_jvp`` pass with the three directions at once (which also returns the outputs).
 
 Hook for the store: ``time_ours(..., write=fn)`` times ``fn(outputs)`` separately
 (e.g. a region write to Zarr); the table shows its share of the time in the
@@ -39,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import pipeline.solvers.rte1d as rte1d  # noqa: E402
 from pipeline.solvers import solve  # noqa: E402
 from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
 
@@ -130,6 +139,102 @@ def machine_description(device: torch.device) -> str:
     return f"{what}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s)"
 
 
+SENSITIVITY_PARAMETERS = ("T0_mean", "sigma_mean", "T0_phase")
+
+
+def seed_scalar_params(n_cases: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """The seed's cases ``c = 1..n`` as rte1d's scalar parameters (what a sweep job differentiates)."""
+    c = torch.arange(1, n_cases + 1, dtype=dtype, device=device)
+    return {"T0_mean": 1 + c.sin(), "T0_phase": c.sin(), "sigma_mean": 1 + c.sin(), "sigma_phase": (c + 1).sin()}
+
+
+def final_mean_T(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return outputs["T"][:, -1].mean(-1)
+
+
+def solve_and_jvps(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sweep job's way (``kinds/sweep.py``): a plain solve, then one ``torch.func.jvp`` per parameter."""
+    solve("rte1d", params)
+    tangents = []
+    for p in SENSITIVITY_PARAMETERS:
+        def along(value, p=p):
+            return final_mean_T(solve("rte1d", {**params, p: value}))
+
+        tangents.append(torch.func.jvp(along, (params[p],), (torch.ones_like(params[p]),))[1])
+    return torch.stack(tangents)
+
+
+def solve_out_of_place_jvps(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``solve_and_jvps`` with the hand-written tangents switched off: the out-of-place step under jvp."""
+    fast = rte1d._forward_mode_only
+    rte1d._forward_mode_only = lambda *tensors: False
+    try:
+        return solve_and_jvps(params)
+    finally:
+        rte1d._forward_mode_only = fast
+
+
+def multi_direction_jvp(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One ``rte1d_jvp`` pass: outputs and the three directions at once."""
+    n = next(iter(params.values())).shape[0]
+    eye = torch.eye(len(SENSITIVITY_PARAMETERS), dtype=params["T0_mean"].dtype, device=params["T0_mean"].device)
+    tangents = {p: eye[:, j, None].expand(-1, n) for j, p in enumerate(SENSITIVITY_PARAMETERS)}
+    outputs, d = rte1d.rte1d_jvp(params, tangents, tangent_outputs=("T",))
+    final_mean_T(outputs)
+    return d["T"][:, :, -1].mean(-1)
+
+
+def sensitivities_benchmark(
+    counts: list[int], dtype: torch.dtype, device: torch.device, repeats: int, old: bool
+) -> None:
+    print(f"# rte1d sensitivities benchmark, {datetime.date.today()}, {device} {str(dtype).replace('torch.', '')}")
+    print(f"# machine: {machine_description(device)}")
+    print("# seed 004 problem (nx=400, 8 angles, t_end=1), cases c = 1..n as scalar parameters;")
+    print(f"# d(mean final T)/dp for p in {', '.join(SENSITIVITY_PARAMETERS)} (tangent 1 in every case)")
+    warm = seed_scalar_params(2, dtype, device)  # first calls of torch.func / functorch set up lazily
+    solve_and_jvps(warm)
+    multi_direction_jvp(warm)
+    rows = []
+    for n in counts:
+        params = seed_scalar_params(n, dtype, device)
+        plain, _ = best_time(lambda: solve("rte1d", params), device, repeats)
+        via_solve, new = best_time(lambda: solve_and_jvps(params), device, repeats)
+        multi, new_multi = best_time(lambda: multi_direction_jvp(params), device, repeats)
+        scale = float(new.abs().max())
+        diff_multi = float((new_multi - new).abs().max()) / scale
+        if old:
+            out_of_place, before = best_time(lambda: solve_out_of_place_jvps(params), device, 1)
+            diff_old = float((new - before).abs().max()) / scale
+        else:
+            out_of_place, diff_old = None, None
+        rows.append((n, plain, out_of_place, via_solve, multi, diff_old, diff_multi))
+        print(
+            f"# {n} cases: plain {plain:.3f} s, solve + 3 jvp out-of-place "
+            + ("-" if out_of_place is None else f"{out_of_place:.3f} s")
+            + f", solve + 3 jvp (tangents) {via_solve:.3f} s, rte1d_jvp k=3 {multi:.3f} s",
+            flush=True,
+        )
+
+    def cell(seconds: float | None, n: int, plain: float) -> str:
+        return "-" if seconds is None else f"{n / seconds:.1f} ({seconds / plain:.1f}x)"
+
+    print()
+    print("cases/s, and in brackets the time as a multiple of the plain solve's")
+    print()
+    print(
+        "| cases | plain solve | solve + 3 jvp, out-of-place (before) | solve + 3 jvp, tangents | "
+        "rte1d_jvp, 3 directions | speedup vs before | max rel diff (before / rte1d_jvp vs jvp) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, plain, out_of_place, via_solve, multi, diff_old, diff_multi in rows:
+        speedup = "-" if out_of_place is None else f"{out_of_place / via_solve:.0f}x / {out_of_place / multi:.0f}x"
+        diffs = ("-" if diff_old is None else f"{diff_old:.1e}") + f" / {diff_multi:.1e}"
+        print(
+            f"| {n} | {n / plain:.1f} | {cell(out_of_place, n, plain)} | {cell(via_solve, n, plain)} | "
+            f"{cell(multi, n, plain)} | {speedup} | {diffs} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,12 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (1 run above 1024 cases)")
     parser.add_argument("--loop-cases", type=int, default=8, help="the Python loop runs at most this many cases")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="rte1d's compile option")
+    parser.add_argument("--sensitivities", action="store_true",
+                        help="time plain solve vs solve + 3 parameter sensitivities instead (default 64,1024 cases)")
+    parser.add_argument("--no-old", action="store_true",
+                        help="with --sensitivities: skip the out-of-place jvp path (minutes at 1024 cases)")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    if args.sensitivities:
+        counts = [int(c) for c in args.cases.split(",")] if args.cases else [64, 1024]
+        sensitivities_benchmark(counts, dtype, device, args.repeats, old=not args.no_old)
+        return
     if args.cases:
         counts = [int(c) for c in args.cases.split(",")]
     else:

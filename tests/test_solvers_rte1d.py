@@ -251,3 +251,239 @@ def test_reverse_mode_gradient_and_differentiable_path_values():
 
     fd = (energy(T0.detach() + eps * direction) - energy(T0.detach() - eps * direction)) / (2 * eps)
     torch.testing.assert_close((grad * direction).sum(), fd, rtol=1e-6, atol=0)
+
+
+# -- forward sensitivities: hand-written tangents (rte1d_jvp, and torch.func.jvp through solve) --
+
+TANGENT_OPTIONS = dict(nx=32, t_end=0.5, save_every=4)  # 20 steps, 5 saves
+TANGENT_BASE = {  # three cases, every profile scalar away from its default
+    "T0_mean": [0.8, 1.2, 1.6],
+    "T0_amplitude": [0.1, 0.2, 0.05],
+    "T0_wavenumber": [1.0, 2.0, 1.0],
+    "T0_phase": [0.3, -0.5, 1.0],
+    "sigma_mean": [0.5, 1.0, 4.0],
+    "sigma_amplitude": [0.1, 0.3, 0.2],
+    "sigma_wavenumber": [1.0, 1.0, 3.0],
+    "sigma_phase": [0.0, 0.7, -1.2],
+}
+
+
+def tangent_base() -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=F64) for k, v in TANGENT_BASE.items()}
+
+
+def reference_outputs(params: dict[str, torch.Tensor], options=TANGENT_OPTIONS) -> dict[str, torch.Tensor]:
+    """The seed-style reference (tests/reference_rte1d.py) on profiles written out here, in float64."""
+    nx = options["nx"]
+    x = seed_grid(nx, dtype=F64)
+    profiles = {}
+    for p in ("T0", "sigma"):
+        if p in params:
+            profiles[p] = params[p]
+        else:
+            m, a, k, ph = (params[f"{p}_{q}"][:, None] for q in ("mean", "amplitude", "wavenumber", "phase"))
+            profiles[p] = m * (1 + a * torch.sin(2 * math.pi * k * x + ph))
+    E, T = reference_solve_batch(
+        profiles["T0"], profiles["sigma"], t=options["t_end"], save_every=options["save_every"]
+    )
+    return {"E": E, "T": T}
+
+
+def reference_central_difference(params, direction: dict[str, torch.Tensor], eps=1e-6, options=TANGENT_OPTIONS):
+    """d outputs along ``direction`` by float64 central differences of the reference."""
+    plus = reference_outputs({k: v + eps * direction[k] if k in direction else v for k, v in params.items()}, options)
+    minus = reference_outputs({k: v - eps * direction[k] if k in direction else v for k, v in params.items()}, options)
+    return {k: (plus[k] - minus[k]) / (2 * eps) for k in plus}
+
+
+def assert_tangents_close(ours: dict[str, torch.Tensor], fd: dict[str, torch.Tensor]) -> None:
+    for k in ("E", "T"):
+        scale = float(fd[k].abs().max())
+        assert scale > 1e-3, f"d{k} is ~0: the check would be vacuous"
+        torch.testing.assert_close(ours[k], fd[k], rtol=1e-6, atol=1e-7 * scale)
+
+
+def assert_same_tangents(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to round-off (summation order differs with the block and chunk sizes)."""
+    torch.testing.assert_close(ours, expected, rtol=1e-11, atol=1e-13 * float(expected.abs().max()))
+
+
+def jvp_through_solve(params, name, direction, **options):
+    def along(value):
+        out = solve("rte1d", {**params, name: value}, **options)
+        return out["E"], out["T"]
+
+    (E, T), (dE, dT) = torch.func.jvp(along, (params[name],), (direction,))
+    return {"E": E, "T": T}, {"E": dE, "T": dT}
+
+
+@pytest.mark.parametrize("name", ["T0_mean", "sigma_mean", "T0_phase"])
+def test_scalar_parameter_tangents_match_reference_finite_differences(name):
+    from pipeline.solvers.rte1d import rte1d_jvp
+
+    params = tangent_base()
+    direction = torch.tensor([1.0, -0.5, 2.0], dtype=F64)  # any per-case tangent, not only ones
+    fd = reference_central_difference(params, {name: direction})
+    values, tangents = jvp_through_solve(params, name, direction, **TANGENT_OPTIONS)
+    assert_tangents_close(tangents, fd)
+    out, d = rte1d_jvp(params, {name: direction[None]}, **TANGENT_OPTIONS)
+    assert d["E"].shape == (1, 3, 5, 32)
+    assert_tangents_close({k: v[0] for k, v in d.items()}, fd)
+    plain = solve("rte1d", params, **TANGENT_OPTIONS)
+    ref = reference_outputs(params)
+    for k in plain:  # the primal values on both routes: the plain solve's, the reference's
+        torch.testing.assert_close(values[k], plain[k], rtol=1e-13, atol=0)
+        torch.testing.assert_close(out[k], plain[k], rtol=1e-13, atol=0)
+        assert max_relative_error(out[k], ref[k]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["T0", "sigma"])
+def test_profile_parameter_tangents_match_reference_finite_differences(name):
+    from pipeline.solvers.rte1d import rte1d_jvp
+
+    gen = torch.Generator().manual_seed(5)
+    params = {"T0": 0.8 + torch.rand(3, 32, dtype=F64, generator=gen),
+              "sigma": 0.5 + 2 * torch.rand(3, 32, dtype=F64, generator=gen)}
+    direction = torch.randn(3, 32, dtype=F64, generator=gen)
+    fd = reference_central_difference(params, {name: direction})
+    _, tangents = jvp_through_solve(params, name, direction, **TANGENT_OPTIONS)
+    assert_tangents_close(tangents, fd)
+    _, d = rte1d_jvp(params, {name: direction[None]}, **TANGENT_OPTIONS)
+    assert_tangents_close({k: v[0] for k, v in d.items()}, fd)
+
+
+def test_several_directions_at_once_match_finite_differences():
+    """k = 5 directions in one pass: one per parameter, a zero one, and a combined T0 + sigma one."""
+    from pipeline.solvers.rte1d import rte1d_jvp
+
+    params = tangent_base()
+    ones, zeros = torch.ones(3, dtype=F64), torch.zeros(3, dtype=F64)
+    gen = torch.Generator().manual_seed(6)
+    mixed = torch.randn(3, 3, dtype=F64, generator=gen)
+    directions = [  # dsigma is zero in rows 0, 2 and 3 (inside the range of rows that carry a dsigma)
+        {"T0_mean": ones},
+        {"sigma_mean": ones},
+        {"T0_phase": ones},
+        {},
+        {"T0_amplitude": mixed[0], "sigma_phase": mixed[1], "sigma_wavenumber": mixed[2]},
+    ]
+    names = sorted({n for d in directions for n in d})
+    tangents = {n: torch.stack([d.get(n, zeros) for d in directions]) for n in names}
+    out, d = rte1d_jvp(params, tangents, **TANGENT_OPTIONS)
+    assert d["T"].shape == (5, 3, 5, 32)
+    for j, direction in enumerate(directions):
+        if not direction:
+            assert float(d["E"][j].abs().max()) == 0.0 and float(d["T"][j].abs().max()) == 0.0
+            continue
+        assert_tangents_close({k: v[j] for k, v in d.items()}, reference_central_difference(params, direction))
+    only_T, d_T = rte1d_jvp(params, tangents, tangent_outputs=("T",), **TANGENT_OPTIONS)
+    assert set(d_T) == {"T"}
+    torch.testing.assert_close(d_T["T"], d["T"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk_size,block_cases", [(2, None), (None, 2), (2, 1)])
+def test_chunked_and_blocked_tangents(chunk_size, block_cases):
+    from pipeline.solvers.rte1d import rte1d_jvp
+
+    params = {k: torch.cat([v, v.flip(0)[:2]]) for k, v in tangent_base().items()}  # 5 cases
+    direction = torch.linspace(0.5, 1.5, 5, dtype=F64)
+    options = dict(TANGENT_OPTIONS, block_cases=block_cases)
+    whole_values, whole = jvp_through_solve(params, "sigma_mean", direction, **TANGENT_OPTIONS)
+    values, parts = jvp_through_solve(params, "sigma_mean", direction, chunk_size=chunk_size, **options)
+    ones = torch.ones(5, dtype=F64)
+    out, d = rte1d_jvp(params, {"sigma_mean": direction[None], "T0_mean": torch.stack([0 * ones, ones])[:1]},
+                       chunk_size=chunk_size, **options)
+    for k in whole:
+        assert_same_tangents(parts[k], whole[k])
+        assert_same_tangents(d[k][0], whole[k])
+        torch.testing.assert_close(values[k], whole_values[k], rtol=1e-13, atol=0)
+        torch.testing.assert_close(out[k], whole_values[k], rtol=1e-13, atol=0)
+    fd = reference_central_difference(params, {"sigma_mean": direction})
+    assert_tangents_close(parts, fd)
+
+
+def test_dual_tensors_take_the_fast_tangents(monkeypatch):
+    """forward_ad.make_dual and torch.func.jvp both run the hand-written tangents, not the out-of-place step."""
+    import pipeline.solvers.rte1d as rte1d
+    from torch.autograd import forward_ad
+
+    params = tangent_base()
+    direction = torch.tensor([0.3, 1.0, -2.0], dtype=F64)
+    _, expected = jvp_through_solve(params, "T0_mean", direction, **TANGENT_OPTIONS)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the out-of-place path ran")
+
+    monkeypatch.setattr(rte1d, "_integrate_functional", refuse)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(params["T0_mean"], direction)
+        out = solve("rte1d", {**params, "T0_mean": dual}, **TANGENT_OPTIONS)
+        for k in out:
+            assert_same_tangents(forward_ad.unpack_dual(out[k]).tangent, expected[k])
+    jvp_through_solve(params, "T0_mean", direction, **TANGENT_OPTIONS)  # does not raise either
+
+
+def test_other_transforms_still_differentiate_correctly():
+    """Reverse mode, jacfwd (vmap over jvp) and jvp of jvp take the out-of-place path and agree."""
+    params = tangent_base()
+    direction = torch.tensor([1.0, 0.5, -1.0], dtype=F64)
+    _, tangents = jvp_through_solve(params, "sigma_mean", direction, **TANGENT_OPTIONS)
+
+    def final_T(sigma_mean):
+        return solve("rte1d", {**params, "sigma_mean": sigma_mean}, **TANGENT_OPTIONS)["T"][:, -1].sum(-1)
+
+    # the cases are independent, so the Jacobian is diagonal and its diagonal is the tangent of ones
+    ones = torch.ones(3, dtype=F64)
+    expected = jvp_through_solve(params, "sigma_mean", ones, **TANGENT_OPTIONS)[1]["T"][:, -1].sum(-1)
+    jacobian = torch.func.jacfwd(final_T)(params["sigma_mean"])
+    torch.testing.assert_close(torch.diagonal(jacobian), expected, rtol=1e-10, atol=0)
+    m = params["sigma_mean"].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(final_T(m).sum(), m)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=0)
+    # second order: jvp of jvp against central differences of the (fast) first-order tangent
+    eps = 1e-5
+
+    def first(m):
+        return torch.func.jvp(final_T, (m,), (direction,))[1]
+
+    second = torch.func.jvp(first, (params["sigma_mean"],), (direction,))[1]
+    fd = (first(params["sigma_mean"] + eps * direction) - first(params["sigma_mean"] - eps * direction)) / (2 * eps)
+    torch.testing.assert_close(second, fd, rtol=1e-5, atol=1e-9)
+    assert torch.allclose(first(params["sigma_mean"]), tangents["T"][:, -1].sum(-1), rtol=1e-12)
+
+
+def test_tensor_without_tangent_inside_jvp_gives_the_values_and_zero_tangent():
+    """A parameter wrapped by torch.func.jvp but detached carries no tangent: the fast route's jvp never
+    runs, so solve must notice and compute the values itself (not return the unfilled outputs)."""
+    params = tangent_base()
+    plain = solve("rte1d", params, **TANGENT_OPTIONS)
+
+    def detached(value):
+        out = solve("rte1d", {**params, "T0_mean": value.detach()}, **TANGENT_OPTIONS)
+        return out["E"], out["T"]
+
+    (E, T), (dE, dT) = torch.func.jvp(detached, (params["T0_mean"],), (torch.ones(3, dtype=F64),))
+    torch.testing.assert_close(E, plain["E"], rtol=1e-13, atol=0)
+    torch.testing.assert_close(T, plain["T"], rtol=1e-13, atol=0)
+    assert float(dE.abs().max()) == 0.0 and float(dT.abs().max()) == 0.0
+
+
+def test_rte1d_jvp_errors():
+    from pipeline.solvers.rte1d import rte1d_jvp
+
+    params = tangent_base()
+    with pytest.raises(ValueError, match="tangent for 'T0mean'"):
+        rte1d_jvp(params, {"T0mean": torch.ones(1, 3)}, **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match=r"tangent 'T0_mean' has shape \(3,\); expected \(k, 3\)"):
+        rte1d_jvp(params, {"T0_mean": torch.ones(3)}, **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match=r"tangent 'sigma' has shape \(2, 3, 31\); expected \(2, 3, 32\)"):
+        rte1d_jvp({"sigma": torch.ones(3, 32)}, {"T0_mean": torch.ones(2, 3), "sigma": torch.ones(2, 3, 31)},
+                  **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match="tangent for 'T0_mean'"):  # T0 given as a profile: T0_mean is not used
+        rte1d_jvp({"T0": torch.ones(3, 32)}, {"T0_mean": torch.ones(1, 3)}, **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match="no tangents"):
+        rte1d_jvp(params, {}, **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match="tangent_outputs"):
+        rte1d_jvp(params, {"T0_mean": torch.ones(1, 3)}, tangent_outputs=("I",), **TANGENT_OPTIONS)
+    with pytest.raises(ValueError, match="CFL=1.5"):
+        rte1d_jvp(params, {"T0_mean": torch.ones(1, 3)}, CFL=1.5)

@@ -199,3 +199,21 @@ def test_sensitivity_of_an_unknown_output_is_refused(tmp_path):
                       sensitivities={"outputs": {"q": {"output": "Temperature"}}})
     with pytest.raises(SpecError, match="sensitivities.outputs.q.output: 'Temperature' is not an output"):
         prepare(spec)
+
+
+def test_sensitivities_of_a_solver_without_its_own_jvp(tmp_path):
+    """heat1d has no jvp_fn: torch.func.jvp through solve; reference: d/dD of A exp(-D k^2 t) sin(k x)."""
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"diffusivity": [0.05, 0.1], "amplitude": [0.5, 2.0]}},
+        solver={"name": "heat1d", "options": {"nx": 128, "t_end": 0.2, "n_saves": 4}, "dtype": "float64"},
+        sensitivities={"outputs": {"peak": {"output": "u", "index": -1, "reduce": "max"}}},
+    )
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    k, t = 2 * np.pi, ds.time.values[-1]
+    D, A = ds.diffusivity.values, ds.amplitude.values
+    peak = A * np.exp(-D * k**2 * t) * np.sin(k * ds.x.values).max()
+    np.testing.assert_allclose(ds.peak.values, peak, rtol=2e-3)
+    np.testing.assert_allclose(ds.dpeak_ddiffusivity.values, -(k**2) * t * peak, rtol=2e-3)
+    np.testing.assert_allclose(ds.dpeak_damplitude.values, peak / A, rtol=2e-3)

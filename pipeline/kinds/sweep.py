@@ -98,9 +98,10 @@ def prepare(spec) -> Prepared:
                  f"choose from {sorted(outputs)}"]
             )
     try:
-        result = _solve(spec, solver, options, first, torch.device("cpu"), torch.float64)
         if scalars:
-            sensitivities(spec, solver, options, first, torch.device("cpu"), torch.float64)
+            result, _ = sensitivities(spec, solver, options, first, torch.device("cpu"), torch.float64)
+        else:
+            result = _solve(spec, solver, options, first, torch.device("cpu"), torch.float64)
     except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError) as err:
         raise SpecError([f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]) from None
     for name, (dims, shape) in outputs.items():
@@ -168,11 +169,12 @@ def compute(spec, shard, device: torch.device):
     dtype = DTYPES[spec.solver.dtype]
     table = read_cases(spec.store.path, shard.start, shard.stop)
     params = _case_params(spec, table, 0, shard.size, dtype, device)
-    outputs = _solve(spec, solver, options, params, device, dtype)
-    arrays = {name: value.detach().cpu().numpy() for name, value in outputs.items()}
     if spec.sensitivities is not None:
-        arrays.update(sensitivities(spec, solver, options, params, device, dtype))
-    return arrays, ShardInfo(method=solver.name, chunk_size=shard.size)
+        outputs, derived = sensitivities(spec, solver, options, params, device, dtype)
+    else:
+        outputs, derived = _solve(spec, solver, options, params, device, dtype), {}
+    arrays = {name: value.detach().cpu().numpy() for name, value in outputs.items()}
+    return {**arrays, **derived}, ShardInfo(method=solver.name, chunk_size=shard.size)
 
 
 def _reduce(outputs, reduction) -> torch.Tensor:
@@ -182,31 +184,47 @@ def _reduce(outputs, reduction) -> torch.Tensor:
     return REDUCTIONS[reduction.reduce](value.reshape(value.shape[0], -1), dim=1)
 
 
-def sensitivities(spec, solver, options, params, device, dtype) -> dict[str, np.ndarray]:
-    """``q`` and ``dq/dp`` per case for each sensitivity output ``q`` and swept parameter ``p``.
+def sensitivities(spec, solver, options, params, device, dtype):
+    """The solver's outputs, and ``q`` and ``dq/dp`` per case for each sensitivity ``q`` and swept ``p``.
 
-    Forward mode: one Jacobian-vector product of the batched solve per
-    parameter, with the tangent 1 in every case (cases are independent, so
-    each case's tangent output is its own derivative).
+    Forward mode with one tangent direction per parameter, equal to 1 in every
+    case (cases are independent, so each case's output tangent is its own
+    derivative): the solver's own ``jvp_fn`` carries all directions in one
+    pass when it has one (rte1d), else one ``torch.func.jvp`` through ``solve``
+    per parameter. The reductions' tangents go through ``torch.func.jvp`` too
+    (right for max/min, whose tangent is the arg-max's).
     """
     swept = [name for name in params if name not in spec.fixed]
     scalars, wrt = sensitivity_names(spec, swept)
     reductions = spec.sensitivities.outputs
-    result: dict[str, np.ndarray] = {}
-
-    def scalars_of(values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        outputs = _solve(spec, solver, options, values, device, dtype)
-        return tuple(_reduce(outputs, reductions[q]) for q in scalars)
-
-    for p in wrt:
-        def along_p(value_p, p=p):
-            return scalars_of({**params, p: value_p})
-
-        values, tangents = torch.func.jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
-        for q, value, tangent in zip(scalars, values, tangents):
-            result[q] = value.detach().cpu().numpy()
-            result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
+    n = next(iter(params.values())).shape[0]
     if not wrt:
-        for q, value in zip(scalars, scalars_of(params)):
-            result[q] = value.detach().cpu().numpy()
-    return result
+        outputs = _solve(spec, solver, options, params, device, dtype)
+        return outputs, {q: _reduce(outputs, reductions[q]).detach().cpu().numpy() for q in scalars}
+    if solver.jvp_fn is not None:
+        eye = torch.eye(len(wrt), dtype=dtype, device=device)
+        tangents = {p: eye[:, j, None].expand(-1, n) for j, p in enumerate(wrt)}
+        needed = sorted({reductions[q].output for q in scalars})
+        outputs, output_tangents = solver.jvp_fn(
+            params, tangents, device=device, dtype=dtype, tangent_outputs=needed, **options
+        )
+        directions = {p: {name: t[j] for name, t in output_tangents.items()} for j, p in enumerate(wrt)}
+    else:
+        directions = {}
+        for p in wrt:
+            def along_p(value_p, p=p):
+                return _solve(spec, solver, options, {**params, p: value_p}, device, dtype)
+
+            outputs, directions[p] = torch.func.jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
+    result: dict[str, np.ndarray] = {}
+    for q in scalars:
+        reduction = reductions[q]
+
+        def reduce(value, reduction=reduction):
+            return _reduce({reduction.output: value}, reduction)
+
+        result[q] = reduce(outputs[reduction.output]).detach().cpu().numpy()
+        for p in wrt:
+            _, tangent = torch.func.jvp(reduce, (outputs[reduction.output],), (directions[p][reduction.output],))
+            result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
+    return outputs, result

@@ -113,6 +113,11 @@ class Solver:
         accepts_any_option: skip the unknown-option check (a user function with
             ``**kwargs``).
         description: one line for ``available_solvers`` and docs.
+        jvp_fn: optional fast forward-mode derivative, called as
+            ``jvp_fn(params, tangents, device=, dtype=, tangent_outputs=, **options)``
+            with ``tangents[name]`` of shape ``[k, cases, ...]``; returns
+            ``(outputs, output_tangents [k, cases, ...])``. Sweep sensitivities
+            use it when present, else ``torch.func.jvp`` through ``solve``.
     """
 
     name: str
@@ -125,6 +130,7 @@ class Solver:
     check_options: Callable[[dict[str, Any]], None] | None = None
     accepts_any_option: bool = False
     description: str = ""
+    jvp_fn: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_options", _frozen(self.default_options))
