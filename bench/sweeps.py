@@ -31,6 +31,7 @@ Hook for the store: ``time_ours(..., write=fn)`` times ``fn(outputs)`` separatel
 from __future__ import annotations
 
 import argparse
+import tempfile
 import datetime
 import math
 import os
@@ -116,6 +117,27 @@ def time_ours(
     if write is not None:
         write_seconds, _ = best_time(lambda: write(outputs), T0.device, repeats)
     return Timing(seconds, T0.shape[0], write_seconds), outputs
+
+
+def store_writer(outputs: dict[str, torch.Tensor], folder: str) -> Callable[[dict[str, torch.Tensor]], None]:
+    """A ``write`` hook for ``time_ours``: the outputs into a sweep store as a task writes them.
+
+    Creates a store with the sweep layout (chunks of 64 cases, lz4) once; each
+    call copies the outputs to host memory and writes their region.
+    """
+    from pipeline.plan import plan_sweep_job
+    from pipeline.store import create_store, write_region
+
+    n = next(iter(outputs.values())).shape[0]
+    layout = {k: (("time", "x"), tuple(v.shape[1:])) for k, v in outputs.items()}
+    plan = plan_sweep_job(n, layout, {}, (), (), 64, 64 * max(1, -(-n // 64)), str(outputs["T"].dtype).split(".")[-1])
+    path = f"{folder}/bench.zarr"
+    create_store(path, plan, {"spec_hash": "bench"}, overwrite=True)
+
+    def write(values: dict[str, torch.Tensor]) -> None:
+        write_region(path, {k: v.detach().cpu().numpy() for k, v in values.items()}, 0, n)
+
+    return write
 
 
 def max_relative_error(ours: dict[str, torch.Tensor], seed: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -274,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
         T0, sigma = seed_inputs(n, dtype, device)
         if device.type == "cuda" or compile_option is True:  # compile and warm up before timing
             solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
-        ours, outputs = time_ours(T0, sigma, repeats, compile=compile_option)
+        outputs = solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
+        with tempfile.TemporaryDirectory() as folder:
+            writer = store_writer(outputs, folder)
+            ours, outputs = time_ours(T0, sigma, repeats, write=writer, compile=compile_option)
         vmap, seed_result = time_seed_vmap(T0, sigma, repeats)
         error = max_relative_error(outputs, seed_result)
         k = min(n, args.loop_cases)
