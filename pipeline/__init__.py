@@ -12,15 +12,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["derivatives", "compute_derivatives", "open_results", "load_spec", "submit", "solve"]
+__all__ = ["derivatives", "compute_derivatives", "hvp", "open_results", "load_spec", "submit", "solve"]
 
 
 def __getattr__(name: str):
     # Lazy re-exports: `import pipeline` stays cheap (no torch, no zarr) for the CLI's --help.
     if name in ("derivatives", "compute_derivatives", "hvp"):
-        from . import derivatives as _derivatives
+        from . import engine
 
-        return getattr(_derivatives, name)
+        return getattr(engine, name)
     if name == "open_results":
         from .store import open_results
 

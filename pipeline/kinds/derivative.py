@@ -17,7 +17,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def prepare(spec: JobSpec) -> Prepared:
     """Resolve sizes, run the engine on two samples on the CPU, and plan the store."""
-    from ..derivatives import compute_derivatives
+    from ..engine import compute_derivatives
 
     info = describe_inputs(spec.inputs)
     if isinstance(spec.function, MLPFunction) and info.shape != (spec.function.in_features,):
@@ -70,7 +70,7 @@ def _cached_function(function_json: str, dtype: str, device: str):
 
 def compute(spec: JobSpec, shard, device: torch.device):
     """Inputs and quantities of a shard as numpy arrays, and how they were computed."""
-    from ..derivatives import compute_derivatives
+    from ..engine import compute_derivatives
 
     dtype = DTYPES[spec.derivatives.dtype]
     if device.type == "cuda":

@@ -1,0 +1,268 @@
+"""Public entry points: ``derivatives`` and ``compute_derivatives``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.quantities import canonical_quantities, max_order
+
+from . import chunking
+from .choose import MethodPlan, best_torch_func, plan_method
+from .compiled import CompiledTaylor
+from .rules import NotCovered
+from .strategies import torch_func_chunk
+from .taylor import estimate_bytes_per_sample, taylor_chunk
+from .trace import trace_function
+
+METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+PROBE_SAMPLES = 256  # first chunk when chunk_size="auto": measured, then kept as results
+MIN_TIMED_SAMPLES = 32  # below this a timing says more about overheads than about the method
+
+
+@dataclass(frozen=True)
+class DerivativeResult:
+    """What ``compute_derivatives`` returns: the tensors and how they were computed.
+
+    Attributes:
+        outputs: quantity name -> tensor with the sample axis first (see ``derivatives``).
+        method: the method that actually ran (``"taylor"``, ``"forward"``, ...).
+        chunk_size: samples per chunk at the end of the run (after any out-of-memory back-off).
+        peak_memory_bytes: peak of one chunk: measured by the CUDA allocator, by the CPU
+            tracker / profiler on the first chunk (scaled to the final chunk), or - Taylor
+            on CPU without a cap - estimated from the traced tensor sizes.
+        fallback_reason: why Taylor mode was not used, or ``None``.
+    """
+
+    outputs: dict[str, torch.Tensor]
+    method: str
+    chunk_size: int
+    peak_memory_bytes: int | None = None
+    fallback_reason: str | None = None
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown derivative method {method!r}; choose from {', '.join(METHODS)}")
+    return method
+
+
+def _check_chunk(chunk_size) -> int | None:
+    if chunk_size == "auto" or chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
+    return chunk_size
+
+
+def _compute_function(fn: Callable, method: str, quantities: tuple[str, ...], traced=None,
+                      compile: bool = False) -> Callable:
+    """``compute(chunk, out=None)``: one chunk's quantities, written into ``out`` when given."""
+    if method == "taylor":
+        if compile:
+            return CompiledTaylor(traced, quantities)
+        return lambda chunk, out=None: taylor_chunk(traced, chunk, quantities, out=out)
+
+    def torch_func(chunk, out=None):
+        results = torch_func_chunk(fn, chunk, quantities, method)
+        if out is None:
+            return results
+        for name, value in results.items():
+            out[name].copy_(value)
+        return out
+
+    return torch_func
+
+
+def _out_size(fn: Callable, x: torch.Tensor, traced) -> int:
+    if traced is not None and traced.output_node is not None:
+        value = traced.output_node.args[0]
+        meta = getattr(value, "meta", {}).get("val") if hasattr(value, "meta") else None
+        if meta is not None:
+            return math.prod(meta.shape)
+    with torch.no_grad():
+        return math.prod(torch.as_tensor(fn(x[0])).shape)
+
+
+def _timed(compute: Callable, x: torch.Tensor) -> tuple[float, dict]:
+    """Seconds for ``compute(x)`` after a one-sample warm-up (first-call costs are not the method's)."""
+    compute(x[:1])
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    outputs = compute(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start, outputs
+
+
+def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", memory_limit_bytes=None,
+                        compile=False):
+    """Derivatives of ``fn`` at every sample of ``x``, with how they were computed.
+
+    Args:
+        fn: maps ONE sample ``[*in_shape]`` to ``[*out_shape]`` (``nn.Module`` or callable).
+        x: samples ``[N, *in_shape]``; results come back in its dtype and device.
+        quantities: names from ``pipeline.quantities`` (``value``, ``jacobian``,
+            ``hessian``, ``laplacian``, ``d3``...; ``d1``/``d2`` are aliases).
+        method: ``"auto"`` (Taylor when the trace covers ``fn`` and the
+            coefficient count is moderate, timed against torch.func when close),
+            ``"taylor"``, ``"forward"``, ``"reverse"``, ``"forward-over-reverse"``.
+        chunk_size: samples per chunk, or ``"auto"`` to size chunks from measured memory.
+        memory_limit_bytes: cap on one chunk's memory; above it a chunk counts
+            as out of memory and is halved (on CPU the cap is enforced per op).
+        compile: run the Taylor pass through ``torch.compile`` (one compile per
+            chunk shape; slower on the 2-core CPU it was measured on, meant for GPUs).
+
+    Returns:
+        A :class:`DerivativeResult`.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> result = compute_derivatives(net, torch.randn(10, 2), ("value", "hessian"))
+        >>> result.method, result.outputs["hessian"].shape
+        ('taylor', torch.Size([10, 3, 2, 2]))
+    """
+    method = _check_method(method)
+    quantities = canonical_quantities(quantities)
+    fixed_chunk = _check_chunk(chunk_size)
+    if not torch.is_tensor(x) or x.ndim < 1:
+        raise ValueError(f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
+                         + (f" of shape {tuple(x.shape)}" if torch.is_tensor(x) else ""))
+    if memory_limit_bytes is not None and memory_limit_bytes <= 0:
+        raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
+    n, in_shape = x.shape[0], tuple(x.shape[1:])
+    in_size = math.prod(in_shape)
+    if n == 0:
+        return _empty_result(fn, x, quantities, method)
+
+    traced, reason = None, None
+    if method in ("auto", "taylor"):
+        traced = trace_function(fn, in_shape, x.dtype, x.device)
+        reason = traced.reason()
+        if reason is not None:
+            traced = None
+    out_size = _out_size(fn, x, traced)
+    if method == "auto":
+        if max_order(quantities) == 0:
+            plan = MethodPlan("taylor" if traced is not None else "forward")
+        else:
+            plan = plan_method(quantities, in_size, out_size, traced is not None)
+    elif method == "taylor":
+        plan = MethodPlan("taylor" if traced is not None else best_torch_func(quantities, in_size, out_size))
+    else:
+        plan = MethodPlan(method)
+        reason = f"method={method!r} requested"
+    if plan.method != "taylor" and reason is None:
+        reason = f"the cost model prefers {plan.method} for d={in_size}, order {max_order(quantities)}"
+    try:
+        return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile)
+    except Exception as error:  # noqa: BLE001 - the Taylor engine failing is a reason to fall back, not to fail
+        if traced is None or plan.method != "taylor" or chunking.is_out_of_memory(error):
+            raise
+        # a rule refused at run time (an argument form it does not handle), or the interpreter broke:
+        # the function still gets its derivatives, from torch.func, and the result says why
+        if isinstance(error, NotCovered):
+            reason = f"operation not covered by the Taylor engine: {error}"
+        else:
+            reason = f"the Taylor engine failed on this function ({type(error).__name__}: {error})"
+        fallback = best_torch_func(quantities, in_size, out_size)
+        return _run(fn, x, quantities, MethodPlan(fallback), None, fixed_chunk, memory_limit_bytes, reason)
+
+
+def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, reason,
+         compile=False) -> DerivativeResult:
+    n = x.shape[0]
+    first = min(n, fixed_chunk if fixed_chunk is not None else PROBE_SAMPLES)
+    method = plan.method
+    compute = _compute_function(fn, method, quantities, traced, compile)
+    probe = None
+    if plan.time_against and first >= MIN_TIMED_SAMPLES:
+        # close call: time each candidate on the first chunk and keep the faster (and its results);
+        # timed unmeasured, since measuring costs differ between methods
+        best = None
+        for candidate in (method,) + plan.time_against:
+            candidate_compute = _compute_function(fn, candidate, quantities, traced, compile)
+            try:
+                seconds, outputs = _timed(candidate_compute, x[:first])
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is tolerated here
+                if not chunking.is_out_of_memory(error):
+                    raise
+                continue
+            if best is None or seconds < best[0]:
+                best = (seconds, candidate, candidate_compute, outputs)
+        if best is not None:
+            _, method, compute, outputs = best
+            if method != "taylor" and reason is None:
+                reason = f"{method} measured faster than taylor on the first chunk"
+            # the footprint of the winner, from a small slice, scaled to the first chunk
+            sample = x[: max(1, first // 4)]
+            footprint = chunking.measure(compute, sample, None, method == "taylor" and not compile).peak_bytes
+            scaled = None if footprint is None else int(footprint * first / sample.shape[0])
+            if limit_bytes is not None and scaled is not None and scaled > limit_bytes:
+                best = None  # the first chunk would not have fitted the cap: recompute it in smaller chunks
+            else:
+                probe = chunking.Measured(outputs, scaled)
+    elif method == "taylor" and x.device.type != "cuda" and limit_bytes is None:
+        # CPU without a cap: size chunks from the trace's tensor sizes - no measuring run, whose
+        # dispatch-mode bookkeeping would cost more than a small batch itself
+        per_sample = estimate_bytes_per_sample(traced, quantities, math.prod(x.shape[1:]), x.element_size())
+        chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None)
+        run = chunking.run_chunks(compute, x, chunk)
+        outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
+        return DerivativeResult(outputs, method, min(run.chunk_size, n), per_sample * min(run.chunk_size, n), None)
+    else:
+        try:
+            probe = chunking.measure(compute, x[:first], limit_bytes, method == "taylor" and not compile)
+        except Exception as error:  # noqa: BLE001
+            if not chunking.is_out_of_memory(error):
+                raise
+    if probe is None:  # even the first chunk did not fit: start again at half of it
+        done, start, peak, chunk = [], 0, None, max(1, first // 2)
+    else:
+        done, start, peak = [probe.outputs], first, probe.peak_bytes
+        if fixed_chunk is not None:
+            chunk = fixed_chunk
+        else:
+            chunk = chunking.auto_chunk(chunking.per_sample_bytes(peak, first), n, x.device, limit_bytes)
+    track = limit_bytes is not None or x.device.type == "cuda"
+    run = chunking.run_chunks(compute, x, chunk, start=start, done=done, limit_bytes=limit_bytes,
+                              peak_bytes=peak, track=track, tracker=method == "taylor" and not compile)
+    peak_bytes = run.peak_bytes
+    if peak_bytes is not None and not track and run.chunk_size > first and probe is not None:
+        peak_bytes = int(peak_bytes / first * run.chunk_size)  # CPU: measured on the first chunk, scaled
+    outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
+    return DerivativeResult(outputs, method, min(run.chunk_size, n), peak_bytes,
+                            reason if method != "taylor" else None)
+
+
+def _empty_result(fn, x, quantities, method) -> DerivativeResult:
+    """No samples: the right shapes with a zero-length sample axis."""
+    dummy = torch.zeros((1,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    run = "forward" if method in ("auto", "taylor") else method
+    outputs = torch_func_chunk(fn, dummy, quantities, run)
+    return DerivativeResult({k: v[:0] for k, v in outputs.items()}, run, 0, None, None)
+
+
+def derivatives(fn, x, quantities=("value", "jacobian", "hessian"), *, method="auto", chunk_size="auto"):
+    """Batched derivatives of a one-sample function: ``{quantity: tensor}``.
+
+    Args:
+        fn: maps ONE sample ``[*in]`` to ``[*out]`` (a scalar output is fine).
+        x: samples ``[N, *in]``.
+        quantities: any of ``value`` ``[N,*out]``, ``jacobian`` ``[N,*out,*in]``,
+            ``hessian`` ``[N,*out,*in,*in]``, ``laplacian`` ``[N,*out]``,
+            ``dK`` ``[N,*out,*in*K]``.
+        method: see :func:`compute_derivatives`.
+        chunk_size: an int, or ``"auto"`` to size chunks from measured memory.
+
+    Example:
+        >>> out = derivatives(lambda x: (x ** 4).sum(), torch.tensor([[0.0, 1.0, 2.0]]), ("jacobian", "laplacian"))
+        >>> out["jacobian"], out["laplacian"]
+        (tensor([[ 0.,  4., 32.]]), tensor([60.]))
+    """
+    return compute_derivatives(fn, x, quantities, method=method, chunk_size=chunk_size).outputs

@@ -1,0 +1,301 @@
+"""Memory: measure a chunk's footprint, size chunks to fit, halve them on out-of-memory.
+
+On CUDA the footprint is ``torch.cuda.max_memory_allocated``. On CPU there is
+no allocator counter, so :class:`MemoryTracker` (a dispatch mode) adds up the
+bytes of every tensor an op creates and subtracts them when the tensor is
+freed. With ``memory_limit_bytes`` on CPU the tracker also *enforces* the cap:
+crossing it raises ``torch.OutOfMemoryError`` exactly where a real allocator
+would, so the back-off path is the one real out-of-memory errors take.
+
+Example:
+    >>> with MemoryTracker() as tracker:
+    ...     _ = torch.ones(1000, dtype=torch.float64) * 2
+    >>> tracker.peak_bytes >= 8000
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# messages of allocation failures that are not torch.OutOfMemoryError (the CPU allocator's)
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "not enough memory",
+                 "failed to allocate")
+# CPU: past this many samples, or this many bytes per chunk, a chunk no longer gets faster,
+# only bigger - the coefficient slices fall out of cache (measured on seed-000 and W2, see docs)
+CPU_MAX_CHUNK = 4096
+CPU_CHUNK_TARGET_BYTES = 48 << 20
+GPU_MAX_CHUNK = 1 << 20
+SAFETY = 1.5  # head-room over the measured per-sample footprint
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure that a smaller chunk may avoid."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OOM_MESSAGES)
+
+
+class MemoryTracker(TorchDispatchMode):
+    """Count live bytes of the storages that ops inside the block create; optionally cap them.
+
+    Each new storage is held by a *weak* storage reference, which expires when
+    the storage is freed - also when only C++ still held it (autograd's saved
+    tensors, functorch internals) - so the count is the real live total of
+    what the block allocated. Views share a storage and count once.
+    """
+
+    def __init__(self, limit_bytes: int | None = None):
+        super().__init__()
+        self.limit_bytes = limit_bytes
+        self.current_bytes = 0  # an upper bound between rescans (freed storages drop out on rescan)
+        self.peak_bytes = 0
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def _rescan(self) -> None:
+        expired = [key for key, (ref, _) in self._live.items() if ref.expired()]
+        for key in expired:
+            del self._live[key]
+        self.current_bytes = sum(nbytes for _, nbytes in self._live.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        added = 0
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            try:
+                storage = tensor.untyped_storage()
+                nbytes = storage.nbytes()
+                ref = StorageWeakRef(storage)
+            except (RuntimeError, NotImplementedError):  # functorch wrappers have no storage of their own
+                continue
+            if nbytes == 0 or ref.cdata in self._live:
+                continue
+            self._live[ref.cdata] = (ref, nbytes)
+            added += nbytes
+        if added:
+            self.current_bytes += added
+            if self.current_bytes > self.peak_bytes:
+                self._rescan()  # only a new maximum needs the exact figure
+                self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+                if self.limit_bytes is not None and self.current_bytes > self.limit_bytes:
+                    raise torch.OutOfMemoryError(
+                        f"memory cap reached: {self.current_bytes} bytes live > "
+                        f"memory_limit_bytes={self.limit_bytes}"
+                    )
+        return out
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: CUDA's free bytes, or half of the host's MemAvailable."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2)
+
+
+@dataclass
+class Measured:
+    """One chunk's outputs and its measured peak memory."""
+
+    outputs: dict[str, torch.Tensor]
+    peak_bytes: int | None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (kineto prints a line on every profiler start and stop)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _profiled(compute: Callable[[torch.Tensor], dict], x: torch.Tensor) -> Measured:
+    """Peak of the CPU allocator's own accounting, from the profiler's memory events.
+
+    Every allocation and free goes through the allocator's reporting hook, so
+    this sees memory that only C++ holds too (saved tensors inside nested
+    transforms) without a Python dispatch mode in the way.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        profiler.__enter__()
+    try:
+        outputs = compute(x)
+    finally:
+        with _quiet_stderr():
+            profiler.__exit__(None, None, None)
+    try:
+        events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except (AttributeError, RuntimeError):  # internal API: no measurement rather than no result
+        return Measured(outputs, None)
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return Measured(outputs, peak)
+
+
+def measure(compute: Callable[[torch.Tensor], dict], x: torch.Tensor, limit_bytes: int | None = None,
+            tracker: bool = True) -> Measured:
+    """Run ``compute(x)`` and measure its peak memory (bytes above what was in use before).
+
+    Args:
+        tracker: on CPU, count with :class:`MemoryTracker` (exact, and enforces
+            ``limit_bytes`` per op). Set it to ``False`` for torch.func code:
+            a Python dispatch mode under nested forward-mode transforms crashes
+            torch 2.13, so those chunks are measured from the profiler's
+            allocator events and the cap is checked afterwards.
+    """
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        outputs = compute(x)
+        peak = torch.cuda.max_memory_allocated(x.device) - base
+    elif tracker:
+        with MemoryTracker(limit_bytes) as counter:
+            outputs = compute(x)
+        return Measured(outputs, counter.peak_bytes)
+    else:
+        profiled = _profiled(compute, x)
+        outputs, peak = profiled.outputs, profiled.peak_bytes
+    if limit_bytes is not None and peak is not None and peak > limit_bytes:
+        # no allocator cap to hit on the way: enforce the caller's cap on the measurement
+        raise torch.OutOfMemoryError(f"chunk used {peak} bytes > memory_limit_bytes={limit_bytes}")
+    return Measured(outputs, peak)
+
+
+def auto_chunk(per_sample_bytes: float, n: int, device: torch.device, limit_bytes: int | None) -> int:
+    """The chunk that fits the budget with head-room, capped where larger stops paying off."""
+    budget = limit_bytes if limit_bytes is not None else available_bytes(device)
+    fits = int(budget // max(per_sample_bytes * SAFETY, 1.0))
+    if device.type == "cuda":
+        cap = GPU_MAX_CHUNK
+    else:
+        cap = min(CPU_MAX_CHUNK, max(64, int(CPU_CHUNK_TARGET_BYTES // max(per_sample_bytes, 1.0))))
+    return max(1, min(n, fits, cap))
+
+
+@dataclass
+class ChunkedRun:
+    """Outputs of a chunked run and what it took."""
+
+    outputs: dict[str, torch.Tensor]
+    chunk_size: int
+    peak_bytes: int | None
+
+
+def run_chunks(compute: Callable[..., dict], x: torch.Tensor, chunk_size: int, start: int = 0,
+               done: list[dict] | None = None, limit_bytes: int | None = None, peak_bytes: int | None = None,
+               track: bool = False, tracker: bool = True) -> ChunkedRun:
+    """Run ``compute`` over ``x[start:]`` in chunks, halving the chunk on out-of-memory.
+
+    Args:
+        compute: ``compute(chunk, out=None)`` maps a chunk ``[B, *in]`` to a dict of
+            ``[B, ...]`` tensors; given ``out`` (a dict of destination slices) it
+            writes the results there, which saves gathering the chunks afterwards.
+        x: all samples.
+        chunk_size: the chunk to start with.
+        start: samples before ``start`` are already computed (their outputs in ``done``).
+        limit_bytes: cap each chunk's measured memory at this (CPU: enforced by the tracker).
+        track: measure every chunk's memory (otherwise only what ``peak_bytes`` already says).
+        tracker: how to measure on CPU (see ``measure``).
+
+    Never fails for lack of memory while a smaller chunk might fit; raises the
+    last out-of-memory error when even one sample does not fit.
+    """
+    n = x.shape[0]
+    chunk = max(1, int(chunk_size))
+    position = start
+    results: dict[str, torch.Tensor] | None = None
+    if done:
+        results = _allocate(done[0], n)
+        offset = 0
+        for piece_outputs in done:
+            size = next(iter(piece_outputs.values())).shape[0]
+            for name, value in piece_outputs.items():
+                results[name][offset : offset + size].copy_(value)
+            offset += size
+    while position < n:
+        piece = x[position : position + chunk]
+        stop = position + piece.shape[0]
+        destination = None if results is None else {k: v[position:stop] for k, v in results.items()}
+        work = functools.partial(compute, out=destination)
+        try:
+            if track or limit_bytes is not None:
+                result = measure(work, piece, limit_bytes, tracker)
+                outputs = result.outputs
+                if result.peak_bytes is not None:
+                    peak_bytes = max(peak_bytes or 0, result.peak_bytes)
+            else:
+                outputs = work(piece)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            del error
+            _free(x.device)
+            if chunk == 1:
+                raise torch.OutOfMemoryError(
+                    "one sample does not fit in memory"
+                    + (f" under memory_limit_bytes={limit_bytes}" if limit_bytes is not None else "")
+                    + "; free memory, raise the limit, or ask for fewer/lower-order quantities"
+                ) from None
+            chunk = max(1, chunk // 2)
+            continue
+        if results is None:
+            results = _allocate(outputs, n)
+        for name, value in outputs.items():
+            target = results[name][position:stop]
+            if value.data_ptr() != target.data_ptr():  # computed elsewhere, not written in place
+                target.copy_(value)
+        position = stop
+    return ChunkedRun(results or {}, chunk, peak_bytes)
+
+
+def _allocate(example: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Result tensors for all ``n`` samples, shaped like one chunk's outputs."""
+    return {name: value.new_empty((n,) + tuple(value.shape[1:])) for name, value in example.items()}
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def per_sample_bytes(peak_bytes: int | None, samples: int) -> float:
+    """Bytes per sample from a measured chunk (at least a few bytes, never zero)."""
+    if not peak_bytes or samples <= 0:
+        return 1.0
+    return math.ceil(peak_bytes / samples)

@@ -1,0 +1,121 @@
+"""Memory: measured footprints, automatic chunks, and the out-of-memory back-off (CPU caps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.engine import compute_derivatives
+from pipeline.engine import chunking
+from pipeline.engine.reference import autograd_loop
+
+D = torch.float64
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 4)).double()
+
+
+def test_tracker_counts_live_bytes_and_views_once():
+    with chunking.MemoryTracker() as tracker:
+        a = torch.ones(1000, dtype=D)  # 8000 bytes
+        b = a.view(10, 100)  # a view: no new storage
+        c = b * 2  # 8000 more
+        del a, b, c
+        d = torch.ones(500, dtype=D)  # 4000: the earlier 16000 were freed
+    assert tracker.peak_bytes == 16000
+    assert tracker.current_bytes == 4000
+    del d
+
+
+def test_tracker_enforces_a_cap_as_out_of_memory():
+    with pytest.raises(torch.OutOfMemoryError, match="memory_limit_bytes=10000"):
+        with chunking.MemoryTracker(limit_bytes=10_000):
+            keep = [torch.ones(1000, dtype=D) for _ in range(3)]  # noqa: F841
+
+
+def test_is_out_of_memory_recognises_cpu_allocator_messages():
+    assert chunking.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert chunking.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
+    assert not chunking.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not chunking.is_out_of_memory(ValueError("out of memory"))  # only runtime errors are allocation failures
+
+
+def test_run_chunks_halves_on_allocation_failures_and_keeps_every_sample():
+    calls = []
+
+    def compute(chunk, out=None):
+        calls.append(chunk.shape[0])
+        if chunk.shape[0] > 5:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return {"double": chunk * 2}
+
+    x = torch.arange(23, dtype=D).reshape(23, 1)
+    run = chunking.run_chunks(compute, x, chunk_size=16)
+    assert run.chunk_size == 4  # 16 -> 8 -> 4
+    torch.testing.assert_close(run.outputs["double"], x * 2)
+    assert calls[:3] == [16, 8, 4] and max(calls[3:]) <= 4
+
+
+def test_run_chunks_gives_up_with_a_remedy_when_one_sample_does_not_fit():
+    def compute(chunk, out=None):
+        raise torch.OutOfMemoryError("no")
+
+    with pytest.raises(torch.OutOfMemoryError, match="one sample does not fit"):
+        chunking.run_chunks(compute, torch.zeros(3, 1), chunk_size=2)
+
+
+def test_other_errors_are_not_swallowed():
+    def compute(chunk, out=None):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        chunking.run_chunks(compute, torch.zeros(3, 1), chunk_size=2)
+
+
+@pytest.mark.parametrize("method", ["taylor", "forward"])
+def test_memory_cap_backs_off_a_too_large_chunk(method):
+    net = _net()
+    x = torch.randn(40, 3, dtype=D)
+    free = compute_derivatives(net, x[:16], ("value", "jacobian", "hessian"), method=method, chunk_size=16)
+    # what one 16-sample chunk needs, measured; a cap at a third of it forces at least two halvings
+    per_chunk = free.peak_memory_bytes
+    assert per_chunk > 30_000
+    cap = per_chunk // 3
+    result = compute_derivatives(net, x, ("value", "jacobian", "hessian"), method=method, chunk_size=16,
+                                 memory_limit_bytes=cap)
+    assert result.chunk_size < 16
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= cap
+    ref = autograd_loop(net, x, 2)
+    for k, name in enumerate(("value", "jacobian", "hessian")):
+        torch.testing.assert_close(result.outputs[name], ref[k])
+    torch.testing.assert_close(result.outputs["hessian"][:16], free.outputs["hessian"])
+
+
+def test_auto_chunk_fits_the_cap_from_the_measured_footprint():
+    net = _net(1)
+    x = torch.randn(600, 3, dtype=D)
+    unlimited = compute_derivatives(net, x, ("hessian",), method="taylor")
+    assert unlimited.chunk_size == 600 and unlimited.peak_memory_bytes > 0  # estimated from tensor sizes
+    # a cap far above need: the chunk is measured, not estimated
+    measured = compute_derivatives(net, x, ("hessian",), method="taylor", chunk_size=600, memory_limit_bytes=1 << 40)
+    assert 0 < measured.peak_memory_bytes <= unlimited.peak_memory_bytes  # the estimate is an upper bound
+    cap = measured.peak_memory_bytes // 6  # room for about 100 samples
+    capped = compute_derivatives(net, x, ("hessian",), method="taylor", memory_limit_bytes=cap)
+    assert capped.chunk_size < 100
+    assert capped.peak_memory_bytes <= cap
+    torch.testing.assert_close(capped.outputs["hessian"], unlimited.outputs["hessian"])
+
+
+def test_auto_chunk_arithmetic():
+    cpu = torch.device("cpu")
+    assert chunking.auto_chunk(1000.0, 10_000, cpu, limit_bytes=1_500_000) == 1000  # 1.5 MB / (1000 B * 1.5)
+    assert chunking.auto_chunk(1.0, 10_000_000, cpu, limit_bytes=None) == chunking.CPU_MAX_CHUNK
+    assert chunking.auto_chunk(1e12, 5, cpu, limit_bytes=10) == 1
+
+
+def test_peak_memory_is_reported():
+    result = compute_derivatives(_net(), torch.randn(50, 3, dtype=D), ("hessian",), method="taylor", chunk_size=25)
+    assert isinstance(result.peak_memory_bytes, int) and result.peak_memory_bytes > 0
