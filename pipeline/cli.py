@@ -164,7 +164,7 @@ def inspect(store):
     from .report import inspect_store
 
     try:
-        inspect_store(store, Console(highlight=False))
+        inspect_store(store, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     except _bad_input_errors() as err:
         _fail(str(err))
 
