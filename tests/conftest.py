@@ -21,6 +21,28 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(params=["inline", "ray"])
+def executor(request):
+    """Each executor in turn: the same job must give the same store under both."""
+    from pipeline.runner import InlineExecutor, RayExecutor
+
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        return RayExecutor()
+    return InlineExecutor()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread (solver timings and results stable on a shared CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run the test with the current directory in a fresh temporary folder."""

@@ -22,14 +22,6 @@ from references import quantities_from_loop
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@pytest.fixture(params=["inline", "ray"])
-def executor(request):
-    if request.param == "ray":
-        request.getfixturevalue("ray_cluster")
-        return RayExecutor()
-    return InlineExecutor()
-
-
 def make_spec(tmp_path, name="s.zarr", **changes):
     data = {
         "schema_version": 1,

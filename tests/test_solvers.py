@@ -13,12 +13,7 @@ F64 = torch.float64
 EXAMPLE_PATH = "pipeline.solvers.examples:damped_oscillator"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def loop_over_cases(fn, params: dict[str, torch.Tensor], **options) -> dict[str, torch.Tensor]:

@@ -14,12 +14,7 @@ from pipeline.solvers.heat1d import exact_solution
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # three cases with different mean, amplitude, integer wavenumber, phase and diffusivity

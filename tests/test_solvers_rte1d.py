@@ -16,14 +16,9 @@ from reference_rte1d import reference_solve_batch, seed_cases, seed_grid
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Pin torch to one thread here: these problems are small, and on a shared 2-core
-    machine a second OpenMP thread waiting on a busy core makes them 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These problems are small: on a shared 2-core machine a second OpenMP thread
+# waiting on a busy core makes them 10x slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def max_relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -23,14 +23,6 @@ from reference_rte1d import reference_solve_batch, seed_grid
 SMALL_RTE = {"nx": 32, "n_angles": 4, "t_end": 0.5, "save_every": 5}
 
 
-@pytest.fixture(params=["inline", "ray"])
-def executor(request):
-    if request.param == "ray":
-        request.getfixturevalue("ray_cluster")
-        return RayExecutor()
-    return InlineExecutor()
-
-
 def sweep_spec(tmp_path, sweep, solver=None, **extra):
     data = {
         "schema_version": 1,
