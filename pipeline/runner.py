@@ -115,26 +115,25 @@ class RayExecutor:
         spec_ref = ray.put(spec)
         waiting = deque(shards)
         running: dict = {}
-        try:
-            while waiting or running:
-                while waiting and len(running) < bound:
-                    shard = waiting.popleft()
-                    running[remote.remote(spec_ref, shard)] = shard
-                ready, _ = ray.wait(list(running), num_returns=1)
-                for ref in ready:
-                    shard = running.pop(ref)
-                    try:
-                        record = ray.get(ref)
-                    except ray.exceptions.RayTaskError as err:
-                        cause = getattr(err, "cause", None) or err
-                        on_failed(shard, spec.execution.retries + 1, _format_error(cause))
-                    except ray.exceptions.RayError as err:  # worker died, node lost, ...
-                        on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
-                    else:
-                        on_done(record)
-        finally:
-            for ref in running:  # interrupted: do not leave work running on the cluster
-                ray.cancel(ref, force=True)
+        # On an interrupt the exception propagates and the driver exits: Ray ends a job's
+        # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
+        # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
+        while waiting or running:
+            while waiting and len(running) < bound:
+                shard = waiting.popleft()
+                running[remote.remote(spec_ref, shard)] = shard
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                shard = running.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None) or err
+                    on_failed(shard, spec.execution.retries + 1, _format_error(cause))
+                except ray.exceptions.RayError as err:  # worker died, node lost, ...
+                    on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
+                else:
+                    on_done(record)
 
 
 def cluster_address(address: str | None) -> str:

@@ -50,10 +50,12 @@ def prepare(spec: JobSpec) -> Prepared:
         "in_shape": list(info.shape),
         "out_shape": list(out_shape),
         "method_preflight": result.method,
+        "method_reason": result.fallback_reason or "",
     }
     summary = (
         f"{plan.n} samples of shape {list(info.shape)} -> output {list(out_shape)}\n"
         f"quantities {list(spec.quantities)}, method {result.method}"
+        + (f" ({result.fallback_reason})" if result.fallback_reason else "")
     )
     return Prepared(spec, plan, attributes, summary)
 
