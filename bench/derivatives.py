@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.engine import compute_derivatives  # noqa: E402
 from pipeline.quantities import quantity_order  # noqa: E402
+from timing import best_time  # noqa: E402  (bench/timing.py)
 
 
 class Sin(torch.nn.Module):
@@ -189,22 +189,6 @@ def jax_runner(net, quantities, batch_size=8192):
 # ----------------------------------------------------------------------------- timing
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats=1):
-    best, result = math.inf, None
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def max_rel_err(got: dict, ref: dict) -> float:
     worst = 0.0
     for q, r in ref.items():
@@ -222,7 +206,7 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
     x = torch.randn(n, work.sizes[0], device=device)
     with torch.no_grad():
         net(x[:8])
-        forward_s, _ = timed(lambda: net(x), device, repeats=5 if quick else 20)
+        forward_s, _ = best_time(lambda: net(x), device, repeats=5 if quick else 20)
     reference = compute_derivatives(net.double(), x.double(), work.quantities, method="taylor").outputs
     net.float()
     rows = [
@@ -241,7 +225,7 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
     measured = []
     for label, runner in rows:
         with torch.no_grad():
-            forward_s = min(forward_s, timed(lambda: net(x), device, repeats=3)[0])
+            forward_s = min(forward_s, best_time(lambda: net(x), device, repeats=3)[0])
         if isinstance(runner, str):
             measured.append((label, None, runner))
             continue
@@ -249,7 +233,7 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
             # warm up (compile, trace) and estimate on a slice before committing to the full batch
             probe_n = min(n, 64)
             runner(net, x[:probe_n], work.quantities)
-            probe_s, _ = timed(lambda: runner(net, x[:probe_n], work.quantities), device)
+            probe_s, _ = best_time(lambda: runner(net, x[:probe_n], work.quantities), device)
             estimate = probe_s * n / probe_n
             use_n, mark = n, ""
             if estimate > budget:
@@ -258,7 +242,7 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
             if label.startswith("JAX") and use_n < n:
                 use_n, mark = n, ""  # jit compiles per shape: time the full batch after one warm-up
                 runner(net, x, work.quantities)
-            seconds, result = timed(lambda: runner(net, x[:use_n], work.quantities), device,
+            seconds, result = best_time(lambda: runner(net, x[:use_n], work.quantities), device,
                                     repeats=1 if estimate > 5 else (2 if quick else 3))
             seconds *= n / use_n
             error = max_rel_err(result, {q: r[:use_n] for q, r in reference.items()})

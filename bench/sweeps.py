@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import datetime
-import math
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import pipeline.solvers.rte1d as rte1d  # noqa: E402
 from pipeline.solvers import solve  # noqa: E402
+from timing import best_time  # noqa: E402  (bench/timing.py)
 from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
 
 
@@ -70,23 +69,6 @@ class Timing:
         if self.write_seconds is None:
             return None
         return self.write_seconds / (self.seconds + self.write_seconds)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_time(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
-    """Best of ``repeats`` wall times (synchronised), and the last result."""
-    best, result = math.inf, None
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = run()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def seed_inputs(n_cases: int, dtype: torch.dtype, device: torch.device):

@@ -34,6 +34,11 @@ def _bad_input_errors():
     return (SpecError, FunctionError, InputError, StoreError, ClusterError)
 
 
+def _unit(spec) -> str:
+    """What one row of the job is called: a sweep runs cases, a derivative job samples."""
+    return "cases" if spec.kind == "sweep" else "samples"
+
+
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     _console().print(f"[bold red]error:[/bold red] {message}", markup=True)
     sys.exit(code)
@@ -95,8 +100,7 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         if executor == "ray":
             runner.start()
             console.print(f"[dim]executor: {runner.describe()}[/dim]")
-        unit = "cases" if spec.kind == "sweep" else "samples"
-        progress = None if quiet else RichProgress(console, unit=unit)
+        progress = None if quiet else RichProgress(console, unit=_unit(spec))
         summary = run_submit(spec, runner, overwrite=overwrite, progress=progress)
     except _bad_input_errors() as err:
         _fail(str(err))
@@ -114,8 +118,7 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         first = next(iter(summary.failed.values()))
         console.print(f"first error (shard {first.shard_id}): {first.error}")
         sys.exit(EXIT_FAILED_SHARDS)
-    unit = "cases" if spec.kind == "sweep" else "samples"
-    rate = f", {summary.samples_per_second:,.0f} {unit}/s per task" if ran else ""
+    rate = f", {summary.samples_per_second:,.0f} {_unit(spec)}/s per task" if ran else ""
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
 
 
@@ -138,10 +141,9 @@ def validate(job, overrides, deep):
             from .driver import prepare
 
             prepared = prepare(spec)
-            unit = "cases" if spec.kind == "sweep" else "samples"
             line += "".join(f"\n  {part}" for part in prepared.summary.splitlines())
             line += (
-                f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {unit}, "
+                f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {_unit(spec)}, "
                 f"chunks of {prepared.plan.chunk_size}"
             )
     except _bad_input_errors() as err:

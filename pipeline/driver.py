@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .kinds import Prepared, kind_module
-from .plan import Plan, Shard
+from .plan import Shard
 from .store import (
     ShardRecord,
     StoreError,

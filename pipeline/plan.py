@@ -49,7 +49,6 @@ class Plan:
     shard_size: int
     shards: tuple[Shard, ...]
     arrays: tuple[ArrayLayout, ...]
-    sample_dim: str = "sample"
 
     def array(self, name: str) -> ArrayLayout:
         for layout in self.arrays:
@@ -183,5 +182,4 @@ def plan_sweep_job(
         shard_size=shard_size,
         shards=plan_shards(n_cases, shard_size, chunk_size),
         arrays=sweep_arrays(n_cases, outputs, coords, case_parameters, scalars, chunk_size, dtype),
-        sample_dim="case",
     )

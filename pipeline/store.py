@@ -373,6 +373,3 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "samples": sum(s.size for s in plan),
     }
 
-
-def host_name() -> str:
-    return socket.gethostname()

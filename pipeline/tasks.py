@@ -7,6 +7,7 @@ the shard's region of the store, then its commit marker, and returns a small
 
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from .kinds import kind_module
 from .plan import Shard
-from .store import ShardRecord, checksum, host_name, record_attempt, write_marker, write_region
+from .store import ShardRecord, checksum, record_attempt, write_marker, write_region
 
 
 def pick_device() -> torch.device:
@@ -53,7 +54,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         stop=shard.stop,
         status="done",
         attempts=attempt,
-        host=host_name(),
+        host=socket.gethostname(),
         device=device_name(device),
         seconds=round(seconds, 4),
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,

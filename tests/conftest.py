@@ -42,9 +42,3 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Run the test with the current directory in a fresh temporary folder."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path

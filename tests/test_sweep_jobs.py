@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.driver import prepare, submit
-from pipeline.runner import InlineExecutor, RayExecutor
+from pipeline.runner import InlineExecutor
 from pipeline.spec import SpecError, validate_spec
 from pipeline.store import open_results
 from reference_rte1d import reference_solve_batch, seed_grid

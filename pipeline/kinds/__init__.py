@@ -17,7 +17,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..plan import Plan
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ from ..models import FunctionError, build_function, probe_output_shape
 from ..plan import plan_derivative_job
 from ..sources import describe_inputs, read_inputs
 from ..spec import JobSpec, MLPFunction
-from . import Prepared, ShardInfo
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from . import DTYPES, Prepared, ShardInfo
 
 
 def prepare(spec: JobSpec) -> Prepared:

@@ -17,9 +17,7 @@ from ..plan import plan_sweep_job
 from ..sources import InputError, describe_inputs, read_inputs
 from ..spec import SpecError
 from ..store import read_cases
-from . import Prepared, ShardInfo
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from . import DTYPES, Prepared, ShardInfo
 REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
 
 
