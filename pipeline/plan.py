@@ -75,6 +75,37 @@ def plan_shards(n: int, shard_size: int, chunk_size: int) -> tuple[Shard, ...]:
     )
 
 
+BLOCKS_PER_SHARD = 4
+MAX_BLOCK_BYTES = 256 * 2**20
+
+
+def shard_blocks(shard: Shard, chunk_size: int, bytes_per_sample: int, *, blocks: int = BLOCKS_PER_SHARD,
+                 max_block_bytes: int = MAX_BLOCK_BYTES) -> tuple[Shard, ...]:
+    """Split a shard into blocks of whole chunks, computed one by one while the last one is written.
+
+    About ``blocks`` blocks per shard (so that writing overlaps all but one
+    block's compute), each at most ``max_block_bytes`` of output (bounding the
+    host memory held by a worker), and never less than one chunk. Blocks keep
+    the shard's id; they tile it exactly.
+
+        >>> [(b.start, b.stop) for b in shard_blocks(Shard(0, 0, 10), 2, 8)]
+        [(0, 4), (4, 8), (8, 10)]
+        >>> [(b.start, b.stop) for b in shard_blocks(Shard(3, 96, 100), 4, 8)]
+        [(96, 100)]
+    """
+    if chunk_size <= 0 or bytes_per_sample <= 0 or blocks <= 0:
+        raise ValueError(f"chunk_size, bytes_per_sample and blocks must be positive, got "
+                         f"{chunk_size}, {bytes_per_sample}, {blocks}")
+    chunks = -(-shard.size // chunk_size)
+    per_block = -(-chunks // blocks)
+    per_block = max(1, min(per_block, max_block_bytes // (chunk_size * bytes_per_sample)))
+    size = per_block * chunk_size
+    return tuple(
+        Shard(id=shard.id, start=start, stop=min(start + size, shard.stop))
+        for start in range(shard.start, shard.stop, size)
+    )
+
+
 def derivative_arrays(
     n: int,
     in_shape: tuple[int, ...],

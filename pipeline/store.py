@@ -25,12 +25,14 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -265,10 +267,23 @@ def read_manifest(path: str | Path):
 # ------------------------------------------------------------------ worker
 
 
-def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int) -> None:
+def open_for_writing(path: str | Path):
+    """The store's Zarr group, opened once by a worker for all of a shard's writes."""
+    return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
+
+
+def bytes_per_sample(group) -> int:
+    """Bytes of one sample (or case) across the store's sample-axis arrays: a block-sizing estimate."""
+    total = 0
+    for _, array in group.arrays():
+        if len(array.shape) and array.shape[0] == group.attrs["n"]:
+            total += array.dtype.itemsize * math.prod(array.shape[1:])
+    return max(1, total)
+
+
+def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int, group=None) -> None:
     """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region)."""
-    zarr = _zarr()
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = open_for_writing(path) if group is None else group
     for name, values in arrays.items():
         target = group[name]
         if values.shape[0] != stop - start or tuple(values.shape[1:]) != tuple(target.shape[1:]):
@@ -312,14 +327,31 @@ def read_markers(path: str | Path) -> dict[int, ShardRecord]:
     return records
 
 
-def checksum(arrays: dict[str, np.ndarray]) -> str:
-    """CRC32 of the bytes of the arrays in name order (what a re-run must reproduce)."""
-    import zlib
+class Checksum:
+    """CRC32 per array, fed block by block in sample order; the same for any split into blocks.
 
-    crc = 0
-    for name in sorted(arrays):
-        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).view(np.uint8).ravel(), crc)
-    return f"{crc:08x}"
+    The digest is the CRC32 of the arrays' own CRC32s in name order, so a
+    shard written in blocks checks the same as one written whole.
+    """
+
+    def __init__(self) -> None:
+        self._crcs: dict[str, int] = {}
+
+    def update(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, values in arrays.items():
+            self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(),
+                                          self._crcs.get(name, 0))
+
+    def hexdigest(self) -> str:
+        joined = b"".join(self._crcs[name].to_bytes(4, "little") for name in sorted(self._crcs))
+        return f"{zlib.crc32(joined):08x}"
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """CRC32 of the arrays' bytes (what a re-run must reproduce); see :class:`Checksum`."""
+    summer = Checksum()
+    summer.update(arrays)
+    return summer.hexdigest()
 
 
 # ----------------------------------------------------------------- reading

@@ -1,8 +1,9 @@
 """The one unit of work: ``run_shard(spec, shard)``, the same under every executor.
 
-It computes the shard on the worker's device (the job kind says how), writes
-the shard's region of the store, then its commit marker, and returns a small
-``ShardRecord`` (never the arrays). No Ray in here.
+It computes the shard on the worker's device (the job kind says how) in
+blocks of whole chunks, each written by a background thread while the next
+computes (``writer.BlockWriter``), then writes the shard's commit marker and
+returns a small ``ShardRecord`` (never the arrays). No Ray in here.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import socket
 import time
 
-import numpy as np
 import torch
 
-from .kinds import kind_module
-from .plan import Shard
-from .store import ShardRecord, checksum, record_attempt, write_marker, write_region
+from .kinds import ShardInfo, kind_module
+from .plan import Shard, shard_blocks
+from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
+from .writer import BlockWriter
 
 
 def pick_device() -> torch.device:
@@ -29,24 +30,42 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def compute_shard(spec, shard: Shard, device: torch.device | None = None):
-    """The arrays of one shard (keyed by store array name) and how they were computed."""
-    return kind_module(spec).compute(spec, shard, device or pick_device())
+def compute_shard(spec, shard: Shard, device: torch.device | None = None, hint: ShardInfo | None = None):
+    """The arrays of one shard (or block; keyed by store array name) and how they were computed.
+
+    ``hint`` is how the previous block of the same shard was computed: the
+    kind may reuse its choices (the derivative engine's method) instead of
+    choosing again.
+    """
+    return kind_module(spec).compute(spec, shard, device or pick_device(), hint)
+
+
+def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
+    """How a shard was computed, from how its blocks were."""
+    method = first.method if other.method == first.method else f"{first.method}, {other.method}"
+    peaks = [p for p in (first.peak_memory_bytes, other.peak_memory_bytes) if p is not None]
+    return ShardInfo(method, max(first.chunk_size, other.chunk_size), max(peaks) if peaks else None)
 
 
 def run_shard(spec, shard: Shard) -> ShardRecord:
-    """Compute one shard, write its region and commit it; return its record.
+    """Compute one shard block by block, write its region and commit it; return its record.
 
-    Raises whatever the computation raises (the executor retries); the marker
-    is written only after every array of the shard is in the store, so a shard
-    either committed completely or is pending.
+    Raises whatever the computation or a write raises (the executor retries);
+    the marker is written only after every block of the shard is in the store,
+    so a shard either committed completely or is pending.
     """
     store = spec.store.path
     attempt = record_attempt(store, shard.id)
     began = time.perf_counter()
     device = pick_device()
-    arrays, info = compute_shard(spec, shard, device)
-    write_region(store, arrays, shard.start, shard.stop)
+    group = open_for_writing(store)
+    blocks = shard_blocks(shard, spec.store.chunk_size, bytes_per_sample(group))
+    info = None
+    with BlockWriter(store, group=group) as writer:
+        for block in blocks:
+            arrays, block_info = compute_shard(spec, block, device, info)
+            info = block_info if info is None else merge_info(info, block_info)
+            writer.submit(block.start, block.stop, arrays)
     seconds = time.perf_counter() - began
     record = ShardRecord(
         shard_id=shard.id,
@@ -58,8 +77,8 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         device=device_name(device),
         seconds=round(seconds, 4),
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
-        nonfinite=int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")),
-        checksum=checksum(arrays),
+        nonfinite=writer.nonfinite,
+        checksum=writer.checksum,
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,

@@ -188,3 +188,30 @@ def test_different_spec_does_not_reuse_a_store(tmp_path):
     with pytest.raises(StoreError, match="another spec"):
         submit(make_spec(tmp_path, **{"function.seed": 5}), InlineExecutor())
     assert submit(make_spec(tmp_path, **{"function.seed": 5}), InlineExecutor(), overwrite=True).complete
+
+
+def test_a_shard_is_computed_in_blocks_that_keep_the_first_blocks_method(tmp_path, monkeypatch):
+    import pipeline.kinds.derivative as kind
+    from pipeline.store import checksum
+
+    calls = []
+    real = kind.compute
+
+    def spy(spec, shard, device, hint=None):
+        arrays, info = real(spec, shard, device, hint)
+        calls.append((shard.start, shard.stop, hint.method if hint else None, info.method))
+        return arrays, info
+
+    monkeypatch.setattr(kind, "compute", spy)
+    spec = make_spec(tmp_path, **{"execution.shard_size": 16, "inputs.n": 30})
+    submit(spec, InlineExecutor())
+    # shards of 16 samples, 4 chunks each: blocks of one chunk, the last shard's short
+    assert [c[:2] for c in calls] == [(s, min(s + 4, 30)) for s in range(0, 30, 4)]
+    assert [c[2] for c in calls] == [None, "taylor", "taylor", "taylor"] * 2
+    ds = open_results(spec.store.path)
+    manifest = read_manifest(spec.store.path).to_pydict()
+    assert manifest["method"] == ["taylor", "taylor"]
+    # the checksum a shard reports is the checksum of what is in the store
+    for shard_id, (start, stop) in enumerate([(0, 16), (16, 30)]):
+        stored = {name: ds[name].values[start:stop] for name in ("inputs", *spec.quantities)}
+        assert manifest["checksum"][shard_id] == checksum(stored)

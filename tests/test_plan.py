@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.plan import derivative_arrays, plan_derivative_job, plan_shards
+from pipeline.plan import derivative_arrays, plan_derivative_job, plan_shards, shard_blocks
 
 
 @given(
@@ -56,3 +56,41 @@ def test_scalar_output_and_small_n():
     assert plan.array("value").shape == (5,) and plan.array("value").chunks == (5,)
     assert plan.array("hessian").dims == ("sample", "input", "input_d2")
     assert len(plan.shards) == 1
+
+
+@given(
+    n=st.integers(1, 5000),
+    chunk=st.integers(1, 300),
+    chunks_per_shard=st.integers(1, 40),
+    shard_index=st.integers(0, 50),
+    bytes_per_sample=st.integers(1, 10_000),
+    max_block_bytes=st.integers(1, 10**7),
+    blocks=st.integers(1, 8),
+)
+def test_blocks_tile_a_shard_on_chunk_boundaries(n, chunk, chunks_per_shard, shard_index, bytes_per_sample,
+                                                  max_block_bytes, blocks):
+    shards = plan_shards(n, chunk * chunks_per_shard, chunk)
+    shard = shards[shard_index % len(shards)]
+    parts = shard_blocks(shard, chunk, bytes_per_sample, blocks=blocks, max_block_bytes=max_block_bytes)
+    assert parts[0].start == shard.start and parts[-1].stop == shard.stop
+    for a, b in zip(parts, parts[1:]):
+        assert a.stop == b.start
+    for part in parts:
+        assert part.id == shard.id and part.size > 0
+        assert part.start % chunk == 0 and (part.stop % chunk == 0 or part.stop == n)
+    # as many blocks as asked for when the byte cap allows, more only to respect the cap (never below a chunk)
+    shard_chunks = -(-shard.size // chunk)
+    if chunk * bytes_per_sample * -(-shard_chunks // blocks) <= max_block_bytes:
+        assert len(parts) <= blocks
+    else:
+        assert all(p.size * bytes_per_sample <= max_block_bytes or p.size <= chunk for p in parts)
+
+
+def test_blocks_of_a_default_derivative_shard():
+    # seed000: 2.4 KB per sample, 4 chunks of 4096 per shard -> one chunk per block
+    (shard,) = plan_shards(16384, 16384, 4096)
+    assert [b.size for b in shard_blocks(shard, 4096, 2416)] == [4096] * 4
+    # a big GPU shard of 1e6 samples: blocks capped at 256 MiB of output
+    (big,) = plan_shards(1_000_000, 1_003_520, 4096)
+    sizes = [b.size for b in shard_blocks(big, 4096, 2416)]
+    assert max(sizes) * 2416 <= 256 * 2**20 and sum(sizes) == 1_000_000

@@ -125,15 +125,17 @@ def test_heat_sweep_matches_the_analytic_solution(tmp_path, executor):
 
 
 def test_profiles_from_a_npy_file(tmp_path):
+    # 5 cases in shards of 4 and blocks of 2: every shard and block reads its own profiles
     x = seed_grid(32)
-    T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3)])
+    T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3, 4, 5)])
     np.save(tmp_path / "T0.npy", T0.numpy())
-    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": [0.5, 1.0, 2.0]}},
+    levels = [0.5, 1.0, 2.0, 3.0, 4.0]
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": levels}},
                       profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
                       fixed={"sigma_amplitude": 0.0})
     submit(spec, InlineExecutor())
     ds = open_results(spec.store.path)
-    sigma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)[:, None].expand(3, 32)
+    sigma = torch.tensor(levels, dtype=torch.float64)[:, None].expand(5, 32)
     E, T = reference_solve_batch(T0, sigma, Nvx=4, t=0.5, save_every=5)
     np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
 

@@ -68,9 +68,15 @@ def _cached_function(function_json: str, dtype: str, device: str):
     return build_function(TypeAdapter(Function).validate_json(function_json), DTYPES[dtype], device)
 
 
-def compute(spec: JobSpec, shard, device: torch.device):
-    """Inputs and quantities of a shard as numpy arrays, and how they were computed."""
+def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None = None):
+    """Inputs and quantities of a shard (or block) as numpy arrays, and how they were computed.
+
+    With ``hint`` (the shard's previous block) and ``derivatives.method:
+    auto``, the method the engine chose for the first block is kept, so a
+    close call is timed once per shard, not once per block.
+    """
     from ..engine import compute_derivatives
+    from ..engine.api import METHODS
 
     dtype = DTYPES[spec.derivatives.dtype]
     if device.type == "cuda":
@@ -78,9 +84,10 @@ def compute(spec: JobSpec, shard, device: torch.device):
         torch.backends.cudnn.allow_tf32 = spec.derivatives.allow_tf32
     fn = _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device))
     x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
-    result = compute_derivatives(
-        fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=spec.derivatives.chunk_size
-    )
+    method = spec.derivatives.method
+    if method == "auto" and hint is not None and hint.method in METHODS:
+        method = hint.method
+    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size)
     arrays = {"inputs": x.detach().cpu().numpy()}
     for name in spec.quantities:
         arrays[name] = result.outputs[name].detach().cpu().numpy()

@@ -84,7 +84,7 @@ def prepare(spec) -> Prepared:
     scalars, wrt = sensitivity_names(spec, swept)
     if scalars and spec.profiles:
         raise SpecError(["sensitivities: not supported together with profiles yet; remove one of them"])
-    first = _case_params(spec, table, 0, 1, torch.float64, torch.device("cpu"))
+    first = _case_params(spec, {k: v[:1] for k, v in table.items()}, 0, 1, torch.float64, torch.device("cpu"))
     try:
         outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
@@ -147,7 +147,8 @@ def _jsonable(value) -> bool:
 
 
 def _case_params(spec, table, start, stop, dtype, device) -> dict[str, torch.Tensor]:
-    params = {k: torch.tensor(np.asarray(v[start:stop], dtype=np.float64), dtype=dtype, device=device)
+    """Parameters of cases ``[start, stop)`` of the job: ``table`` holds exactly those cases' rows."""
+    params = {k: torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype, device=device)
               for k, v in table.items()}
     for name, source in spec.profiles.items():
         params[name] = torch.as_tensor(read_inputs(source, start, stop), dtype=dtype, device=device)
@@ -160,13 +161,13 @@ def _solve(spec, solver, options, params, device, dtype):
     return solve(solver, params, device=device, dtype=dtype, **options)
 
 
-def compute(spec, shard, device: torch.device):
-    """Outputs (and sensitivities) of the shard's cases as numpy arrays."""
+def compute(spec, shard, device: torch.device, hint: ShardInfo | None = None):
+    """Outputs (and sensitivities) of the shard's (or block's) cases as numpy arrays."""
     solver = _solver(spec)
     options = solver.validate_options(spec.solver.options)
     dtype = DTYPES[spec.solver.dtype]
     table = read_cases(spec.store.path, shard.start, shard.stop)
-    params = _case_params(spec, table, 0, shard.size, dtype, device)
+    params = _case_params(spec, table, shard.start, shard.stop, dtype, device)
     if spec.sensitivities is not None:
         outputs, derived = sensitivities(spec, solver, options, params, device, dtype)
     else:

@@ -1,0 +1,97 @@
+"""Writing a shard's blocks in the background while the next block computes.
+
+A worker computes a shard block by block (``plan.shard_blocks``); each block
+goes to a ``BlockWriter``, whose one thread checksums it, counts its
+non-finite values and writes its region of the store, in order, while the
+worker's main thread computes the next block. At most ``depth`` blocks wait,
+which bounds the host memory a worker holds. On a GPU the compute of block
+``i + 1`` (a few milliseconds) then hides behind the write of block ``i``
+instead of adding to it; on a CPU the two share the cores.
+
+The commit marker is not written here: ``tasks.run_shard`` writes it after
+``close()`` has returned, i.e. after every block is in the store.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .store import Checksum, open_for_writing, write_region
+
+
+class BlockWriter:
+    """Writes blocks of one shard, in order, in one background thread.
+
+    Use as a context manager: leaving the block by an exception waits for the
+    write in progress and drops the queued ones (the shard is then not
+    committed, and a retry rewrites its region).
+
+        with BlockWriter(path) as writer:
+            for block in blocks:
+                writer.submit(block.start, block.stop, compute(block))
+        writer.checksum, writer.nonfinite    # after the block: every write done
+    """
+
+    def __init__(self, path: str | Path, *, depth: int = 2, group=None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.path = path
+        self.group = open_for_writing(path) if group is None else group
+        self.depth = depth
+        self.nonfinite = 0
+        self.bytes_written = 0
+        self._checksum = Checksum()
+        self._pending: deque[Future] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-writer")
+        self._closed = False
+
+    def submit(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+        """Queue samples ``[start, stop)`` of each array; blocks while ``depth`` writes are waiting.
+
+        Raises the error of an earlier write, if one failed.
+        """
+        if self._closed:
+            raise RuntimeError("BlockWriter is closed")
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, start, stop, arrays))
+
+    def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+        # one thread, so blocks are checksummed in submission (sample) order
+        self._checksum.update(arrays)
+        self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
+        write_region(self.path, arrays, start, stop, group=self.group)
+        self.bytes_written += sum(a.nbytes for a in arrays.values())
+
+    def close(self) -> None:
+        """Wait for every queued write; raises the first write error."""
+        if self._closed:
+            return
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def checksum(self) -> str:
+        if not self._closed:
+            raise RuntimeError("the checksum is known only after close()")
+        return self._checksum.hexdigest()
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+            return
+        # failing: drop what is queued, let the running write finish (no thread left writing behind a retry)
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
