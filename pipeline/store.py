@@ -275,7 +275,10 @@ def open_for_writing(path: str | Path):
 def bytes_per_sample(group) -> int:
     """Bytes of one sample (or case) across the store's sample-axis arrays: a block-sizing estimate."""
     total = 0
-    for _, array in group.arrays():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
+        members = list(group.arrays())
+    for _, array in members:
         if len(array.shape) and array.shape[0] == group.attrs["n"]:
             total += array.dtype.itemsize * math.prod(array.shape[1:])
     return max(1, total)
