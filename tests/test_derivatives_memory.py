@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -119,3 +121,21 @@ def test_auto_chunk_arithmetic():
 def test_peak_memory_is_reported():
     result = compute_derivatives(_net(), torch.randn(50, 3, dtype=D), ("hessian",), method="taylor", chunk_size=25)
     assert isinstance(result.peak_memory_bytes, int) and result.peak_memory_bytes > 0
+
+
+def test_profiler_measurement_shows_no_warning(monkeypatch):
+    """Measuring a chunk with the profiler (torch.func chunks on CPU) must not warn.
+
+    torch 2.11 warns "Profiler clears events at the end of each cycle" (once per
+    process) when a fresh profiler starts; torch 2.13 does not. The warning set is
+    reset so that an earlier test's profiling cannot hide the warning here.
+    """
+    import torch.profiler.profiler as torch_profiler
+
+    if hasattr(torch_profiler, "_WARNINGS_SHOWN"):
+        monkeypatch.setattr(torch_profiler, "_WARNINGS_SHOWN", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = chunking.measure(lambda x: {"y": x * 2}, torch.ones(1000), tracker=False)
+    assert result.peak_bytes is not None and result.peak_bytes > 0
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []

@@ -21,6 +21,7 @@ import functools
 import gc
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,7 +149,10 @@ def _profiled(compute: Callable[[torch.Tensor], dict], x: torch.Tensor) -> Measu
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():
+    with _quiet_stderr(), warnings.catch_warnings():
+        # torch 2.11 warns "Profiler clears events at the end of each cycle ..." on the first start
+        # of every fresh profiler (torch 2.13 only when one is restarted); one cycle is all we use
+        warnings.filterwarnings("ignore", message="Warning: Profiler clears events", category=UserWarning)
         profiler.__enter__()
     try:
         outputs = compute(x)
