@@ -132,6 +132,32 @@ def test_uncovered_operation_falls_back_with_a_reason():
             torch.testing.assert_close(result.outputs[name], ref[k])
 
 
+@pytest.mark.parametrize("method", ("auto", "forward", "reverse", "forward-over-reverse"))
+def test_layer_norm_under_torch_func_gets_right_higher_derivatives(method):
+    # torch's layer norm has wrong nested-jacfwd (order >= 2) and nested-jacrev (order >= 3) derivatives;
+    # the torch.func strategies differentiate a composite layer norm instead. auto: sort forces a fallback.
+    torch.manual_seed(3)
+    lin, norm = torch.nn.Linear(3, 4).double(), torch.nn.LayerNorm(4).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+
+    def fn(x):
+        return norm(lin(x)) * (1 + 0.1 * torch.sort(x).values.sum())
+
+    x = torch.randn(3, 3, dtype=D)
+    result = compute_derivatives(fn, x, ("hessian", "d3"), method=method)
+    assert result.method in ("forward", "reverse", "forward-over-reverse")
+    hessian = autograd_loop(fn, x, 2)[2]  # reverse over reverse: right at order 2
+    torch.testing.assert_close(result.outputs["hessian"], hessian)
+    numeric = finite_difference(lambda z: autograd_loop(fn, z, 2)[2], x)
+    assert (result.outputs["d3"] - numeric).abs().max().item() <= 1e-6 * max(numeric.abs().max().item(), 1.0)
+    # and the patch is undone afterwards
+    from pipeline.engine.strategies import composite_layer_norm
+
+    assert torch.nn.functional.layer_norm is not composite_layer_norm
+
+
 def test_a_rule_failing_at_run_time_falls_back_with_the_reason(monkeypatch):
     from pipeline.engine import rules
 
