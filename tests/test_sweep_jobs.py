@@ -188,6 +188,30 @@ def test_sensitivities_match_finite_differences_of_the_seed_solver(tmp_path, exe
     assert "dTf_dT0_phase" not in ds  # fixed parameters are not differentiated
 
 
+def test_sensitivities_with_profiles_match_finite_differences(tmp_path):
+    # T0 profiles from a file, sigma from swept scalars: d(mean final T)/d sigma_mean per case
+    x = seed_grid(32)
+    T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3)])
+    np.save(tmp_path / "T0.npy", T0.numpy())
+    levels = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": levels.tolist()}},
+                      profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+                      fixed={"sigma_amplitude": 0.0},
+                      sensitivities={"outputs": {"Tf": {"output": "T", "index": -1, "reduce": "mean"}}})
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+
+    def Tf(sigma_level):
+        _, T = reference_solve_batch(T0, sigma_level[:, None].expand(3, 32), Nvx=4, t=0.5, save_every=5)
+        return T[:, -1].mean(-1)
+
+    h = 1e-6
+    np.testing.assert_allclose(ds.Tf.values, Tf(levels).numpy(), rtol=1e-10)
+    fd = (Tf(levels + h) - Tf(levels - h)) / (2 * h)
+    np.testing.assert_allclose(ds.dTf_dsigma_mean.values, fd.numpy(), rtol=1e-6, atol=1e-9)
+    assert [name for name in ds.data_vars if name.startswith("dTf_")] == ["dTf_dsigma_mean"]
+
+
 def test_sensitivity_of_an_unknown_output_is_refused(tmp_path):
     spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
                       sensitivities={"outputs": {"q": {"output": "Temperature"}}})

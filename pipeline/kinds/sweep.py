@@ -82,8 +82,6 @@ def prepare(spec) -> Prepared:
                  f"the sweep needs {n} of shape {list(expected)}"]
             )
     scalars, wrt = sensitivity_names(spec, swept)
-    if scalars and spec.profiles:
-        raise SpecError(["sensitivities: not supported together with profiles yet; remove one of them"])
     first = _case_params(spec, {k: v[:1] for k, v in table.items()}, 0, 1, torch.float64, torch.device("cpu"))
     try:
         outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
@@ -193,7 +191,7 @@ def sensitivities(spec, solver, options, params, device, dtype):
     per parameter. The reductions' tangents go through ``torch.func.jvp`` too
     (right for max/min, whose tangent is the arg-max's).
     """
-    swept = [name for name in params if name not in spec.fixed]
+    swept = [name for name in params if name not in spec.fixed and name not in spec.profiles]
     scalars, wrt = sensitivity_names(spec, swept)
     reductions = spec.sensitivities.outputs
     n = next(iter(params.values())).shape[0]
