@@ -14,7 +14,7 @@ from pipeline.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 SMALL_SWEEP = [
-    "--set", "solver.options={nx: 32, n_angles: 4, t_end: 0.5, save_every: 5}",
+    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",  # stability factor < 1.5
     "--set", "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
     "--set", "store.chunk_size=2", "--set", "execution.shard_size=4",
 ]
@@ -30,7 +30,7 @@ def small_overrides(job: Path) -> tuple[list[str], int]:
     if "kind: sweep" in text and "kind: grid" in text:
         return SMALL_SWEEP, 6
     if "kind: sweep" in text:
-        return ["--set", "solver.options={nx: 32, t_end: 0.5, save_every: 5}", "--set", "sweep.n=6",
+        return ["--set", "solver.options={nx: 64, t_end: 0.25, save_every: 5}", "--set", "sweep.n=6",
                 "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"], 6
     if job.name == "from_store.yaml":
         return ["--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600

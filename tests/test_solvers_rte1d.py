@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.solvers import get_solver, solve
-from pipeline.solvers.rte1d import initial_profiles, time_grid
+from pipeline.solvers import UnsolvableCase, get_solver, solve
+from pipeline.solvers.rte1d import initial_profiles, stability_factors, time_grid
 from reference_rte1d import reference_solve_batch, seed_cases, seed_grid
 
 F64 = torch.float64
@@ -97,7 +97,7 @@ def test_float32_close_to_float32_reference(seed_reference):
 @pytest.mark.parametrize("chunk_size,block_cases", [(1, None), (3, None), (None, 1), (None, 3), (4, 3)])
 def test_chunks_and_blocks_give_the_same_cases(chunk_size, block_cases):
     torch.manual_seed(1)
-    params = {"T0": 0.8 + torch.rand(7, 32, dtype=F64), "sigma_mean": torch.linspace(0.5, 3, 7, dtype=F64)}
+    params = {"T0": 0.8 + 0.4 * torch.rand(7, 32, dtype=F64), "sigma_mean": torch.linspace(0.5, 3, 7, dtype=F64)}
     options = dict(nx=32, t_end=0.5, save_every=4)
     whole = solve("rte1d", params, **options)
     parts = solve("rte1d", params, chunk_size=chunk_size, block_cases=block_cases, **options)
@@ -214,7 +214,7 @@ def final_mean_temperature(params, **options):
 def test_forward_sensitivities_match_finite_differences(chunk_size):
     """torch.func.jvp through solve (the lead's sweep sensitivities) vs central differences."""
     options = dict(nx=32, t_end=0.5, save_every=5, chunk_size=chunk_size)
-    base = {"T0_mean": torch.tensor([0.8, 1.2, 1.6], dtype=F64), "sigma_mean": torch.tensor([0.5, 1.0, 4.0], dtype=F64)}
+    base = {"T0_mean": torch.tensor([0.8, 1.2, 1.6], dtype=F64), "sigma_mean": torch.tensor([0.5, 1.0, 1.5], dtype=F64)}
     for p in base:
         def along(value, p=p):
             return final_mean_temperature({**base, p: value}, **options)
@@ -229,7 +229,7 @@ def test_forward_sensitivities_match_finite_differences(chunk_size):
 
 def test_reverse_mode_gradient_and_differentiable_path_values():
     torch.manual_seed(4)
-    T0 = (0.8 + torch.rand(2, 16, dtype=F64)).requires_grad_()
+    T0 = (0.8 + 0.4 * torch.rand(2, 16, dtype=F64)).requires_grad_()
     sigma = 0.5 + torch.rand(2, 16, dtype=F64)
     options = dict(nx=16, t_end=0.3, save_every=3)
     out = solve("rte1d", {"T0": T0, "sigma": sigma}, **options)
@@ -255,7 +255,7 @@ TANGENT_BASE = {  # three cases, every profile scalar away from its default
     "T0_amplitude": [0.1, 0.2, 0.05],
     "T0_wavenumber": [1.0, 2.0, 1.0],
     "T0_phase": [0.3, -0.5, 1.0],
-    "sigma_mean": [0.5, 1.0, 4.0],
+    "sigma_mean": [0.5, 1.0, 1.5],
     "sigma_amplitude": [0.1, 0.3, 0.2],
     "sigma_wavenumber": [1.0, 1.0, 3.0],
     "sigma_phase": [0.0, 0.7, -1.2],
@@ -481,3 +481,39 @@ def test_rte1d_jvp_errors():
         rte1d_jvp(params, {"T0_mean": torch.ones(1, 3)}, tangent_outputs=("I",), **TANGENT_OPTIONS)
     with pytest.raises(ValueError, match="CFL=1.5"):
         rte1d_jvp(params, {"T0_mean": torch.ones(1, 3)}, CFL=1.5)
+
+
+# -- stability of the explicit step --------------------------------------------------------
+
+
+def test_stability_factor_follows_its_two_terms():
+    # independent arithmetic: dt = CFL L / nx, nu_max = CFL * max|mu| of 8 Gauss-Legendre angles
+    options = get_solver("rte1d").validate_options({"nx": 50, "a": 2.0, "cv": 0.5})
+    dt = 0.8 / 50
+    nu_max = 0.8 * float(np.abs(np.polynomial.legendre.leggauss(8)[0]).max())
+    T0 = torch.tensor([[0.5] * 49 + [0.7], [0.1] * 50], dtype=F64)
+    sigma = torch.tensor([[1.0] * 49 + [3.0], [11.0] * 50], dtype=F64)
+    coupling = 4 * 2.0 * 1.0 * dt / (1.0 * 0.5) * np.array([3.0 * 0.7**3, 11.0 * 0.1**3])
+    streaming = dt * np.array([3.0, 11.0]) / (1 - nu_max)
+    expected = np.maximum(coupling, streaming)
+    assert coupling[0] > streaming[0] and streaming[1] > coupling[1]  # each term decides one case
+    np.testing.assert_allclose(stability_factors(T0, sigma, options).numpy(), expected, rtol=1e-12)
+
+
+def test_stiff_cases_are_refused_with_the_fix_and_would_have_gone_wrong():
+    params = {"T0_mean": torch.tensor([1.0, 1.0, 1.0], dtype=F64), "sigma_mean": torch.tensor([5.0, 45.0, 60.0], dtype=F64),
+              "sigma_amplitude": torch.zeros(3, dtype=F64)}
+    options = dict(nx=100, t_end=2.0, save_every=25)
+    with pytest.raises(UnsolvableCase, match=r"2 of 3 cases are too stiff .* case 1 has stability factor 1\.92 .* "
+                                             r"raise nx to at least 1\d\d") as caught:
+        solve("rte1d", params, **options)
+    assert caught.value.case == 1
+    # what the check prevents: past the limit the temperature leaves its initial range [0.9, 1.1] or overflows
+    T = solve("rte1d", params, stability_check=False, **options)["T"]
+    assert 0.9 - 1e-9 <= float(T[0].min()) and float(T[0].max()) <= 1.1 + 1e-9
+    for case in (1, 2):
+        values = T[case]
+        assert not torch.isfinite(values).all() or float(values.min()) < 0.85 or float(values.max()) > 1.15
+    # the suggested nx is enough
+    need = int(str(caught.value).split("raise nx to at least ")[1].split(" ")[0])
+    solve("rte1d", {k: v[1:] for k, v in params.items()}, **{**options, "nx": need})

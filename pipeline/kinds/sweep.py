@@ -82,6 +82,7 @@ def prepare(spec) -> Prepared:
                  f"the sweep needs {n} of shape {list(expected)}"]
             )
     scalars, wrt = sensitivity_names(spec, swept)
+    _check_every_case(spec, solver, options, table, n)
     first = _case_params(spec, {k: v[:1] for k, v in table.items()}, 0, 1, torch.float64, torch.device("cpu"))
     try:
         outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
@@ -138,6 +139,24 @@ def prepare(spec) -> Prepared:
         tables={"cases.parquet": to_arrow_table(table)},
         array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
     )
+
+
+CHECK_BLOCK = 65536  # cases per block when the driver checks every case
+
+
+def _check_every_case(spec, solver, options, table, n) -> None:
+    """The solver's own check of every case (e.g. rte1d's stability limit), before any store exists."""
+    from ..solvers import UnsolvableCase, check_cases
+
+    for start in range(0, n, CHECK_BLOCK):
+        stop = min(start + CHECK_BLOCK, n)
+        rows = {k: v[start:stop] for k, v in table.items()}
+        try:
+            check_cases(solver, _case_params(spec, rows, start, stop, torch.float64, torch.device("cpu")),
+                        first_case=start, **options)
+        except UnsolvableCase as err:
+            values = ", ".join(f"{k}={float(v[err.case]):.4g}" for k, v in table.items() if k not in spec.fixed)
+            raise SpecError([f"sweep: case {err.case} ({values}) cannot be solved as asked. {err}"]) from None
 
 
 def _jsonable(value) -> bool:

@@ -13,14 +13,16 @@ Example:
     True
 """
 
-from .interface import ParamInfo, Solver, tracks_derivatives
+from .interface import ParamInfo, Solver, UnsolvableCase, tracks_derivatives
 from .registry import available_solvers, get_solver, register_solver
-from .run import prepare_params, solve
+from .run import check_cases, prepare_params, solve
 
 __all__ = [
     "ParamInfo",
     "Solver",
+    "UnsolvableCase",
     "available_solvers",
+    "check_cases",
     "get_solver",
     "prepare_params",
     "register_solver",

@@ -31,6 +31,14 @@ RESERVED_OPTIONS = ("chunk_size", "device", "dtype")
 OutputInfo = tuple[tuple[str, ...], tuple[int, ...]]
 
 
+class UnsolvableCase(ValueError):
+    """A case the solver declares it cannot solve (``Solver.check_cases``); ``case`` is its index."""
+
+    def __init__(self, message: str, case: int):
+        super().__init__(message)
+        self.case = case
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     """One per-case parameter a solver accepts.
@@ -118,6 +126,11 @@ class Solver:
             with ``tangents[name]`` of shape ``[k, cases, ...]``; returns
             ``(outputs, output_tangents [k, cases, ...])``. Sweep sensitivities
             use it when present, else ``torch.func.jvp`` through ``solve``.
+        check_cases: optional ``(params, options, first_case) -> None`` raising
+            ``UnsolvableCase`` (naming case ``first_case + i`` and the fix) for cases
+            the solver cannot solve, e.g. beyond a stability limit; ``params``
+            as for ``fn`` (batched, options resolved). Sweep jobs run it over
+            every case on the driver, before a store exists.
     """
 
     name: str
@@ -131,6 +144,7 @@ class Solver:
     accepts_any_option: bool = False
     description: str = ""
     jvp_fn: Callable[..., Any] | None = None
+    check_cases: Callable[..., None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_options", _frozen(self.default_options))

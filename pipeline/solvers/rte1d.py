@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interface import ParamInfo, Solver, tracks_derivatives
+from .interface import ParamInfo, Solver, UnsolvableCase, tracks_derivatives
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "nx": 400,
@@ -74,6 +74,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # performance only (results do not depend on them):
     "compile": "auto",
     "block_cases": None,
+    # refuse cases the explicit scheme cannot step stably (see check_stability)
+    "stability_check": True,
 }
 
 PROFILE_DEFAULTS = {"mean": 1.0, "amplitude": 0.1, "wavenumber": 1.0, "phase": 0.0}
@@ -180,6 +182,69 @@ def _check_options(options: dict[str, Any]) -> None:
     block = options["block_cases"]
     if block is not None and (not _is_int(block) or block < 1):
         raise bad("block_cases", "use None (automatic) or a positive integer")
+    if not isinstance(options["stability_check"], bool):
+        raise bad("stability_check", "use true (refuse unstable cases, the default) or false")
+
+
+STABILITY_LIMIT = 1.5
+
+
+def stability_factors(T0: torch.Tensor, sigma: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+    """Per case, how stiff the explicit step is: <= 1 keeps it monotone; ``check_stability`` refuses > 1.5 ``[cases]``.
+
+    The step is a convex combination, so it keeps ``I`` and ``T`` within their
+    bounds, when in every cell
+
+    - ``max|nu| + dt sigma <= 1`` (upwind streaming plus absorption), and
+    - ``4 a c dt sigma T^3 / (rho cv) <= 1`` (the linearised ``T^4`` coupling).
+
+    The factor is the larger of ``dt sigma / (1 - max|nu|)`` and the second
+    term, with ``T`` the initial temperature. Between 1 and 2 the step
+    overshoots but can still converge; measured over 2,000 random seed-like
+    cases (nx = 32, t up to 12; T0 0.2-6, sigma 0.1-100, amplitudes up to 0.9),
+    the smallest factor whose results left the initial temperature range or
+    overflowed was 1.69, hence the limit ``STABILITY_LIMIT = 1.5``.
+    ``dt = CFL L / nx``: both terms shrink with it.
+
+    Example:
+        >>> opts = {**DEFAULT_OPTIONS, "nx": 100}
+        >>> T0 = torch.ones(2, 100); sigma = torch.tensor([[5.0] * 100, [40.0] * 100])
+        >>> [round(f, 2) for f in stability_factors(T0, sigma, opts).tolist()]
+        [0.17, 1.38]
+    """
+    dx, dt, _, _ = time_grid(options)
+    nu_max = dt / dx * float(np.abs(gauss_legendre(options["n_angles"])[0]).max())
+    with torch.no_grad():
+        sigma, T0 = sigma.detach(), T0.detach()
+        streaming = dt * sigma.amax(-1) / (1 - nu_max)
+        coupling = (4 * options["a"] * options["c"] * dt / (options["rho"] * options["cv"])) * (
+            sigma * T0.abs() ** 3
+        ).amax(-1)
+        return torch.maximum(streaming, coupling)
+
+
+def check_stability(params: dict[str, torch.Tensor], options: dict[str, Any], first_case: int = 0) -> None:
+    """Raise ``UnsolvableCase`` naming the first case whose stability factor exceeds ``STABILITY_LIMIT``."""
+    if not options["stability_check"]:
+        return
+    T0, sigma = initial_profiles(params, options)
+    factors = stability_factors(T0, sigma, options)
+    bad = torch.nonzero(~(factors <= STABILITY_LIMIT)).flatten()
+    if len(bad) == 0:
+        return
+    worst = float(factors.nan_to_num(nan=float("inf")).max())
+    case = int(bad[0])
+    _, dt, _, _ = time_grid(options)
+    need = math.ceil(options["nx"] * worst / STABILITY_LIMIT) if math.isfinite(worst) else None
+    raise UnsolvableCase(
+        f"rte1d: {len(bad)} of {len(factors)} cases are too stiff for the explicit time step dt = CFL*L/nx "
+        f"= {dt:.4g}: case {first_case + case} has stability factor {float(factors[case]):.3g} > {STABILITY_LIMIT} "
+        f"(max(dt*sigma/(1 - CFL*max|mu|), 4*a*c*dt*sigma*T^3/(rho*cv)) over x; the worst case {worst:.3g}), "
+        "so its results would oscillate or overflow. Fix: "
+        + (f"raise nx to at least {need} (or lower CFL by the same factor), " if need else "")
+        + "narrow the range of sigma or T0, or set stability_check: false to run anyway",
+        first_case + case,
+    )
 
 
 # -- computation ----------------------------------------------------------------------
@@ -221,6 +286,10 @@ def solve_rte1d(params: dict[str, torch.Tensor], **options: Any) -> dict[str, to
     out-of-place path, so sensitivities of outputs to parameters work.
     """
     T0, sigma = initial_profiles(params, options)
+    try:
+        check_stability({"T0": T0, "sigma": sigma}, options)
+    except RuntimeError:  # values cannot be read under some torch.func transforms: the caller owns stability then
+        pass
     if tracks_derivatives(T0, sigma):
         filled = _Filled()
         if _forward_mode_only(T0, sigma):
@@ -407,6 +476,7 @@ def rte1d_jvp(
         (T0, sigma), (dT0, dsigma) = torch.func.jvp(profiles, primals, tuple(directions[n][j] for n in names))
         dT0s.append(dT0)
         dsigmas.append(dsigma)
+    check_stability({"T0": T0, "sigma": sigma}, resolved)
     moves = {p: any(n == p or n.startswith(p + "_") for n in names) for p in _PROFILES}
     dT0 = torch.stack(dT0s) if moves["T0"] else None
     dsigma = torch.stack(dsigmas) if moves["sigma"] else None
@@ -721,4 +791,5 @@ SOLVER = Solver(
     check_options=_check_options,
     description="1-D gray radiative transfer + material temperature, periodic, upwind (seed 004)",
     jvp_fn=rte1d_jvp,
+    check_cases=check_stability,
 )

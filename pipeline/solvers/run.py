@@ -93,6 +93,36 @@ def solve(
     return outputs
 
 
+def check_cases(
+    solver: str | Solver | Callable,
+    params: Mapping[str, Any],
+    *,
+    first_case: int = 0,
+    dtype: torch.dtype = torch.float64,
+    **options: Any,
+) -> None:
+    """Raise ``ValueError`` if the solver declares that it cannot solve some of these cases.
+
+    Runs the solver's ``check_cases`` (e.g. rte1d's stability limit) without
+    solving; ``first_case`` numbers the cases in the message. A solver without
+    one accepts every case.
+
+    Example:
+        >>> import torch
+        >>> check_cases("rte1d", {"sigma_mean": torch.tensor([1.0, 1e4])}, first_case=10)
+        Traceback (most recent call last):
+        ...
+        pipeline.solvers.interface.UnsolvableCase: rte1d: 1 of 2 cases are too stiff ... case 11 has ...
+    """
+    spec = get_solver(solver)
+    if spec.check_cases is None:
+        return
+    resolved = spec.validate_options(options)
+    infos = spec.parameters_fn(resolved) if spec.parameters_fn is not None else {}
+    batch, _ = prepare_params(spec.name, params, infos, device="cpu", dtype=dtype)
+    spec.check_cases(batch, resolved, first_case)
+
+
 def prepare_params(
     solver_name: str,
     params: Mapping[str, Any],
