@@ -8,33 +8,60 @@ the max abs of each quantity).
 Workloads (from issue 3):
   seed-000  MLP 2 -> 4x128 tanh -> 150; value, jacobian, hessian
   W2        MLP 3 -> 3x64 sin -> 8;     jacobian, hessian, d3, d4
+  tiny      MLP 2 -> 2x16 tanh -> 3;    smoke test only (``--workload tiny``, not in ``all``)
 
 Usage:
   .venv/bin/python bench/derivatives.py                 # CPU, N = 2000 and 20000
   .venv/bin/python bench/derivatives.py --quick         # N = 512, short budgets
-  .venv/bin/python bench/derivatives.py --device cuda   # N = 1e4, 1e5, 1e6
+  .venv/bin/python bench/derivatives.py --device cuda   # N = 1e4, 1e5, 1e6 (budget 20 s per row)
+  .venv/bin/python bench/derivatives.py --device cuda --n 1e6 --rows taylor,compile   # torch.compile row
+  .venv/bin/python bench/derivatives.py --device cuda --deadline 400   # stop starting rows after 400 s
 
-Rows slower than ``--budget`` seconds (estimated from a small slice) are timed
-on fewer samples and scaled linearly; they are marked ``~``.
+Rows (``--rows``, comma-separated keys; default all but ``compile``): ``loop``
+(the seed's autograd.grad loop), ``vmap-reverse``, ``vmap-forward``, ``jvp``
+(nested jvp), ``jax`` (JAX jit on the same device as torch, matmuls at full
+float32 precision unless ``--jax-precision default``), ``auto``, ``taylor``,
+``compile`` (ours, Taylor through ``torch.compile``, fixed chunks of
+``--compile-chunk``; its warm-up, compile included, is shown in the label).
+
+Time boxes: a row is first run on a small slice (64 samples; one lax.map
+batch for JAX), then on slices up to 4x larger, never predicted to pass
+``--budget`` seconds, until one takes half the budget (so launch overheads of
+a GPU, which make small slices slow, do not dominate). Rows that did not reach
+the whole batch are scaled linearly from the last slice and marked ``~``. With ``--deadline`` no row starts
+after that many seconds (from the start) and each row's budget shrinks to what
+is left; rows not run say so. A row that runs out of memory is a row ("out of
+memory at N=...", or timed on the largest slice that fitted and marked ``~``),
+never a crash. One progress line per finished row goes to stderr at once, so
+a run that is killed keeps what it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+# JAX shares the GPU with torch here: by default it would take 75% of the GPU memory at its first call
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import torch  # noqa: E402
+from torch.func import hessian, jacfwd, jacrev, jvp, vmap  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.engine import compute_derivatives  # noqa: E402
+from pipeline.engine.chunking import is_out_of_memory  # noqa: E402
 from pipeline.quantities import quantity_order  # noqa: E402
-from timing import best_time  # noqa: E402  (bench/timing.py)
+from timing import best_time, synchronize  # noqa: E402  (bench/timing.py)
+
+JAX_BATCH = 8192
 
 
 class Sin(torch.nn.Module):
@@ -48,6 +75,7 @@ class Workload:
     sizes: tuple[int, ...]
     activation: str
     quantities: tuple[str, ...]
+    smoke: bool = False  # only when asked for by name
 
     def build(self, seed: int = 0) -> torch.nn.Sequential:
         torch.manual_seed(seed)
@@ -61,7 +89,12 @@ WORKLOADS = [
     Workload("seed-000: MLP 2 -> 4x128 tanh -> 150", (2, 128, 128, 128, 128, 150), "tanh",
              ("value", "jacobian", "hessian")),
     Workload("W2: MLP 3 -> 3x64 sin -> 8", (3, 64, 64, 64, 8), "sin", ("jacobian", "hessian", "d3", "d4")),
+    Workload("tiny: MLP 2 -> 2x16 tanh -> 3", (2, 16, 16, 3), "tanh", ("value", "jacobian", "hessian"), smoke=True),
 ]
+ROW_KEYS = ("loop", "vmap-reverse", "vmap-forward", "jvp", "jax", "auto", "taylor", "compile")  # table order
+DEFAULT_ROWS = ROW_KEYS[:-1]
+# run order: ours and JAX first, the slow baselines last, so a --deadline cuts the least important rows
+RUN_ORDER = ("auto", "taylor", "compile", "jax", "jvp", "vmap-forward", "vmap-reverse", "loop")
 
 
 # ----------------------------------------------------------------------------- torch baselines
@@ -70,20 +103,30 @@ WORKLOADS = [
 def seed_loop(net, x, quantities):
     """Seed 000: one autograd.grad per output, then per output and input, ... (create_graph).
 
-    Each entry is differentiated from its own gradient tensor (``dx[:, i]`` in
-    the seed), never from a stacked copy, so a backward pass walks one graph.
+    Depth first, as the seed does: one output's first derivatives, their
+    derivatives, ..., before the next output, so only one output's derivative
+    graphs are alive at a time (the forward graph is kept for all). Each entry
+    is differentiated from its own gradient tensor (``dx[:, i]`` in the seed),
+    never from a stacked copy, so a backward pass walks one graph.
     """
     order = max(quantity_order(q) for q in quantities)
     n, d = x.shape
     xg = x.detach().clone().requires_grad_(True)
     y = net(xg)
+    m = y.shape[1]
     results = {"value": y.detach()}
-    entries = [y[:, e] for e in range(y.shape[1])]
     for k in range(1, order + 1):
-        grads = [torch.autograd.grad(t, xg, torch.ones_like(t), retain_graph=True, create_graph=k < order)[0]
-                 for t in entries]
-        results[_name(k)] = torch.stack([g.detach() for g in grads], 1).reshape((n, y.shape[1]) + (d,) * k)
-        entries = [g[:, i] for g in grads for i in range(d)]
+        results[_name(k)] = x.new_empty((n, m) + (d,) * k)
+
+    def expand(entry, k, index):
+        g = torch.autograd.grad(entry, xg, torch.ones_like(entry), retain_graph=True, create_graph=k < order)[0]
+        results[_name(k)][(slice(None),) + index] = g.detach()
+        if k < order:
+            for i in range(d):
+                expand(g[:, i], k + 1, index + (i,))
+
+    for e in range(m):
+        expand(y[:, e], 1, (e,))
     return {q: results[q] for q in quantities}
 
 
@@ -120,7 +163,7 @@ def vmap_forward(net, x, quantities, chunk=2000):
 def nested_jvp(net, x, quantities):
     """Directional derivatives along input basis vectors, one nested jvp per sorted index tuple."""
     n, d = x.shape
-    basis = torch.eye(d, dtype=x.dtype).unsqueeze(1).expand(d, n, d)
+    basis = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, n, d)
     out = {}
     for q in quantities:
         k = quantity_order(q)
@@ -141,30 +184,44 @@ def nested_jvp(net, x, quantities):
     return out
 
 
-def ours(method):
+def ours(method, compile=False, chunk_size="auto"):
     def run(net, x, quantities):
-        return compute_derivatives(net, x, quantities, method=method).outputs
+        return compute_derivatives(net, x, quantities, method=method, compile=compile, chunk_size=chunk_size).outputs
     return run
 
 
 # ----------------------------------------------------------------------------- JAX
 
 
-def jax_runner(net, quantities, batch_size=8192):
-    """jit(lax.map(per-sample nested jacfwd, batch_size=8192)), weights copied from the torch net."""
+def jax_runner(net, quantities, device: torch.device, precision: str = "highest", batch_size=JAX_BATCH):
+    """jit(lax.map(per-sample nested jacfwd, batch_size=8192)), weights copied from the torch net.
+
+    Runs on the JAX device of the same kind as ``device`` (its GPU for cuda).
+    Matmuls at ``precision`` (``"highest"``: full float32 like torch's default;
+    ``"default"``: JAX's own, TF32 on recent NVIDIA GPUs). Returns a runner, or
+    a string saying why the row is skipped. The runner returns JAX arrays (no
+    copy back in the timed region); ``max_rel_err`` converts them.
+    """
     try:
         import jax
         import jax.numpy as jnp
         import numpy as np
     except ImportError:
-        return None
-    params = [(jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
-              for m in net if isinstance(m, torch.nn.Linear)]
+        return "skipped: JAX not installed (pip install 'jax[cpu]')"
+    platform = "gpu" if device.type == "cuda" else "cpu"
+    try:
+        target = jax.devices(platform)[0]
+        params = [(jax.device_put(m.weight.detach().cpu().numpy(), target),
+                   jax.device_put(m.bias.detach().cpu().numpy(), target))
+                  for m in net if isinstance(m, torch.nn.Linear)]
+    except Exception as error:  # noqa: BLE001 - no such device, or its set-up failed: a row saying so
+        return f"skipped: JAX {jax.__version__} on {platform}: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+    matmul_precision = jax.lax.Precision.HIGHEST if precision == "highest" else None
     act = jnp.tanh if isinstance(net[1], torch.nn.Tanh) else jnp.sin
 
     def f(z):
         for i, (w, b) in enumerate(params):
-            z = w @ z + b
+            z = jnp.matmul(w, z, precision=matmul_precision) + b
             if i < len(params) - 1:
                 z = act(z)
         return z
@@ -178,27 +235,157 @@ def jax_runner(net, quantities, batch_size=8192):
     def batched(xs):
         return jax.lax.map(per_sample, xs, batch_size=batch_size)
 
-    def run(_net, x, _quantities):
-        result = batched(jnp.asarray(x.numpy()))
-        jax.block_until_ready(result)
-        return {q: torch.from_numpy(np.array(r)) for q, r in zip(quantities, result)}
+    inputs = {}  # the input batch on the JAX device, copied once per batch (outside the timed runs)
 
+    def run(_net, x, _quantities):
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in inputs:
+            inputs.clear()
+            inputs[key] = jax.device_put(x.detach().cpu().numpy(), target)
+        result = batched(inputs[key])
+        jax.block_until_ready(result)
+        return dict(zip(quantities, result))
+
+    run.description = f"JAX {jax.__version__} on {target.platform} ({target.device_kind}), matmul precision {precision}"
     return run
 
 
 # ----------------------------------------------------------------------------- timing
 
 
-def max_rel_err(got: dict, ref: dict) -> float:
+def _as_torch(value) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value
+    try:
+        return torch.from_dlpack(value)  # a JAX array, without a copy where the devices allow
+    except Exception:  # noqa: BLE001 - any array type numpy can read
+        import numpy as np
+
+        return torch.from_numpy(np.asarray(value))
+
+
+def max_rel_err(got: dict, ref: dict, chunk: int = 1 << 16) -> float:
+    """Max over quantities of max|got - ref| / max|ref|, in float64 on ref's device, a chunk of samples at a time."""
     worst = 0.0
     for q, r in ref.items():
-        g = got[q].detach().to("cpu", torch.float64)
-        r = r.detach().to("cpu", torch.float64)
-        worst = max(worst, float((g - r).abs().max() / r.abs().max().clamp_min(1e-30)))
+        g = _as_torch(got[q])
+        diff, scale = 0.0, 0.0
+        for start in range(0, r.shape[0], chunk):
+            rc = r[start : start + chunk].detach().to(torch.float64)
+            gc_ = g[start : start + chunk].detach().to(rc.device, torch.float64)
+            diff = max(diff, float((gc_ - rc).abs().max()))
+            scale = max(scale, float(rc.abs().max()))
+        worst = max(worst, diff / max(scale, 1e-30))
     return worst
 
 
-def bench_workload(work: Workload, n: int, device: torch.device, budget: float, quick: bool):
+def release_memory(device: torch.device) -> None:
+    """Free what a finished (or failed) row left behind, so the next row starts from the same memory."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _oom(error: BaseException) -> bool:
+    message = str(error).lower()
+    return is_out_of_memory(error) or "resource_exhausted" in message or "out of memory" in message
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    run: Callable | str  # a runner (net, x, quantities) -> outputs, or why the row is skipped
+    kind: str = "torch"  # "torch": probed from 64 samples; "jax": from one lax.map batch; "compiled": never probed
+
+
+@dataclass
+class Timed:
+    seconds: float  # for all n samples (scaled when timed on fewer)
+    use_n: int
+    result: dict
+    note: str = ""
+
+
+class OutOfMemory(Exception):
+    def __init__(self, n: int, error: BaseException):
+        super().__init__(f"out of memory at N={n} ({type(error).__name__})")
+
+
+def measure_row(row: Row, net, x, quantities, device, budget: float, quick: bool) -> Timed:
+    """Time ``row`` on ``x`` within about ``budget`` seconds (see the module docstring).
+
+    Slices grow 4x (less when a run would pass ``budget``) from 64 samples
+    until one takes ``budget / 2`` or the whole batch is done; the last is the
+    measurement, scaled to the batch. Run time never grows faster than the
+    slice, so no run passes ``budget``; and in a slice that takes half the
+    budget the fixed launch overheads, which make small slices on a GPU look
+    slow, weigh little.
+    """
+    n = x.shape[0]
+
+    def timed(k: int, repeats: int = 1):
+        try:
+            return best_time(lambda: row.run(net, x[:k], quantities), device, repeats)
+        except Exception as error:  # noqa: BLE001
+            if _oom(error):
+                raise OutOfMemory(k, error) from None
+            raise
+
+    if row.kind == "compiled":  # every new shape compiles: warm up once at the full batch, never probe
+        first_s, _ = timed(n)
+        seconds, result = timed(n, 2 if quick else 3)
+        return Timed(seconds, n, result, f"warm-up incl. compile {first_s:.1f} s")
+
+    size = min(n, JAX_BATCH if row.kind == "jax" else 64)
+    timed(size)  # warm up (compile, trace, first-call set-up)
+    seconds, result = timed(size)
+    spent, oom_at = seconds, None
+    while size < n and seconds < budget / 2 and spent < budget:
+        bigger = min(n, int(size * min(4.0, budget / max(seconds, 1e-9))))
+        if row.kind == "jax":  # one more size only (each compiles): the whole batch, or whole lax.map batches
+            bigger = n if seconds * n / size <= budget else bigger // JAX_BATCH * JAX_BATCH
+        if bigger <= size:
+            break
+        result = None
+        release_memory(device)
+        try:
+            if row.kind == "jax":
+                timed(bigger)  # jit compiles per shape: outside the timed run
+            seconds, result = timed(bigger)
+            size = bigger
+        except OutOfMemory:
+            oom_at = bigger
+            release_memory(device)
+            seconds, result = timed(size)
+            break
+        spent += seconds
+        if row.kind == "jax":
+            break
+    if size == n and seconds <= 5 and oom_at is None:  # fast enough to repeat: best of 2 (quick) or 3 runs
+        again, result_again = timed(n, 1 if quick else 2)
+        if again < seconds:
+            seconds, result = again, result_again
+    note = "" if oom_at is None else f"out of memory at N={oom_at}"
+    return Timed(seconds * n / size, size, result, note)
+
+
+def forward_time(net, x, device, repeats: int) -> float:
+    with torch.no_grad():
+        return best_time(lambda: net(x), device, repeats=repeats)[0]
+
+
+def bench_workload(work: Workload, n: int, device: torch.device, budget: float, quick: bool,
+                   rows_wanted=DEFAULT_ROWS, deadline: float | None = None, jax_precision: str = "highest",
+                   compile_chunk: int | None = None):
+    """Time every wanted row on ``n`` samples of ``work``; print (and return) the Markdown table."""
+    def left() -> float:
+        return math.inf if deadline is None else deadline - time.monotonic()
+
+    title = f"### {work.name} - {', '.join(work.quantities)}; float32, {device.type}, N={n}"
+    if left() < 15:
+        print(f"{title}\n\nskipped: --deadline reached before this table started\n", flush=True)
+        return []
     net = work.build().to(device)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -206,52 +393,67 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
     x = torch.randn(n, work.sizes[0], device=device)
     with torch.no_grad():
         net(x[:8])
-        forward_s, _ = best_time(lambda: net(x), device, repeats=5 if quick else 20)
-    reference = compute_derivatives(net.double(), x.double(), work.quantities, method="taylor").outputs
+    forward_s = forward_time(net, x, device, 5 if quick else 20)
+    try:
+        reference = compute_derivatives(net.double(), x.double(), work.quantities, method="taylor").outputs
+    except Exception as error:  # noqa: BLE001 - without a reference the rows still get times
+        print(f"  ... float64 reference failed ({type(error).__name__}: {str(error).splitlines()[0][:80]}); "
+              "no error column", file=sys.stderr, flush=True)
+        reference = None
     net.float()
-    rows = [
-        ("seed-000 loop: autograd.grad per output", lambda n_, x_, q_: seed_loop(n_, x_, q_)),
-        ("vmap(jacrev) + vmap(hessian), chunk 2000", vmap_reverse),
-        ("vmap(jacfwd) + vmap(jacfwd(jacfwd)), chunk 2000", vmap_forward),
-        ("nested jvp over the input basis", nested_jvp),
-    ]
-    jax_run = jax_runner(net.cpu(), work.quantities) if device.type == "cpu" else None
-    net.to(device)
-    rows.append(("JAX jit lax.map(jacfwd(jacfwd)), batch 8192",
-                 jax_run if jax_run is not None else "skipped: JAX not installed (pip install 'jax[cpu]')"))
-    rows += [("ours: auto", ours("auto")), ("ours: taylor (forced)", ours("taylor"))]
+    release_memory(device)
+    candidates = {
+        "loop": lambda: Row("loop", "seed-000 loop: autograd.grad per output", seed_loop),
+        "vmap-reverse": lambda: Row("vmap-reverse", "vmap(jacrev) + vmap(hessian), chunk 2000", vmap_reverse),
+        "vmap-forward": lambda: Row("vmap-forward", "vmap(jacfwd) + vmap(jacfwd(jacfwd)), chunk 2000", vmap_forward),
+        "jvp": lambda: Row("jvp", "nested jvp over the input basis", nested_jvp),
+        "jax": lambda: Row("jax", "JAX jit lax.map(jacfwd(jacfwd)), batch 8192",
+                           jax_runner(net, work.quantities, device, jax_precision), kind="jax"),
+        "auto": lambda: Row("auto", "ours: auto", ours("auto")),
+        "taylor": lambda: Row("taylor", "ours: taylor (forced)", ours("taylor")),
+        "compile": lambda: Row("compile", f"ours: taylor, compile=True, chunk {compile_chunk}",
+                               ours("taylor", compile=True, chunk_size=compile_chunk), kind="compiled"),
+    }
+    rows = [candidates[key]() for key in RUN_ORDER if key in rows_wanted]
     # other work on the machine makes single timings noisy: the forward pass is re-timed before
     # every row and the fastest of all is the unit, rows are timed first and divided at the end
-    measured = []
-    for label, runner in rows:
-        with torch.no_grad():
-            forward_s = min(forward_s, best_time(lambda: net(x), device, repeats=3)[0])
-        if isinstance(runner, str):
-            measured.append((label, None, runner))
+    done = {}  # row key -> (label, (seconds, mark) or None, error column)
+    for row in rows:
+        forward_s = min(forward_s, forward_time(net, x, device, 3))
+        label = row.label
+        if isinstance(row.run, str):
+            done[row.key] = (label, None, row.run)
             continue
+        if hasattr(row.run, "description"):
+            print(f"  ... {row.run.description}", file=sys.stderr, flush=True)
+        row_budget = min(budget, (left() - 5) / 2)  # a row takes up to about twice its budget
+        if row_budget < max(1.0, budget / 20):
+            done[row.key] = (label, None, "skipped: --deadline reached")
+            print(f"  ... {label}: skipped, --deadline reached", file=sys.stderr, flush=True)
+            continue
+        began = time.perf_counter()
         try:
-            # warm up (compile, trace) and estimate on a slice before committing to the full batch
-            probe_n = min(n, 64)
-            runner(net, x[:probe_n], work.quantities)
-            probe_s, _ = best_time(lambda: runner(net, x[:probe_n], work.quantities), device)
-            estimate = probe_s * n / probe_n
-            use_n, mark = n, ""
-            if estimate > budget:
-                use_n = max(probe_n, min(n, int(n * budget / estimate)))
-                mark = "~" if use_n < n else ""
-            if label.startswith("JAX") and use_n < n:
-                use_n, mark = n, ""  # jit compiles per shape: time the full batch after one warm-up
-                runner(net, x, work.quantities)
-            seconds, result = best_time(lambda: runner(net, x[:use_n], work.quantities), device,
-                                    repeats=1 if estimate > 5 else (2 if quick else 3))
-            seconds *= n / use_n
-            error = max_rel_err(result, {q: r[:use_n] for q, r in reference.items()})
-            extra = "" if use_n == n else f" (timed on {use_n})"
-            measured.append((label + extra, (seconds, mark), f"{error:.1e}"))
+            timing = measure_row(row, net, x, work.quantities, device, row_budget, quick)
+            error = "-" if reference is None else f"{max_rel_err(timing.result, {q: r[:timing.use_n] for q, r in reference.items()}):.1e}"
+            mark = "~" if timing.use_n < n else ""
+            extra = "" if timing.use_n == n else f" (timed on {timing.use_n})"
+            if timing.note:
+                extra += f" ({timing.note})"
+            entry = (label + extra, (timing.seconds, mark), error)
+            timing = None
+        except OutOfMemory as error:
+            entry = (label, None, str(error))
         except Exception as error:  # noqa: BLE001 - a failing baseline is a row, not a crash
-            measured.append((label, None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"))
-        print(f"  ... {measured[-1][0]}", file=sys.stderr, flush=True)
-    lines = [f"### {work.name} - {', '.join(work.quantities)}; float32, {device.type}, N={n}", "",
+            entry = (label, None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
+        release_memory(device)
+        done[row.key] = entry
+        shown, result, note = entry
+        detail = note if result is None else (f"{result[1]}{result[0]:.3f} s, {result[1]}{n / result[0]:,.0f} "
+                                              f"samples/s, {result[1]}{result[0] / forward_s:.1f}x forward "
+                                              f"({forward_s * 1e3:.2f} ms so far), max rel err {note}")
+        print(f"  ... {shown}: {detail} [{time.perf_counter() - began:.0f} s]", file=sys.stderr, flush=True)
+    measured = [done[key] for key in ROW_KEYS if key in done]
+    lines = [title, "",
              f"one eager forward pass over the batch: {forward_s * 1e3:.2f} ms (fastest of all re-timings)", "",
              "| method | seconds | x forward | samples/s | max rel err vs ours (f64) |",
              "|---|---:|---:|---:|---:|"]
@@ -263,6 +465,8 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
         lines.append(f"| {label} | {mark}{seconds:.3f} | {mark}{seconds / forward_s:.1f} | "
                      f"{mark}{n / seconds:,.0f} | {note} |")
     print("\n".join(lines) + "\n", flush=True)
+    del reference, x, net
+    release_memory(device)
     return lines
 
 
@@ -271,24 +475,45 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=float, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--quick", action="store_true", help="small batches and budgets")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per row before scaling from a subset")
-    parser.add_argument("--workload", choices=["seed-000", "W2", "all"], default="all")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds per row before scaling from a subset (default 60 on CPU, 20 on GPU, 5 quick)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds from the start after which no row starts (rows shrink to fit)")
+    parser.add_argument("--workload", choices=["seed-000", "W2", "tiny", "all"], default="all")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                        help=f"comma-separated rows to run, from {','.join(ROW_KEYS)} (default: all but compile)")
+    parser.add_argument("--compile-chunk", type=int, default=None,
+                        help="chunk of the compile row (default 131072 on GPU, 1024 on CPU)")
+    parser.add_argument("--jax-precision", choices=["highest", "default"], default="highest",
+                        help="JAX matmul precision: full float32 like torch (default), or JAX's default (TF32 on GPUs)")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     device = torch.device(args.device)
+    rows = [key.strip() for key in args.rows.split(",") if key.strip()]
+    unknown = sorted(set(rows) - set(ROW_KEYS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROW_KEYS)}")
     if args.n:
         sizes = [int(v) for v in args.n]
     elif args.quick:
         sizes = [512]
     else:
         sizes = [10_000, 100_000, 1_000_000] if device.type == "cuda" else [2000, 20000]
-    budget = args.budget if args.budget is not None else (5.0 if args.quick else 60.0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}\n", flush=True)
+    if args.budget is not None:
+        budget = args.budget
+    else:
+        budget = 5.0 if args.quick else (20.0 if device.type == "cuda" else 60.0)
+    compile_chunk = args.compile_chunk or (131072 if device.type == "cuda" else 1024)
+    deadline = None if args.deadline is None else started + args.deadline
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {what}, device {device}, {time.strftime('%Y-%m-%d %H:%M')}\n", flush=True)
     for work in WORKLOADS:
-        if args.workload != "all" and not work.name.startswith(args.workload):
+        if not (args.workload == "all" and not work.smoke or work.name.startswith(args.workload + ":")):
             continue
         for n in sizes:
-            bench_workload(work, n, device, budget, args.quick)
+            bench_workload(work, n, device, budget, args.quick, rows, deadline, args.jax_precision, compile_chunk)
+    synchronize(device)
+    print(f"# total {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,12 @@ Usage:
                                                 # (on a 2-core CPU the seed's vmap needs ~14 min there)
     python bench/sweeps.py --cases 4,64 --dtype float64
     python bench/sweeps.py --sensitivities --threads 1   # plain solve vs solve + 3 sensitivities, 64 and 1024 cases
+                                                # (and 8192 on a GPU)
+    python bench/sweeps.py --quick [--sensitivities]     # smoke test: 4 and 16 cases, one run each
+
+Each approach is timed on its own: one that fails or runs out of memory is a
+cell saying so, never a crash; the per-count summary lines (``# n cases: ...``)
+are printed as each count finishes, so a run that is killed keeps them.
 
 Sensitivities section (``--sensitivities``): the sweep job's per-case
 ``d(mean final T)/dp`` for p = T0_mean, sigma_mean, T0_phase, timed as a plain
@@ -31,11 +37,13 @@ Hook for the store: ``time_ours(..., write=fn)`` times ``fn(outputs)`` separatel
 from __future__ import annotations
 
 import argparse
-import tempfile
 import datetime
+import gc
 import os
 import platform
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +55,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pipeline.solvers.rte1d as rte1d  # noqa: E402
+from pipeline.engine.chunking import is_out_of_memory  # noqa: E402
 from pipeline.solvers import solve  # noqa: E402
-from timing import best_time  # noqa: E402  (bench/timing.py)
+from timing import best_time, synchronize  # noqa: E402  (bench/timing.py)
 from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
 
 
@@ -188,39 +197,76 @@ def multi_direction_jvp(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return d["T"][:, :, -1].mean(-1)
 
 
+def attempt(what: str, run: Callable[[], object], device: torch.device):
+    """``(run(), None)``, or ``(None, why)`` when it fails or runs out of memory (printed at once)."""
+    try:
+        return run(), None
+    except Exception as error:  # noqa: BLE001 - one approach failing is a cell of the table, not a crash
+        why = "out of memory" if is_out_of_memory(error) else (
+            f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:60]}")
+        print(f"# {what}: {why}", flush=True)
+        return None, why
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def sensitivities_benchmark(
     counts: list[int], dtype: torch.dtype, device: torch.device, repeats: int, old: bool
 ) -> None:
     print(f"# rte1d sensitivities benchmark, {datetime.date.today()}, {device} {str(dtype).replace('torch.', '')}")
     print(f"# machine: {machine_description(device)}")
     print("# seed 004 problem (nx=400, 8 angles, t_end=1), cases c = 1..n as scalar parameters;")
-    print(f"# d(mean final T)/dp for p in {', '.join(SENSITIVITY_PARAMETERS)} (tangent 1 in every case)")
+    print(f"# d(mean final T)/dp for p in {', '.join(SENSITIVITY_PARAMETERS)} (tangent 1 in every case)", flush=True)
     warm = seed_scalar_params(2, dtype, device)  # first calls of torch.func / functorch set up lazily
-    solve_and_jvps(warm)
-    multi_direction_jvp(warm)
+    began = time.perf_counter()
+    attempt("warm-up", lambda: (solve_and_jvps(warm), multi_direction_jvp(warm), synchronize(device)), device)
+    print(f"# warm-up (2 cases, torch.compile of the step on a GPU): {time.perf_counter() - began:.1f} s", flush=True)
     rows = []
     for n in counts:
         params = seed_scalar_params(n, dtype, device)
-        plain, _ = best_time(lambda: solve("rte1d", params), device, repeats)
-        via_solve, new = best_time(lambda: solve_and_jvps(params), device, repeats)
-        multi, new_multi = best_time(lambda: multi_direction_jvp(params), device, repeats)
-        scale = float(new.abs().max())
-        diff_multi = float((new_multi - new).abs().max()) / scale
-        if old:
-            out_of_place, before = best_time(lambda: solve_out_of_place_jvps(params), device, 1)
-            diff_old = float((new - before).abs().max()) / scale
-        else:
-            out_of_place, diff_old = None, None
-        rows.append((n, plain, out_of_place, via_solve, multi, diff_old, diff_multi))
+        cells = {}
+        for name, run, times in (("plain", lambda: solve("rte1d", params), repeats),
+                                 ("via_solve", lambda: solve_and_jvps(params), repeats),
+                                 ("multi", lambda: multi_direction_jvp(params), repeats),
+                                 ("old", lambda: solve_out_of_place_jvps(params), 1)):
+            if name == "old" and not old:
+                cells[name] = (None, None, "-")
+                continue
+            timed, why = attempt(f"{n} cases, {name}", lambda: best_time(run, device, times), device)
+            cells[name] = (None, None, why) if timed is None else (timed[0], timed[1], None)
+        new = cells["via_solve"][1]
+        scale = None if new is None else float(new.abs().max())
+
+        def diff(name):
+            other = cells[name][1]
+            return None if other is None or scale is None else float((other - new).abs().max()) / scale
+
+        rows.append((n, cells, diff("old"), diff("multi")))
+
+        def seconds(name):
+            value, _, why = cells[name]
+            return why if value is None else f"{value:.3f} s"
+
         print(
-            f"# {n} cases: plain {plain:.3f} s, solve + 3 jvp out-of-place "
-            + ("-" if out_of_place is None else f"{out_of_place:.3f} s")
-            + f", solve + 3 jvp (tangents) {via_solve:.3f} s, rte1d_jvp k=3 {multi:.3f} s",
+            f"# {n} cases: plain {seconds('plain')}, solve + 3 jvp out-of-place {seconds('old')}, "
+            f"solve + 3 jvp (tangents) {seconds('via_solve')}, rte1d_jvp k=3 {seconds('multi')}",
             flush=True,
         )
+        for name in cells:
+            cells[name] = cells[name][0], None, cells[name][2]  # drop the results: memory for the next count
 
-    def cell(seconds: float | None, n: int, plain: float) -> str:
-        return "-" if seconds is None else f"{n / seconds:.1f} ({seconds / plain:.1f}x)"
+    def cell(name: str, cells: dict, n: int) -> str:
+        value, _, why = cells[name]
+        plain = cells["plain"][0]
+        if value is None:
+            return why or "-"
+        return f"{n / value:.1f}" + ("" if plain is None else f" ({value / plain:.1f}x)")
+
+    def plain_rate(cells: dict, n: int) -> str:
+        value, _, why = cells["plain"]
+        return why or "-" if value is None else f"{n / value:.1f}"
 
     print()
     print("cases/s, and in brackets the time as a multiple of the plain solve's")
@@ -230,12 +276,15 @@ def sensitivities_benchmark(
         "rte1d_jvp, 3 directions | speedup vs before | max rel diff (before / rte1d_jvp vs jvp) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, plain, out_of_place, via_solve, multi, diff_old, diff_multi in rows:
-        speedup = "-" if out_of_place is None else f"{out_of_place / via_solve:.0f}x / {out_of_place / multi:.0f}x"
-        diffs = ("-" if diff_old is None else f"{diff_old:.1e}") + f" / {diff_multi:.1e}"
+    for n, cells, diff_old, diff_multi in rows:
+        out_of_place, via_solve, multi = cells["old"][0], cells["via_solve"][0], cells["multi"][0]
+        speedup = "-" if None in (out_of_place, via_solve, multi) else (
+            f"{out_of_place / via_solve:.0f}x / {out_of_place / multi:.0f}x")
+        diffs = ("-" if diff_old is None else f"{diff_old:.1e}") + " / " + (
+            "-" if diff_multi is None else f"{diff_multi:.1e}")
         print(
-            f"| {n} | {n / plain:.1f} | {cell(out_of_place, n, plain)} | {cell(via_solve, n, plain)} | "
-            f"{cell(multi, n, plain)} | {speedup} | {diffs} |"
+            f"| {n} | {plain_rate(cells, n)} | {cell('old', cells, n)} | {cell('via_solve', cells, n)} | "
+            f"{cell('multi', cells, n)} | {speedup} | {diffs} |"
         )
 
 
@@ -244,13 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cases", default=None, help="comma-separated case counts (default 4,64,1024; +8192 with --full or on GPU)")
     parser.add_argument("--full", action="store_true", help="add 8192 cases")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 4 and 16 cases, one run each, 2 loop cases")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="the seed ran in float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (1 run above 1024 cases)")
-    parser.add_argument("--loop-cases", type=int, default=8, help="the Python loop runs at most this many cases")
+    parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default 3, 1 quick; 1 run above 1024 cases)")
+    parser.add_argument("--loop-cases", type=int, default=None, help="the Python loop runs at most this many cases (default 8, 2 quick)")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="rte1d's compile option")
     parser.add_argument("--sensitivities", action="store_true",
-                        help="time plain solve vs solve + 3 parameter sensitivities instead (default 64,1024 cases)")
+                        help="time plain solve vs solve + 3 parameter sensitivities instead (default 64,1024 cases; +8192 on GPU)")
     parser.add_argument("--no-old", action="store_true",
                         help="with --sensitivities: skip the out-of-place jvp path (minutes at 1024 cases)")
     args = parser.parse_args(argv)
@@ -259,50 +309,78 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    if args.sensitivities:
-        counts = [int(c) for c in args.cases.split(",")] if args.cases else [64, 1024]
-        sensitivities_benchmark(counts, dtype, device, args.repeats, old=not args.no_old)
-        return
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    loop_cases = args.loop_cases if args.loop_cases is not None else (2 if args.quick else 8)
     if args.cases:
         counts = [int(c) for c in args.cases.split(",")]
+    elif args.quick:
+        counts = [4, 16]
+    elif args.sensitivities:
+        counts = [64, 1024] + ([8192] if device.type == "cuda" else [])
     else:
         counts = [4, 64, 1024] + ([8192] if args.full or device.type == "cuda" else [])
+    if args.sensitivities:
+        sensitivities_benchmark(counts, dtype, device, repeats, old=not args.no_old)
+        return
     compile_option = {"auto": "auto", "true": True, "false": False}[args.compile]
 
     print(f"# rte1d sweep benchmark, {datetime.date.today()}, {device} {args.dtype}")
     print(f"# machine: {machine_description(device)}")
-    print("# seed 004 problem: nx=400, 8 angles, t_end=1 (499 steps, 50 saves)")
+    print("# seed 004 problem: nx=400, 8 angles, t_end=1 (499 steps, 50 saves)", flush=True)
     rows = []
     for n in counts:
-        repeats = args.repeats if n <= 1024 else 1
+        count_repeats = repeats if n <= 1024 else 1
         T0, sigma = seed_inputs(n, dtype, device)
-        if device.type == "cuda" or compile_option is True:  # compile and warm up before timing
-            solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
-        outputs = solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
-        with tempfile.TemporaryDirectory() as folder:
-            writer = store_writer(outputs, folder)
-            ours, outputs = time_ours(T0, sigma, repeats, write=writer, compile=compile_option)
-        vmap, seed_result = time_seed_vmap(T0, sigma, repeats)
-        error = max_relative_error(outputs, seed_result)
-        k = min(n, args.loop_cases)
-        loop = time_seed_loop(T0[:k], sigma[:k], 1)
-        rows.append((n, vmap, loop, ours, error, k))
+        began = time.perf_counter()
+
+        def warm_up():
+            if device.type == "cuda" or compile_option is True:  # compile and warm up before timing
+                solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
+            result = solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
+            synchronize(device)
+            return result
+
+        outputs, ours_why = attempt(f"{n} cases, ours (warm-up)", warm_up, device)
+        warm_seconds = time.perf_counter() - began
+        ours = None
+        if outputs is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                writer = store_writer(outputs, folder)
+                timed, ours_why = attempt(f"{n} cases, ours", lambda: time_ours(
+                    T0, sigma, count_repeats, write=writer, compile=compile_option), device)
+            ours, outputs = (None, None) if timed is None else timed
+        seed, vmap_why = attempt(f"{n} cases, seed vmap", lambda: time_seed_vmap(T0, sigma, count_repeats), device)
+        vmap, seed_result = (None, None) if seed is None else seed
+        error = None if outputs is None or seed_result is None else max_relative_error(outputs, seed_result)
+        outputs = seed_result = seed = None
+        k = min(n, loop_cases)
+        loop, loop_why = attempt(f"{n} cases, loop", lambda: time_seed_loop(T0[:k], sigma[:k], 1), device)
+        rows.append((n, vmap or vmap_why, loop or loop_why, ours or ours_why, error, k))
+
+        def seconds(timing, why):
+            return why if timing is None else f"{timing.seconds:.3f} s"
+
         print(
-            f"# {n} cases: ours {ours.seconds:.3f} s, seed vmap {vmap.seconds:.3f} s, "
-            f"loop {loop.seconds:.3f} s for {k} cases",
+            f"# {n} cases: ours {seconds(ours, ours_why)} (warm-up {warm_seconds:.1f} s), seed vmap "
+            f"{seconds(vmap, vmap_why)}, loop {seconds(loop, loop_why)} for {k} cases",
             flush=True,
         )
+
+    def rate(timing) -> str:
+        return timing if isinstance(timing, str) else f"{timing.cases_per_second:.1f}"
+
+    def ratio(a, b) -> str:
+        return "-" if isinstance(a, str) or isinstance(b, str) else f"{a.cases_per_second / b.cases_per_second:.1f}x"
 
     print()
     print("| cases | seed vmap (cases/s) | Python loop (cases/s) | ours (cases/s) | ours / vmap | ours / loop | max rel err | write frac |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, vmap, loop, ours, error, k in rows:
-        frac = "-" if ours.write_fraction is None else f"{ours.write_fraction:.2f}"
-        loop_note = "" if k == n else f" ({k} cases)"
+        frac = "-" if isinstance(ours, str) or ours.write_fraction is None else f"{ours.write_fraction:.2f}"
+        loop_note = "" if k == n or isinstance(loop, str) else f" ({k} cases)"
         print(
-            f"| {n} | {vmap.cases_per_second:.1f} | {loop.cases_per_second:.1f}{loop_note} | {ours.cases_per_second:.1f} | "
-            f"{ours.cases_per_second / vmap.cases_per_second:.1f}x | {ours.cases_per_second / loop.cases_per_second:.1f}x | "
-            f"{error:.1e} | {frac} |"
+            f"| {n} | {rate(vmap)} | {rate(loop)}{loop_note} | {rate(ours)} | {ratio(ours, vmap)} | {ratio(ours, loop)} | "
+            f"{'-' if error is None else f'{error:.1e}'} | {frac} |"
         )
 
 

@@ -5,8 +5,9 @@ This is the independent reference the tests (and ``bench/sweeps.py``) compare
 structure line by line: ghost cells made with ``F.pad(mode="circular")``,
 ``clone()`` of the whole state every step, ``repeat`` of the emission term, and
 ``torch.func.vmap`` over cases. The only changes from the seed are that the
-constants are arguments (defaults = the seed's) and the dtype is explicit (the
-seed used the default dtype, float32).
+constants are arguments (defaults = the seed's), the dtype is explicit (the
+seed used the default dtype, float32) and the quadrature follows the inputs'
+device (the seed ran on the CPU).
 
 Example:
     >>> x = seed_grid(400)
@@ -65,7 +66,7 @@ def reference_solve(
     dx = L / N
     dt = CFL * dx  # time step
 
-    mu, wmu = get_gauss_point(Nvx, Tini.dtype)
+    mu, wmu = (t.to(Tini.device) for t in get_gauss_point(Nvx, Tini.dtype))
 
     # distribution function
     T = Tini
