@@ -11,9 +11,10 @@
 #        ~7 min (+ the machine's start on this first call). seed-000 and W2 at N=1e6 (one process,
 #        stops starting rows at 270 s), then at N=1e4 and 1e5 (another, 230 s). Rows run ours and
 #        JAX first, the slow baselines last, each time-boxed at 20 s (bench/derivatives.py).
-#   2. run(command="bash bench/gpu.sh store sweeps sensitivities", carry=[".devbundle"], timeout_s=600)
-#        ~4-6 min: store writes (~0.5), sweeps at 4..8192 cases (~1.5-3, mostly torch.compile of
-#        the rte1d step), sensitivities at 64/1024/8192 cases (~1.5-2.5).
+#   2. run(command="bash bench/gpu.sh store end-to-end sweeps sensitivities", carry=[".devbundle"], timeout_s=600)
+#        ~5-8 min: store writes (~0.5), a job's shards vs compute alone vs writes alone (~1-2,
+#        capped at 120 s), sweeps at 4..8192 cases (~1.5-3, mostly torch.compile of the rte1d
+#        step), sensitivities at 64/1024/8192 cases (~1.5-2.5).
 #   3. run(command="bash bench/gpu.sh e2e compile e2e-shared compile-w2", carry=[".devbundle"], timeout_s=600)
 #        ~4-9 min: the seed-000 Ray job at 1e6 samples (~1-2), ours with compile=True on seed-000
 #        at 1e6 (compile time on a GPU unknown; capped at what is left), then, only if enough of
@@ -27,7 +28,7 @@
 # What comes back: $OUT/device.txt (GPU, versions, imports) and one $OUT/<part>.txt per part:
 # Markdown tables, plus one progress line per finished row. Copy the tables into BENCHMARKS.md
 # with the device named. A part can be re-run alone: check, derivatives, derivatives-1e6,
-# derivatives-small, store, sweeps, sensitivities, e2e, e2e-shared, compile, compile-w2, or all
+# derivatives-small, store, end-to-end, sweeps, sensitivities, e2e, e2e-shared, compile, compile-w2, or all
 # (every part in one call: only with GPU_CALL_LIMIT raised, on a machine without the 10-minute cap).
 #
 # ---------------------------------------------------------------- dry run (CPU, here)
@@ -155,6 +156,14 @@ part_store() {
   fi
 }
 
+part_end_to_end() {  # a job's shards vs their compute alone vs their writes alone (bench/end_to_end.py)
+  if [ "$QUICK" = 1 ]; then
+    step end-to-end "$(cap 120)" "$PY" bench/end_to_end.py --device "$DEVICE" --n 8192 --cases 64 --repeats 1 --threads 1
+  else
+    step end-to-end "$(cap 120)" "$PY" bench/end_to_end.py --device "$DEVICE" --n 262144 --cases 2048 --repeats 2 --threads 4
+  fi
+}
+
 part_sweeps() {
   local extra=(); [ "$QUICK" = 1 ] && extra=(--quick --threads 1)
   step sweeps "$(cap 300)" "$PY" bench/sweeps.py --device "$DEVICE" "${extra[@]}"
@@ -226,7 +235,7 @@ part_compile_w2() {  # optional, if 240 s are left
 
 for part in "${PARTS[@]}"; do
   case $part in
-    check|derivatives|derivatives-1e6|derivatives-small|store|sweeps|sensitivities|e2e|e2e-shared|compile|compile-w2|all) ;;
+    check|derivatives|derivatives-1e6|derivatives-small|store|end-to-end|sweeps|sensitivities|e2e|e2e-shared|compile|compile-w2|all) ;;
     *) echo "unknown part '$part'; see the top of bench/gpu.sh" >&2; exit 2 ;;
   esac
 done
@@ -239,13 +248,14 @@ for part in "${PARTS[@]}"; do
     derivatives-1e6) part_derivatives_1e6 ;;
     derivatives-small) part_derivatives_small ;;
     store) part_store ;;
+    end-to-end) part_end_to_end ;;
     sweeps) part_sweeps ;;
     sensitivities) part_sensitivities ;;
     e2e) part_e2e ;;
     e2e-shared) part_e2e_shared ;;
     compile) part_compile ;;
     compile-w2) part_compile_w2 ;;
-    all) part_derivatives_1e6; part_derivatives_small; part_store; part_sweeps; part_sensitivities; part_e2e
+    all) part_derivatives_1e6; part_derivatives_small; part_store; part_end_to_end; part_sweeps; part_sensitivities; part_e2e
          part_compile; part_e2e_shared; part_compile_w2 ;;
   esac
 done
