@@ -72,7 +72,12 @@ def main() -> None:
     help="'inline' runs every shard in this process without Ray, for debugging.",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--overwrite", is_flag=True, help="Replace an existing store made by a different spec.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing pipeline store at store.path instead of resuming it (any other existing "
+    "path is never deleted).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def submit(job, local, address, executor, overrides, overwrite, quiet):
     """Run JOB (a YAML job file) and write its store.
@@ -101,7 +106,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
             runner.start()
             console.print(f"[dim]executor: {runner.describe()}[/dim]")
         progress = None if quiet else RichProgress(console, unit=_unit(spec))
-        summary = run_submit(spec, runner, overwrite=overwrite, progress=progress)
+        summary = run_submit(spec, runner, overwrite=overwrite, progress=progress,
+                             notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:

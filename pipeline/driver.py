@@ -2,9 +2,9 @@
 
 ``prepare(spec)`` resolves sizes (reading only input metadata) and runs the
 job on a tiny example on the driver's CPU (see ``kinds/``), so bad input fails
-here, before any store exists. ``submit(spec, executor)`` creates
-the store (or resumes one made by the same spec), runs the pending shards and
-finalizes the store.
+here, before any store exists. ``submit(spec, executor)`` checks the
+executor's resources, creates the store (or resumes one made by the same spec
+from the same files), runs the pending shards and finalizes the store.
 
 Example:
     >>> from pipeline.spec import load_spec
@@ -19,16 +19,21 @@ from pathlib import Path
 
 from .kinds import Prepared, kind_module
 from .plan import Shard
+from .fingerprints import changed_files, fingerprints
+from .spec import results_hash, spec_differences
 from .store import (
     ShardRecord,
     StoreError,
+    any_attempt,
     attempt_count,
     create_store,
+    discard_store,
     finalize_store,
+    is_pipeline_store,
     read_attributes,
     read_markers,
     read_plan,
-    store_exists,
+    refuse_foreign_path,
 )
 from .tasks import run_shard
 
@@ -43,6 +48,7 @@ class RunSummary:
     done: list[ShardRecord] = field(default_factory=list)
     failed: dict[int, ShardRecord] = field(default_factory=dict)
     complete: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
@@ -56,57 +62,129 @@ def prepare(spec) -> Prepared:
 
 
 def store_attributes(prepared: Prepared) -> dict:
-    """Root attributes of a new store: the resolved spec, its hash, and the kind's own facts."""
+    """Root attributes of a new store: the resolved spec, its hash, the files it reads, the kind's own facts."""
     spec = prepared.spec
     return {
         "spec": spec.resolved(),
         "spec_hash": spec.spec_hash(),
         "kind": spec.kind,
         "name": spec.name,
+        "files": fingerprints(spec),
         **prepared.attributes,
     }
 
 
-def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list[Shard], int]:
-    """Create the store, or find the shards a same-spec store still lacks.
+@dataclass
+class Opened:
+    """The store of a job, opened for a run: shards to run, how many were committed, what to tell the user."""
 
-    Returns the shards to run and how many were already committed.
+    shards: list[Shard]
+    skipped: int
+    created: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
+    """Create the store, or check that an existing one may be resumed and find the shards it lacks.
+
+    Only a pipeline store (or a missing path) is ever replaced; a store is
+    resumed only when it was made by a spec with the same results view and
+    from the same files (see ``fingerprints``).
     """
     spec = prepared.spec
     path = Path(spec.store.path)
-    overwrite = overwrite or spec.store.overwrite
-    if store_exists(path) and not overwrite:
-        attrs = read_attributes(path)
-        if attrs.get("spec_hash") != spec.spec_hash():
-            raise StoreError(
-                f"store.path: {path} holds results of another spec (hash {attrs.get('spec_hash')}, this job "
-                f"{spec.spec_hash()}); choose another store.path or pass --overwrite to replace it"
-            )
-        shards = read_plan(path)
-        committed = read_markers(path)
-        return [s for s in shards if s.id not in committed], len(committed)
-    if path.exists() and not overwrite:
-        raise StoreError(f"store.path: {path} exists and is not a pipeline store; choose another path or pass --overwrite")
+    replace_it = overwrite or spec.store.overwrite
+    refuse_foreign_path(path)
+    if is_pipeline_store(path) and not replace_it:
+        return _resume(spec, path)
+    replaced = is_pipeline_store(path)
     create_store(
         path,
         prepared.plan,
         store_attributes(prepared),
-        overwrite=overwrite,
+        overwrite=replace_it,
         compression=spec.store.compression,
         initial_arrays=prepared.initial_arrays,
         tables=prepared.tables,
         array_attributes=prepared.array_attributes,
     )
-    return list(prepared.plan.shards), 0
+    notes = []
+    if replaced:
+        why = "--overwrite" if overwrite else "store.overwrite: true in the job file"
+        note = f"replaced the existing store at {path} ({why}): every shard is computed again"
+        if spec.store.overwrite:
+            note += "; with store.overwrite: true every run starts over, remove it from the job file to resume instead"
+        notes.append(note)
+    return Opened(list(prepared.plan.shards), 0, True, notes)
 
 
-def submit(spec, executor, *, overwrite: bool = False, progress=None) -> RunSummary:
-    """Run a job to completion (or as far as it gets) and finalize its store."""
+def _resume(spec, path: Path) -> Opened:
+    attrs = read_attributes(path)
+    stored = attrs.get("spec")
+    # the stored spec's hash is computed again, so that keys which do not change results (and
+    # were hashed by older versions) do not block a resume
+    stored_hash = results_hash(stored) if isinstance(stored, dict) else attrs.get("spec_hash")
+    if stored_hash != spec.spec_hash():
+        differences = spec_differences(stored, spec.resolved()) if isinstance(stored, dict) else []
+        detail = (
+            "; these keys differ (store -> this job):\n" + "\n".join(f"    {line}" for line in differences) + "\n  "
+            if differences
+            else f" (spec hash {attrs.get('spec_hash')}, this job {spec.spec_hash()}); "
+        )
+        raise StoreError(
+            f"store.path: {path} holds results of another spec{detail}"
+            "choose another store.path, or pass --overwrite to replace the store"
+        )
+    changed = changed_files(attrs.get("files") or {}, spec)
+    if changed:
+        raise StoreError(
+            f"store.path: {path} was made from files that have changed since, so resuming would mix "
+            "results of the old and new files:\n" + "\n".join(f"    {line}" for line in changed)
+            + "\n  pass --overwrite to recompute the store from the current files, or choose another store.path"
+        )
+    notes = []
+    old_codec = (stored or {}).get("store", {}).get("compression")
+    if old_codec and old_codec != spec.store.compression:
+        notes.append(
+            f"store.compression: the store at {path} keeps its codec {old_codec} (set when it was created); "
+            f"{spec.store.compression} applies to new stores, pass --overwrite to rewrite this one with it"
+        )
+    if attrs.get("name") and attrs.get("name") != spec.name:
+        notes.append(f"name: the store keeps its job name {attrs.get('name')!r} (this job is {spec.name!r})")
+    shards = read_plan(path)
+    committed = read_markers(path)
+    return Opened([s for s in shards if s.id not in committed], len(committed), False, notes)
+
+
+def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list[Shard], int]:
+    """Create the store, or find the shards a same-spec store still lacks (see ``open_store``).
+
+    Returns the shards to run and how many were already committed.
+    """
+    opened = open_store(prepared, overwrite=overwrite)
+    return opened.shards, opened.skipped
+
+
+def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None) -> RunSummary:
+    """Run a job to completion (or as far as it gets) and finalize its store.
+
+    The executor checks its resources (``executor.check``) before the store
+    is created, so a job the cluster cannot run leaves no store behind.
+    ``notify(message)`` is called with notes about the store (replaced, kept
+    settings) before any shard runs; they are also in ``RunSummary.notes``.
+    """
     prepared = prepare(spec)
-    shards, skipped = pending_shards(prepared, overwrite=overwrite)
+    check = getattr(executor, "check", None)
+    if check is not None:
+        check(spec)
+    opened = open_store(prepared, overwrite=overwrite)
+    shards, skipped = opened.shards, opened.skipped
+    for note in opened.notes:
+        if notify is not None:
+            notify(note)
     plan_shards = read_plan(spec.store.path)
     plan = replace(prepared.plan, shards=tuple(plan_shards))
-    summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped)
+    summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped, notes=list(opened.notes))
     if progress is not None:
         progress.start(total_shards=len(plan_shards), total_samples=plan.n, done_shards=skipped,
                        done_samples=sum(s.size for s in plan_shards) - sum(s.size for s in shards))
@@ -124,11 +202,22 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None) -> RunSumm
         if progress is not None:
             progress.fail(shard, error)
 
+    discard = False
     try:
         if shards:
             executor.run(run_shard, spec, shards, on_done, on_failed)
+    except Exception:
+        # the executor failed before any shard started (e.g. the cluster refused the tasks):
+        # a store this run just created holds nothing, so it goes
+        discard = opened.created and not any_attempt(spec.store.path)
+        raise
     finally:
-        summary.complete = finalize_store(spec.store.path, plan, summary.failed)
-        if progress is not None:
-            progress.stop()
+        try:
+            if discard:
+                discard_store(spec.store.path)
+            else:
+                summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+        finally:
+            if progress is not None:
+                progress.stop()
     return summary

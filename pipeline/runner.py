@@ -33,6 +33,9 @@ class InlineExecutor:
     def describe(self) -> str:
         return "inline (this process, no Ray)"
 
+    def check(self, spec) -> None:
+        """Nothing to check: shards run in this process, on its device."""
+
     def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
         for shard in shards:
             for attempt in range(spec.execution.retries + 1):
@@ -79,6 +82,11 @@ class RayExecutor:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         return f"ray ({int(resources.get('CPU', 0))} CPUs, {gpus} GPUs, {len(ray.nodes())} nodes)"
+
+    def check(self, spec) -> None:
+        """Raise a ClusterError when the cluster cannot run the job's tasks (before any store exists)."""
+        self.start()
+        self.resources(spec)
 
     def resources(self, spec) -> tuple[float, float, int]:
         """(cpus, gpus) per task and the in-flight bound for this cluster."""

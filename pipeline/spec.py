@@ -219,7 +219,11 @@ class StoreSettings(Strict):
     compression: Literal["lz4", "zstd", "none"] = Field(
         default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
     )
-    overwrite: bool = Field(default=False, description="replace an existing store with a different spec")
+    overwrite: bool = Field(
+        default=False,
+        description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
+        "a path that is not a pipeline store is never deleted",
+    )
 
 
 class ExecutionSettings(Strict):
@@ -300,23 +304,71 @@ class JobSpec(Strict):
 
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""
-        data = self.resolved()
+        return results_hash(self.resolved())
+
+
+def results_view(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved spec (of any kind) that determines the results.
+
+    Left out: the job ``name``, the execution settings, the store's path,
+    codec and overwrite flag, ``derivatives.chunk_size`` (samples per batched
+    call) and a sweep solver's performance-only options (see
+    ``sweep_spec.RESULT_NEUTRAL_OPTIONS``). A store made by a spec with the
+    same view can be resumed.
+    """
+    data = json.loads(json.dumps(data))
+    data.pop("name", None)
+    data.pop("execution", None)
+    if isinstance(data.get("store"), dict):
+        data["store"] = {"chunk_size": data["store"].get("chunk_size")}
+    if isinstance(data.get("derivatives"), dict):
         data["derivatives"].pop("chunk_size", None)
-        return results_hash(data)
+    if data.get("kind") == "sweep":
+        from .sweep_spec import drop_result_neutral_options
+
+        drop_result_neutral_options(data)
+    return data
 
 
 def results_hash(data: dict[str, Any]) -> str:
-    """Hash of a resolved spec without the keys that do not change results.
+    """Hash of a resolved spec without the keys that do not change results (see ``results_view``).
 
     Execution settings and the store's path, codec and overwrite flag change
     where and how a job runs, not what it computes; a store made by a spec
     with the same hash can be resumed.
     """
-    data = dict(data)
-    data.pop("execution", None)
-    data["store"] = {"chunk_size": data["store"]["chunk_size"]}
-    canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    canon = json.dumps(results_view(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+_ABSENT = object()
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> list[str]:
+    """Lines ``key.path: old -> new`` for the result-determining keys that differ between two resolved specs.
+
+    Example:
+        >>> spec_differences({"derivatives": {"dtype": "float32"}}, {"derivatives": {"dtype": "float64"}})
+        ['derivatives.dtype: float32 -> float64']
+    """
+    lines: list[str] = []
+
+    def show(value) -> str:
+        if value is _ABSENT:
+            return "(not set)"
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def walk(a, b, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in sorted(set(a) | set(b)):
+                walk(a.get(name, _ABSENT), b.get(name, _ABSENT), f"{key}.{name}" if key else name)
+        elif a != b:
+            lines.append(f"{key or '(top level)'}: {show(a)} -> {show(b)}")
+
+    walk(results_view(old), results_view(new), "")
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
+    return lines
 
 
 # ---------------------------------------------------------------- loading

@@ -87,6 +87,40 @@ def store_exists(path: str | Path) -> bool:
     return (Path(path) / "zarr.json").is_file()
 
 
+def is_pipeline_store(path: str | Path) -> bool:
+    """True when ``path`` is a store made by pipeline: a Zarr group whose root attributes carry ``format_version``.
+
+    Only such a store (or a missing path) may be replaced by ``--overwrite``;
+    any other directory or file is never deleted.
+    """
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return False
+    attrs = meta.get("attributes")
+    return isinstance(attrs, dict) and "format_version" in attrs
+
+
+def _replaceable(path: Path) -> bool:
+    """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    return path.is_dir() and (is_pipeline_store(path) or (not path.is_symlink() and not any(path.iterdir())))
+
+
+def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
+    """Raise a StoreError when ``path`` exists and is not a pipeline store (it is never deleted)."""
+    path = Path(path)
+    if not _replaceable(path):
+        what = "a file" if path.is_file() else "a directory that was not written by pipeline"
+        raise StoreError(
+            f"{key}: {path} exists and is {what}, so it is left untouched (only a store written by pipeline "
+            f"is ever replaced); choose another {key}, one that does not exist yet (e.g. results/<job>.zarr)"
+        )
+
+
 def read_attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes of a store (spec, spec_hash, complete, ...)."""
     if not store_exists(path):
@@ -144,8 +178,13 @@ def create_store(
     """
     zarr = _zarr()
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise StoreError(f"{path} already exists; pass --overwrite (store.overwrite: true) to replace it")
+    refuse_foreign_path(path)  # never delete what pipeline did not write, --overwrite or not
+    if store_exists(path) and not overwrite:
+        raise StoreError(f"store.path: {path} already holds a pipeline store; pass --overwrite "
+                         "(store.overwrite: true) to replace it, or choose another store.path")
+    if path.is_symlink():
+        raise StoreError(f"store.path: {path} is a symbolic link; to replace the store it points to, "
+                         f"use its real path {path.resolve()} as store.path")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -181,6 +220,7 @@ def create_store(
 
             pq.write_table(table, staging / file_name)
         if path.exists():
+            refuse_foreign_path(path)  # checked again just before deleting
             shutil.rmtree(path)
         os.replace(staging, path)
     except BaseException:
@@ -303,6 +343,18 @@ def record_attempt(path: str | Path, shard_id: int) -> int:
     with open(file, "a") as handle:
         handle.write(f"{time.time():.3f} {socket.gethostname()}\n")
     return attempt_count(path, shard_id)
+
+
+def any_attempt(path: str | Path) -> bool:
+    """True when some shard of the store has started at least once."""
+    folder = Path(path) / MARKERS
+    return folder.is_dir() and any(folder.glob("*.attempts"))
+
+
+def discard_store(path: str | Path) -> None:
+    """Delete a pipeline store (never anything else): one a failed run created and never used."""
+    if is_pipeline_store(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def attempt_count(path: str | Path, shard_id: int) -> int:

@@ -39,6 +39,21 @@ from .spec import (
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Solver options that change how fast a solver runs, not its results (kept
+# out of the spec hash, so changing them does not block a resume); see the
+# "performance only" options in solvers/rte1d.py DEFAULT_OPTIONS.
+RESULT_NEUTRAL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "rte1d": ("compile", "block_cases", "stability_check"),
+}
+
+
+def drop_result_neutral_options(data: dict[str, Any]) -> None:
+    """Remove a built-in solver's performance-only options from a resolved sweep spec (in place)."""
+    solver = data.get("solver")
+    if isinstance(solver, dict) and isinstance(solver.get("options"), dict):
+        for key in RESULT_NEUTRAL_OPTIONS.get(solver.get("name"), ()):
+            solver["options"].pop(key, None)
+
 
 class Axis(Strict):
     """``num`` values from ``low`` to ``high`` inclusive, evenly spaced (linear) or geometric (log)."""

@@ -147,3 +147,51 @@ def test_schema_and_help():
     helptext = run("submit", "--help").output
     for word in ("--local", "--address", "--set", "--executor", "inline", "resumes"):
         assert word in helptext
+
+
+def test_overwrite_leaves_a_directory_that_is_not_a_store_alone(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "thesis.tex").write_text("years of work")
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
+                 "--set", f"store.path={results}", "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "left untouched" in result.output and "choose another store.path" in result.output
+    assert "--overwrite" not in result.output
+    assert [p.name for p in results.iterdir()] == ["thesis.tex"]
+
+
+def test_gpus_the_cluster_lacks_exit_2_and_leave_no_store(tmp_path, ray_cluster):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--quiet", "--set", "inputs.n=100",
+                 "--set", f"store.path={store}", "--set", "execution.gpus_per_task=1000")
+    assert result.exit_code == 2, result.output
+    assert "execution.gpus_per_task is 1000" in result.output
+    assert not store.exists() and not list(tmp_path.iterdir())
+
+
+def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
+    store = tmp_path / "s.zarr"
+    args = ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
+            "--set", f"store.path={store}"]
+    assert run(*args).exit_code == 0
+    result = run(*args, "--set", "store.compression=zstd", "--set", "name=renamed")
+    assert result.exit_code == 0 and "0 shards run" in result.output, result.output
+    assert "keeps its codec lz4" in result.output and "--overwrite" in result.output
+    assert "keeps its job name 'quickstart'" in result.output
+    result = run(*args, "--set", "store.overwrite=true")
+    assert result.exit_code == 0 and "1 shards run" in result.output, result.output
+    assert "replaced the existing store" in result.output and "store.overwrite: true" in result.output
+    result = run(*args, "--overwrite")
+    assert "replaced the existing store" in result.output and "(--overwrite)" in result.output
+
+
+def test_another_spec_names_the_keys_that_differ(tmp_path):
+    store = tmp_path / "s.zarr"
+    args = ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
+            "--set", f"store.path={store}"]
+    assert run(*args).exit_code == 0
+    result = run(*args, "--set", "derivatives.dtype=float64", "--set", "inputs.seed=3")
+    assert result.exit_code == 2
+    assert "derivatives.dtype: float32 -> float64" in result.output and "inputs.seed: 0 -> 3" in result.output
+    assert "pass --overwrite" in result.output and "store.path" in result.output

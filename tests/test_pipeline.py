@@ -215,3 +215,149 @@ def test_a_shard_is_computed_in_blocks_that_keep_the_first_blocks_method(tmp_pat
     for shard_id, (start, stop) in enumerate([(0, 16), (16, 30)]):
         stored = {name: ds[name].values[start:stop] for name in ("inputs", *spec.quantities)}
         assert manifest["checksum"][shard_id] == checksum(stored)
+
+
+class StopAfter(InlineExecutor):
+    """Runs ``n`` shards, then stops as Ctrl-C would."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def run(self, unit, spec, shards, on_done, on_failed):
+        super().run(unit, spec, shards[: self.n], on_done, on_failed)
+        raise KeyboardInterrupt
+
+
+def save_quadratic(file, a):
+    import sys
+
+    sys.path.insert(0, TESTS)
+    from user_fns import Quadratic
+
+    model = Quadratic()
+    with torch.no_grad():
+        model.a.copy_(torch.tensor(a))
+    torch.save(model.state_dict(), file)
+
+
+def test_a_replaced_checkpoint_stops_the_resume(tmp_path):
+    from pipeline.store import StoreError
+
+    checkpoint = tmp_path / "q.pt"
+    save_quadratic(checkpoint, [[1.0, 0.0], [0.0, 1.0]])
+    spec = make_spec(
+        tmp_path,
+        function={"kind": "import", "target": "user_fns:Quadratic", "checkpoint": str(checkpoint), "python_path": [TESTS]},
+        quantities=["value", "hessian"],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(2))
+    assert summarize(spec.store.path)["done"] == 2
+    save_quadratic(checkpoint, [[5.0, 0.0], [0.0, 5.0]])  # other weights, same path
+    with pytest.raises(StoreError) as err:
+        submit(spec, InlineExecutor())
+    message = str(err.value)
+    assert f"function.checkpoint: {checkpoint} changed" in message and "sha256" in message
+    assert "pass --overwrite" in message and "store.path" in message
+    assert summarize(spec.store.path)["done"] == 2  # nothing was computed with the new weights
+    assert submit(spec, InlineExecutor(), overwrite=True).complete
+    np.testing.assert_allclose(open_results(spec.store.path).hessian.values, np.broadcast_to(10 * np.eye(2), (37, 2, 2)))
+
+
+def test_an_edited_function_module_stops_the_resume(tmp_path):
+    from pipeline.store import StoreError
+
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    module = folder / "edited_fns_for_resume.py"
+    module.write_text("def f(x):\n    return (x**2).sum()\n")
+    spec = make_spec(tmp_path, function={"kind": "import", "target": "edited_fns_for_resume:f",
+                                         "python_path": [str(folder)]}, quantities=["value"])
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))
+    module.write_text("def f(x):\n    return (x**3).sum()\n")
+    with pytest.raises(StoreError, match=f"function.target: {module} changed"):
+        submit(spec, InlineExecutor())
+
+
+def test_changed_input_files_stop_the_resume_but_a_touch_does_not(tmp_path, monkeypatch):
+    from pipeline import fingerprints
+    from pipeline.store import StoreError
+
+    data = np.random.default_rng(0).uniform(size=(37, 2))
+    np.save(tmp_path / "x.npy", data)
+    spec = make_spec(tmp_path, inputs={"kind": "npy", "path": str(tmp_path / "x.npy")}, quantities=["value"])
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))
+    stat = os.stat(tmp_path / "x.npy")
+    os.utime(tmp_path / "x.npy", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, newer time
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))  # a small file is compared by its content: the resume goes on
+    assert summarize(spec.store.path)["done"] == 2
+    np.save(tmp_path / "x.npy", data[::-1].copy())
+    with pytest.raises(StoreError, match="inputs.path: .*x.npy changed since the store was created"):
+        submit(spec, InlineExecutor())
+    # a big file is never read whole: its size and modification time stand for it
+    monkeypatch.setattr(fingerprints, "HASH_LIMIT", 16)
+    big = fingerprints.fingerprint(tmp_path / "x.npy")
+    assert "sha256" not in big and big["size"] == os.path.getsize(tmp_path / "x.npy")
+    os.utime(tmp_path / "x.npy", ns=(stat.st_atime_ns, big["mtime_ns"] + 10**9))
+    assert not fingerprints.same(big, fingerprints.fingerprint(tmp_path / "x.npy"))
+
+
+def test_inputs_from_a_store_are_fingerprinted_by_their_array(tmp_path):
+    import zarr
+
+    from pipeline.store import StoreError, finalize_store, read_plan
+    from pipeline.plan import plan_derivative_job
+
+    source = make_spec(tmp_path, "source.zarr", quantities=["value"])
+    assert submit(source, InlineExecutor()).complete
+    spec = make_spec(tmp_path, inputs={"kind": "zarr", "path": source.store.path, "array": "inputs"},
+                     quantities=["value"])
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))
+    # the source job's metadata and manifest are rewritten (a resume of it): not what this job reads
+    plan = plan_derivative_job(37, (2,), (3,), ("value",), 4, 8, "float64")
+    from dataclasses import replace
+
+    finalize_store(source.store.path, replace(plan, shards=tuple(read_plan(source.store.path))))
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))
+    zarr.open_group(source.store.path, mode="r+", use_consolidated=False)["inputs"][0:4] = 0.5
+    with pytest.raises(StoreError, match=r"inputs.path: .*source.zarr/inputs changed .*files"):
+        submit(spec, InlineExecutor())
+
+
+def test_settings_that_do_not_change_results_do_not_block_a_resume(tmp_path):
+    from pipeline.store import StoreError
+
+    with pytest.raises(KeyboardInterrupt):
+        submit(make_spec(tmp_path), StopAfter(2))
+    changed = make_spec(tmp_path, **{"derivatives.chunk_size": 3, "store.compression": "zstd",
+                                     "execution.shard_size": 16})
+    summary = submit(changed.model_copy(update={"name": "renamed"}), InlineExecutor())
+    assert summary.complete and summary.skipped == 2
+    assert any("keeps its codec lz4" in note for note in summary.notes)
+    assert any("keeps its job name 't'" in note for note in summary.notes)
+    with pytest.raises(StoreError) as err:
+        submit(make_spec(tmp_path, **{"derivatives.dtype": "float32", "inputs.n": 40}), InlineExecutor())
+    assert "derivatives.dtype: float64 -> float32" in str(err.value) and "inputs.n: 37 -> 40" in str(err.value)
+
+
+def test_a_store_made_before_a_run_that_could_not_start_is_removed(tmp_path):
+    class Broken(InlineExecutor):
+        def run(self, unit, spec, shards, on_done, on_failed):
+            raise RuntimeError("the cluster went away")
+
+    spec = make_spec(tmp_path)
+    with pytest.raises(RuntimeError, match="went away"):
+        submit(spec, Broken())
+    assert not Path(spec.store.path).exists()
+    # a store that already holds committed shards is kept
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, StopAfter(1))
+    with pytest.raises(RuntimeError, match="went away"):
+        submit(spec, Broken())
+    assert summarize(spec.store.path)["done"] == 1

@@ -192,3 +192,20 @@ def test_json_schema_lists_kinds():
     text = json.dumps(json_schema())
     for word in ("uniform", "sobol", "grid", "zarr", "parquet", "npy", "mlp", "import"):
         assert word in text
+
+
+def test_hash_ignores_the_name_and_rte1d_performance_options_but_not_its_physics():
+    from pipeline.spec import spec_differences
+
+    a = validate_spec(base())
+    data = base()
+    data["name"] = "another-name"
+    assert validate_spec(data).spec_hash() == a.spec_hash()
+    sweep = {"schema_version": 1, "name": "s", "kind": "sweep", "store": {"path": "s.zarr"},
+             "solver": {"name": "rte1d", "options": {"nx": 32}}, "sweep": {"kind": "grid", "axes": {"T0_mean": [1.0]}}}
+    plain = validate_spec(sweep)
+    sweep["solver"]["options"] = {"nx": 32, "compile": False, "block_cases": 8, "stability_check": False}
+    assert validate_spec(sweep).spec_hash() == plain.spec_hash()
+    sweep["solver"]["options"]["nx"] = 64
+    assert validate_spec(sweep).spec_hash() != plain.spec_hash()
+    assert spec_differences(plain.resolved(), validate_spec(sweep).resolved()) == ["solver.options.nx: 32 -> 64"]

@@ -13,6 +13,7 @@ from pipeline.store import (
     checksum,
     create_store,
     finalize_store,
+    is_pipeline_store,
     open_results,
     read_attributes,
     read_manifest,
@@ -99,3 +100,36 @@ def test_checksum_changes_with_data():
 def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a pipeline store"):
         read_attributes(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "file", "zarr group"])
+def test_overwrite_never_deletes_what_pipeline_did_not_write(tmp_path, kind):
+    import zarr
+
+    plan = plan_derivative_job(10, (2,), (3,), ("value",), 2, 4, "float32")
+    path = tmp_path / "results"
+    if kind == "directory":
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    elif kind == "file":
+        path.write_text("mine")
+    else:
+        zarr.open_group(str(path), mode="w", attributes={"owner": "someone else"})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="left untouched") as err:
+            create_store(path, plan, {"spec_hash": "x"}, overwrite=overwrite)
+        assert "--overwrite" not in str(err.value) and "choose another store.path" in str(err.value)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not is_pipeline_store(path)
+
+
+def test_a_pipeline_store_or_an_empty_directory_may_be_replaced(tmp_path):
+    path, plan = make(tmp_path)
+    assert is_pipeline_store(path)
+    create_store(path, plan, {"spec_hash": "new"}, overwrite=True)
+    assert read_attributes(path)["spec_hash"] == "new"
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    create_store(empty, plan, {"spec_hash": "e"})
+    assert is_pipeline_store(empty)

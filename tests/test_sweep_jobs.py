@@ -248,3 +248,22 @@ def test_a_stiff_case_stops_the_job_before_any_store_exists(tmp_path):
     relaxed = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [1.0, 2.0], "sigma_mean": [0.5, 1.0, 4.0]}},
                          solver={"name": "rte1d", "options": {**SMALL_RTE, "stability_check": False}, "dtype": "float64"})
     assert submit(relaxed, InlineExecutor()).complete
+
+
+def test_a_rewritten_case_table_stops_the_resume_but_performance_options_do_not(tmp_path):
+    from pipeline.store import StoreError, read_markers
+
+    table = tmp_path / "cases.parquet"
+    pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 1.2, 1.1, 1.3], "sigma_mean": [1.0, 2.0, 3.0, 1.0, 2.0]}), table)
+    spec = sweep_spec(tmp_path, {"kind": "parquet", "path": str(table)})
+    submit(spec, InlineExecutor())
+    (tmp_path / "sweep.zarr" / "_shards" / "1.json").unlink()  # the last shard is to be run again
+    faster = {**SMALL_RTE, "compile": False, "block_cases": 1, "stability_check": False}
+    summary = submit(sweep_spec(tmp_path, {"kind": "parquet", "path": str(table)},
+                                solver={"name": "rte1d", "options": faster, "dtype": "float64"}), InlineExecutor())
+    assert summary.complete and summary.skipped == 1 and len(summary.done) == 1
+    (tmp_path / "sweep.zarr" / "_shards" / "1.json").unlink()
+    pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 1.2, 1.1, 1.4], "sigma_mean": [1.0, 2.0, 3.0, 1.0, 2.0]}), table)
+    with pytest.raises(StoreError, match=f"sweep.path: {table} changed since the store was created"):
+        submit(spec, InlineExecutor())
+    assert sorted(read_markers(spec.store.path)) == [0]

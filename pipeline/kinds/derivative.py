@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -59,13 +60,22 @@ def prepare(spec: JobSpec) -> Prepared:
 
 
 @lru_cache(maxsize=4)
-def _cached_function(function_json: str, dtype: str, device: str):
+def _cached_function(function_json: str, dtype: str, device: str, checkpoint_stamp=None):
     # A worker process runs many shards of one job: build (and load) the model once.
+    # ``checkpoint_stamp`` (size, mtime) makes a checkpoint replaced at the same path load again.
     from pydantic import TypeAdapter
 
     from ..spec import Function
 
     return build_function(TypeAdapter(Function).validate_json(function_json), DTYPES[dtype], device)
+
+
+def _stamp(path: str | None):
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
 def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None = None):
@@ -82,7 +92,8 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = spec.derivatives.allow_tf32
         torch.backends.cudnn.allow_tf32 = spec.derivatives.allow_tf32
-    fn = _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device))
+    fn = _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device),
+                          _stamp(spec.function.checkpoint))
     x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
     method = spec.derivatives.method
     if method == "auto" and hint is not None and hint.method in METHODS:

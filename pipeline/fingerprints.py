@@ -1,0 +1,160 @@
+"""Fingerprints of the files a job reads, so that a resume notices when one changed.
+
+The spec hash covers file *paths*; a checkpoint replaced by other weights, an
+edited function module or a rewritten input file keeps its path. The driver
+records ``fingerprints(spec)`` in the store's root attributes (``files``) when
+it creates the store and compares them on every resume (``changed_files``).
+
+A file's fingerprint is its size and mtime, plus a SHA-256 of its bytes when
+it is at most ``HASH_LIMIT`` (checkpoints, module sources, small tables): a
+small file that was only touched or copied still matches, a big input file is
+never read whole. A directory (a Zarr array) is fingerprinted by the listing of
+its files (names, sizes, mtimes). Nothing here imports torch, Ray or Zarr.
+
+Example:
+    >>> fingerprint("/no/such/file")
+    {'missing': True}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HASH_LIMIT = 64 * 2**20  # bytes: files up to this size are hashed whole
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """Size, mtime and (for a small file) SHA-256 of a file, or a listing digest of a directory."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return _directory(path)
+        stat = path.stat()
+    except FileNotFoundError:
+        return {"missing": True}
+    found: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if stat.st_size <= HASH_LIMIT:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        found["sha256"] = digest.hexdigest()
+    return found
+
+
+def _directory(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    files = size = 0
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            stat = os.stat(os.path.join(root, name))
+            rel = os.path.relpath(os.path.join(root, name), path)
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            files += 1
+            size += stat.st_size
+    return {"files": files, "size": size, "listing": digest.hexdigest()}
+
+
+def job_files(spec) -> dict[str, str]:
+    """The files a job reads, by the job-file key that names them (module sources under their target's key)."""
+    found: dict[str, str] = {}
+    if spec.kind == "sweep":
+        if ":" in spec.solver.name:
+            _module(found, "solver.name", spec.solver.name, spec.solver.python_path)
+        _sweep_paths(found, spec.sweep, "sweep")
+        for name, source in spec.profiles.items():
+            found[f"profiles.{name}.path"] = _input_path(source)
+        return found
+    function = spec.function
+    if function.kind == "import":
+        _module(found, "function.target", function.target, function.python_path)
+    if function.checkpoint:
+        found["function.checkpoint"] = function.checkpoint
+    if getattr(spec.inputs, "path", None):
+        found["inputs.path"] = _input_path(spec.inputs)
+    return found
+
+
+def _input_path(source) -> str:
+    # a Zarr input is read from one array: other files of its store (a manifest rewritten by a
+    # resume of that job) do not change what this job reads
+    if source.kind == "zarr":
+        return str(Path(source.path) / source.array)
+    return source.path
+
+
+def _sweep_paths(found: dict[str, str], sweep, key: str) -> None:
+    if sweep.kind == "parquet":
+        found[f"{key}.path"] = sweep.path
+    elif sweep.kind == "product":
+        for i, part in enumerate(sweep.sweeps):
+            _sweep_paths(found, part, f"{key}.sweeps[{i}]")
+
+
+def _module(found: dict[str, str], key: str, target: str, python_path) -> None:
+    """The source file of the module of ``package.module:attr`` (already imported by ``prepare``)."""
+    name = target.split(":", 1)[0]
+    module = sys.modules.get(name)
+    if module is None:
+        for entry in python_path:
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # prepare reports import errors with their key; nothing to fingerprint
+            return
+    source = getattr(module, "__file__", None)
+    if source:
+        found[key] = source
+
+
+def fingerprints(spec) -> dict[str, dict[str, Any]]:
+    """``{key: {"path": ..., fingerprint...}}`` of every file the job reads (recorded in the store)."""
+    return {key: {"path": path, **fingerprint(path)} for key, path in job_files(spec).items()}
+
+
+def same(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a file still matches its recorded fingerprint (content hash first when both have one)."""
+    if recorded.get("missing") or now.get("missing"):
+        return bool(recorded.get("missing")) == bool(now.get("missing"))
+    if "sha256" in recorded and "sha256" in now:
+        return recorded["sha256"] == now["sha256"]
+    if "listing" in recorded or "listing" in now:
+        return recorded.get("listing") == now.get("listing")
+    return recorded.get("size") == now.get("size") and recorded.get("mtime_ns") == now.get("mtime_ns")
+
+
+def describe(recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    """How a file changed, in a few words."""
+    if now.get("missing"):
+        return "it is gone"
+    if recorded.get("missing"):
+        return "it did not exist then"
+    if "sha256" in recorded and "sha256" in now:
+        return f"content sha256 {recorded['sha256'][:12]} -> {now['sha256'][:12]}, size {recorded['size']} -> {now['size']} bytes"
+    if "listing" in recorded or "listing" in now:
+        return f"{recorded.get('files')} -> {now.get('files')} files, {recorded.get('size')} -> {now.get('size')} bytes, or their times"
+    return f"size {recorded.get('size')} -> {now.get('size')} bytes, modified since"
+
+
+def changed_files(recorded: dict[str, dict[str, Any]], spec) -> list[str]:
+    """One line per file the job reads that differs from the store's record (``key: path changed (how)``)."""
+    current = job_files(spec)
+    lines = []
+    for key, old in recorded.items():
+        path = current.get(key, old.get("path"))
+        if not path:
+            continue
+        if path != old.get("path"):
+            lines.append(f"{key}: the job now reads {path}, the store was made from {old.get('path')}")
+            continue
+        now = fingerprint(path)
+        if not same(old, now):
+            lines.append(f"{key}: {path} changed since the store was created ({describe(old, now)})")
+    return lines
