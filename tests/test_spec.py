@@ -192,3 +192,31 @@ def test_json_schema_lists_kinds():
     text = json.dumps(json_schema())
     for word in ("uniform", "sobol", "grid", "zarr", "parquet", "npy", "mlp", "import"):
         assert word in text
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_json_schema_validates_every_job_file(job):
+    """`pipeline schema` is usable as is: every $ref resolves and each job in jobs/ is valid under it."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(json.dumps(json_schema()))  # what `pipeline schema` prints
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(job.read_text()), schema)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["inputs"].update(colour="red"),            # unknown key
+        lambda d: d["inputs"].update(kind="gaussian"),          # unknown kind
+        lambda d: d["function"].update(activation="swish"),     # not one of the choices
+        lambda d: d["store"].pop("path"),                       # required key missing
+    ],
+    ids=["unknown-key", "unknown-kind", "bad-choice", "missing-key"],
+)
+def test_json_schema_rejects_a_bad_job(change):
+    jsonschema = pytest.importorskip("jsonschema")
+    data = base()
+    jsonschema.validate(data, json_schema())
+    change(data)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, json_schema())
