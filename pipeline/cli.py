@@ -62,8 +62,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--local", is_flag=True, help="Start a local Ray sized to this machine (no cluster needed).")
-@click.option("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS).")
+@click.option("--local", is_flag=True,
+              help="Start a local Ray sized to this machine (no cluster needed; RAY_ADDRESS is then ignored).")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="Ray cluster to join, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS).")
 @click.option(
     "--executor",
     type=click.Choice(["ray", "inline"]),
@@ -93,6 +95,11 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     from .runner import make_executor
     from .spec import load_spec
 
+    if local and address:
+        raise click.UsageError(
+            f"--local and --address {address} contradict each other: --local starts a Ray on this machine, "
+            "--address joins a running cluster; pass only one of them"
+        )
     console = _console()
     try:
         spec = load_spec(job, overrides)
