@@ -16,6 +16,7 @@ from rich.table import Table
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+STATUS_IDS_SHOWN = 10  # shard ids `pipeline status` lists per state
 
 SET_HELP = "Override a job-file value, e.g. --set inputs.n=1000 (repeatable; the value is YAML)."
 
@@ -195,11 +196,23 @@ def status(store, as_json):
     if as_json:
         click.echo(json.dumps(counts))
     else:
+        unit = counts["unit"]  # a sweep counts cases, a derivative job samples
         table = Table(title=f"{counts['name']}: {counts['path']}", show_edge=False)
-        for key in ("complete", "shards", "done", "pending", "failed", "samples_done", "samples"):
-            table.add_column(key)
-        table.add_row(*(str(counts[k]) for k in ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")))
-        Console(highlight=False).print(table)
+        keys = ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")
+        for key in keys:
+            table.add_column(key.replace("samples", unit))
+        table.add_row(*(str(counts[k]) for k in keys))
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(table)
+        for state in ("failed", "pending"):
+            ids = counts[f"{state}_shards"]
+            if ids:
+                more = f" and {len(ids) - STATUS_IDS_SHOWN} more (--json lists all)" if len(ids) > STATUS_IDS_SHOWN else ""
+                out.print(f"{state} shards: {', '.join(map(str, ids[:STATUS_IDS_SHOWN]))}{more}")
+        if counts["failed_shards"]:
+            out.print(f"their errors: pipeline inspect {counts['path']}")
+        if not counts["complete"]:
+            out.print("run the job again to finish them: committed shards are kept")
     sys.exit(0 if counts["complete"] else EXIT_FAILED_SHARDS)
 
 

@@ -82,3 +82,73 @@ def test_local_and_address_together_is_a_usage_error(tmp_path):
     assert result.exit_code == 2
     assert "--local" in result.output and "--address" in result.output and "only one" in result.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ------------------------------------------------------------------ status and inspect
+
+SMALL_SWEEP = [
+    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+    "--set", "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
+    "--set", "store.chunk_size=2", "--set", "execution.shard_size=4",
+]
+
+
+class PartlyFailing:
+    """An executor that fails the even shards, leaves shards 1, 5, 9, ... pending and runs the rest."""
+
+    name = "partly-failing"
+
+    def describe(self):
+        return self.name
+
+    def run(self, unit, spec, shards, on_done, on_failed):
+        for shard in shards:
+            if shard.id % 2 == 0:
+                on_failed(shard, 1, f"RuntimeError: shard {shard.id} broke")
+            elif shard.id % 4 == 3:
+                on_done(unit(spec, shard))
+
+
+@pytest.fixture(scope="module")
+def incomplete_store(tmp_path_factory):
+    from pipeline.driver import submit
+    from pipeline.spec import load_spec
+
+    store = tmp_path_factory.mktemp("status") / "partial.zarr"
+    spec = load_spec(ROOT / "jobs/quickstart.yaml", [
+        "inputs.n=2400", "store.chunk_size=100", "execution.shard_size=100", f"store.path={store}",
+        "quantities=[value]",
+    ])
+    summary = submit(spec, PartlyFailing())
+    assert not summary.complete and len(summary.failed) == 12
+    return store
+
+
+def test_status_lists_the_failed_and_pending_shards(incomplete_store):
+    result = run("status", incomplete_store)
+    assert result.exit_code == 1
+    assert "failed shards: 0, 2, 4, 6, 8, 10, 12, 14, 16, 18 and 2 more (--json lists all)" in result.output
+    assert "pending shards: 1, 5, 9, 13, 17, 21\n" in result.output
+    assert f"pipeline inspect {incomplete_store}" in result.output and "run the job again" in result.output
+    counts = __import__("json").loads(run("status", incomplete_store, "--json").output)
+    assert counts["failed_shards"] == list(range(0, 24, 2)) and counts["pending_shards"] == [1, 5, 9, 13, 17, 21]
+    assert (counts["done"], counts["failed"], counts["pending"]) == (6, 12, 6)
+
+
+def test_require_complete_points_to_commands_that_list_the_shards(incomplete_store):
+    from pipeline.store import StoreError, open_results
+
+    with pytest.raises(StoreError, match="status .* lists the failed and pending shards"):
+        open_results(incomplete_store, require_complete=True)
+    assert "shard 0 failed" in run("inspect", incomplete_store).output  # where their errors are
+
+
+def test_sweep_stores_count_cases_not_samples(tmp_path):
+    store = tmp_path / "sweep.zarr"
+    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--quiet",
+                 "--set", f"store.path={store}", *SMALL_SWEEP)
+    assert result.exit_code == 0, result.output
+    inspect = run("inspect", store).output
+    assert "(6 of 6 cases)" in inspect and "cases/s per shard" in inspect and "samples" not in inspect
+    status = run("status", store)
+    assert status.exit_code == 0 and "cases_done" in status.output and "samples" not in status.output
