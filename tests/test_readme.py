@@ -1,4 +1,4 @@
-"""The README's examples, taken from README.md itself so that the doc stays honest."""
+"""The examples of README.md and docs/*.md, taken from the files themselves so that the docs stay honest."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import yaml
 
 from pipeline.spec import json_schema, validate_spec
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def yaml_blocks() -> list[str]:
@@ -51,3 +52,25 @@ def test_empty_mapping_keys_of_a_sweep_mean_empty():
     without = {k: v for k, v in data.items() if k not in ("fixed", "profiles")}
     without["solver"] = {k: v for k, v in data["solver"].items() if k != "options"}
     assert spec.spec_hash() == validate_spec(without).spec_hash()  # null, {} and absent are one spec
+
+
+def solver_doc_errors() -> list[str]:
+    """The error messages docs/solvers.md shows (the code block after 'Errors are')."""
+    text = (ROOT / "docs/solvers.md").read_text()
+    block = re.search(r"Errors are .*?```\n(.*?)```", text, flags=re.S).group(1)
+    return block.strip().splitlines()
+
+
+def test_solver_error_examples_are_the_real_messages():
+    import torch
+
+    from pipeline.solvers import get_solver, solve
+
+    real = []
+    with pytest.raises(ValueError) as bad_option:
+        get_solver("rte1d").validate_options({"CFL": 1.5})
+    real.append(str(bad_option.value))
+    with pytest.raises(ValueError) as bad_shape:
+        solve("rte1d", {"T0": torch.ones(4, 399)}, nx=400)
+    real.append(str(bad_shape.value))
+    assert solver_doc_errors() == real
