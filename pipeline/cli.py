@@ -48,13 +48,22 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipeline")
 def main() -> None:
-    """Batched derivatives of PyTorch functions on Ray, written to Zarr + Parquet.
+    """Batched derivatives and PDE parameter sweeps on Ray, written to Zarr + Parquet.
+
+    A job file has one of two kinds: a derivative job (the default; a torch
+    function, an input set, the quantities per sample: value, jacobian,
+    hessian, ...) or a sweep (kind: sweep; a PDE solver run over a table of
+    parameter cases). Every command below works for both.
 
     \b
     Typical session:
       pipeline validate jobs/quickstart.yaml      # check a job file, touch nothing
       pipeline submit jobs/quickstart.yaml --local
       pipeline inspect results/quickstart.zarr    # arrays, chunks, manifest
+    \b
+    A parameter sweep:
+      pipeline submit jobs/sweep.yaml --local
+      pipeline status results/sweep.zarr          # done / pending / failed shards
     \b
     In a notebook:
       import pipeline; ds = pipeline.open_results("results/quickstart.zarr")
@@ -138,7 +147,14 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
 def validate(job, overrides, deep):
     """Check JOB without running it or touching any store.
 
-    Exits 0 when the job is valid, 2 with one line per problem otherwise.
+    Exits 0 when the job is valid, 2 with one line per problem otherwise
+    (naming the key, the bad value and the fix).
+
+    \b
+    Examples:
+      pipeline validate jobs/quickstart.yaml
+      pipeline validate jobs/sweep.yaml --set sweep.axes.T0_mean.num=4
+      pipeline validate my_job.yaml --no-deep     # the file only: no inputs read, no import
     """
     from .spec import load_spec
 
@@ -161,7 +177,14 @@ def validate(job, overrides, deep):
 
 @main.command()
 def schema():
-    """Print the JSON schema of job files (for editors and docs)."""
+    """Print the JSON schema of job files, both kinds (for editors and docs).
+
+    \b
+    Examples:
+      pipeline schema > job.schema.json
+      # then in a YAML file, for editors with the YAML language server:
+      # yaml-language-server: $schema=job.schema.json
+    """
     from .spec import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
@@ -170,7 +193,15 @@ def schema():
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
 def inspect(store):
-    """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE."""
+    """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE.
+
+    Also prints the error of every failed shard.
+
+    \b
+    Examples:
+      pipeline inspect results/quickstart.zarr
+      pipeline inspect results/sweep.zarr
+    """
     from .report import inspect_store
 
     try:
@@ -183,9 +214,15 @@ def inspect(store):
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(store, as_json):
-    """Count done, pending and failed shards of STORE.
+    """Count done, pending and failed shards of STORE and list the ids of the unfinished ones.
 
-    Exit code 0 when the store is complete, 1 otherwise.
+    Exit code 0 when the store is complete, 1 otherwise (`pipeline inspect`
+    shows the errors of failed shards; submitting the job again finishes them).
+
+    \b
+    Examples:
+      pipeline status results/quickstart.zarr
+      pipeline status results/sweep.zarr --json   # counts and every shard id, for scripts
     """
     from .store import summarize
 

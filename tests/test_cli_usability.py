@@ -152,3 +152,29 @@ def test_sweep_stores_count_cases_not_samples(tmp_path):
     assert "(6 of 6 cases)" in inspect and "cases/s per shard" in inspect and "samples" not in inspect
     status = run("status", store)
     assert status.exit_code == 0 and "cases_done" in status.output and "samples" not in status.output
+
+
+# ------------------------------------------------------------------ --help
+
+
+@pytest.mark.parametrize("command", ["submit", "validate", "schema", "inspect", "status"])
+def test_every_command_help_shows_examples(command):
+    helptext = run(command, "--help").output
+    assert "Examples:" in helptext
+    examples = [line.strip() for line in helptext.splitlines() if line.strip().startswith(f"pipeline {command}")]
+    assert examples, helptext
+
+
+def test_top_level_help_mentions_both_job_kinds():
+    helptext = run("--help").output
+    assert "derivative job" in helptext and "kind: sweep" in helptext and "jobs/sweep.yaml" in helptext
+
+
+def test_validate_help_examples_run(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    lines = [line.split("#")[0].split() for line in run("validate", "--help").output.splitlines()]
+    examples = [words[2:] for words in lines if words[:2] == ["pipeline", "validate"] and "jobs/" in words[2]]
+    assert len(examples) == 2
+    for args in examples:
+        result = run("validate", *args)
+        assert result.exit_code == 0, (args, result.output)
