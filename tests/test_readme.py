@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -74,3 +75,32 @@ def test_solver_error_examples_are_the_real_messages():
         solve("rte1d", {"T0": torch.ones(4, 399)}, nx=400)
     real.append(str(bad_shape.value))
     assert solver_doc_errors() == real
+
+
+def test_readme_grid_reshape_recovers_the_grid(tmp_path, monkeypatch):
+    """Run the README's grid inputs, then its reshaping snippet, and check it against the grid."""
+    import numpy as np
+
+    from pipeline.driver import submit
+    from pipeline.runner import InlineExecutor
+    from pipeline.spec import load_spec
+
+    grid_line = next(line for block in yaml_blocks() for line in block.splitlines() if line.startswith("inputs: {kind: grid"))
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "results/grid.zarr" in b)
+    monkeypatch.chdir(tmp_path)
+    inputs = yaml.safe_load(grid_line)["inputs"]
+    spec = load_spec(ROOT / "jobs/quickstart.yaml", [
+        f"inputs={json.dumps(inputs)}", "quantities=[value]", "store.path=results/grid.zarr",
+        "store.chunk_size=1000", "execution.shard_size=1000",
+    ])
+    assert submit(spec, InlineExecutor()).complete
+    names: dict = {}
+    exec("import pipeline\n" + snippet, names)
+    axes = [np.linspace(a["low"], a["high"], a["num"]) for a in inputs["axes"]]
+    np.testing.assert_allclose(names["x0"], axes[0], rtol=1e-6)
+    np.testing.assert_allclose(names["x1"], axes[1], rtol=1e-6)
+    grid = names["grid"]
+    assert grid.value.dims == ("output", "x0", "x1")
+    np.testing.assert_array_equal(grid.value.transpose("x0", "x1", "output").values, names["value"])
+    # the point at grid index (i, j) is (axes[0][i], axes[1][j])
+    np.testing.assert_allclose(grid.inputs.isel(x0=7, x1=3).values, [axes[0][7], axes[1][3]], rtol=1e-6)
