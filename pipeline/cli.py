@@ -16,6 +16,7 @@ from rich.table import Table
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+STATUS_IDS_SHOWN = 10  # shard ids `pipeline status` lists per state
 
 SET_HELP = "Override a job-file value, e.g. --set inputs.n=1000 (repeatable; the value is YAML)."
 
@@ -47,13 +48,22 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipeline")
 def main() -> None:
-    """Batched derivatives of PyTorch functions on Ray, written to Zarr + Parquet.
+    """Batched derivatives and PDE parameter sweeps on Ray, written to Zarr + Parquet.
+
+    A job file has one of two kinds: a derivative job (the default; a torch
+    function, an input set, the quantities per sample: value, jacobian,
+    hessian, ...) or a sweep (kind: sweep; a PDE solver run over a table of
+    parameter cases). Every command below works for both.
 
     \b
     Typical session:
       pipeline validate jobs/quickstart.yaml      # check a job file, touch nothing
       pipeline submit jobs/quickstart.yaml --local
       pipeline inspect results/quickstart.zarr    # arrays, chunks, manifest
+    \b
+    A parameter sweep:
+      pipeline submit jobs/sweep.yaml --local
+      pipeline status results/sweep.zarr          # done / pending / failed shards
     \b
     In a notebook:
       import pipeline; ds = pipeline.open_results("results/quickstart.zarr")
@@ -62,8 +72,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--local", is_flag=True, help="Start a local Ray sized to this machine (no cluster needed).")
-@click.option("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS).")
+@click.option("--local", is_flag=True,
+              help="Start a local Ray sized to this machine (no cluster needed; RAY_ADDRESS is then ignored).")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="Ray cluster to join, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS).")
 @click.option(
     "--executor",
     type=click.Choice(["ray", "inline"]),
@@ -98,6 +110,11 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     from .runner import make_executor
     from .spec import load_spec
 
+    if local and address:
+        raise click.UsageError(
+            f"--local and --address {address} contradict each other: --local starts a Ray on this machine, "
+            "--address joins a running cluster; pass only one of them"
+        )
     console = _console()
     try:
         spec = load_spec(job, overrides)
@@ -136,7 +153,14 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
 def validate(job, overrides, deep):
     """Check JOB without running it or touching any store.
 
-    Exits 0 when the job is valid, 2 with one line per problem otherwise.
+    Exits 0 when the job is valid, 2 with one line per problem otherwise
+    (naming the key, the bad value and the fix).
+
+    \b
+    Examples:
+      pipeline validate jobs/quickstart.yaml
+      pipeline validate jobs/sweep.yaml --set sweep.axes.T0_mean.num=4
+      pipeline validate my_job.yaml --no-deep     # the file only: no inputs read, no import
     """
     from .spec import load_spec
 
@@ -159,7 +183,14 @@ def validate(job, overrides, deep):
 
 @main.command()
 def schema():
-    """Print the JSON schema of job files (for editors and docs)."""
+    """Print the JSON schema of job files, both kinds (for editors and docs).
+
+    \b
+    Examples:
+      pipeline schema > job.schema.json
+      # then in a YAML file, for editors with the YAML language server:
+      # yaml-language-server: $schema=job.schema.json
+    """
     from .spec import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
@@ -168,7 +199,15 @@ def schema():
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
 def inspect(store):
-    """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE."""
+    """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE.
+
+    Also prints the error of every failed shard.
+
+    \b
+    Examples:
+      pipeline inspect results/quickstart.zarr
+      pipeline inspect results/sweep.zarr
+    """
     from .report import inspect_store
 
     try:
@@ -181,9 +220,15 @@ def inspect(store):
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(store, as_json):
-    """Count done, pending and failed shards of STORE.
+    """Count done, pending and failed shards of STORE and list the ids of the unfinished ones.
 
-    Exit code 0 when the store is complete, 1 otherwise.
+    Exit code 0 when the store is complete, 1 otherwise (`pipeline inspect`
+    shows the errors of failed shards; submitting the job again finishes them).
+
+    \b
+    Examples:
+      pipeline status results/quickstart.zarr
+      pipeline status results/sweep.zarr --json   # counts and every shard id, for scripts
     """
     from .store import summarize
 
@@ -194,11 +239,23 @@ def status(store, as_json):
     if as_json:
         click.echo(json.dumps(counts))
     else:
+        unit = counts["unit"]  # a sweep counts cases, a derivative job samples
         table = Table(title=f"{counts['name']}: {counts['path']}", show_edge=False)
-        for key in ("complete", "shards", "done", "pending", "failed", "samples_done", "samples"):
-            table.add_column(key)
-        table.add_row(*(str(counts[k]) for k in ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")))
-        Console(highlight=False).print(table)
+        keys = ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")
+        for key in keys:
+            table.add_column(key.replace("samples", unit))
+        table.add_row(*(str(counts[k]) for k in keys))
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(table)
+        for state in ("failed", "pending"):
+            ids = counts[f"{state}_shards"]
+            if ids:
+                more = f" and {len(ids) - STATUS_IDS_SHOWN} more (--json lists all)" if len(ids) > STATUS_IDS_SHOWN else ""
+                out.print(f"{state} shards: {', '.join(map(str, ids[:STATUS_IDS_SHOWN]))}{more}")
+        if counts["failed_shards"]:
+            out.print(f"their errors: pipeline inspect {counts['path']}")
+        if not counts["complete"]:
+            out.print("run the job again to finish them: committed shards are kept")
     sys.exit(0 if counts["complete"] else EXIT_FAILED_SHARDS)
 
 

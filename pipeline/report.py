@@ -42,7 +42,7 @@ def inspect_store(path: str, console: Console) -> None:
     console.print(table)
     console.print(
         f"shards: {counts['done']} done, {counts['pending']} pending, {counts['failed']} failed "
-        f"of {counts['shards']} ({counts['samples_done']:,} of {counts['samples']:,} samples)"
+        f"of {counts['shards']} ({counts['samples_done']:,} of {counts['samples']:,} {counts['unit']})"
     )
     manifest = read_manifest(path)
     if manifest is not None and manifest.num_rows:
@@ -54,7 +54,7 @@ def inspect_store(path: str, console: Console) -> None:
             methods = sorted({data["method"][i] for i in done if data["method"][i]})
             devices = sorted({data["device"][i] for i in done if data["device"][i]})
             console.print(
-                f"manifest: {seconds:.1f} task-seconds, {min(rates):,.0f}-{max(rates):,.0f} samples/s per shard, "
+                f"manifest: {seconds:.1f} task-seconds, {min(rates):,.0f}-{max(rates):,.0f} {counts['unit']}/s per shard, "
                 f"methods {methods}, devices {devices}, non-finite values {sum(data['nonfinite'][i] for i in done)}, "
                 f"max attempts {max(data['attempts'])}"
             )

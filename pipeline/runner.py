@@ -68,9 +68,11 @@ class RayExecutor:
         if ray.is_initialized():
             return
         if self.local:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            # address="local": a new Ray on this machine even when RAY_ADDRESS is set
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
             return
         address = cluster_address(self.address)
+        check_reachable(address, "--address" if self.address else "RAY_ADDRESS")
         try:
             ray.init(address=address)
         except Exception as err:
@@ -153,6 +155,47 @@ def cluster_address(address: str | None) -> str:
             "(or set RAY_ADDRESS) to join a cluster started with `ray up cluster.yaml`"
         )
     return address
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, source: str = "--address", timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a ClusterError unless ``address`` (HOST:PORT or ray://HOST:PORT) accepts a TCP connection.
+
+    ``ray.init`` retries an unreachable address for a long time and ignores
+    Ctrl-C meanwhile; this fails within ``timeout`` seconds instead, saying what
+    to do. ``auto`` and ``local`` (which Ray resolves on this machine) and other
+    schemes are left to Ray. ``source`` names where the address came from.
+
+    Example:
+        >>> check_reachable("auto")   # nothing to check: Ray looks for a cluster on this machine
+    """
+    import socket
+
+    rest = address.strip()
+    if rest.startswith("ray://"):
+        rest = rest[len("ray://") :].rstrip("/")
+    if rest in ("auto", "local") or "://" in rest:
+        return
+    host, colon, port = rest.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not colon or not host or not port.isdigit():
+        raise ClusterError(
+            f"{source} is {address!r}, which is not HOST:PORT; use e.g. --address 10.0.0.1:6379 "
+            "(a Ray head node) or ray://10.0.0.1:10001 (the Ray client), or pass --local to run on this machine"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address!r} (from {source}): no connection to {host}:{port} "
+            f"within {timeout:g} s ({reason}). Start the cluster first (`ray start --head --port {port}` on "
+            f"that machine, or `ray up cluster.yaml`), or correct {source}; or pass --local to run on this "
+            "machine without a cluster"
+        ) from None
 
 
 def _format_error(err: BaseException) -> str:

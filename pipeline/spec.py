@@ -601,8 +601,31 @@ def _resolve_sweep_paths(spec, job_dir: Path, absolute) -> dict[str, Any]:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON schema of every job kind (what `pipeline schema` prints)."""
-    models = job_models()
-    if len(models) == 1:
-        return JobSpec.model_json_schema()
-    return {"oneOf": [m.model_json_schema() for m in models.values()]}
+    """JSON schema of every job kind (what `pipeline schema` prints).
+
+    One self-contained document: the top level is a ``oneOf`` with one branch
+    per job kind, and every ``$ref`` points into the root's ``$defs`` (pydantic
+    generates the definitions of all kinds together, so names shared by several
+    kinds are one definition and clashing names are made unique).
+
+    Example:
+        >>> schema = json_schema()
+        >>> [branch["title"] for branch in schema["oneOf"]]
+        ['JobSpec', 'SweepJob']
+    """
+    from pydantic.json_schema import models_json_schema
+
+    models = list(job_models().values())
+    refs, shared = models_json_schema([(m, "validation") for m in models])
+    defs = shared.get("$defs", {})
+    branches = []
+    for model in models:
+        name = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        branches.append(defs.pop(name))  # job models are never referenced by others: inline them
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "pipeline job file",
+        "description": "A job file of `pipeline submit`: one of the job kinds below, chosen by its 'kind' key.",
+        "oneOf": branches,
+        "$defs": defs,
+    }

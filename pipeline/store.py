@@ -430,7 +430,10 @@ def open_results(path: str | Path, *, require_complete: bool = False):
 
     attrs = read_attributes(path)
     if require_complete and not attrs.get("complete"):
-        raise StoreError(f"{path} is not complete; run `pipeline status {path}` to see which shards are missing")
+        raise StoreError(
+            f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
+            f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
@@ -458,5 +461,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "pending": len(plan) - done - len(failed),
         "samples_done": sum(s.size for s in plan if s.id in markers),
         "samples": sum(s.size for s in plan),
+        "unit": "cases" if attrs.get("kind") == "sweep" else "samples",  # what samples_done/samples count
+        "failed_shards": sorted(failed),
+        "pending_shards": [s.id for s in plan if s.id not in markers and s.id not in failed],
     }
 

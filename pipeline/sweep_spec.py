@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .spec import (
     _IMPORT_PATH,
@@ -55,6 +55,11 @@ def drop_result_neutral_options(data: dict[str, Any]) -> None:
             solver["options"].pop(key, None)
 
 
+# A mapping key left empty in YAML (``profiles:`` with only commented children) is null:
+# read it as an empty mapping. The schema still accepts null, the value is always a dict.
+_EmptyIfNull = BeforeValidator(lambda value: {} if value is None else value)
+
+
 class Axis(Strict):
     """``num`` values from ``low`` to ``high`` inclusive, evenly spaced (linear) or geometric (log)."""
 
@@ -76,7 +81,9 @@ class SolverSettings(Strict):
     """Which solver runs each case, with which options and precision."""
 
     name: str = Field(description="a built-in solver (rte1d, heat1d) or an import path 'package.module:attr'")
-    options: dict[str, Any] = Field(default_factory=dict, description="solver options (grid, time span, constants)")
+    options: Annotated[dict[str, Any] | None, _EmptyIfNull] = Field(
+        default_factory=dict, description="solver options (grid, time span, constants); empty or null: defaults"
+    )
     dtype: Literal["float32", "float64"] = "float32"
     python_path: list[str] = Field(default_factory=list, description="directories searched for a user solver")
 
@@ -214,9 +221,12 @@ class SweepJob(Strict):
     kind: Literal["sweep"]
     solver: SolverSettings
     sweep: Sweep
-    fixed: dict[str, float] = Field(default_factory=dict, description="parameters held fixed over all cases")
-    profiles: dict[str, ProfileSource] = Field(
-        default_factory=dict, description="per-case array parameters, e.g. T0 from a .npy of shape [cases, nx]"
+    fixed: Annotated[dict[str, float] | None, _EmptyIfNull] = Field(
+        default_factory=dict, description="parameters held fixed over all cases (empty or null: none)"
+    )
+    profiles: Annotated[dict[str, ProfileSource] | None, _EmptyIfNull] = Field(
+        default_factory=dict,
+        description="per-case array parameters, e.g. T0 from a .npy of shape [cases, nx] (empty or null: none)",
     )
     sensitivities: Sensitivities | None = None
     store: SweepStore

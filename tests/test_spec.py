@@ -209,3 +209,31 @@ def test_hash_ignores_the_name_and_rte1d_performance_options_but_not_its_physics
     sweep["solver"]["options"]["nx"] = 64
     assert validate_spec(sweep).spec_hash() != plain.spec_hash()
     assert spec_differences(plain.resolved(), validate_spec(sweep).resolved()) == ["solver.options.nx: 32 -> 64"]
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_json_schema_validates_every_job_file(job):
+    """`pipeline schema` is usable as is: every $ref resolves and each job in jobs/ is valid under it."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(json.dumps(json_schema()))  # what `pipeline schema` prints
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(job.read_text()), schema)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["inputs"].update(colour="red"),            # unknown key
+        lambda d: d["inputs"].update(kind="gaussian"),          # unknown kind
+        lambda d: d["function"].update(activation="swish"),     # not one of the choices
+        lambda d: d["store"].pop("path"),                       # required key missing
+    ],
+    ids=["unknown-key", "unknown-kind", "bad-choice", "missing-key"],
+)
+def test_json_schema_rejects_a_bad_job(change):
+    jsonschema = pytest.importorskip("jsonschema")
+    data = base()
+    jsonschema.validate(data, json_schema())
+    change(data)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, json_schema())
