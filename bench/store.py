@@ -1,7 +1,7 @@
 """Store write speed: our shard writes vs the raw write speed of the disk, side by side.
 
 Writes the seed-000 result layout (value [N,150], jacobian [N,150,2],
-hessian [N,150,2,2], float32: 2.4 KB per sample) in shards, and compares:
+hessian [N,150,2,2], float32: 4.2 KB per sample) in shards, and compares:
 
 - raw:     ``numpy.ndarray.tofile`` of the same bytes, one file per array and shard
 - zarr:    ``pipeline.store.write_region`` alone, per codec (none, lz4, zstd)

@@ -50,6 +50,21 @@ class Plan:
     shards: tuple[Shard, ...]
     arrays: tuple[ArrayLayout, ...]
 
+    def result_bytes(self) -> int:
+        """Uncompressed bytes of every array of the store.
+
+            >>> plan = plan_derivative_job(10, (2,), (3,), ("value",), 4, 8, "float32")
+            >>> plan.result_bytes()   # inputs 10 x 2 and value 10 x 3, 4 bytes each
+            200
+        """
+        from math import prod
+
+        def itemsize(dtype: str) -> int:  # "float32" -> 4 (stdlib only: no numpy here)
+            bits = "".join(c for c in dtype if c.isdigit())
+            return int(bits) // 8 if bits else 1
+
+        return sum(prod(a.shape) * itemsize(a.dtype) for a in self.arrays)
+
     def array(self, name: str) -> ArrayLayout:
         for layout in self.arrays:
             if layout.name == name:

@@ -83,6 +83,13 @@ def test_validate_good_and_bad(tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_validate_tells_the_size_of_the_results():
+    result = run("validate", ROOT / "jobs/seed000.yaml")
+    # 100,000 samples x (2 inputs + 150 values + 150 x 2 jacobian + 150 x 2 x 2 hessian) x 4 bytes
+    assert result.exit_code == 0
+    assert f"results: {100_000 * (2 + 150 + 300 + 600) * 4 / 1e6:.1f} MB before compression" in result.output
+
+
 def test_submit_bad_spec_exits_2_and_writes_nothing(tmp_path):
     store = tmp_path / "s.zarr"
     result = run("submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline",

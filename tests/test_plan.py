@@ -87,10 +87,10 @@ def test_blocks_tile_a_shard_on_chunk_boundaries(n, chunk, chunks_per_shard, sha
 
 
 def test_blocks_of_a_default_derivative_shard():
-    # seed000: 2.4 KB per sample, 4 chunks of 4096 per shard -> one chunk per block
+    # seed000: 4.2 KB per sample, 4 chunks of 4096 per shard -> one chunk per block
     (shard,) = plan_shards(16384, 16384, 4096)
-    assert [b.size for b in shard_blocks(shard, 4096, 2416)] == [4096] * 4
+    assert [b.size for b in shard_blocks(shard, 4096, 4208)] == [4096] * 4
     # a big GPU shard of 1e6 samples: blocks capped at 256 MiB of output
     (big,) = plan_shards(1_000_000, 1_003_520, 4096)
-    sizes = [b.size for b in shard_blocks(big, 4096, 2416)]
-    assert max(sizes) * 2416 <= 256 * 2**20 and sum(sizes) == 1_000_000
+    sizes = [b.size for b in shard_blocks(big, 4096, 4208)]
+    assert max(sizes) * 4208 <= 256 * 2**20 and sum(sizes) == 1_000_000
