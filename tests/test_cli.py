@@ -147,3 +147,18 @@ def test_schema_and_help():
     helptext = run("submit", "--help").output
     for word in ("--local", "--address", "--set", "--executor", "inline", "resumes"):
         assert word in helptext
+
+
+def test_string_parquet_column_exits_2_naming_the_key(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]}), tmp_path / "pts.parquet")
+    store = tmp_path / "s.zarr"
+    for command in ("validate", "submit"):
+        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
+                     "--set", f"store.path={store}",
+                     "--set", f"inputs={{kind: parquet, path: {tmp_path / 'pts.parquet'}, columns: [x, s]}}")
+        assert result.exit_code == 2, result.output
+        assert "inputs.columns: column 's'" in result.output and "type string" in result.output
+        assert not store.exists()
