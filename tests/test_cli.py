@@ -162,3 +162,31 @@ def test_string_parquet_column_exits_2_naming_the_key(tmp_path):
         assert result.exit_code == 2, result.output
         assert "inputs.columns: column 's'" in result.output and "type string" in result.output
         assert not store.exists()
+
+
+def _unwritable_store_paths(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    paths = [(tmp_path / "a_file" / "x.zarr", "is a file, not a directory"),
+             (tmp_path / "a_file" / "deeper" / "x.zarr", "is a file, not a directory")]
+    if Path("/proc/self").is_dir():  # Linux: /proc and /sys take no new directories, even as root
+        paths += [(Path("/proc/foo.zarr"), "/proc is not writable"), (Path("/sys/x.zarr"), "/sys is not writable")]
+    return paths
+
+
+@pytest.mark.parametrize("command", ["validate", "submit"])
+def test_unwritable_store_path_exits_2_naming_store_path(tmp_path, command):
+    for store, reason in _unwritable_store_paths(tmp_path):
+        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
+                     "--set", f"store.path={store}", "--set", "inputs.n=200")
+        assert result.exit_code == 2, result.output
+        assert f"store.path: cannot create {store}" in result.output and reason in result.output, result.output
+        assert not store.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # the write probe leaves nothing behind
+
+
+def test_store_path_in_new_folders_is_fine_and_probing_leaves_nothing(tmp_path):
+    from pipeline.driver import check_store_path
+
+    check_store_path(tmp_path / "new" / "deeper" / "x.zarr")
+    check_store_path(tmp_path)  # an existing directory (a store to resume) is probed inside too
+    assert list(tmp_path.iterdir()) == []
