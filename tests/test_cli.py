@@ -190,3 +190,12 @@ def test_store_path_in_new_folders_is_fine_and_probing_leaves_nothing(tmp_path):
     check_store_path(tmp_path / "new" / "deeper" / "x.zarr")
     check_store_path(tmp_path)  # an existing directory (a store to resume) is probed inside too
     assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_sweep_grid_exits_2_naming_the_axes(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
+                 "--set", "sweep.axes={T0_mean: {low: 0.5, high: 2, num: 100000}, sigma_mean: {low: 0.5, high: 2, num: 100000}}")
+    assert result.exit_code == 2, result.output
+    assert "sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
+    assert not store.exists()
