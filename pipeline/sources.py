@@ -192,7 +192,7 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
         attrs = json.loads((Path(spec.path) / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError):
         return
-    if "spec_hash" not in attrs or "complete" not in attrs or attrs["complete"]:
+    if "format_version" not in attrs or "complete" not in attrs or attrs["complete"]:
         return  # not a pipeline store, or a complete one
     markers = Path(spec.path) / "_shards"
     done = len(list(markers.glob("*.json"))) if markers.is_dir() else 0

@@ -199,3 +199,16 @@ def test_huge_sweep_grid_exits_2_naming_the_axes(tmp_path):
     assert result.exit_code == 2, result.output
     assert "sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
     assert not store.exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "status"])
+def test_a_path_inside_a_store_or_a_plain_zarr_group_exits_2(quickstart_store, tmp_path, command):
+    import zarr
+
+    result = run(command, quickstart_store / "value")
+    assert result.exit_code == 2, result.output
+    assert (f"{quickstart_store / 'value'} is a Zarr array inside the pipeline store {quickstart_store}; "
+            f"give the store's own path") in result.output
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", shape=(3,), dtype="f8")
+    result = run(command, tmp_path / "plain.zarr")
+    assert result.exit_code == 2 and "is a Zarr group but not a pipeline store" in result.output, result.output
