@@ -212,3 +212,23 @@ def test_a_path_inside_a_store_or_a_plain_zarr_group_exits_2(quickstart_store, t
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", shape=(3,), dtype="f8")
     result = run(command, tmp_path / "plain.zarr")
     assert result.exit_code == 2 and "is a Zarr group but not a pipeline store" in result.output, result.output
+
+
+def test_submit_warns_about_non_finite_results_and_still_exits_0(tmp_path):
+    # sqrt of a grid from -1 to 1: the 200 samples below 0 (shards 0 and 1 of 4) give NaN
+    job = tmp_path / "sqrt.yaml"
+    job.write_text(
+        "schema_version: 1\nname: sqrt\n"
+        f"function: {{kind: import, target: 'user_fns:sqrt_first', python_path: ['{ROOT / 'tests'}']}}\n"
+        "inputs: {kind: grid, axes: [{low: -1, high: 1, num: 400}]}\nquantities: [value]\n"
+        f"store: {{path: '{tmp_path / 's.zarr'}', chunk_size: 100}}\nexecution: {{shard_size: 100}}\n"
+    )
+    result = run("submit", job, "--executor", "inline", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "complete:" in result.output
+    assert "warning: 200 non-finite values (NaN or Inf) in 2 of 4 shards" in result.output
+    assert f"pipeline inspect {tmp_path / 's.zarr'}" in result.output
+    # a finite run prints no warning
+    result = run("submit", job, "--executor", "inline", "--quiet", "--set", "inputs.axes=[{low: 0.5, high: 1, num: 400}]",
+                 "--set", f"store.path={tmp_path / 'finite.zarr'}")
+    assert result.exit_code == 0 and "complete:" in result.output and "non-finite" not in result.output
