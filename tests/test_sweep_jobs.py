@@ -248,3 +248,17 @@ def test_a_stiff_case_stops_the_job_before_any_store_exists(tmp_path):
     relaxed = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [1.0, 2.0], "sigma_mean": [0.5, 1.0, 4.0]}},
                          solver={"name": "rte1d", "options": {**SMALL_RTE, "stability_check": False}, "dtype": "float64"})
     assert submit(relaxed, InlineExecutor()).complete
+
+
+@pytest.mark.parametrize("index", [99, 4, -5])
+def test_a_sensitivity_index_out_of_range_is_refused_naming_the_key(tmp_path, index):
+    # SMALL_RTE saves T at 4 times: indices -4..3
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                      sensitivities={"outputs": {"T_final": {"output": "T", "index": index}}})
+    with pytest.raises(SpecError, match=rf"sensitivities.outputs.T_final.index: {index} is out of range for output "
+                                        r"'T', whose first axis 'time' has 4 entries; use an index from -4 to 3"):
+        prepare(spec)
+    assert not (tmp_path / "sweep.zarr").exists()
+    for ok in (3, -4, None):
+        prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                           sensitivities={"outputs": {"T_final": {"output": "T", "index": ok}}}))
