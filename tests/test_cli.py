@@ -232,3 +232,13 @@ def test_submit_warns_about_non_finite_results_and_still_exits_0(tmp_path):
     result = run("submit", job, "--executor", "inline", "--quiet", "--set", "inputs.axes=[{low: 0.5, high: 1, num: 400}]",
                  "--set", f"store.path={tmp_path / 'finite.zarr'}")
     assert result.exit_code == 0 and "complete:" in result.output and "non-finite" not in result.output
+
+
+def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
+                 "--set", "solver={name: heat1d, options: {nx: 64, t_end: 0.01, n_saves: 2, scheme: ftcs}}",
+                 "--set", "sweep.axes={diffusivity: [0.1, 5.0]}", "--set", "fixed={}")
+    assert result.exit_code == 2, result.output
+    assert "case 1 (diffusivity=5) cannot be solved as asked" in result.output and "scheme='ftcs' is unstable" in result.output
+    assert "run the same command again" not in result.output and not store.exists()
