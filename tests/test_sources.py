@@ -124,6 +124,7 @@ def test_file_inputs_of_the_wrong_format_are_refused_by_key(tmp_path, kind):
             describe_inputs(spec)
 
 
+@pytest.mark.filterwarnings("ignore:The data type")  # zarr: strings have no stable v3 spec yet
 def test_zarr_array_of_strings_is_refused(tmp_path):
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     group.create_array("names", data=np.array(["a", "b", "c"]))
