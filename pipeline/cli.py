@@ -133,6 +133,7 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     ran = len(summary.done)
     if summary.skipped:
         console.print(f"resumed: {summary.skipped} shards were already committed")
+    nonfinite = _nonfinite_warning(summary.path)
     if summary.failed:
         console.print(
             f"[bold red]{len(summary.failed)} of {summary.total} shards failed[/bold red] after retries; "
@@ -140,9 +141,32 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         )
         first = next(iter(summary.failed.values()))
         console.print(f"first error (shard {first.shard_id}): {first.error}")
+        if nonfinite:
+            console.print(nonfinite)
         sys.exit(EXIT_FAILED_SHARDS)
     rate = f", {summary.samples_per_second:,.0f} {_unit(spec)}/s per task" if ran else ""
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
+    if nonfinite:
+        console.print(nonfinite)
+
+
+def _nonfinite_warning(path: str) -> str | None:
+    """A warning line when committed shards hold NaN or Inf (the manifest counts them per shard), else None."""
+    from .store import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest is None or not manifest.num_rows:
+        return None
+    data = manifest.select(["status", "nonfinite"]).to_pydict()
+    counts = [n for status, n in zip(data["status"], data["nonfinite"]) if status == "done" and n]
+    if not counts:
+        return None
+    return (
+        f"[bold yellow]warning:[/bold yellow] {sum(counts):,} non-finite values (NaN or Inf) in {len(counts)} of "
+        f"{len(data['status'])} shards: they are what the function gives there; "
+        f"see which arrays with `pipeline inspect {path}`, or find them with "
+        f"`pipeline.open_results(\"{path}\")` and `isnull()`"
+    )
 
 
 @main.command()

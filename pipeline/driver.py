@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,7 +59,53 @@ class RunSummary:
 
 def prepare(spec) -> Prepared:
     """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    check_store_path(spec.store.path)
     return kind_module(spec).prepare(spec)
+
+
+def check_store_path(path: str | Path) -> None:
+    """Raise ``SpecError`` (naming ``store.path``) unless a store can be made (or resumed) at ``path``.
+
+    Probes by creating and removing a temporary directory in the nearest
+    existing ancestor of ``path`` (where the store, or the folders leading to
+    it, will be created), and in ``path`` itself when it is an existing
+    directory (a store to resume); nothing stays behind.
+
+    Example:
+        >>> check_store_path("/proc/results.zarr")
+        Traceback (most recent call last):
+        ...
+        pipeline.spec.SpecError: invalid job spec:
+          - store.path: cannot create /proc/results.zarr: ...
+    """
+    import tempfile
+
+    from .spec import SpecError
+
+    path = Path(path)
+    target = path.absolute()
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SpecError([
+            f"store.path: cannot create {path}: {ancestor} is a file, not a directory; "
+            "choose a store.path in a directory"
+        ])
+    probes = [ancestor] + ([target] if target.is_dir() else [])
+    for folder in probes:
+        try:
+            probe = tempfile.mkdtemp(prefix=".pipeline-write-check-", dir=folder)
+        except OSError as err:
+            what = "the store in it" if folder == target else path
+            raise SpecError([
+                f"store.path: cannot create {what}: {folder} is not writable ({err.strerror or err}); "
+                "choose a store.path in a directory you can write to"
+            ]) from None
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
 
 
 def store_attributes(prepared: Prepared) -> dict:

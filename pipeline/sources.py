@@ -59,14 +59,11 @@ def describe_inputs(spec) -> InputInfo:
         return _limit(spec, InputInfo(array.shape[0], tuple(array.shape[1:]), str(array.dtype)), "inputs.path")
     if isinstance(spec, ZarrInputs):
         array = _open_zarr(spec)
+        _refuse_incomplete_store(spec)
         return _limit(spec, InputInfo(array.shape[0], tuple(array.shape[1:]), str(array.dtype)), "inputs.array")
     if isinstance(spec, ParquetInputs):
-        schema, rows = _parquet_meta(spec)
-        for column in spec.columns:
-            if column not in schema.names:
-                raise InputError(
-                    f"inputs.columns: column {column!r} is not in {spec.path}; its columns are {schema.names}"
-                )
+        file, schema, rows = _parquet_meta(spec)
+        _check_parquet_columns(spec, schema, file.metadata)
         return _limit(spec, InputInfo(rows, (len(spec.columns),)), "inputs.path")
     raise TypeError(f"unknown input spec {type(spec).__name__}")
 
@@ -134,9 +131,21 @@ def _grid_rows(spec: GridInputs, start: int, stop: int) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _open_npy(path: str) -> np.ndarray:
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
+    if not Path(path).is_file():
+        raise InputError(f"inputs.path: {path} is a directory, not a file; point it at a .npy file")
+    with open(path, "rb") as file:
+        magic = file.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise InputError(
+            f"inputs.path: {path} is not a .npy file (no NumPy header); save the samples with numpy.save, "
+            "or use inputs.kind: parquet / zarr for those formats"
+        )
     try:
         array = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as err:
@@ -164,16 +173,85 @@ def _open_zarr(spec: ZarrInputs):
     array = group[spec.array]
     if array.ndim < 1:
         raise InputError(f"inputs.array: {spec.array!r} is a scalar; need an array [samples, ...]")
+    try:
+        numeric = np.issubdtype(np.dtype(array.dtype), np.number)
+    except TypeError:  # a Zarr data type numpy does not know (strings, structs)
+        numeric = False
+    if not numeric:
+        raise InputError(
+            f"inputs.array: {spec.array!r} of {spec.path} holds {array.dtype}; need a numeric array [samples, ...]"
+        )
     return array
+
+
+def _refuse_incomplete_store(spec: ZarrInputs) -> None:
+    """A pipeline store as input must be complete: shards that never ran hold NaN fill, not samples."""
+    import json
+
+    try:
+        attrs = json.loads((Path(spec.path) / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return
+    if "format_version" not in attrs or "complete" not in attrs or attrs["complete"]:
+        return  # not a pipeline store, or a complete one
+    markers = Path(spec.path) / "_shards"
+    done = len(list(markers.glob("*.json"))) if markers.is_dir() else 0
+    name = attrs.get("name") or attrs.get("spec", {}).get("name", "?")
+    raise InputError(
+        f"inputs.path: the store {spec.path} is not complete ({done} of {attrs.get('n_shards', '?')} shards "
+        f"committed), so its {spec.array!r} holds NaN where shards are missing; finish it with "
+        f"`pipeline submit <its job>` (job {name!r}) or point inputs.path at a complete store"
+    )
 
 
 def _parquet_meta(spec: ParquetInputs):
     import pyarrow.parquet as pq
 
-    if not Path(spec.path).is_file():
+    if not Path(spec.path).exists():
         raise InputError(f"inputs.path: {spec.path} does not exist; point it at a Parquet file")
-    file = pq.ParquetFile(spec.path)
-    return file.schema_arrow, file.metadata.num_rows
+    if not Path(spec.path).is_file():
+        raise InputError(f"inputs.path: {spec.path} is a directory, not a file; point it at a Parquet file")
+    try:
+        file = pq.ParquetFile(spec.path)
+    except Exception as err:  # pyarrow raises several types for a non-Parquet file
+        raise InputError(
+            f"inputs.path: {spec.path} is not a readable Parquet file ({err}); point it at a Parquet file, "
+            "or use inputs.kind: npy / zarr for those formats"
+        ) from None
+    return file, file.schema_arrow, file.metadata.num_rows
+
+
+def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
+    """Every column exists, is numeric (integer or floating point) and, per the file's statistics, has no nulls."""
+    import pyarrow as pa
+
+    for column in spec.columns:
+        if column not in schema.names:
+            raise InputError(
+                f"inputs.columns: column {column!r} is not in {spec.path}; its columns are {schema.names}"
+            )
+        kind = schema.field(column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+            raise InputError(
+                f"inputs.columns: column {column!r} of {spec.path} has type {kind}; "
+                f"choose numeric columns (integer or floating point): {numeric}"
+            )
+    if metadata is None:
+        return
+    nulls = dict.fromkeys(spec.columns, 0)
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for i in range(group.num_columns):
+            chunk = group.column(i)
+            if chunk.path_in_schema in nulls and chunk.is_stats_set and chunk.statistics.has_null_count:
+                nulls[chunk.path_in_schema] += chunk.statistics.null_count
+    for column in spec.columns:
+        if nulls[column]:
+            raise InputError(
+                f"inputs.columns: column {column!r} of {spec.path} has {nulls[column]} null value(s), which would "
+                "give NaN inputs; fill or drop the null rows"
+            )
 
 
 def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:

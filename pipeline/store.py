@@ -125,7 +125,24 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes of a store (spec, spec_hash, complete, ...)."""
     if not store_exists(path):
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
-    return dict(json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {}))
+    metadata = json.loads((Path(path) / "zarr.json").read_text())
+    attributes = dict(metadata.get("attributes", {}))
+    if metadata.get("node_type") != "group" or "format_version" not in attributes:
+        raise StoreError(_not_a_store_root(Path(path), metadata.get("node_type")))
+    return attributes
+
+
+def _not_a_store_root(path: Path, node_type: str | None) -> str:
+    what = "a Zarr array" if node_type == "array" else "a Zarr group but not a pipeline store (no format_version)"
+    parent = path.absolute().parent
+    for folder in (parent, *parent.parents):
+        try:
+            is_store = "format_version" in json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        if is_store:
+            return f"{path} is {what} inside the pipeline store {folder}; give the store's own path: {folder}"
+    return f"{path} is {what}; give the path of a store that `pipeline submit` wrote"
 
 
 def package_versions() -> dict[str, str]:

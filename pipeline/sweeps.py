@@ -46,6 +46,7 @@ KINDS = ("grid", "zip", "random", "lhs", "sobol", "parquet", "product")
 INDEX_COLUMN = "case"
 SOBOL_BITS = 30  # as scipy and torch: up to 2**30 points
 SOBOL_MAX_DIM = 21
+MAX_CASES = 100_000_000  # a case table is built whole on the driver: 10**8 cases of one parameter are 800 MB
 
 # Joe & Kuo (2008), new-joe-kuo-6.21201, dimensions 2..21: (degree s, polynomial a, m_1..m_s).
 # Dimension 1 is the van der Corput sequence in base 2.
@@ -95,7 +96,32 @@ def _check_name(key: str, name: Any) -> str:
 def _check_count(key: str, n: Any) -> int:
     if not isinstance(n, (numbers.Integral, np.integer)) or isinstance(n, bool) or n < 1:
         raise _error(key, "the number of cases must be an integer >= 1", n, "e.g. n: 64")
+    if n > MAX_CASES:
+        raise _error(key, f"more than the limit of {MAX_CASES:,} cases", int(n),
+                     "use fewer cases, or split the sweep into several jobs")
     return int(n)
+
+
+def _check_total(key: str, sizes: Mapping[str, int]) -> None:
+    """Refuse a product of ``sizes`` above ``MAX_CASES`` before any of it is built."""
+    total = math.prod(sizes.values())
+    if total > MAX_CASES:
+        raise _error(
+            key,
+            f"{' x '.join(f'{v:,}' for v in sizes.values())} = {total:,} cases, more than the limit of {MAX_CASES:,}",
+            dict(sizes),
+            "use fewer values per axis, or split the sweep into several jobs",
+        )
+
+
+def _axis_size(spec: Any) -> int | None:
+    """The number of values of a grid axis, or None when it is malformed (checked when it is built)."""
+    if isinstance(spec, Mapping):
+        num = spec.get("num")
+        return int(num) if isinstance(num, (numbers.Integral, np.integer)) and not isinstance(num, bool) else None
+    if isinstance(spec, (Sequence, np.ndarray)) and not isinstance(spec, (str, bytes)):
+        return len(spec)
+    return None
 
 
 def _check_seed(key: str, seed: Any) -> int:
@@ -248,6 +274,9 @@ def grid(axes: Mapping[str, Any]) -> CaseTable:
     """
     if not isinstance(axes, Mapping) or not axes:
         raise _error("grid.axes", "expected a mapping name -> values", axes, "e.g. {T0_mean: [1, 2], sigma_mean: {low: 0.5, high: 2, num: 4}}")
+    sizes = {name: _axis_size(spec) for name, spec in axes.items()}
+    if all(size is not None for size in sizes.values()):
+        _check_total("grid.axes", sizes)
     columns = {}
     for name, spec in axes.items():
         key = f"grid.axes.{name}"
@@ -388,6 +417,7 @@ def product(*tables: Mapping[str, np.ndarray]) -> CaseTable:
             raise _error("product.sweeps", f"parameter(s) {sorted(overlap)} appear in more than one sweep", sorted(overlap), "sweep each parameter once")
         seen |= set(t)
     sizes = [n_cases(t) for t in tables]
+    _check_total("product.sweeps", {f"sweeps[{i}]": size for i, size in enumerate(sizes)})
     out: CaseTable = {}
     for i, t in enumerate(tables):
         before, after = int(np.prod(sizes[:i])), int(np.prod(sizes[i + 1 :]))

@@ -203,3 +203,98 @@ def test_another_spec_names_the_keys_that_differ(tmp_path):
     assert result.exit_code == 2
     assert "derivatives.dtype: float32 -> float64" in result.output and "inputs.seed: 0 -> 3" in result.output
     assert "pass --overwrite" in result.output and "store.path" in result.output
+
+
+def test_string_parquet_column_exits_2_naming_the_key(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]}), tmp_path / "pts.parquet")
+    store = tmp_path / "s.zarr"
+    for command in ("validate", "submit"):
+        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
+                     "--set", f"store.path={store}",
+                     "--set", f"inputs={{kind: parquet, path: {tmp_path / 'pts.parquet'}, columns: [x, s]}}")
+        assert result.exit_code == 2, result.output
+        assert "inputs.columns: column 's'" in result.output and "type string" in result.output
+        assert not store.exists()
+
+
+def _unwritable_store_paths(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    paths = [(tmp_path / "a_file" / "x.zarr", "is a file, not a directory"),
+             (tmp_path / "a_file" / "deeper" / "x.zarr", "is a file, not a directory")]
+    if Path("/proc/self").is_dir():  # Linux: /proc and /sys take no new directories, even as root
+        paths += [(Path("/proc/foo.zarr"), "/proc is not writable"), (Path("/sys/x.zarr"), "/sys is not writable")]
+    return paths
+
+
+@pytest.mark.parametrize("command", ["validate", "submit"])
+def test_unwritable_store_path_exits_2_naming_store_path(tmp_path, command):
+    for store, reason in _unwritable_store_paths(tmp_path):
+        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
+                     "--set", f"store.path={store}", "--set", "inputs.n=200")
+        assert result.exit_code == 2, result.output
+        assert f"store.path: cannot create {store}" in result.output and reason in result.output, result.output
+        assert not store.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # the write probe leaves nothing behind
+
+
+def test_store_path_in_new_folders_is_fine_and_probing_leaves_nothing(tmp_path):
+    from pipeline.driver import check_store_path
+
+    check_store_path(tmp_path / "new" / "deeper" / "x.zarr")
+    check_store_path(tmp_path)  # an existing directory (a store to resume) is probed inside too
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_sweep_grid_exits_2_naming_the_axes(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
+                 "--set", "sweep.axes={T0_mean: {low: 0.5, high: 2, num: 100000}, sigma_mean: {low: 0.5, high: 2, num: 100000}}")
+    assert result.exit_code == 2, result.output
+    assert "sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "status"])
+def test_a_path_inside_a_store_or_a_plain_zarr_group_exits_2(quickstart_store, tmp_path, command):
+    import zarr
+
+    result = run(command, quickstart_store / "value")
+    assert result.exit_code == 2, result.output
+    assert (f"{quickstart_store / 'value'} is a Zarr array inside the pipeline store {quickstart_store}; "
+            f"give the store's own path") in result.output
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", shape=(3,), dtype="f8")
+    result = run(command, tmp_path / "plain.zarr")
+    assert result.exit_code == 2 and "is a Zarr group but not a pipeline store" in result.output, result.output
+
+
+def test_submit_warns_about_non_finite_results_and_still_exits_0(tmp_path):
+    # sqrt of a grid from -1 to 1: the 200 samples below 0 (shards 0 and 1 of 4) give NaN
+    job = tmp_path / "sqrt.yaml"
+    job.write_text(
+        "schema_version: 1\nname: sqrt\n"
+        f"function: {{kind: import, target: 'user_fns:sqrt_first', python_path: ['{ROOT / 'tests'}']}}\n"
+        "inputs: {kind: grid, axes: [{low: -1, high: 1, num: 400}]}\nquantities: [value]\n"
+        f"store: {{path: '{tmp_path / 's.zarr'}', chunk_size: 100}}\nexecution: {{shard_size: 100}}\n"
+    )
+    result = run("submit", job, "--executor", "inline", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "complete:" in result.output
+    assert "warning: 200 non-finite values (NaN or Inf) in 2 of 4 shards" in result.output
+    assert f"pipeline inspect {tmp_path / 's.zarr'}" in result.output
+    # a finite run prints no warning
+    result = run("submit", job, "--executor", "inline", "--quiet", "--set", "inputs.axes=[{low: 0.5, high: 1, num: 400}]",
+                 "--set", f"store.path={tmp_path / 'finite.zarr'}")
+    assert result.exit_code == 0 and "complete:" in result.output and "non-finite" not in result.output
+
+
+def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
+                 "--set", "solver={name: heat1d, options: {nx: 64, t_end: 0.01, n_saves: 2, scheme: ftcs}}",
+                 "--set", "sweep.axes={diffusivity: [0.1, 5.0]}", "--set", "fixed={}")
+    assert result.exit_code == 2, result.output
+    assert "case 1 (diffusivity=5) cannot be solved as asked" in result.output and "scheme='ftcs' is unstable" in result.output
+    assert "run the same command again" not in result.output and not store.exists()

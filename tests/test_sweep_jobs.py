@@ -267,3 +267,33 @@ def test_a_rewritten_case_table_stops_the_resume_but_performance_options_do_not(
     with pytest.raises(StoreError, match=f"sweep.path: {table} changed since the store was created"):
         submit(spec, InlineExecutor())
     assert sorted(read_markers(spec.store.path)) == [0]
+
+
+@pytest.mark.parametrize("index", [99, 4, -5])
+def test_a_sensitivity_index_out_of_range_is_refused_naming_the_key(tmp_path, index):
+    # SMALL_RTE saves T at 4 times: indices -4..3
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                      sensitivities={"outputs": {"T_final": {"output": "T", "index": index}}})
+    with pytest.raises(SpecError, match=rf"sensitivities.outputs.T_final.index: {index} is out of range for output "
+                                        r"'T', whose first axis 'time' has 4 entries; use an index from -4 to 3"):
+        prepare(spec)
+    assert not (tmp_path / "sweep.zarr").exists()
+    for ok in (3, -4, None):
+        prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                           sensitivities={"outputs": {"T_final": {"output": "T", "index": ok}}}))
+
+
+def test_an_unstable_ftcs_case_stops_a_heat_sweep_before_any_store_exists(tmp_path):
+    # nx 64 and FTCS's default dt = 0.2 dx^2: stable for D <= 2.5, so cases 2 and 3 are past the limit
+    heat = {"name": "heat1d", "options": {"nx": 64, "t_end": 0.01, "n_saves": 2, "scheme": "ftcs"}, "dtype": "float64"}
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 1.0, 3.0, 5.0]}}, solver=heat)
+    with pytest.raises(SpecError, match=r"sweep: case 2 \(diffusivity=3\) cannot be solved as asked\. heat1d: "
+                                        r"scheme='ftcs' is unstable for 2 of 4 cases, first case 2: max D dt / dx\^2 = "
+                                        r"0.99\d* > 0.5 \(max diffusivity 5, .*\); set dt <= .* or use scheme='crank_nicolson'"):
+        submit(spec, InlineExecutor())
+    assert not (tmp_path / "sweep.zarr").exists()
+    # below the limit (and with Crank-Nicolson for any D) every case is solved
+    assert submit(sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 1.0, 2.5]}}, solver=heat),
+                  InlineExecutor()).complete
+    cn = {**heat, "options": {**heat["options"], "scheme": "crank_nicolson"}}
+    prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 5.0]}}, solver=cn))

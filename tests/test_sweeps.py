@@ -270,3 +270,17 @@ def test_table_helpers():
         n_cases({"a": np.zeros(2), "b": np.zeros(3)})
     assert product({"a": np.array([1, 2])}, {"b": np.array([3.0])})["b"].tolist() == [3.0, 3.0]
     assert to_arrow_table({"a": np.array([1.0])}, index=None).column_names == ["a"]
+
+
+def test_too_many_cases_are_refused_before_any_is_built():
+    # 10**10 cases: a meshgrid of them would need 149 GiB; the count is checked before anything is allocated
+    axes = {"a": {"low": 0, "high": 1, "num": 100_000}, "b": {"low": 0, "high": 1, "num": 100_000}}
+    with pytest.raises(ValueError, match=r"sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases, more than "
+                                         r"the limit of 100,000,000.*fewer values per axis"):
+        grid(axes)
+    with pytest.raises(ValueError, match=r"sweep product.sweeps: 20,000 x 20,000 = 400,000,000 cases"):
+        make_cases({"kind": "product", "sweeps": [{"kind": "grid", "axes": {"a": {"low": 0, "high": 1, "num": 20_000}}},
+                                                  {"kind": "random", "ranges": {"b": [0, 1]}, "n": 20_000}]})
+    with pytest.raises(ValueError, match=r"sweep lhs.n: more than the limit of 100,000,000 cases, got 1000000000"):
+        latin_hypercube({"a": [0, 1]}, n=10**9)
+    assert n_cases(grid({"a": {"low": 0, "high": 1, "num": 10_000}, "b": [1, 2, 3]})) == 30_000  # below: fine

@@ -94,6 +94,13 @@ def prepare(spec) -> Prepared:
                 [f"sensitivities.outputs.{q}.output: {reduction.output!r} is not an output of {solver.name}; "
                  f"choose from {sorted(outputs)}"]
             )
+        dims, shape = outputs[reduction.output]
+        if reduction.index is not None and shape and not -shape[0] <= reduction.index < shape[0]:
+            raise SpecError(
+                [f"sensitivities.outputs.{q}.index: {reduction.index} is out of range for output "
+                 f"{reduction.output!r}, whose first axis {dims[0]!r} has {shape[0]} entries; use an index from "
+                 f"{-shape[0]} to {shape[0] - 1} (-1: the last) or null to reduce over all of it"]
+            )
     try:
         if scalars:
             result, _ = sensitivities(spec, solver, options, first, torch.device("cpu"), torch.float64)

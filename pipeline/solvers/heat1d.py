@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interface import ParamInfo, Solver
+from .interface import ParamInfo, Solver, UnsolvableCase
 from .rte1d import _is_int, _is_positive, cell_centres
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -164,12 +164,8 @@ def _ftcs(u0, D, dx, dt, steps, n_saves):
         largest = float(D.detach().max())
     except RuntimeError:  # under torch.func.vmap values cannot be read; the caller owns stability then
         largest = None
-    if largest is not None and largest * dt / dx**2 > 0.5:
-        raise ValueError(
-            f"heat1d: scheme='ftcs' is unstable here: max D dt / dx^2 = {largest * dt / dx**2:.4g} > 0.5 "
-            f"(max diffusivity {largest:.4g}, dt={dt:.4g}, dx={dx:.4g}); "
-            f"set dt <= {0.5 * dx * dx / largest:.4g} or use scheme='crank_nicolson'"
-        )
+    if largest is not None and not largest * dt / dx**2 <= FTCS_LIMIT:
+        raise ValueError(_ftcs_unstable(largest, dt, dx))
     u = u0
     saved = []
     for _ in range(n_saves):
@@ -177,6 +173,41 @@ def _ftcs(u0, D, dx, dt, steps, n_saves):
             u = u + r * (u.roll(1, -1) + u.roll(-1, -1) - 2 * u)
         saved.append(u)
     return torch.stack(saved, dim=1)
+
+
+FTCS_LIMIT = 0.5  # FTCS is stable when D dt / dx^2 <= 1/2
+
+
+def _ftcs_unstable(largest: float, dt: float, dx: float, where: str = "here") -> str:
+    return (
+        f"heat1d: scheme='ftcs' is unstable {where}: max D dt / dx^2 = {largest * dt / dx**2:.4g} > {FTCS_LIMIT} "
+        f"(max diffusivity {largest:.4g}, dt={dt:.4g}, dx={dx:.4g}); "
+        f"set dt <= {FTCS_LIMIT * dx * dx / largest:.4g} or use scheme='crank_nicolson'"
+    )
+
+
+def check_ftcs_stability(params: dict[str, torch.Tensor], options: dict[str, Any], first_case: int = 0) -> None:
+    """Raise ``UnsolvableCase`` naming the first case past FTCS's limit ``D dt / dx^2 <= 1/2`` (other schemes: none).
+
+    Example:
+        >>> options = {**DEFAULT_OPTIONS, "scheme": "ftcs", "dt": 1e-4}   # dx = 1/64: D up to 20.48
+        >>> check_ftcs_stability({"diffusivity": torch.tensor([1.0, 30.0])}, options, first_case=7)
+        Traceback (most recent call last):
+        ...
+        pipeline.solvers.interface.UnsolvableCase: heat1d: scheme='ftcs' is unstable for 1 of 2 cases, first case 8: ...
+    """
+    if options["scheme"] != "ftcs":
+        return
+    D = params["diffusivity"].detach()
+    dx = options["L"] / options["nx"]
+    dt, _ = time_step(options)
+    bad = torch.nonzero(~(D * dt / dx**2 <= FTCS_LIMIT)).flatten()
+    if len(bad) == 0:
+        return
+    case = int(bad[0])
+    largest = float(D.nan_to_num(nan=float("inf")).max())
+    where = f"for {len(bad)} of {len(D)} cases, first case {first_case + case}"
+    raise UnsolvableCase(_ftcs_unstable(largest, dt, dx, where), first_case + case)
 
 
 def _crank_nicolson(u0, D, dx, dt, steps, n_saves):
@@ -200,5 +231,6 @@ SOLVER = Solver(
     outputs_fn=_outputs,
     coords_fn=_coords,
     check_options=_check_options,
+    check_cases=check_ftcs_stability,
     description="periodic 1-D heat equation, Crank-Nicolson (FFT) or FTCS; exact solution a decaying sine",
 )
