@@ -3,10 +3,11 @@
 For the flagship jobs (jobs/seed000.yaml, jobs/sweep.yaml, sizes set here),
 measured side by side in one process on one device:
 
-- compute only:   every shard computed (``tasks.compute_shard``), nothing written
+- compute only:   every shard computed block by block as a task does (``tasks.compute_shard``), nothing written
 - write only:     the same arrays written as a task does (region + checksum + marker), nothing computed
-- compute, then write: ``run_shard`` with one block per shard (the write waits for the compute)
-- ours:           ``run_shard`` as jobs run it: blocks of chunks, each written in the background
+- one block per shard, then write: ``run_shard`` computing each shard whole, then writing it
+- blocks, no overlap: ``run_shard``'s blocks, each written before the next computes
+- ours:           ``run_shard`` as jobs run it: each block written in a background thread
                   while the next computes (``writer.BlockWriter``)
 - whole job:      ``pipeline.submit`` in this process (adds the driver's check, store creation, finalize)
 
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import pipeline.tasks as tasks
@@ -32,7 +34,8 @@ from pipeline.driver import pending_shards, prepare, submit
 from pipeline.plan import shard_blocks
 from pipeline.runner import InlineExecutor
 from pipeline.spec import load_spec
-from pipeline.store import ShardRecord, checksum, write_marker, write_region
+from pipeline.store import ShardRecord, bytes_per_sample, checksum, open_for_writing, write_marker, write_region
+from pipeline.writer import BlockWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,10 +58,33 @@ def fresh_store(spec):
     return shards
 
 
+def blocks_of(spec, shards):
+    """The blocks ``run_shard`` computes, per shard."""
+    per_sample = bytes_per_sample(open_for_writing(spec.store.path))
+    return [tasks.shard_blocks(shard, spec.store.chunk_size, per_sample) for shard in shards]
+
+
 def time_compute(spec, shards, device):
+    """Every shard computed in ``run_shard``'s blocks; the results joined per shard (outside the timing)."""
+    blocks = blocks_of(spec, shards)
     began = time.perf_counter()
-    results = [tasks.compute_shard(spec, shard, device)[0] for shard in shards]
-    return time.perf_counter() - began, results
+    parts, hint = [], None
+    for shard_blocks_ in blocks:
+        hint, done = None, []
+        for block in shard_blocks_:
+            arrays, hint = tasks.compute_shard(spec, block, device, hint)
+            done.append(arrays)
+        parts.append(done)
+    seconds = time.perf_counter() - began
+    results = [{k: np.concatenate([d[k] for d in done]) for k in done[0]} for done in parts]
+    return seconds, results
+
+
+class SameThreadWriter(BlockWriter):
+    """Writes each block at once, in the computing thread: no overlap."""
+
+    def submit(self, start, stop, arrays):
+        self._write(start, stop, arrays)
 
 
 def time_write(spec, shards, results):
@@ -71,18 +97,20 @@ def time_write(spec, shards, results):
     return time.perf_counter() - began
 
 
-def time_run_shards(spec, blocks: int | None):
+def time_run_shards(spec, blocks: int | None, overlap: bool = True):
     shards = fresh_store(spec)
-    original = tasks.shard_blocks
+    original, writer = tasks.shard_blocks, tasks.BlockWriter
     if blocks is not None:
         tasks.shard_blocks = functools.partial(shard_blocks, blocks=blocks)
+    if not overlap:
+        tasks.BlockWriter = SameThreadWriter
     try:
         began = time.perf_counter()
         for shard in shards:
             tasks.run_shard(spec, shard)
         return time.perf_counter() - began
     finally:
-        tasks.shard_blocks = original
+        tasks.shard_blocks, tasks.BlockWriter = original, writer
 
 
 def time_job(spec):
@@ -114,14 +142,16 @@ def main() -> None:
         for title, unit, spec in workloads(args, folder):
             shards = fresh_store(spec)
             n = sum(s.size for s in shards)
-            tasks.compute_shard(spec, shards[0], device)  # warm-up: model build, trace, caches
+            time_compute(spec, shards[:1], device)  # warm-up: model build, trace, caches
             rows = {}
             best = lambda run: min(run() for _ in range(args.repeats))  # noqa: E731
             compute_s = min(time_compute(spec, shards, device)[0] for _ in range(args.repeats))
             _, results = time_compute(spec, shards, device)
             rows["compute only"] = compute_s
             rows["write only"] = best(lambda: time_write(spec, shards, results))
-            rows["compute, then write (1 block per shard)"] = best(lambda: time_run_shards(spec, blocks=1))
+            rows["one block per shard, then write"] = best(lambda: time_run_shards(spec, blocks=1))
+            rows["blocks, each written before the next computes"] = best(
+                lambda: time_run_shards(spec, blocks=None, overlap=False))
             rows["ours: blocks written in the background"] = best(lambda: time_run_shards(spec, blocks=None))
             rows["whole job (pipeline.submit, inline)"] = best(lambda: time_job(spec))
             size = sum(a.nbytes for r in results for a in r.values())
