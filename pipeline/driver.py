@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .kinds import Prepared, kind_module
+from .lock import store_lock
 from .plan import Shard
 from .fingerprints import changed_files, fingerprints
 from .spec import results_hash, spec_differences
@@ -216,7 +217,9 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     """Run a job to completion (or as far as it gets) and finalize its store.
 
     The executor checks its resources (``executor.check``) before the store
-    is created, so a job the cluster cannot run leaves no store behind.
+    is created, so a job the cluster cannot run leaves no store behind. The
+    driver holds ``<store.path>.lock`` meanwhile (``lock.store_lock``): a
+    second submit on the same store stops with a ``StoreError``.
     ``notify(message)`` is called with notes about the store (replaced, kept
     settings) before any shard runs; they are also in ``RunSummary.notes``.
     """
@@ -224,6 +227,12 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     check = getattr(executor, "check", None)
     if check is not None:
         check(spec)
+    with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
+        return _run(prepared, executor, overwrite=overwrite, progress=progress, notify=notify)
+
+
+def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> RunSummary:
+    spec = prepared.spec
     opened = open_store(prepared, overwrite=overwrite)
     shards, skipped = opened.shards, opened.skipped
     for note in opened.notes:

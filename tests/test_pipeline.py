@@ -361,3 +361,39 @@ def test_a_store_made_before_a_run_that_could_not_start_is_removed(tmp_path):
     with pytest.raises(RuntimeError, match="went away"):
         submit(spec, Broken())
     assert summarize(spec.store.path)["done"] == 1
+
+
+def test_one_driver_per_store(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from pipeline.lock import lock_path
+    from pipeline.store import StoreError
+
+    spec = make_spec(tmp_path)
+    lock = lock_path(spec.store.path)
+    # a live driver (this process) holds the lock: a second submit stops, names it, and changes nothing
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "now"}))
+    with pytest.raises(StoreError, match=rf"another `pipeline submit` is running this store \(pid {os.getpid()}"):
+        submit(spec, InlineExecutor())
+    assert not Path(spec.store.path).exists() and lock.exists()
+    # a driver that died on this host left its lock: the next submit takes over, and releases it at the end
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "since": "then"}))
+    assert submit(spec, InlineExecutor()).complete and not lock.exists()
+    # a lock from another host is never taken over (its process cannot be checked from here)
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
+    with pytest.raises(StoreError, match=f"delete {lock}"):
+        submit(spec, InlineExecutor())
+    lock.unlink()
+    # a run whose executor breaks down releases the lock too
+    class Broken(InlineExecutor):
+        def run(self, *args, **kwargs):
+            raise RuntimeError("the cluster went away")
+
+    failing = make_spec(tmp_path, "f.zarr")
+    with pytest.raises(RuntimeError, match="went away"):
+        submit(failing, Broken())
+    assert not lock_path(failing.store.path).exists()
