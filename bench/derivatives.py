@@ -205,7 +205,6 @@ def jax_runner(net, quantities, device: torch.device, precision: str = "highest"
     try:
         import jax
         import jax.numpy as jnp
-        import numpy as np
     except ImportError:
         return "skipped: JAX not installed (pip install 'jax[cpu]')"
     platform = "gpu" if device.type == "cuda" else "cpu"
