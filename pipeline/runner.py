@@ -161,12 +161,14 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 def check_reachable(address: str, source: str = "--address", timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise a ClusterError unless ``address`` (HOST:PORT or ray://HOST:PORT) accepts a TCP connection.
+    """Raise a ClusterError unless ``address`` (HOST:PORT or ray://HOST:PORT) answers like a Ray cluster.
 
     ``ray.init`` retries an unreachable address for a long time and ignores
     Ctrl-C meanwhile; this fails within ``timeout`` seconds instead, saying what
-    to do. ``auto`` and ``local`` (which Ray resolves on this machine) and other
-    schemes are left to Ray. ``source`` names where the address came from.
+    to do. A server that answers but does not speak gRPC (a wrong port) is
+    refused too, since ``ray.init`` would wait on it forever. ``auto`` and
+    ``local`` (which Ray resolves on this machine) and other schemes are left
+    to Ray. ``source`` names where the address came from.
 
     Example:
         >>> check_reachable("auto")   # nothing to check: Ray looks for a cluster on this machine
@@ -185,17 +187,44 @@ def check_reachable(address: str, source: str = "--address", timeout: float = CO
             f"{source} is {address!r}, which is not HOST:PORT; use e.g. --address 10.0.0.1:6379 "
             "(a Ray head node) or ray://10.0.0.1:10001 (the Ray client), or pass --local to run on this machine"
         )
+    head = "ray start --head" if address.strip().startswith("ray://") else f"ray start --head --port {port}"
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        speaks_grpc = _speaks_http2(host, int(port), timeout)
     except OSError as err:
         reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
         raise ClusterError(
-            f"cannot reach the Ray cluster at {address!r} (from {source}): no connection to {host}:{port} "
-            f"within {timeout:g} s ({reason}). Start the cluster first (`ray start --head --port {port}` on "
+            f"cannot reach the Ray cluster at {address!r} (from {source}): no answer from {host}:{port} "
+            f"within {timeout:g} s ({reason}). Start the cluster first (`{head}` on "
             f"that machine, or `ray up cluster.yaml`), or correct {source}; or pass --local to run on this "
             "machine without a cluster"
         ) from None
+    if not speaks_grpc:
+        raise ClusterError(
+            f"{host}:{port} (from {source}: {address!r}) answers, but it is not a Ray cluster (a Ray head "
+            "speaks gRPC there; this server does not). Check the port: a head's address is HOST:6379 by "
+            "default (`ray status` on the head prints it), ray://HOST:10001 for the Ray client; or pass "
+            "--local to run on this machine without a cluster"
+        )
+
+
+def _speaks_http2(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at host:port answers an HTTP/2 preface with a SETTINGS frame (as gRPC, so Ray, does).
+
+    Raises ``OSError`` when it cannot connect or says nothing within ``timeout``.
+    """
+    import socket
+
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+    with socket.create_connection((host, port), timeout=timeout) as connection:
+        connection.settimeout(timeout)
+        connection.sendall(preface)
+        frame = b""
+        while len(frame) < 9:
+            chunk = connection.recv(9 - len(frame))
+            if not chunk:
+                break
+            frame += chunk
+    return len(frame) == 9 and frame[3] == 0x04  # frame header: length (3), type (1: 0x4 = SETTINGS), ...
 
 
 def _format_error(err: BaseException) -> str:

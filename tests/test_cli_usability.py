@@ -59,15 +59,38 @@ def test_unreachable_address_names_its_source():
         check_reachable(f"ray://127.0.0.1:{port}", timeout=2)
 
 
-def test_reachable_and_ray_resolved_addresses_pass():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        check_reachable(f"127.0.0.1:{port}")
-        check_reachable(f"ray://127.0.0.1:{port}")
+def test_a_ray_head_passes_and_other_servers_are_refused(ray_cluster):
+    import http.server
+    import threading
+
+    import ray
+
+    check_reachable(ray.get_runtime_context().gcs_address)  # the session's real Ray head (gRPC)
     for address in ("auto", "local"):
         check_reachable(address)  # Ray finds these on this machine itself
+    # a web server on the port answers, but not as Ray: ray.init would wait on it forever
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(ClusterError, match=rf"127.0.0.1:{port} .* answers, but it is not a Ray cluster"):
+            check_reachable(f"127.0.0.1:{port}", timeout=2)
+    finally:
+        server.shutdown()
+    # a server that accepts and says nothing times out
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(ClusterError, match="timed out"):
+            check_reachable(f"127.0.0.1:{port}", timeout=1)
+
+
+def test_the_ray_client_address_gets_the_right_fix():
+    port = closed_port()
+    with pytest.raises(ClusterError) as caught:
+        check_reachable(f"ray://127.0.0.1:{port}", timeout=2)
+    assert "`ray start --head`" in str(caught.value) and "--port" not in str(caught.value)
 
 
 @pytest.mark.parametrize("address", ["head-node", "10.0.0.1:port", ":6379"])
