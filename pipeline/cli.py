@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -105,7 +106,9 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
       RAY_ADDRESS=ray://head:10001 pipeline submit jobs/seed000.yaml
       pipeline submit jobs/quickstart.yaml --executor inline   # debug in-process
     """
+    from .driver import prepare
     from .driver import submit as run_submit
+    from .lock import store_lock
     from .progress import RichProgress
     from .runner import make_executor
     from .spec import load_spec
@@ -116,19 +119,26 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
             "--address joins a running cluster; pass only one of them"
         )
     console = _console()
+    spec = None
     try:
         spec = load_spec(job, overrides)
-        runner = make_executor(executor, local=local, address=address)
-        if executor == "ray":
-            runner.start()
-            console.print(f"[dim]executor: {runner.describe()}[/dim]")
-        progress = None if quiet else RichProgress(console, unit=_unit(spec))
-        summary = run_submit(spec, runner, overwrite=overwrite, progress=progress,
-                             notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
+        prepared = prepare(spec)  # bad input stops here, before Ray starts
+        with store_lock(spec.store.path):  # and so does a second driver of the same store
+            runner = make_executor(executor, local=local, address=address)
+            if executor == "ray":
+                runner.start()
+                console.print(f"[dim]executor: {runner.describe()}[/dim]")
+            progress = None if quiet else RichProgress(console, unit=_unit(spec))
+            summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
+                                 notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: committed shards are kept; run the same command again to resume")
+        if spec is not None and Path(spec.store.path).exists():
+            console.print("\n[yellow]interrupted[/yellow]: committed shards are kept; run the same command again "
+                          "to resume")
+        else:
+            console.print("\n[yellow]interrupted[/yellow] before any store was written")
         sys.exit(EXIT_INTERRUPTED)
     ran = len(summary.done)
     if summary.skipped:

@@ -213,7 +213,8 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     return opened.shards, opened.skipped
 
 
-def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None) -> RunSummary:
+def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None,
+           prepared: Prepared | None = None) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store.
 
     The executor checks its resources (``executor.check``) before the store
@@ -222,8 +223,11 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     second submit on the same store stops with a ``StoreError``.
     ``notify(message)`` is called with notes about the store (replaced, kept
     settings) before any shard runs; they are also in ``RunSummary.notes``.
+    ``prepared`` is ``prepare(spec)`` when the caller already has it (the CLI
+    prepares before it starts Ray).
     """
-    prepared = prepare(spec)
+    if prepared is None or prepared.spec is not spec:
+        prepared = prepare(spec)
     check = getattr(executor, "check", None)
     if check is not None:
         check(spec)

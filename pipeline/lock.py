@@ -1,12 +1,16 @@
-"""One driver per store: a lock file beside the store while ``submit`` runs.
+"""One driver per store: a lock on ``<store.path>.lock`` while ``submit`` runs.
 
 Two ``pipeline submit`` of the same job on one store would both compute every
 pending shard and race on the store's creation and finalize. The driver
-holds ``<store.path>.lock`` (beside the store, so it also covers creating
-it) from before the store is opened until the store is finalized. A lock
-left by a driver that died on this host (its process is gone) is taken over;
-one held by a live process, or by another host, stops the second driver with
-the fix in the message.
+holds a POSIX lock (``fcntl.lockf``) on ``<store.path>.lock`` (beside the
+store, so it also covers creating it) from before the store is opened until
+it is finalized. The operating system releases the lock when the driver's
+process ends, however it ends, so a driver killed with SIGKILL never blocks
+the next one, and taking over is atomic. The file also names the holder
+(host, pid, start time) for the message a second driver gets.
+
+Within one process the lock is re-entrant (the CLI takes it before starting
+Ray, ``driver.submit`` again around the run).
 
 Example:
     >>> import tempfile, os
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -30,54 +35,65 @@ from pathlib import Path
 
 from .store import StoreError
 
+_HELD: dict[str, int] = {}  # lock file -> nesting depth, in this process
+
 
 def lock_path(store: str | Path) -> Path:
     store = Path(store)
     return store.with_name(store.name + ".lock")
 
 
-def _alive(pid: int) -> bool:
+def _holder(file: Path) -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        holder = json.loads(file.read_text())
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
-def _holder(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
+def _acquire(file: Path) -> int:
+    """An open descriptor of ``file`` holding its lock; raises ``StoreError`` if another process holds it."""
+    while True:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"store.path: another `pipeline submit` is running this store ({_holder(file)}); wait for it "
+                "to finish and run the command again (it resumes). The lock ends with that process."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file as we locked it: lock the new one
 
 
 @contextlib.contextmanager
 def store_lock(store: str | Path) -> Iterator[None]:
-    """Hold the store's driver lock for the duration; raise ``StoreError`` if another driver holds it."""
+    """Hold the store's driver lock for the duration; raise ``StoreError`` if another process holds it."""
     file = lock_path(store)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(2):
+    key = str(file.resolve())
+    if key in _HELD:
+        _HELD[key] += 1
         try:
-            fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(file)
-            same_host = holder.get("host") == me["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                file.unlink(missing_ok=True)  # its driver died: take over
-                continue
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder
-                   else "unknown holder")
-            raise StoreError(
-                f"store.path: another `pipeline submit` is running this store ({who}); wait for it to "
-                f"finish and run the command again (it resumes), or, if that driver is gone, delete {file}"
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
-        break
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(file)
+    _HELD[key] = 1
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
         yield
     finally:
-        file.unlink(missing_ok=True)
+        del _HELD[key]
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()  # before unlocking: a waiting driver then locks a new file (see _acquire)
+        os.close(fd)

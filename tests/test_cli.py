@@ -298,3 +298,23 @@ def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
     assert result.exit_code == 2, result.output
     assert "case 1 (diffusivity=5) cannot be solved as asked" in result.output and "scheme='ftcs' is unstable" in result.output
     assert "run the same command again" not in result.output and not store.exists()
+
+
+def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.zarr"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pipeline.lock import store_lock\n"
+         f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", f"store.path={store}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 2
+    assert f"another `pipeline submit` is running this store (pid {holder.pid}" in result.output
+    assert "executor:" not in result.output and not store.exists()
