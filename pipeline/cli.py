@@ -203,24 +203,18 @@ def validate(job, overrides, deep):
         line = f"valid: {spec.name} ({spec.kind}), store {spec.store.path}"
         if deep:
             from .driver import prepare
+            from .report import human_size
 
             prepared = prepare(spec)
             line += "".join(f"\n  {part}" for part in prepared.summary.splitlines())
             line += (
                 f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {_unit(spec)}, "
                 f"chunks of {prepared.plan.chunk_size}"
-                f"\n  results: {_size(prepared.plan.result_bytes())} before compression"
+                f"\n  results: {human_size(prepared.plan.result_bytes())} before compression"
             )
     except _bad_input_errors() as err:
         _fail(str(err))
     click.echo(line)
-
-
-def _size(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
 
 
 @main.command()

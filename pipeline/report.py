@@ -37,7 +37,7 @@ def inspect_store(path: str, console: Console) -> None:
                 str(tuple(array.shape)),
                 str(array.dtype),
                 str(tuple(array.chunks)),
-                _size(array.nbytes_stored()),
+                human_size(array.nbytes_stored()),
             )
     console.print(table)
     console.print(
@@ -63,9 +63,12 @@ def inspect_store(path: str, console: Console) -> None:
                 console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {data['error'][i]}")
 
 
-def _size(nbytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024:
-            return f"{nbytes:.0f} {unit}"
+def human_size(nbytes: float) -> str:
+    """``420800000`` -> ``'401.3 MiB'`` (bytes as a number; whole bytes below 1 KiB)."""
+    if nbytes < 1024:
+        return f"{nbytes:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         nbytes /= 1024
-    return f"{nbytes:.1f} TiB"
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} TiB"

@@ -42,3 +42,27 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
+
+@pytest.fixture
+def lock_holder():
+    """``hold(store)`` starts another process that holds the store's driver lock; it is killed afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    started = []
+
+    def hold(store) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import time; from pipeline.lock import store_lock\n"
+             f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+        started.append(process)
+        assert process.stdout.readline().strip() == "locked"
+        return process
+
+    yield hold
+    for process in started:
+        process.kill()  # SIGKILL: no clean-up of its own; the operating system drops its lock
+        process.wait()

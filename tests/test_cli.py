@@ -87,7 +87,7 @@ def test_validate_tells_the_size_of_the_results():
     result = run("validate", ROOT / "jobs/seed000.yaml")
     # 100,000 samples x (2 inputs + 150 values + 150 x 2 jacobian + 150 x 2 x 2 hessian) x 4 bytes
     assert result.exit_code == 0
-    assert f"results: {100_000 * (2 + 150 + 300 + 600) * 4 / 1e6:.1f} MB before compression" in result.output
+    assert f"results: {100_000 * (2 + 150 + 300 + 600) * 4 / 2**20:.1f} MiB before compression" in result.output
 
 
 def test_submit_bad_spec_exits_2_and_writes_nothing(tmp_path):
@@ -178,10 +178,15 @@ def test_gpus_the_cluster_lacks_exit_2_and_leave_no_store(tmp_path, ray_cluster)
     assert not store.exists() and not list(tmp_path.iterdir())
 
 
+def small_inline_quickstart(store) -> list:
+    """`pipeline submit` arguments of a 100-sample quickstart job in this process, writing ``store``."""
+    return ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
+            "--set", f"store.path={store}"]
+
+
 def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
     store = tmp_path / "s.zarr"
-    args = ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
-            "--set", f"store.path={store}"]
+    args = small_inline_quickstart(store)
     assert run(*args).exit_code == 0
     result = run(*args, "--set", "store.compression=zstd", "--set", "name=renamed")
     assert result.exit_code == 0 and "0 shards run" in result.output, result.output
@@ -196,8 +201,7 @@ def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
 
 def test_another_spec_names_the_keys_that_differ(tmp_path):
     store = tmp_path / "s.zarr"
-    args = ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
-            "--set", f"store.path={store}"]
+    args = small_inline_quickstart(store)
     assert run(*args).exit_code == 0
     result = run(*args, "--set", "derivatives.dtype=float64", "--set", "inputs.seed=3")
     assert result.exit_code == 2
@@ -300,21 +304,10 @@ def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
     assert "run the same command again" not in result.output and not store.exists()
 
 
-def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path):
-    import subprocess
-    import sys
-
+def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path, lock_holder):
     store = tmp_path / "s.zarr"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pipeline.lock import store_lock\n"
-         f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", f"store.path={store}")
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(store)
+    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", f"store.path={store}")
     assert result.exit_code == 2
     assert f"another `pipeline submit` is running this store (pid {holder.pid}" in result.output
     assert "executor:" not in result.output and not store.exists()

@@ -363,28 +363,19 @@ def test_a_store_made_before_a_run_that_could_not_start_is_removed(tmp_path):
     assert summarize(spec.store.path)["done"] == 1
 
 
-def test_one_driver_per_store(tmp_path):
-    import subprocess
-    import sys
-
+def test_one_driver_per_store(tmp_path, lock_holder):
     from pipeline.lock import lock_path
     from pipeline.store import StoreError
 
     spec = make_spec(tmp_path)
     lock = lock_path(spec.store.path)
     # another live driver holds the lock: a second submit stops, names it, and writes nothing
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.lock import store_lock\n"
-         f"with store_lock({spec.store.path!r}):\n    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, cwd=str(Path(TESTS).parent))
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreError, match=rf"another `pipeline submit` is running this store \(pid {holder.pid} on"):
-            submit(spec, InlineExecutor())
-        assert not Path(spec.store.path).exists()
-    finally:
-        holder.kill()  # SIGKILL: no clean-up of its own; the operating system drops its lock
-        holder.wait()
+    holder = lock_holder(spec.store.path)
+    with pytest.raises(StoreError, match=rf"another `pipeline submit` is running this store \(pid {holder.pid} on"):
+        submit(spec, InlineExecutor())
+    assert not Path(spec.store.path).exists()
+    holder.kill()  # SIGKILL: no clean-up of its own
+    holder.wait()
     assert lock.exists()  # the dead driver's file is left, unlocked
     assert submit(spec, InlineExecutor()).complete and not lock.exists()
     # an empty or garbled lock file (a driver killed while writing it) is no obstacle either
