@@ -12,11 +12,15 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray with 2 CPUs, shared by every test that asks for it."""
+    """A local Ray of our own with 2 CPUs, shared by every test that asks for it.
+
+    ``address="local"`` starts a new Ray even when another one runs on the host
+    (or ``RAY_ADDRESS`` / a stale ``/tmp/ray/ray_current_cluster`` points at one).
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
