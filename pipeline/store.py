@@ -71,6 +71,7 @@ class ShardRecord:
     chunk_size: int = 0
     peak_memory_bytes: int = -1
     error: str = ""
+    array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
 
 
 # ------------------------------------------------------------------ driver
@@ -171,6 +172,17 @@ def compressors(name: str):
     raise ValueError(f"store.compression: unknown codec {name!r}; use lz4, zstd or none")
 
 
+def checked_compressors(name: str) -> list:
+    """``compressors(name)`` followed by Zarr v3's ``crc32c`` codec: a damaged chunk fails loudly on read.
+
+    New stores get it on every array; a resumed store keeps the codecs it was made with.
+    """
+    from zarr.codecs import Crc32cCodec
+
+    inner = compressors(name)
+    return [*([] if inner is None else [inner]), Crc32cCodec()]
+
+
 def create_store(
     path: str | Path,
     plan: Plan,
@@ -225,7 +237,7 @@ def create_store(
                 dtype=layout.dtype,
                 fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
-                compressors=compressors(compression),
+                compressors=checked_compressors(compression),
                 attributes=dict((array_attributes or {}).get(layout.name, {})),
             )
         for name, values in (initial_arrays or {}).items():
@@ -414,6 +426,10 @@ class Checksum:
             self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(),
                                           self._crcs.get(name, 0))
 
+    def per_array(self) -> dict[str, str]:
+        """``{array: CRC32 hex}``: what ``pipeline verify`` compares array by array."""
+        return {name: f"{crc:08x}" for name, crc in sorted(self._crcs.items())}
+
     def hexdigest(self) -> str:
         joined = b"".join(self._crcs[name].to_bytes(4, "little") for name in sorted(self._crcs))
         return f"{zlib.crc32(joined):08x}"
@@ -454,7 +470,59 @@ def open_results(path: str | Path, *, require_complete: bool = False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
+    return mask_uncommitted(dataset, path, attrs)
+
+
+def committed_mask(path: str | Path, n: int) -> np.ndarray:
+    """A boolean per sample (or case): True where its shard has a commit marker."""
+    mask = np.zeros(n, dtype=bool)
+    for record in read_markers(path).values():
+        mask[record.start:record.stop] = True
+    return mask
+
+
+def mask_uncommitted(dataset, path: str | Path, attrs: dict[str, Any]):
+    """Only committed data is visible: NaN in the float arrays wherever a shard has no commit marker.
+
+    Whatever a failed or interrupted attempt wrote before it died stays
+    hidden; ``dataset.committed`` (a boolean coordinate over the sample or
+    case axis) says which samples are committed.
+    """
+    dim = "case" if attrs.get("kind") == "sweep" else "sample"
+    if dim not in dataset.dims:
+        return dataset
+    committed = committed_mask(path, dataset.sizes[dim])
+    dataset = dataset.assign_coords(committed=(dim, committed))
+    dataset.committed.attrs["description"] = "True where the sample's shard has committed (has a commit marker)"
+    if committed.all():
+        return dataset
+    import xarray as xr
+
+    mask = xr.DataArray(committed, dims=(dim,))
+    for name, variable in list(dataset.data_vars.items()):
+        if variable.dims[:1] == (dim,) and variable.dtype.kind == "f":
+            masked = variable.where(mask)
+            masked.attrs = variable.attrs
+            dataset[name] = masked.astype(variable.dtype, copy=False)
     return dataset
+
+
+def uncommit_shards(path: str | Path, shard_ids) -> None:
+    """Take back the commit of shards (their markers go; the next run recomputes them) and clear ``complete``.
+
+    ``complete`` is cleared first, so a reader never sees a complete store
+    that lacks a shard.
+    """
+    ids = sorted(set(shard_ids))
+    if not ids:
+        return
+    zarr = _zarr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs["complete"] = False
+    for shard_id in ids:
+        (Path(path) / MARKERS / f"{shard_id}.json").unlink(missing_ok=True)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:

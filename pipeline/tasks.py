@@ -8,6 +8,7 @@ returns a small ``ShardRecord`` (never the arrays). No Ray in here.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -79,6 +80,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
         nonfinite=writer.nonfinite,
         checksum=writer.checksum,
+        array_checksums=json.dumps(writer.array_checksums),
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,

@@ -84,6 +84,13 @@ class BlockWriter:
             raise RuntimeError("the checksum is known only after close()")
         return self._checksum.hexdigest()
 
+    @property
+    def array_checksums(self) -> dict[str, str]:
+        """CRC32 of each array's bytes (after ``close()``), recorded in the commit marker."""
+        if not self._closed:
+            raise RuntimeError("the checksums are known only after close()")
+        return self._checksum.per_array()
+
     def __enter__(self) -> BlockWriter:
         return self
 
