@@ -59,9 +59,47 @@ class RunSummary:
 
 
 def prepare(spec) -> Prepared:
-    """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched).
+
+    ``validate`` and ``submit`` both come here first, so they refuse the same
+    store paths (not a pipeline store, not writable, too little free space).
+    """
+    refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)
-    return kind_module(spec).prepare(spec)
+    prepared = kind_module(spec).prepare(spec)
+    check_free_space(prepared)
+    return prepared
+
+
+def check_free_space(prepared: Prepared) -> None:
+    """Raise ``SpecError`` when a new local store's results (before compression) exceed the disk's free space.
+
+    A store being resumed, a remote store (``s3://...``) and ``store.check_free_space: false`` are not checked.
+    """
+    import shutil
+
+    from .report import human_size
+    from .spec import SpecError
+
+    spec = prepared.spec
+    path = spec.store.path
+    if "://" in str(path) or not getattr(spec.store, "check_free_space", True) or is_pipeline_store(path):
+        return
+    ancestor = Path(path).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        free = shutil.disk_usage(ancestor).free
+    except OSError:
+        return
+    needed = prepared.plan.result_bytes()
+    if needed > free:
+        unit, key = ("cases", "sweep") if spec.kind == "sweep" else ("samples", "inputs.n")
+        raise SpecError([
+            f"store.path: the results of {prepared.plan.n:,} {unit} need {human_size(needed)} before compression, "
+            f"but {ancestor} has {human_size(free)} free; reduce {key}, choose a store.path on a disk with more "
+            "room, or set store.check_free_space: false if compression will make them fit"
+        ])
 
 
 def check_store_path(path: str | Path) -> None:

@@ -68,7 +68,17 @@ def describe_inputs(spec) -> InputInfo:
     raise TypeError(f"unknown input spec {type(spec).__name__}")
 
 
+def _refuse_complex(path: str, dtype, key: str) -> None:
+    if np.dtype(dtype).kind == "c":
+        raise InputError(
+            f"{key}: {path} holds complex values ({np.dtype(dtype)}); the functions are real, so the imaginary "
+            "part would be dropped: save the real and imaginary parts as two coordinates, e.g. "
+            "numpy.save(path, numpy.stack([x.real, x.imag], axis=-1))"
+        )
+
+
 def _limit(spec, info: InputInfo, key: str) -> InputInfo:
+    _refuse_complex(spec.path, info.dtype, key)
     if info.n == 0:
         raise InputError(f"{key}: {spec.path} holds no samples; point inputs.path at a non-empty array")
     if spec.n is not None:

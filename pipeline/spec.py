@@ -31,6 +31,8 @@ DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reve
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+MAX_SAMPLES = 2**40  # samples (or cases) of one job: about 1.1e12; beyond, split the job
+SampleCount = Annotated[int, Field(gt=0, le=MAX_SAMPLES)]
 Shape = tuple[PositiveInt, ...]
 
 
@@ -101,7 +103,7 @@ Function = Annotated[Union[MLPFunction, ImportFunction], Field(discriminator="ki
 
 
 class _Generated(Strict):
-    n: PositiveInt = Field(description="number of samples")
+    n: SampleCount = Field(description=f"number of samples (at most 2**40 = {MAX_SAMPLES})")
     shape: Shape = Field(default=(2,), description="shape of one input sample, e.g. [2] or [2, 2]")
     seed: int = Field(default=0, description="random seed; results do not depend on sharding")
 
@@ -163,6 +165,15 @@ class GridInputs(Strict):
     def n(self) -> int:
         return math.prod(axis.num for axis in self.axes)
 
+    @model_validator(mode="after")
+    def _size(self):
+        if self.n > MAX_SAMPLES:
+            raise ValueError(
+                f"inputs.axes: the grid has {self.n} points ({' x '.join(str(a.num) for a in self.axes)}), more "
+                f"than the {MAX_SAMPLES} (2**40) samples one job may have; use fewer points per axis or split the job"
+            )
+        return self
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.axes),)
@@ -170,7 +181,7 @@ class GridInputs(Strict):
 
 class _FileInputs(Strict):
     path: str = Field(description="file or store path (relative paths are relative to the current directory)")
-    n: PositiveInt | None = Field(default=None, description="use only the first n samples (default: all)")
+    n: SampleCount | None = Field(default=None, description="use only the first n samples (default: all)")
 
 
 class ZarrInputs(_FileInputs):
@@ -218,6 +229,11 @@ class StoreSettings(Strict):
     chunk_size: PositiveInt = Field(default=4096, description="samples per Zarr chunk")
     compression: Literal["lz4", "zstd", "none"] = Field(
         default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
+    )
+    check_free_space: bool = Field(
+        default=True,
+        description="refuse a new local store whose results (before compression) do not fit the free disk space; "
+        "false when compression will make them fit",
     )
     overwrite: bool = Field(
         default=False,
@@ -470,6 +486,7 @@ _FIXES = {
     "float_parsing": "use a number",
     "bool_parsing": "use true or false",
     "greater_than": "use a larger value",
+    "less_than_equal": "use a smaller value, or split the job into several",
     "union_tag_invalid": "set 'kind' to one of the listed values",
     "union_tag_not_found": "add a 'kind' key",
 }
@@ -516,7 +533,37 @@ def validate_spec(data: Any, source: str | None = None) -> JobSpec:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise SpecError([_describe(e, model) for e in err.errors()], source) from None
+        raise SpecError([_describe(e, model) for e in _relevant(err.errors())], source) from None
+
+
+def _model_names() -> set[str]:
+    found, todo = set(), [Strict]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            found.add(sub.__name__)
+            todo.append(sub)
+    return found
+
+
+def _relevant(errors: list[dict]) -> list[dict]:
+    """Errors without those of union members the value plainly is not, locations without model names.
+
+    ``{low: 0.1, high: 1, num: 0}`` under ``list[float] | Axis`` fails both
+    members; "Input should be a valid list" says nothing useful about a
+    mapping, so only the ``Axis`` error (``num``) is kept, at ``...num``.
+    """
+    names = _model_names()
+    kept = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        member = loc[-1] if loc and isinstance(loc[-1], str) else ""
+        if error.get("type") == "list_type" and member.startswith("list") and isinstance(error.get("input"), dict):
+            if any(e is not error and tuple(e.get("loc", ()))[: len(loc) - 1] == loc[:-1] for e in errors):
+                continue  # a mapping was meant as the other member of the union
+        kept.append({**error, "loc": tuple(item for i, item in enumerate(loc)
+                                           if not (i and isinstance(item, str) and item in names))})
+    return kept
 
 
 def _job_model(data: dict) -> type[BaseModel]:
