@@ -239,7 +239,32 @@ def _resume(spec, path: Path) -> Opened:
         notes.append(f"name: the store keeps its job name {attrs.get('name')!r} (this job is {spec.name!r})")
     shards = read_plan(path)
     committed = read_markers(path)
-    return Opened([s for s in shards if s.id not in committed], len(committed), False, notes)
+    return Opened(Pending(shards, set(committed)), len(committed), False, notes)
+
+
+class Pending:
+    """The shards of a plan without a commit marker, found as they are iterated (never all held).
+
+    Sized, iterable and sliceable like a list of those shards.
+    """
+
+    def __init__(self, shards, committed: set[int]) -> None:
+        self.shards = shards
+        self.committed = committed
+        self._count = len(shards) - sum(1 for i in committed if 0 <= i < len(shards))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        return (s for s in self.shards if s.id not in self.committed)
+
+    def __getitem__(self, index):
+        import itertools
+
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), index.start, index.stop, index.step))
+        return next(itertools.islice(iter(self), index, None))
 
 
 def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list[Shard], int]:
@@ -281,11 +306,11 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
         if notify is not None:
             notify(note)
     plan_shards = read_plan(spec.store.path)
-    plan = replace(prepared.plan, shards=tuple(plan_shards))
+    plan = replace(prepared.plan, shards=plan_shards)
     summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped, notes=list(opened.notes))
     if progress is not None:
         progress.start(total_shards=len(plan_shards), total_samples=plan.n, done_shards=skipped,
-                       done_samples=sum(s.size for s in plan_shards) - sum(s.size for s in shards))
+                       done_samples=plan.n - sum(s.size for s in shards))
 
     def on_done(record: ShardRecord) -> None:
         summary.done.append(record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -123,14 +122,14 @@ class RayExecutor:
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
-        waiting = deque(shards)
+        waiting = _Lookahead(shards)  # shards are taken as they are submitted: a huge plan is never listed
         running: dict = {}
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
         while waiting or running:
             while waiting and len(running) < bound:
-                shard = waiting.popleft()
+                shard = waiting.pop()
                 running[remote.remote(spec_ref, shard)] = shard
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
@@ -144,6 +143,23 @@ class RayExecutor:
                     on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
                 else:
                     on_done(record)
+
+
+class _Lookahead:
+    """An iterator over shards that knows whether one is left (``bool``) and hands them out one by one."""
+
+    _END = object()
+
+    def __init__(self, items) -> None:
+        self._items = iter(items)
+        self._next = next(self._items, self._END)
+
+    def __bool__(self) -> bool:
+        return self._next is not self._END
+
+    def pop(self):
+        item, self._next = self._next, next(self._items, self._END)
+        return item
 
 
 def cluster_address(address: str | None) -> str:

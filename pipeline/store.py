@@ -39,7 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Plan, Shard
+from .plan import Plan, Shard, Shards
+
+BATCH_ROWS = 1 << 20  # plan and manifest rows written per Parquet batch: memory stays bounded for huge plans
 
 MARKERS = "_shards"
 PLAN_FILE = "plan.parquet"
@@ -261,21 +263,43 @@ def _write_plan(path: Path, plan: Plan) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table(
-        {
-            "shard_id": pa.array([s.id for s in plan.shards], pa.int64()),
-            "start": pa.array([s.start for s in plan.shards], pa.int64()),
-            "stop": pa.array([s.stop for s in plan.shards], pa.int64()),
-        }
-    )
-    pq.write_table(table, path / PLAN_FILE)
+    schema = pa.schema([("shard_id", pa.int64()), ("start", pa.int64()), ("stop", pa.int64())])
+    with pq.ParquetWriter(path / PLAN_FILE, schema) as writer:
+        for batch in _batches(plan.shards):
+            writer.write_table(pa.table({
+                "shard_id": pa.array([s.id for s in batch], pa.int64()),
+                "start": pa.array([s.start for s in batch], pa.int64()),
+                "stop": pa.array([s.stop for s in batch], pa.int64()),
+            }, schema=schema))
 
 
-def read_plan(path: str | Path) -> list[Shard]:
-    """The shards recorded in ``plan.parquet``."""
+def _batches(items, size: int = BATCH_ROWS):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch or size == 0:
+        yield batch
+
+
+def read_plan(path: str | Path):
+    """The shards recorded in ``plan.parquet`` (a lazy ``plan.Shards`` when they are the regular split)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(path) / PLAN_FILE).to_pydict()
+    file = pq.ParquetFile(Path(path) / PLAN_FILE)
+    try:
+        attrs = read_attributes(path)
+        regular = Shards(int(attrs["n"]), int(attrs["shard_size"]))
+    except (StoreError, KeyError, TypeError, ValueError):
+        regular = None
+    if regular is not None and len(regular) == file.metadata.num_rows and file.metadata.num_rows:
+        first = file.read_row_group(0).slice(0, 1).to_pydict()
+        if (first["shard_id"][0], first["start"][0], first["stop"][0]) == tuple(
+                getattr(regular[0], k) for k in ("id", "start", "stop")):
+            return regular
+    table = file.read().to_pydict()
     return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
 
 
@@ -295,18 +319,23 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     path = Path(path)
     markers = read_markers(path)
     failed = failed or {}
-    rows = []
-    for shard in plan.shards:
-        if shard.id in markers:
-            rows.append(markers[shard.id])
-        elif shard.id in failed:
-            rows.append(failed[shard.id])
-        else:
-            rows.append(
-                ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
-            )
-    _write_manifest(path, rows)
-    complete = all(r.status == "done" for r in rows)
+    attempted = {int(f.name.split(".")[0]) for f in (path / MARKERS).glob("*.attempts")} if (path / MARKERS).is_dir() else set()
+    complete = True
+
+    def rows():
+        nonlocal complete
+        for shard in plan.shards:
+            if shard.id in markers:
+                yield markers[shard.id]
+                continue
+            complete = False
+            if shard.id in failed:
+                yield failed[shard.id]
+            else:
+                attempts = attempt_count(path, shard.id) if shard.id in attempted else 0
+                yield ShardRecord(shard.id, shard.start, shard.stop, "pending", attempts, "", "", 0.0, 0.0, 0, "")
+
+    _write_manifest(path, rows())
     if complete:
         zarr = _zarr()
         with warnings.catch_warnings():
@@ -317,12 +346,26 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     return complete
 
 
-def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
+def _write_manifest(path: Path, rows) -> None:
+    """The manifest, written in batches of ``BATCH_ROWS`` rows (to a temporary file, then renamed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
-    pq.write_table(pa.table(columns), path / MANIFEST_FILE)
+    temporary = path / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    writer = None
+    try:
+        for batch in _batches(rows):
+            columns = {key: [getattr(r, key) for r in batch] for key in ShardRecord.__dataclass_fields__}
+            table = pa.table(columns) if writer is None else pa.table(columns, schema=writer.schema)
+            if writer is None:
+                writer = pq.ParquetWriter(temporary, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        return
+    os.replace(temporary, path / MANIFEST_FILE)
 
 
 def read_manifest(path: str | Path):
