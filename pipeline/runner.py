@@ -69,6 +69,9 @@ class RayExecutor:
         if self.local:
             # address="local": a new Ray on this machine even when RAY_ADDRESS is set
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            from .watchdog import children_of_this_process, watch
+
+            watch(children_of_this_process())  # a killed driver leaves no Ray behind
             return
         address = cluster_address(self.address)
         check_reachable(address, "--address" if self.address else "RAY_ADDRESS")
