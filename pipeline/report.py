@@ -58,9 +58,46 @@ def inspect_store(path: str, console: Console) -> None:
                 f"methods {methods}, devices {devices}, non-finite values {sum(data['nonfinite'][i] for i in done)}, "
                 f"max attempts {max(data['attempts'])}"
             )
+        _print_nonfinite(console, path)
         for i, status in enumerate(data["status"]):
             if status == "failed":
                 console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {data['error'][i]}")
+
+
+NONFINITE_ROWS = 20  # shards listed by `inspect` with their non-finite counts
+
+
+def nonfinite_counts(path: str) -> dict[int, dict[str, int]]:
+    """``{shard: {array: count}}`` of the committed shards holding NaN or Inf (from their commit markers)."""
+    import json
+
+    from .store import read_markers
+
+    found = {}
+    for shard_id, record in sorted(read_markers(path).items()):
+        if record.nonfinite:
+            counts = json.loads(record.nonfinite_by_array) if record.nonfinite_by_array else {"(arrays not recorded)": record.nonfinite}
+            found[shard_id] = counts
+    return found
+
+
+def _print_nonfinite(console: Console, path: str) -> None:
+    counts = nonfinite_counts(path)
+    if not counts:
+        return
+    arrays = sorted({name for per in counts.values() for name in per})
+    totals = {name: sum(per.get(name, 0) for per in counts.values()) for name in arrays}
+    console.print("non-finite values (NaN or Inf) by array: "
+                  + ", ".join(f"{name} {totals[name]:,}" for name in arrays) + f", in {len(counts)} shards")
+    table = Table(title="non-finite values by shard", show_edge=False)
+    table.add_column("shard")
+    for name in arrays:
+        table.add_column(name)
+    for shard_id, per in list(counts.items())[:NONFINITE_ROWS]:
+        table.add_row(str(shard_id), *(f"{per.get(name, 0):,}" for name in arrays))
+    console.print(table)
+    if len(counts) > NONFINITE_ROWS:
+        console.print(f"... and {len(counts) - NONFINITE_ROWS} more shards")
 
 
 def human_size(nbytes: float) -> str:

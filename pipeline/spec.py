@@ -256,6 +256,11 @@ class ExecutionSettings(Strict):
     max_in_flight: PositiveInt | Literal["auto"] = Field(
         default="auto", description="tasks submitted but not finished; auto = 2 x the worker slots"
     )
+    on_nonfinite: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="NaN or Inf in a shard's results: warn (commit it, count them) or fail (the shard fails, "
+        "naming the array and the count)",
+    )
 
     @field_validator("gpus_per_task")
     @classmethod

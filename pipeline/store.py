@@ -74,6 +74,7 @@ class ShardRecord:
     peak_memory_bytes: int = -1
     error: str = ""
     array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
+    nonfinite_by_array: str = ""  # JSON {array: count} of the arrays holding NaN or Inf
 
 
 # ------------------------------------------------------------------ driver

@@ -20,6 +20,29 @@ from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attem
 from .writer import BlockWriter
 
 
+class NonFiniteError(RuntimeError):
+    """A shard holds NaN or Inf and the job says ``execution.on_nonfinite: fail``: it is not committed."""
+
+    def __init__(self, shard: Shard, counts: dict[str, int]) -> None:
+        self.counts = dict(counts)
+        what = ", ".join(f"{count} in {name}" for name, count in sorted(counts.items()))
+        super().__init__(
+            f"execution.on_nonfinite is fail and shard {shard.id} (samples {shard.start}-{shard.stop}) holds "
+            f"{sum(counts.values())} non-finite values ({what}); fix the function or its inputs there, or set "
+            "execution.on_nonfinite: warn to keep them"
+        )
+
+    def __reduce__(self):  # Ray sends the error back pickled
+        return (_rebuild_nonfinite, (str(self), self.counts))
+
+
+def _rebuild_nonfinite(message: str, counts: dict[str, int]) -> NonFiniteError:
+    error = NonFiniteError.__new__(NonFiniteError)
+    RuntimeError.__init__(error, message)
+    error.counts = counts
+    return error
+
+
 def pick_device() -> torch.device:
     """The worker's device: its GPU when it has one (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -67,6 +90,8 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
             arrays, block_info = compute_shard(spec, block, device, info)
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
+    if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
+        raise NonFiniteError(shard, writer.nonfinite_by_array)
     seconds = time.perf_counter() - began
     record = ShardRecord(
         shard_id=shard.id,
@@ -81,6 +106,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         nonfinite=writer.nonfinite,
         checksum=writer.checksum,
         array_checksums=json.dumps(writer.array_checksums),
+        nonfinite_by_array=json.dumps(writer.nonfinite_by_array) if writer.nonfinite_by_array else "",
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,

@@ -43,6 +43,7 @@ class BlockWriter:
         self.group = open_for_writing(path) if group is None else group
         self.depth = depth
         self.nonfinite = 0
+        self.nonfinite_by_array: dict[str, int] = {}
         self.bytes_written = 0
         self._checksum = Checksum()
         self._pending: deque[Future] = deque()
@@ -63,7 +64,12 @@ class BlockWriter:
     def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
         # one thread, so blocks are checksummed in submission (sample) order
         self._checksum.update(arrays)
-        self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
+        for name, values in arrays.items():
+            if values.dtype.kind == "f":
+                count = int(np.count_nonzero(~np.isfinite(values)))
+                if count:
+                    self.nonfinite += count
+                    self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
         write_region(self.path, arrays, start, stop, group=self.group)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
 
