@@ -95,7 +95,10 @@ def main() -> None:
 @click.option("--repair", is_flag=True,
               help="First verify the existing store (as `pipeline verify` does) and un-commit the damaged "
               "shards, so that this run recomputes them.")
-def submit(job, local, address, executor, overrides, overwrite, quiet, repair):
+@click.option("--accept-changed-code", is_flag=True,
+              help="Resume even though the function's or solver's module changed since the store was made "
+              "(after fixing a bug that made shards fail); each shard's marker records the code it ran under.")
+def submit(job, local, address, executor, overrides, overwrite, quiet, repair, accept_changed_code):
     """Run JOB (a YAML job file) and write its store.
 
     Shards of the input set run as Ray tasks (on GPUs when the cluster has
@@ -121,10 +124,10 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, repair):
         raise click.UsageError("--repair and --overwrite contradict each other: --overwrite recomputes every "
                                "shard anyway; pass only one of them")
     _submit_spec(lambda: load_spec(job, overrides), local=local, address=address, executor=executor,
-                 overwrite=overwrite, quiet=quiet, repair=repair)
+                 overwrite=overwrite, quiet=quiet, repair=repair, accept_changed_code=accept_changed_code)
 
 
-def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=False):
+def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=False, accept_changed_code=False):
     """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it)."""
     from .driver import prepare
     from .driver import submit as run_submit
@@ -146,6 +149,7 @@ def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=Fal
                 console.print(f"[dim]executor: {runner.describe()}[/dim]")
             progress = None if quiet else RichProgress(console, unit=_unit(spec))
             summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
+                                 accept_changed_code=accept_changed_code,
                                  notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
     except _bad_input_errors() as err:
         _fail(str(err))

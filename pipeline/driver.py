@@ -170,7 +170,7 @@ class Opened:
     notes: list[str] = field(default_factory=list)
 
 
-def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
+def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_code: bool = False) -> Opened:
     """Create the store, or check that an existing one may be resumed and find the shards it lacks.
 
     Only a pipeline store (or a missing path) is ever replaced; a store is
@@ -182,7 +182,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
     if is_pipeline_store(path) and not replace_it:
-        return _resume(spec, path)
+        return _resume(spec, path, accept_changed_code=accept_changed_code)
     replaced = is_pipeline_store(path)
     create_store(
         path,
@@ -204,7 +204,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
     return Opened(list(prepared.plan.shards), 0, True, notes)
 
 
-def _resume(spec, path: Path) -> Opened:
+def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     attrs = read_attributes(path)
     stored = attrs.get("spec")
     # the stored spec's hash is computed again, so that keys which do not change results (and
@@ -222,11 +222,18 @@ def _resume(spec, path: Path) -> Opened:
             "choose another store.path, or pass --overwrite to replace the store"
         )
     changed = changed_files(attrs.get("files") or {}, spec)
+    accepted = []
+    if changed and accept_changed_code:
+        accepted = [line for line in changed if line.split(":", 1)[0] in CODE_KEYS]
+        changed = [line for line in changed if line not in accepted]
     if changed:
         raise StoreError(
             f"store.path: {path} was made from files that have changed since, so resuming would mix "
             "results of the old and new files:\n" + "\n".join(f"    {line}" for line in changed)
             + "\n  pass --overwrite to recompute the store from the current files, or choose another store.path"
+            + ("; or, when the edit only fixed shards that failed, --accept-changed-code resumes and records "
+               "which shards ran under which code"
+               if not accept_changed_code and all(line.split(":", 1)[0] in CODE_KEYS for line in changed) else "")
         )
     notes = []
     old_codec = (stored or {}).get("store", {}).get("compression")
@@ -237,9 +244,57 @@ def _resume(spec, path: Path) -> Opened:
         )
     if attrs.get("name") and attrs.get("name") != spec.name:
         notes.append(f"name: the store keeps its job name {attrs.get('name')!r} (this job is {spec.name!r})")
+    if accepted:
+        notes.append(accept_code_change(path, attrs, spec, accepted))
     shards = read_plan(path)
     committed = read_markers(path)
     return Opened(Pending(shards, set(committed)), len(committed), False, notes)
+
+
+from .fingerprints import CODE_KEYS  # noqa: E402 - the module files --accept-changed-code lets change
+
+
+def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> str:
+    """Record in the store that its code changed: the new fingerprints, and the old ones in ``code_history``.
+
+    Every commit marker carries the ``code`` fingerprint its shard ran under
+    (``fingerprints.code_fingerprint``), so the manifest says which shards ran
+    under which code. Returns the note for the user.
+    """
+    import time
+
+    import zarr
+
+    from .fingerprints import code_fingerprint
+
+    recorded = dict(attrs.get("files") or {})
+    now = fingerprints(spec)
+    history = list(attrs.get("code_history") or [])
+    history.append({
+        "accepted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "before": code_fingerprint_of(recorded),
+        "after": code_fingerprint(spec),
+        "files_before": {k: v for k, v in recorded.items() if k in CODE_KEYS},
+        "changes": accepted,
+    })
+    for key in CODE_KEYS:
+        if key in now:
+            recorded[key] = now[key]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs.update({"files": recorded, "code_history": history, "complete": False})
+    return ("--accept-changed-code: resuming with changed code (" + "; ".join(accepted) + "); the shards run "
+            "now record code " + code_fingerprint(spec) + " in their marker, the committed ones keep theirs "
+            "(manifest column `code`)")
+
+
+def code_fingerprint_of(files: dict) -> str:
+    from .fingerprints import code_digest
+
+    return code_digest({k: v for k, v in files.items() if k in CODE_KEYS})
 
 
 class Pending:
@@ -276,7 +331,7 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     return opened.shards, opened.skipped
 
 
-def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None,
+def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None, accept_changed_code: bool = False,
            prepared: Prepared | None = None) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store.
 
@@ -295,12 +350,14 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     if check is not None:
         check(spec)
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
-        return _run(prepared, executor, overwrite=overwrite, progress=progress, notify=notify)
+        return _run(prepared, executor, overwrite=overwrite, progress=progress, notify=notify,
+                    accept_changed_code=accept_changed_code)
 
 
-def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> RunSummary:
+def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
+         accept_changed_code: bool = False) -> RunSummary:
     spec = prepared.spec
-    opened = open_store(prepared, overwrite=overwrite)
+    opened = open_store(prepared, overwrite=overwrite, accept_changed_code=accept_changed_code)
     shards, skipped = opened.shards, opened.skipped
     for note in opened.notes:
         if notify is not None:

@@ -158,3 +158,24 @@ def changed_files(recorded: dict[str, dict[str, Any]], spec) -> list[str]:
         if not same(old, now):
             lines.append(f"{key}: {path} changed since the store was created ({describe(old, now)})")
     return lines
+
+
+CODE_KEYS = ("function.target", "solver.name")
+
+
+def code_digest(files: dict[str, dict[str, Any]]) -> str:
+    """A short digest of the recorded fingerprints of a job's module files ("" when it has none)."""
+    parts = []
+    for key in sorted(k for k in files if k in CODE_KEYS):
+        found = files[key]
+        parts.append(f"{key}={found.get('sha256') or (str(found.get('size')) + ':' + str(found.get('mtime_ns')))}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
+
+
+def code_fingerprint(spec) -> str:
+    """The digest of the job's function or solver module as it is now (recorded in each commit marker)."""
+    found = {}
+    for key, path in job_files(spec).items():
+        if key in CODE_KEYS:
+            found[key] = fingerprint(path)
+    return code_digest(found)

@@ -75,6 +75,7 @@ class ShardRecord:
     error: str = ""
     array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
     nonfinite_by_array: str = ""  # JSON {array: count} of the arrays holding NaN or Inf
+    code: str = ""  # digest of the function's or solver's module the shard ran under (fingerprints.code_fingerprint)
 
 
 # ------------------------------------------------------------------ driver

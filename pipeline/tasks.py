@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_module
 from .plan import Shard, shard_blocks
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
@@ -107,6 +108,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         checksum=writer.checksum,
         array_checksums=json.dumps(writer.array_checksums),
         nonfinite_by_array=json.dumps(writer.nonfinite_by_array) if writer.nonfinite_by_array else "",
+        code=code_fingerprint(spec),
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,
