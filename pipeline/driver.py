@@ -155,6 +155,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
         initial_arrays=prepared.initial_arrays,
         tables=prepared.tables,
         array_attributes=prepared.array_attributes,
+        store_settings=spec.store.model_dump(mode="json"),
     )
     notes = []
     if replaced:

@@ -211,6 +211,37 @@ class DerivativeSettings(Strict):
     allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
 
 
+StoredDtype = Literal["float32", "float64", "float16", "bfloat16"]
+
+
+class ArrayEncoding(Strict):
+    """How one result array is stored (see ``pipeline.encoding``); read back whole by ``open_results``."""
+
+    dtype: StoredDtype | None = Field(default=None, description="stored dtype (default: store.dtype)")
+    packed: bool = Field(default=False, description="hessian/dK: store only the unique entries of the symmetric tensor")
+    entries: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
+        default=None, description="store only these entries, one index per input axis, e.g. [[0, 0], [1, 1]]")
+    outputs: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="store only these outputs (a function with one output axis)")
+
+    @field_validator("entries")
+    @classmethod
+    def _entries(cls, value):
+        if value is not None:
+            if not value or any(not entry for entry in value):
+                raise ValueError("needs at least one entry, each a list of indices, e.g. [[0, 0], [1, 1]]")
+            if len({len(entry) for entry in value}) > 1:
+                raise ValueError("every entry needs the same number of indices (one per input axis)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value):
+        if value is not None and not value:
+            raise ValueError("needs at least one output index, e.g. [0, 1]")
+        return value
+
+
 class StoreSettings(Strict):
     """Where and how results are written."""
 
@@ -219,6 +250,16 @@ class StoreSettings(Strict):
     compression: Literal["lz4", "zstd", "none"] = Field(
         default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
     )
+    compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
+        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)")
+    shards: PositiveInt | None = Field(
+        default=None, description="chunks per stored object (Zarr v3 sharding); execution.shard_size must be a "
+        "multiple of chunk_size x shards")
+    dtype: StoredDtype | None = Field(
+        default=None, description="stored dtype of every result array (default: the compute dtype); "
+        "float16/bfloat16 halve the bytes, rounding error in each array's attributes")
+    encoding: dict[str, ArrayEncoding] = Field(
+        default_factory=dict, description="per result array: dtype, packed, entries, outputs (see docs/storage.md)")
     overwrite: bool = Field(
         default=False,
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
@@ -280,6 +321,11 @@ class JobSpec(Strict):
                 f"({self.store.chunk_size}) so that every task writes whole chunks; "
                 f"try {self.store.chunk_size * max(1, round(self.execution.shard_size / self.store.chunk_size))}"
             )
+        check_store_layout(self.store, self.shard_size)
+        for name in self.store.encoding:
+            if name not in self.quantities:
+                raise ValueError(f"store.encoding.{name}: {name!r} is not among the job's quantities "
+                                 f"{list(self.quantities)}; use one of those names")
         if isinstance(self.function, MLPFunction) and isinstance(
             self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
         ):
@@ -307,6 +353,25 @@ class JobSpec(Strict):
         return results_hash(self.resolved())
 
 
+def check_store_layout(store, shard_size: int) -> None:
+    """Cross-key checks of the store's layout options (raise ValueError naming the key)."""
+    if store.compression_level is not None:
+        top = {"lz4": 9, "zstd": 22, "none": None}[store.compression]
+        if top is None:
+            raise ValueError("store.compression_level: store.compression is none, so there is no level; "
+                             "remove compression_level or choose lz4 or zstd")
+        if store.compression_level > top:
+            raise ValueError(f"store.compression_level: {store.compression_level} is above {store.compression}'s "
+                             f"highest level {top}; use 1 to {top}")
+    if store.shards and store.shards > 1 and shard_size % (store.chunk_size * store.shards):
+        per_object = store.chunk_size * store.shards
+        raise ValueError(
+            f"store.shards: {store.shards} chunks of {store.chunk_size} per object ({per_object}) must divide "
+            f"the task's shard size ({shard_size}) so that no two tasks write one object; set "
+            f"execution.shard_size to a multiple of {per_object}, e.g. {per_object * max(1, -(-shard_size // per_object))}"
+        )
+
+
 def results_view(data: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved spec (of any kind) that determines the results.
 
@@ -320,7 +385,11 @@ def results_view(data: dict[str, Any]) -> dict[str, Any]:
     data.pop("name", None)
     data.pop("execution", None)
     if isinstance(data.get("store"), dict):
-        data["store"] = {"chunk_size": data["store"].get("chunk_size")}
+        kept = {"chunk_size": data["store"].get("chunk_size")}
+        for key in ("dtype", "encoding"):  # what is stored is part of the results; absent when unset
+            if data["store"].get(key):
+                kept[key] = data["store"][key]
+        data["store"] = kept
     if isinstance(data.get("derivatives"), dict):
         data["derivatives"].pop("chunk_size", None)
     if data.get("kind") == "sweep":

@@ -181,6 +181,7 @@ def create_store(
     initial_arrays: dict[str, np.ndarray] | None = None,
     tables: dict[str, Any] | None = None,
     array_attributes: dict[str, dict[str, Any]] | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> None:
     """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
 
@@ -188,7 +189,8 @@ def create_store(
     parameters: data the driver knows up front); ``tables`` maps file names to
     ``pyarrow.Table`` written as Parquet beside the arrays (``cases.parquet``);
     ``array_attributes`` adds attributes per array (e.g. xarray's
-    ``coordinates``).
+    ``coordinates``); ``store_settings`` (the spec's ``store``: codec, level,
+    Zarr shards, stored dtypes) go through ``encoding.create_options``.
 
     The store is built in a temporary sibling directory and renamed into place,
     so a failure here never leaves a half-made store at ``path``.
@@ -217,16 +219,19 @@ def create_store(
             "n_shards": len(plan.shards),
         }
         group = zarr.open_group(str(staging), mode="w", attributes=attrs)
+        from .encoding import create_options
+
         for layout in plan.arrays:
+            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
             group.create_array(
                 layout.name,
                 shape=layout.shape,
                 chunks=layout.chunks,
                 dtype=layout.dtype,
-                fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
-                compressors=compressors(compression),
-                attributes=dict((array_attributes or {}).get(layout.name, {})),
+                attributes=array_attrs,
+                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                   **create_options(layout, store_settings or {"compression": compression}, array_attrs)},
             )
         for name, values in (initial_arrays or {}).items():
             group[name][...] = values
@@ -454,7 +459,9 @@ def open_results(path: str | Path, *, require_complete: bool = False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
-    return dataset
+    from .encoding import decode
+
+    return decode(dataset)  # packed / selected / 16-bit arrays back as their full quantities, lazily
 
 
 def summarize(path: str | Path) -> dict[str, Any]:

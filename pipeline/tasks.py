@@ -59,7 +59,8 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     began = time.perf_counter()
     device = pick_device()
     group = open_for_writing(store)
-    blocks = shard_blocks(shard, spec.store.chunk_size, bytes_per_sample(group))
+    per_object = spec.store.chunk_size * (getattr(spec.store, "shards", None) or 1)  # whole Zarr shards per block
+    blocks = shard_blocks(shard, per_object, bytes_per_sample(group))
     info = None
     with BlockWriter(store, group=group) as writer:
         for block in blocks:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoding import encode_arrays, encodings
 from .store import Checksum, open_for_writing, write_region
 
 
@@ -41,6 +42,7 @@ class BlockWriter:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
+        self.encodings = encodings(self.group)  # packed / selected / 16-bit arrays (``pipeline.encoding``)
         self.depth = depth
         self.nonfinite = 0
         self.bytes_written = 0
@@ -62,8 +64,9 @@ class BlockWriter:
 
     def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
         # one thread, so blocks are checksummed in submission (sample) order
-        self._checksum.update(arrays)
         self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
+        arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
+        self._checksum.update(arrays)
         write_region(self.path, arrays, start, stop, group=self.group)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
 

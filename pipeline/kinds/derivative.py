@@ -11,6 +11,7 @@ from ..models import FunctionError, build_function, probe_output_shape
 from ..plan import plan_derivative_job
 from ..sources import describe_inputs, read_inputs
 from ..spec import JobSpec, MLPFunction
+from .. import encoding
 from . import DTYPES, Prepared, ShardInfo
 
 
@@ -56,7 +57,17 @@ def prepare(spec: JobSpec) -> Prepared:
         f"quantities {list(spec.quantities)}, method {result.method}"
         + (f" ({result.fallback_reason})" if result.fallback_reason else "")
     )
-    return Prepared(spec, plan, attributes, summary)
+    prepared = encoding.apply(spec, Prepared(spec, plan, attributes, summary))
+    if any(encoding.ATTRIBUTE in a and a[encoding.ATTRIBUTE]["dtype"] in encoding.LOSSY
+           for a in prepared.array_attributes.values()):
+        samples = min(info.n, ERROR_SAMPLES)  # the rounding error of the stored dtypes, measured here
+        x = torch.as_tensor(read_inputs(spec.inputs, 0, samples), dtype=dtype)
+        full = compute_derivatives(fn, x, spec.quantities, method=result.method, chunk_size=samples)
+        encoding.measure_errors(spec, prepared, {k: v.detach().numpy() for k, v in full.outputs.items()}, samples)
+    return prepared
+
+
+ERROR_SAMPLES = 256
 
 
 @lru_cache(maxsize=4)

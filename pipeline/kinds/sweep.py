@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import torch
 
+from .. import encoding
 from ..plan import plan_sweep_job
 from ..sources import InputError, describe_inputs, read_inputs
 from ..spec import SpecError
@@ -137,7 +138,7 @@ def prepare(spec) -> Prepared:
         f"outputs {', '.join(f'{k} {list(d)}' for k, (d, _) in outputs.items())}"
         + (f"\nsensitivities {derived}" if derived else "")
     )
-    return Prepared(
+    return encoding.apply(spec, Prepared(
         spec,
         plan,
         attributes,
@@ -145,7 +146,7 @@ def prepare(spec) -> Prepared:
         initial_arrays={**{k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, **coords},
         tables={"cases.parquet": to_arrow_table(table)},
         array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
-    )
+    ))
 
 
 CHECK_BLOCK = 65536  # cases per block when the driver checks every case
