@@ -74,7 +74,7 @@ def time_compute(spec, shards, device):
         hint, done = None, []
         for block in shard_blocks_:
             arrays, hint = tasks.compute_shard(spec, block, device, hint)
-            done.append(arrays)
+            done.append(arrays.wait() if hasattr(arrays, "wait") else arrays)  # the device-to-host copy too
         parts.append(done)
     seconds = time.perf_counter() - began
     results = [{k: np.concatenate([d[k] for d in done]) for k in done[0]} for done in parts]

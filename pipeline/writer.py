@@ -63,7 +63,9 @@ class BlockWriter:
         self._pending.append(self._pool.submit(self._write, start, stop, arrays))
 
     def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
-        # one thread, so blocks are checksummed in submission (sample) order
+        # one thread, so blocks are checksummed in submission (sample) order; a block's device-to-host
+        # copy (``transfer.HostArrays``) is waited for here, while the main thread computes the next block
+        arrays = dict(arrays.wait()) if hasattr(arrays, "wait") else arrays
         self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
         arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
         self._checksum.update(arrays)

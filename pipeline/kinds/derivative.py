@@ -12,6 +12,7 @@ from ..plan import plan_derivative_job
 from ..sources import describe_inputs, read_inputs
 from ..spec import JobSpec, MLPFunction
 from .. import encoding
+from ..transfer import to_host
 from . import DTYPES, Prepared, ShardInfo
 
 
@@ -110,7 +111,6 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     if method == "auto" and hint is not None and hint.method in METHODS:
         method = hint.method
     result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size)
-    arrays = {"inputs": x.detach().cpu().numpy()}
-    for name in spec.quantities:
-        arrays[name] = result.outputs[name].detach().cpu().numpy()
+    # copied to the host on a side stream (CUDA): the writer thread waits for it, not the next block's compute
+    arrays = to_host({"inputs": x, **{name: result.outputs[name] for name in spec.quantities}})
     return arrays, ShardInfo(result.method, int(result.chunk_size), result.peak_memory_bytes)

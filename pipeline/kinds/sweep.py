@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import encoding
+from ..transfer import to_host
 from ..plan import plan_sweep_job
 from ..sources import InputError, describe_inputs, read_inputs
 from ..spec import SpecError
@@ -199,8 +200,7 @@ def compute(spec, shard, device: torch.device, hint: ShardInfo | None = None):
         outputs, derived = sensitivities(spec, solver, options, params, device, dtype)
     else:
         outputs, derived = _solve(spec, solver, options, params, device, dtype), {}
-    arrays = {name: value.detach().cpu().numpy() for name, value in outputs.items()}
-    return {**arrays, **derived}, ShardInfo(method=solver.name, chunk_size=shard.size)
+    return to_host(dict(outputs), extra=derived), ShardInfo(method=solver.name, chunk_size=shard.size)
 
 
 def _reduce(outputs, reduction) -> torch.Tensor:
