@@ -61,7 +61,24 @@ class RunSummary:
 def prepare(spec) -> Prepared:
     """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
     check_store_path(spec.store.path)
-    return kind_module(spec).prepare(spec)
+    return with_store_layout(kind_module(spec).prepare(spec))
+
+
+def with_store_layout(prepared: Prepared) -> Prepared:
+    """Apply ``store.chunks`` to the plan and check the axis labels of the job file (``labels.check_labels``)."""
+    from .labels import check_labels
+    from .plan import with_axis_chunks
+    from .spec import SpecError
+
+    spec = prepared.spec
+    try:
+        if spec.kind != "sweep":
+            check_labels(spec.function.model_dump(), spec.quantities, in_shape=tuple(prepared.attributes["in_shape"]),
+                         out_shape=tuple(prepared.attributes["out_shape"]))
+        plan = with_axis_chunks(prepared.plan, dict(getattr(spec.store, "chunks", None) or {}))
+    except ValueError as err:
+        raise SpecError([str(err)]) from None
+    return replace(prepared, plan=plan)
 
 
 def check_store_path(path: str | Path) -> None:

@@ -230,6 +230,7 @@ def create_store(
             )
         for name, values in (initial_arrays or {}).items():
             group[name][...] = values
+        consolidate_template(staging)
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
         for file_name, table in (tables or {}).items():
@@ -243,6 +244,30 @@ def create_store(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def consolidate_template(path: str | Path) -> None:
+    """Consolidate the metadata of a new store, so that readers never list its folder.
+
+    Listing the group (what zarr does without consolidated metadata) warns
+    about every entry that is not Zarr (``plan.parquet``, ``_shards/``, ...);
+    with the template's metadata consolidated up front, ``xarray.open_zarr``
+    and ``open_results`` open a store that is still being written without a
+    warning. The arrays never change shape after creation, and
+    ``finalize_store`` consolidates again (the root attributes are read from
+    ``zarr.json`` itself, never from the consolidated copy).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns that consolidated v3 metadata is not in the spec yet
+        _zarr().consolidate_metadata(str(path))
+
+
+def has_consolidated_metadata(path: str | Path) -> bool:
+    """True when the store's ``zarr.json`` holds consolidated metadata (every store since the template is)."""
+    try:
+        return bool(json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata"))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_plan(path: Path, plan: Plan) -> None:
@@ -451,10 +476,22 @@ def open_results(path: str | Path, *, require_complete: bool = False):
             f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
             f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
         )
+    dataset = _open_dataset(path, xr)
+    from .labels import label_dataset
+
+    return label_dataset(dataset, attrs)
+
+
+def _open_dataset(path: str | Path, xr):
+    """The store's arrays as a lazy ``xarray.Dataset``: dask arrays in the store's own chunks when dask is installed."""
+    import importlib.util
+
+    chunks = {} if importlib.util.find_spec("dask") is not None else None
+    if has_consolidated_metadata(path):
+        return xr.open_zarr(str(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
-    return dataset
+        warnings.simplefilter("ignore")  # a store written before templates were consolidated: zarr lists the folder
+        return xr.open_zarr(str(path), consolidated=False, chunks=chunks)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
