@@ -254,6 +254,37 @@ def inspect(store):
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: the store's path with .html, e.g. results/quickstart.html).")
+def report(store, out):
+    """Write a self-contained HTML page of STORE's pictures and tables (figures inline, one file).
+
+    Any store: the shard timeline per worker and the throughput over time.
+    A derivative store: per-sample norms of each quantity and, for grid
+    inputs, maps over the grid. A sweep: output fields of a few cases and the
+    outputs / sensitivities against the swept parameters. Needs matplotlib
+    (pip install 'pipeline[notebook]').
+
+    \b
+    Examples:
+      pipeline report results/quickstart.zarr            # writes results/quickstart.html
+      pipeline report results/sweep.zarr -o sweep.html
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _fail("pipeline report draws with matplotlib, which is not installed; pip install 'pipeline[notebook]'")
+    from .html_report import write_report
+
+    try:
+        written = write_report(store, out)
+    except _bad_input_errors() as err:
+        _fail(str(err))
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(store, as_json):
     """Count done, pending and failed shards of STORE and list the ids of the unfinished ones.

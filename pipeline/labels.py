@@ -55,6 +55,10 @@ def label_dataset(dataset, attributes: dict[str, Any]):
     if attributes.get("kind") == "sweep":
         if "case" in dataset.dims:
             dataset = dataset.assign_coords(case=np.arange(dataset.sizes["case"]))
+            # the case parameters are small (8 bytes a case): in memory, so that `where(ds.T0_phase == 0, drop=True)`
+            # and `set_index(case=[...])` work on a lazy dataset
+            small = [name for name, coord in dataset.coords.items() if coord.dims == ("case",) and name != "case"]
+            dataset = dataset.assign_coords({name: dataset[name].variable.load() for name in small})
         return dataset
     if "sample" in dataset.dims:
         dataset = dataset.assign_coords(sample=np.arange(dataset.sizes["sample"]))

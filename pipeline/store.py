@@ -71,6 +71,11 @@ class ShardRecord:
     chunk_size: int = 0
     peak_memory_bytes: int = -1
     error: str = ""
+    started: float = 0.0  # when the shard's last attempt began and committed (seconds since the epoch, UTC)
+    finished: float = 0.0
+    worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
+    job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
+    spec_hash: str = ""
 
 
 # ------------------------------------------------------------------ driver
@@ -318,6 +323,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             rows.append(
                 ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
             )
+    rows = _with_job(path, rows)
     _write_manifest(path, rows)
     complete = all(r.status == "done" for r in rows)
     if complete:
@@ -328,6 +334,15 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
+
+
+def _with_job(path: Path, rows: list[ShardRecord]) -> list[ShardRecord]:
+    """Every manifest row names its job and spec hash (pending and failed rows too), for queries over many stores."""
+    from dataclasses import replace
+
+    attrs = read_attributes(path)
+    name, spec_hash = str(attrs.get("name", "")), str(attrs.get("spec_hash", ""))
+    return [r if r.job else replace(r, job=name, spec_hash=spec_hash) for r in rows]
 
 
 def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:

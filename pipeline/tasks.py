@@ -8,6 +8,7 @@ returns a small ``ShardRecord`` (never the arrays). No Ray in here.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -56,6 +57,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     """
     store = spec.store.path
     attempt = record_attempt(store, shard.id)
+    started = time.time()
     began = time.perf_counter()
     device = pick_device()
     group = open_for_writing(store)
@@ -82,6 +84,11 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,
+        started=round(started, 3),
+        finished=round(time.time(), 3),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        job=spec.name,
+        spec_hash=spec.spec_hash(),
     )
     write_marker(store, record)
     return record
