@@ -248,7 +248,7 @@ def sweep_sections(dataset) -> list[Section]:
         summary = {s: dataset[s] for s in scalars}
     if swept and summary:
         scatter = Section("Outputs against the swept parameters" + (" (sensitivities d<q>_d<p>)" if scalars else ""))
-        figure, axes = _figure(3.0 * len(swept), 2.6 * len(summary), nrows=len(summary), ncols=len(swept),
+        figure, axes = _figure(3.8 * len(swept), 2.6 * len(summary), nrows=len(summary), ncols=len(swept),
                                squeeze=False)
         table = []
         for i, (name, values) in enumerate(summary.items()):
