@@ -91,8 +91,12 @@ def main() -> None:
     help="Replace an existing pipeline store at store.path instead of resuming it (any other existing "
     "path is never deleted).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def submit(job, local, address, executor, overrides, overwrite, quiet):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (Ray's own logging is off unless -v).")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logging and the workers' output.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (shards, bytes to write) and a time estimate from a probe chunk on this CPU; "
+              "write nothing, start no Ray.")
+def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, dry_run):
     """Run JOB (a YAML job file) and write its store.
 
     Shards of the input set run as Ray tasks (on GPUs when the cluster has
@@ -105,6 +109,9 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
       pipeline submit jobs/seed000.yaml --local --set inputs.n=20000
       RAY_ADDRESS=ray://head:10001 pipeline submit jobs/seed000.yaml
       pipeline submit jobs/quickstart.yaml --executor inline   # debug in-process
+      pipeline submit jobs/seed000.yaml --dry-run          # plan and time estimate, nothing written
+      pipeline submit jobs/grid.yaml --set inputs.axes.0.num=10     # a list item by index
+      pipeline submit jobs/quickstart.yaml --set inputs.n=1e3 --set "quantities=[value, jacobian]"
     """
     from .driver import prepare
     from .driver import submit as run_submit
@@ -123,11 +130,21 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     try:
         spec = load_spec(job, overrides)
         prepared = prepare(spec)  # bad input stops here, before Ray starts
+        if dry_run:
+            from .dry_run import dry_run as plan_only
+
+            click.echo(f"dry run: {spec.name} ({spec.kind}), store {spec.store.path}")
+            for line in plan_only(prepared).lines():
+                click.echo(f"  {line}")
+            return
         with store_lock(spec.store.path):  # and so does a second driver of the same store
             runner = make_executor(executor, local=local, address=address)
+            if hasattr(runner, "verbose"):
+                runner.verbose = verbose
             if executor == "ray":
                 runner.start()
-                console.print(f"[dim]executor: {runner.describe()}[/dim]")
+                if not quiet:
+                    console.print(f"[dim]executor: {runner.describe()}[/dim]")
             progress = None if quiet else RichProgress(console, unit=_unit(spec))
             summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
                                  notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
@@ -234,7 +251,9 @@ def schema():
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-def inspect(store):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the same facts as JSON: attributes, arrays, shard counts, manifest summary, failed shards.")
+def inspect(store, as_json):
     """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE.
 
     Also prints the error of every failed shard.
@@ -243,9 +262,16 @@ def inspect(store):
     Examples:
       pipeline inspect results/quickstart.zarr
       pipeline inspect results/sweep.zarr
+      pipeline inspect results/sweep.zarr --json | jq .arrays   # for scripts
     """
-    from .report import inspect_store
+    from .report import inspect_store, store_facts
 
+    if as_json:
+        try:
+            click.echo(json.dumps(store_facts(store), indent=2, default=str))
+        except _bad_input_errors() as err:
+            _fail(str(err))
+        return
     try:
         inspect_store(store, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     except _bad_input_errors() as err:

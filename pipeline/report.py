@@ -72,3 +72,55 @@ def human_size(nbytes: float) -> str:
         if nbytes < 1024:
             return f"{nbytes:.1f} {unit}"
     return f"{nbytes / 1024:.1f} TiB"
+
+
+def store_facts(path: str) -> dict:
+    """What `pipeline inspect` prints, as plain data (`pipeline inspect --json`)."""
+    import zarr
+
+    attrs = read_attributes(path)
+    counts = summarize(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        arrays = []
+        for name in sorted(group.array_keys()):
+            array = group[name]
+            arrays.append({
+                "name": name,
+                "dims": list(getattr(array.metadata, "dimension_names", None) or ()),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "chunks": list(array.chunks),
+                "stored_bytes": int(array.nbytes_stored()),
+            })
+    facts = {
+        "path": str(path),
+        "name": attrs.get("name"),
+        "kind": attrs.get("kind"),
+        "complete": bool(attrs.get("complete")),
+        "spec_hash": attrs.get("spec_hash"),
+        "created": attrs.get("created"),
+        "versions": attrs.get("versions", {}),
+        "provenance": attrs.get("provenance"),
+        "arrays": arrays,
+        "shards": counts,
+        "manifest": None,
+        "failed": [],
+    }
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.num_rows:
+        data = manifest.to_pydict()
+        done = [i for i, s in enumerate(data["status"]) if s == "done"]
+        facts["manifest"] = {
+            "task_seconds": sum(data["seconds"][i] for i in done),
+            "rate_min": min((data["samples_per_second"][i] for i in done), default=0.0),
+            "rate_max": max((data["samples_per_second"][i] for i in done), default=0.0),
+            "methods": sorted({data["method"][i] for i in done if data["method"][i]}),
+            "devices": sorted({data["device"][i] for i in done if data["device"][i]}),
+            "nonfinite": sum(data["nonfinite"][i] for i in done),
+            "max_attempts": max(data["attempts"]),
+        }
+        facts["failed"] = [{"shard_id": data["shard_id"][i], "error": data["error"][i]}
+                           for i, s in enumerate(data["status"]) if s == "failed"]
+    return facts

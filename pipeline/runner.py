@@ -61,6 +61,12 @@ class RayExecutor:
     local: bool = False
     address: str | None = None
     name: str = "ray"
+    verbose: bool = False  # Ray's own INFO/WARNING lines and the workers' logs (`submit -v`); else errors only
+
+    def _logging(self) -> dict:
+        import logging
+
+        return {"logging_level": logging.INFO if self.verbose else logging.ERROR, "log_to_driver": self.verbose}
 
     def start(self) -> None:
         import ray
@@ -69,12 +75,12 @@ class RayExecutor:
             return
         if self.local:
             # address="local": a new Ray on this machine even when RAY_ADDRESS is set
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **self._logging())
             return
         address = cluster_address(self.address)
         check_reachable(address, "--address" if self.address else "RAY_ADDRESS")
         try:
-            ray.init(address=address)
+            ray.init(address=address, **self._logging())
         except Exception as err:
             raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
 
