@@ -130,6 +130,7 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
     try:
         spec = load_spec(job, overrides)
         prepared = prepare(spec)  # bad input stops here, before Ray starts
+        prepared = _with_provenance(prepared, job)
         if dry_run:
             from .dry_run import dry_run as plan_only
 
@@ -175,6 +176,15 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
     if nonfinite:
         console.print(nonfinite)
+
+
+def _with_provenance(prepared, job: str):
+    """The prepared job with the provenance of this command (host, command line, the job file's git state)."""
+    from dataclasses import replace
+
+    from .provenance import collect
+
+    return replace(prepared, attributes={**prepared.attributes, "provenance": collect(job)})
 
 
 def _nonfinite_warning(path: str) -> str | None:

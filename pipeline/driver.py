@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .store import (
     ShardRecord,
     StoreError,
     any_attempt,
+    append_run,
     attempt_count,
     create_store,
     discard_store,
@@ -128,8 +130,11 @@ def check_store_path(path: str | Path) -> None:
 
 def store_attributes(prepared: Prepared) -> dict:
     """Root attributes of a new store: the resolved spec, its hash, the files it reads, the kind's own facts."""
+    from .provenance import collect
+
     spec = prepared.spec
     return {
+        "provenance": collect(None),  # the CLI's, with the job file's git state, comes in prepared.attributes
         "spec": spec.resolved(),
         "spec_hash": spec.spec_hash(),
         "kind": spec.kind,
@@ -280,6 +285,7 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             progress.fail(shard, error)
 
     discard = False
+    started = time.time()
     try:
         if shards:
             executor.run(run_shard, spec, shards, on_done, on_failed)
@@ -293,6 +299,9 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             if discard:
                 discard_store(spec.store.path)
             else:
+                from .provenance import run_record
+
+                append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
                 summary.complete = finalize_store(spec.store.path, plan, summary.failed)
         finally:
             if progress is not None:

@@ -345,6 +345,14 @@ def _with_job(path: Path, rows: list[ShardRecord]) -> list[ShardRecord]:
     return [r if r.job else replace(r, job=name, spec_hash=spec_hash) for r in rows]
 
 
+def append_run(path: str | Path, run: dict[str, Any]) -> None:
+    """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = _zarr().open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
+
+
 def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -15,7 +15,9 @@ GitHub), several allowed:
 - ``<!-- doc-test: replace OLD -> NEW -->``: a text substitution before the
   run (smaller sizes);
 - ``<!-- doc-test: set KEY=VALUE set KEY=VALUE -->``: ``--set`` overrides
-  for a job file block (smaller sizes).
+  for a job file block (smaller sizes);
+- ``<!-- doc-test: needs results/a.zarr results/b.zarr -->``: stores the block
+  reads without naming them (a glob), made first.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Block:
     code: str
     skip: str | None = None
     sets: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
 
 
 def doc_blocks() -> list[Block]:
@@ -71,6 +74,8 @@ def doc_blocks() -> list[Block]:
                     old, new = directive[len("replace "):].split(" -> ")
                     assert old in block.code, f"{block.where}: the marker replaces {old!r}, not in the block"
                     block.code = block.code.replace(old, new)
+                elif directive.startswith("needs "):
+                    block.needs += directive[len("needs "):].split()
                 elif directive.startswith("set "):
                     block.sets += [s for s in directive.split("set ") if s.strip() and s.strip()]
                     block.sets = [s.strip() for s in block.sets]
@@ -128,7 +133,7 @@ def test_python_block_runs_as_copied(block, in_scratch):
         pytest.skip(f"{block.where}: {block.skip}")
     if block in FILES:
         return  # written into the scratch directory, imported by the blocks after it
-    for store in sorted(set(re.findall(r"results/[\w.-]+\.zarr", block.code))):
+    for store in sorted(set(re.findall(r"results/[\w.-]+\.zarr", block.code)) | set(block.needs)):
         ensure_store(in_scratch, store, block.where)
     if block.code.lstrip().startswith(">>>"):
         test = doctest.DocTestParser().get_doctest(block.code, {}, block.where, block.where, 0)
