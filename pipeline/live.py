@@ -148,6 +148,8 @@ def command_line() -> str:
     argv = list(sys.argv) or ["python"]
     if os.path.basename(argv[0]) == "pipeline":
         argv[0] = "pipeline"
+    elif argv[0].endswith(os.path.join("pipeline", "cli.py")):  # python -m pipeline.cli
+        argv[:1] = ["python", "-m", "pipeline.cli"]
     return shlex.join(argv)
 
 
