@@ -13,8 +13,9 @@ function, so that they can later be objects in a bucket as well as files:
   (``lock_holder``): a record without a held lock is a driver that is gone
   (*stale*).
 - **Block progress** ``_shards/<id>.progress``: the worker's samples written so
-  far in its current attempt of the shard, rewritten as each block's write
-  finishes (and once at the attempt's start); removed when the shard commits.
+  far in its current attempt of the shard, rewritten as a block's write
+  finishes (at most every ``BLOCK_REPORT_MIN_S``, and once at the attempt's
+  start); removed when the shard commits.
   The driver polls these for the shards in flight (one directory listing per
   poll), so progress counts samples, not whole shards, and no array goes
   through the driver.
@@ -57,11 +58,17 @@ from .store import MARKERS
 RECORD_VERSION = 1
 RECORD_INTERVAL_S = 2.0  # how often the driver rewrites its record
 POLL_INTERVAL_S = 0.5  # how often the driver looks at the workers' progress files
+BLOCK_REPORT_MIN_S = 0.25  # a worker rewrites a shard's progress file at most this often (and at its start)
 RATE_WINDOW_S = 30.0  # samples per second are measured over this much of the recent past
 TRACEBACK_CHARS = 20_000  # an attempt's traceback is kept up to this length (its end)
 
 
 # ------------------------------------------------------------------ the driver record
+
+
+def is_local(store: str | Path) -> bool:
+    """Whether ``store`` is a path on a file system (these files live there; a URL store has none yet)."""
+    return "://" not in str(store)
 
 
 def record_path(store: str | Path) -> Path:
@@ -87,15 +94,18 @@ def _get_json(file: Path) -> dict[str, Any] | None:
 
 def put_record(store: str | Path, record: dict[str, Any]) -> None:
     """Publish the driver record of ``store`` (the one function that writes it)."""
-    _put_json(record_path(store), record)
+    if is_local(store):
+        _put_json(record_path(store), record)
 
 
 def get_record(store: str | Path) -> dict[str, Any] | None:
     """The driver record of ``store``, or None when there is none (or it cannot be read)."""
-    return _get_json(record_path(store))
+    return _get_json(record_path(store)) if is_local(store) else None
 
 
 def delete_record(store: str | Path) -> None:
+    if not is_local(store):
+        return
     with contextlib.suppress(FileNotFoundError):
         record_path(store).unlink()
 
@@ -131,6 +141,8 @@ def lock_holder(store: str | Path) -> dict[str, Any] | None:
     The lock itself is checked (not just the file, which a killed driver
     leaves behind).
     """
+    if not is_local(store):
+        return None
     file = lock_path(store)
     if str(file.resolve()) in _HELD:  # this very process
         owner: int | None = os.getpid()
@@ -165,18 +177,24 @@ def write_block_progress(store: str | Path, shard_id: int, attempt: int, done: i
 
     Best effort: a progress file that cannot be written never fails the shard.
     """
+    if not is_local(store):
+        return
     with contextlib.suppress(OSError):
         _put_json(_progress_file(store, shard_id), {"attempt": attempt, "done": done, "size": size, "t": time.time()})
 
 
 def clear_block_progress(store: str | Path, shard_id: int) -> None:
     """Remove a shard's progress file (it committed: its marker says the rest)."""
+    if not is_local(store):
+        return
     with contextlib.suppress(FileNotFoundError):
         _progress_file(store, shard_id).unlink()
 
 
 def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: BaseException) -> None:
     """Record why attempt ``attempt`` of a shard failed: type, message, full traceback, host, time."""
+    if not is_local(store):
+        return
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     with contextlib.suppress(OSError):  # never hides the error itself
         _put_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error", {
@@ -188,6 +206,8 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
 
 def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
     """The recorded failed attempts of a shard, oldest first."""
+    if not is_local(store):
+        return []
     folder = Path(store) / MARKERS
     errors = [_get_json(file) for file in folder.glob(f"{shard_id}.*.error")]
     return sorted((e for e in errors if e), key=lambda e: e.get("attempt", 0))
@@ -195,6 +215,8 @@ def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]
 
 def attempt_traceback(store: str | Path, shard_id: int, attempt: int) -> str | None:
     """The full traceback of one attempt of a shard, if the worker recorded it."""
+    if not is_local(store):
+        return None
     error = _get_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error")
     return error.get("traceback") if error else None
 
@@ -261,6 +283,7 @@ class LiveRun:
 
     def __init__(self, store: str | Path, *, unit: str = "samples", retries: int = 0, replacing: bool = False,
                  display=None):
+        self._where = store  # as given (a path; a URL store publishes nothing yet, see is_local)
         self.store = Path(store)
         self.unit = unit
         self.tries = retries + 1
@@ -301,18 +324,21 @@ class LiveRun:
 
     def __exit__(self, *exc) -> None:
         self._halt()
-        delete_record(self.store)
+        delete_record(self._where)
 
     def start(self, total_shards: int, total_samples: int, done_shards: int = 0, done_samples: int = 0) -> None:
         from .store import attempt_count, read_plan
 
         with self._lock:
             self._run_began = time.time()
-            self._sizes = {s.id: s.size for s in read_plan(self.store)}
+            try:
+                self._sizes = {s.id: s.size for s in read_plan(self._where)}
+            except Exception:  # no plan to read: no live counters, the run goes on
+                self._sizes = {}
             names = self._listing()
             self._committed = {i for i in self._sizes if f"{i}.json" in names}
             self._attempts_before = {
-                i: attempt_count(self.store, i) for i in self._sizes
+                i: attempt_count(self._where, i) for i in self._sizes
                 if i not in self._committed and f"{i}.attempts" in names
             }
             self._seen_errors = {name for name in names if name.endswith(".error")}
@@ -343,7 +369,7 @@ class LiveRun:
             attempts = self._attempt_in_run(shard.id, None)
         self._message(
             f"shard {shard.id}: attempt {attempts}/{self.tries} failed, giving up: {error_line(error)} "
-            f"(traceback: pipeline inspect {self.store} --shard {shard.id})"
+            f"(traceback: pipeline inspect {self._where} --shard {shard.id})"
         )
         self.poll()
         if self.display is not None and not hasattr(self.display, "update"):
@@ -375,6 +401,8 @@ class LiveRun:
     # -- polling
 
     def _listing(self) -> set[str]:
+        if not is_local(self._where):
+            return set()
         try:
             return set(os.listdir(self.store / MARKERS))
         except OSError:
@@ -384,7 +412,7 @@ class LiveRun:
         from .store import attempt_count
 
         if attempt is None:
-            attempt = attempt_count(self.store, shard_id)
+            attempt = attempt_count(self._where, shard_id) if is_local(self._where) else 0
         return max(1, attempt - self._attempts_before.get(shard_id, 0))
 
     def poll(self) -> Snapshot | None:
@@ -472,7 +500,7 @@ class LiveRun:
             self.record["updated_unix"] = round(now, 3)
             record = dict(self.record)
         with contextlib.suppress(OSError):
-            put_record(self.store, record)
+            put_record(self._where, record)
 
 
 # ------------------------------------------------------------------ what `pipeline status` says

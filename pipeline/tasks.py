@@ -14,7 +14,7 @@ import time
 import torch
 
 from .kinds import ShardInfo, kind_module
-from .live import clear_block_progress, write_attempt_error, write_block_progress
+from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Shard, shard_blocks
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
@@ -73,12 +73,14 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
     group = open_for_writing(store)
     blocks = shard_blocks(shard, spec.store.chunk_size, bytes_per_sample(group))
     info = None
-    written = 0
+    written, reported = 0, time.monotonic()
 
     def on_written(start: int, stop: int) -> None:  # in the writer thread, as each block's write finishes
-        nonlocal written
+        nonlocal written, reported
         written += stop - start
-        write_block_progress(store, shard.id, attempt, written, shard.size)
+        if time.monotonic() - reported >= BLOCK_REPORT_MIN_S and written < shard.size:  # the marker says the rest
+            write_block_progress(store, shard.id, attempt, written, shard.size)
+            reported = time.monotonic()
 
     with BlockWriter(store, group=group, on_written=on_written) as writer:
         for block in blocks:

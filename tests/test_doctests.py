@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.sources", "pipeline.models",
            "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
            "pipeline.solvers.registry", "pipeline.solvers.run", "pipeline.lock", "pipeline.fingerprints"]
+MODULES += ["pipeline.live"]
 
 
 @pytest.mark.parametrize("name", MODULES)
