@@ -121,7 +121,7 @@ def _lock_owner(file: Path) -> int | None:
     except OSError:
         return None
     try:
-        layout = "qqihh4x" if sys.platform == "darwin" else "hhqqi4x"  # struct flock
+        layout = "qqihh" if sys.platform == "darwin" else "hhqqi4x"  # struct flock (macOS, Linux)
         if sys.platform == "darwin":
             query = struct.pack(layout, 0, 0, 0, fcntl.F_WRLCK, os.SEEK_SET)
             _, _, pid, kind, _ = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK, query))
