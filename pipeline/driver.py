@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .kinds import Prepared, kind_module
+from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
 from .fingerprints import changed_files, fingerprints
@@ -254,7 +255,12 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     if check is not None:
         check(spec)
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
-        return _run(prepared, executor, overwrite=overwrite, progress=progress, notify=notify)
+        # the driver record `pipeline status` reads (live.py), deleted when the run ends
+        replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
+        unit = "cases" if spec.kind == "sweep" else "samples"
+        with LiveRun(spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing,
+                     display=progress) as live:
+            return _run(prepared, executor, overwrite=overwrite, progress=live, notify=notify)
 
 
 def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> RunSummary:
@@ -278,6 +284,7 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
         attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+        error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
         summary.failed[shard.id] = ShardRecord(
             shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
         )

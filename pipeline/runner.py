@@ -124,13 +124,17 @@ class RayExecutor:
         remote = ray.remote(unit).options(
             num_cpus=cpus,
             num_gpus=gpus,
-            max_retries=spec.execution.retries,
-            retry_exceptions=True,
+            max_retries=spec.execution.retries,  # Ray retries a shard whose worker died
+            retry_exceptions=False,  # a shard that raises is retried below, not by Ray (see tries)
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
         waiting = deque(shards)
         running: dict = {}
+        # Ray prints a task's whole traceback on the driver every time it retries one that raised;
+        # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
+        # the console gets one line per attempt (live.LiveRun).
+        tries: dict[int, int] = {}
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
@@ -144,6 +148,10 @@ class RayExecutor:
                 try:
                     record = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
+                    tries[shard.id] = tries.get(shard.id, 1) + 1
+                    if tries[shard.id] <= spec.execution.retries + 1:
+                        waiting.appendleft(shard)
+                        continue
                     cause = getattr(err, "cause", None) or err
                     on_failed(shard, spec.execution.retries + 1, _format_error(cause))
                 except ray.exceptions.RayError as err:  # worker died, node lost, ...

@@ -141,7 +141,7 @@ def test_inspect_and_status(quickstart_store):
     assert json.loads(status.output) == {
         "path": str(quickstart_store), "name": "quickstart", "complete": True, "shards": 3, "done": 3,
         "failed": 0, "pending": 0, "samples_done": 600, "samples": 600, "unit": "samples",
-        "failed_shards": [], "pending_shards": [],
+        "failed_shards": [], "pending_shards": [], "state": "complete", "driver": None,
     }
 
 

@@ -13,6 +13,7 @@ MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.so
            "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
            "pipeline.solvers.registry", "pipeline.solvers.run", "pipeline.lock", "pipeline.fingerprints",
            "pipeline.labels", "pipeline.provenance"]
+MODULES += ["pipeline.live"]
 
 
 @pytest.mark.parametrize("name", MODULES)
