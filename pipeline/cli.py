@@ -61,6 +61,7 @@ def main() -> None:
       pipeline validate jobs/quickstart.yaml      # check a job file, touch nothing
       pipeline submit jobs/quickstart.yaml --local
       pipeline inspect results/quickstart.zarr    # arrays, chunks, manifest
+      pipeline report results/quickstart.zarr     # an HTML page of pictures: results/quickstart.html
     \b
     A parameter sweep:
       pipeline submit jobs/sweep.yaml --local
