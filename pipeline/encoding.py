@@ -379,6 +379,8 @@ def decode(dataset):
             for axis in range(entries.shape[1]):
                 coords[f"{name}_i{axis + 1}"] = (f"{name}_entry", entries[:, axis])
         data = xr.Variable(dims, indexing.LazilyIndexedArray(backend), attrs)
+        if variable.chunks is not None:  # dask-backed (open_results with dask installed): the same sample chunks
+            data = data.chunk({dims[0]: variable.chunks[0]})
         dataset = dataset.drop_vars(name).assign({name: data})
         for coord, (dim, values) in coords.items():
             if dim in dataset.coords and dim not in dataset.dims:
