@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --device=*) DEVICE=${1#*=}; shift ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) PARTS+=("$1"); shift ;;
   esac
 done

@@ -203,7 +203,8 @@ def apply(spec, prepared):
     layouts, attributes = [], {k: dict(v) for k, v in prepared.array_attributes.items()}
     used = set()
     for layout in prepared.plan.arrays:
-        enc = array_encoding(spec, layout.name) if layout.shape and layout.dims[0] in ("sample", "case") else None
+        result = layout.shape and layout.dims[0] in ("sample", "case") and layout.name not in prepared.initial_arrays
+        enc = array_encoding(spec, layout.name) if result else None  # not a sweep's case parameters
         if enc is None:
             layouts.append(layout)
             continue

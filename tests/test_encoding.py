@@ -164,3 +164,33 @@ def test_stored_dtype_is_part_of_the_spec_hash(tmp_path):
     assert job(tmp_path, {"compression": "zstd", "shards": 2}).spec_hash() == plain.spec_hash()
     with pytest.raises(SpecError, match="store.encoding.jacobian"):
         job(tmp_path, {"encoding": {"jacobian": {"dtype": "float16"}}}, quantities=("value",))
+
+
+def test_a_sweep_stores_float16_with_its_error_stated(tmp_path):
+    from pipeline.driver import prepare
+    from pipeline.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "jobs/sweep.yaml", [*spec_overrides(tmp_path, "s.zarr"), "store.dtype=float16"])
+    prepared = prepare(spec)
+    encoded = {k: v["pipeline_encoding"] for k, v in prepared.array_attributes.items() if "pipeline_encoding" in v}
+    assert encoded and all(e["dtype"] == "float16" for e in encoded.values())
+    assert all(0 < e["rounding_error"]["max_error_relative_to_max"] <= UNIT_ROUNDOFF["float16"]
+               for e in encoded.values())
+    dtypes = {a.name: a.dtype for a in prepared.plan.arrays}
+    assert dtypes[next(iter(encoded))] == "float16" and dtypes["T0_mean"] == "float64"  # case parameters kept
+    reference = load_spec(root / "jobs/sweep.yaml", [*spec_overrides(tmp_path, "r.zarr")])
+    submit(reference, InlineExecutor())
+    submit(spec, InlineExecutor(), prepared=prepared)
+    ds, ref = open_results(spec.store.path), open_results(reference.store.path)
+    for name in encoded:
+        assert ds[name].dtype == np.float32
+        scale = float(np.abs(ref[name].values).max())
+        assert float(np.abs(ds[name].values - ref[name].values).max()) <= UNIT_ROUNDOFF["float16"] * scale
+    np.testing.assert_array_equal(ds.T0_mean.values, ref.T0_mean.values)
+
+
+def spec_overrides(tmp_path, store):
+    return ["solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+            "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0], T0_phase: [0.0]}", "store.chunk_size=2",
+            "execution.shard_size=4", f"store.path={tmp_path / store}"]
