@@ -60,6 +60,12 @@ class RayExecutor:
     local: bool = False
     address: str | None = None
     name: str = "ray"
+    verbose: bool = False  # Ray's own INFO/WARNING lines and the workers' logs (`submit -v`); else errors only
+
+    def _logging(self) -> dict:
+        import logging
+
+        return {"logging_level": logging.INFO if self.verbose else logging.ERROR, "log_to_driver": self.verbose}
 
     def start(self) -> None:
         import ray
@@ -68,7 +74,7 @@ class RayExecutor:
             return
         if self.local:
             # address="local": a new Ray on this machine even when RAY_ADDRESS is set
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **self._logging())
             from .watchdog import children_of_this_process, watch
 
             watch(children_of_this_process())  # a killed driver leaves no Ray behind
@@ -76,7 +82,7 @@ class RayExecutor:
         address = cluster_address(self.address)
         check_reachable(address, "--address" if self.address else "RAY_ADDRESS")
         try:
-            ray.init(address=address)
+            ray.init(address=address, **self._logging())
         except Exception as err:
             raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
 
@@ -120,13 +126,17 @@ class RayExecutor:
         remote = ray.remote(unit).options(
             num_cpus=cpus,
             num_gpus=gpus,
-            max_retries=spec.execution.retries,
-            retry_exceptions=True,
+            max_retries=spec.execution.retries,  # Ray retries a shard whose worker died
+            retry_exceptions=False,  # a shard that raises is retried below, not by Ray (see tries)
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
         waiting = _Lookahead(shards)  # shards are taken as they are submitted: a huge plan is never listed
         running: dict = {}
+        # Ray prints a task's whole traceback on the driver every time it retries one that raised;
+        # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
+        # the console gets one line per attempt (live.LiveRun).
+        tries: dict[int, int] = {}
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
@@ -140,6 +150,10 @@ class RayExecutor:
                 try:
                     record = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
+                    tries[shard.id] = tries.get(shard.id, 1) + 1
+                    if tries[shard.id] <= spec.execution.retries + 1:
+                        waiting.appendleft(shard)
+                        continue
                     cause = getattr(err, "cause", None) or err
                     on_failed(shard, spec.execution.retries + 1, _format_error(cause))
                 except ray.exceptions.RayError as err:  # worker died, node lost, ...
@@ -156,13 +170,20 @@ class _Lookahead:
     def __init__(self, items) -> None:
         self._items = iter(items)
         self._next = next(self._items, self._END)
+        self._front: list = []  # shards put back, taken before the rest
 
     def __bool__(self) -> bool:
-        return self._next is not self._END
+        return bool(self._front) or self._next is not self._END
 
     def pop(self):
+        if self._front:
+            return self._front.pop()
         item, self._next = self._next, next(self._items, self._END)
         return item
+
+    def appendleft(self, item) -> None:
+        """Put a shard back to be taken next (a retry)."""
+        self._front.append(item)
 
 
 def cluster_address(address: str | None) -> str:

@@ -101,6 +101,9 @@ def _open(path: str):
 def _chunk_exists(array, index: int) -> bool:
     from zarr.core.sync import sync
 
+    shards = getattr(array, "shards", None)  # Zarr v3 sharding: one stored object holds several chunks
+    if shards:
+        index = index * array.chunks[0] // shards[0]
     key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
     store_path = array.store_path
     return bool(sync(store_path.store.exists(f"{store_path.path}/{key}" if store_path.path else key)))
