@@ -60,8 +60,29 @@ class RunSummary:
 
 def prepare(spec) -> Prepared:
     """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    check_urls(spec)
     check_store_path(spec.store.path)
     return kind_module(spec).prepare(spec)
+
+
+def check_urls(spec) -> None:
+    """Raise ``SpecError`` naming the key for a URL with an unknown scheme or a missing package, or a bucket
+    that is missing or refuses the credentials; register ``store.storage_options`` for the store's URL."""
+    from . import storage
+    from .fingerprints import job_files
+    from .spec import SpecError
+
+    storage.set_options(spec.store.path, spec.store.storage_options)
+    named = {"store.path": spec.store.path, **job_files(spec)}
+    if spec.kind != "sweep" and getattr(spec.function, "checkpoint", None):
+        named["function.checkpoint"] = spec.function.checkpoint
+    for key, path in named.items():
+        try:
+            storage.check_url(path, key)
+            if storage.is_remote(path):
+                storage.check_access(path, key)
+        except storage.StorageError as err:
+            raise SpecError([str(err)]) from None
 
 
 def check_store_path(path: str | Path) -> None:
@@ -81,8 +102,11 @@ def check_store_path(path: str | Path) -> None:
     """
     import tempfile
 
+    from . import storage
     from .spec import SpecError
 
+    if storage.is_remote(path):
+        return  # check_urls reached the bucket; objects need no parent folders
     path = Path(path)
     target = path.absolute()
     ancestor = target.parent
@@ -140,7 +164,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
     from the same files (see ``fingerprints``).
     """
     spec = prepared.spec
-    path = Path(spec.store.path)
+    path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
     if is_pipeline_store(path) and not replace_it:
@@ -164,6 +188,12 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
             note += "; with store.overwrite: true every run starts over, remove it from the job file to resume instead"
         notes.append(note)
     return Opened(list(prepared.plan.shards), 0, True, notes)
+
+
+def _remote(path) -> bool:
+    from .storage import is_remote
+
+    return is_remote(path)
 
 
 def _resume(spec, path: Path) -> Opened:

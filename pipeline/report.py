@@ -7,7 +7,7 @@ import warnings
 from rich.console import Console
 from rich.table import Table
 
-from .store import read_attributes, read_manifest, summarize
+from .store import _target, read_attributes, read_manifest, summarize
 
 
 def inspect_store(path: str, console: Console) -> None:
@@ -24,7 +24,7 @@ def inspect_store(path: str, console: Console) -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
         table = Table(title="arrays", show_edge=False)
         for column in ("name", "dims", "shape", "dtype", "chunks", "stored"):
             table.add_column(column)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .plan import Plan, Shard
 
 MARKERS = "_shards"
@@ -84,7 +85,47 @@ def _zarr():
 
 def store_exists(path: str | Path) -> bool:
     """True when ``path`` holds a Zarr group."""
+    if storage.is_remote(path):
+        return storage.isfile(storage.join(path, "zarr.json"))
     return (Path(path) / "zarr.json").is_file()
+
+
+# ---- object storage (a URL store.path): the same files, as objects through ``storage``
+
+
+def _read_json(path: str | Path, name: str) -> Any:
+    """``name`` under the store as JSON (OSError / ValueError as for a local file)."""
+    if storage.is_remote(path):
+        return json.loads(storage.read_bytes(storage.join(path, name)))
+    return json.loads((Path(path) / name).read_text())
+
+
+def _target(path: str | Path):
+    """What zarr opens: the local path, or the storage layer's zarr store of a URL."""
+    return storage.zarr_store(str(path)) if storage.is_remote(path) else str(path)
+
+
+def _write_table(path: str | Path, name: str, table) -> None:
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(path):
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.write_bytes(storage.join(str(path), name), sink.getvalue().to_pybytes())
+    else:
+        pq.write_table(table, Path(path) / name)
+
+
+def _read_table(path: str | Path, name: str):
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(path):
+        import pyarrow as pa
+
+        return pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(str(path), name))))
+    return pq.read_table(Path(path) / name)
 
 
 def is_pipeline_store(path: str | Path) -> bool:
@@ -94,7 +135,7 @@ def is_pipeline_store(path: str | Path) -> bool:
     any other directory or file is never deleted.
     """
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
+        meta = _read_json(path, "zarr.json")
     except (OSError, ValueError):
         return False
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
@@ -105,6 +146,8 @@ def is_pipeline_store(path: str | Path) -> bool:
 
 def _replaceable(path: Path) -> bool:
     """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
+    if storage.is_remote(path):
+        return is_pipeline_store(path) or not storage.listdir(str(path))
     if not path.exists() and not path.is_symlink():
         return True
     return path.is_dir() and (is_pipeline_store(path) or (not path.is_symlink() and not any(path.iterdir())))
@@ -112,6 +155,13 @@ def _replaceable(path: Path) -> bool:
 
 def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
     """Raise a StoreError when ``path`` exists and is not a pipeline store (it is never deleted)."""
+    if storage.is_remote(path):
+        if not _replaceable(path):
+            raise StoreError(
+                f"{key}: {path} holds objects that were not written by pipeline, so they are left untouched "
+                f"(only a store written by pipeline is ever replaced); choose another {key} (a prefix with no objects)"
+            )
+        return
     path = Path(path)
     if not _replaceable(path):
         what = "a file" if path.is_file() else "a directory that was not written by pipeline"
@@ -125,9 +175,12 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes of a store (spec, spec_hash, complete, ...)."""
     if not store_exists(path):
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
-    metadata = json.loads((Path(path) / "zarr.json").read_text())
+    metadata = _read_json(path, "zarr.json")
     attributes = dict(metadata.get("attributes", {}))
     if metadata.get("node_type") != "group" or "format_version" not in attributes:
+        if storage.is_remote(path):
+            raise StoreError(f"{path} is a Zarr node but not a pipeline store; give the URL of a store "
+                             "that `pipeline submit` wrote")
         raise StoreError(_not_a_store_root(Path(path), metadata.get("node_type")))
     return attributes
 
@@ -193,6 +246,9 @@ def create_store(
     The store is built in a temporary sibling directory and renamed into place,
     so a failure here never leaves a half-made store at ``path``.
     """
+    if storage.is_remote(path):
+        return _create_remote(str(path), plan, attributes, overwrite=overwrite, compression=compression,
+                              initial_arrays=initial_arrays, tables=tables, array_attributes=array_attributes)
     zarr = _zarr()
     path = Path(path)
     refuse_foreign_path(path)  # never delete what pipeline did not write, --overwrite or not
@@ -245,6 +301,59 @@ def create_store(
         raise
 
 
+def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrite: bool, compression: str,
+                   initial_arrays, tables, array_attributes) -> None:
+    """``create_store`` on object storage: no rename there, so the objects are written in place.
+
+    The root ``zarr.json`` is written first without ``complete``, everything
+    else after it; a failure here deletes what was written (only a pipeline
+    store is ever deleted). Commit markers make a shard's region count, not
+    the presence of its chunks, so a store made here holds no results until
+    shards commit.
+    """
+    zarr = _zarr()
+    refuse_foreign_path(url)
+    if store_exists(url) and not overwrite:
+        raise StoreError(f"store.path: {url} already holds a pipeline store; pass --overwrite "
+                         "(store.overwrite: true) to replace it, or choose another store.path")
+    if store_exists(url):
+        refuse_foreign_path(url)  # checked again just before deleting
+        storage.remove_tree(url)
+    attrs = {
+        **attributes,
+        "complete": False,
+        "format_version": FORMAT_VERSION,
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": plan.n,
+        "chunk_size": plan.chunk_size,
+        "shard_size": plan.shard_size,
+        "n_shards": len(plan.shards),
+    }
+    try:
+        group = zarr.open_group(_target(url), mode="w", attributes=attrs)
+        for layout in plan.arrays:
+            group.create_array(
+                layout.name,
+                shape=layout.shape,
+                chunks=layout.chunks,
+                dtype=layout.dtype,
+                fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                dimension_names=layout.dims,
+                compressors=compressors(compression),
+                attributes=dict((array_attributes or {}).get(layout.name, {})),
+            )
+        for name, values in (initial_arrays or {}).items():
+            group[name][...] = values
+        _write_plan(url, plan)
+        for file_name, table in (tables or {}).items():
+            _write_table(url, file_name, table)
+    except BaseException:
+        if is_pipeline_store(url):
+            storage.remove_tree(url)
+        raise
+
+
 def _write_plan(path: Path, plan: Plan) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -256,22 +365,18 @@ def _write_plan(path: Path, plan: Plan) -> None:
             "stop": pa.array([s.stop for s in plan.shards], pa.int64()),
         }
     )
-    pq.write_table(table, path / PLAN_FILE)
+    _write_table(path, PLAN_FILE, table)
 
 
 def read_plan(path: str | Path) -> list[Shard]:
     """The shards recorded in ``plan.parquet``."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(Path(path) / PLAN_FILE).to_pydict()
+    table = _read_table(path, PLAN_FILE).to_pydict()
     return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
 
 
 def read_cases(path: str | Path, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``[start, stop)`` of a sweep's ``cases.parquet`` as columns (without the ``case`` index)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(Path(path) / CASES_FILE).slice(start, stop - start)
+    table = _read_table(path, CASES_FILE).slice(start, stop - start)
     return {name: table.column(name).to_numpy() for name in table.column_names if name != "case"}
 
 
@@ -280,7 +385,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
 
     Returns True when the store is complete.
     """
-    path = Path(path)
+    path = path if storage.is_remote(path) else Path(path)
     markers = read_markers(path)
     failed = failed or {}
     rows = []
@@ -299,8 +404,8 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
         zarr = _zarr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
-            zarr.consolidate_metadata(str(path))
-            group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
+            zarr.consolidate_metadata(_target(path))
+            group = zarr.open_group(_target(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
 
@@ -310,11 +415,16 @@ def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
     import pyarrow.parquet as pq
 
     columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
-    pq.write_table(pa.table(columns), path / MANIFEST_FILE)
+    _write_table(path, MANIFEST_FILE, pa.table(columns))
 
 
 def read_manifest(path: str | Path):
     """The manifest as a ``pyarrow.Table`` (None before the first finalize)."""
+    if storage.is_remote(path):
+        try:
+            return _read_table(path, MANIFEST_FILE)
+        except FileNotFoundError:
+            return None
     import pyarrow.parquet as pq
 
     file = Path(path) / MANIFEST_FILE
@@ -326,6 +436,8 @@ def read_manifest(path: str | Path):
 
 def open_for_writing(path: str | Path):
     """The store's Zarr group, opened once by a worker for all of a shard's writes."""
+    if storage.is_remote(path):  # the worker writes straight to the bucket
+        return storage.retry(_zarr().open_group, _target(path), mode="r+", use_consolidated=False)
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
 
 
@@ -351,11 +463,20 @@ def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, st
                 f"shard [{start}, {stop}) of {name!r} has shape {values.shape}, the store expects "
                 f"{(stop - start, *target.shape[1:])}"
             )
-        target[start:stop] = values.astype(target.dtype, copy=False)
+        if storage.is_remote(path):  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
+            storage.retry(target.__setitem__, slice(start, stop), values.astype(target.dtype, copy=False))
+        else:
+            target[start:stop] = values.astype(target.dtype, copy=False)
 
 
 def record_attempt(path: str | Path, shard_id: int) -> int:
     """Note one more attempt of a shard; returns the attempt number (1 for the first)."""
+    if storage.is_remote(path):  # objects cannot be appended to: one object per attempt
+        import uuid
+
+        name = f"{shard_id}.attempts.{time.time():.3f}.{uuid.uuid4().hex[:8]}"
+        storage.write_bytes(storage.join(str(path), MARKERS, name), socket.gethostname().encode())
+        return attempt_count(path, shard_id)
     file = Path(path) / MARKERS / f"{shard_id}.attempts"
     with open(file, "a") as handle:
         handle.write(f"{time.time():.3f} {socket.gethostname()}\n")
@@ -364,6 +485,8 @@ def record_attempt(path: str | Path, shard_id: int) -> int:
 
 def any_attempt(path: str | Path) -> bool:
     """True when some shard of the store has started at least once."""
+    if storage.is_remote(path):
+        return any(".attempts" in name for name in storage.listdir(storage.join(str(path), MARKERS)))
     folder = Path(path) / MARKERS
     return folder.is_dir() and any(folder.glob("*.attempts"))
 
@@ -371,16 +494,26 @@ def any_attempt(path: str | Path) -> bool:
 def discard_store(path: str | Path) -> None:
     """Delete a pipeline store (never anything else): one a failed run created and never used."""
     if is_pipeline_store(path):
-        shutil.rmtree(path, ignore_errors=True)
+        if storage.is_remote(path):
+            storage.remove_tree(str(path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def attempt_count(path: str | Path, shard_id: int) -> int:
+    if storage.is_remote(path):
+        prefix = f"{shard_id}.attempts."
+        return sum(name.startswith(prefix) for name in storage.listdir(storage.join(str(path), MARKERS)))
     file = Path(path) / MARKERS / f"{shard_id}.attempts"
     return len(file.read_text().splitlines()) if file.is_file() else 0
 
 
 def write_marker(path: str | Path, record: ShardRecord) -> None:
     """Commit a shard: atomically write its marker after its data is written."""
+    if storage.is_remote(path):  # one PUT: the object appears whole or not at all
+        storage.write_bytes(storage.join(str(path), MARKERS, f"{record.shard_id}.json"),
+                            json.dumps(asdict(record)).encode())
+        return
     folder = Path(path) / MARKERS
     final = folder / f"{record.shard_id}.json"
     temporary = folder / f".{record.shard_id}.json.{os.getpid()}.tmp"
@@ -390,6 +523,13 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
 
 def read_markers(path: str | Path) -> dict[int, ShardRecord]:
     """Committed shards by id."""
+    if storage.is_remote(path):
+        records = {}
+        for name in storage.listdir(storage.join(str(path), MARKERS)):
+            if name.endswith(".json"):
+                data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, name)))
+                records[data["shard_id"]] = ShardRecord(**data)
+        return records
     folder = Path(path) / MARKERS
     records = {}
     if folder.is_dir():
@@ -453,7 +593,7 @@ def open_results(path: str | Path, *, require_complete: bool = False):
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
+        dataset = xr.open_zarr(_target(path), consolidated=bool(attrs.get("complete")))
     return dataset
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .kinds import ShardInfo, kind_module
 from .plan import Shard, shard_blocks
+from .storage import set_options
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
@@ -55,6 +56,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     so a shard either committed completely or is pending.
     """
     store = spec.store.path
+    set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     attempt = record_attempt(store, shard.id)
     began = time.perf_counter()
     device = pick_device()
