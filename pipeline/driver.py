@@ -285,7 +285,10 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             progress.advance(record)
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
-        attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+        try:
+            attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+        except Exception:  # the storage itself is what failed (a bucket out of reach): keep the executor's count
+            pass
         summary.failed[shard.id] = ShardRecord(
             shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
         )
@@ -299,14 +302,26 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
         # a store this run just created holds nothing, so it goes
-        discard = opened.created and not any_attempt(spec.store.path)
+        try:
+            discard = opened.created and not any_attempt(spec.store.path)
+        except Exception:  # the storage is out of reach: keep the store, a re-run resumes it
+            discard = False
         raise
     finally:
         try:
             if discard:
                 discard_store(spec.store.path)
             else:
-                summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                try:
+                    summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                except Exception as err:
+                    if not _remote(spec.store.path):
+                        raise
+                    text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise StoreError(
+                        f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
+                        "kept: run the same command again when the storage answers (it resumes)"
+                    ) from err
         finally:
             if progress is not None:
                 progress.stop()

@@ -7,7 +7,8 @@ have the same precondition), so of two drivers starting together exactly one
 creates it. The lease names its holder and an expiry ``TTL_SECONDS`` ahead; a
 background thread renews it every ``RENEW_SECONDS`` while the driver runs and
 deletes it when the driver ends. A driver that dies (SIGKILL, a lost node)
-stops renewing, so its lease expires and the next driver takes it over.
+stops renewing, so its lease expires and the next driver takes it over; on
+the same host a lease whose process is gone is taken over at once.
 
 Limits (docs/storage.md): a driver killed without cleanup blocks the store for
 up to ``TTL_SECONDS``; takeover of an expired lease is delete-then-create,
@@ -64,6 +65,20 @@ def _read(url: str) -> dict | None:
         return {}
 
 
+def _dead_here(held: dict) -> bool:
+    """True when the holder ran on this host and its process is gone (taken over at once, not after the TTL)."""
+    pid = held.get("pid")
+    if held.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _create(url: str, data: bytes) -> bool:
     """Create ``url`` only if it does not exist (a conditional put where the backend has one)."""
     fs, path = storage.filesystem(url)
@@ -93,7 +108,7 @@ def acquire(store: str) -> str:
         if held is None:
             continue  # released meanwhile: try again
         expires = held.get("expires", 0) if isinstance(held, dict) else 0
-        if isinstance(expires, (int, float)) and expires > time.time():
+        if isinstance(expires, (int, float)) and expires > time.time() and not _dead_here(held):
             raise StoreError(
                 f"store.path: another `pipeline submit` is running this store (pid {held.get('pid')} on "
                 f"{held.get('host')}, since {held.get('since')}; its lease {url} is renewed every "

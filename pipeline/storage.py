@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import re
 import threading
 import time
@@ -56,7 +57,8 @@ SCHEMES: dict[str, tuple[str, str | None, str | None]] = {
 }
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
 
-RETRY_ATTEMPTS = 5  # tries of one storage call before the error reaches the shard
+# tries of one storage call before the error reaches the shard (PIPELINE_STORAGE_RETRIES overrides)
+RETRY_ATTEMPTS = int(os.environ.get("PIPELINE_STORAGE_RETRIES", "5"))
 RETRY_BASE_SECONDS = 0.2  # backoff 0.2, 0.4, 0.8, 1.6 s (with jitter)
 
 
@@ -179,8 +181,11 @@ def _filesystem(protocol: str, frozen: str):
     if protocol == "s3":
         options.setdefault("config_kwargs", {}).setdefault("connect_timeout", 10)
         options["config_kwargs"].setdefault("read_timeout", 60)
-        # s3fs retries 5xx itself; connection errors come to ``retry``
-    return fsspec.filesystem(protocol, **options)
+        options["config_kwargs"].setdefault("retries", {"max_attempts": 1})  # ``retry`` is the one retry loop
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol == "s3":
+        fs.retries = 1  # s3fs's own loop (5 tries, sleeping up to 15 s) would multiply with ``retry``
+    return fs
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None):
@@ -216,9 +221,11 @@ def zarr_store(url: str, *, read_only: bool = False):
     if not getattr(fs, "async_impl", False):
         from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-        fs = AsyncFileSystemWrapper(fs)
+        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
     elif not getattr(fs, "asynchronous", False):
         fs = _async_copy(fs)
+        if protocol_of(fs) == "s3":
+            fs.retries = 1
     return FsspecStore(fs, path=path, read_only=read_only)
 
 
@@ -229,8 +236,6 @@ ZARR_LAYER = "obstore"  # or "fsspec": which store zarr_store makes for s3:// (b
 
 def _obstore_s3(rest: str, options: dict[str, Any], read_only: bool):
     """zarr's ``ObjectStore`` over obstore's ``S3Store`` (None when obstore is missing or an option is not mapped)."""
-    import os
-
     if ZARR_LAYER != "obstore" or importlib.util.find_spec("obstore") is None:
         return None
     config: dict[str, Any] = {}
