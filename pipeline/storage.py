@@ -59,7 +59,7 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
 
 # tries of one storage call before the error reaches the shard (PIPELINE_STORAGE_RETRIES overrides)
 RETRY_ATTEMPTS = int(os.environ.get("PIPELINE_STORAGE_RETRIES", "5"))
-RETRY_BASE_SECONDS = 0.2  # backoff 0.2, 0.4, 0.8, 1.6 s (with jitter)
+RETRY_BASE_SECONDS = 0.5  # backoff 0.5, 1, 2, 4 s (with jitter)
 
 
 class StorageError(ValueError):
@@ -181,7 +181,7 @@ def _filesystem(protocol: str, frozen: str):
     if protocol == "s3":
         options.setdefault("config_kwargs", {}).setdefault("connect_timeout", 10)
         options["config_kwargs"].setdefault("read_timeout", 60)
-        options["config_kwargs"].setdefault("retries", {"max_attempts": 1})  # ``retry`` is the one retry loop
+        options["config_kwargs"].setdefault("retries", {"total_max_attempts": 1})  # ``retry`` is the one retry loop
     fs = fsspec.filesystem(protocol, **options)
     if protocol == "s3":
         fs.retries = 1  # s3fs's own loop (5 tries, sleeping up to 15 s) would multiply with ``retry``

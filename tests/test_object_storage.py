@@ -27,7 +27,7 @@ from s3server import Outage
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "jobs/quickstart.yaml"
-SMALL = ["--set", "inputs.n=24000", "--set", "store.chunk_size=1000", "--set", "execution.shard_size=2000"]  # 12 shards
+SMALL = ["--set", "inputs.n=6000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]  # 12 shards
 SWEEP = [
     "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
     "--set", "store.chunk_size=2", "--set", "execution.shard_size=2",
@@ -170,7 +170,7 @@ def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quic
         out[where] = tmp_path / "from-store.zarr" if where == "local" else s3_server.url("from-store.zarr")
         result = cli("submit", ROOT / "jobs/from_store.yaml", "--executor", "inline", "-q",
                      "--set", f"store.path={out[where]}", "--set", f"inputs.path={source}",
-                     "--set", "store.chunk_size=4000", "--set", "execution.shard_size=8000")
+                     "--set", "store.chunk_size=1500", "--set", "execution.shard_size=3000")
         assert result.exit_code == 0, (where, result.output)
     assert_same_dataset(open_results(out["s3"]), open_results(out["local"]))
 
