@@ -10,7 +10,7 @@ deletes it when the driver ends. A driver that dies (SIGKILL, a lost node)
 stops renewing, so its lease expires and the next driver takes it over; on
 the same host a lease whose process is gone is taken over at once.
 
-Limits (docs/storage.md): a driver killed without cleanup blocks the store for
+Limits (docs/object-storage.md): a driver killed without cleanup blocks the store for
 up to ``TTL_SECONDS``; takeover of an expired lease is delete-then-create,
 so it is only as exclusive as the conditional create; expiry is judged by the
 clocks of the hosts (keep them in NTP sync); a driver that cannot renew for a

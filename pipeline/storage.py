@@ -6,7 +6,7 @@ Every place a job names a path (``store.path``, ``inputs.path``, a sweep's
 unchanged (POSIX renames, memory maps, ``fcntl`` locks); a URL goes through
 one fsspec filesystem per scheme and options (``filesystem``), and the Zarr
 arrays through zarr's ``FsspecStore`` on that same filesystem
-(``zarr_store``; docs/storage.md has the measurement that chose it over the
+(``zarr_store``; docs/object-storage.md has the measurement that chose it over the
 obstore-based ``ObjectStore``).
 
 Credentials come from the environment as each cloud's own tools read them
@@ -206,7 +206,7 @@ def zarr_store(url: str, *, read_only: bool = False):
     """The zarr store of ``url``: zarr's ``ObjectStore`` (obstore) for ``s3://``, else ``FsspecStore``.
 
     obstore wrote seed-000 chunks ~1.5x faster than s3fs against the local S3
-    server (docs/storage.md); it is used when obstore is installed and the
+    server (docs/object-storage.md); it is used when obstore is installed and the
     storage options are ones it understands (keys, endpoint, region,
     anonymous), else the fsspec filesystem that everything else uses.
     """
