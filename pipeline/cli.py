@@ -31,9 +31,16 @@ def _bad_input_errors():
     from .runner import ClusterError
     from .sources import InputError
     from .spec import SpecError
+    from .storage import StorageError
     from .store import StoreError
 
-    return (SpecError, FunctionError, InputError, StoreError, ClusterError)
+    return (SpecError, FunctionError, InputError, StoreError, ClusterError, StorageError)
+
+
+def _is_remote(path: str) -> bool:
+    from .storage import is_remote
+
+    return is_remote(path)
 
 
 def _unit(spec) -> str:
@@ -180,7 +187,7 @@ def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=Fal
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        if spec is not None and Path(spec.store.path).exists():
+        if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
             console.print("\n[yellow]interrupted[/yellow]: committed shards are kept; run the same command again "
                           "to resume")
         else:

@@ -67,6 +67,7 @@ def prepare(spec) -> Prepared:
     ``validate`` and ``submit`` both come here first, so they refuse the same
     store paths (not a pipeline store, not writable, too little free space).
     """
+    check_urls(spec)
     refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)
     prepared = with_store_layout(kind_module(spec).prepare(spec))
@@ -122,6 +123,26 @@ def with_store_layout(prepared: Prepared) -> Prepared:
     return replace(prepared, plan=plan)
 
 
+def check_urls(spec) -> None:
+    """Raise ``SpecError`` naming the key for a URL with an unknown scheme or a missing package, or a bucket
+    that is missing or refuses the credentials; register ``store.storage_options`` for the store's URL."""
+    from . import storage
+    from .fingerprints import job_files
+    from .spec import SpecError
+
+    storage.set_options(spec.store.path, spec.store.storage_options)
+    named = {"store.path": spec.store.path, **job_files(spec)}
+    if spec.kind != "sweep" and getattr(spec.function, "checkpoint", None):
+        named["function.checkpoint"] = spec.function.checkpoint
+    for key, path in named.items():
+        try:
+            storage.check_url(path, key)
+            if storage.is_remote(path):
+                storage.check_access(path, key)
+        except storage.StorageError as err:
+            raise SpecError([str(err)]) from None
+
+
 def check_store_path(path: str | Path) -> None:
     """Raise ``SpecError`` (naming ``store.path``) unless a store can be made (or resumed) at ``path``.
 
@@ -139,8 +160,11 @@ def check_store_path(path: str | Path) -> None:
     """
     import tempfile
 
+    from . import storage
     from .spec import SpecError
 
+    if storage.is_remote(path):
+        return  # check_urls reached the bucket; objects need no parent folders
     path = Path(path)
     target = path.absolute()
     ancestor = target.parent
@@ -201,7 +225,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
     from the same files (see ``fingerprints``).
     """
     spec = prepared.spec
-    path = Path(spec.store.path)
+    path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
     if is_pipeline_store(path) and not replace_it:
@@ -226,6 +250,12 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
             note += "; with store.overwrite: true every run starts over, remove it from the job file to resume instead"
         notes.append(note)
     return Opened(list(prepared.plan.shards), 0, True, notes)
+
+
+def _remote(path) -> bool:
+    from .storage import is_remote
+
+    return is_remote(path)
 
 
 def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
@@ -404,8 +434,11 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
             progress.advance(record)
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
-        attempts = max(attempts, attempt_count(spec.store.path, shard.id))
-        error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
+        try:
+            attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+            error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
+        except Exception:  # the storage itself is what failed (a bucket out of reach): keep the executor's count
+            pass
         summary.failed[shard.id] = ShardRecord(
             shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
         )
@@ -420,17 +453,29 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
         # a store this run just created holds nothing, so it goes
-        discard = opened.created and not any_attempt(spec.store.path)
+        try:
+            discard = opened.created and not any_attempt(spec.store.path)
+        except Exception:  # the storage is out of reach: keep the store, a re-run resumes it
+            discard = False
         raise
     finally:
         try:
             if discard:
                 discard_store(spec.store.path)
             else:
-                from .provenance import run_record
+                try:
+                    from .provenance import run_record
 
-                append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
-                summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                    append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
+                    summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                except Exception as err:
+                    if not _remote(spec.store.path):
+                        raise
+                    text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise StoreError(
+                        f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
+                        "kept: run the same command again when the storage answers (it resumes)"
+                    ) from err
         finally:
             if progress is not None:
                 progress.stop()

@@ -114,9 +114,20 @@ def describe_import_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
+def _checkpoint_source(path: str):
+    """A local path as is; a URL's bytes as a file object (a missing object raises FileNotFoundError)."""
+    from . import storage
+
+    if storage.is_remote(path):
+        import io
+
+        return io.BytesIO(storage.read_bytes(path))
+    return path
+
+
 def _load_checkpoint(module: nn.Module, path: str) -> None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(_checkpoint_source(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FunctionError(f"function.checkpoint: {path} does not exist; check the path") from None
     except Exception as err:  # unpickling errors come in many types

@@ -295,6 +295,12 @@ class StoreSettings(Strict):
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
         "a path that is not a pipeline store is never deleted",
     )
+    storage_options: dict[str, Any] | None = Field(
+        default=None,
+        description="options of the filesystem of a URL store.path (s3://, gs://, az://), like xarray's "
+        "storage_options (e.g. {client_kwargs: {endpoint_url: ...}}); credentials normally come from the "
+        "environment; values are never recorded in the store",
+    )
     chunks: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description="chunk length along axes other than the sample/case axis, by dimension name, e.g. {output: 16}: "
@@ -385,12 +391,22 @@ class JobSpec(Strict):
         return self.execution.shard_size or 4 * self.store.chunk_size
 
     def resolved(self) -> dict[str, Any]:
-        """The spec as plain JSON data (what the store records)."""
-        return self.model_dump(mode="json")
+        """The spec as plain JSON data (what the store records; ``store.storage_options`` values redacted)."""
+        return redact_storage_options(self.model_dump(mode="json"))
 
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""
         return results_hash(self.resolved())
+
+
+def redact_storage_options(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the values of ``store.storage_options`` replaced (secrets never enter a store or a log)."""
+    store = data.get("store")
+    if isinstance(store, dict) and store.get("storage_options"):
+        from .storage import redact
+
+        data["store"] = {**store, "storage_options": redact(store["storage_options"])}
+    return data
 
 
 def check_store_layout(store, shard_size: int) -> None:
@@ -746,6 +762,12 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def _resolve_paths(spec: JobSpec, job_dir: Path) -> JobSpec:
     def absolute(p: str, base: Path) -> str:
+        from .storage import is_url, local_path
+
+        if is_url(p):  # s3://, gs://, memory://: as given; file:// becomes its local path
+            p = local_path(p)
+            if is_url(p):
+                return p
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
 

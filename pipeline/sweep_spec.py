@@ -268,7 +268,9 @@ class SweepJob(Strict):
         return self.execution.shard_size or self.store.chunk_size
 
     def resolved(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        from .spec import redact_storage_options
+
+        return redact_storage_options(self.model_dump(mode="json"))
 
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""

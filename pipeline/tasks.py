@@ -19,6 +19,7 @@ from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_module
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Shard, shard_blocks
+from .storage import set_options
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
@@ -82,6 +83,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     so a shard either committed completely or is pending.
     """
     store = spec.store.path
+    set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     attempt = record_attempt(store, shard.id)
     try:
         return _run_attempt(spec, shard, attempt)
