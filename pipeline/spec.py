@@ -27,7 +27,7 @@ from .quantities import canonical_quantities
 
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("tanh", "sigmoid", "sin", "cos", "relu", "gelu", "silu", "softplus", "exp")
-DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
