@@ -300,6 +300,33 @@ def _addmv(bias, a, b, beta=1, alpha=1):
     return _add(product, bias, beta)
 
 
+def _as_stack(value, like: CJet) -> torch.Tensor:
+    """A jet's per-sample stack, or a constant as one (zero derivatives)."""
+    if is_cjet(value):
+        return value.to_stack().stack
+    value = torch.as_tensor(value, dtype=like.v.dtype, device=like.v.device)
+    batch = like.v.shape[0]
+    stack = value.new_zeros((1 + like.groups + like.rows, batch) + tuple(value.shape))
+    stack[0] = value
+    return stack
+
+
+@rule("cat")
+def _cat(tensors, dim=0):
+    like = next(t for t in tensors if is_cjet(t))
+    nd = like.ndim
+    stacks = [_as_stack(t, like) for t in tensors if not (torch.is_tensor(t) and t.numel() == 0 and t.ndim == 1)]
+    return CJet.from_stack(torch.cat(stacks, dim=_lead_dim(dim, nd, 2)), like.groups)
+
+
+@rule("stack")
+def _stack(tensors, dim=0):
+    like = next(t for t in tensors if is_cjet(t))
+    nd = like.ndim + 1
+    stacks = [_as_stack(t, like) for t in tensors]
+    return CJet.from_stack(torch.stack(stacks, dim=dim % nd + 2), like.groups)
+
+
 # ------------------------------------------------------------------ arithmetic
 
 

@@ -118,7 +118,7 @@ def _factor_for(options: OperatorOptions, x: torch.Tensor) -> torch.Tensor:
     if s.ndim == 1:
         s = s.unsqueeze(1)
     if s.ndim != 2 or s.shape[0] != d:
-        raise ValueError(f"factor must be a [d, R] matrix with d = {d} input elements, got shape {tuple(s.shape)}")
+        raise ValueError(f"factor (derivatives.factor) must be a [d, R] matrix with d = {d} input elements, got shape {tuple(s.shape)}")
     return s
 
 

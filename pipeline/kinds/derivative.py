@@ -30,7 +30,8 @@ def prepare(spec: JobSpec) -> Prepared:
     out_shape = probe_output_shape(fn, info.shape, dtype)
     x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
     try:
-        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2)
+        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2,
+                                     options=spec.derivatives.operator_options())
     except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
         raise FunctionError(
             f"function: computing {list(spec.quantities)} on two samples failed: {type(err).__name__}: {err}"
@@ -98,7 +99,8 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     method = spec.derivatives.method
     if method == "auto" and hint is not None and hint.method in METHODS:
         method = hint.method
-    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size)
+    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size,
+                                 options=spec.derivatives.operator_options(), offset=int(shard.start))
     arrays = {"inputs": x.detach().cpu().numpy()}
     for name in spec.quantities:
         arrays[name] = result.outputs[name].detach().cpu().numpy()
