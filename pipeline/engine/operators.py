@@ -91,14 +91,18 @@ def _mix(value: int) -> int:
 
 def random_directions(batch: int, offset: int, dim: int, options: OperatorOptions, dtype, device) -> torch.Tensor:
     """``[samples, batch, dim]`` directions; sample ``offset + b`` always gets the same ones."""
-    out = torch.empty((batch, options.samples, dim), dtype=torch.float64)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    out = torch.empty((batch, options.samples, dim), dtype=work)
     generator = torch.Generator()
+    base = _mix(int(options.seed))
     for b in range(batch):
-        generator.manual_seed(_mix(_mix(int(options.seed)) ^ (offset + b)))
+        generator.manual_seed(_mix(base ^ (offset + b)))
         if options.distribution == "rademacher":
-            out[b].bernoulli_(0.5, generator=generator).mul_(2).sub_(1)
+            out[b].bernoulli_(0.5, generator=generator)
         else:
             out[b].normal_(generator=generator)
+    if options.distribution == "rademacher":
+        out.mul_(2).sub_(1)
     return out.to(dtype=dtype, device=device).transpose(0, 1)
 
 
@@ -231,7 +235,7 @@ def compute_operators(fn, x: torch.Tensor, quantities, options: OperatorOptions 
     gap = covered(traced) if traced is not None else f"method={method!r} requested"
     outputs: dict[str, torch.Tensor] = {}
     if gap is None and n > 0:
-        chunk = _chunk(traced, x, options, chunk_size)
+        chunk = _chunk(traced, x, options, chunk_size, quantities)
         position, pieces = 0, []
         while position < n:
             piece = x[position: position + chunk]
@@ -263,10 +267,18 @@ def compute_operators(fn, x: torch.Tensor, quantities, options: OperatorOptions 
                             None, reason)
 
 
-def _chunk(traced, x: torch.Tensor, options: OperatorOptions, chunk_size) -> int:
+def _chunk(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities) -> int:
     if chunk_size != "auto":
         return int(chunk_size)
     from .collapsed import auto_collapsed_chunk
 
-    rows = 2 + max(options.samples, math.prod(x.shape[1:]))
+    rows = 1
+    for base in _bases(quantities):
+        if base == "weighted_laplacian":
+            factor = options.factor
+            rank = math.prod(x.shape[1:]) if callable(factor) and not torch.is_tensor(factor) else \
+                torch.as_tensor(factor).reshape(math.prod(x.shape[1:]), -1).shape[1]
+            rows = max(rows, 2 + rank)
+        else:
+            rows = max(rows, 1 + options.group_count + options.samples)
     return auto_collapsed_chunk(traced, rows, x)
