@@ -23,10 +23,12 @@ Every time is the best of --repeats runs after a warm-up. Usage:
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 
@@ -119,6 +121,9 @@ def laplacian_table(dims, n, repeats):
             lambda: compute_derivatives(net, x, ("laplacian",), method="taylor").outputs["laplacian"][:, 0].numpy())
         if folx_lap is not None:
             add("folx forward_laplacian, JAX jit", lambda: folx_lap(xj).block_until_ready(), lambda: folx_lap(xj))
+        for name, seconds, result in jet_rows(net, x, repeats):
+            diff = "" if result is None else f"{np.abs(result - ours).max():.1e}"
+            rows.append((name, seconds, diff))
         folx_s = next((s for name, s, _ in rows if name.startswith("folx")), None)
         for name, seconds, diff in rows:
             versus = "" if folx_s is None else f"{folx_s / seconds:.2f}x"
@@ -126,7 +131,87 @@ def laplacian_table(dims, n, repeats):
     print("\n`vs folx` > 1: faster than folx. jet-for-pytorch: " + jet_status())
 
 
+JET_SCRIPT = r"""
+import json, sys, time
+import numpy as np, torch
+from jet import laplacian
+torch.set_num_threads(int(sys.argv[3]))
+data = np.load(sys.argv[1])
+x = torch.from_numpy(data["x"])
+layers = []
+k = 0
+while f"w{k}" in data:
+    lin = torch.nn.Linear(data[f"w{k}"].shape[1], data[f"w{k}"].shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(data[f"w{k}"]))
+        lin.bias.copy_(torch.from_numpy(data[f"b{k}"]))
+    layers += [lin, torch.nn.Tanh()]
+    k += 1
+net = torch.nn.Sequential(*layers[:-1])
+out = {}
+for collapsed in (False, True):
+    lap = torch.vmap(laplacian(net, (torch.zeros(x.shape[1]),), collapsed=collapsed))
+    with torch.no_grad():
+        result = lap(x)
+        times = []
+        for _ in range(int(sys.argv[2])):
+            t = time.perf_counter(); lap(x); times.append(time.perf_counter() - t)
+    out["collapsed" if collapsed else "standard"] = [min(times), result.reshape(-1).tolist()]
+print(json.dumps(out))
+"""
+
+
+def jet_python() -> str | None:
+    """A Python >= 3.12 with jet-for-pytorch: $JET_PYTHON, or the venv this benchmark makes with python3.12."""
+    if os.environ.get("JET_PYTHON"):
+        return os.environ["JET_PYTHON"]
+    venv = os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline_bench_jet_venv")
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python):
+        return python
+    base = shutil.which("python3.12") or next(
+        (p for p in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python")))), None)
+    if base is None:
+        return None
+    sys.stderr.write(f"  making {venv} with {base} and pip install jet-for-pytorch (once)\n")
+    try:
+        subprocess.run([base, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "jet-for-pytorch"], check=True, timeout=1800)
+    except (subprocess.SubprocessError, OSError) as error:
+        sys.stderr.write(f"  jet-for-pytorch venv failed: {error}\n")
+        return None
+    return python
+
+
+def jet_rows(net, x, repeats):
+    python = jet_python()
+    if python is None:
+        return []
+    import json
+    import tempfile
+
+    arrays = {"x": x.numpy()}
+    for k, m in enumerate([m for m in net if isinstance(m, torch.nn.Linear)]):
+        arrays[f"w{k}"], arrays[f"b{k}"] = m.weight.detach().numpy(), m.bias.detach().numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "net.npz")
+        np.savez(path, **arrays)
+        script = os.path.join(tmp, "jet_bench.py")
+        with open(script, "w") as handle:
+            handle.write(JET_SCRIPT)
+        done = subprocess.run([python, script, path, str(repeats), str(torch.get_num_threads())],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(f"  jet-for-pytorch failed: {done.stderr[-500:]}\n")
+        return []
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return [(f"jet-for-pytorch {kind} Taylor mode, vmap (py3.12, own torch)", out[kind][0], np.asarray(out[kind][1]))
+            for kind in ("standard", "collapsed")]
+
+
 def jet_status() -> str:
+    if jet_python() is not None:
+        return f"run with {jet_python()} (its own torch build; one process per D)."
     candidates = [os.path.expanduser(p) for p in ("~/.pyenv/versions/3.12.1/bin/python",)]
     found = next((c for c in candidates if os.path.exists(c)), shutil.which("python3.12"))
     if found is None:
