@@ -63,6 +63,13 @@ class MLPFunction(Strict):
     activation: Literal[ACTIVATIONS] = Field(default="tanh", description="elementwise activation")  # type: ignore[valid-type]
     seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
     checkpoint: str | None = Field(default=None, description="state_dict file, loaded with weights_only=True")
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)"
+    )
 
 
 class ImportFunction(Strict):
@@ -81,6 +88,13 @@ class ImportFunction(Strict):
     python_path: list[str] = Field(
         default_factory=list,
         description="directories added to sys.path before importing (default: the job file's directory)",
+    )
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)"
     )
 
     @field_validator("target")
@@ -228,6 +242,37 @@ class DerivativeSettings(Strict):
                                samples=self.samples, seed=self.seed, distribution=self.distribution)
 
 
+StoredDtype = Literal["float32", "float64", "float16", "bfloat16"]
+
+
+class ArrayEncoding(Strict):
+    """How one result array is stored (see ``pipeline.encoding``); read back whole by ``open_results``."""
+
+    dtype: StoredDtype | None = Field(default=None, description="stored dtype (default: store.dtype)")
+    packed: bool = Field(default=False, description="hessian/dK: store only the unique entries of the symmetric tensor")
+    entries: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
+        default=None, description="store only these entries, one index per input axis, e.g. [[0, 0], [1, 1]]")
+    outputs: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="store only these outputs (a function with one output axis)")
+
+    @field_validator("entries")
+    @classmethod
+    def _entries(cls, value):
+        if value is not None:
+            if not value or any(not entry for entry in value):
+                raise ValueError("needs at least one entry, each a list of indices, e.g. [[0, 0], [1, 1]]")
+            if len({len(entry) for entry in value}) > 1:
+                raise ValueError("every entry needs the same number of indices (one per input axis)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value):
+        if value is not None and not value:
+            raise ValueError("needs at least one output index, e.g. [0, 1]")
+        return value
+
+
 class StoreSettings(Strict):
     """Where and how results are written."""
 
@@ -236,10 +281,25 @@ class StoreSettings(Strict):
     compression: Literal["lz4", "zstd", "none"] = Field(
         default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
     )
+    compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
+        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)")
+    shards: PositiveInt | None = Field(
+        default=None, description="chunks per stored object (Zarr v3 sharding); execution.shard_size must be a "
+        "multiple of chunk_size x shards")
+    dtype: StoredDtype | None = Field(
+        default=None, description="stored dtype of every result array (default: the compute dtype); "
+        "float16/bfloat16 halve the bytes, rounding error in each array's attributes")
+    encoding: dict[str, ArrayEncoding] = Field(
+        default_factory=dict, description="per result array: dtype, packed, entries, outputs (see docs/storage.md)")
     overwrite: bool = Field(
         default=False,
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
         "a path that is not a pipeline store is never deleted",
+    )
+    chunks: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="chunk length along axes other than the sample/case axis, by dimension name, e.g. {output: 16}: "
+        "then selecting one output reads 1/16 of the array (default: whole axes)",
     )
 
 
@@ -297,6 +357,11 @@ class JobSpec(Strict):
                 f"({self.store.chunk_size}) so that every task writes whole chunks; "
                 f"try {self.store.chunk_size * max(1, round(self.execution.shard_size / self.store.chunk_size))}"
             )
+        check_store_layout(self.store, self.shard_size)
+        for name in self.store.encoding:
+            if name not in self.quantities:
+                raise ValueError(f"store.encoding.{name}: {name!r} is not among the job's quantities "
+                                 f"{list(self.quantities)}; use one of those names")
         if isinstance(self.function, MLPFunction) and isinstance(
             self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
         ):
@@ -324,6 +389,25 @@ class JobSpec(Strict):
         return results_hash(self.resolved())
 
 
+def check_store_layout(store, shard_size: int) -> None:
+    """Cross-key checks of the store's layout options (raise ValueError naming the key)."""
+    if store.compression_level is not None:
+        top = {"lz4": 9, "zstd": 22, "none": None}[store.compression]
+        if top is None:
+            raise ValueError("store.compression_level: store.compression is none, so there is no level; "
+                             "remove compression_level or choose lz4 or zstd")
+        if store.compression_level > top:
+            raise ValueError(f"store.compression_level: {store.compression_level} is above {store.compression}'s "
+                             f"highest level {top}; use 1 to {top}")
+    if store.shards and store.shards > 1 and shard_size % (store.chunk_size * store.shards):
+        per_object = store.chunk_size * store.shards
+        raise ValueError(
+            f"store.shards: {store.shards} chunks of {store.chunk_size} per object ({per_object}) must divide "
+            f"the task's shard size ({shard_size}) so that no two tasks write one object; set "
+            f"execution.shard_size to a multiple of {per_object}, e.g. {per_object * max(1, -(-shard_size // per_object))}"
+        )
+
+
 def results_view(data: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved spec (of any kind) that determines the results.
 
@@ -337,9 +421,16 @@ def results_view(data: dict[str, Any]) -> dict[str, Any]:
     data.pop("name", None)
     data.pop("execution", None)
     if isinstance(data.get("store"), dict):
-        data["store"] = {"chunk_size": data["store"].get("chunk_size")}
+        kept = {"chunk_size": data["store"].get("chunk_size")}
+        for key in ("dtype", "encoding"):  # what is stored is part of the results; absent when unset
+            if data["store"].get(key):
+                kept[key] = data["store"][key]
+        data["store"] = kept
     if isinstance(data.get("derivatives"), dict):
         data["derivatives"].pop("chunk_size", None)
+    if isinstance(data.get("function"), dict):  # labels of the axes, not what is computed
+        data["function"].pop("output_names", None)
+        data["function"].pop("input_names", None)
     if data.get("kind") == "sweep":
         from .sweep_spec import drop_result_neutral_options
 
@@ -408,7 +499,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise SpecError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
-    return path, value
+    return path, _number(value)
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _number(value: Any) -> Any:
+    """``'1e3'`` (a string to YAML 1.1, which wants ``1.0e3``) -> ``1000``; a whole float -> int; else as is.
+
+        >>> _number("1e3"), _number("2.5e-1"), _number(1.0e3), _number("1e3x"), _number([1, 2])
+        (1000, 0.25, 1000, '1e3x', [1, 2])
+    """
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -418,15 +525,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         path, value = parse_override(text)
         node = data
         for i, part in enumerate(path[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, list):
+                node = node[_list_index(text, path, i, node)]
+                continue
+            child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 where = ".".join(path[: i + 1])
                 raise SpecError([f"--set {text!r}: {where} is {child!r}, not a mapping, so it has no key {path[i + 1]!r}"])
             node = child
-        node[path[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(text, path, len(path) - 1, node)] = value
+        else:
+            node[path[-1]] = value
     return data
+
+
+def _list_index(text: str, path: list[str], i: int, items: list) -> int:
+    """The list index ``path[i]`` of an override (``inputs.axes.0.num=10``), checked against the list's length."""
+    where = ".".join(path[:i])
+    try:
+        index = int(path[i])
+    except ValueError:
+        raise SpecError([f"--set {text!r}: {where} is a list, so the next key must be an index 0..{len(items) - 1}, "
+                         f"not {path[i]!r}"]) from None
+    if not -len(items) <= index < len(items):
+        raise SpecError([f"--set {text!r}: {where} has {len(items)} items, so index {index} is out of range; "
+                         f"use 0..{len(items) - 1}"])
+    return index
 
 
 def _loc_path(loc: tuple) -> str:

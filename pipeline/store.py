@@ -71,6 +71,11 @@ class ShardRecord:
     chunk_size: int = 0
     peak_memory_bytes: int = -1
     error: str = ""
+    started: float = 0.0  # when the shard's last attempt began and committed (seconds since the epoch, UTC)
+    finished: float = 0.0
+    worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
+    job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
+    spec_hash: str = ""
 
 
 # ------------------------------------------------------------------ driver
@@ -181,6 +186,7 @@ def create_store(
     initial_arrays: dict[str, np.ndarray] | None = None,
     tables: dict[str, Any] | None = None,
     array_attributes: dict[str, dict[str, Any]] | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> None:
     """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
 
@@ -188,7 +194,8 @@ def create_store(
     parameters: data the driver knows up front); ``tables`` maps file names to
     ``pyarrow.Table`` written as Parquet beside the arrays (``cases.parquet``);
     ``array_attributes`` adds attributes per array (e.g. xarray's
-    ``coordinates``).
+    ``coordinates``); ``store_settings`` (the spec's ``store``: codec, level,
+    Zarr shards, stored dtypes) go through ``encoding.create_options``.
 
     The store is built in a temporary sibling directory and renamed into place,
     so a failure here never leaves a half-made store at ``path``.
@@ -217,19 +224,23 @@ def create_store(
             "n_shards": len(plan.shards),
         }
         group = zarr.open_group(str(staging), mode="w", attributes=attrs)
+        from .encoding import create_options
+
         for layout in plan.arrays:
+            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
             group.create_array(
                 layout.name,
                 shape=layout.shape,
                 chunks=layout.chunks,
                 dtype=layout.dtype,
-                fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
-                compressors=compressors(compression),
-                attributes=dict((array_attributes or {}).get(layout.name, {})),
+                attributes=array_attrs,
+                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                   **create_options(layout, store_settings or {"compression": compression}, array_attrs)},
             )
         for name, values in (initial_arrays or {}).items():
             group[name][...] = values
+        consolidate_template(staging)
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
         for file_name, table in (tables or {}).items():
@@ -243,6 +254,30 @@ def create_store(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def consolidate_template(path: str | Path) -> None:
+    """Consolidate the metadata of a new store, so that readers never list its folder.
+
+    Listing the group (what zarr does without consolidated metadata) warns
+    about every entry that is not Zarr (``plan.parquet``, ``_shards/``, ...);
+    with the template's metadata consolidated up front, ``xarray.open_zarr``
+    and ``open_results`` open a store that is still being written without a
+    warning. The arrays never change shape after creation, and
+    ``finalize_store`` consolidates again (the root attributes are read from
+    ``zarr.json`` itself, never from the consolidated copy).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns that consolidated v3 metadata is not in the spec yet
+        _zarr().consolidate_metadata(str(path))
+
+
+def has_consolidated_metadata(path: str | Path) -> bool:
+    """True when the store's ``zarr.json`` holds consolidated metadata (every store since the template is)."""
+    try:
+        return bool(json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata"))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_plan(path: Path, plan: Plan) -> None:
@@ -293,6 +328,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             rows.append(
                 ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
             )
+    rows = _with_job(path, rows)
     _write_manifest(path, rows)
     complete = all(r.status == "done" for r in rows)
     if complete:
@@ -303,6 +339,23 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
+
+
+def _with_job(path: Path, rows: list[ShardRecord]) -> list[ShardRecord]:
+    """Every manifest row names its job and spec hash (pending and failed rows too), for queries over many stores."""
+    from dataclasses import replace
+
+    attrs = read_attributes(path)
+    name, spec_hash = str(attrs.get("name", "")), str(attrs.get("spec_hash", ""))
+    return [r if r.job else replace(r, job=name, spec_hash=spec_hash) for r in rows]
+
+
+def append_run(path: str | Path, run: dict[str, Any]) -> None:
+    """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = _zarr().open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
 def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
@@ -451,10 +504,25 @@ def open_results(path: str | Path, *, require_complete: bool = False):
             f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
             f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
         )
+    dataset = _open_dataset(path, xr)
+    from .encoding import decode
+    from .labels import label_dataset
+
+    dataset = decode(dataset)  # packed / selected / 16-bit arrays back as their full quantities, lazily
+
+    return label_dataset(dataset, attrs)
+
+
+def _open_dataset(path: str | Path, xr):
+    """The store's arrays as a lazy ``xarray.Dataset``: dask arrays in the store's own chunks when dask is installed."""
+    import importlib.util
+
+    chunks = {} if importlib.util.find_spec("dask") is not None else None
+    if has_consolidated_metadata(path):
+        return xr.open_zarr(str(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
-    return dataset
+        warnings.simplefilter("ignore")  # a store written before templates were consolidated: zarr lists the folder
+        return xr.open_zarr(str(path), consolidated=False, chunks=chunks)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:

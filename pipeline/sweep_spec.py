@@ -253,6 +253,9 @@ class SweepJob(Strict):
                 f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "
                 f"({self.store.chunk_size}) so that every task writes whole chunks"
             )
+        from .spec import check_store_layout
+
+        check_store_layout(self.store, self.shard_size)
         return self
 
     def swept_parameters(self) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoding import encode_arrays, encodings
 from .store import Checksum, open_for_writing, write_region
 
 
@@ -36,12 +37,14 @@ class BlockWriter:
         writer.checksum, writer.nonfinite    # after the block: every write done
     """
 
-    def __init__(self, path: str | Path, *, depth: int = 2, group=None) -> None:
+    def __init__(self, path: str | Path, *, depth: int = 2, group=None, on_written=None) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
+        self.encodings = encodings(self.group)  # packed / selected / 16-bit arrays (``pipeline.encoding``)
         self.depth = depth
+        self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0
         self.bytes_written = 0
         self._checksum = Checksum()
@@ -61,11 +64,16 @@ class BlockWriter:
         self._pending.append(self._pool.submit(self._write, start, stop, arrays))
 
     def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
-        # one thread, so blocks are checksummed in submission (sample) order
-        self._checksum.update(arrays)
+        # one thread, so blocks are checksummed in submission (sample) order; a block's device-to-host
+        # copy (``transfer.HostArrays``) is waited for here, while the main thread computes the next block
+        arrays = dict(arrays.wait()) if hasattr(arrays, "wait") else arrays
         self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
+        arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
+        self._checksum.update(arrays)
         write_region(self.path, arrays, start, stop, group=self.group)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
+        if self.on_written is not None:
+            self.on_written(start, stop)
 
     def close(self) -> None:
         """Wait for every queued write; raises the first write error."""
