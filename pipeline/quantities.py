@@ -12,6 +12,9 @@ value         out                      0
 jacobian      out + in                 1
 hessian       out + in + in            2
 laplacian     out                      2   (trace of the Hessian over the inputs)
+weighted_laplacian  out                2   (sum_ij C_ij d2f/dxi dxj, C = S S^T)
+laplacian_estimate  out                2   (Hutchinson; ``_stderr`` beside it)
+weighted_laplacian_estimate  out       2   (Hutchinson with directions S z)
 d3, d4, ...   out + in * k             k
 ============  =======================  =====
 
@@ -30,6 +33,11 @@ import re
 from collections.abc import Iterable
 
 BASIC = ("value", "jacobian", "hessian", "laplacian")
+# second-order linear operators (``pipeline.engine.operators``): shape ``out``, order 2; an estimate's
+# standard error (``<name>_stderr``) is always stored beside it
+ESTIMATES = ("laplacian_estimate", "weighted_laplacian_estimate")
+OPERATOR_QUANTITIES = ("weighted_laplacian",) + ESTIMATES + tuple(e + "_stderr" for e in ESTIMATES)
+SCALAR_PER_OUTPUT = ("value", "laplacian") + OPERATOR_QUANTITIES
 MAX_ORDER = 8
 _DK = re.compile(r"^d([1-9][0-9]*)$")
 _ALIASES = {"d1": "jacobian", "d2": "hessian"}
@@ -45,7 +53,7 @@ def canonical_quantity(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"quantity must be a string, got {name!r}")
     key = name.strip().lower()
-    if key in BASIC:
+    if key in BASIC or key in OPERATOR_QUANTITIES:
         return key
     if key in _ALIASES:
         return _ALIASES[key]
@@ -60,7 +68,7 @@ def canonical_quantity(name: str) -> str:
         return f"d{order}"
     raise ValueError(
         f"unknown quantity {name!r}; choose from value, jacobian, hessian, laplacian, "
-        f"or dK for the K-th derivative tensor (d3, d4, ...)"
+        f"{', '.join(OPERATOR_QUANTITIES[:3])}, or dK for the K-th derivative tensor (d3, d4, ...)"
     )
 
 
@@ -71,6 +79,8 @@ def canonical_quantities(names: Iterable[str]) -> tuple[str, ...]:
         canon = canonical_quantity(name)
         if canon not in seen:
             seen.append(canon)
+        if canon in ESTIMATES and canon + "_stderr" not in seen:
+            seen.append(canon + "_stderr")  # an estimate never comes without its standard error
     if not seen:
         raise ValueError("at least one quantity is needed, e.g. ['value', 'jacobian']")
     return tuple(seen)
@@ -83,7 +93,7 @@ def quantity_order(name: str) -> int:
         return 0
     if canon == "jacobian":
         return 1
-    if canon in ("hessian", "laplacian"):
+    if canon in ("hessian", "laplacian") or canon in OPERATOR_QUANTITIES:
         return 2
     return int(canon[1:])
 
@@ -97,7 +107,7 @@ def quantity_shape(name: str, in_shape: tuple[int, ...], out_shape: tuple[int, .
     """Shape of one sample's quantity (no sample axis)."""
     canon = canonical_quantity(name)
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if canon in ("value", "laplacian"):
+    if canon in SCALAR_PER_OUTPUT:
         return out_shape
     return out_shape + in_shape * quantity_order(canon)
 
@@ -126,7 +136,7 @@ def quantity_dims(name: str, in_ndim: int, out_ndim: int) -> tuple[str, ...]:
     """
     canon = canonical_quantity(name)
     dims = output_dims(out_ndim)
-    if canon in ("value", "laplacian"):
+    if canon in SCALAR_PER_OUTPUT:
         return dims
     for group in range(1, quantity_order(canon) + 1):
         dims += _axis_names("input", in_ndim, "" if group == 1 else f"_d{group}")

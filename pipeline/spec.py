@@ -27,7 +27,7 @@ from .quantities import canonical_quantities
 
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("tanh", "sigmoid", "sin", "cos", "relu", "gelu", "silu", "softplus", "exp")
-DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -234,6 +234,23 @@ class DerivativeSettings(Strict):
     chunk_size: PositiveInt | Literal["auto"] = Field(default="auto", description="samples per batched call")
     dtype: Literal["float32", "float64"] = "float32"
     allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
+    # options of the operator quantities (weighted_laplacian, laplacian_estimate, ...)
+    factor: tuple[tuple[float, ...], ...] | None = Field(
+        default=None, description="S [d][R] with C = S S^T for weighted_laplacian(_estimate): d rows of R numbers"
+    )
+    samples: PositiveInt = Field(default=64, description="random directions per sample for *_estimate quantities")
+    seed: int = Field(default=0, description="seed of the random directions (combined with each sample's index)")
+    distribution: Literal["rademacher", "gaussian"] = Field(
+        default="rademacher", description="distribution of the random directions of *_estimate quantities"
+    )
+
+    def operator_options(self):
+        """The engine's ``OperatorOptions`` for these settings."""
+        from .engine.operators import OperatorOptions
+
+        factor = None if self.factor is None else [list(row) for row in self.factor]
+        return OperatorOptions(factor=None if factor is None else __import__("torch").tensor(factor),
+                               samples=self.samples, seed=self.seed, distribution=self.distribution)
 
 
 StoredDtype = Literal["float32", "float64", "float16", "bfloat16"]

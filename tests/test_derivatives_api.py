@@ -27,7 +27,7 @@ class Sin(torch.nn.Module):
 
 
 def test_public_names():
-    assert METHODS == ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+    assert METHODS == ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
     result = compute_derivatives(torch.sin, torch.zeros(2, 3), ("value",))
     assert isinstance(result, DerivativeResult)
     with pytest.raises(Exception):

@@ -9,17 +9,19 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.quantities import canonical_quantities, max_order
+from pipeline.quantities import OPERATOR_QUANTITIES, canonical_quantities, max_order
 
 from . import chunking
 from .choose import MethodPlan, best_torch_func, plan_method
+from .collapsed import COLLAPSED_QUANTITIES, auto_collapsed_chunk, collapsed_chunk
+from .collapsed import covered as collapsed_gap
 from .compiled import CompiledTaylor
 from .rules import NotCovered
 from .strategies import torch_func_chunk
 from .taylor import estimate_bytes_per_sample, taylor_chunk
 from .trace import trace_function
 
-METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse")
+METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
 PROBE_SAMPLES = 256  # first chunk when chunk_size="auto": measured, then kept as results
 MIN_TIMED_SAMPLES = 32  # below this a timing says more about overheads than about the method
 
@@ -62,6 +64,8 @@ def _check_chunk(chunk_size) -> int | None:
 def _compute_function(fn: Callable, method: str, quantities: tuple[str, ...], traced=None,
                       compile: bool = False) -> Callable:
     """``compute(chunk, out=None)``: one chunk's quantities, written into ``out`` when given."""
+    if method == "collapsed":
+        return lambda chunk, out=None: collapsed_chunk(traced, chunk, quantities, out=out)
     if method == "taylor":
         if compile:
             return CompiledTaylor(traced, quantities)
@@ -101,7 +105,7 @@ def _timed(compute: Callable, x: torch.Tensor) -> tuple[float, dict]:
 
 
 def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", memory_limit_bytes=None,
-                        compile=False):
+                        compile=False, options=None, offset=0):
     """Derivatives of ``fn`` at every sample of ``x``, with how they were computed.
 
     Args:
@@ -117,6 +121,10 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
             as out of memory and is halved (on CPU the cap is enforced per op).
         compile: run the Taylor pass through ``torch.compile`` (one compile per
             chunk shape; slower on the 2-core CPU it was measured on, meant for GPUs).
+        options: :class:`~pipeline.engine.operators.OperatorOptions` for the operator
+            quantities (``weighted_laplacian``, ``laplacian_estimate``, ...): factor,
+            samples, seed, distribution.
+        offset: global index of ``x[0]`` (seeds the random directions of the estimates).
 
     Returns:
         A :class:`DerivativeResult`.
@@ -137,17 +145,30 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
         raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
     n, in_shape = x.shape[0], tuple(x.shape[1:])
     in_size = math.prod(in_shape)
+    if any(q in OPERATOR_QUANTITIES for q in quantities):
+        from .operators import compute_operators
+
+        return compute_operators(fn, x, quantities, options, method=method, chunk_size=chunk_size, offset=offset)
     if n == 0:
-        return _empty_result(fn, x, quantities, method)
+        return _empty_result(fn, x, quantities, "auto" if method == "collapsed" else method)
 
     traced, reason = None, None
-    if method in ("auto", "taylor"):
+    if method in ("auto", "taylor", "collapsed"):
         traced = trace_function(fn, in_shape, x.dtype, x.device)
         reason = traced.reason()
         if reason is not None:
             traced = None
     out_size = _out_size(fn, x, traced)
-    if method == "auto":
+    collapsible = (traced is not None and "laplacian" in quantities
+                   and all(q in COLLAPSED_QUANTITIES for q in quantities))
+    gap = collapsed_gap(traced) if collapsible else "not a Laplacian"
+    if method == "collapsed":
+        method = "auto"
+        if gap is not None:
+            reason = f"collapsed mode not used: {gap}"
+    if method == "auto" and gap is None:
+        plan = MethodPlan("collapsed")
+    elif method == "auto":
         if max_order(quantities) == 0:
             plan = MethodPlan("taylor" if traced is not None else "forward")
         else:
@@ -162,8 +183,11 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
     try:
         return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile)
     except Exception as error:  # noqa: BLE001 - the Taylor engine failing is a reason to fall back, not to fail
-        if traced is None or plan.method != "taylor" or chunking.is_out_of_memory(error):
+        if traced is None or plan.method not in ("taylor", "collapsed") or chunking.is_out_of_memory(error):
             raise
+        if plan.method == "collapsed":  # the collapsed rules refused: the Taylor engine covers more
+            return _run(fn, x, quantities, MethodPlan("taylor"), traced, fixed_chunk, memory_limit_bytes,
+                        f"collapsed mode failed ({type(error).__name__}: {error})", compile)
         # a rule refused at run time (an argument form it does not handle), or the interpreter broke:
         # the function still gets its derivatives, from torch.func, and the result says why
         if isinstance(error, NotCovered):
@@ -207,6 +231,11 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
                 best = None  # the first chunk would not have fitted the cap: recompute it in smaller chunks
             else:
                 probe = chunking.Measured(outputs, scaled)
+    elif method == "collapsed" and limit_bytes is None:
+        chunk = fixed_chunk or auto_collapsed_chunk(traced, 2 + math.prod(x.shape[1:]), x)
+        run = chunking.run_chunks(compute, x, chunk)
+        outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
+        return DerivativeResult(outputs, method, min(run.chunk_size, n), None, None)
     elif method == "taylor" and x.device.type != "cuda" and limit_bytes is None:
         # CPU without a cap: size chunks from the trace's tensor sizes - no measuring run, whose
         # dispatch-mode bookkeeping would cost more than a small batch itself
@@ -217,7 +246,7 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
         return DerivativeResult(outputs, method, min(run.chunk_size, n), per_sample * min(run.chunk_size, n), None)
     else:
         try:
-            probe = chunking.measure(compute, x[:first], limit_bytes, method == "taylor" and not compile)
+            probe = chunking.measure(compute, x[:first], limit_bytes, method in ("taylor", "collapsed") and not compile)
         except Exception as error:  # noqa: BLE001
             if not chunking.is_out_of_memory(error):
                 raise
@@ -231,13 +260,13 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
             chunk = chunking.auto_chunk(chunking.per_sample_bytes(peak, first), n, x.device, limit_bytes)
     track = limit_bytes is not None or x.device.type == "cuda"
     run = chunking.run_chunks(compute, x, chunk, start=start, done=done, limit_bytes=limit_bytes,
-                              peak_bytes=peak, track=track, tracker=method == "taylor" and not compile)
+                              peak_bytes=peak, track=track, tracker=method in ("taylor", "collapsed") and not compile)
     peak_bytes = run.peak_bytes
     if peak_bytes is not None and not track and run.chunk_size > first and probe is not None:
         peak_bytes = int(peak_bytes / first * run.chunk_size)  # CPU: measured on the first chunk, scaled
     outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
     return DerivativeResult(outputs, method, min(run.chunk_size, n), peak_bytes,
-                            reason if method != "taylor" else None)
+                            reason if method not in ("taylor", "collapsed") else None)
 
 
 def _empty_result(fn, x, quantities, method) -> DerivativeResult:

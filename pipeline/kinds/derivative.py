@@ -32,7 +32,8 @@ def prepare(spec: JobSpec) -> Prepared:
     out_shape = probe_output_shape(fn, info.shape, dtype)
     x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
     try:
-        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2)
+        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2,
+                                     options=spec.derivatives.operator_options())
     except Exception as err:  # whatever the user's function raises (IndexError, KeyError, ...)
         raise FunctionError(
             f"function: computing {list(spec.quantities)} on two samples failed: {type(err).__name__}: {err}"
@@ -110,7 +111,8 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     method = spec.derivatives.method
     if method == "auto" and hint is not None and hint.method in METHODS:
         method = hint.method
-    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size)
+    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size,
+                                 options=spec.derivatives.operator_options(), offset=int(shard.start))
     # copied to the host on a side stream (CUDA): the writer thread waits for it, not the next block's compute
     arrays = to_host({"inputs": x, **{name: result.outputs[name] for name in spec.quantities}})
     return arrays, ShardInfo(result.method, int(result.chunk_size), result.peak_memory_bytes)

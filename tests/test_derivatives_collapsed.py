@@ -1,0 +1,201 @@
+"""Collapsed Taylor mode and the second-order operators, against float64 torch.func and finite differences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.driver import submit
+from pipeline.engine import compute_derivatives
+from pipeline.engine.operators import OperatorOptions
+from pipeline.runner import InlineExecutor
+from pipeline.spec import validate_spec
+from pipeline.store import open_results
+
+F64 = torch.float64
+
+
+def mlp(d, out, seed=0, act=torch.nn.Tanh):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(d, 12), act(), torch.nn.Linear(12, 10), torch.nn.Tanh(), torch.nn.Linear(10, out)]
+    net = torch.nn.Sequential(*layers).to(F64)
+    if out == 1:
+        return lambda x: net(x)[0]  # a scalar output
+    return net
+
+
+def hessians(fn, x):
+    return torch.vmap(torch.func.hessian(fn))(x)  # [N, *out, d, d]
+
+
+def fd_laplacian(fn, x, h=1e-4):
+    """Central second differences along every axis, float64."""
+    total = 0
+    with torch.no_grad():
+        f0 = torch.stack([fn(xi) for xi in x])
+        for i in range(x.shape[1]):
+            e = torch.zeros(x.shape[1], dtype=F64)
+            e[i] = h
+            fp = torch.stack([fn(xi + e) for xi in x])
+            fm = torch.stack([fn(xi - e) for xi in x])
+            total = total + (fp - 2 * f0 + fm) / h**2
+    return total
+
+
+@pytest.mark.parametrize("d", [1, 3, 17])
+@pytest.mark.parametrize("out", [1, 4])
+@pytest.mark.parametrize("chunk", [1, 3, "auto"])
+def test_laplacian_is_collapsed_and_exact(d, out, chunk):
+    fn = mlp(d, out, seed=d + out)
+    x = torch.randn(7, d, dtype=F64)
+    result = compute_derivatives(fn, x, ("value", "jacobian", "laplacian"), chunk_size=chunk)
+    assert result.method == "collapsed"
+    h = hessians(fn, x)
+    torch.testing.assert_close(result.outputs["laplacian"], h.diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(result.outputs["value"], torch.stack([fn(xi) for xi in x]).detach())
+    if chunk == 3:
+        torch.testing.assert_close(result.outputs["laplacian"], fd_laplacian(fn, x), rtol=1e-5, atol=1e-6)
+
+
+def _ops(x):
+    """Products of two input-dependent values, many unary functions, reductions, a division, relu."""
+    a = torch.sin(x) * torch.exp(0.3 * x)
+    b = torch.nn.functional.softplus(x[..., :2].sum() - x) / (2.0 + torch.cos(x))
+    c = torch.relu(x - 0.1) * x + torch.sigmoid(x) ** 3 + torch.sqrt(1.5 + torch.tanh(x))
+    return torch.stack([(a * b).sum(), c.mean() + torch.log1p(x * x).sum(), torch.nn.functional.gelu(x).sum()])
+
+
+@pytest.mark.parametrize("d", [1, 3, 17])
+def test_covered_ops_match_torch_func(d):
+    x = torch.randn(5, d, dtype=F64) * 0.7
+    fn = _ops if d > 1 else (lambda z: _ops(torch.cat([z, z * 0.5])))
+    result = compute_derivatives(fn, x, ("laplacian",), chunk_size=2)
+    assert result.method == "collapsed"
+    torch.testing.assert_close(result.outputs["laplacian"], hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1),
+                               rtol=1e-9, atol=1e-10)
+
+
+def test_an_uncovered_op_falls_back_to_taylor_with_the_same_numbers():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 2)).to(F64)
+    x = torch.randn(6, 3, dtype=F64)
+    result = compute_derivatives(net, x, ("laplacian",))
+    assert result.method == "taylor"
+    forced = compute_derivatives(net, x, ("laplacian",), method="collapsed")
+    assert forced.method == "taylor"
+    torch.testing.assert_close(result.outputs["laplacian"], fd_laplacian(net, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [1, 3, 17])
+@pytest.mark.parametrize("out", [1, 4])
+def test_weighted_laplacian_constant_and_state_dependent_factor(d, out):
+    fn = mlp(d, out, seed=2 * d + out)
+    x = torch.randn(5, d, dtype=F64)
+    h = hessians(fn, x)
+    s = torch.randn(d, 2, dtype=F64)
+    result = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=s), chunk_size=3)
+    assert result.method == "collapsed"
+    expected = torch.einsum("b...ij,ij->b...", h, s @ s.T)
+    torch.testing.assert_close(result.outputs["weighted_laplacian"], expected, rtol=1e-10, atol=1e-12)
+
+    def factor(z):  # a diffusion matrix that depends on the state
+        return torch.eye(d, 3, dtype=z.dtype) * (1 + z[0] ** 2) + 0.1 * torch.outer(torch.sin(z), torch.ones(3, dtype=z.dtype))
+
+    result = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=factor), chunk_size=1)
+    c = torch.vmap(lambda z: factor(z) @ factor(z).T)(x)
+    torch.testing.assert_close(result.outputs["weighted_laplacian"], torch.einsum("b...ij,bij->b...", h, c),
+                               rtol=1e-10, atol=1e-12)
+    # a forced torch.func method contracts its Hessian: the same numbers
+    forced = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=s), method="forward")
+    assert forced.method == "forward"
+    torch.testing.assert_close(forced.outputs["weighted_laplacian"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_estimate_does_not_depend_on_chunking_or_the_shard_it_is_in():
+    fn = mlp(5, 2, seed=3)
+    x = torch.randn(11, 5, dtype=F64)
+    options = OperatorOptions(samples=8, seed=7)
+    whole = compute_derivatives(fn, x, ("laplacian_estimate",), options=options, chunk_size="auto").outputs
+    assert set(whole) == {"laplacian_estimate", "laplacian_estimate_stderr"}
+    for chunk in (1, 3, 4):
+        other = compute_derivatives(fn, x, ("laplacian_estimate",), options=options, chunk_size=chunk).outputs
+        torch.testing.assert_close(other["laplacian_estimate"], whole["laplacian_estimate"], rtol=1e-13, atol=1e-14)
+    tail = compute_derivatives(fn, x[4:], ("laplacian_estimate",), options=options, offset=4).outputs
+    torch.testing.assert_close(tail["laplacian_estimate"], whole["laplacian_estimate"][4:], rtol=1e-13, atol=1e-14)
+    # a forced torch.func method uses the very same directions
+    forced = compute_derivatives(fn, x, ("laplacian_estimate",), options=options, method="forward").outputs
+    torch.testing.assert_close(forced["laplacian_estimate"], whole["laplacian_estimate"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(forced["laplacian_estimate_stderr"], whole["laplacian_estimate_stderr"], rtol=1e-10,
+                               atol=1e-12)
+    # another seed gives other directions
+    moved = compute_derivatives(fn, x, ("laplacian_estimate",), options=OperatorOptions(samples=8, seed=8)).outputs
+    assert not torch.allclose(moved["laplacian_estimate"], whole["laplacian_estimate"])
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_estimates_are_unbiased_within_their_standard_error(distribution, weighted):
+    d, seeds = 17, 300
+    fn = mlp(d, 1, seed=4)
+    x = torch.randn(2, d, dtype=F64)
+    h = hessians(fn, x)
+    s = torch.randn(d, 4, dtype=F64) if weighted else None
+    exact = torch.einsum("bij,ij->b", h, s @ s.T) if weighted else h.diagonal(dim1=-2, dim2=-1).sum(-1)
+    name = "weighted_laplacian_estimate" if weighted else "laplacian_estimate"
+    # one call with many samples: 300 seeds' worth of sample indices, each a fresh set of directions
+    many = x.repeat(seeds, 1)
+    out = compute_derivatives(fn, many, (name,), options=OperatorOptions(factor=s, samples=16, seed=11,
+                                                                          distribution=distribution)).outputs
+    est = out[name].reshape(seeds, 2)
+    stderr = out[name + "_stderr"].reshape(seeds, 2)
+    mean_error = (est.mean(0) - exact).abs()
+    spread = est.std(0) / math.sqrt(seeds)
+    assert (mean_error < 4 * spread).all(), (mean_error, spread)
+    # the stored standard error describes the scatter of one estimate
+    ratio = stderr.pow(2).mean(0).sqrt() / est.std(0)
+    assert ((ratio > 0.7) & (ratio < 1.4)).all(), ratio
+
+
+def _job(tmp_path, name, **derivatives):
+    data = {
+        "schema_version": 1,
+        "name": "ops",
+        "function": {"kind": "mlp", "in_features": 3, "hidden": [16, 16], "out_features": 2, "activation": "tanh"},
+        "inputs": {"kind": "normal", "n": 24, "shape": [3], "seed": 1},
+        "quantities": ["value", "laplacian", "weighted_laplacian", "laplacian_estimate"],
+        "derivatives": {"dtype": "float64", "factor": [[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]], "samples": 8,
+                        "seed": 3, **derivatives},
+        "store": {"path": str(tmp_path / name), "chunk_size": 4},
+        "execution": {"shard_size": 8, "retries": 0},
+    }
+    return validate_spec(data)
+
+
+def test_a_job_stores_the_operators_and_the_standard_error_the_same_for_any_sharding(tmp_path):
+    from pipeline.models import build_function
+
+    spec = _job(tmp_path, "a.zarr")
+    assert spec.quantities[-1] == "laplacian_estimate_stderr"
+    submit(spec, InlineExecutor())
+    other = _job(tmp_path, "b.zarr", chunk_size=3)
+    other = other.model_copy(update={"execution": other.execution.model_copy(update={"shard_size": 12})})
+    submit(other, InlineExecutor())
+    a, b = open_results(spec.store.path), open_results(other.store.path)
+    fn = build_function(spec.function, F64)
+    x = torch.as_tensor(a.inputs.values)
+    h = hessians(fn, x).detach()
+    s = torch.tensor(spec.derivatives.factor, dtype=F64)
+    np.testing.assert_allclose(a["weighted_laplacian"].values, torch.einsum("bkij,ij->bk", h, s @ s.T).numpy(),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a["laplacian"].values, h.diagonal(dim1=-2, dim2=-1).sum(-1).numpy(), rtol=1e-10,
+                               atol=1e-12)
+    for name in ("laplacian_estimate", "laplacian_estimate_stderr"):
+        assert a[name].shape == (24, 2)
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=1e-13, err_msg=name)
