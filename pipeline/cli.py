@@ -126,6 +126,7 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         with store_lock(spec.store.path):  # and so does a second driver of the same store
             runner = make_executor(executor, local=local, address=address)
             if executor == "ray":
+                runner.notify = lambda note: console.print(f"[yellow]note[/yellow]: {note}")
                 runner.start()
                 console.print(f"[dim]executor: {runner.describe()}[/dim]")
             progress = None if quiet else RichProgress(console, unit=_unit(spec))

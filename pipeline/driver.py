@@ -60,6 +60,9 @@ class RunSummary:
 
 def prepare(spec) -> Prepared:
     """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    from .cluster import check_store_path as check_ray_job_store_path
+
+    check_ray_job_store_path(spec.store.path)  # not in a Ray job's temporary working dir
     check_store_path(spec.store.path)
     return kind_module(spec).prepare(spec)
 

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from .cluster import placement
 from .kinds import ShardInfo, kind_module
 from .plan import Shard, shard_blocks
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
@@ -67,14 +68,15 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
     seconds = time.perf_counter() - began
+    node, accelerators = placement()  # the Ray node and GPU ids, when a Ray worker runs this
     record = ShardRecord(
         shard_id=shard.id,
         start=shard.start,
         stop=shard.stop,
         status="done",
         attempts=attempt,
-        host=socket.gethostname(),
-        device=device_name(device),
+        host=" ".join(filter(None, (socket.gethostname(), node and f"({node})"))),
+        device=" ".join(filter(None, (device_name(device), accelerators and f"({accelerators})"))),
         seconds=round(seconds, 4),
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
         nonfinite=writer.nonfinite,
