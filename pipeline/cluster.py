@@ -280,24 +280,31 @@ def ray_job_working_dir() -> str | None:
 
 
 def check_store_path(path) -> None:
-    """Refuse a relative ``store.path`` in a Ray job's temporary working dir (the results would vanish with it).
+    """Refuse a ``store.path`` inside a Ray job's temporary working dir (the results would vanish with it).
+
+    ``load_spec`` makes a relative ``store.path`` absolute against the current
+    directory, which in ``ray job submit --working-dir`` is Ray's temporary copy.
 
     Example:
-        >>> check_store_path("/shared/results/sweep.zarr")   # absolute: fine anywhere
+        >>> check_store_path("/shared/results/sweep.zarr")   # outside any Ray job's working dir: fine
     """
     text = str(path)
-    if "://" in text or Path(text).is_absolute():
+    if "://" in text:
         return
     working_dir = ray_job_working_dir()
     if working_dir is None:
         return
+    target, base = Path(text).absolute(), Path(working_dir).absolute()
+    if target != base and base not in target.parents:
+        return
     from .spec import SpecError
 
+    shown = target.relative_to(base)
     raise SpecError([
-        f"store.path: {text} is relative, and this runs as a Ray job (`ray job submit --working-dir`) in Ray's "
-        f"temporary copy of the working dir ({working_dir}), which Ray deletes: nobody would find the store "
-        f"there. Use an absolute path on a filesystem every node sees, e.g. --set store.path=/shared/{Path(text).name} "
-        "(or a storage URL)"
+        f"store.path: {shown} is relative, and this runs as a Ray job (`ray job submit --working-dir`) whose "
+        f"current directory is Ray's temporary copy of the working dir ({working_dir}), deleted after the job: "
+        f"nobody would find the store there. Use an absolute path on a filesystem every node sees, e.g. "
+        f"--set store.path=/shared/{target.name} (or a storage URL)"
     ])
 
 
@@ -305,7 +312,7 @@ def check_store_path(path) -> None:
 
 
 def placement() -> tuple[str, str]:
-    """(node, accelerators) of the Ray worker running this code: ``("ray node 1a2b3c4d", "ray GPU 0")``.
+    """(node, accelerators) of the Ray worker running this code: ``("ray node <node id>", "ray GPU 0")``.
 
     Several Ray nodes may share one host (and a fake GPU of Ray's test
     autoscaler has no CUDA), so the manifest's host and device columns carry
@@ -322,7 +329,7 @@ def placement() -> tuple[str, str]:
         return "", ""
     try:
         context = ray.get_runtime_context()
-        node = f"ray node {context.get_node_id()[:8]}"
+        node = f"ray node {context.get_node_id()}"
         gpus = context.get_accelerator_ids().get("GPU") or []
     except Exception:
         return "", ""
