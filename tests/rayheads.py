@@ -7,6 +7,7 @@ temp dir, all ours): never `ray stop`, which would stop every Ray on the host.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -156,3 +157,61 @@ def start_cluster(num_cpus: int = 2, token: str | None = TOKEN, workers: list[in
     for cpus in workers:
         cluster.add_worker(cpus)
     return cluster
+
+
+FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+
+
+def start_autoscaling_cluster(worker_types: dict, head_cpus: int = 1, idle_timeout_minutes: float = 0.1,
+                              token: str | None = TOKEN) -> RayCluster:
+    """A head whose autoscaler starts (and stops) nodes of ``worker_types`` with Ray's fake multi-node provider.
+
+    What ``ray.cluster_utils.AutoscalingCluster`` sets up, on our own ports and
+    temp dir (it calls `ray stop --force`, which would stop every Ray on the
+    host, and its provider defaults file is not in the wheel: the provider is
+    named as an external module, the same class). Worker nodes are started by
+    the autoscaler in the head's process group and temp dir, so ``stop()`` ends them.
+    """
+    base = new_base()
+    head_id = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head node id
+    cluster = RayCluster(base, cluster_env(  # autoscaler v2: it tracks nodes by the GCS (no SSH updaters)
+        base, token, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_enable_autoscaler_v2="1",
+        RAY_CLOUD_INSTANCE_ID=head_id, RAY_OVERRIDE_NODE_ID_FOR_TESTING=head_id))
+    cluster.port = free_port()
+    config = {
+        "cluster_name": "fake", "max_workers": sum(t.get("max_workers", 0) for t in worker_types.values()),
+        "idle_timeout_minutes": idle_timeout_minutes, "upscaling_speed": 2,
+        "provider": {"type": "external", "module": FAKE_PROVIDER, "gcs_address": cluster.address,
+                     "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "launch_multiple": True, "head_node_id": head_id},
+        "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+            **{name: {"node_config": {}, **t} for name, t in worker_types.items()},
+        },
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
+        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+    (base / "autoscaling.json").write_text(json.dumps(config))
+    cluster.dashboard_port, cluster.client_port = free_port(), free_port()
+    low, high = worker_port_range()
+    cluster._start([
+        "--head", f"--temp-dir={cluster.temp_dir}", f"--port={cluster.port}", f"--num-cpus={head_cpus}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-port={cluster.dashboard_port}", f"--ray-client-server-port={cluster.client_port}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--min-worker-port={low}", f"--max-worker-port={high}", "--object-store-memory=200000000",
+        f"--autoscaling-config={base / 'autoscaling.json'}", "--disable-usage-stats",
+    ])
+    return cluster
+
+
+def alive_nodes(cluster: RayCluster) -> list[dict]:
+    """The cluster's alive nodes (their resources), asked of the GCS by a short-lived Ray client process."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))" % cluster.address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cluster.env, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
