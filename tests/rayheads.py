@@ -129,7 +129,7 @@ class RayCluster:
         except ProcessLookupError:
             pass
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
         for group in self.groups:
             self.kill_group(group)
         # what left its group (Ray's own daemons may start new sessions), found by our temp dir
@@ -142,7 +142,8 @@ class RayCluster:
                 except (OSError, ProcessLookupError):
                     pass
         time.sleep(0.5)
-        shutil.rmtree(self.base, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 def new_base() -> Path:
