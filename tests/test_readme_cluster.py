@@ -103,7 +103,7 @@ def test_readme_cluster_commands_run_as_written():
         assert f"complete: {shared}/results/sweep.zarr" in job_logs, job_logs[-3000:]
         import pipeline
 
-        for name in ("quickstart", "higher_order", "sweep"):
+        for name in ("quickstart", "from_laptop", "sweep"):
             assert pipeline.open_results(shared / f"results/{name}.zarr").attrs["complete"], name
     finally:
         cluster.stop()
