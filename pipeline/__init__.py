@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["derivatives", "compute_derivatives", "hvp", "open_results", "load_spec", "submit", "solve"]
+__all__ = ["derivatives", "compute_derivatives", "hvp", "open_results", "load_spec", "submit", "solve", "unstack_grid"]
 
 
 def __getattr__(name: str):
@@ -33,6 +33,10 @@ def __getattr__(name: str):
         from .driver import submit
 
         return submit
+    if name == "unstack_grid":
+        from .labels import unstack_grid
+
+        return unstack_grid
     if name == "solve":
         from .solvers import solve
 

@@ -61,6 +61,7 @@ def main() -> None:
       pipeline validate jobs/quickstart.yaml      # check a job file, touch nothing
       pipeline submit jobs/quickstart.yaml --local
       pipeline inspect results/quickstart.zarr    # arrays, chunks, manifest
+      pipeline report results/quickstart.zarr     # an HTML page of pictures: results/quickstart.html
     \b
     A parameter sweep:
       pipeline submit jobs/sweep.yaml --local
@@ -91,8 +92,15 @@ def main() -> None:
     help="Replace an existing pipeline store at store.path instead of resuming it (any other existing "
     "path is never deleted).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def submit(job, local, address, executor, overrides, overwrite, quiet):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (Ray's own logging is off unless -v).")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logging and the workers' output.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (shards, bytes to write) and a time estimate from a probe chunk on this CPU; "
+              "write nothing, start no Ray.")
+@click.option("--progress-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="When the output is not a terminal (ray job logs, a pipe, CI): seconds between plain progress "
+              "lines  [default: $PIPELINE_PROGRESS_INTERVAL, else 10]")
+def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, dry_run, progress_interval):
     """Run JOB (a YAML job file) and write its store.
 
     Shards of the input set run as Ray tasks (on GPUs when the cluster has
@@ -105,11 +113,14 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
       pipeline submit jobs/seed000.yaml --local --set inputs.n=20000
       RAY_ADDRESS=ray://head:10001 pipeline submit jobs/seed000.yaml
       pipeline submit jobs/quickstart.yaml --executor inline   # debug in-process
+      pipeline submit jobs/seed000.yaml --dry-run          # plan and time estimate, nothing written
+      pipeline submit jobs/grid.yaml --set inputs.axes.0.num=10     # a list item by index
+      pipeline submit jobs/quickstart.yaml --set inputs.n=1e3 --set "quantities=[value, jacobian]"
     """
     from .driver import prepare
     from .driver import submit as run_submit
     from .lock import store_lock
-    from .progress import RichProgress
+    from .progress import make_progress
     from .runner import make_executor
     from .spec import load_spec
 
@@ -123,13 +134,24 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     try:
         spec = load_spec(job, overrides)
         prepared = prepare(spec)  # bad input stops here, before Ray starts
+        prepared = _with_provenance(prepared, job)
+        if dry_run:
+            from .dry_run import dry_run as plan_only
+
+            click.echo(f"dry run: {spec.name} ({spec.kind}), store {spec.store.path}")
+            for line in plan_only(prepared).lines():
+                click.echo(f"  {line}")
+            return
         with store_lock(spec.store.path):  # and so does a second driver of the same store
             runner = make_executor(executor, local=local, address=address)
+            if hasattr(runner, "verbose"):
+                runner.verbose = verbose
             if executor == "ray":
                 runner.notify = lambda note: console.print(f"[yellow]note[/yellow]: {note}")
                 runner.start()
-                console.print(f"[dim]executor: {runner.describe()}[/dim]")
-            progress = None if quiet else RichProgress(console, unit=_unit(spec))
+                if not quiet:
+                    console.print(f"[dim]executor: {runner.describe()}[/dim]")
+            progress = None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval)
             summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
                                  notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
     except _bad_input_errors() as err:
@@ -141,6 +163,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
         else:
             console.print("\n[yellow]interrupted[/yellow] before any store was written")
         sys.exit(EXIT_INTERRUPTED)
+    from .live import error_line
+
     ran = len(summary.done)
     if summary.skipped:
         console.print(f"resumed: {summary.skipped} shards were already committed")
@@ -151,7 +175,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
             f"see `pipeline status {summary.path}`; run the same command again to retry them"
         )
         first = next(iter(summary.failed.values()))
-        console.print(f"first error (shard {first.shard_id}): {first.error}")
+        console.print(f"first error (shard {first.shard_id}): {error_line(first.error)} "
+                      f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})")
         if nonfinite:
             console.print(nonfinite)
         sys.exit(EXIT_FAILED_SHARDS)
@@ -159,6 +184,15 @@ def submit(job, local, address, executor, overrides, overwrite, quiet):
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
     if nonfinite:
         console.print(nonfinite)
+
+
+def _with_provenance(prepared, job: str):
+    """The prepared job with the provenance of this command (host, command line, the job file's git state)."""
+    from dataclasses import replace
+
+    from .provenance import collect
+
+    return replace(prepared, attributes={**prepared.attributes, "provenance": collect(job)})
 
 
 def _nonfinite_warning(path: str) -> str | None:
@@ -235,65 +269,120 @@ def schema():
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-def inspect(store):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the same facts as JSON: attributes, arrays, shard counts, manifest summary, failed shards.")
+@click.option("--shard", "shard_id", type=int, default=None, metavar="N",
+              help="Show one shard instead: its range, status, attempts and the full traceback of each failed one.")
+def inspect(store, as_json, shard_id):
     """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE.
 
-    Also prints the error of every failed shard.
+    Also prints the error of every failed shard, one line each; --shard N
+    prints shard N's attempts with their full tracebacks.
 
     \b
     Examples:
       pipeline inspect results/quickstart.zarr
       pipeline inspect results/sweep.zarr
+      pipeline inspect results/sweep.zarr --shard 3   # why shard 3 failed: every attempt's traceback
+      pipeline inspect results/sweep.zarr --json | jq .arrays   # for scripts
     """
-    from .report import inspect_store
+    from .report import inspect_shard, inspect_store, store_facts
 
+    if as_json:
+        try:
+            click.echo(json.dumps(store_facts(store), indent=2, default=str))
+        except _bad_input_errors() as err:
+            _fail(str(err))
+        return
     try:
-        inspect_store(store, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+        if shard_id is not None:
+            inspect_shard(store, shard_id, console)
+        else:
+            inspect_store(store, console)
     except _bad_input_errors() as err:
         _fail(str(err))
 
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def status(store, as_json):
-    """Count done, pending and failed shards of STORE and list the ids of the unfinished ones.
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: the store's path with .html, e.g. results/quickstart.html).")
+def report(store, out):
+    """Write a self-contained HTML page of STORE's pictures and tables (figures inline, one file).
 
-    Exit code 0 when the store is complete, 1 otherwise (`pipeline inspect`
-    shows the errors of failed shards; submitting the job again finishes them).
+    Any store: the shard timeline per worker and the throughput over time.
+    A derivative store: per-sample norms of each quantity and, for grid
+    inputs, maps over the grid. A sweep: output fields of a few cases and the
+    outputs / sensitivities against the swept parameters. Needs matplotlib
+    (pip install 'pipeline[notebook]').
+
+    \b
+    Examples:
+      pipeline report results/quickstart.zarr            # writes results/quickstart.html
+      pipeline report results/sweep.zarr -o sweep.html
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _fail("pipeline report draws with matplotlib, which is not installed; pip install 'pipeline[notebook]'")
+    from .html_report import write_report
+
+    try:
+        written = write_report(store, out)
+    except _bad_input_errors() as err:
+        _fail(str(err))
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON: the counts, every shard id, state and driver (see below).")
+def status(store, as_json):
+    """Say whether STORE is running, stale, complete or incomplete, and count its shards.
+
+    \b
+    running     a `pipeline submit` holds the store now (its lock is held):
+                its host, pid, start time, command, shards done / running /
+                pending / failed, samples/s and ETA (updated every few seconds)
+    stale       the driver that ran the store is gone (killed, machine lost):
+                run its command again to resume, committed shards are kept
+    complete    every shard committed (never said of a store that an
+                --overwrite is replacing)
+    incomplete  failed or pending shards, no driver: submitting the job again
+                finishes them (`pipeline inspect` shows the errors)
+
+    \b
+    Exit codes: 0 complete, 1 incomplete or stale, 2 not a store, 3 running.
+
+    \b
+    --json prints one object: path, name, complete, shards, done, failed,
+    pending, samples_done, samples, unit, failed_shards, pending_shards (the
+    store on disk), state (as above) and driver: null, or host, pid, started,
+    command, cwd, phase (starting, replacing, running, finalizing), replacing,
+    updated, alive and progress (null before the first shard, else shards,
+    shards_done, shards_running, shards_pending, shards_failed, samples,
+    samples_done, samples_per_second, eta_seconds, elapsed_seconds, unit).
 
     \b
     Examples:
       pipeline status results/quickstart.zarr
-      pipeline status results/sweep.zarr --json   # counts and every shard id, for scripts
+      pipeline status results/sweep.zarr --json   # for scripts
+      watch pipeline status results/sweep.zarr    # from another terminal while it runs
     """
-    from .store import summarize
+    from .live import STATUS_EXIT_CODES, store_status
+    from .report import print_status
 
     try:
-        counts = summarize(store)
+        report = store_status(store)
     except _bad_input_errors() as err:
         _fail(str(err))
     if as_json:
-        click.echo(json.dumps(counts))
+        click.echo(json.dumps(report))
     else:
-        unit = counts["unit"]  # a sweep counts cases, a derivative job samples
-        table = Table(title=f"{counts['name']}: {counts['path']}", show_edge=False)
-        keys = ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")
-        for key in keys:
-            table.add_column(key.replace("samples", unit))
-        table.add_row(*(str(counts[k]) for k in keys))
-        out = Console(highlight=False, soft_wrap=True)
-        out.print(table)
-        for state in ("failed", "pending"):
-            ids = counts[f"{state}_shards"]
-            if ids:
-                more = f" and {len(ids) - STATUS_IDS_SHOWN} more (--json lists all)" if len(ids) > STATUS_IDS_SHOWN else ""
-                out.print(f"{state} shards: {', '.join(map(str, ids[:STATUS_IDS_SHOWN]))}{more}")
-        if counts["failed_shards"]:
-            out.print(f"their errors: pipeline inspect {counts['path']}")
-        if not counts["complete"]:
-            out.print("run the job again to finish them: committed shards are kept")
-    sys.exit(0 if counts["complete"] else EXIT_FAILED_SHARDS)
+        print_status(report, Console(highlight=False, soft_wrap=True), ids_shown=STATUS_IDS_SHOWN)
+    sys.exit(STATUS_EXIT_CODES[report["state"]])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,10 +15,12 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .kinds import Prepared, kind_module
+from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
 from .fingerprints import changed_files, fingerprints
@@ -27,6 +29,7 @@ from .store import (
     ShardRecord,
     StoreError,
     any_attempt,
+    append_run,
     attempt_count,
     create_store,
     discard_store,
@@ -64,7 +67,24 @@ def prepare(spec) -> Prepared:
 
     check_ray_job_store_path(spec.store.path)  # not in a Ray job's temporary working dir
     check_store_path(spec.store.path)
-    return kind_module(spec).prepare(spec)
+    return with_store_layout(kind_module(spec).prepare(spec))
+
+
+def with_store_layout(prepared: Prepared) -> Prepared:
+    """Apply ``store.chunks`` to the plan and check the axis labels of the job file (``labels.check_labels``)."""
+    from .labels import check_labels
+    from .plan import with_axis_chunks
+    from .spec import SpecError
+
+    spec = prepared.spec
+    try:
+        if spec.kind != "sweep":
+            check_labels(spec.function.model_dump(), spec.quantities, in_shape=tuple(prepared.attributes["in_shape"]),
+                         out_shape=tuple(prepared.attributes["out_shape"]))
+        plan = with_axis_chunks(prepared.plan, dict(getattr(spec.store, "chunks", None) or {}))
+    except ValueError as err:
+        raise SpecError([str(err)]) from None
+    return replace(prepared, plan=plan)
 
 
 def check_store_path(path: str | Path) -> None:
@@ -114,8 +134,11 @@ def check_store_path(path: str | Path) -> None:
 
 def store_attributes(prepared: Prepared) -> dict:
     """Root attributes of a new store: the resolved spec, its hash, the files it reads, the kind's own facts."""
+    from .provenance import collect
+
     spec = prepared.spec
     return {
+        "provenance": collect(None),  # the CLI's, with the job file's git state, comes in prepared.attributes
         "spec": spec.resolved(),
         "spec_hash": spec.spec_hash(),
         "kind": spec.kind,
@@ -235,7 +258,12 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
     if check is not None:
         check(spec)
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
-        return _run(prepared, executor, overwrite=overwrite, progress=progress, notify=notify)
+        # the driver record `pipeline status` reads (live.py), deleted when the run ends
+        replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
+        unit = "cases" if spec.kind == "sweep" else "samples"
+        with LiveRun(spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing,
+                     display=progress) as live:
+            return _run(prepared, executor, overwrite=overwrite, progress=live, notify=notify)
 
 
 def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> RunSummary:
@@ -259,6 +287,7 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
         attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+        error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
         summary.failed[shard.id] = ShardRecord(
             shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
         )
@@ -266,6 +295,7 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             progress.fail(shard, error)
 
     discard = False
+    started = time.time()
     try:
         if shards:
             executor.run(run_shard, spec, shards, on_done, on_failed)
@@ -279,6 +309,9 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             if discard:
                 discard_store(spec.store.path)
             else:
+                from .provenance import run_record
+
+                append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
                 summary.complete = finalize_store(spec.store.path, plan, summary.failed)
         finally:
             if progress is not None:

@@ -229,3 +229,39 @@ def plan_sweep_job(
         shards=plan_shards(n_cases, shard_size, chunk_size),
         arrays=sweep_arrays(n_cases, outputs, coords, case_parameters, scalars, chunk_size, dtype),
     )
+
+
+SAMPLE_AXES = ("sample", "case")  # the axis shards split: always chunk_size long
+
+
+def with_axis_chunks(plan: Plan, chunks: dict[str, int]) -> Plan:
+    """The plan with chunks of length ``chunks[dim]`` along the named non-sample axes (``store.chunks``).
+
+    The sample (or case) axis keeps ``chunk_size``, so shards still write
+    whole chunks; an axis shorter than its chunk length is one chunk.
+
+        >>> p = plan_derivative_job(10, (2,), (40,), ("value", "jacobian"), 4, 8, "float32")
+        >>> [a.chunks for a in with_axis_chunks(p, {"output": 16}).arrays]
+        [(4, 2), (4, 16), (4, 16, 2)]
+        >>> with_axis_chunks(p, {"outputs": 16})
+        Traceback (most recent call last):
+        ...
+        ValueError: store.chunks.outputs: no array of this job has an axis 'outputs'; its axes are input, output
+    """
+    from dataclasses import replace
+
+    if not chunks:
+        return plan
+    axes = sorted({dim for layout in plan.arrays for dim in layout.dims if dim not in SAMPLE_AXES})
+    for dim in chunks:
+        if dim not in axes:
+            raise ValueError(f"store.chunks.{dim}: no array of this job has an axis {dim!r}; its axes are "
+                             f"{', '.join(axes)}")
+    layouts = []
+    for layout in plan.arrays:
+        new = list(layout.chunks)
+        for axis, dim in enumerate(layout.dims):
+            if dim in chunks and dim not in SAMPLE_AXES:
+                new[axis] = max(1, min(chunks[layout.dims[axis]], layout.shape[axis]))
+        layouts.append(replace(layout, chunks=tuple(new)))
+    return replace(plan, arrays=tuple(layouts))

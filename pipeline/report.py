@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .live import error_line
 from .store import read_attributes, read_manifest, summarize
 
 
@@ -58,9 +61,43 @@ def inspect_store(path: str, console: Console) -> None:
                 f"methods {methods}, devices {devices}, non-finite values {sum(data['nonfinite'][i] for i in done)}, "
                 f"max attempts {max(data['attempts'])}"
             )
-        for i, status in enumerate(data["status"]):
-            if status == "failed":
-                console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {data['error'][i]}")
+        failed = [i for i, status in enumerate(data["status"]) if status == "failed"]
+        for i in failed:
+            console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {escape(error_line(data['error'][i]))}")
+        if failed:
+            console.print(f"full tracebacks: pipeline inspect {path} --shard {data['shard_id'][failed[0]]}")
+
+
+def inspect_shard(path: str, shard_id: int, console: Console) -> None:
+    """Print one shard: range, status, attempts, and every recorded failed attempt with its full traceback."""
+    from .live import read_attempt_errors
+    from .store import StoreError, attempt_count, read_markers, read_plan
+
+    read_attributes(path)  # a pipeline store, or a StoreError saying what it is
+    shards = {s.id: s for s in read_plan(path)}
+    if shard_id not in shards:
+        raise StoreError(f"--shard {shard_id}: {path} has shards 0 to {len(shards) - 1}; pick one of them")
+    shard = shards[shard_id]
+    row = None
+    manifest = read_manifest(path)
+    if manifest is not None:
+        data = manifest.to_pylist()
+        row = next((r for r in data if r["shard_id"] == shard_id), None)
+    marker = read_markers(path).get(shard_id)
+    status = "done" if marker else (row["status"] if row else "pending")
+    console.print(f"[bold]shard {shard_id}[/bold] [{shard.start}, {shard.stop}) of {path}: {status}, "
+                  f"{attempt_count(path, shard_id)} attempts")
+    if marker:
+        console.print(f"committed on {marker.host} ({marker.device}) in {marker.seconds:.2f} s, "
+                      f"{marker.samples_per_second:,.0f}/s, method {marker.method}, checksum {marker.checksum}")
+    errors = read_attempt_errors(path, shard_id)
+    for error in errors:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(error.get("t", 0)))
+        console.print(f"\n[red]attempt {error.get('attempt')} failed[/red] on {error.get('host')} "
+                      f"(pid {error.get('pid')}) at {when}: {escape(error_line(error.get('traceback', '')))}")
+        console.print(escape(error.get("traceback", "").rstrip()), markup=True)
+    if not errors and row and row.get("error"):
+        console.print(f"\n[red]error[/red]:\n{escape(row['error'])}")
 
 
 def human_size(nbytes: float) -> str:
@@ -72,3 +109,99 @@ def human_size(nbytes: float) -> str:
         if nbytes < 1024:
             return f"{nbytes:.1f} {unit}"
     return f"{nbytes / 1024:.1f} TiB"
+
+
+def store_facts(path: str) -> dict:
+    """What `pipeline inspect` prints, as plain data (`pipeline inspect --json`)."""
+    import zarr
+
+    attrs = read_attributes(path)
+    counts = summarize(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        arrays = []
+        for name in sorted(group.array_keys()):
+            array = group[name]
+            arrays.append({
+                "name": name,
+                "dims": list(getattr(array.metadata, "dimension_names", None) or ()),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "chunks": list(array.chunks),
+                "stored_bytes": int(array.nbytes_stored()),
+            })
+    facts = {
+        "path": str(path),
+        "name": attrs.get("name"),
+        "kind": attrs.get("kind"),
+        "complete": bool(attrs.get("complete")),
+        "spec_hash": attrs.get("spec_hash"),
+        "created": attrs.get("created"),
+        "versions": attrs.get("versions", {}),
+        "provenance": attrs.get("provenance"),
+        "arrays": arrays,
+        "shards": counts,
+        "manifest": None,
+        "failed": [],
+    }
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.num_rows:
+        data = manifest.to_pydict()
+        done = [i for i, s in enumerate(data["status"]) if s == "done"]
+        facts["manifest"] = {
+            "task_seconds": sum(data["seconds"][i] for i in done),
+            "rate_min": min((data["samples_per_second"][i] for i in done), default=0.0),
+            "rate_max": max((data["samples_per_second"][i] for i in done), default=0.0),
+            "methods": sorted({data["method"][i] for i in done if data["method"][i]}),
+            "devices": sorted({data["device"][i] for i in done if data["device"][i]}),
+            "nonfinite": sum(data["nonfinite"][i] for i in done),
+            "max_attempts": max(data["attempts"]),
+        }
+        facts["failed"] = [{"shard_id": data["shard_id"][i], "error": data["error"][i]}
+                           for i, s in enumerate(data["status"]) if s == "failed"]
+    return facts
+
+
+def print_status(status: dict, console: Console, ids_shown: int = 10) -> None:
+    """What `pipeline status` prints: the driver running the store (or gone), then the shard counts."""
+    from .live import describe
+
+    state, driver = status["state"], status["driver"]
+    unit = status["unit"]  # a sweep counts cases, a derivative job samples
+    if state == "running":
+        console.print(f"{status['name']}: {status['path']}")
+        when = f", updated {driver['updated_seconds_ago']:.0f} s ago" if "updated_seconds_ago" in driver else ""
+        command = f": {driver['command']}" if driver.get("command") else ""
+        console.print(f"running: pid {driver.get('pid')} on {driver.get('host')}, since {driver.get('started')}"
+                      f"{when}{command}")
+        if driver.get("progress"):
+            console.print(f"progress: {describe(driver['progress'])}")
+        elif driver.get("phase") == "replacing":
+            console.print("replacing the store (--overwrite): its old results are being recomputed, it is not complete")
+        else:
+            console.print("starting: no shard has run yet")
+        return
+    table = Table(title=f"{status['name']}: {status['path']}", show_edge=False)
+    keys = ("complete", "shards", "done", "pending", "failed", "samples_done", "samples")
+    for key in keys:
+        table.add_column(key.replace("samples", unit))
+    table.add_row(*(str(status[k]) for k in keys))
+    if state == "stale":
+        updated = f", last update {driver.get('updated')}" if driver.get("updated") else ""
+        what = ("an --overwrite of this store was interrupted; " if driver.get("replacing")
+                else "committed shards are kept; ")
+        console.print(f"stale: the driver of this store is gone (pid {driver.get('pid')} on {driver.get('host')}, "
+                      f"started {driver.get('started')}{updated}): {what}run its command again to resume")
+    console.print(table)
+    for kind in ("failed", "pending"):
+        ids = status[f"{kind}_shards"]
+        if ids:
+            more = f" and {len(ids) - ids_shown} more (--json lists all)" if len(ids) > ids_shown else ""
+            console.print(f"{kind} shards: {', '.join(map(str, ids[:ids_shown]))}{more}")
+    if status["failed_shards"]:
+        console.print(f"their errors: pipeline inspect {status['path']}")
+    if state == "stale" and driver.get("command"):
+        console.print(f"resume: cd {driver.get('cwd', '.')} && {driver['command']}")
+    elif not status["complete"]:
+        console.print("run the job again to finish them: committed shards are kept")

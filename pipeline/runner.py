@@ -64,6 +64,12 @@ class RayExecutor:
     waiting: str | None = None  # set by ``resources`` when the tasks wait for the autoscaler to add GPUs
     _node_types: dict | None = None
     notify: Callable[[str], None] | None = None  # tells the user why the tasks wait (the CLI prints it)
+    verbose: bool = False  # Ray's own INFO/WARNING lines and the workers' logs (`submit -v`); else errors only
+
+    def _logging(self) -> dict:
+        import logging
+
+        return {"logging_level": logging.INFO if self.verbose else logging.ERROR, "log_to_driver": self.verbose}
 
     def start(self) -> None:
         import ray
@@ -72,7 +78,7 @@ class RayExecutor:
             return
         if self.local:
             # address="local": a new Ray on this machine even when RAY_ADDRESS is set
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **self._logging())
             return
         from .cluster import authenticate, resolve_address
 
@@ -82,7 +88,7 @@ class RayExecutor:
         if address != "local" and ("://" not in address or address.startswith("ray://")):
             authenticate(address, source)  # token authentication: found, checked, turned on
         try:
-            ray.init(address=address)
+            ray.init(address=address, **self._logging())
         except Exception as err:
             raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
 
@@ -154,13 +160,17 @@ class RayExecutor:
         remote = ray.remote(unit).options(
             num_cpus=cpus,
             num_gpus=gpus,
-            max_retries=spec.execution.retries,
-            retry_exceptions=True,
+            max_retries=spec.execution.retries,  # Ray retries a shard whose worker died
+            retry_exceptions=False,  # a shard that raises is retried below, not by Ray (see tries)
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
         waiting = deque(shards)
         running: dict = {}
+        # Ray prints a task's whole traceback on the driver every time it retries one that raised;
+        # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
+        # the console gets one line per attempt (live.LiveRun).
+        tries: dict[int, int] = {}
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
@@ -174,6 +184,10 @@ class RayExecutor:
                 try:
                     record = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
+                    tries[shard.id] = tries.get(shard.id, 1) + 1
+                    if tries[shard.id] <= spec.execution.retries + 1:
+                        waiting.appendleft(shard)
+                        continue
                     cause = getattr(err, "cause", None) or err
                     on_failed(shard, spec.execution.retries + 1, _format_error(cause))
                 except ray.exceptions.RayError as err:  # worker died, node lost, ...

@@ -63,6 +63,13 @@ class MLPFunction(Strict):
     activation: Literal[ACTIVATIONS] = Field(default="tanh", description="elementwise activation")  # type: ignore[valid-type]
     seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
     checkpoint: str | None = Field(default=None, description="state_dict file, loaded with weights_only=True")
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)"
+    )
 
 
 class ImportFunction(Strict):
@@ -81,6 +88,13 @@ class ImportFunction(Strict):
     python_path: list[str] = Field(
         default_factory=list,
         description="directories added to sys.path before importing (default: the job file's directory)",
+    )
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)"
     )
 
     @field_validator("target")
@@ -224,6 +238,11 @@ class StoreSettings(Strict):
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
         "a path that is not a pipeline store is never deleted",
     )
+    chunks: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="chunk length along axes other than the sample/case axis, by dimension name, e.g. {output: 16}: "
+        "then selecting one output reads 1/16 of the array (default: whole axes)",
+    )
 
 
 class ExecutionSettings(Strict):
@@ -323,6 +342,9 @@ def results_view(data: dict[str, Any]) -> dict[str, Any]:
         data["store"] = {"chunk_size": data["store"].get("chunk_size")}
     if isinstance(data.get("derivatives"), dict):
         data["derivatives"].pop("chunk_size", None)
+    if isinstance(data.get("function"), dict):  # labels of the axes, not what is computed
+        data["function"].pop("output_names", None)
+        data["function"].pop("input_names", None)
     if data.get("kind") == "sweep":
         from .sweep_spec import drop_result_neutral_options
 
@@ -391,7 +413,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise SpecError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
-    return path, value
+    return path, _number(value)
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _number(value: Any) -> Any:
+    """``'1e3'`` (a string to YAML 1.1, which wants ``1.0e3``) -> ``1000``; a whole float -> int; else as is.
+
+        >>> _number("1e3"), _number("2.5e-1"), _number(1.0e3), _number("1e3x"), _number([1, 2])
+        (1000, 0.25, 1000, '1e3x', [1, 2])
+    """
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -401,15 +439,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         path, value = parse_override(text)
         node = data
         for i, part in enumerate(path[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, list):
+                node = node[_list_index(text, path, i, node)]
+                continue
+            child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 where = ".".join(path[: i + 1])
                 raise SpecError([f"--set {text!r}: {where} is {child!r}, not a mapping, so it has no key {path[i + 1]!r}"])
             node = child
-        node[path[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(text, path, len(path) - 1, node)] = value
+        else:
+            node[path[-1]] = value
     return data
+
+
+def _list_index(text: str, path: list[str], i: int, items: list) -> int:
+    """The list index ``path[i]`` of an override (``inputs.axes.0.num=10``), checked against the list's length."""
+    where = ".".join(path[:i])
+    try:
+        index = int(path[i])
+    except ValueError:
+        raise SpecError([f"--set {text!r}: {where} is a list, so the next key must be an index 0..{len(items) - 1}, "
+                         f"not {path[i]!r}"]) from None
+    if not -len(items) <= index < len(items):
+        raise SpecError([f"--set {text!r}: {where} has {len(items)} items, so index {index} is out of range; "
+                         f"use 0..{len(items) - 1}"])
+    return index
 
 
 def _loc_path(loc: tuple) -> str:

@@ -71,6 +71,11 @@ class ShardRecord:
     chunk_size: int = 0
     peak_memory_bytes: int = -1
     error: str = ""
+    started: float = 0.0  # when the shard's last attempt began and committed (seconds since the epoch, UTC)
+    finished: float = 0.0
+    worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
+    job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
+    spec_hash: str = ""
 
 
 # ------------------------------------------------------------------ driver
@@ -230,6 +235,7 @@ def create_store(
             )
         for name, values in (initial_arrays or {}).items():
             group[name][...] = values
+        consolidate_template(staging)
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
         for file_name, table in (tables or {}).items():
@@ -243,6 +249,30 @@ def create_store(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def consolidate_template(path: str | Path) -> None:
+    """Consolidate the metadata of a new store, so that readers never list its folder.
+
+    Listing the group (what zarr does without consolidated metadata) warns
+    about every entry that is not Zarr (``plan.parquet``, ``_shards/``, ...);
+    with the template's metadata consolidated up front, ``xarray.open_zarr``
+    and ``open_results`` open a store that is still being written without a
+    warning. The arrays never change shape after creation, and
+    ``finalize_store`` consolidates again (the root attributes are read from
+    ``zarr.json`` itself, never from the consolidated copy).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns that consolidated v3 metadata is not in the spec yet
+        _zarr().consolidate_metadata(str(path))
+
+
+def has_consolidated_metadata(path: str | Path) -> bool:
+    """True when the store's ``zarr.json`` holds consolidated metadata (every store since the template is)."""
+    try:
+        return bool(json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata"))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_plan(path: Path, plan: Plan) -> None:
@@ -293,6 +323,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             rows.append(
                 ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
             )
+    rows = _with_job(path, rows)
     _write_manifest(path, rows)
     complete = all(r.status == "done" for r in rows)
     if complete:
@@ -303,6 +334,23 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
+
+
+def _with_job(path: Path, rows: list[ShardRecord]) -> list[ShardRecord]:
+    """Every manifest row names its job and spec hash (pending and failed rows too), for queries over many stores."""
+    from dataclasses import replace
+
+    attrs = read_attributes(path)
+    name, spec_hash = str(attrs.get("name", "")), str(attrs.get("spec_hash", ""))
+    return [r if r.job else replace(r, job=name, spec_hash=spec_hash) for r in rows]
+
+
+def append_run(path: str | Path, run: dict[str, Any]) -> None:
+    """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = _zarr().open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
 def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
@@ -451,10 +499,22 @@ def open_results(path: str | Path, *, require_complete: bool = False):
             f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
             f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
         )
+    dataset = _open_dataset(path, xr)
+    from .labels import label_dataset
+
+    return label_dataset(dataset, attrs)
+
+
+def _open_dataset(path: str | Path, xr):
+    """The store's arrays as a lazy ``xarray.Dataset``: dask arrays in the store's own chunks when dask is installed."""
+    import importlib.util
+
+    chunks = {} if importlib.util.find_spec("dask") is not None else None
+    if has_consolidated_metadata(path):
+        return xr.open_zarr(str(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = xr.open_zarr(str(path), consolidated=bool(attrs.get("complete")))
-    return dataset
+        warnings.simplefilter("ignore")  # a store written before templates were consolidated: zarr lists the folder
+        return xr.open_zarr(str(path), consolidated=False, chunks=chunks)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:

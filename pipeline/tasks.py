@@ -8,6 +8,7 @@ returns a small ``ShardRecord`` (never the arrays). No Ray in here.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -15,6 +16,7 @@ import torch
 
 from .cluster import placement
 from .kinds import ShardInfo, kind_module
+from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Shard, shard_blocks
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
@@ -57,12 +59,33 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     """
     store = spec.store.path
     attempt = record_attempt(store, shard.id)
+    try:
+        return _run_attempt(spec, shard, attempt)
+    except Exception as err:
+        # the full traceback goes to the store (manifest, `pipeline inspect --shard`), the console gets one line
+        write_attempt_error(store, shard.id, attempt, err)
+        raise
+
+
+def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
+    store = spec.store.path
+    started = time.time()
     began = time.perf_counter()
+    write_block_progress(store, shard.id, attempt, 0, shard.size)  # started: the driver counts it running
     device = pick_device()
     group = open_for_writing(store)
     blocks = shard_blocks(shard, spec.store.chunk_size, bytes_per_sample(group))
     info = None
-    with BlockWriter(store, group=group) as writer:
+    written, reported = 0, time.monotonic()
+
+    def on_written(start: int, stop: int) -> None:  # in the writer thread, as each block's write finishes
+        nonlocal written, reported
+        written += stop - start
+        if time.monotonic() - reported >= BLOCK_REPORT_MIN_S and written < shard.size:  # the marker says the rest
+            write_block_progress(store, shard.id, attempt, written, shard.size)
+            reported = time.monotonic()
+
+    with BlockWriter(store, group=group, on_written=on_written) as writer:
         for block in blocks:
             arrays, block_info = compute_shard(spec, block, device, info)
             info = block_info if info is None else merge_info(info, block_info)
@@ -84,6 +107,12 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,
+        started=round(started, 3),
+        finished=round(time.time(), 3),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        job=spec.name,
+        spec_hash=spec.spec_hash(),
     )
     write_marker(store, record)
+    clear_block_progress(store, shard.id)
     return record

@@ -36,12 +36,13 @@ class BlockWriter:
         writer.checksum, writer.nonfinite    # after the block: every write done
     """
 
-    def __init__(self, path: str | Path, *, depth: int = 2, group=None) -> None:
+    def __init__(self, path: str | Path, *, depth: int = 2, group=None, on_written=None) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
         self.depth = depth
+        self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0
         self.bytes_written = 0
         self._checksum = Checksum()
@@ -66,6 +67,8 @@ class BlockWriter:
         self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
         write_region(self.path, arrays, start, stop, group=self.group)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
+        if self.on_written is not None:
+            self.on_written(start, stop)
 
     def close(self) -> None:
         """Wait for every queued write; raises the first write error."""

@@ -34,6 +34,9 @@ def small_overrides(job: Path) -> tuple[list[str], int]:
                 "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"], 6
     if job.name == "from_store.yaml":
         return ["--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
+    if "kind: grid" in text:  # a grid of inputs: 30 x 20 points
+        return ["--set", "inputs.axes.0.num=30", "--set", "inputs.axes.1.num=20", "--set", "store.chunk_size=100",
+                "--set", "execution.shard_size=200"], 600
     return ["--set", "inputs.n=600", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
 
 
@@ -138,7 +141,7 @@ def test_inspect_and_status(quickstart_store):
     assert json.loads(status.output) == {
         "path": str(quickstart_store), "name": "quickstart", "complete": True, "shards": 3, "done": 3,
         "failed": 0, "pending": 0, "samples_done": 600, "samples": 600, "unit": "samples",
-        "failed_shards": [], "pending_shards": [],
+        "failed_shards": [], "pending_shards": [], "state": "complete", "driver": None,
     }
 
 

@@ -25,7 +25,7 @@ from rayheads import RAY, TOKEN, free_port, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "jobs/quickstart.yaml")
-SMALL = ["--set", "inputs.n=2048", "--set", "quantities=[value, jacobian]", "-q"]
+SMALL = ["--set", "inputs.n=2048", "--set", "quantities=[value, jacobian]"]
 
 
 @pytest.fixture(scope="module")

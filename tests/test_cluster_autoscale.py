@@ -34,7 +34,7 @@ def test_the_autoscaler_starts_gpu_workers_for_the_shards_and_stops_them(gpu_clu
     assert [n.get("GPU", 0) for n in alive_nodes(gpu_cluster)] == [0]  # the head alone, no GPU yet
     store = tmp_path / "gpu.zarr"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "submit", "jobs/quickstart.yaml", "--address", gpu_cluster.address, "-q",
+        [sys.executable, "-m", "pipeline", "submit", "jobs/quickstart.yaml", "--address", gpu_cluster.address,
          "--set", f"store.path={store}", "--set", "inputs.n=4096", "--set", "store.chunk_size=2048",
          "--set", "execution.shard_size=2048", "--set", "quantities=[value, jacobian]"],
         capture_output=True, text=True, env=gpu_cluster.env, cwd=ROOT, timeout=300)

@@ -36,3 +36,29 @@ class Quadratic(torch.nn.Module):
 def sqrt_first(x):
     """sqrt of the first input coordinate: NaN where it is negative (a function with a limited domain)."""
     return torch.sqrt(x[..., :1])
+
+
+
+SLOW_ENV = "PIPELINE_TEST_SECONDS_PER_CALL"
+
+
+def slow_sin(x, seconds=None):
+    """sin(x).sum(-1) after sleeping ``seconds`` per call: a job to watch while it runs.
+
+    Without ``seconds``, $PIPELINE_TEST_SECONDS_PER_CALL (default 0): then a job started slow resumes
+    fast with the same spec. (It needs a method that calls the function every time, e.g. forward;
+    the Taylor engine traces it once.)
+    """
+    import time
+
+    time.sleep(float(os.environ.get(SLOW_ENV, "0")) if seconds is None else seconds)
+    return torch.sin(x).sum(-1, keepdim=True)
+
+
+def fails_in_ray_task(x):
+    """Works outside Ray tasks (the driver's check on two samples), raises inside one: a shard that always fails."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None:
+        raise RuntimeError("this worker always fails")
+    return torch.sin(x).sum()

@@ -1,0 +1,331 @@
+"""``pipeline report STORE``: one self-contained HTML page of a store's pictures and tables.
+
+Every figure is drawn with matplotlib's object API (``Figure``, no pyplot,
+so no display is needed and a notebook's backend is left alone) and inlined
+as a base64 PNG, so the page is one file to mail or open anywhere. What it
+shows:
+
+- any store: the shard timeline per worker and the throughput over time
+  (from ``manifest.parquet``), and the counts of done / pending / failed shards;
+- a derivative store: per-sample norms of every quantity (histograms and a
+  table), and a map over the input grid when the inputs are a 2-D grid (a line
+  over a 1-D one);
+- a sweep store: the output fields of a few cases, each scalar output and
+  sensitivity against each swept parameter, and a table of them.
+
+Example:
+    >>> write_report("results/quickstart.zarr", "quickstart.html")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_SAMPLES = 200_000  # samples whose norms are computed (evenly strided beyond that)
+SHOWN_CASES = 3  # cases whose output fields are drawn
+
+
+@dataclass
+class Section:
+    """One part of the page: a title, figures (PNG bytes with captions), tables (header + rows) and notes."""
+
+    title: str
+    figures: list[tuple[str, bytes]] = field(default_factory=list)
+    tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure(width: float = 7.0, height: float = 3.6, **grid):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots(**grid) if grid else figure.add_subplot()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not np.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------ any store
+
+
+def manifest_section(path: str | Path) -> Section:
+    """Counts, the shard timeline per worker and the throughput over time, from the manifest."""
+    from .store import read_manifest, summarize
+
+    counts = summarize(path)
+    section = Section("Shards")
+    unit = counts["unit"]
+    section.tables.append((
+        ["complete", "shards", "done", "pending", "failed", f"{unit} done", unit],
+        [[counts["complete"], counts["shards"], counts["done"], counts["pending"], counts["failed"],
+          counts["samples_done"], counts["samples"]]],
+    ))
+    manifest = read_manifest(path)
+    rows = manifest.to_pylist() if manifest is not None else []
+    timed = [r for r in rows if r["status"] == "done" and r.get("started") and r.get("finished")]
+    if not timed:
+        section.notes.append("no timed shards in the manifest yet (a store written before shards recorded their "
+                             "start and end, or one no shard has committed in)")
+        return section
+    t0 = min(r["started"] for r in timed)
+    workers = sorted({r.get("worker") or r["host"] for r in timed})
+    figure, axes = _figure(8.0, 0.9 + 0.35 * len(workers))
+    for row in timed:
+        y = workers.index(row.get("worker") or row["host"])
+        axes.barh(y, row["finished"] - row["started"], left=row["started"] - t0, height=0.7,
+                  color="tab:blue", edgecolor="white")
+        if len(timed) <= 60:
+            axes.text(row["started"] - t0 + (row["finished"] - row["started"]) / 2, y, str(row["shard_id"]),
+                      ha="center", va="center", fontsize=7, color="white")
+    axes.set_yticks(range(len(workers)), workers)
+    axes.set_xlabel("seconds since the first shard started")
+    axes.set_title("shard timeline per worker (number: shard id)")
+    section.figures.append(("shard timeline", _png(figure)))
+
+    ends = sorted(timed, key=lambda r: r["finished"])
+    finished = np.array([r["finished"] - t0 for r in ends])
+    done = np.cumsum([r["stop"] - r["start"] for r in ends])
+    figure, (left, right) = _figure(9.0, 3.2, ncols=2)
+    left.step(np.r_[0.0, finished], np.r_[0, done], where="post")
+    left.set_xlabel("seconds")
+    left.set_ylabel(f"{unit} done")
+    left.set_title("progress")
+    right.plot(finished, [r["samples_per_second"] for r in ends], "o", ms=4)
+    right.set_xlabel("seconds (shard end)")
+    right.set_ylabel(f"{unit}/s per shard")
+    right.set_ylim(bottom=0)
+    right.set_title("throughput")
+    section.figures.append(("throughput over time", _png(figure)))
+    wall = max(r["finished"] for r in timed) - t0
+    task_seconds = sum(r["seconds"] for r in timed)
+    section.tables.append((
+        ["workers", "wall seconds", "task seconds", f"{unit}/s overall", "median shard seconds", "max attempts"],
+        [[len(workers), round(wall, 3), round(task_seconds, 3),
+          round(sum(r["stop"] - r["start"] for r in timed) / wall, 1) if wall > 0 else 0.0,
+          round(float(np.median([r["seconds"] for r in timed])), 3), max(r["attempts"] for r in rows)]],
+    ))
+    for row in rows:
+        if row["status"] == "failed":
+            section.notes.append(f"shard {row['shard_id']} failed: {row['error']}")
+    return section
+
+
+# ----------------------------------------------------------- derivative store
+
+
+def sample_norms(dataset, name: str, max_samples: int = MAX_SAMPLES) -> np.ndarray:
+    """The Frobenius norm of ``name`` per sample (over every other axis), for at most ``max_samples`` samples."""
+    array = dataset[name]
+    step = max(1, -(-array.sizes["sample"] // max_samples))
+    values = np.asarray(array.isel(sample=slice(None, None, step)).values, dtype=np.float64)
+    return np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1))
+
+
+def derivative_sections(dataset) -> list[Section]:
+    """Norm histograms and table per quantity; a map over the input grid when the inputs are a grid."""
+    quantities = [q for q in dataset.attrs.get("quantities", []) if q in dataset.data_vars]
+    section = Section("Quantities: per-sample norms")
+    rows = []
+    figure, axes = _figure(3.2 * max(1, len(quantities)), 3.0, ncols=max(1, len(quantities)), squeeze=False)
+    for axis, name in zip(axes[0], quantities):
+        norms = sample_norms(dataset, name)
+        finite = norms[np.isfinite(norms)]
+        rows.append([name, ", ".join(map(str, dataset[name].dims)), str(tuple(dataset[name].shape)), len(norms),
+                     int(len(norms) - len(finite)), *(float(f(finite)) if len(finite) else float("nan")
+                                                      for f in (np.min, np.mean, np.max))])
+        if len(finite):
+            axis.hist(finite, bins=40, color="tab:orange")
+        axis.set_title(f"|{name}| per sample")
+        axis.set_xlabel("Frobenius norm")
+    axes[0][0].set_ylabel("samples")
+    section.tables.append((["quantity", "dims", "shape", "samples used", "NaN samples", "min norm", "mean norm",
+                            "max norm"], rows))
+    section.figures.append(("norm histograms", _png(figure)))
+    step = max(1, -(-dataset.sizes["sample"] // MAX_SAMPLES))
+    if step > 1:
+        section.notes.append(f"norms over every {step}th sample ({MAX_SAMPLES:,} at most)")
+    sections = [section]
+    grid = grid_section(dataset, quantities)
+    if grid is not None:
+        sections.append(grid)
+    return sections
+
+
+def grid_section(dataset, quantities) -> Section | None:
+    """Maps of the first output's value and of each quantity's norm over a 1-D or 2-D input grid."""
+    from .labels import grid_axes
+
+    axes_points = grid_axes(dataset.attrs)
+    if axes_points is None or len(axes_points) > 2 or dataset.sizes["sample"] > 4_000_000:
+        return None
+    names = list(axes_points)
+    shown = [q for q in quantities if q != "inputs"]
+    section = Section(f"Over the input grid ({' x '.join(str(len(v)) for v in axes_points.values())})")
+    figure, axes = _figure(3.6 * len(shown), 3.2, ncols=len(shown), squeeze=False)
+    for axis, name in zip(axes[0], shown):
+        values = np.asarray(dataset[name].values, dtype=np.float64)
+        title = f"|{name}|"
+        if name == "value" and values.ndim == 2:
+            values, title = values[:, 0], f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0"
+        else:
+            values = np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1))
+        if len(names) == 2:  # the flat sample axis is the grid in C order (as labels.unstack_grid reads it)
+            field = values.reshape(len(axes_points[names[0]]), len(axes_points[names[1]]))
+            mesh = axis.pcolormesh(axes_points[names[1]], axes_points[names[0]], field, shading="auto", cmap="viridis")
+            figure.colorbar(mesh, ax=axis)
+            axis.set_xlabel(names[1])
+            axis.set_ylabel(names[0])
+        else:
+            axis.plot(axes_points[names[0]], values)
+            axis.set_xlabel(names[0])
+        axis.set_title(title)
+    section.figures.append(("maps over the grid", _png(figure)))
+    return section
+
+
+# ---------------------------------------------------------------- sweep store
+
+
+def sweep_sections(dataset) -> list[Section]:
+    """Output fields of a few cases; scalar outputs and sensitivities against the swept parameters."""
+    attrs = dataset.attrs
+    swept = [p for p in attrs.get("swept", []) if p in dataset.coords]
+    outputs = [o for o in attrs.get("outputs", []) if o in dataset.data_vars]
+    n = dataset.sizes["case"]
+    cases = sorted({0, n // 2, n - 1})[:SHOWN_CASES]
+    fields = Section("Output fields")
+    rows = []
+    for name in outputs:
+        array = dataset[name]
+        values = np.asarray(array.isel(case=cases).values, dtype=np.float64)
+        other = [d for d in array.dims if d != "case"]
+        figure, axes = _figure(3.4 * len(cases), 3.0, ncols=len(cases), squeeze=False)
+        for axis, case, field in zip(axes[0], cases, values):
+            label = ", ".join(f"{p}={float(dataset[p].values[case]):.3g}" for p in swept)
+            if len(other) == 2:
+                rows_dim, cols_dim = other
+                step = max(1, field.shape[0] // 5)
+                for i in range(0, field.shape[0], step):
+                    t = dataset[rows_dim].values[i] if rows_dim in dataset.coords else i
+                    axis.plot(dataset[cols_dim].values if cols_dim in dataset.coords else np.arange(field.shape[1]),
+                              field[i], label=f"{rows_dim}={float(t):.3g}")
+                axis.set_xlabel(cols_dim)
+                axis.legend(fontsize=7)
+            elif len(other) == 1:
+                axis.plot(field)
+                axis.set_xlabel(other[0])
+            axis.set_title(f"{name}, case {case}\n{label}", fontsize=9)
+        axes[0][0].set_ylabel(name)
+        fields.figures.append((f"{name} of cases {cases}", _png(figure)))
+        everything = np.asarray(array.values, dtype=np.float64)
+        rows.append([name, ", ".join(map(str, array.dims)), str(tuple(array.shape)),
+                     int(np.isnan(everything).sum()), float(np.nanmin(everything)), float(np.nanmean(everything)),
+                     float(np.nanmax(everything))])
+    fields.tables.append((["output", "dims", "shape", "NaN values", "min", "mean", "max"], rows))
+    sections = [fields]
+    scalars = [s for s in attrs.get("sensitivities", []) if s in dataset.data_vars]
+    if not scalars:  # no sensitivities: summarise each output by its mean at the last saved time
+        summary = {f"mean {o}": dataset[o].isel({dataset[o].dims[1]: -1}).mean(dataset[o].dims[2:])
+                   for o in outputs if dataset[o].ndim >= 3}
+    else:
+        summary = {s: dataset[s] for s in scalars}
+    if swept and summary:
+        scatter = Section("Outputs against the swept parameters" + (" (sensitivities d<q>_d<p>)" if scalars else ""))
+        figure, axes = _figure(3.8 * len(swept), 2.6 * len(summary), nrows=len(summary), ncols=len(swept),
+                               squeeze=False)
+        table = []
+        for i, (name, values) in enumerate(summary.items()):
+            y = np.asarray(values.values, dtype=np.float64)
+            for j, parameter in enumerate(swept):
+                x = np.asarray(dataset[parameter].values, dtype=np.float64)
+                others = [p for p in swept if p != parameter]
+                colour = np.asarray(dataset[others[0]].values, dtype=np.float64) if others else None
+                points = axes[i][j].scatter(x, y, s=8, alpha=0.8, c=colour, cmap="viridis")
+                if others:
+                    figure.colorbar(points, ax=axes[i][j]).set_label(others[0], fontsize=8)
+                if parameter.startswith("sigma") and x.min() > 0 and x.max() / x.min() > 20:
+                    axes[i][j].set_xscale("log")
+                axes[i][j].set_xlabel(parameter)
+                axes[i][j].set_ylabel(name, fontsize=8)
+            table.append([name, len(y), int(np.isnan(y).sum()), float(np.nanmin(y)), float(np.nanmean(y)),
+                          float(np.nanmax(y))])
+        scatter.figures.append(("scatter", _png(figure)))
+        scatter.tables.append((["quantity", "cases", "NaN cases", "min", "mean", "max"], table))
+        sections.append(scatter)
+    return sections
+
+
+# ---------------------------------------------------------------------- page
+
+
+def build_report(path: str | Path) -> str:
+    """The HTML page of a store (a string; ``write_report`` writes it)."""
+    from .store import open_results, read_attributes
+
+    attrs = read_attributes(path)
+    dataset = open_results(path)
+    sections = [manifest_section(path)]
+    if attrs.get("kind") == "sweep":
+        sections += sweep_sections(dataset)
+    else:
+        sections += derivative_sections(dataset)
+    return render(attrs, str(path), sections)
+
+
+def render(attrs: dict[str, Any], path: str, sections: list[Section]) -> str:
+    """Sections as one HTML page, figures inlined as base64 PNG."""
+    escape = html.escape
+    state = "complete" if attrs.get("complete") else "incomplete"
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{escape(str(attrs.get('name', '?')))}: pipeline report</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
+        "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
+        "text-align:right;font-size:.9em}th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}"
+        ".state-complete{color:#1a7f37}.state-incomplete{color:#b35900}code{background:#f3f3f3;padding:0 .2em}"
+        "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}.note{color:#666}</style></head><body>",
+        f"<h1>{escape(str(attrs.get('name', '?')))} <small>({escape(str(attrs.get('kind', '?')))})</small></h1>",
+        f"<p><code>{escape(path)}</code>: <b class='state-{state}'>{state}</b>, spec hash "
+        f"<code>{escape(str(attrs.get('spec_hash')))}</code>, created {escape(str(attrs.get('created')))}, "
+        f"report made {escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{escape(section.title)}</h2>")
+        for header, rows in section.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
+            for row in rows:
+                parts.append("<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>")
+            parts.append("</table>")
+        for caption, png in section.figures:
+            data = base64.b64encode(png).decode()
+            parts.append(f"<img alt='{escape(caption)}' src='data:image/png;base64,{data}'>")
+        for note in section.notes:
+            parts.append(f"<p class='note'>{escape(note)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of the store at ``path`` to ``out`` (default ``<store>.html`` beside it); returns ``out``."""
+    out = Path(out) if out is not None else Path(str(path).rstrip("/")).with_suffix(".html")
+    page = build_report(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out

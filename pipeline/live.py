@@ -1,0 +1,567 @@
+"""Live status of a run: what a driver publishes while it holds a store, and what workers report.
+
+Three small things, each a JSON object written whole (atomically) through one
+function, so that they can later be objects in a bucket as well as files:
+
+- The **driver record** ``<store.path>.driver.json`` (beside the lock, so it
+  outlives a store being replaced by ``--overwrite``): host, pid, start time,
+  command and working directory, phase (``starting``, ``replacing``,
+  ``running``, ``finalizing``) and live counters (shards done / running /
+  pending / failed, samples done, samples per second, ETA), rewritten every
+  ``RECORD_INTERVAL_S`` seconds by the driver and deleted when it ends.
+  ``pipeline status`` trusts it only while the driver lock is held
+  (``lock_holder``): a record without a held lock is a driver that is gone
+  (*stale*).
+- **Block progress** ``_shards/<id>.progress``: the worker's samples written so
+  far in its current attempt of the shard, rewritten as a block's write
+  finishes (at most every ``BLOCK_REPORT_MIN_S``, and once at the attempt's
+  start); removed when the shard commits.
+  The driver polls these for the shards in flight (one directory listing per
+  poll), so progress counts samples, not whole shards, and no array goes
+  through the driver.
+- **Attempt errors** ``_shards/<id>.<attempt>.error``: the exception type,
+  message and full traceback of a failed attempt. The console gets one line
+  per failed attempt; the traceback goes to the manifest's ``error`` column
+  and ``pipeline inspect STORE --shard N``.
+
+Example:
+    >>> import tempfile, os
+    >>> store = os.path.join(tempfile.mkdtemp(), "s.zarr")
+    >>> put_record(store, {"pid": 1})
+    >>> get_record(store)["pid"], lock_holder(store) is None   # a record, but nobody holds the lock: stale
+    (1, True)
+    >>> error_line("Traceback (most recent call last):\\n  File ...\\nValueError: bad x\\n")
+    'ValueError: bad x'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .lock import _HELD, lock_path
+from .store import MARKERS
+
+RECORD_VERSION = 1
+RECORD_INTERVAL_S = 2.0  # how often the driver rewrites its record
+POLL_INTERVAL_S = 0.5  # how often the driver looks at the workers' progress files
+BLOCK_REPORT_MIN_S = 0.25  # a worker rewrites a shard's progress file at most this often (and at its start)
+RATE_WINDOW_S = 30.0  # samples per second are measured over this much of the recent past
+TRACEBACK_CHARS = 20_000  # an attempt's traceback is kept up to this length (its end)
+
+
+# ------------------------------------------------------------------ the driver record
+
+
+def is_local(store: str | Path) -> bool:
+    """Whether ``store`` is a path on a file system (these files live there; a URL store has none yet)."""
+    return "://" not in str(store)
+
+
+def record_path(store: str | Path) -> Path:
+    """``<store.path>.driver.json``, beside the store and its lock."""
+    store = Path(store)
+    return store.with_name(store.name + ".driver.json")
+
+
+def _put_json(file: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``file`` whole: readers see the old or the new object, never a part."""
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, file)
+
+
+def _get_json(file: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def put_record(store: str | Path, record: dict[str, Any]) -> None:
+    """Publish the driver record of ``store`` (the one function that writes it)."""
+    if is_local(store):
+        _put_json(record_path(store), record)
+
+
+def get_record(store: str | Path) -> dict[str, Any] | None:
+    """The driver record of ``store``, or None when there is none (or it cannot be read)."""
+    return _get_json(record_path(store)) if is_local(store) else None
+
+
+def delete_record(store: str | Path) -> None:
+    if not is_local(store):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        record_path(store).unlink()
+
+
+def _lock_owner(file: Path) -> int | None:
+    """The pid holding the POSIX lock on ``file`` (0 when unknown), or None when it is free.
+
+    Asks with ``F_GETLK``, which tests the lock without taking it, so a
+    ``pipeline status`` never stands in the way of a driver starting.
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        layout = "qqihh" if sys.platform == "darwin" else "hhqqi4x"  # struct flock (macOS, Linux)
+        if sys.platform == "darwin":
+            query = struct.pack(layout, 0, 0, 0, fcntl.F_WRLCK, os.SEEK_SET)
+            _, _, pid, kind, _ = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+        else:
+            query = struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            kind, _, _, _, pid = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def lock_holder(store: str | Path) -> dict[str, Any] | None:
+    """Who holds the store's driver lock now: the lock file's host, pid and since; None when nobody does.
+
+    The lock itself is checked (not just the file, which a killed driver
+    leaves behind).
+    """
+    if not is_local(store):
+        return None
+    file = lock_path(store)
+    if str(file.resolve()) in _HELD:  # this very process
+        owner: int | None = os.getpid()
+    else:
+        owner = _lock_owner(file)
+    if owner is None:
+        return None
+    holder = _get_json(file) or {}
+    holder.setdefault("pid", owner)
+    return holder
+
+
+def command_line() -> str:
+    """This process's command as a user would type it again (``pipeline submit ...``)."""
+    argv = list(sys.argv) or ["python"]
+    if os.path.basename(argv[0]) == "pipeline":
+        argv[0] = "pipeline"
+    elif argv[0].endswith(os.path.join("pipeline", "cli.py")):  # python -m pipeline.cli
+        argv[:1] = ["python", "-m", "pipeline.cli"]
+    return shlex.join(argv)
+
+
+# ------------------------------------------------------------------ worker side
+
+
+def _progress_file(store: str | Path, shard_id: int) -> Path:
+    return Path(store) / MARKERS / f"{shard_id}.progress"
+
+
+def write_block_progress(store: str | Path, shard_id: int, attempt: int, done: int, size: int) -> None:
+    """A worker's progress in a shard: ``done`` of its ``size`` samples written, in attempt ``attempt``.
+
+    Best effort: a progress file that cannot be written never fails the shard.
+    """
+    if not is_local(store):
+        return
+    with contextlib.suppress(OSError):
+        _put_json(_progress_file(store, shard_id), {"attempt": attempt, "done": done, "size": size, "t": time.time()})
+
+
+def clear_block_progress(store: str | Path, shard_id: int) -> None:
+    """Remove a shard's progress file (it committed: its marker says the rest)."""
+    if not is_local(store):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        _progress_file(store, shard_id).unlink()
+
+
+def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: BaseException) -> None:
+    """Record why attempt ``attempt`` of a shard failed: type, message, full traceback, host, time."""
+    if not is_local(store):
+        return
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    with contextlib.suppress(OSError):  # never hides the error itself
+        _put_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error", {
+            "shard_id": shard_id, "attempt": attempt, "type": type(error).__name__,
+            "message": str(error)[:2000], "traceback": text[-TRACEBACK_CHARS:],
+            "host": socket.gethostname(), "pid": os.getpid(), "t": time.time(),
+        })
+
+
+def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
+    """The recorded failed attempts of a shard, oldest first."""
+    if not is_local(store):
+        return []
+    folder = Path(store) / MARKERS
+    errors = [_get_json(file) for file in folder.glob(f"{shard_id}.*.error")]
+    return sorted((e for e in errors if e), key=lambda e: e.get("attempt", 0))
+
+
+def attempt_traceback(store: str | Path, shard_id: int, attempt: int) -> str | None:
+    """The full traceback of one attempt of a shard, if the worker recorded it."""
+    if not is_local(store):
+        return None
+    error = _get_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error")
+    return error.get("traceback") if error else None
+
+
+def error_line(error: str, limit: int = 300) -> str:
+    """The one line of an error to show on a console: ``Type: message`` (from the end of a traceback)."""
+    lines = [line for line in (error or "").rstrip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    if lines[0].startswith("Traceback"):
+        last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=0)
+        lines = lines[last_frame + 1:] or lines[-1:]  # the exception after the last frame
+    text = " ".join(line.strip() for line in lines)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------ driver side
+
+
+@dataclass
+class Snapshot:
+    """Where a run stands, as the driver sees it (also what the record's ``progress`` holds)."""
+
+    unit: str
+    shards: int
+    shards_done: int
+    shards_running: int
+    shards_pending: int
+    shards_failed: int
+    samples: int
+    samples_done: int
+    samples_per_second: float
+    eta_seconds: float | None
+    elapsed_seconds: float
+
+
+def format_eta(seconds: float | None) -> str:
+    """``3725.2`` -> ``'1:02:05'``; None (not known yet) -> ``'-:--:--'``."""
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def describe(snapshot: Snapshot | dict[str, Any]) -> str:
+    """One line: samples done of total, rate, ETA, shards done / running / pending / failed."""
+    s = snapshot if isinstance(snapshot, dict) else asdict(snapshot)
+    share = f" ({100 * s['samples_done'] / s['samples']:.0f}%)" if s["samples"] else ""
+    return (
+        f"{s['samples_done']:,}/{s['samples']:,} {s['unit']}{share}, {s['samples_per_second']:,.0f} {s['unit']}/s, "
+        f"eta {format_eta(s['eta_seconds'])}; shards {s['shards_done']} done, {s['shards_running']} running, "
+        f"{s['shards_pending']} pending, {s['shards_failed']} failed of {s['shards']}"
+    )
+
+
+class LiveRun:
+    """The driver's side of a run: publishes the record, polls the workers' progress, feeds the display.
+
+    Used by ``driver.submit`` in place of the progress display it was given
+    (it forwards to it): ``start`` / ``advance`` / ``fail`` / ``stop`` are the
+    driver's callbacks; a background thread polls ``_shards/`` every
+    ``POLL_INTERVAL_S`` and rewrites the record every ``RECORD_INTERVAL_S``.
+    """
+
+    def __init__(self, store: str | Path, *, unit: str = "samples", retries: int = 0, replacing: bool = False,
+                 display=None):
+        self._where = store  # as given (a path; a URL store publishes nothing yet, see is_local)
+        self.store = Path(store)
+        self.unit = unit
+        self.tries = retries + 1
+        self.display = display
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._began = time.time()
+        self._run_began = self._began
+        self._sizes: dict[int, int] = {}
+        self._committed: set[int] = set()
+        self._failed: set[int] = set()
+        self._running: dict[int, int] = {}  # shard id -> samples written in its current attempt
+        self._attempts_before: dict[int, int] = {}
+        self._seen_errors: set[str] = set()
+        self._history: deque[tuple[float, int]] = deque()
+        self._samples_at_start = 0
+        self._last_record = 0.0
+        self.record: dict[str, Any] = {
+            "version": RECORD_VERSION,
+            "store": str(store),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self._began)),
+            "started_unix": round(self._began, 3),
+            "command": command_line(),
+            "cwd": os.getcwd(),
+            "phase": "replacing" if replacing else "starting",
+            "replacing": replacing,
+            "progress": None,
+        }
+
+    # -- lifecycle
+
+    def __enter__(self) -> LiveRun:
+        self._publish(force=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt()
+        delete_record(self._where)
+
+    def start(self, total_shards: int, total_samples: int, done_shards: int = 0, done_samples: int = 0) -> None:
+        from .store import attempt_count, read_plan
+
+        with self._lock:
+            self._run_began = time.time()
+            try:
+                self._sizes = {s.id: s.size for s in read_plan(self._where)}
+            except Exception:  # no plan to read: no live counters, the run goes on
+                self._sizes = {}
+            names = self._listing()
+            self._committed = {i for i in self._sizes if f"{i}.json" in names}
+            self._attempts_before = {
+                i: attempt_count(self._where, i) for i in self._sizes
+                if i not in self._committed and f"{i}.attempts" in names
+            }
+            self._seen_errors = {name for name in names if name.endswith(".error")}
+            self._samples_at_start = sum(self._sizes[i] for i in self._committed)
+            self._history = deque([(self._run_began, self._samples_at_start)])
+            self.record["phase"] = "running"
+            self.record["replacing"] = False  # the store has been replaced by now
+        if self.display is not None:
+            self.display.start(total_shards, total_samples, done_shards, done_samples)
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, name="pipeline-live", daemon=True)
+        self._thread.start()
+
+    def advance(self, record) -> None:
+        with self._lock:
+            self._committed.add(record.shard_id)
+            self._failed.discard(record.shard_id)
+            self._running.pop(record.shard_id, None)
+        self.poll()
+        if self.display is not None and not hasattr(self.display, "update"):
+            self.display.advance(record)
+
+    def fail(self, shard, error: str) -> None:
+        self.poll()  # lines of its earlier attempts first
+        with self._lock:
+            self._failed.add(shard.id)
+            self._running.pop(shard.id, None)
+            attempts = self._attempt_in_run(shard.id, None)
+        self._message(
+            f"shard {shard.id}: attempt {attempts}/{self.tries} failed, giving up: {error_line(error)} "
+            f"(traceback: pipeline inspect {self._where} --shard {shard.id})"
+        )
+        self.poll()
+        if self.display is not None and not hasattr(self.display, "update"):
+            self.display.fail(shard, error)
+
+    def stop(self) -> None:
+        self._halt()
+        with contextlib.suppress(Exception):
+            self.poll()  # the display's last word: where the run ended
+        with self._lock:
+            self.record["phase"] = "finalizing"
+        self._publish(force=True)
+        if self.display is not None:
+            self.display.stop()
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_INTERVAL_S):
+            try:
+                self.poll()
+            except Exception:  # a progress display must never break a run
+                pass
+
+    # -- polling
+
+    def _listing(self) -> set[str]:
+        if not is_local(self._where):
+            return set()
+        try:
+            return set(os.listdir(self.store / MARKERS))
+        except OSError:
+            return set()
+
+    def _attempt_in_run(self, shard_id: int, attempt: int | None) -> int:
+        from .store import attempt_count
+
+        if attempt is None:
+            attempt = attempt_count(self._where, shard_id) if is_local(self._where) else 0
+        return max(1, attempt - self._attempts_before.get(shard_id, 0))
+
+    def poll(self) -> Snapshot | None:
+        """Look at the workers' files once: update the counters, print new attempt errors, feed the display."""
+        if not self._sizes:
+            return None
+        lines = []
+        with self._lock:
+            names = self._listing()
+            self._committed |= {i for i in self._sizes if f"{i}.json" in names}
+            for name in sorted(names - self._seen_errors):
+                if not name.endswith(".error"):
+                    continue
+                self._seen_errors.add(name)
+                error = _get_json(self.store / MARKERS / name)
+                if not error or error.get("t", 0) < self._run_began:
+                    continue
+                shard_id = int(error["shard_id"])
+                attempt = self._attempt_in_run(shard_id, int(error["attempt"]))
+                self._running.pop(shard_id, None)
+                if attempt < self.tries:  # the last one is reported by fail(), with the outcome
+                    what = error_line(f"{error.get('type')}: {error.get('message')}")
+                    lines.append(f"shard {shard_id}: attempt {attempt}/{self.tries} failed, retrying: {what}")
+            running = {}
+            for name in names:
+                if not name.endswith(".progress"):
+                    continue
+                shard_id = int(name.split(".")[0])
+                if shard_id in self._committed or shard_id in self._failed or shard_id not in self._sizes:
+                    continue
+                progress = _get_json(self.store / MARKERS / name)
+                if not progress or progress.get("t", 0) < self._run_began:
+                    continue  # left by a worker of an earlier run
+                if f"{shard_id}.{progress.get('attempt')}.error" in names:
+                    continue  # that attempt failed; a retry has not started yet
+                running[shard_id] = min(int(progress.get("done", 0)), self._sizes[shard_id])
+            self._running = running
+            snapshot = self._snapshot()
+            self.record["progress"] = asdict(snapshot)
+        for line in lines:
+            self._message(line)
+        if self.display is not None and hasattr(self.display, "update"):
+            self.display.update(snapshot)
+        self._publish()
+        return snapshot
+
+    def _snapshot(self) -> Snapshot:
+        now = time.time()
+        done = sum(self._sizes[i] for i in self._committed) + sum(self._running.values())
+        total = sum(self._sizes.values())
+        history = self._history
+        if not history or history[-1][1] != done:
+            history.append((now, done))
+        while len(history) > 2 and history[1][0] < now - RATE_WINDOW_S:
+            history.popleft()
+        first_t, first_done = history[0]
+        rate = (done - first_done) / (now - first_t) if done > first_done and now > first_t else 0.0
+        if rate == 0.0 and done > self._samples_at_start and now > self._run_began:
+            rate = (done - self._samples_at_start) / (now - self._run_began)
+        eta = (total - done) / rate if rate > 0 else (0.0 if done >= total else None)
+        failed = len(self._failed - self._committed)
+        running = len(self._running)
+        return Snapshot(
+            unit=self.unit, shards=len(self._sizes), shards_done=len(self._committed), shards_running=running,
+            shards_pending=len(self._sizes) - len(self._committed) - running - failed, shards_failed=failed,
+            samples=total, samples_done=done, samples_per_second=round(rate, 2),
+            eta_seconds=None if eta is None else round(eta, 1), elapsed_seconds=round(now - self._run_began, 1),
+        )
+
+    # -- output
+
+    def _message(self, text: str) -> None:
+        if self.display is None:
+            return
+        if hasattr(self.display, "message"):
+            self.display.message(text)
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.time()
+        with self._lock:
+            if not force and now - self._last_record < RECORD_INTERVAL_S:
+                return
+            self._last_record = now
+            self.record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+            self.record["updated_unix"] = round(now, 3)
+            record = dict(self.record)
+        with contextlib.suppress(OSError):
+            put_record(self._where, record)
+
+
+# ------------------------------------------------------------------ what `pipeline status` says
+
+
+def live_status(store: str | Path) -> tuple[str, dict[str, Any] | None]:
+    """The store's state as far as drivers go, and what is known of its driver.
+
+    Returns ``(state, driver)``: state ``running`` (a driver holds the lock),
+    ``stale`` (a driver record is left but no driver holds the lock: it was
+    killed or its machine went away) or ``idle`` (neither); ``driver`` is the
+    record (or, while a driver starts and has not published one, what the lock
+    file says) with ``alive`` added, or None.
+    """
+    holder = lock_holder(store)
+    record = get_record(store)
+    if holder is not None:
+        same = record is not None and record.get("pid") == holder.get("pid") and record.get("host") == holder.get("host")
+        if not same:  # starting, or an older driver's leftover record
+            record = {"host": holder.get("host"), "pid": holder.get("pid"), "started": holder.get("since"),
+                      "phase": "starting", "replacing": None, "progress": None}
+        driver = {**record, "alive": True}
+        return "running", driver
+    if record is not None:
+        return "stale", {**record, "alive": False}
+    return "idle", None
+
+
+STATUS_EXIT_CODES = {"complete": 0, "incomplete": 1, "stale": 1, "running": 3}
+
+
+def store_status(store: str | Path) -> dict[str, Any]:
+    """What ``pipeline status STORE`` reports (and prints as ``--json``): the store's counts, its state, its driver.
+
+    The keys of ``store.summarize`` (the store on disk: shards done / failed /
+    pending, samples) plus ``state`` (``running``, ``stale``, ``complete`` or
+    ``incomplete``) and ``driver`` (None, or its record: host, pid, started,
+    command, cwd, phase, replacing, updated, alive, and ``progress``: the live
+    counters of ``Snapshot``). ``complete`` is False while a driver replaces the
+    store (``--overwrite``) or has not said yet what it does. Raises
+    ``StoreError`` when there is no store and no driver.
+    """
+    from .store import StoreError, summarize
+
+    state, driver = live_status(store)
+    try:
+        counts = summarize(store)
+    except StoreError:
+        if state != "running":
+            raise
+        counts = {"path": str(store), "name": "?", "complete": False, "shards": 0, "done": 0, "failed": 0,
+                  "pending": 0, "samples_done": 0, "samples": 0, "unit": "samples", "failed_shards": [],
+                  "pending_shards": []}  # the driver has not created the store yet
+    if state == "running":
+        counts["complete"] = bool(counts["complete"]) and driver.get("phase") in ("running", "finalizing")
+    elif state == "stale" and counts["complete"] and not driver.get("replacing"):
+        state = "complete"  # it ended after the store was complete (or before it touched it)
+    elif state == "stale":
+        counts["complete"] = False
+    else:
+        state = "complete" if counts["complete"] else "incomplete"
+    if driver is not None and driver.get("updated_unix"):
+        driver["updated_seconds_ago"] = round(max(0.0, time.time() - driver["updated_unix"]), 1)
+    return {**counts, "state": state, "driver": driver}

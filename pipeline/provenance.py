@@ -1,0 +1,72 @@
+"""Where a run came from: host, user, command line, and the git state of the job file's repository.
+
+``collect(job_file)`` is recorded in a new store's root attributes
+(``provenance``); every submit appends a run (``runs``: started, finished,
+host, command, shards run) before the store is finalized. Git is asked only
+when it is installed and the job file sits in a work tree; otherwise ``git``
+is None. Manifest rows carry the job name, spec hash and each shard's start
+and end, so that many stores can be grouped and ordered (docs/provenance.md).
+
+Example:
+    >>> sorted(collect("jobs/quickstart.yaml"))
+    ['command', 'cwd', 'git', 'host', 'job_file', 'python', 'user']
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def git_state(path: str | Path) -> dict[str, Any] | None:
+    """``{"commit", "dirty", "root"}`` of the git work tree holding ``path``, or None (no git, no repository)."""
+    folder = Path(path).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status), "root": git("rev-parse", "--show-toplevel")}
+
+
+def collect(job_file: str | Path | None = None) -> dict[str, Any]:
+    """Host, user, command line, working directory, Python and (for a job file in a git work tree) its commit."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    return {
+        "host": socket.gethostname(),
+        "user": user,
+        "command": shlex.join(sys.argv),
+        "cwd": os.getcwd(),
+        "python": platform.python_version(),
+        "job_file": str(Path(job_file).resolve()) if job_file else None,
+        "git": git_state(job_file) if job_file else None,
+    }
+
+
+def run_record(started: float, finished: float, shards_run: int, failed: int) -> dict[str, Any]:
+    """One entry of a store's ``runs`` attribute (times as ISO 8601 UTC and as seconds since the epoch)."""
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return {"started": iso(started), "finished": iso(finished), "started_epoch": round(started, 3),
+            "finished_epoch": round(finished, 3), "host": socket.gethostname(), "command": shlex.join(sys.argv),
+            "shards_run": shards_run, "shards_failed": failed}

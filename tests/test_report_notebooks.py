@@ -1,0 +1,133 @@
+"""The example notebooks run end to end, and `pipeline report` pages hold the figures and the store's numbers.
+
+Both run on small stores made here: a 20 x 15 grid of jobs/grid.yaml and a
+5 x 4 x 2 grid of jobs/sweep.yaml with the sensitivities of
+jobs/sensitivities.yaml added. Each notebook runs in one kernel (nbclient).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.driver import submit
+from pipeline.html_report import build_report
+from pipeline.runner import InlineExecutor
+from pipeline.spec import load_spec
+from pipeline.store import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["inputs.axes.0.num=20", "inputs.axes.1.num=15", "store.chunk_size=100", "execution.shard_size=100"]
+SWEEP = [
+    "sweep.axes.T0_mean.num=5", "sweep.axes.T0_mean.high=1.5", "sweep.axes.sigma_mean.num=4",
+    "sweep.axes.sigma_mean.high=2.0", "solver.options.nx=100", "solver.options.save_every=20",
+    "solver.options.t_end=0.2", "store.chunk_size=8", "execution.shard_size=8",
+    "sensitivities={outputs: {T_final: {output: T, index: -1, reduce: mean}}, wrt: [T0_mean, sigma_mean]}",
+]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stores")
+    grid = load_spec(ROOT / "jobs/grid.yaml", [*GRID, f"store.path={folder / 'grid.zarr'}"])
+    sweep = load_spec(ROOT / "jobs/sweep.yaml", [*SWEEP, f"store.path={folder / 'sweep.zarr'}"])
+    assert submit(grid, InlineExecutor()).complete and submit(sweep, InlineExecutor()).complete
+    return {"grid": grid.store.path, "sweep": sweep.store.path}
+
+
+def run_notebook(name: str, store: str, figures: Path, monkeypatch) -> str:
+    """Execute notebooks/<name> on ``store`` in one kernel; returns everything its cells printed."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    monkeypatch.setenv("PIPELINE_NOTEBOOK_STORE", store)
+    monkeypatch.setenv("PIPELINE_NOTEBOOK_FIGURES", str(figures))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+
+
+def test_derivative_notebook_runs_and_its_derivative_matches_finite_differences(stores, tmp_path, monkeypatch):
+    printed = run_notebook("derivatives.ipynb", stores["grid"], tmp_path, monkeypatch)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["derivative_map.png", "norm_histograms.png"]
+    gap = float(re.search(r"largest gap inside the grid: (\S+)", printed).group(1))
+    # du/dx0 of the store against central differences of its values on a 20-point axis: O(h^2) apart
+    assert gap < 1e-3
+
+
+def test_sweep_notebook_runs_and_its_sensitivities_match_finite_differences(stores, tmp_path, monkeypatch):
+    printed = run_notebook("sweep.ipynb", stores["sweep"], tmp_path, monkeypatch)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["fields.png", "outputs_vs_parameters.png",
+                                                               "sensitivities.png"]
+    gap = float(re.search(r"largest relative gap (\S+)", printed).group(1))
+    assert gap < 1e-2
+
+
+def tables(page: str) -> list[list[list[str]]]:
+    """Every table of the page as rows of cell texts (the header row first)."""
+    found = []
+    for table in re.findall(r"<table>(.*?)</table>", page, flags=re.S):
+        rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)
+        found.append([[html.unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)] for row in rows])
+    return found
+
+
+def table_with(page: str, first_header: str) -> dict[str, list[str]]:
+    table = next(t for t in tables(page) if t[0][0] == first_header)
+    return {row[0]: row for row in table[1:]}
+
+
+def test_derivative_report_holds_its_figures_and_the_store_numbers(stores):
+    page = build_report(stores["grid"])
+    images = re.findall(r"<img alt='([^']*)' src='data:image/png;base64,", page)
+    assert images == ["shard timeline", "throughput over time", "norm histograms", "maps over the grid"]
+    counts = summarize(stores["grid"])
+    shards = tables(page)[0]
+    assert shards[1][:5] == ["True", str(counts["shards"]), str(counts["done"]), "0", "0"]
+    raw = zarr.open_group(stores["grid"], mode="r")
+    norms = table_with(page, "quantity")
+    for name in ("value", "jacobian", "hessian", "laplacian"):
+        values = raw[name][:].astype(np.float64)
+        norm = np.sqrt((values.reshape(len(values), -1) ** 2).sum(axis=1))
+        shown = [float(v) for v in norms[name][5:8]]
+        np.testing.assert_allclose(shown, [norm.min(), norm.mean(), norm.max()], rtol=1e-5)
+        assert norms[name][3] == str(len(values)) and norms[name][4] == "0"
+
+
+def test_sweep_report_from_the_command_is_one_file_with_its_figures_and_the_store_numbers(stores, tmp_path):
+    out = tmp_path / "page.html"
+    result = CliRunner().invoke(main, ["report", stores["sweep"], "-o", str(out)])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    page = out.read_text()
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # self-contained: nothing outside the file
+    images = re.findall(r"<img alt='([^']*)' src='data:image/png;base64,", page)
+    assert images[:2] == ["shard timeline", "throughput over time"]
+    assert images[2:] == ["E of cases [0, 20, 39]", "T of cases [0, 20, 39]", "scatter"]
+    raw = zarr.open_group(stores["sweep"], mode="r")
+    outputs = table_with(page, "output")
+    for name in ("E", "T"):
+        values = raw[name][:].astype(np.float64)
+        np.testing.assert_allclose([float(v) for v in outputs[name][4:7]], [values.min(), values.mean(), values.max()],
+                                   rtol=1e-5)
+    scalars = table_with(page, "quantity")
+    assert set(scalars) == {"T_final", "dT_final_dT0_mean", "dT_final_dsigma_mean"}
+    for name, row in scalars.items():
+        values = raw[name][:].astype(np.float64)
+        np.testing.assert_allclose([float(v) for v in row[3:6]], [values.min(), values.mean(), values.max()], rtol=1e-5)
+
+
+def test_report_refuses_a_path_that_is_not_a_store(tmp_path):
+    bad = CliRunner().invoke(main, ["report", str(tmp_path / "nothing.zarr")])
+    assert bad.exit_code == 2 and "not a pipeline store" in bad.output
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,133 @@
+"""open_results: labelled, lazy, warning-free datasets; store.chunks; axis names from the job file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import pipeline
+from pipeline.driver import open_store, prepare, submit
+from pipeline.runner import InlineExecutor
+from pipeline.spec import SpecError, load_spec
+from pipeline.store import StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["inputs.axes.0.num=12", "inputs.axes.1.num=5", "store.chunk_size=20", "execution.shard_size=20"]
+
+
+def grid_spec(tmp_path, *more):
+    return load_spec(ROOT / "jobs/grid.yaml", [*GRID, f"store.path={tmp_path / 'grid.zarr'}", *more])
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory):
+    spec = grid_spec(tmp_path_factory.mktemp("grid"))
+    assert submit(spec, InlineExecutor()).complete
+    return spec
+
+
+def test_complete_store_opens_labelled_and_lazy_without_warnings(grid_store):
+    import dask.array
+    import xarray as xr
+
+    path = grid_store.store.path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = pipeline.open_results(path, require_complete=True)
+        plain = xr.open_zarr(path)  # plain xarray warns nothing either
+    assert isinstance(ds.value.data, dask.array.Array) and isinstance(plain.value.data, dask.array.Array)
+    assert list(ds.output.values) == ["u", "v", "w"]
+    assert list(ds.input.values) == ["x0", "x1"] and list(ds.input_d2.values) == ["x0", "x1"]
+    np.testing.assert_array_equal(ds.sample.values, np.arange(60))
+    assert "inputs" in ds.coords and {"x0", "x1"} <= set(ds.coords)
+    raw = zarr.open_group(path, mode="r")
+    np.testing.assert_array_equal(ds.x0.values, raw["inputs"][:, 0])
+    np.testing.assert_array_equal(ds.value.sel(output="v").values, raw["value"][:, 1])
+    np.testing.assert_array_equal(ds.hessian.sel(output="w", input="x1", input_d2="x0").values,
+                                  raw["hessian"][:, 2, 1, 0])
+
+
+def test_unstack_grid_gives_the_grid_axes(grid_store):
+    ds = pipeline.open_results(grid_store.store.path)
+    grid = pipeline.unstack_grid(ds)
+    np.testing.assert_allclose(grid.x0.values, np.linspace(0, 1, 12))
+    np.testing.assert_allclose(grid.x1.values, np.linspace(-1, 1, 5))
+    assert grid.value.dims == ("output", "x0", "x1")
+    # point (i, j) of the grid is flat sample i * 5 + j (C order)
+    raw = zarr.open_group(grid_store.store.path, mode="r")
+    np.testing.assert_array_equal(grid.value.sel(output="u").isel(x0=7, x1=3).values, raw["value"][7 * 5 + 3, 0])
+    np.testing.assert_allclose(grid.inputs.isel(x0=7, x1=3).values, [np.linspace(0, 1, 12)[7], 0.5], rtol=1e-6)
+
+
+def test_store_being_written_opens_without_warnings_and_require_complete_refuses(tmp_path):
+    import xarray as xr
+
+    spec = grid_spec(tmp_path)
+    open_store(prepare(spec))  # the template, as a running job leaves it before any shard commits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = pipeline.open_results(spec.store.path)
+        xr.open_zarr(spec.store.path)
+    assert not ds.attrs["complete"] and bool(ds.value.isnull().all())
+    with pytest.raises(StoreError, match="not complete"):
+        pipeline.open_results(spec.store.path, require_complete=True)
+
+
+def test_axis_chunks_make_one_output_a_fraction_of_the_reads(tmp_path):
+    """store.chunks: {output: 4} on 32 outputs: sel(output=k) reads 1/8 of the value chunks (counted)."""
+    from zarr.storage import LocalStore
+
+    spec = grid_spec(tmp_path, "function.output_names=null", "function.out_features=32", "store.chunks={output: 4}",
+                     "quantities=[value, jacobian]")
+    assert submit(spec, InlineExecutor()).complete
+    meta = json.loads((Path(spec.store.path) / "value" / "zarr.json").read_text())
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [20, 4]
+    read: list[str] = []
+    original = LocalStore.get
+
+    async def counting_get(self, key, *a, **k):
+        read.append(key)
+        return await original(self, key, *a, **k)
+
+    ds = pipeline.open_results(spec.store.path)
+    LocalStore.get = counting_get
+    try:
+        one = ds.value.sel(output=13).values
+        chunks_one = {k for k in read if k.startswith("value/c/")}
+        read.clear()
+        whole = ds.value.values
+        chunks_all = {k for k in read if k.startswith("value/c/")}
+    finally:
+        LocalStore.get = original
+    assert len(chunks_all) == 3 * 8 and len(chunks_one) == 3  # 3 sample chunks x 8 output chunks
+    np.testing.assert_array_equal(one, whole[:, 13])
+
+
+def test_bad_axis_names_and_chunks_are_refused_before_any_store(tmp_path):
+    with pytest.raises(SpecError, match=r"function.output_names: 2 names for 3 outputs"):
+        prepare(grid_spec(tmp_path, "function.output_names=[a, b]"))
+    with pytest.raises(SpecError, match=r"function.input_names: \['value'\] cannot name coordinates"):
+        prepare(grid_spec(tmp_path, "function.input_names=[value, x]"))
+    with pytest.raises(SpecError, match=r"store.chunks.outputs: no array of this job has an axis 'outputs'"):
+        prepare(grid_spec(tmp_path, "store.chunks={outputs: 4}"))
+    assert not (tmp_path / "grid.zarr").exists()
+
+
+def test_names_and_axis_chunks_do_not_change_the_spec_hash(tmp_path):
+    plain = grid_spec(tmp_path, "function.output_names=null", "function.input_names=null")
+    assert grid_spec(tmp_path, "store.chunks={output: 2}").spec_hash() == plain.spec_hash()
+
+
+def test_set_indexes_lists_and_reads_yaml_numbers(tmp_path):
+    spec = grid_spec(tmp_path, "inputs.axes.1.num=1e1", "inputs.axes.-1.high=2")
+    assert spec.inputs.axes[1].num == 10 and spec.inputs.axes[1].high == 2.0
+    with pytest.raises(SpecError, match=r"inputs.axes has 2 items, so index 5 is out of range; use 0..1"):
+        grid_spec(tmp_path, "inputs.axes.5.num=3")
+    with pytest.raises(SpecError, match=r"inputs.axes is a list, so the next key must be an index"):
+        grid_spec(tmp_path, "inputs.axes.num=3")
+    assert load_spec(ROOT / "jobs/quickstart.yaml", ["inputs.shape=[2]", "inputs.n=2.5e3"]).inputs.n == 2500
