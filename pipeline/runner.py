@@ -87,6 +87,14 @@ class RayExecutor:
         check_reachable(address, source)
         if address != "local" and ("://" not in address or address.startswith("ray://")):
             authenticate(address, source)  # token authentication: found, checked, turned on
+        from .cluster import ray_job_working_dir
+
+        working_dir = ray_job_working_dir()
+        if working_dir is not None:
+            # in a Ray job, Ray unpacks the job's working dir afresh when this driver's tasks start
+            # (the directory this process stands in is replaced by a new one at the same path); the
+            # job's paths are absolute by now (load_spec), so the driver stands beside it instead
+            os.chdir(os.path.dirname(working_dir))
         try:
             ray.init(address=address, **self._logging())
         except Exception as err:
