@@ -197,6 +197,12 @@ def node_types() -> dict[str, dict]:
         }
     gcs = ray.get_runtime_context().gcs_address
     try:
+        on_head = gcs.rpartition(":")[0].strip("[]") in {ray.util.get_node_ip_address(), "127.0.0.1", "localhost"}
+    except Exception:
+        on_head = False
+    if on_head:  # the driver runs on the head (a local Ray, `auto`, a Ray job): no task needed
+        return _head_node_types(gcs)
+    try:
         return ray.get(
             ray.remote(_head_node_types).options(num_cpus=0, resources={"node:__internal_head__": 0.001})
             .remote(gcs),

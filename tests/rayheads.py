@@ -86,15 +86,19 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, args: list[str], env: dict | None = None) -> int:
-        process = subprocess.Popen([RAY, "start", *args], env=env or self.env, start_new_session=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out, _ = process.communicate(timeout=120)
-        self.groups.append(process.pid)
-        if process.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{out[-3000:]}")
-        return process.pid
+    def _start(self, args: list[str], env: dict | None = None, tries: int = 2) -> int:
+        for attempt in range(tries):
+            process = subprocess.Popen([RAY, "start", *args], env=env or self.env, start_new_session=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            out, _ = process.communicate(timeout=180)
+            if process.returncode == 0:
+                self.groups.append(process.pid)
+                return process.pid
+            # Ray gives a node 30 s to register, which a loaded 2-core host can miss: once more
+            self.kill_group(process.pid)
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"ray start {' '.join(args)} failed:\n{out[-3000:]}")
 
     def start_head(self, num_cpus: int = 2, extra: list[str] = (), env: dict | None = None) -> "RayCluster":
         self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
