@@ -84,15 +84,20 @@ def test_readme_cluster_commands_run_as_written():
                 key, _, value = command[len("export "):].partition("=")
                 env[key] = shlex.split(value)[0]
                 continue
-            process = subprocess.Popen(["bash", "-c", isolate(command)], cwd=ROOT, env=env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            if command.startswith("ray start"):
-                cluster.groups.append(process.pid)
-            try:
-                out, _ = process.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                pytest.fail(f"{written!r} ran over 300 s")
+            for attempt in range(2):
+                process = subprocess.Popen(["bash", "-c", isolate(command)], cwd=ROOT, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                if command.startswith("ray start"):
+                    cluster.groups.append(process.pid)
+                try:
+                    out, _ = process.communicate(timeout=300)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    pytest.fail(f"{written!r} ran over 300 s")
+                # the Ray client server's per-client process can die starting on a loaded host
+                # ("Initialization failure from server"): that one command is tried once more
+                if process.returncode == 0 or "Initialization failure from server" not in out:
+                    break
             assert process.returncode == 0, f"{written!r} failed ({process.returncode}):\n{out[-4000:]}"
             outputs.append((written, out))
         # the token was used: the cluster's head asked for it and every driver sent it
