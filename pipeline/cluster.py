@@ -318,12 +318,12 @@ def check_store_path(path) -> None:
 
 
 def placement() -> tuple[str, str]:
-    """(node, accelerators) of the Ray worker running this code: ``("ray node <node id>", "ray GPU 0")``.
+    """(node, accelerators) of the Ray worker running this code: ``("ray node <node id>", "GPU 0")``.
 
     Several Ray nodes may share one host (and a fake GPU of Ray's test
-    autoscaler has no CUDA), so the manifest's host and device columns carry
-    the Ray node id and the GPU ids Ray assigned beside the host name and the
-    torch device. Empty strings outside a Ray worker (inline executor).
+    autoscaler has no CUDA), so the manifest's device column carries
+    the Ray node id and the GPU ids Ray assigned beside the torch device:
+    ``cpu (ray node <id>, GPU 0)``. Empty strings outside a Ray worker (inline executor).
     """
     import sys
 
@@ -339,4 +339,4 @@ def placement() -> tuple[str, str]:
         gpus = context.get_accelerator_ids().get("GPU") or []
     except Exception:
         return "", ""
-    return node, (f"ray GPU {','.join(map(str, gpus))}" if gpus else "")
+    return node, (f"GPU {','.join(map(str, gpus))}" if gpus else "")

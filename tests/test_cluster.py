@@ -191,8 +191,8 @@ def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster
     assert process.returncode == 0, err[-3000:]
     manifest = pq.read_table(store / "manifest.parquet").to_pydict()
     assert set(manifest["status"]) == {"done"}
-    nodes = {host.partition("(ray node ")[2] for host in manifest["host"]}
-    assert len(nodes) >= 2, manifest["host"]  # spread over the nodes, as the manifest records
+    nodes = {device.partition("(ray node ")[2] for device in manifest["device"]}
+    assert len(nodes) >= 2, manifest["device"]  # spread over the nodes, as the manifest records
     expected, got = _arrays(one_node), _arrays(store)
     assert expected.keys() == got.keys()
     for name in expected:

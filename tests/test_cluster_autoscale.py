@@ -9,6 +9,7 @@ workers go away again when idle.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -43,9 +44,8 @@ def test_the_autoscaler_starts_gpu_workers_for_the_shards_and_stops_them(gpu_clu
     assert "wait for the autoscaler to start GPU workers (gpu_worker)" in result.stderr  # ... so it says it waits
     manifest = pq.read_table(store / "manifest.parquet").to_pydict()
     assert set(manifest["status"]) == {"done"}
-    assert all(device.startswith("cpu (ray GPU ") for device in manifest["device"]), manifest["device"]
-    nodes = {host.partition("(ray node ")[2].rstrip(")") for host in manifest["host"]}
-    assert all(len(node) == 56 for node in nodes), manifest["host"]  # Ray node ids, of the fake GPU workers
+    assert all(re.fullmatch(r"cpu \(ray node [0-9a-f]{56}, GPU \d\)", d) for d in manifest["device"]), manifest["device"]
+    nodes = {device.partition("(ray node ")[2].partition(",")[0] for device in manifest["device"]}  # Ray node ids, of the fake GPU workers
     assert not any(node.endswith("00000") for node in nodes)  # not the head (the fake provider's id ...00000)
     # idle workers are removed again (idle_timeout_minutes: 0.1; autoscaler v2 as in AutoscalingCluster(autoscaler_v2=True))
     deadline = time.monotonic() + 90
