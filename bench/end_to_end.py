@@ -61,7 +61,8 @@ def fresh_store(spec):
 def blocks_of(spec, shards):
     """The blocks ``run_shard`` computes, per shard."""
     per_sample = bytes_per_sample(open_for_writing(spec.store.path))
-    return [tasks.shard_blocks(shard, spec.store.chunk_size, per_sample) for shard in shards]
+    per_object = spec.store.chunk_size * (spec.store.shards or 1)
+    return [tasks.shard_blocks(shard, per_object, per_sample) for shard in shards]
 
 
 def time_compute(spec, shards, device):
@@ -73,7 +74,7 @@ def time_compute(spec, shards, device):
         hint, done = None, []
         for block in shard_blocks_:
             arrays, hint = tasks.compute_shard(spec, block, device, hint)
-            done.append(arrays)
+            done.append(arrays.wait() if hasattr(arrays, "wait") else arrays)  # the device-to-host copy too
         parts.append(done)
     seconds = time.perf_counter() - began
     results = [{k: np.concatenate([d[k] for d in done]) for k in done[0]} for done in parts]
@@ -87,8 +88,9 @@ class SameThreadWriter(BlockWriter):
         self._write(start, stop, arrays)
 
 
-def time_write(spec, shards, results):
-    fresh_store(spec)
+def time_write(spec, shards, results, fresh=True):
+    if fresh:
+        fresh_store(spec)
     began = time.perf_counter()
     for shard, arrays in zip(shards, results):
         write_region(spec.store.path, arrays, shard.start, shard.stop)
@@ -120,6 +122,109 @@ def time_job(spec):
     return time.perf_counter() - began
 
 
+OUTPUT_OPTIONS = {  # seed000's output options (point 1 of the compact-results issue), today's first
+    "float32, full (today)": [],
+    "hessian packed": ["store.encoding={hessian: {packed: true}}"],
+    "H packed float16, J float16": ["store.encoding={hessian: {packed: true, dtype: float16}, jacobian: {dtype: float16}}"],
+    "all float16, H packed": ["store.dtype=float16", "store.encoding={hessian: {packed: true}}"],
+    "all bfloat16, H packed": ["store.dtype=bfloat16", "store.encoding={hessian: {packed: true}}"],
+    "H diagonal only, float16": ["store.dtype=float16", "store.encoding={hessian: {entries: [[0, 0], [1, 1]]}}"],
+    "H packed float16 + zstd, 4 chunks per object": [
+        "store.dtype=float16", "store.encoding={hessian: {packed: true}}", "store.compression=zstd", "store.shards=4"],
+}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and "_shards" not in f.parts
+               and not f.name.endswith(".parquet") and f.name != "zarr.json")
+
+
+def time_ray_job(spec, executor):
+    """(c): the whole job through ``pipeline.submit`` on the local Ray; returns seconds and the manifest's shard seconds."""
+    from pipeline.store import read_manifest
+
+    began = time.perf_counter()
+    summary = submit(spec, executor, overwrite=True)
+    seconds = time.perf_counter() - began
+    assert summary.complete, "the job did not complete"
+    shard_seconds = read_manifest(spec.store.path).column("seconds").to_pylist()
+    return seconds, shard_seconds
+
+
+def time_encoded_write(spec, shards, results):
+    """(b): the stored form of ``results`` written as tasks write it (encoded outside the timing)."""
+    from pipeline.encoding import encode_arrays, encodings
+
+    fresh_store(spec)
+    found = encodings(open_for_writing(spec.store.path))
+    encoded = [encode_arrays(r, found) for r in results]
+    return time_write(spec, shards, encoded, fresh=False)
+
+
+def ray_rows(args, folder: Path) -> None:
+    """(a) compute alone, (b) writes alone, (c) the job on a local Ray of 2 workers, per output option."""
+    import ray
+
+    from pipeline.runner import RayExecutor
+
+    ray.init(address="local", num_cpus=2, object_store_memory=200_000_000, include_dashboard=False,
+             log_to_driver=False)
+    executor = RayExecutor()
+    workers = 2
+    print("#### whole jobs on a local Ray, 2 workers of 1 CPU (1 torch thread each)\n")
+    print("(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
+          "2 (two workers, perfect scaling); efficiency = max(a, b) / (c). Per-shard overhead = "
+          "(c) x 2 / shards - mean shard seconds (manifest): scheduling, worker start, function load, "
+          "outside run_shard.\n")
+    print("| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (c) s | "
+          "(c) samples/s | efficiency | per-shard overhead | max rel. error (stated) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    torch.set_num_threads(1)
+    base_bytes = None
+    jobs = [("seed000", name, extra) for name, extra in OUTPUT_OPTIONS.items()]
+    jobs.append(("rte1d sweep", "float32, full (today)", []))
+    for job, option, extra in jobs:
+        spec = next(s for t, _, s in workloads(args, folder) if t.startswith(job.split()[0]))
+        spec = load_spec(ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml"),
+                         [*overrides_of(spec, args, folder), *extra])
+        shards = fresh_store(spec)
+        n = sum(s.size for s in shards)
+        time_compute(spec, shards[:1], tasks.pick_device())  # warm-up
+        a, results = time_compute(spec, shards, tasks.pick_device())
+        b = time_encoded_write(spec, shards, results)
+        c, shard_seconds = min((time_ray_job(spec, executor) for _ in range(2)), key=lambda r: r[0])
+        from pipeline.encoding import stored_bytes_per_sample
+        from pipeline.driver import prepare as prep
+        stored = stored_bytes_per_sample(prep(spec).plan)
+        on_disk = disk_bytes(spec.store.path) / n
+        if job == "seed000" and base_bytes is None:
+            base_bytes = on_disk
+        ratio = f"{on_disk / base_bytes:.2f}" if job == "seed000" else ""
+        overhead = c * workers / len(shards) - float(np.mean(shard_seconds))
+        errors = []
+        import zarr
+        group = zarr.open_group(spec.store.path, mode="r")
+        for name in group.array_keys():
+            err = (group[name].attrs.get("pipeline_encoding") or {}).get("rounding_error")
+            if err:
+                errors.append(f"{name} {err['max_error_relative_to_max']:.1e}")
+        a2, b2 = a / workers, b / workers
+        print(f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
+              f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
+              f"{overhead * 1e3:.0f} ms ({overhead / np.mean(shard_seconds):.0%} of a shard's "
+              f"{np.mean(shard_seconds):.2f} s) | {', '.join(errors) or 'exact'} |", flush=True)
+    ray.shutdown()
+
+
+def overrides_of(spec, args, folder):
+    """The bench overrides of ``workloads`` for ``spec``'s job."""
+    if spec.kind == "sweep":
+        return ["sweep.axes.T0_mean.num=" + str(max(1, args.cases // 64)), "sweep.axes.sigma_mean.num=32",
+                f"store.path={folder / 'sweep.zarr'}", "store.overwrite=true", f"store.compression={args.compression}"]
+    return [f"inputs.n={args.n}", f"store.path={folder / 'seed000.zarr'}", "store.overwrite=true",
+            f"store.compression={args.compression}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -128,6 +233,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    parser.add_argument("--part", default="all", choices=["all", "blocks", "ray"],
+                        help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -139,7 +246,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=ROOT / "results" if (ROOT / "results").is_dir()
                                    else None))
     try:
-        for title, unit, spec in workloads(args, folder):
+        if args.part in ("all", "ray"):
+            ray_rows(args, folder)
+        for title, unit, spec in (workloads(args, folder) if args.part in ("all", "blocks") else ()):
             shards = fresh_store(spec)
             n = sum(s.size for s in shards)
             time_compute(spec, shards[:1], device)  # warm-up: model build, trace, caches

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The GPU measurements of the open issues, in parts that each fit one call of the device tool.
 #
-# ---------------------------------------------------------------- what the GPU session runs
+# ---------------------------------------------------------------- ONE call (the default part: one)
+#   run(command="bash bench/gpu.sh", carry=[".devbundle"], timeout_s=600)
+# ends by itself within 9 minutes (GPU_CALL_LIMIT, default 530 s), most important rows first, every
+# row written to $OUT/<part>.txt as it finishes: seed-000 J+H ours vs JAX at 1e5 and 1e6, W2 at 1e6,
+# the rte1d sweep ours vs the seed's vmap at 8192 cases, one end-to-end job (1e6 samples on the GPU),
+# then, as time allows: store writes, end-to-end rows, sensitivities, derivatives at 1e4, compile.
+# Dry run here (a test of the suite runs it): GPU_CALL_LIMIT=50 bash bench/gpu.sh --device cpu --quick one
+#
+# ---------------------------------------------------------------- what the GPU session runs (older plan)
 # Here, once (needs PyPI; ~40 MB, travels with every call):
 #     ../shared/tools/device-bundle.sh        # -> .devbundle/site.tar.xz (Ray, Zarr, pydantic for Python 3.12)
 # Then three calls, back to back. The machine stays warm only ~30 s after a call and a cold start
@@ -46,16 +54,16 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --device=*) DEVICE=${1#*=}; shift ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) PARTS+=("$1"); shift ;;
   esac
 done
-[ ${#PARTS[@]} -gt 0 ] || PARTS=(all)
+[ ${#PARTS[@]} -gt 0 ] || PARTS=(one)
 
 PY=${PYTHON:-python3}  # the GPU image's python3 is the one with torch
 OUT=${OUT:-/tmp/gpu-bench}
 mkdir -p "$OUT"
-if [ "$QUICK" = 1 ] || [ "$DEVICE" = cpu ]; then CALL_LIMIT=${GPU_CALL_LIMIT:-100000}; else CALL_LIMIT=${GPU_CALL_LIMIT:-560}; fi
+if [ "$QUICK" = 1 ] || [ "$DEVICE" = cpu ]; then CALL_LIMIT=${GPU_CALL_LIMIT:-100000}; else CALL_LIMIT=${GPU_CALL_LIMIT:-530}; fi
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX shares the GPU with torch: no 75% grab at its first use
 export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
@@ -180,7 +188,8 @@ e2e_job() {  # e2e_job LABEL CAP --set ...
   local label=$1 limit=$2 dir=${E2E_DIR:-/tmp/gpu-bench-e2e}; shift 2
   rm -rf "$dir" && mkdir -p "$dir"
   echo "### e2e: $label" | tee -a "$OUT/e2e.txt"
-  step e2e "$limit" "$PY" -m pipeline.cli submit jobs/seed000.yaml --local --quiet \
+  # shellcheck disable=SC2086  # E2E_RUN is words: --local (default) or --executor inline (quick dry run)
+  step e2e "$limit" "$PY" -m pipeline.cli submit jobs/seed000.yaml ${E2E_RUN:---local} --quiet \
     --set store.path="$dir/seed000.zarr" "$@"
   if [ -d "$dir/seed000.zarr" ]; then
     step e2e "$(cap 60)" "$PY" -m pipeline.cli inspect "$dir/seed000.zarr"
@@ -233,9 +242,32 @@ part_compile_w2() {  # optional, if 240 s are left
   fi
 }
 
+# one call, most important rows first; each step is capped so that the call ends by CALL_LIMIT
+part_one() {
+  if [ "$QUICK" = 1 ]; then
+    step derivatives "$(cap 25)" "$PY" bench/derivatives.py --device "$DEVICE" --quick --workload tiny --n 64 \
+      --rows taylor,jax --budget 1 --deadline 20
+    step sweeps "$(cap 25)" "$PY" bench/sweeps.py --device "$DEVICE" --quick --threads 1 --cases 4 --loop-cases 1
+    E2E_RUN="--executor inline" e2e_job "seed000.yaml, 2048 samples, CPU tasks" "$(cap 40)" --set inputs.n=2048 \
+      --set execution.gpus_per_task=0 --set store.chunk_size=512 --set execution.shard_size=1024
+    return
+  fi
+  step derivatives "$(cap 150)" "$PY" bench/derivatives.py --device "$DEVICE" --workload seed-000 --n 1e5 1e6 \
+    --rows auto,jax --deadline 120
+  step derivatives "$(cap 100)" "$PY" bench/derivatives.py --device "$DEVICE" --workload W2 --n 1e6 \
+    --rows auto,jax --deadline 75
+  step sweeps "$(cap 90)" "$PY" bench/sweeps.py --device "$DEVICE" --cases 8192 --repeats 1
+  e2e_job "seed000.yaml, 1e6 samples, one task per GPU" "$(cap 120)" --set inputs.n=1000000 \
+    --set execution.gpus_per_task=1
+  # then the rest, as time allows (each step skips itself when less than 20 s are left)
+  part_store; part_end_to_end; part_sensitivities
+  step derivatives "$(cap 120)" "$PY" bench/derivatives.py --device "$DEVICE" --n 1e4 --deadline 90
+  part_compile
+}
+
 for part in "${PARTS[@]}"; do
   case $part in
-    check|derivatives|derivatives-1e6|derivatives-small|store|end-to-end|sweeps|sensitivities|e2e|e2e-shared|compile|compile-w2|all) ;;
+    one|check|derivatives|derivatives-1e6|derivatives-small|store|end-to-end|sweeps|sensitivities|e2e|e2e-shared|compile|compile-w2|all) ;;
     *) echo "unknown part '$part'; see the top of bench/gpu.sh" >&2; exit 2 ;;
   esac
 done
@@ -244,6 +276,7 @@ part_check
 for part in "${PARTS[@]}"; do
   case $part in
     check) ;;
+    one) part_one ;;
     derivatives) part_derivatives_1e6; part_derivatives_small ;;
     derivatives-1e6) part_derivatives_1e6 ;;
     derivatives-small) part_derivatives_small ;;

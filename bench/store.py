@@ -8,6 +8,12 @@ hessian [N,150,2,2], float32: 4.2 KB per sample) in shards, and compares:
 - ours:    region writes + checksum + commit marker, as a task does
 
 Prints MB/s and the ratio to raw. Run: ``python bench/store.py [--n 65536]``.
+
+Then, against a local S3 server (moto, started and stopped here): the same
+seed-000 bytes written through zarr's ObjectStore (obstore, what pipeline
+uses for s3://) and FsspecStore (s3fs), vs local disk, vs raw PUTs of the
+same bytes (the ceiling); and a whole job to s3:// vs local disk
+(``--s3-only`` runs just these, ``--s3-n 0`` skips them).
 """
 
 from __future__ import annotations
@@ -68,7 +74,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--shard", type=int, default=16384)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--s3-n", type=int, default=16384, help="samples for the S3 rows (0: skip them)")
+    parser.add_argument("--s3-only", action="store_true", help="only the S3 rows")
     args = parser.parse_args()
+    if args.s3_only:
+        s3_rows(args)
+        return
     data = arrays(args.n)
     nbytes = sum(v.nbytes for v in data.values())
     plan = plan_derivative_job(args.n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32")
@@ -95,6 +106,100 @@ def main() -> None:
     for label, times in rows.items():
         best = min(times)
         print(f"| {label:36} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} |")
+    if args.s3_n:
+        s3_rows(args)
+
+
+def s3_rows(args) -> None:
+    """The local S3 server (moto, started here): store layers vs local disk vs raw PUTs, and a whole job."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipeline import storage
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        fs, _ = storage.filesystem("s3://bench")
+        fs.mkdir("bench")
+        data = arrays(args.s3_n)
+        nbytes = sum(v.nbytes for v in data.values())
+        plan = plan_derivative_job(args.s3_n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard,
+                                   "float32")
+
+        def raw_puts(i):
+            began = time.perf_counter()
+            for shard in plan.shards:
+                for name, values in data.items():
+                    fs.pipe_file(f"bench/raw{i}/{name}.{shard.id}", values[shard.start:shard.stop].tobytes())
+            return time.perf_counter() - began
+
+        def layer(name):
+            def run(i):
+                storage.ZARR_LAYER = name
+                if name == "local":
+                    folder = Path(tempfile.mkdtemp(prefix="bench-store-"))
+                    try:
+                        return time_ours(folder, data, plan, True, "lz4")
+                    finally:
+                        shutil.rmtree(folder, ignore_errors=True)
+                url = f"s3://bench/{name}{i}.zarr"
+                create_store(url, plan, {"spec_hash": "bench"}, compression="lz4")
+                began = time.perf_counter()
+                for shard in plan.shards:
+                    part = {k: v[shard.start:shard.stop] for k, v in data.items()}
+                    write_region(url, part, shard.start, shard.stop)
+                    write_marker(url, ShardRecord(shard.id, shard.start, shard.stop, "done", 1, "", "", 0, 0, 0,
+                                                  checksum(part)))
+                return time.perf_counter() - began
+            return run
+
+        variants = {"raw PUTs of the same bytes (ceiling)": raw_puts,
+                    "ours -> s3, zarr ObjectStore (obstore)": layer("obstore"),
+                    "ours -> s3, zarr FsspecStore (s3fs)": layer("fsspec"),
+                    "ours -> local disk": layer("local")}
+        rows = {label: [run(i) for i in range(args.repeat)] for label, run in variants.items()}
+        storage.ZARR_LAYER = "obstore"
+        ceiling = min(rows["raw PUTs of the same bytes (ceiling)"])
+        print(f"\nlocal S3 server (moto): N={args.s3_n}, {nbytes / 1e6:.0f} MB seed-000 results, lz4, chunk "
+              f"{args.chunk}, shard {args.shard}, best of {args.repeat}")
+        print(f"| {'method':40} | {'seconds':>8} | {'MB/s':>8} | {'x raw PUT time':>14} |")
+        print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
+        for label, times in rows.items():
+            best = min(times)
+            print(f"| {label:40} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / ceiling:14.2f} |")
+        root = Path(__file__).resolve().parents[1]
+        job = [sys.executable, "-m", "pipeline.cli", "submit", str(root / "jobs/quickstart.yaml"), "--executor", "inline",
+               "-q", "--set", "inputs.n=40000", "--set", "store.chunk_size=2000", "--set", "execution.shard_size=8000"]
+        jobs = {}
+        for label, path in (("local disk", None), ("s3://", "s3://bench/job.zarr")):
+            folder = Path(tempfile.mkdtemp(prefix="bench-job-"))
+            began = time.perf_counter()
+            subprocess.run(job + ["--set", f"store.path={path or folder / 'job.zarr'}"], check=True,
+                           stdout=subprocess.DEVNULL)
+            jobs[label] = time.perf_counter() - began
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"\nwhole job (jobs/quickstart.yaml, n=40000, inline, process start included)")
+        print("| store | seconds | x local |\n|---|---|---|")
+        for label, seconds in jobs.items():
+            print(f"| {label} | {seconds:.2f} | {seconds / jobs['local disk']:.2f} |")
+    finally:
+        server.kill()
+        server.wait()
 
 
 if __name__ == "__main__":

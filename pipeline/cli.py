@@ -31,9 +31,16 @@ def _bad_input_errors():
     from .runner import ClusterError
     from .sources import InputError
     from .spec import SpecError
+    from .storage import StorageError
     from .store import StoreError
 
-    return (SpecError, FunctionError, InputError, StoreError, ClusterError)
+    return (SpecError, FunctionError, InputError, StoreError, ClusterError, StorageError)
+
+
+def _is_remote(path: str) -> bool:
+    from .storage import is_remote
+
+    return is_remote(path)
 
 
 def _unit(spec) -> str:
@@ -100,7 +107,14 @@ def main() -> None:
 @click.option("--progress-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="When the output is not a terminal (ray job logs, a pipe, CI): seconds between plain progress "
               "lines  [default: $PIPELINE_PROGRESS_INTERVAL, else 10]")
-def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, dry_run, progress_interval):
+@click.option("--repair", is_flag=True,
+              help="First verify the existing store (as `pipeline verify` does) and un-commit the damaged "
+              "shards, so that this run recomputes them.")
+@click.option("--accept-changed-code", is_flag=True,
+              help="Resume even though the function's or solver's module changed since the store was made "
+              "(after fixing a bug that made shards fail); each shard's marker records the code it ran under.")
+def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, dry_run, progress_interval, repair,
+           accept_changed_code):
     """Run JOB (a YAML job file) and write its store.
 
     Shards of the input set run as Ray tasks (on GPUs when the cluster has
@@ -116,12 +130,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
       pipeline submit jobs/seed000.yaml --dry-run          # plan and time estimate, nothing written
       pipeline submit jobs/grid.yaml --set inputs.axes.0.num=10     # a list item by index
       pipeline submit jobs/quickstart.yaml --set inputs.n=1e3 --set "quantities=[value, jacobian]"
+      pipeline submit jobs/quickstart.yaml --local --repair    # recompute what `pipeline verify` finds damaged
     """
-    from .driver import prepare
-    from .driver import submit as run_submit
-    from .lock import store_lock
-    from .progress import make_progress
-    from .runner import make_executor
     from .spec import load_spec
 
     if local and address:
@@ -129,12 +139,30 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
             f"--local and --address {address} contradict each other: --local starts a Ray on this machine, "
             "--address joins a running cluster; pass only one of them"
         )
+    if repair and overwrite:
+        raise click.UsageError("--repair and --overwrite contradict each other: --overwrite recomputes every "
+                               "shard anyway; pass only one of them")
+    _submit_spec(lambda: load_spec(job, overrides), local=local, address=address, executor=executor,
+                 overwrite=overwrite, quiet=quiet, repair=repair, accept_changed_code=accept_changed_code,
+                 job=job, verbose=verbose, dry_run=dry_run, progress_interval=progress_interval)
+
+
+def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=False, accept_changed_code=False,
+                 job=None, verbose=False, dry_run=False, progress_interval=None):
+    """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it)."""
+    from .driver import prepare
+    from .driver import submit as run_submit
+    from .lock import store_lock
+    from .progress import make_progress
+    from .runner import make_executor
+
     console = _console()
     spec = None
     try:
-        spec = load_spec(job, overrides)
+        spec = load()
         prepared = prepare(spec)  # bad input stops here, before Ray starts
-        prepared = _with_provenance(prepared, job)
+        if job is not None:
+            prepared = _with_provenance(prepared, job)
         if dry_run:
             from .dry_run import dry_run as plan_only
 
@@ -143,6 +171,8 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
                 click.echo(f"  {line}")
             return
         with store_lock(spec.store.path):  # and so does a second driver of the same store
+            if repair:
+                _uncommit_damaged(spec.store.path, console)
             runner = make_executor(executor, local=local, address=address)
             if hasattr(runner, "verbose"):
                 runner.verbose = verbose
@@ -153,11 +183,12 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
                     console.print(f"[dim]executor: {runner.describe()}[/dim]")
             progress = None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval)
             summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
+                                 accept_changed_code=accept_changed_code,
                                  notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        if spec is not None and Path(spec.store.path).exists():
+        if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
             console.print("\n[yellow]interrupted[/yellow]: committed shards are kept; run the same command again "
                           "to resume")
         else:
@@ -383,6 +414,124 @@ def status(store, as_json):
     else:
         print_status(report, Console(highlight=False, soft_wrap=True), ids_shown=STATUS_IDS_SHOWN)
     sys.exit(STATUS_EXIT_CODES[report["state"]])
+
+
+def _verify_with_progress(store: str, threads: int, quiet: bool):
+    """``verify.verify_store`` with a progress bar on stderr (none with ``quiet``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .verify import verify_store
+
+    if quiet:
+        return verify_store(store, threads=threads)
+    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+                  TimeRemainingColumn(), console=_console(), transient=True) as bar:
+        task = bar.add_task("verify", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return verify_store(store, threads=threads, progress=advance)
+
+
+def _uncommit_damaged(store: str, console: Console) -> list[int]:
+    """Verify ``store`` (when it exists) and un-commit its damaged shards; their ids."""
+    from .store import StoreError, is_pipeline_store
+    from .verify import repair_store, summary_lines
+
+    if not is_pipeline_store(store):
+        return []
+    report = _verify_with_progress(store, 4, quiet=False)
+    for line in summary_lines(report):
+        console.print(f"[yellow]damaged[/yellow] {line}")
+    if report.unrepairable:
+        raise StoreError(f"store.path: {store} has damaged arrays that no shard writes "
+                          f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
+                          "recompute the whole store with --overwrite")
+    damaged = repair_store(store, report)
+    if damaged:
+        console.print(f"repair: un-committed {len(damaged)} damaged shards ({', '.join(map(str, damaged[:20]))}"
+                      f"{' ...' if len(damaged) > 20 else ''}); this run recomputes them")
+    else:
+        console.print(f"repair: every committed shard of {store} verified; nothing to recompute")
+    return damaged
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every problem, for scripts).")
+@click.option("--repair", is_flag=True,
+              help="Un-commit the damaged shards and recompute them (runs the store's own job, as submit does).")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Chunks are read and checked by this many threads.")
+@click.option("--local", is_flag=True, help="With --repair: start a local Ray sized to this machine.")
+@click.option("--address", default=None, metavar="HOST:PORT", help="With --repair: the Ray cluster to join.")
+@click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True,
+              help="With --repair: 'inline' recomputes in this process without Ray.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def verify(store, as_json, repair, threads, local, address, executor, quiet):
+    """Read every chunk of STORE and check each committed shard against its checksum.
+
+    Each shard's checksum (CRC32 per array, recorded in its commit marker and
+    the manifest when it committed) is recomputed from the chunks in the
+    store. Reports missing, unreadable (a chunk whose crc32c no longer
+    matches) and mismatching chunks by array and shard. Exit code 0 when
+    everything matches, 1 when something is damaged (after --repair: 0 when
+    the recomputed store is complete), 2 when STORE is not a pipeline store.
+
+    \b
+    Examples:
+      pipeline verify results/quickstart.zarr
+      pipeline verify results/quickstart.zarr --json
+      pipeline verify results/quickstart.zarr --repair --local   # recompute the damaged shards
+      pipeline submit jobs/quickstart.yaml --local --repair      # the same, from the job file
+    """
+    from .lock import store_lock
+    from .store import StoreError
+    from .verify import repair_store, summary_lines
+
+    if local and address:
+        raise click.UsageError(f"--local and --address {address} contradict each other; pass only one of them")
+    try:
+        if not repair:
+            report = _verify_with_progress(store, threads, quiet or as_json)
+        else:
+            from .spec import validate_spec
+            from .store import read_attributes
+
+            stored = read_attributes(store).get("spec")
+            if not isinstance(stored, dict):
+                _fail(f"{store} records no job spec, so it cannot be recomputed; run its job file with "
+                      "`pipeline submit JOB --repair`")
+            spec = validate_spec(stored, f"{store} (its recorded spec)")
+            spec = spec.model_copy(update={"store": spec.store.model_copy(update={"path": str(Path(store).absolute()),
+                                                                                  "overwrite": False})})
+            with store_lock(store):
+                report = _verify_with_progress(store, threads, quiet or as_json)
+                if report.unrepairable:
+                    raise StoreError(f"{store} has damaged arrays that no shard writes "
+                                      f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
+                                      "recompute the whole store with `pipeline submit JOB --overwrite`")
+                damaged = repair_store(store, report)
+    except _bad_input_errors() as err:
+        _fail(str(err))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        out = Console(highlight=False, soft_wrap=True)
+        for line in summary_lines(report):
+            out.print(line)
+        verdict = "ok" if report.ok else f"damaged: {len(report.damaged_shards)} shards"
+        out.print(f"{verdict}: {report.path}: {report.committed} of {report.shards} shards committed, "
+                  f"{report.chunks_read} chunks read")
+        if not report.ok and not repair:
+            out.print(f"recompute the damaged shards: pipeline verify {store} --repair --local "
+                      "(or pipeline submit JOB --repair)")
+    if not repair:
+        sys.exit(0 if report.ok else EXIT_FAILED_SHARDS)
+    if damaged:
+        _console().print(f"repair: un-committed shards {', '.join(map(str, damaged))}; recomputing them")
+    _submit_spec(lambda: spec, local=local, address=address, executor=executor, overwrite=False, quiet=quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

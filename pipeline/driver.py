@@ -62,12 +62,51 @@ class RunSummary:
 
 
 def prepare(spec) -> Prepared:
-    """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched)."""
+    """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched).
+
+    ``validate`` and ``submit`` both come here first, so they refuse the same
+    store paths (not a pipeline store, not writable, too little free space).
+    """
     from .cluster import check_store_path as check_ray_job_store_path
 
     check_ray_job_store_path(spec.store.path)  # not in a Ray job's temporary working dir
+    check_urls(spec)
+    refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)
-    return with_store_layout(kind_module(spec).prepare(spec))
+    prepared = with_store_layout(kind_module(spec).prepare(spec))
+    check_free_space(prepared)
+    return prepared
+
+
+def check_free_space(prepared: Prepared) -> None:
+    """Raise ``SpecError`` when a new local store's results (before compression) exceed the disk's free space.
+
+    A store being resumed, a remote store (``s3://...``) and ``store.check_free_space: false`` are not checked.
+    """
+    import shutil
+
+    from .report import human_size
+    from .spec import SpecError
+
+    spec = prepared.spec
+    path = spec.store.path
+    if "://" in str(path) or not getattr(spec.store, "check_free_space", True) or is_pipeline_store(path):
+        return
+    ancestor = Path(path).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        free = shutil.disk_usage(ancestor).free
+    except OSError:
+        return
+    needed = prepared.plan.result_bytes()
+    if needed > free:
+        unit, key = ("cases", "sweep") if spec.kind == "sweep" else ("samples", "inputs.n")
+        raise SpecError([
+            f"store.path: the results of {prepared.plan.n:,} {unit} need {human_size(needed)} before compression, "
+            f"but {ancestor} has {human_size(free)} free; reduce {key}, choose a store.path on a disk with more "
+            "room, or set store.check_free_space: false if compression will make them fit"
+        ])
 
 
 def with_store_layout(prepared: Prepared) -> Prepared:
@@ -87,6 +126,26 @@ def with_store_layout(prepared: Prepared) -> Prepared:
     return replace(prepared, plan=plan)
 
 
+def check_urls(spec) -> None:
+    """Raise ``SpecError`` naming the key for a URL with an unknown scheme or a missing package, or a bucket
+    that is missing or refuses the credentials; register ``store.storage_options`` for the store's URL."""
+    from . import storage
+    from .fingerprints import job_files
+    from .spec import SpecError
+
+    storage.set_options(spec.store.path, spec.store.storage_options)
+    named = {"store.path": spec.store.path, **job_files(spec)}
+    if spec.kind != "sweep" and getattr(spec.function, "checkpoint", None):
+        named["function.checkpoint"] = spec.function.checkpoint
+    for key, path in named.items():
+        try:
+            storage.check_url(path, key)
+            if storage.is_remote(path):
+                storage.check_access(path, key)
+        except storage.StorageError as err:
+            raise SpecError([str(err)]) from None
+
+
 def check_store_path(path: str | Path) -> None:
     """Raise ``SpecError`` (naming ``store.path``) unless a store can be made (or resumed) at ``path``.
 
@@ -104,8 +163,11 @@ def check_store_path(path: str | Path) -> None:
     """
     import tempfile
 
+    from . import storage
     from .spec import SpecError
 
+    if storage.is_remote(path):
+        return  # check_urls reached the bucket; objects need no parent folders
     path = Path(path)
     target = path.absolute()
     ancestor = target.parent
@@ -158,7 +220,7 @@ class Opened:
     notes: list[str] = field(default_factory=list)
 
 
-def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
+def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_code: bool = False) -> Opened:
     """Create the store, or check that an existing one may be resumed and find the shards it lacks.
 
     Only a pipeline store (or a missing path) is ever replaced; a store is
@@ -166,11 +228,11 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
     from the same files (see ``fingerprints``).
     """
     spec = prepared.spec
-    path = Path(spec.store.path)
+    path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
     if is_pipeline_store(path) and not replace_it:
-        return _resume(spec, path)
+        return _resume(spec, path, accept_changed_code=accept_changed_code)
     replaced = is_pipeline_store(path)
     create_store(
         path,
@@ -181,6 +243,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
         initial_arrays=prepared.initial_arrays,
         tables=prepared.tables,
         array_attributes=prepared.array_attributes,
+        store_settings=spec.store.model_dump(mode="json"),
     )
     notes = []
     if replaced:
@@ -192,7 +255,13 @@ def open_store(prepared: Prepared, *, overwrite: bool = False) -> Opened:
     return Opened(list(prepared.plan.shards), 0, True, notes)
 
 
-def _resume(spec, path: Path) -> Opened:
+def _remote(path) -> bool:
+    from .storage import is_remote
+
+    return is_remote(path)
+
+
+def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     attrs = read_attributes(path)
     stored = attrs.get("spec")
     # the stored spec's hash is computed again, so that keys which do not change results (and
@@ -210,11 +279,18 @@ def _resume(spec, path: Path) -> Opened:
             "choose another store.path, or pass --overwrite to replace the store"
         )
     changed = changed_files(attrs.get("files") or {}, spec)
+    accepted = []
+    if changed and accept_changed_code:
+        accepted = [line for line in changed if line.split(":", 1)[0] in CODE_KEYS]
+        changed = [line for line in changed if line not in accepted]
     if changed:
         raise StoreError(
             f"store.path: {path} was made from files that have changed since, so resuming would mix "
             "results of the old and new files:\n" + "\n".join(f"    {line}" for line in changed)
             + "\n  pass --overwrite to recompute the store from the current files, or choose another store.path"
+            + ("; or, when the edit only fixed shards that failed, --accept-changed-code resumes and records "
+               "which shards ran under which code"
+               if not accept_changed_code and all(line.split(":", 1)[0] in CODE_KEYS for line in changed) else "")
         )
     notes = []
     old_codec = (stored or {}).get("store", {}).get("compression")
@@ -225,9 +301,82 @@ def _resume(spec, path: Path) -> Opened:
         )
     if attrs.get("name") and attrs.get("name") != spec.name:
         notes.append(f"name: the store keeps its job name {attrs.get('name')!r} (this job is {spec.name!r})")
+    if accepted:
+        notes.append(accept_code_change(path, attrs, spec, accepted))
     shards = read_plan(path)
     committed = read_markers(path)
-    return Opened([s for s in shards if s.id not in committed], len(committed), False, notes)
+    return Opened(Pending(shards, set(committed)), len(committed), False, notes)
+
+
+from .fingerprints import CODE_KEYS  # noqa: E402 - the module files --accept-changed-code lets change
+
+
+def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> str:
+    """Record in the store that its code changed: the new fingerprints, and the old ones in ``code_history``.
+
+    Every commit marker carries the ``code`` fingerprint its shard ran under
+    (``fingerprints.code_fingerprint``), so the manifest says which shards ran
+    under which code. Returns the note for the user.
+    """
+    import time
+
+    import zarr
+
+    from .fingerprints import code_fingerprint
+
+    recorded = dict(attrs.get("files") or {})
+    now = fingerprints(spec)
+    history = list(attrs.get("code_history") or [])
+    history.append({
+        "accepted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "before": code_fingerprint_of(recorded),
+        "after": code_fingerprint(spec),
+        "files_before": {k: v for k, v in recorded.items() if k in CODE_KEYS},
+        "changes": accepted,
+    })
+    for key in CODE_KEYS:
+        if key in now:
+            recorded[key] = now[key]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs.update({"files": recorded, "code_history": history, "complete": False})
+    return ("--accept-changed-code: resuming with changed code (" + "; ".join(accepted) + "); the shards run "
+            "now record code " + code_fingerprint(spec) + " in their marker, the committed ones keep theirs "
+            "(manifest column `code`)")
+
+
+def code_fingerprint_of(files: dict) -> str:
+    from .fingerprints import code_digest
+
+    return code_digest({k: v for k, v in files.items() if k in CODE_KEYS})
+
+
+class Pending:
+    """The shards of a plan without a commit marker, found as they are iterated (never all held).
+
+    Sized, iterable and sliceable like a list of those shards.
+    """
+
+    def __init__(self, shards, committed: set[int]) -> None:
+        self.shards = shards
+        self.committed = committed
+        self._count = len(shards) - sum(1 for i in committed if 0 <= i < len(shards))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        return (s for s in self.shards if s.id not in self.committed)
+
+    def __getitem__(self, index):
+        import itertools
+
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), index.start, index.stop, index.step))
+        return next(itertools.islice(iter(self), index, None))
 
 
 def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list[Shard], int]:
@@ -239,7 +388,7 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     return opened.shards, opened.skipped
 
 
-def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None,
+def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None, accept_changed_code: bool = False,
            prepared: Prepared | None = None) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store.
 
@@ -263,22 +412,24 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
         unit = "cases" if spec.kind == "sweep" else "samples"
         with LiveRun(spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing,
                      display=progress) as live:
-            return _run(prepared, executor, overwrite=overwrite, progress=live, notify=notify)
+            return _run(prepared, executor, overwrite=overwrite, progress=live, notify=notify,
+                        accept_changed_code=accept_changed_code)
 
 
-def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> RunSummary:
+def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
+         accept_changed_code: bool = False) -> RunSummary:
     spec = prepared.spec
-    opened = open_store(prepared, overwrite=overwrite)
+    opened = open_store(prepared, overwrite=overwrite, accept_changed_code=accept_changed_code)
     shards, skipped = opened.shards, opened.skipped
     for note in opened.notes:
         if notify is not None:
             notify(note)
     plan_shards = read_plan(spec.store.path)
-    plan = replace(prepared.plan, shards=tuple(plan_shards))
+    plan = replace(prepared.plan, shards=plan_shards)
     summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped, notes=list(opened.notes))
     if progress is not None:
         progress.start(total_shards=len(plan_shards), total_samples=plan.n, done_shards=skipped,
-                       done_samples=sum(s.size for s in plan_shards) - sum(s.size for s in shards))
+                       done_samples=plan.n - sum(s.size for s in shards))
 
     def on_done(record: ShardRecord) -> None:
         summary.done.append(record)
@@ -286,8 +437,11 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
             progress.advance(record)
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
-        attempts = max(attempts, attempt_count(spec.store.path, shard.id))
-        error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
+        try:
+            attempts = max(attempts, attempt_count(spec.store.path, shard.id))
+            error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
+        except Exception:  # the storage itself is what failed (a bucket out of reach): keep the executor's count
+            pass
         summary.failed[shard.id] = ShardRecord(
             shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
         )
@@ -302,17 +456,29 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify) -> 
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
         # a store this run just created holds nothing, so it goes
-        discard = opened.created and not any_attempt(spec.store.path)
+        try:
+            discard = opened.created and not any_attempt(spec.store.path)
+        except Exception:  # the storage is out of reach: keep the store, a re-run resumes it
+            discard = False
         raise
     finally:
         try:
             if discard:
                 discard_store(spec.store.path)
             else:
-                from .provenance import run_record
+                try:
+                    from .provenance import run_record
 
-                append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
-                summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                    append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
+                    summary.complete = finalize_store(spec.store.path, plan, summary.failed)
+                except Exception as err:
+                    if not _remote(spec.store.path):
+                        raise
+                    text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise StoreError(
+                        f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
+                        "kept: run the same command again when the storage answers (it resumes)"
+                    ) from err
         finally:
             if progress is not None:
                 progress.stop()

@@ -29,7 +29,16 @@ HASH_LIMIT = 64 * 2**20  # bytes: files up to this size are hashed whole
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
-    """Size, mtime and (for a small file) SHA-256 of a file, or a listing digest of a directory."""
+    """Size, mtime and (for a small file) SHA-256 of a file, or a listing digest of a directory.
+
+    An object in a bucket (a URL) is fingerprinted by what the storage says
+    of it without reading it: size and ETag (or checksum), and for a prefix
+    (a Zarr array) the listing of its objects' names, sizes and ETags.
+    """
+    from . import storage
+
+    if storage.is_remote(str(path)):
+        return _remote(str(path))
     path = Path(path)
     try:
         if path.is_dir():
@@ -44,6 +53,30 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
             for block in iter(lambda: handle.read(2**20), b""):
                 digest.update(block)
         found["sha256"] = digest.hexdigest()
+    return found
+
+
+def _remote(url: str) -> dict[str, Any]:
+    from . import storage
+
+    fs, path = storage.filesystem(url)
+    try:
+        entry = storage.retry(fs.info, path)
+    except FileNotFoundError:
+        return {"missing": True}
+    if entry.get("type") == "directory":
+        digest = hashlib.sha256()
+        files = size = 0
+        for name, item in sorted(storage.retry(fs.find, path, detail=True).items()):
+            tag = item.get("ETag") or item.get("etag") or item.get("md5Hash") or item.get("mtime") or ""
+            digest.update(f"{name[len(path):]}\0{item.get('size')}\0{str(tag).strip(chr(34))}\n".encode())
+            files += 1
+            size += int(item.get("size") or 0)
+        return {"files": files, "size": size, "listing": digest.hexdigest()}
+    found: dict[str, Any] = {"size": int(entry.get("size") or 0)}
+    tag = entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or entry.get("checksum")
+    if tag:
+        found["etag"] = str(tag).strip('"')
     return found
 
 
@@ -85,7 +118,9 @@ def _input_path(source) -> str:
     # a Zarr input is read from one array: other files of its store (a manifest rewritten by a
     # resume of that job) do not change what this job reads
     if source.kind == "zarr":
-        return str(Path(source.path) / source.array)
+        from .storage import is_remote, join
+
+        return join(source.path, source.array) if is_remote(source.path) else str(Path(source.path) / source.array)
     return source.path
 
 
@@ -127,6 +162,8 @@ def same(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
         return recorded["sha256"] == now["sha256"]
     if "listing" in recorded or "listing" in now:
         return recorded.get("listing") == now.get("listing")
+    if "etag" in recorded or "etag" in now:
+        return recorded.get("etag") == now.get("etag") and recorded.get("size") == now.get("size")
     return recorded.get("size") == now.get("size") and recorded.get("mtime_ns") == now.get("mtime_ns")
 
 
@@ -158,3 +195,24 @@ def changed_files(recorded: dict[str, dict[str, Any]], spec) -> list[str]:
         if not same(old, now):
             lines.append(f"{key}: {path} changed since the store was created ({describe(old, now)})")
     return lines
+
+
+CODE_KEYS = ("function.target", "solver.name")
+
+
+def code_digest(files: dict[str, dict[str, Any]]) -> str:
+    """A short digest of the recorded fingerprints of a job's module files ("" when it has none)."""
+    parts = []
+    for key in sorted(k for k in files if k in CODE_KEYS):
+        found = files[key]
+        parts.append(f"{key}={found.get('sha256') or (str(found.get('size')) + ':' + str(found.get('mtime_ns')))}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
+
+
+def code_fingerprint(spec) -> str:
+    """The digest of the job's function or solver module as it is now (recorded in each commit marker)."""
+    found = {}
+    for key, path in job_files(spec).items():
+        if key in CODE_KEYS:
+            found[key] = fingerprint(path)
+    return code_digest(found)

@@ -74,7 +74,18 @@ def _acquire(file: Path) -> int:
 
 @contextlib.contextmanager
 def store_lock(store: str | Path) -> Iterator[None]:
-    """Hold the store's driver lock for the duration; raise ``StoreError`` if another process holds it."""
+    """Hold the store's driver lock for the duration; raise ``StoreError`` if another process holds it.
+
+    A URL store (``s3://...``) has no POSIX lock: its driver holds a lease object instead (``lease.py``).
+    """
+    from .storage import is_remote
+
+    if is_remote(store):
+        from .lease import store_lease
+
+        with store_lease(str(store)):
+            yield
+        return
     file = lock_path(store)
     key = str(file.resolve())
     if key in _HELD:

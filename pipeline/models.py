@@ -92,6 +92,9 @@ def import_target(target: str, python_path: list[str] | tuple[str, ...] = ()) ->
             f"function.target: cannot import module {module_name!r} ({err}); check the spelling, install the "
             f"package, or put its directory in function.python_path (searched: {list(python_path) or 'sys.path'})"
         ) from None
+    except Exception as err:  # the module itself is broken: SyntaxError, NameError, ... at import time
+        raise FunctionError(f"function.target: importing module {module_name!r} failed: {describe_import_error(err)}; "
+                            "fix the module (python -c 'import " + module_name + "' shows the traceback)") from None
     obj: object = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
@@ -103,9 +106,28 @@ def import_target(target: str, python_path: list[str] | tuple[str, ...] = ()) ->
     return obj
 
 
+def describe_import_error(err: BaseException) -> str:
+    """``SyntaxError: invalid syntax (fns.py, line 3)``: the error of a broken module, in one line."""
+    if isinstance(err, SyntaxError):
+        where = f" ({err.filename}, line {err.lineno})" if err.filename else ""
+        return f"{type(err).__name__}: {err.msg}{where}"
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def _checkpoint_source(path: str):
+    """A local path as is; a URL's bytes as a file object (a missing object raises FileNotFoundError)."""
+    from . import storage
+
+    if storage.is_remote(path):
+        import io
+
+        return io.BytesIO(storage.read_bytes(path))
+    return path
+
+
 def _load_checkpoint(module: nn.Module, path: str) -> None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(_checkpoint_source(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FunctionError(f"function.checkpoint: {path} does not exist; check the path") from None
     except Exception as err:  # unpickling errors come in many types

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .quantities import input_dims, quantity_dims, quantity_shape
@@ -27,6 +28,54 @@ class Shard:
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+
+class Shards(Sequence):
+    """The shards of ``n`` samples in shards of ``shard_size``, computed from their index (never all held).
+
+    A job of 1e12 samples has 2.4e8 shards; this sequence is three integers.
+
+        >>> shards = Shards(10, 4)
+        >>> len(shards), shards[-1], list(shards) == [Shard(0, 0, 4), Shard(1, 4, 8), Shard(2, 8, 10)]
+        (3, Shard(id=2, start=8, stop=10), True)
+    """
+
+    __slots__ = ("n", "shard_size")
+
+    def __init__(self, n: int, shard_size: int) -> None:
+        self.n = n
+        self.shard_size = shard_size
+
+    def __len__(self) -> int:
+        return -(-self.n // self.shard_size)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError(f"shard {index} of {count}")
+        start = index * self.shard_size
+        return Shard(index, start, min(start + self.shard_size, self.n))
+
+    def __iter__(self) -> Iterator[Shard]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Shards):
+            return (self.n, self.shard_size) == (other.n, other.shard_size) or (len(self) == len(other) == 0)
+        if isinstance(other, Sequence):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.n, self.shard_size))
+
+    def __repr__(self) -> str:
+        return f"Shards(n={self.n}, shard_size={self.shard_size}: {len(self)} shards)"
 
 
 @dataclass(frozen=True)
@@ -47,7 +96,7 @@ class Plan:
     n: int
     chunk_size: int
     shard_size: int
-    shards: tuple[Shard, ...]
+    shards: Sequence[Shard]  # a lazy ``Shards`` when planned; a tuple when read from an irregular plan
     arrays: tuple[ArrayLayout, ...]
 
     def result_bytes(self) -> int:
@@ -72,7 +121,7 @@ class Plan:
         raise KeyError(name)
 
 
-def plan_shards(n: int, shard_size: int, chunk_size: int) -> tuple[Shard, ...]:
+def plan_shards(n: int, shard_size: int, chunk_size: int) -> Shards:
     """Split ``n`` samples into shards of ``shard_size``, each a whole number of chunks.
 
     Only the last shard may be shorter, and it still covers whole chunks of the
@@ -85,9 +134,7 @@ def plan_shards(n: int, shard_size: int, chunk_size: int) -> tuple[Shard, ...]:
         raise ValueError(f"shard_size and chunk_size must be positive, got {shard_size}, {chunk_size}")
     if shard_size % chunk_size:
         raise ValueError(f"shard_size ({shard_size}) must be a multiple of chunk_size ({chunk_size})")
-    return tuple(
-        Shard(id=i, start=start, stop=min(start + shard_size, n)) for i, start in enumerate(range(0, n, shard_size))
-    )
+    return Shards(n, shard_size)
 
 
 BLOCKS_PER_SHARD = 4

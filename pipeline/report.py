@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .live import error_line
-from .store import read_attributes, read_manifest, summarize
+from .store import _target, read_attributes, read_manifest, summarize
 
 
 def inspect_store(path: str, console: Console) -> None:
@@ -27,7 +27,7 @@ def inspect_store(path: str, console: Console) -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
         table = Table(title="arrays", show_edge=False)
         for column in ("name", "dims", "shape", "dtype", "chunks", "stored"):
             table.add_column(column)
@@ -61,6 +61,7 @@ def inspect_store(path: str, console: Console) -> None:
                 f"methods {methods}, devices {devices}, non-finite values {sum(data['nonfinite'][i] for i in done)}, "
                 f"max attempts {max(data['attempts'])}"
             )
+        _print_nonfinite(console, path)
         failed = [i for i, status in enumerate(data["status"]) if status == "failed"]
         for i in failed:
             console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {escape(error_line(data['error'][i]))}")
@@ -100,6 +101,42 @@ def inspect_shard(path: str, shard_id: int, console: Console) -> None:
         console.print(f"\n[red]error[/red]:\n{escape(row['error'])}")
 
 
+NONFINITE_ROWS = 20  # shards listed by `inspect` with their non-finite counts
+
+
+def nonfinite_counts(path: str) -> dict[int, dict[str, int]]:
+    """``{shard: {array: count}}`` of the committed shards holding NaN or Inf (from their commit markers)."""
+    import json
+
+    from .store import read_markers
+
+    found = {}
+    for shard_id, record in sorted(read_markers(path).items()):
+        if record.nonfinite:
+            counts = json.loads(record.nonfinite_by_array) if record.nonfinite_by_array else {"(arrays not recorded)": record.nonfinite}
+            found[shard_id] = counts
+    return found
+
+
+def _print_nonfinite(console: Console, path: str) -> None:
+    counts = nonfinite_counts(path)
+    if not counts:
+        return
+    arrays = sorted({name for per in counts.values() for name in per})
+    totals = {name: sum(per.get(name, 0) for per in counts.values()) for name in arrays}
+    console.print("non-finite values (NaN or Inf) by array: "
+                  + ", ".join(f"{name} {totals[name]:,}" for name in arrays) + f", in {len(counts)} shards")
+    table = Table(title="non-finite values by shard", show_edge=False)
+    table.add_column("shard")
+    for name in arrays:
+        table.add_column(name)
+    for shard_id, per in list(counts.items())[:NONFINITE_ROWS]:
+        table.add_row(str(shard_id), *(f"{per.get(name, 0):,}" for name in arrays))
+    console.print(table)
+    if len(counts) > NONFINITE_ROWS:
+        console.print(f"... and {len(counts) - NONFINITE_ROWS} more shards")
+
+
 def human_size(nbytes: float) -> str:
     """``420800000`` -> ``'401.3 MiB'`` (bytes as a number; whole bytes below 1 KiB)."""
     if nbytes < 1024:
@@ -119,7 +156,7 @@ def store_facts(path: str) -> dict:
     counts = summarize(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
         arrays = []
         for name in sorted(group.array_keys()):
             array = group[name]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,6 +78,9 @@ class RayExecutor:
         if self.local:
             # address="local": a new Ray on this machine even when RAY_ADDRESS is set
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **self._logging())
+            from .watchdog import children_of_this_process, watch
+
+            watch(children_of_this_process())  # a killed driver leaves no Ray behind
             return
         from .cluster import authenticate, resolve_address
 
@@ -173,7 +175,7 @@ class RayExecutor:
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
-        waiting = deque(shards)
+        waiting = _Lookahead(shards)  # shards are taken as they are submitted: a huge plan is never listed
         running: dict = {}
         # Ray prints a task's whole traceback on the driver every time it retries one that raised;
         # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
@@ -184,7 +186,7 @@ class RayExecutor:
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
         while waiting or running:
             while waiting and len(running) < bound:
-                shard = waiting.popleft()
+                shard = waiting.pop()
                 running[remote.remote(spec_ref, shard)] = shard
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
@@ -202,6 +204,30 @@ class RayExecutor:
                     on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
                 else:
                     on_done(record)
+
+
+class _Lookahead:
+    """An iterator over shards that knows whether one is left (``bool``) and hands them out one by one."""
+
+    _END = object()
+
+    def __init__(self, items) -> None:
+        self._items = iter(items)
+        self._next = next(self._items, self._END)
+        self._front: list = []  # shards put back, taken before the rest
+
+    def __bool__(self) -> bool:
+        return bool(self._front) or self._next is not self._END
+
+    def pop(self):
+        if self._front:
+            return self._front.pop()
+        item, self._next = self._next, next(self._items, self._END)
+        return item
+
+    def appendleft(self, item) -> None:
+        """Put a shard back to be taken next (a retry)."""
+        self._front.append(item)
 
 
 def cluster_address(address: str | None) -> str:

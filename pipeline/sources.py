@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import storage
 from .spec import (
     GridInputs,
     NormalInputs,
@@ -68,7 +69,17 @@ def describe_inputs(spec) -> InputInfo:
     raise TypeError(f"unknown input spec {type(spec).__name__}")
 
 
+def _refuse_complex(path: str, dtype, key: str) -> None:
+    if np.dtype(dtype).kind == "c":
+        raise InputError(
+            f"{key}: {path} holds complex values ({np.dtype(dtype)}); the functions are real, so the imaginary "
+            "part would be dropped: save the real and imaginary parts as two coordinates, e.g. "
+            "numpy.save(path, numpy.stack([x.real, x.imag], axis=-1))"
+        )
+
+
 def _limit(spec, info: InputInfo, key: str) -> InputInfo:
+    _refuse_complex(spec.path, info.dtype, key)
     if info.n == 0:
         raise InputError(f"{key}: {spec.path} holds no samples; point inputs.path at a non-empty array")
     if spec.n is not None:
@@ -134,7 +145,52 @@ def _grid_rows(spec: GridInputs, start: int, stop: int) -> np.ndarray:
 NPY_MAGIC = b"\x93NUMPY"
 
 
+class RemoteNpy:
+    """A ``.npy`` object in a bucket, read by byte range (a memory map's stand-in): ``shape``, ``dtype``, ``[a:b]``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with storage.open_file(url) as file:
+            version = np.lib.format.read_magic(file)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(file)
+            self.offset = file.tell()
+        if fortran and len(shape) > 1:
+            raise InputError(f"inputs.path: {url} is stored in Fortran order; save it with numpy.save of a C-ordered array")
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        row = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        fs, path = storage.filesystem(self.url)
+        data = storage.retry(fs.cat_file, path, start=self.offset + start * row, end=self.offset + stop * row)
+        return np.frombuffer(data, dtype=self.dtype).reshape(stop - start, *self.shape[1:])
+
+
+def _open_remote_npy(path: str):
+    if not storage.isfile(path):
+        raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
+    with storage.open_file(path) as file:
+        magic = file.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise InputError(
+            f"inputs.path: {path} is not a .npy file (no NumPy header); save the samples with numpy.save, "
+            "or use inputs.kind: parquet / zarr for those formats"
+        )
+    try:
+        array = RemoteNpy(path)
+    except (ValueError, OSError) as err:
+        raise InputError(f"inputs.path: {path} is not a readable .npy file ({err})") from None
+    if array.ndim < 1 or not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"inputs.path: {path} holds {array.dtype} of shape {array.shape}; need a numeric array [samples, ...]"
+        )
+    return array
+
+
 def _open_npy(path: str) -> np.ndarray:
+    if storage.is_remote(path):
+        return _open_remote_npy(path)
     if not Path(path).exists():
         raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
     if not Path(path).is_file():
@@ -160,10 +216,11 @@ def _open_npy(path: str) -> np.ndarray:
 def _open_zarr(spec: ZarrInputs):
     import zarr
 
-    if not Path(spec.path).exists():
+    remote = storage.is_remote(spec.path)
+    if not (storage.isfile(storage.join(spec.path, "zarr.json")) if remote else Path(spec.path).exists()):
         raise InputError(f"inputs.path: {spec.path} does not exist; point it at a Zarr store")
     try:
-        group = zarr.open_group(spec.path, mode="r")
+        group = zarr.open_group(storage.zarr_store(spec.path, read_only=True) if remote else spec.path, mode="r")
     except Exception as err:  # zarr raises several types for "not a store"
         raise InputError(f"inputs.path: {spec.path} is not a Zarr group ({err})") from None
     if spec.array not in group.array_keys():
@@ -188,6 +245,22 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
     """A pipeline store as input must be complete: shards that never ran hold NaN fill, not samples."""
     import json
 
+    if storage.is_remote(spec.path):
+        from .store import read_markers
+
+        try:
+            attrs = json.loads(storage.read_bytes(storage.join(spec.path, "zarr.json"))).get("attributes", {})
+        except (OSError, ValueError):
+            return
+        if "format_version" not in attrs or "complete" not in attrs or attrs["complete"]:
+            return
+        done = len(read_markers(spec.path))
+        name = attrs.get("name") or attrs.get("spec", {}).get("name", "?")
+        raise InputError(
+            f"inputs.path: the store {spec.path} is not complete ({done} of {attrs.get('n_shards', '?')} shards "
+            f"committed), so its {spec.array!r} holds NaN where shards are missing; finish it with "
+            f"`pipeline submit <its job>` (job {name!r}) or point inputs.path at a complete store"
+        )
     try:
         attrs = json.loads((Path(spec.path) / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError):
@@ -207,12 +280,13 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
 def _parquet_meta(spec: ParquetInputs):
     import pyarrow.parquet as pq
 
-    if not Path(spec.path).exists():
+    remote = storage.is_remote(spec.path)
+    if not (storage.exists(spec.path) if remote else Path(spec.path).exists()):
         raise InputError(f"inputs.path: {spec.path} does not exist; point it at a Parquet file")
-    if not Path(spec.path).is_file():
+    if not (storage.isfile(spec.path) if remote else Path(spec.path).is_file()):
         raise InputError(f"inputs.path: {spec.path} is a directory, not a file; point it at a Parquet file")
     try:
-        file = pq.ParquetFile(spec.path)
+        file = _parquet_file(spec.path)
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
         raise InputError(
             f"inputs.path: {spec.path} is not a readable Parquet file ({err}); point it at a Parquet file, "
@@ -257,7 +331,7 @@ def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
 def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(spec.path)
+    file = _parquet_file(spec.path)
     groups, offset, first = [], 0, None
     for i in range(file.metadata.num_row_groups):
         rows = file.metadata.row_group(i).num_rows
@@ -268,3 +342,12 @@ def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
     table = file.read_row_groups(groups, columns=list(spec.columns))
     table = table.slice(start - first, stop - start)
     return np.stack([table.column(c).to_numpy().astype(np.float64) for c in spec.columns], axis=1)
+
+
+def _parquet_file(path: str):
+    """A ``pyarrow.parquet.ParquetFile`` of a path or URL (row groups read by byte range from a bucket)."""
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(path):
+        return pq.ParquetFile(storage.open_file(path))
+    return pq.ParquetFile(path)

@@ -31,6 +31,8 @@ DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reve
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+MAX_SAMPLES = 2**40  # samples (or cases) of one job: about 1.1e12; beyond, split the job
+SampleCount = Annotated[int, Field(gt=0, le=MAX_SAMPLES)]
 Shape = tuple[PositiveInt, ...]
 
 
@@ -115,7 +117,7 @@ Function = Annotated[Union[MLPFunction, ImportFunction], Field(discriminator="ki
 
 
 class _Generated(Strict):
-    n: PositiveInt = Field(description="number of samples")
+    n: SampleCount = Field(description=f"number of samples (at most 2**40 = {MAX_SAMPLES})")
     shape: Shape = Field(default=(2,), description="shape of one input sample, e.g. [2] or [2, 2]")
     seed: int = Field(default=0, description="random seed; results do not depend on sharding")
 
@@ -177,6 +179,15 @@ class GridInputs(Strict):
     def n(self) -> int:
         return math.prod(axis.num for axis in self.axes)
 
+    @model_validator(mode="after")
+    def _size(self):
+        if self.n > MAX_SAMPLES:
+            raise ValueError(
+                f"inputs.axes: the grid has {self.n} points ({' x '.join(str(a.num) for a in self.axes)}), more "
+                f"than the {MAX_SAMPLES} (2**40) samples one job may have; use fewer points per axis or split the job"
+            )
+        return self
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.axes),)
@@ -184,7 +195,7 @@ class GridInputs(Strict):
 
 class _FileInputs(Strict):
     path: str = Field(description="file or store path (relative paths are relative to the current directory)")
-    n: PositiveInt | None = Field(default=None, description="use only the first n samples (default: all)")
+    n: SampleCount | None = Field(default=None, description="use only the first n samples (default: all)")
 
 
 class ZarrInputs(_FileInputs):
@@ -225,6 +236,37 @@ class DerivativeSettings(Strict):
     allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
 
 
+StoredDtype = Literal["float32", "float64", "float16", "bfloat16"]
+
+
+class ArrayEncoding(Strict):
+    """How one result array is stored (see ``pipeline.encoding``); read back whole by ``open_results``."""
+
+    dtype: StoredDtype | None = Field(default=None, description="stored dtype (default: store.dtype)")
+    packed: bool = Field(default=False, description="hessian/dK: store only the unique entries of the symmetric tensor")
+    entries: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
+        default=None, description="store only these entries, one index per input axis, e.g. [[0, 0], [1, 1]]")
+    outputs: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="store only these outputs (a function with one output axis)")
+
+    @field_validator("entries")
+    @classmethod
+    def _entries(cls, value):
+        if value is not None:
+            if not value or any(not entry for entry in value):
+                raise ValueError("needs at least one entry, each a list of indices, e.g. [[0, 0], [1, 1]]")
+            if len({len(entry) for entry in value}) > 1:
+                raise ValueError("every entry needs the same number of indices (one per input axis)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value):
+        if value is not None and not value:
+            raise ValueError("needs at least one output index, e.g. [0, 1]")
+        return value
+
+
 class StoreSettings(Strict):
     """Where and how results are written."""
 
@@ -233,10 +275,31 @@ class StoreSettings(Strict):
     compression: Literal["lz4", "zstd", "none"] = Field(
         default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
     )
+    check_free_space: bool = Field(
+        default=True,
+        description="refuse a new local store whose results (before compression) do not fit the free disk space; "
+        "false when compression will make them fit",
+    )
+    compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
+        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)")
+    shards: PositiveInt | None = Field(
+        default=None, description="chunks per stored object (Zarr v3 sharding); execution.shard_size must be a "
+        "multiple of chunk_size x shards")
+    dtype: StoredDtype | None = Field(
+        default=None, description="stored dtype of every result array (default: the compute dtype); "
+        "float16/bfloat16 halve the bytes, rounding error in each array's attributes")
+    encoding: dict[str, ArrayEncoding] = Field(
+        default_factory=dict, description="per result array: dtype, packed, entries, outputs (see docs/storage.md)")
     overwrite: bool = Field(
         default=False,
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
         "a path that is not a pipeline store is never deleted",
+    )
+    storage_options: dict[str, Any] | None = Field(
+        default=None,
+        description="options of the filesystem of a URL store.path (s3://, gs://, az://), like xarray's "
+        "storage_options (e.g. {client_kwargs: {endpoint_url: ...}}); credentials normally come from the "
+        "environment; values are never recorded in the store",
     )
     chunks: dict[str, PositiveInt] = Field(
         default_factory=dict,
@@ -258,6 +321,11 @@ class ExecutionSettings(Strict):
     retries: Annotated[int, Field(ge=0)] = Field(default=2, description="extra attempts for a failed shard")
     max_in_flight: PositiveInt | Literal["auto"] = Field(
         default="auto", description="tasks submitted but not finished; auto = 2 x the worker slots"
+    )
+    on_nonfinite: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="NaN or Inf in a shard's results: warn (commit it, count them) or fail (the shard fails, "
+        "naming the array and the count)",
     )
 
     @field_validator("gpus_per_task")
@@ -299,6 +367,11 @@ class JobSpec(Strict):
                 f"({self.store.chunk_size}) so that every task writes whole chunks; "
                 f"try {self.store.chunk_size * max(1, round(self.execution.shard_size / self.store.chunk_size))}"
             )
+        check_store_layout(self.store, self.shard_size)
+        for name in self.store.encoding:
+            if name not in self.quantities:
+                raise ValueError(f"store.encoding.{name}: {name!r} is not among the job's quantities "
+                                 f"{list(self.quantities)}; use one of those names")
         if isinstance(self.function, MLPFunction) and isinstance(
             self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
         ):
@@ -318,12 +391,41 @@ class JobSpec(Strict):
         return self.execution.shard_size or 4 * self.store.chunk_size
 
     def resolved(self) -> dict[str, Any]:
-        """The spec as plain JSON data (what the store records)."""
-        return self.model_dump(mode="json")
+        """The spec as plain JSON data (what the store records; ``store.storage_options`` values redacted)."""
+        return redact_storage_options(self.model_dump(mode="json"))
 
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""
         return results_hash(self.resolved())
+
+
+def redact_storage_options(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the values of ``store.storage_options`` replaced (secrets never enter a store or a log)."""
+    store = data.get("store")
+    if isinstance(store, dict) and store.get("storage_options"):
+        from .storage import redact
+
+        data["store"] = {**store, "storage_options": redact(store["storage_options"])}
+    return data
+
+
+def check_store_layout(store, shard_size: int) -> None:
+    """Cross-key checks of the store's layout options (raise ValueError naming the key)."""
+    if store.compression_level is not None:
+        top = {"lz4": 9, "zstd": 22, "none": None}[store.compression]
+        if top is None:
+            raise ValueError("store.compression_level: store.compression is none, so there is no level; "
+                             "remove compression_level or choose lz4 or zstd")
+        if store.compression_level > top:
+            raise ValueError(f"store.compression_level: {store.compression_level} is above {store.compression}'s "
+                             f"highest level {top}; use 1 to {top}")
+    if store.shards and store.shards > 1 and shard_size % (store.chunk_size * store.shards):
+        per_object = store.chunk_size * store.shards
+        raise ValueError(
+            f"store.shards: {store.shards} chunks of {store.chunk_size} per object ({per_object}) must divide "
+            f"the task's shard size ({shard_size}) so that no two tasks write one object; set "
+            f"execution.shard_size to a multiple of {per_object}, e.g. {per_object * max(1, -(-shard_size // per_object))}"
+        )
 
 
 def results_view(data: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +441,11 @@ def results_view(data: dict[str, Any]) -> dict[str, Any]:
     data.pop("name", None)
     data.pop("execution", None)
     if isinstance(data.get("store"), dict):
-        data["store"] = {"chunk_size": data["store"].get("chunk_size")}
+        kept = {"chunk_size": data["store"].get("chunk_size")}
+        for key in ("dtype", "encoding"):  # what is stored is part of the results; absent when unset
+            if data["store"].get(key):
+                kept[key] = data["store"][key]
+        data["store"] = kept
     if isinstance(data.get("derivatives"), dict):
         data["derivatives"].pop("chunk_size", None)
     if isinstance(data.get("function"), dict):  # labels of the axes, not what is computed
@@ -528,6 +634,7 @@ _FIXES = {
     "float_parsing": "use a number",
     "bool_parsing": "use true or false",
     "greater_than": "use a larger value",
+    "less_than_equal": "use a smaller value, or split the job into several",
     "union_tag_invalid": "set 'kind' to one of the listed values",
     "union_tag_not_found": "add a 'kind' key",
 }
@@ -574,7 +681,37 @@ def validate_spec(data: Any, source: str | None = None) -> JobSpec:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise SpecError([_describe(e, model) for e in err.errors()], source) from None
+        raise SpecError([_describe(e, model) for e in _relevant(err.errors())], source) from None
+
+
+def _model_names() -> set[str]:
+    found, todo = set(), [Strict]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            found.add(sub.__name__)
+            todo.append(sub)
+    return found
+
+
+def _relevant(errors: list[dict]) -> list[dict]:
+    """Errors without those of union members the value plainly is not, locations without model names.
+
+    ``{low: 0.1, high: 1, num: 0}`` under ``list[float] | Axis`` fails both
+    members; "Input should be a valid list" says nothing useful about a
+    mapping, so only the ``Axis`` error (``num``) is kept, at ``...num``.
+    """
+    names = _model_names()
+    kept = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        member = loc[-1] if loc and isinstance(loc[-1], str) else ""
+        if error.get("type") == "list_type" and member.startswith("list") and isinstance(error.get("input"), dict):
+            if any(e is not error and tuple(e.get("loc", ()))[: len(loc) - 1] == loc[:-1] for e in errors):
+                continue  # a mapping was meant as the other member of the union
+        kept.append({**error, "loc": tuple(item for i, item in enumerate(loc)
+                                           if not (i and isinstance(item, str) and item in names))})
+    return kept
 
 
 def _job_model(data: dict) -> type[BaseModel]:
@@ -625,6 +762,12 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def _resolve_paths(spec: JobSpec, job_dir: Path) -> JobSpec:
     def absolute(p: str, base: Path) -> str:
+        from .storage import is_url, local_path
+
+        if is_url(p):  # s3://, gs://, memory://: as given; file:// becomes its local path
+            p = local_path(p)
+            if is_url(p):
+                return p
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
 

@@ -39,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Plan, Shard
+from . import storage
+from .plan import Plan, Shard, Shards
+
+BATCH_ROWS = 1 << 20  # plan and manifest rows written per Parquet batch: memory stays bounded for huge plans
 
 MARKERS = "_shards"
 PLAN_FILE = "plan.parquet"
@@ -76,6 +79,9 @@ class ShardRecord:
     worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
     job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
     spec_hash: str = ""
+    array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
+    nonfinite_by_array: str = ""  # JSON {array: count} of the arrays holding NaN or Inf
+    code: str = ""  # digest of the function's or solver's module the shard ran under (fingerprints.code_fingerprint)
 
 
 # ------------------------------------------------------------------ driver
@@ -89,7 +95,47 @@ def _zarr():
 
 def store_exists(path: str | Path) -> bool:
     """True when ``path`` holds a Zarr group."""
+    if storage.is_remote(path):
+        return storage.isfile(storage.join(path, "zarr.json"))
     return (Path(path) / "zarr.json").is_file()
+
+
+# ---- object storage (a URL store.path): the same files, as objects through ``storage``
+
+
+def _read_json(path: str | Path, name: str) -> Any:
+    """``name`` under the store as JSON (OSError / ValueError as for a local file)."""
+    if storage.is_remote(path):
+        return json.loads(storage.read_bytes(storage.join(path, name)))
+    return json.loads((Path(path) / name).read_text())
+
+
+def _target(path: str | Path):
+    """What zarr opens: the local path, or the storage layer's zarr store of a URL."""
+    return storage.zarr_store(str(path)) if storage.is_remote(path) else str(path)
+
+
+def _write_table(path: str | Path, name: str, table) -> None:
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(path):
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.write_bytes(storage.join(str(path), name), sink.getvalue().to_pybytes())
+    else:
+        pq.write_table(table, Path(path) / name)
+
+
+def _read_table(path: str | Path, name: str):
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(path):
+        import pyarrow as pa
+
+        return pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(str(path), name))))
+    return pq.read_table(Path(path) / name)
 
 
 def is_pipeline_store(path: str | Path) -> bool:
@@ -99,7 +145,7 @@ def is_pipeline_store(path: str | Path) -> bool:
     any other directory or file is never deleted.
     """
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
+        meta = _read_json(path, "zarr.json")
     except (OSError, ValueError):
         return False
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
@@ -110,6 +156,8 @@ def is_pipeline_store(path: str | Path) -> bool:
 
 def _replaceable(path: Path) -> bool:
     """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
+    if storage.is_remote(path):
+        return is_pipeline_store(path) or not storage.listdir(str(path))
     if not path.exists() and not path.is_symlink():
         return True
     return path.is_dir() and (is_pipeline_store(path) or (not path.is_symlink() and not any(path.iterdir())))
@@ -117,6 +165,13 @@ def _replaceable(path: Path) -> bool:
 
 def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
     """Raise a StoreError when ``path`` exists and is not a pipeline store (it is never deleted)."""
+    if storage.is_remote(path):
+        if not _replaceable(path):
+            raise StoreError(
+                f"{key}: {path} holds objects that were not written by pipeline, so they are left untouched "
+                f"(only a store written by pipeline is ever replaced); choose another {key} (a prefix with no objects)"
+            )
+        return
     path = Path(path)
     if not _replaceable(path):
         what = "a file" if path.is_file() else "a directory that was not written by pipeline"
@@ -130,9 +185,12 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes of a store (spec, spec_hash, complete, ...)."""
     if not store_exists(path):
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
-    metadata = json.loads((Path(path) / "zarr.json").read_text())
+    metadata = _read_json(path, "zarr.json")
     attributes = dict(metadata.get("attributes", {}))
     if metadata.get("node_type") != "group" or "format_version" not in attributes:
+        if storage.is_remote(path):
+            raise StoreError(f"{path} is a Zarr node but not a pipeline store; give the URL of a store "
+                             "that `pipeline submit` wrote")
         raise StoreError(_not_a_store_root(Path(path), metadata.get("node_type")))
     return attributes
 
@@ -176,6 +234,18 @@ def compressors(name: str):
     raise ValueError(f"store.compression: unknown codec {name!r}; use lz4, zstd or none")
 
 
+def with_crc32c(options: dict[str, Any]) -> dict[str, Any]:
+    """``create_array`` options whose codec chain ends with Zarr v3's ``crc32c``: a damaged chunk fails on read.
+
+    New stores get it on every array; a resumed store keeps the codecs it was made with.
+    """
+    from zarr.codecs import Crc32cCodec
+
+    inner = options.get("compressors")
+    inner = [] if inner is None else list(inner) if isinstance(inner, (list, tuple)) else [inner]
+    return {**options, "compressors": [*inner, Crc32cCodec()]}
+
+
 def create_store(
     path: str | Path,
     plan: Plan,
@@ -186,6 +256,7 @@ def create_store(
     initial_arrays: dict[str, np.ndarray] | None = None,
     tables: dict[str, Any] | None = None,
     array_attributes: dict[str, dict[str, Any]] | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> None:
     """Create the group, every array (fill NaN), the root attributes and ``plan.parquet``.
 
@@ -193,11 +264,16 @@ def create_store(
     parameters: data the driver knows up front); ``tables`` maps file names to
     ``pyarrow.Table`` written as Parquet beside the arrays (``cases.parquet``);
     ``array_attributes`` adds attributes per array (e.g. xarray's
-    ``coordinates``).
+    ``coordinates``); ``store_settings`` (the spec's ``store``: codec, level,
+    Zarr shards, stored dtypes) go through ``encoding.create_options``.
 
     The store is built in a temporary sibling directory and renamed into place,
     so a failure here never leaves a half-made store at ``path``.
     """
+    if storage.is_remote(path):
+        return _create_remote(str(path), plan, attributes, overwrite=overwrite, compression=compression,
+                              initial_arrays=initial_arrays, tables=tables, array_attributes=array_attributes,
+                              store_settings=store_settings)
     zarr = _zarr()
     path = Path(path)
     refuse_foreign_path(path)  # never delete what pipeline did not write, --overwrite or not
@@ -222,16 +298,19 @@ def create_store(
             "n_shards": len(plan.shards),
         }
         group = zarr.open_group(str(staging), mode="w", attributes=attrs)
+        from .encoding import create_options
+
         for layout in plan.arrays:
+            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
             group.create_array(
                 layout.name,
                 shape=layout.shape,
                 chunks=layout.chunks,
                 dtype=layout.dtype,
-                fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
                 dimension_names=layout.dims,
-                compressors=compressors(compression),
-                attributes=dict((array_attributes or {}).get(layout.name, {})),
+                attributes=array_attrs,
+                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                   **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs))},
             )
         for name, values in (initial_arrays or {}).items():
             group[name][...] = values
@@ -251,6 +330,63 @@ def create_store(
         raise
 
 
+def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrite: bool, compression: str,
+                   initial_arrays, tables, array_attributes, store_settings) -> None:
+    """``create_store`` on object storage: no rename there, so the objects are written in place.
+
+    The root ``zarr.json`` is written first without ``complete``, everything
+    else after it; a failure here deletes what was written (only a pipeline
+    store is ever deleted). Commit markers make a shard's region count, not
+    the presence of its chunks, so a store made here holds no results until
+    shards commit.
+    """
+    zarr = _zarr()
+    refuse_foreign_path(url)
+    if store_exists(url) and not overwrite:
+        raise StoreError(f"store.path: {url} already holds a pipeline store; pass --overwrite "
+                         "(store.overwrite: true) to replace it, or choose another store.path")
+    if store_exists(url):
+        refuse_foreign_path(url)  # checked again just before deleting
+        storage.remove_tree(url)
+    attrs = {
+        **attributes,
+        "complete": False,
+        "format_version": FORMAT_VERSION,
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": plan.n,
+        "chunk_size": plan.chunk_size,
+        "shard_size": plan.shard_size,
+        "n_shards": len(plan.shards),
+    }
+    try:
+        group = zarr.open_group(_target(url), mode="w", attributes=attrs)
+        from .encoding import create_options
+
+        for layout in plan.arrays:  # as create_store does for a local path
+            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
+            group.create_array(
+                layout.name,
+                shape=layout.shape,
+                chunks=layout.chunks,
+                dtype=layout.dtype,
+                dimension_names=layout.dims,
+                attributes=array_attrs,
+                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+                   **create_options(layout, store_settings or {"compression": compression}, array_attrs)},
+            )
+        for name, values in (initial_arrays or {}).items():
+            group[name][...] = values
+        consolidate_template(url)
+        _write_plan(url, plan)
+        for file_name, table in (tables or {}).items():
+            _write_table(url, file_name, table)
+    except BaseException:
+        if is_pipeline_store(url):
+            storage.remove_tree(url)
+        raise
+
+
 def consolidate_template(path: str | Path) -> None:
     """Consolidate the metadata of a new store, so that readers never list its folder.
 
@@ -264,13 +400,13 @@ def consolidate_template(path: str | Path) -> None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr warns that consolidated v3 metadata is not in the spec yet
-        _zarr().consolidate_metadata(str(path))
+        _zarr().consolidate_metadata(_target(path))
 
 
 def has_consolidated_metadata(path: str | Path) -> bool:
     """True when the store's ``zarr.json`` holds consolidated metadata (every store since the template is)."""
     try:
-        return bool(json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata"))
+        return bool(_read_json(path, "zarr.json").get("consolidated_metadata"))
     except (OSError, ValueError):
         return False
 
@@ -279,29 +415,62 @@ def _write_plan(path: Path, plan: Plan) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table(
-        {
-            "shard_id": pa.array([s.id for s in plan.shards], pa.int64()),
-            "start": pa.array([s.start for s in plan.shards], pa.int64()),
-            "stop": pa.array([s.stop for s in plan.shards], pa.int64()),
-        }
-    )
-    pq.write_table(table, path / PLAN_FILE)
+    if storage.is_remote(path):  # one PUT per object
+        table = pa.table(
+            {
+                "shard_id": pa.array([s.id for s in plan.shards], pa.int64()),
+                "start": pa.array([s.start for s in plan.shards], pa.int64()),
+                "stop": pa.array([s.stop for s in plan.shards], pa.int64()),
+            }
+        )
+        _write_table(path, PLAN_FILE, table)
+        return
+    schema = pa.schema([("shard_id", pa.int64()), ("start", pa.int64()), ("stop", pa.int64())])
+    with pq.ParquetWriter(path / PLAN_FILE, schema) as writer:
+        for batch in _batches(plan.shards):
+            writer.write_table(pa.table({
+                "shard_id": pa.array([s.id for s in batch], pa.int64()),
+                "start": pa.array([s.start for s in batch], pa.int64()),
+                "stop": pa.array([s.stop for s in batch], pa.int64()),
+            }, schema=schema))
 
 
-def read_plan(path: str | Path) -> list[Shard]:
-    """The shards recorded in ``plan.parquet``."""
+def _batches(items, size: int = BATCH_ROWS):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch or size == 0:
+        yield batch
+
+
+def read_plan(path: str | Path):
+    """The shards recorded in ``plan.parquet`` (a lazy ``plan.Shards`` when they are the regular split, locally)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(path) / PLAN_FILE).to_pydict()
+    if storage.is_remote(path):
+        table = _read_table(path, PLAN_FILE).to_pydict()
+        return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
+    file = pq.ParquetFile(Path(path) / PLAN_FILE)
+    try:
+        attrs = read_attributes(path)
+        regular = Shards(int(attrs["n"]), int(attrs["shard_size"]))
+    except (StoreError, KeyError, TypeError, ValueError):
+        regular = None
+    if regular is not None and len(regular) == file.metadata.num_rows and file.metadata.num_rows:
+        first = file.read_row_group(0).slice(0, 1).to_pydict()
+        if (first["shard_id"][0], first["start"][0], first["stop"][0]) == tuple(
+                getattr(regular[0], k) for k in ("id", "start", "stop")):
+            return regular
+    table = file.read().to_pydict()
     return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
 
 
 def read_cases(path: str | Path, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``[start, stop)`` of a sweep's ``cases.parquet`` as columns (without the ``case`` index)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(Path(path) / CASES_FILE).slice(start, stop - start)
+    table = _read_table(path, CASES_FILE).slice(start, stop - start)
     return {name: table.column(name).to_numpy() for name in table.column_names if name != "case"}
 
 
@@ -310,28 +479,42 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
 
     Returns True when the store is complete.
     """
-    path = Path(path)
+    path = path if storage.is_remote(path) else Path(path)
     markers = read_markers(path)
     failed = failed or {}
-    rows = []
-    for shard in plan.shards:
-        if shard.id in markers:
-            rows.append(markers[shard.id])
-        elif shard.id in failed:
-            rows.append(failed[shard.id])
-        else:
-            rows.append(
-                ShardRecord(shard.id, shard.start, shard.stop, "pending", attempt_count(path, shard.id), "", "", 0.0, 0.0, 0, "")
-            )
-    rows = _with_job(path, rows)
-    _write_manifest(path, rows)
-    complete = all(r.status == "done" for r in rows)
+    attempted = None  # shards with an attempt object, listed once (locally) instead of asked one by one
+    if not storage.is_remote(path) and (path / MARKERS).is_dir():
+        attempted = {int(f.name.split(".")[0]) for f in (path / MARKERS).glob("*.attempts*")
+                     if f.name.split(".")[0].isdigit()}
+    complete = True
+    attrs = read_attributes(path)
+    job = {"job": str(attrs.get("name", "")), "spec_hash": str(attrs.get("spec_hash", ""))}
+
+    def with_job(record: ShardRecord) -> ShardRecord:  # every row names its job (queries over many stores)
+        from dataclasses import replace
+
+        return record if record.job else replace(record, **job)
+
+    def rows():
+        nonlocal complete
+        for shard in plan.shards:
+            if shard.id in markers:
+                yield with_job(markers[shard.id])
+                continue
+            complete = False
+            if shard.id in failed:
+                yield with_job(failed[shard.id])
+            else:
+                attempts = attempt_count(path, shard.id) if attempted is None or shard.id in attempted else 0
+                yield with_job(ShardRecord(shard.id, shard.start, shard.stop, "pending", attempts, "", "", 0.0, 0.0, 0, ""))
+
+    _write_manifest(path, rows())
     if complete:
         zarr = _zarr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
-            zarr.consolidate_metadata(str(path))
-            group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated metadata
+            zarr.consolidate_metadata(_target(path))
+            group = zarr.open_group(_target(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
 
@@ -349,20 +532,44 @@ def append_run(path: str | Path, run: dict[str, Any]) -> None:
     """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = _zarr().open_group(str(path), mode="r+", use_consolidated=False)
+        group = _zarr().open_group(_target(path), mode="r+", use_consolidated=False)
         group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
-def _write_manifest(path: Path, rows: list[ShardRecord]) -> None:
+def _write_manifest(path: Path, rows) -> None:
+    """The manifest, written in batches of ``BATCH_ROWS`` rows (to a temporary file, then renamed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
-    pq.write_table(pa.table(columns), path / MANIFEST_FILE)
+    if storage.is_remote(path):  # one PUT per object
+        rows = list(rows)
+        columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
+        _write_table(path, MANIFEST_FILE, pa.table(columns))
+        return
+    temporary = path / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    writer = None
+    try:
+        for batch in _batches(rows):
+            columns = {key: [getattr(r, key) for r in batch] for key in ShardRecord.__dataclass_fields__}
+            table = pa.table(columns) if writer is None else pa.table(columns, schema=writer.schema)
+            if writer is None:
+                writer = pq.ParquetWriter(temporary, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        return
+    os.replace(temporary, path / MANIFEST_FILE)
 
 
 def read_manifest(path: str | Path):
     """The manifest as a ``pyarrow.Table`` (None before the first finalize)."""
+    if storage.is_remote(path):
+        try:
+            return _read_table(path, MANIFEST_FILE)
+        except FileNotFoundError:
+            return None
     import pyarrow.parquet as pq
 
     file = Path(path) / MANIFEST_FILE
@@ -374,6 +581,8 @@ def read_manifest(path: str | Path):
 
 def open_for_writing(path: str | Path):
     """The store's Zarr group, opened once by a worker for all of a shard's writes."""
+    if storage.is_remote(path):  # the worker writes straight to the bucket
+        return storage.retry(_zarr().open_group, _target(path), mode="r+", use_consolidated=False)
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
 
 
@@ -399,11 +608,20 @@ def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, st
                 f"shard [{start}, {stop}) of {name!r} has shape {values.shape}, the store expects "
                 f"{(stop - start, *target.shape[1:])}"
             )
-        target[start:stop] = values.astype(target.dtype, copy=False)
+        if storage.is_remote(path):  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
+            storage.retry(target.__setitem__, slice(start, stop), values.astype(target.dtype, copy=False))
+        else:
+            target[start:stop] = values.astype(target.dtype, copy=False)
 
 
 def record_attempt(path: str | Path, shard_id: int) -> int:
     """Note one more attempt of a shard; returns the attempt number (1 for the first)."""
+    if storage.is_remote(path):  # objects cannot be appended to: one object per attempt
+        import uuid
+
+        name = f"{shard_id}.attempts.{time.time():.3f}.{uuid.uuid4().hex[:8]}"
+        storage.write_bytes(storage.join(str(path), MARKERS, name), socket.gethostname().encode())
+        return attempt_count(path, shard_id)
     file = Path(path) / MARKERS / f"{shard_id}.attempts"
     with open(file, "a") as handle:
         handle.write(f"{time.time():.3f} {socket.gethostname()}\n")
@@ -412,6 +630,8 @@ def record_attempt(path: str | Path, shard_id: int) -> int:
 
 def any_attempt(path: str | Path) -> bool:
     """True when some shard of the store has started at least once."""
+    if storage.is_remote(path):
+        return any(".attempts" in name for name in storage.listdir(storage.join(str(path), MARKERS)))
     folder = Path(path) / MARKERS
     return folder.is_dir() and any(folder.glob("*.attempts"))
 
@@ -419,16 +639,26 @@ def any_attempt(path: str | Path) -> bool:
 def discard_store(path: str | Path) -> None:
     """Delete a pipeline store (never anything else): one a failed run created and never used."""
     if is_pipeline_store(path):
-        shutil.rmtree(path, ignore_errors=True)
+        if storage.is_remote(path):
+            storage.remove_tree(str(path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def attempt_count(path: str | Path, shard_id: int) -> int:
+    if storage.is_remote(path):
+        prefix = f"{shard_id}.attempts."
+        return sum(name.startswith(prefix) for name in storage.listdir(storage.join(str(path), MARKERS)))
     file = Path(path) / MARKERS / f"{shard_id}.attempts"
     return len(file.read_text().splitlines()) if file.is_file() else 0
 
 
 def write_marker(path: str | Path, record: ShardRecord) -> None:
     """Commit a shard: atomically write its marker after its data is written."""
+    if storage.is_remote(path):  # one PUT: the object appears whole or not at all
+        storage.write_bytes(storage.join(str(path), MARKERS, f"{record.shard_id}.json"),
+                            json.dumps(asdict(record)).encode())
+        return
     folder = Path(path) / MARKERS
     final = folder / f"{record.shard_id}.json"
     temporary = folder / f".{record.shard_id}.json.{os.getpid()}.tmp"
@@ -438,6 +668,13 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
 
 def read_markers(path: str | Path) -> dict[int, ShardRecord]:
     """Committed shards by id."""
+    if storage.is_remote(path):
+        records = {}
+        for name in storage.listdir(storage.join(str(path), MARKERS)):
+            if name.endswith(".json"):
+                data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, name)))
+                records[data["shard_id"]] = ShardRecord(**data)
+        return records
     folder = Path(path) / MARKERS
     records = {}
     if folder.is_dir():
@@ -461,6 +698,10 @@ class Checksum:
         for name, values in arrays.items():
             self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(),
                                           self._crcs.get(name, 0))
+
+    def per_array(self) -> dict[str, str]:
+        """``{array: CRC32 hex}``: what ``pipeline verify`` compares array by array."""
+        return {name: f"{crc:08x}" for name, crc in sorted(self._crcs.items())}
 
     def hexdigest(self) -> str:
         joined = b"".join(self._crcs[name].to_bytes(4, "little") for name in sorted(self._crcs))
@@ -500,7 +741,11 @@ def open_results(path: str | Path, *, require_complete: bool = False):
             f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
         )
     dataset = _open_dataset(path, xr)
+    from .encoding import decode
     from .labels import label_dataset
+
+    dataset = decode(dataset)  # packed / selected / 16-bit arrays back as their full quantities, lazily
+    dataset = mask_uncommitted(dataset, path, attrs)  # only committed data is visible
 
     return label_dataset(dataset, attrs)
 
@@ -511,10 +756,62 @@ def _open_dataset(path: str | Path, xr):
 
     chunks = {} if importlib.util.find_spec("dask") is not None else None
     if has_consolidated_metadata(path):
-        return xr.open_zarr(str(path), consolidated=True, chunks=chunks)
+        return xr.open_zarr(_target(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a store written before templates were consolidated: zarr lists the folder
-        return xr.open_zarr(str(path), consolidated=False, chunks=chunks)
+        return xr.open_zarr(_target(path), consolidated=False, chunks=chunks)
+
+
+def committed_mask(path: str | Path, n: int) -> np.ndarray:
+    """A boolean per sample (or case): True where its shard has a commit marker."""
+    mask = np.zeros(n, dtype=bool)
+    for record in read_markers(path).values():
+        mask[record.start:record.stop] = True
+    return mask
+
+
+def mask_uncommitted(dataset, path: str | Path, attrs: dict[str, Any]):
+    """Only committed data is visible: NaN in the float arrays wherever a shard has no commit marker.
+
+    Whatever a failed or interrupted attempt wrote before it died stays
+    hidden; ``dataset.committed`` (a boolean coordinate over the sample or
+    case axis) says which samples are committed.
+    """
+    dim = "case" if attrs.get("kind") == "sweep" else "sample"
+    if dim not in dataset.dims:
+        return dataset
+    committed = committed_mask(path, dataset.sizes[dim])
+    dataset = dataset.assign_coords(committed=(dim, committed))
+    dataset.committed.attrs["description"] = "True where the sample's shard has committed (has a commit marker)"
+    if committed.all():
+        return dataset
+    import xarray as xr
+
+    mask = xr.DataArray(committed, dims=(dim,))
+    for name, variable in list(dataset.data_vars.items()):
+        if variable.dims[:1] == (dim,) and variable.dtype.kind == "f":
+            masked = variable.where(mask)
+            masked.attrs = variable.attrs
+            dataset[name] = masked.astype(variable.dtype, copy=False)
+    return dataset
+
+
+def uncommit_shards(path: str | Path, shard_ids) -> None:
+    """Take back the commit of shards (their markers go; the next run recomputes them) and clear ``complete``.
+
+    ``complete`` is cleared first, so a reader never sees a complete store
+    that lacks a shard.
+    """
+    ids = sorted(set(shard_ids))
+    if not ids:
+        return
+    zarr = _zarr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs["complete"] = False
+    for shard_id in ids:
+        (Path(path) / MARKERS / f"{shard_id}.json").unlink(missing_ok=True)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:

@@ -253,6 +253,9 @@ class SweepJob(Strict):
                 f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "
                 f"({self.store.chunk_size}) so that every task writes whole chunks"
             )
+        from .spec import check_store_layout
+
+        check_store_layout(self.store, self.shard_size)
         return self
 
     def swept_parameters(self) -> list[str]:
@@ -265,7 +268,9 @@ class SweepJob(Strict):
         return self.execution.shard_size or self.store.chunk_size
 
     def resolved(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        from .spec import redact_storage_options
+
+        return redact_storage_options(self.model_dump(mode="json"))
 
     def spec_hash(self) -> str:
         """Hash of everything that determines the results (not where or how they run)."""

@@ -367,11 +367,20 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
+    from . import storage
+
+    remote = storage.is_remote(path)
+    path = path if remote else Path(path)
+    if not (storage.isfile(path) if remote else path.exists()):
         raise _error("parquet.path", "the file does not exist", str(path), "check the path")
+    source = lambda: path  # noqa: E731
+    if remote:
+        import pyarrow as pa
+
+        data = storage.read_bytes(path)  # a case table: read once, whole
+        source = lambda: pa.BufferReader(data)  # noqa: E731
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(source())
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
         raise _error("parquet.path", f"not a readable Parquet file ({err})", str(path), "check the file") from None
     available = [n for n in schema.names if n != INDEX_COLUMN]
@@ -385,7 +394,7 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
             raise _error("parquet.columns", f"column(s) {missing} are not in the file", list(columns), f"choose from {available}")
     if not columns:
         raise _error("parquet.columns", "no parameter columns to read", list(schema.names), "add columns to the file")
-    table = pq.read_table(path, columns=list(columns))
+    table = pq.read_table(source(), columns=list(columns))
     out: CaseTable = {}
     for name in columns:
         key = f"parquet.columns.{name}"

@@ -8,6 +8,7 @@ returns a small ``ShardRecord`` (never the arrays). No Ray in here.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -15,11 +16,36 @@ import time
 import torch
 
 from .cluster import placement
+from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_module
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Shard, shard_blocks
+from .storage import set_options
 from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
+
+
+class NonFiniteError(RuntimeError):
+    """A shard holds NaN or Inf and the job says ``execution.on_nonfinite: fail``: it is not committed."""
+
+    def __init__(self, shard: Shard, counts: dict[str, int]) -> None:
+        self.counts = dict(counts)
+        what = ", ".join(f"{count} in {name}" for name, count in sorted(counts.items()))
+        super().__init__(
+            f"execution.on_nonfinite is fail and shard {shard.id} (samples {shard.start}-{shard.stop}) holds "
+            f"{sum(counts.values())} non-finite values ({what}); fix the function or its inputs there, or set "
+            "execution.on_nonfinite: warn to keep them"
+        )
+
+    def __reduce__(self):  # Ray sends the error back pickled
+        return (_rebuild_nonfinite, (str(self), self.counts))
+
+
+def _rebuild_nonfinite(message: str, counts: dict[str, int]) -> NonFiniteError:
+    error = NonFiniteError.__new__(NonFiniteError)
+    RuntimeError.__init__(error, message)
+    error.counts = counts
+    return error
 
 
 def pick_device() -> torch.device:
@@ -58,6 +84,7 @@ def run_shard(spec, shard: Shard) -> ShardRecord:
     so a shard either committed completely or is pending.
     """
     store = spec.store.path
+    set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     attempt = record_attempt(store, shard.id)
     try:
         return _run_attempt(spec, shard, attempt)
@@ -74,7 +101,8 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
     write_block_progress(store, shard.id, attempt, 0, shard.size)  # started: the driver counts it running
     device = pick_device()
     group = open_for_writing(store)
-    blocks = shard_blocks(shard, spec.store.chunk_size, bytes_per_sample(group))
+    per_object = spec.store.chunk_size * (getattr(spec.store, "shards", None) or 1)  # whole Zarr shards per block
+    blocks = shard_blocks(shard, per_object, bytes_per_sample(group))
     info = None
     written, reported = 0, time.monotonic()
 
@@ -90,6 +118,8 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
             arrays, block_info = compute_shard(spec, block, device, info)
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
+    if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
+        raise NonFiniteError(shard, writer.nonfinite_by_array)
     seconds = time.perf_counter() - began
     node, accelerators = placement()  # the Ray node and GPU ids, when a Ray worker runs this
     record = ShardRecord(
@@ -104,6 +134,9 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
         nonfinite=writer.nonfinite,
         checksum=writer.checksum,
+        array_checksums=json.dumps(writer.array_checksums),
+        nonfinite_by_array=json.dumps(writer.nonfinite_by_array) if writer.nonfinite_by_array else "",
+        code=code_fingerprint(spec),
         method=info.method,
         chunk_size=info.chunk_size,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoding import encode_arrays, encodings
 from .store import Checksum, open_for_writing, write_region
 
 
@@ -41,9 +42,11 @@ class BlockWriter:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
+        self.encodings = encodings(self.group)  # packed / selected / 16-bit arrays (``pipeline.encoding``)
         self.depth = depth
         self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0
+        self.nonfinite_by_array: dict[str, int] = {}
         self.bytes_written = 0
         self._checksum = Checksum()
         self._pending: deque[Future] = deque()
@@ -62,9 +65,17 @@ class BlockWriter:
         self._pending.append(self._pool.submit(self._write, start, stop, arrays))
 
     def _write(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
-        # one thread, so blocks are checksummed in submission (sample) order
+        # one thread, so blocks are checksummed in submission (sample) order; a block's device-to-host
+        # copy (``transfer.HostArrays``) is waited for here, while the main thread computes the next block
+        arrays = dict(arrays.wait()) if hasattr(arrays, "wait") else arrays
+        for name, values in arrays.items():
+            if values.dtype.kind == "f":
+                count = int(np.count_nonzero(~np.isfinite(values)))
+                if count:
+                    self.nonfinite += count
+                    self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
+        arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
         self._checksum.update(arrays)
-        self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"))
         write_region(self.path, arrays, start, stop, group=self.group)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
         if self.on_written is not None:
@@ -86,6 +97,13 @@ class BlockWriter:
         if not self._closed:
             raise RuntimeError("the checksum is known only after close()")
         return self._checksum.hexdigest()
+
+    @property
+    def array_checksums(self) -> dict[str, str]:
+        """CRC32 of each array's bytes (after ``close()``), recorded in the commit marker."""
+        if not self._closed:
+            raise RuntimeError("the checksums are known only after close()")
+        return self._checksum.per_array()
 
     def __enter__(self) -> BlockWriter:
         return self

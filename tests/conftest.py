@@ -70,3 +70,6 @@ def lock_holder():
     for process in started:
         process.kill()  # SIGKILL: no clean-up of its own; the operating system drops its lock
         process.wait()
+
+
+from s3server import s3_server  # noqa: E402,F401  (a real S3 server, started only by the tests that ask)

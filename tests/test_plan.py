@@ -94,3 +94,26 @@ def test_blocks_of_a_default_derivative_shard():
     (big,) = plan_shards(1_000_000, 1_003_520, 4096)
     sizes = [b.size for b in shard_blocks(big, 4096, 4208)]
     assert max(sizes) * 4208 <= 256 * 2**20 and sum(sizes) == 1_000_000
+
+
+@given(n=st.integers(1, 3000), size=st.integers(1, 400), index=st.integers(-3000, 3000))
+def test_lazy_shards_are_the_explicit_split(n, size, index):
+    from pipeline.plan import Shard, Shards
+
+    explicit = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
+    lazy = Shards(n, size)
+    assert len(lazy) == len(explicit) and list(lazy) == explicit and lazy == explicit
+    assert lazy[1:3] == tuple(explicit[1:3]) and lazy[::-2] == tuple(explicit[::-2])
+    if -len(explicit) <= index < len(explicit):
+        assert lazy[index] == explicit[index]
+    else:
+        with pytest.raises(IndexError):
+            lazy[index]
+
+
+def test_a_huge_plan_is_three_numbers():
+    import sys
+
+    plan = plan_derivative_job(10**12, (2,), (3,), ("value",), 4096, 16384, "float32")
+    assert len(plan.shards) == 61035157 and plan.shards[-1].stop == 10**12
+    assert sys.getsizeof(plan.shards) < 100

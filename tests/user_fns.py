@@ -38,6 +38,30 @@ def sqrt_first(x):
     return torch.sqrt(x[..., :1])
 
 
+def dies_once_on_a_worker(x, flag="", driver_pid=0):
+    """sin(x).sum(); the first worker to find ``flag`` removes it and kills itself with SIGKILL (mid-shard)."""
+    import signal
+
+    if flag and os.getpid() != driver_pid and os.path.exists(flag):
+        try:
+            os.remove(flag)
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return torch.sin(x).sum()
+
+
+def counted_quadratic(log="", scale=1.0):
+    """A factory that notes each build (one line with its process id in ``log``): counts loads per worker."""
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+
+    def fn(x):
+        return scale * torch.stack([(x**2).sum(), torch.sin(x).prod()])
+
+    return fn
+
 
 SLOW_ENV = "PIPELINE_TEST_SECONDS_PER_CALL"
 

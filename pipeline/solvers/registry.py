@@ -97,6 +97,12 @@ def _import_solver(path: str) -> Solver:
             f"solver {path!r}: cannot import module {module_name!r} ({err}); "
             "check the spelling and that its directory is on the Python path"
         ) from None
+    except Exception as err:  # the module itself is broken: SyntaxError, NameError, ... at import time
+        from ..models import describe_import_error
+
+        raise ValueError(
+            f"solver {path!r}: importing module {module_name!r} failed: {describe_import_error(err)}; fix the module"
+        ) from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(obj) if not n.startswith("_"))

@@ -1,0 +1,438 @@
+"""Where bytes live: plain paths, ``file://`` and object-storage URLs (``s3://``, ``gs://``, ``az://``, ``memory://``).
+
+Every place a job names a path (``store.path``, ``inputs.path``, a sweep's
+``path`` and ``profiles``, ``function.checkpoint``) accepts a URL. A plain path
+(or ``file://``) keeps the local code paths of ``store.py`` and ``sources.py``
+unchanged (POSIX renames, memory maps, ``fcntl`` locks); a URL goes through
+one fsspec filesystem per scheme and options (``filesystem``), and the Zarr
+arrays through zarr's ``FsspecStore`` on that same filesystem
+(``zarr_store``; docs/object-storage.md has the measurement that chose it over the
+obstore-based ``ObjectStore``).
+
+Credentials come from the environment as each cloud's own tools read them
+(``AWS_*`` variables and profiles, ``GOOGLE_APPLICATION_CREDENTIALS``,
+``AZURE_STORAGE_*``), plus ``store.storage_options`` (a mapping passed to the
+filesystem, like xarray's ``storage_options``), registered per URL prefix with
+``set_options``. Options are never written to the store: ``redact`` replaces
+their values in what the store records.
+
+Transient errors (HTTP 5xx, throttling, timeouts, refused or dropped
+connections) are retried with backoff by ``retry`` inside a shard, before the
+shard itself fails and the executor retries it.
+
+Example:
+    >>> is_url("s3://bucket/x.zarr"), is_url("results/x.zarr"), is_url("C:/x")
+    (True, False, False)
+    >>> split("s3://bucket/a/b.zarr")
+    ('s3', 'bucket/a/b.zarr')
+    >>> local_path("file:///tmp/x.zarr")
+    '/tmp/x.zarr'
+    >>> join("memory://a", "b", "c.json")
+    'memory://a/b/c.json'
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+# scheme -> (fsspec protocol, package that implements it, extra that installs it)
+SCHEMES: dict[str, tuple[str, str | None, str | None]] = {
+    "s3": ("s3", "s3fs", "s3"),
+    "s3a": ("s3", "s3fs", "s3"),
+    "gs": ("gcs", "gcsfs", "gcs"),
+    "gcs": ("gcs", "gcsfs", "gcs"),
+    "az": ("az", "adlfs", "azure"),
+    "abfs": ("abfs", "adlfs", "azure"),
+    "abfss": ("abfs", "adlfs", "azure"),
+    "memory": ("memory", None, None),
+}
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
+
+# tries of one storage call before the error reaches the shard (PIPELINE_STORAGE_RETRIES overrides)
+RETRY_ATTEMPTS = int(os.environ.get("PIPELINE_STORAGE_RETRIES", "5"))
+RETRY_BASE_SECONDS = 0.5  # backoff 0.5, 1, 2, 4 s (with jitter)
+
+
+class StorageError(ValueError):
+    """A URL whose scheme is unknown or whose package is missing (a bad-input error naming the key)."""
+
+
+def is_url(path: Any) -> bool:
+    """True for ``scheme://...`` (any scheme, so an unknown one is reported rather than made a folder)."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def is_remote(path: Any) -> bool:
+    """True for a URL that is not ``file://``: it goes through fsspec, not the local code paths."""
+    return is_url(path) and split(path)[0] != "file"
+
+
+def split(url: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a URL, the scheme lower-cased."""
+    match = _URL.match(url)
+    if match is None:
+        raise ValueError(f"not a URL: {url!r}")
+    return match.group(1).lower(), match.group(2)
+
+
+def local_path(path: str) -> str:
+    """A ``file://`` URL as a plain path (other values unchanged)."""
+    if is_url(path) and split(path)[0] == "file":
+        rest = split(path)[1]
+        return rest if rest.startswith("/") else "/" + rest
+    return path
+
+
+def join(url: str, *parts: str) -> str:
+    """``url/part/part`` (one slash between)."""
+    out = url.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def parent(url: str) -> str:
+    scheme, rest = split(url)
+    rest = rest.rstrip("/")
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else f"{scheme}://"
+
+
+def basename(url: str) -> str:
+    return split(url)[1].rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_url(path: str, key: str) -> None:
+    """Raise ``StorageError`` naming ``key`` unless the URL's scheme is known and its package installed."""
+    if not is_url(path):
+        return
+    scheme, rest = split(path)
+    if scheme == "file":
+        return
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in ("s3", "gs", "az", "abfs", "memory", "file"))
+        raise StorageError(
+            f"{key}: {path} has the unknown scheme {scheme}://; use a plain path or one of {known}"
+        )
+    _, package, extra = SCHEMES[scheme]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise StorageError(
+            f"{key}: {path} needs the package {package}, which is not installed; "
+            f"pip install 'pipeline[{extra}]' (or pip install {package})"
+        )
+    if scheme != "memory" and not rest.split("/", 1)[0]:
+        raise StorageError(f"{key}: {path} names no bucket; write {scheme}://<bucket>/<path>")
+
+
+# ------------------------------------------------------------- options
+
+
+_OPTIONS: dict[str, dict[str, Any]] = {}  # URL prefix -> storage options, in this process
+
+
+def set_options(url: str, options: dict[str, Any] | None) -> None:
+    """Use ``options`` (``store.storage_options``) for ``url`` and everything below it, in this process."""
+    if is_remote(url):
+        _OPTIONS[url.rstrip("/")] = dict(options or {})
+
+
+def options_for(url: str) -> dict[str, Any]:
+    """The storage options registered for the longest prefix of ``url`` (``{}`` when none)."""
+    best = ""
+    for prefix in _OPTIONS:
+        if (url == prefix or url.startswith(prefix + "/") or url.startswith(prefix + ".")) and len(prefix) > len(best):
+            best = prefix
+    return dict(_OPTIONS.get(best, {}))
+
+
+SECRET_WORDS = ("secret", "token", "password", "key", "credential", "sas", "session", "signature")
+
+
+def redact(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``storage_options`` as recorded in a store: every value replaced, except a few harmless settings.
+
+    Example:
+        >>> redact({"key": "AKIA...", "secret": "s", "client_kwargs": {"endpoint_url": "http://h"}, "anon": False})
+        {'key': '<redacted>', 'secret': '<redacted>', 'client_kwargs': '<redacted>', 'anon': False}
+    """
+    out = {}
+    for name, value in (options or {}).items():
+        keep = isinstance(value, bool) or (isinstance(value, (int, float)) and not any(w in name.lower() for w in SECRET_WORDS))
+        out[name] = value if keep else "<redacted>"
+    return out
+
+
+# ------------------------------------------------------------- filesystems
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(protocol: str, frozen: str):
+    import fsspec
+
+    options = json.loads(frozen)
+    if protocol == "s3":
+        options.setdefault("config_kwargs", {}).setdefault("connect_timeout", 10)
+        options["config_kwargs"].setdefault("read_timeout", 60)
+        options["config_kwargs"].setdefault("retries", {"total_max_attempts": 1})  # ``retry`` is the one retry loop
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol == "s3":
+        fs.retries = 1  # s3fs's own loop (5 tries, sleeping up to 15 s) would multiply with ``retry``
+    return fs
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None):
+    """``(fs, path)``: the fsspec filesystem of a URL (cached per options) and the path within it."""
+    check_url(url, "path")
+    scheme, rest = split(url)
+    protocol = SCHEMES[scheme][0] if scheme in SCHEMES else scheme
+    options = options_for(url) if storage_options is None else storage_options
+    fs = _filesystem(protocol, json.dumps(options, sort_keys=True, default=str))
+    return fs, (rest.rstrip("/") if protocol != "memory" else "/" + rest.strip("/"))
+
+
+def fs_path(url: str) -> str:
+    return filesystem(url)[1]
+
+
+def zarr_store(url: str, *, read_only: bool = False):
+    """The zarr store of ``url``: zarr's ``ObjectStore`` (obstore) for ``s3://``, else ``FsspecStore``.
+
+    obstore wrote seed-000 chunks ~1.5x faster than s3fs against the local S3
+    server (docs/object-storage.md); it is used when obstore is installed and the
+    storage options are ones it understands (keys, endpoint, region,
+    anonymous), else the fsspec filesystem that everything else uses.
+    """
+    from zarr.storage import FsspecStore
+
+    scheme, rest = split(url)
+    if SCHEMES.get(scheme, ("",))[0] == "s3":
+        store = _obstore_s3(rest, options_for(url), read_only)
+        if store is not None:
+            return store
+    fs, path = filesystem(url)
+    if not getattr(fs, "async_impl", False):
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
+    elif not getattr(fs, "asynchronous", False):
+        fs = _async_copy(fs)
+        if protocol_of(fs) == "s3":
+            fs.retries = 1
+    return FsspecStore(fs, path=path, read_only=read_only)
+
+
+_OBSTORE_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token",
+                 "endpoint_url": "endpoint", "region_name": "region"}
+ZARR_LAYER = "obstore"  # or "fsspec": which store zarr_store makes for s3:// (bench/store.py compares both)
+
+
+def _obstore_s3(rest: str, options: dict[str, Any], read_only: bool):
+    """zarr's ``ObjectStore`` over obstore's ``S3Store`` (None when obstore is missing or an option is not mapped)."""
+    if ZARR_LAYER != "obstore" or importlib.util.find_spec("obstore") is None:
+        return None
+    config: dict[str, Any] = {}
+    flat = dict(options)
+    flat.update(flat.pop("client_kwargs", {}) or {})
+    for name, value in flat.items():
+        if name in _OBSTORE_KEYS:
+            config[_OBSTORE_KEYS[name]] = value
+        elif name == "anon":
+            config["skip_signature"] = bool(value)
+        else:
+            return None
+    from datetime import timedelta
+
+    from obstore.store import S3Store
+    from zarr.storage import ObjectStore
+
+    bucket, _, prefix = rest.strip("/").partition("/")
+    endpoint = config.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
+    client["connect_timeout"] = "10s"
+    retry_config = {"max_retries": RETRY_ATTEMPTS - 1, "backoff": {"base": 2, "init_backoff": timedelta(seconds=RETRY_BASE_SECONDS),
+                                                                      "max_backoff": timedelta(seconds=5)},
+                    "retry_timeout": timedelta(seconds=30)}
+    kwargs = dict(config)
+    if endpoint:
+        kwargs["endpoint"] = endpoint
+    inner = S3Store(bucket, prefix=prefix or None, client_options=client, retry_config=retry_config, **kwargs)
+    return ObjectStore(inner, read_only=read_only)
+
+
+def _async_copy(fs):
+    """The asynchronous twin of a cached filesystem (zarr's FsspecStore wants ``asynchronous=True``)."""
+    key = id(fs)
+    twin = _ASYNC.get(key)
+    if twin is None:
+        kwargs = dict(fs.storage_options)
+        kwargs["asynchronous"] = True
+        kwargs.pop("skip_instance_cache", None)
+        twin = type(fs)(**kwargs, skip_instance_cache=True)
+        _ASYNC[key] = twin
+    return twin
+
+
+_ASYNC: dict[int, Any] = {}
+
+
+# ------------------------------------------------------------- object I/O (retried)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return retry(fs.cat_file, path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """One PUT: on object storage an object appears whole or not at all (the commit markers rely on it)."""
+    fs, path = filesystem(url)
+    retry(fs.pipe_file, path, data)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return bool(retry(fs.exists, path))
+
+
+def isfile(url: str) -> bool:
+    fs, path = filesystem(url)
+    return bool(retry(fs.isfile, path))
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) directly under ``url``; ``[]`` when there is nothing."""
+    fs, path = filesystem(url)
+    try:
+        entries = retry(fs.ls, path, detail=False, refresh=True) if protocol_of(fs) != "memory" else fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
+
+
+def remove_tree(url: str) -> None:
+    fs, path = filesystem(url)
+    try:
+        retry(fs.rm, path, recursive=True)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache()
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    try:
+        retry(fs.rm_file, path)
+    except FileNotFoundError:
+        pass
+
+
+def info(url: str) -> dict[str, Any]:
+    fs, path = filesystem(url)
+    return retry(fs.info, path)
+
+
+def open_file(url: str, mode: str = "rb"):
+    fs, path = filesystem(url)
+    return fs.open(path, mode)
+
+
+def protocol_of(fs) -> str:
+    protocol = fs.protocol
+    return protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+
+
+def check_access(url: str, key: str) -> None:
+    """Raise ``StorageError`` naming ``key`` when the bucket is missing or the credentials are refused.
+
+    A cheap round trip before any work starts (list the bucket); nothing is written.
+    """
+    check_url(url, key)
+    scheme, rest = split(url)
+    if scheme == "memory":
+        return
+    fs, _ = filesystem(url)
+    bucket = rest.split("/", 1)[0]
+    try:
+        retry(fs.ls, bucket, detail=False, refresh=True)
+    except FileNotFoundError:
+        raise StorageError(
+            f"{key}: the bucket {bucket!r} of {url} does not exist (or these credentials cannot see it); "
+            f"create it first (e.g. aws s3 mb {scheme}://{bucket}) or fix the URL"
+        ) from None
+    except PermissionError as err:
+        raise StorageError(
+            f"{key}: access to {scheme}://{bucket} was refused ({_first_line(err)}); check the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, "
+            "AZURE_STORAGE_*) or store.storage_options"
+        ) from None
+    except Exception as err:
+        if is_transient(err):
+            raise StorageError(
+                f"{key}: cannot reach the storage of {url} ({_first_line(err)}); check the endpoint "
+                "(AWS_ENDPOINT_URL or store.storage_options) and the network"
+            ) from None
+        raise StorageError(f"{key}: cannot open {url} ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+# ------------------------------------------------------------- retries
+
+_TRANSIENT_NAMES = (
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError",
+    "ServerTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ProxyConnectionError",
+)
+_TRANSIENT_WORDS = ("slowdown", "slow down", "throttl", "toomanyrequests", "too many requests",
+                    "internalerror", "serviceunavailable", "service unavailable", "requesttimeout",
+                    "503", "500 ", "502", "504", "connection reset", "timed out")
+
+
+def is_transient(err: BaseException) -> bool:
+    """An error worth trying again: HTTP 5xx, throttling, timeouts, refused or dropped connections.
+
+    Example:
+        >>> is_transient(ConnectionRefusedError(111, "refused")), is_transient(FileNotFoundError("x"))
+        (True, False)
+    """
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
+            return False
+        if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__name__ in _TRANSIENT_NAMES:
+            return True
+        text = str(err).lower()
+        if any(word in text for word in _TRANSIENT_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+_jitter = threading.local()
+
+
+def retry(call: Callable[..., T], *args, attempts: int | None = None, **kwargs) -> T:
+    """``call(*args, **kwargs)``, tried again with exponential backoff while it raises a transient error."""
+    import random
+
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            if attempt == attempts - 1 or not is_transient(err):
+                raise
+            time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.75 + 0.5 * random.random()))
+    raise AssertionError("unreachable")

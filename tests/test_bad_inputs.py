@@ -1,0 +1,140 @@
+"""The last bad inputs: each is exit 2, one line naming the key, the value and the fix, and nothing left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+JOB = """schema_version: 1
+name: bad
+function: {function}
+inputs: {inputs}
+quantities: [value, jacobian]
+store: {{path: {store}, chunk_size: 4}}
+execution: {{shard_size: 8}}
+"""
+MLP = "{kind: mlp, in_features: 2, hidden: [8], out_features: 1}"
+UNIFORM = "{kind: uniform, n: 16, shape: [2]}"
+
+
+def write_job(tmp_path, function=MLP, inputs=UNIFORM, store=None) -> Path:
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(function=function, inputs=inputs, store=store or tmp_path / "out.zarr"))
+    return job
+
+
+def syntax_error(tmp_path):
+    (tmp_path / "broken_fns.py").write_text("def f(x):\n    return x +\n")
+    return write_job(tmp_path, function="{kind: import, target: 'broken_fns:f'}"), \
+        ["function.target", "SyntaxError", "broken_fns.py, line 2", "fix the module"]
+
+
+def index_error_on_the_probe_samples(tmp_path):
+    (tmp_path / "picky_fns.py").write_text(
+        "def f(x):\n    if float(x.detach().abs().sum()) > 0:\n        raise IndexError('index 7 is out of bounds')\n"
+        "    return (x ** 2).sum()\n")
+    return write_job(tmp_path, function="{kind: import, target: 'picky_fns:f'}"), ["function:", "Error"]
+
+
+def complex_npy(tmp_path):
+    np.save(tmp_path / "z.npy", (np.arange(8.0) + 1j).reshape(4, 2))
+    return write_job(tmp_path, inputs=f"{{kind: npy, path: {tmp_path / 'z.npy'}}}"), \
+        ["inputs.path", "complex128", "imaginary part", "numpy.stack"]
+
+
+def unrelated_directory(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    return write_job(tmp_path, store=tmp_path / "mine"), ["store.path", "not written by pipeline", "choose another"]
+
+
+def a_file(tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    return write_job(tmp_path, store=tmp_path / "a_file"), ["store.path", "is a file", "choose another"]
+
+
+def etc(tmp_path):
+    return write_job(tmp_path, store="/etc"), ["store.path: /etc exists", "choose another"]
+
+
+def too_big_for_the_disk(tmp_path):
+    return write_job(tmp_path, inputs="{kind: uniform, n: 1000000000000, shape: [2]}"), \
+        ["store.path", "free", "reduce inputs.n", "store.check_free_space"]
+
+
+def past_the_sample_limit(tmp_path):
+    return write_job(tmp_path, inputs="{kind: uniform, n: 2199023255552, shape: [2]}"), \
+        ["inputs.n", "1099511627776", "2199023255552", "split the job"]
+
+
+def sweep_axis_of_zero_points(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\nsweep:\n  kind: grid\n"
+                   f"  axes:\n    alpha: {{low: 0.1, high: 1.0, num: 0}}\nstore: {{path: {tmp_path / 'out.zarr'}}}\n")
+    return job, ["sweep.axes.alpha.num", "greater than 0", "(got 0)"]
+
+
+CASES = [syntax_error, index_error_on_the_probe_samples, complex_npy, unrelated_directory, a_file, etc,
+         too_big_for_the_disk, past_the_sample_limit, sweep_axis_of_zero_points]
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"")
+            for p in sorted(folder.rglob("*")) if "__pycache__" not in p.parts}
+
+
+@pytest.mark.parametrize("command", ["validate", "submit"])
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_a_bad_input_is_one_clean_line(tmp_path, case, command):
+    import ray
+
+    job, expected = case(tmp_path)
+    before = listing(tmp_path)
+    ray_before = ray.is_initialized()
+    args = [command, str(job)] + (["--local", "-q"] if command == "submit" else [])
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    output = result.output  # stdout and stderr together
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output and "error:" in output
+    problems = [line for line in output.splitlines() if line.startswith("  - ") or line.startswith("error: ")
+                and "invalid job spec" not in line]
+    assert len(problems) == 1, output  # one line, naming the key ...
+    for part in expected:
+        assert part in output, (part, output)
+    assert listing(tmp_path) == before  # ... and no store, no lock, nothing else
+    assert not Path("/etc.lock").exists()
+    assert ray.is_initialized() == ray_before  # refused before Ray starts
+
+
+def test_validate_of_a_huge_job_uses_bounded_memory(tmp_path):
+    """1e12 samples: 1.25e11 shards, never built; the planning adds well under 200 MB."""
+    job = write_job(tmp_path)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))  # a runaway dies here, not the machine\n"
+        "from click.testing import CliRunner\n"
+        "from pipeline.cli import main\n"
+        "import pipeline.driver, pipeline.kinds.derivative, pipeline.engine, torch\n"
+        f"CliRunner().invoke(main, ['validate', {str(job)!r}, '--set', 'inputs.n=3'])  # warm: imports, first probe\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"result = CliRunner().invoke(main, ['validate', {str(job)!r}, '--set', 'inputs.n=1000000000000',"
+        " '--set', 'store.check_free_space=false'])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(result.exit_code, (after - before) // 1024)\n"
+        "print(result.output)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code, growth_mb = map(int, run.stdout.split("\n", 1)[0].split())
+    assert code == 0, run.stdout + run.stderr
+    assert "125000000000 shards of 8 samples" in run.stdout
+    assert growth_mb < 200, growth_mb
+    assert not (tmp_path / "out.zarr").exists()

@@ -1,0 +1,196 @@
+"""Compact results (``pipeline.encoding``): packed, selected and 16-bit arrays read back whole.
+
+References are independent: torch.func.hessian / jacrev in float64 of the
+same MLP, never the engine. Rounding errors are checked against what the
+store says it measured, and against the dtype's own unit roundoff.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from click.testing import CliRunner
+
+from pipeline import encoding
+from pipeline.cli import main
+from pipeline.driver import submit
+from pipeline.models import build_function
+from pipeline.runner import InlineExecutor
+from pipeline.sources import read_inputs
+from pipeline.spec import SpecError, validate_spec
+from pipeline.store import open_results
+
+N = 150
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def job(tmp_path, store=None, chunk=32, shard=64, quantities=("value", "jacobian", "hessian", "d3"), **extra):
+    data = {
+        "schema_version": 1, "name": "compact",
+        "function": {"kind": "mlp", "in_features": 3, "hidden": [16], "out_features": 4, "activation": "tanh"},
+        "inputs": {"kind": "uniform", "n": N, "shape": [3], "seed": 1},
+        "quantities": list(quantities),
+        "store": {"path": str(tmp_path / "out.zarr"), "chunk_size": chunk, **(store or {})},
+        "execution": {"shard_size": shard},
+        **extra,
+    }
+    return validate_spec(data)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """value, jacobian, hessian, d3 of the job's MLP in float64 by torch.func (no pipeline engine)."""
+    spec = job(Path("/nonexistent"))
+    fn = build_function(spec.function, torch.float64, "cpu")
+    x = torch.as_tensor(read_inputs(spec.inputs, 0, N), dtype=torch.float64)
+    hessian = torch.vmap(torch.func.hessian(fn))(x)
+    d3 = torch.vmap(torch.func.jacfwd(torch.func.hessian(fn)))(x)
+    with torch.no_grad():
+        return {"value": fn(x).numpy(), "jacobian": torch.vmap(torch.func.jacrev(fn))(x).numpy(),
+                "hessian": hessian.numpy(), "d3": d3.numpy()}
+
+
+def stated(ds, name):
+    return json.loads(ds[name].attrs["stored_as"])
+
+
+@pytest.mark.parametrize("chunk,shard", [(32, 64), (50, 150)])
+def test_packed_symmetric_tensors_read_back_whole(tmp_path, reference, chunk, shard):
+    spec = job(tmp_path, {"encoding": {"hessian": {"packed": True}, "d3": {"packed": True}}}, chunk, shard)
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    stored = xr.open_zarr(spec.store.path)  # what plain xarray sees: the unique entries only
+    assert stored.hessian.shape == (N, 4, 6) and stored.d3.shape == (N, 4, 10)  # C(4,2), C(5,3) of 9, 27
+    for name in ("value", "jacobian", "hessian", "d3"):
+        assert ds[name].shape == reference[name].shape
+        np.testing.assert_allclose(ds[name].values, reference[name], rtol=2e-4, atol=2e-5)
+    # lazy: indexing reads and unpacks only what is asked for, in any order of the input axes
+    part = ds.hessian.isel(sample=slice(7, 11), input=2).values
+    np.testing.assert_allclose(part, reference["hessian"][7:11, :, 2], rtol=2e-4, atol=2e-5)
+    np.testing.assert_array_equal(ds.d3.values[:, :, 0, 1, 2], ds.d3.values[:, :, 2, 0, 1])
+    # plain xarray users: encoding.decode gives the same full tensors
+    np.testing.assert_array_equal(encoding.decode(stored).hessian.values, ds.hessian.values)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_storage_error_is_measured_and_within_the_roundoff(tmp_path, reference, dtype):
+    spec = job(tmp_path, {"dtype": dtype, "encoding": {"hessian": {"packed": True}}}, 32, 96,
+               quantities=("value", "jacobian", "hessian"))
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    raw = xr.open_zarr(spec.store.path)
+    assert str(raw.jacobian.dtype) == ("float16" if dtype == "float16" else "uint16")
+    for name in ("value", "jacobian", "hessian"):
+        assert ds[name].dtype == np.float32
+        error = stated(ds, name)["rounding_error"]
+        scale = np.abs(reference[name]).max()
+        measured = np.abs(ds[name].values - reference[name]).max() / scale
+        # the store's stated error (on the driver's check samples) is the dtype's rounding, as is ours here
+        assert 0 < error["max_error_relative_to_max"] <= UNIT_ROUNDOFF[dtype]
+        assert measured <= UNIT_ROUNDOFF[dtype] + 1e-5  # + float32 compute error
+
+
+def test_selected_entries_and_outputs(tmp_path, reference):
+    entries = [[0, 0], [2, 1]]
+    spec = job(tmp_path, {"encoding": {"hessian": {"entries": entries}, "value": {"outputs": [3, 1]},
+                                       "jacobian": {"entries": [[2]], "outputs": [0]}}},
+               quantities=("value", "jacobian", "hessian"))
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    ref = reference["hessian"]
+    np.testing.assert_allclose(ds.hessian.values, np.stack([ref[:, :, 0, 0], ref[:, :, 2, 1]], -1), rtol=2e-4, atol=2e-5)
+    assert ds.hessian.dims == ("sample", "output", "hessian_entry")
+    assert ds.hessian_i1.values.tolist() == [0, 2] and ds.hessian_i2.values.tolist() == [0, 1]
+    np.testing.assert_allclose(ds.value.values, reference["value"][:, [3, 1]], rtol=1e-5, atol=1e-6)
+    assert ds.value_output.values.tolist() == [3, 1]
+    np.testing.assert_allclose(ds.jacobian.values, reference["jacobian"][:, [0]][..., [2]], rtol=1e-4, atol=1e-6)
+
+
+def test_laplacian_without_the_hessian(tmp_path, reference):
+    spec = job(tmp_path, quantities=("laplacian",))
+    submit(spec, InlineExecutor())
+    ds = open_results(spec.store.path)
+    assert "hessian" not in ds
+    np.testing.assert_allclose(ds.laplacian.values, np.trace(reference["hessian"], axis1=-2, axis2=-1),
+                               rtol=2e-4, atol=2e-5)
+
+
+def test_zarr_shards_and_codec_level(tmp_path, reference):
+    spec = job(tmp_path, {"shards": 2, "compression": "zstd", "compression_level": 9,
+                          "encoding": {"hessian": {"packed": True}}}, 32, 64, quantities=("value", "hessian"))
+    submit(spec, InlineExecutor())
+    meta = json.loads((Path(spec.store.path) / "hessian" / "zarr.json").read_text())
+    codec = meta["codecs"][0]
+    assert codec["name"] == "sharding_indexed" and codec["configuration"]["chunk_shape"][0] == 32
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"][0] == 64
+    assert {c["name"]: c.get("configuration") for c in codec["configuration"]["codecs"]}["zstd"]["level"] == 9
+    objects = sorted(p.name for p in (Path(spec.store.path) / "hessian" / "c").iterdir())
+    assert objects == ["0", "1", "2"]  # 150 samples in objects of 64
+    np.testing.assert_allclose(open_results(spec.store.path).hessian.values, reference["hessian"], rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("store,key", [
+    ({"encoding": {"hessian": {"entries": [[0, 3]]}}}, "store.encoding.hessian.entries"),
+    ({"encoding": {"hessian": {"entries": [[0]]}}}, "store.encoding.hessian.entries"),
+    ({"encoding": {"jacobian": {"packed": True}}}, "store.encoding.jacobian.packed"),
+    ({"encoding": {"value": {"outputs": [9]}}}, "store.encoding.value.outputs"),
+    ({"encoding": {"laplacian": {"packed": True}}}, "store.encoding.laplacian"),
+    ({"shards": 3}, "store.shards"),
+    ({"compression": "lz4", "compression_level": 12}, "store.compression_level"),
+    ({"dtype": "float8"}, "store.dtype"),
+])
+def test_bad_encodings_exit_2_naming_the_key(tmp_path, store, key):
+    spec = {"schema_version": 1, "name": "bad",
+            "function": {"kind": "mlp", "in_features": 3, "hidden": [8], "out_features": 4},
+            "inputs": {"kind": "uniform", "n": 64, "shape": [3]},
+            "quantities": ["value", "jacobian", "hessian"],
+            "store": {"path": str(tmp_path / "bad.zarr"), "chunk_size": 16, **store},
+            "execution": {"shard_size": 32}}
+    (tmp_path / "bad.yaml").write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["submit", str(tmp_path / "bad.yaml"), "--local", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert key in result.output
+    assert not (tmp_path / "bad.zarr").exists() and not list(tmp_path.glob(".bad.zarr*"))
+
+
+def test_stored_dtype_is_part_of_the_spec_hash(tmp_path):
+    plain = job(tmp_path)
+    assert job(tmp_path, {"dtype": "float16"}).spec_hash() != plain.spec_hash()
+    assert job(tmp_path, {"compression": "zstd", "shards": 2}).spec_hash() == plain.spec_hash()
+    with pytest.raises(SpecError, match="store.encoding.jacobian"):
+        job(tmp_path, {"encoding": {"jacobian": {"dtype": "float16"}}}, quantities=("value",))
+
+
+def test_a_sweep_stores_float16_with_its_error_stated(tmp_path):
+    from pipeline.driver import prepare
+    from pipeline.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "jobs/sweep.yaml", [*spec_overrides(tmp_path, "s.zarr"), "store.dtype=float16"])
+    prepared = prepare(spec)
+    encoded = {k: v["pipeline_encoding"] for k, v in prepared.array_attributes.items() if "pipeline_encoding" in v}
+    assert encoded and all(e["dtype"] == "float16" for e in encoded.values())
+    assert all(0 < e["rounding_error"]["max_error_relative_to_max"] <= UNIT_ROUNDOFF["float16"]
+               for e in encoded.values())
+    dtypes = {a.name: a.dtype for a in prepared.plan.arrays}
+    assert dtypes[next(iter(encoded))] == "float16" and dtypes["T0_mean"] == "float64"  # case parameters kept
+    reference = load_spec(root / "jobs/sweep.yaml", [*spec_overrides(tmp_path, "r.zarr")])
+    submit(reference, InlineExecutor())
+    submit(spec, InlineExecutor(), prepared=prepared)
+    ds, ref = open_results(spec.store.path), open_results(reference.store.path)
+    for name in encoded:
+        assert ds[name].dtype == np.float32
+        scale = float(np.abs(ref[name].values).max())
+        assert float(np.abs(ds[name].values - ref[name].values).max()) <= UNIT_ROUNDOFF["float16"] * scale
+    np.testing.assert_array_equal(ds.T0_mean.values, ref.T0_mean.values)
+
+
+def spec_overrides(tmp_path, store):
+    return ["solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+            "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0], T0_phase: [0.0]}", "store.chunk_size=2",
+            "execution.shard_size=4", f"store.path={tmp_path / store}"]

@@ -1,0 +1,98 @@
+"""Faults, injected with real local Ray: each run ends bit-identical to a clean run, no sample lost.
+
+(A damaged store found by `pipeline verify` and repaired: tests/test_verify.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.driver import submit
+from pipeline.runner import RayExecutor
+from pipeline.spec import load_spec, validate_spec
+from pipeline.store import read_markers, summarize
+from pipeline.verify import verify_store
+from pipeline.watchdog import _stat, alive, descendants
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = str(Path(__file__).resolve().parent)
+sys.path.insert(0, TESTS)
+from test_verify import chunk_files  # noqa: E402
+
+JOB = """schema_version: 1
+name: faults
+function: {{kind: mlp, in_features: 2, hidden: [64, 64], out_features: 3}}
+inputs: {{kind: uniform, n: 12000, shape: [2], seed: 4}}
+quantities: [value, jacobian, hessian]
+derivatives: {{dtype: float64}}
+store: {{path: {store}, chunk_size: 250}}
+execution: {{shard_size: 500, retries: 2}}
+"""
+
+
+def test_a_killed_driver_leaves_no_ray_and_resumes_bit_identical(tmp_path, ray_cluster):
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "killed.zarr"))
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    markers = tmp_path / "killed.zarr" / "_shards"
+    ray_processes: list[tuple[int, int]] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 2 and driver.poll() is None:
+            time.sleep(0.05)
+        ray_processes = [(pid, _stat(pid)[2]) for pid in descendants(driver.pid) if _stat(pid)]
+        os.kill(driver.pid, signal.SIGKILL)  # mid-run: some shards committed, some running
+        driver.wait()
+        assert ray_processes, "the driver had started no Ray processes"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(p, s) for p, s in ray_processes):
+            time.sleep(0.2)
+        left = [p for p, s in ray_processes if alive(p, s)]
+        assert not left, f"Ray processes still running 10 s after the driver was killed: {left}"
+        committed = len(list(markers.glob("*.json")))  # a worker may commit as its driver dies: that is kept
+        assert 2 <= committed < 24, committed
+    finally:
+        for pid, start in ray_processes:  # ours, whatever the outcome
+            if alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+    # the resume runs only what was not committed, and the store is a clean run's, bit for bit
+    spec = load_spec(job)
+    summary = submit(spec, RayExecutor())
+    assert summary.complete and summary.skipped == committed and len(summary.done) == 24 - committed
+    clean = load_spec(job, [f"store.path={tmp_path / 'clean.zarr'}"])
+    assert submit(clean, RayExecutor()).complete
+    assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
+    assert verify_store(spec.store.path).ok and summarize(spec.store.path)["samples_done"] == 12000
+
+
+def test_a_worker_killed_mid_shard_is_retried_bit_identical(tmp_path, ray_cluster):
+    flag = tmp_path / "kill-the-first-worker"
+    flag.write_text("")
+
+    def spec_at(name):
+        return validate_spec({
+            "schema_version": 1, "name": "worker-kill",
+            "function": {"kind": "import", "target": "user_fns:dies_once_on_a_worker",
+                         "kwargs": {"flag": str(flag), "driver_pid": os.getpid()}, "python_path": [TESTS]},
+            "inputs": {"kind": "uniform", "n": 4000, "shape": [2], "seed": 2},
+            "quantities": ["value", "jacobian", "hessian"],
+            "derivatives": {"dtype": "float64", "method": "taylor"},  # auto may time a close call either way
+            "store": {"path": str(tmp_path / name), "chunk_size": 250}, "execution": {"shard_size": 500, "retries": 2},
+        })
+
+    spec = spec_at("killed.zarr")
+    summary = submit(spec, RayExecutor())
+    assert not flag.exists()  # a worker did die (SIGKILL), mid-shard, after its attempt began
+    assert summary.complete and not summary.failed
+    attempts = {i: r.attempts for i, r in read_markers(spec.store.path).items()}
+    assert sorted(attempts.values()) == [1] * 7 + [2]  # exactly one shard needed a second attempt
+    clean = spec_at("clean.zarr")
+    assert submit(clean, RayExecutor()).complete
+    assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
+

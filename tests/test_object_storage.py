@@ -1,0 +1,320 @@
+"""Stores and inputs on object storage, against a real S3 server on localhost (moto server mode).
+
+Every store written to ``s3://`` must equal, array by array and bit for bit,
+the same job written to local disk (the local store is itself checked
+against independent references in test_pipeline.py / test_sweep_jobs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from pipeline import storage
+from pipeline.cli import main
+from pipeline.store import open_results, read_attributes, read_markers
+from s3server import Outage
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "jobs/quickstart.yaml"
+SMALL = ["--set", "inputs.n=6000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]  # 12 shards
+SWEEP = [
+    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+    "--set", "store.chunk_size=2", "--set", "execution.shard_size=2",
+]
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def subprocess_cli(*args, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=str(ROOT),
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def assert_same_dataset(ds: xr.Dataset, reference: xr.Dataset) -> None:
+    assert sorted(ds.variables) == sorted(reference.variables)
+    for name in reference.variables:
+        np.testing.assert_array_equal(ds[name].values, reference[name].values, err_msg=name)
+        assert ds[name].dims == reference[name].dims
+
+
+def objects(url: str) -> list[str]:
+    fs, path = storage.filesystem(url)
+    fs.invalidate_cache()
+    return sorted(p[len(path) + 1:] for p in fs.find(path))
+
+
+@pytest.fixture(scope="module")
+def local_quickstart(tmp_path_factory):
+    store = tmp_path_factory.mktemp("local") / "quick.zarr"
+    result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={store}", *SMALL)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.fixture(scope="module")
+def s3_quickstart(s3_server):
+    url = s3_server.url("quick.zarr")
+    result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert f"complete: {url}" in result.output
+    return url
+
+
+def test_derivative_job_to_s3_equals_local_disk_and_reads_back(s3_server, s3_quickstart, local_quickstart):
+    url = s3_quickstart
+    reference = open_results(local_quickstart)
+    ds = open_results(url, require_complete=True)
+    assert ds.attrs["complete"] is True
+    assert_same_dataset(ds, reference)
+    plain = xr.open_zarr(url, storage_options=s3_server.storage_options())  # a notebook, without pipeline
+    assert_same_dataset(plain, xr.open_zarr(local_quickstart))
+    names = objects(url)
+    assert {"zarr.json", "plan.parquet", "manifest.parquet"} <= set(names)
+    assert sum(n.startswith("_shards/") and n.endswith(".json") for n in names) == 12
+    assert not storage.exists(url + ".lease")  # released at the end of the run
+    status = cli("status", url, "--json")
+    assert status.exit_code == 0 and json.loads(status.output)["done"] == 12
+    inspect = cli("inspect", url)
+    assert inspect.exit_code == 0 and "complete" in inspect.output and "hessian" in inspect.output
+    again = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    assert again.exit_code == 0 and "resumed: 12 shards" in again.output
+
+
+def test_storage_options_are_used_and_never_stored(s3_server, local_quickstart, tmp_path, monkeypatch):
+    """Right keys only in store.storage_options (the environment's are wrong): it works, and no secret is kept."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    options = json.dumps(s3_server.storage_options())
+    url = s3_server.url("with-options.zarr")
+    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}",
+                 "--set", f"store.storage_options={options}", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert s3_server.secret not in result.output
+    storage.set_options(url, s3_server.storage_options())
+    assert_same_dataset(open_results(url), open_results(local_quickstart))
+    raw = storage.read_bytes(storage.join(url, "zarr.json")).decode()
+    assert s3_server.secret not in raw and s3_server.key not in raw
+    recorded = read_attributes(url)["spec"]["store"]["storage_options"]
+    assert recorded["secret"] == "<redacted>" and recorded["key"] == "<redacted>"
+
+
+def test_sweep_job_to_s3_on_ray_with_a_case_table_from_s3(s3_server, ray_cluster, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cases = pa.table({"T0_mean": [1.0, 2.0, 1.5, 0.5], "sigma_mean": [0.5, 1.0, 2.0, 1.0],
+                      "T0_phase": [0.0, 0.0, 1.0, 0.5]})
+    pq.write_table(cases, tmp_path / "cases.parquet")
+    storage.write_bytes(s3_server.url("inputs/cases.parquet"), (tmp_path / "cases.parquet").read_bytes())
+    local = tmp_path / "sweep.zarr"
+    result = cli("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "-q", "--set", f"store.path={local}",
+                 "--set", f"sweep={{kind: parquet, path: {tmp_path / 'cases.parquet'}}}", *SWEEP)
+    assert result.exit_code == 0, result.output
+    url = s3_server.url("sweep.zarr")
+    # the workers of a Ray started earlier may lack this session's AWS variables: the options travel in the spec
+    options = json.dumps(s3_server.storage_options())
+    result = cli("submit", ROOT / "jobs/sweep.yaml", "--local", "-q", "--set", f"store.path={url}",
+                 "--set", f"store.storage_options={options}",
+                 "--set", f"sweep={{kind: parquet, path: {s3_server.url('inputs/cases.parquet')}}}", *SWEEP)
+    assert result.exit_code == 0, result.output
+    storage.set_options(url, s3_server.storage_options())
+    assert_same_dataset(open_results(url), open_results(local))
+    assert "etag" in read_attributes(url)["files"]["sweep.path"]  # an object is fingerprinted by its ETag
+    assert storage.read_bytes(storage.join(url, "cases.parquet")) == (local / "cases.parquet").read_bytes()
+
+
+def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quickstart, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.models import make_mlp
+
+    x = np.random.default_rng(3).uniform(-1, 1, size=(500, 2))
+    np.save(tmp_path / "x.npy", x)
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1]}), tmp_path / "x.parquet", row_group_size=128)
+    torch.save(make_mlp(2, [16], 3, activation="tanh").state_dict(), tmp_path / "net.pt")
+    for name in ("x.npy", "x.parquet", "net.pt"):
+        storage.write_bytes(s3_server.url(f"inputs/{name}"), (tmp_path / name).read_bytes())
+    common = ["--set", "function={kind: mlp, in_features: 2, hidden: [16], out_features: 3, activation: tanh, "
+                        "seed: 0, checkpoint: %s}", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200"]
+    jobs = {
+        "npy": "inputs={kind: npy, path: %s/x.npy}",
+        "parquet": "inputs={kind: parquet, path: %s/x.parquet, columns: [a, b]}",
+    }
+    for kind, inputs in jobs.items():
+        stores = {}
+        for where, base in (("local", str(tmp_path)), ("s3", s3_server.url("inputs"))):
+            stores[where] = (tmp_path / f"{kind}.zarr") if where == "local" else s3_server.url(f"from-{kind}.zarr")
+            result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={stores[where]}",
+                         "--set", inputs % base, common[0], common[1] % f"{base}/net.pt", *common[2:])
+            assert result.exit_code == 0, (kind, where, result.output)
+        assert_same_dataset(open_results(stores["s3"]), open_results(stores["local"]))
+        assert "etag" in read_attributes(stores["s3"])["files"]["function.checkpoint"]
+    # a Zarr input: the inputs array of the store written to s3 above
+    out = {}
+    for where, source in (("local", local_quickstart), ("s3", s3_quickstart)):
+        out[where] = tmp_path / "from-store.zarr" if where == "local" else s3_server.url("from-store.zarr")
+        result = cli("submit", ROOT / "jobs/from_store.yaml", "--executor", "inline", "-q",
+                     "--set", f"store.path={out[where]}", "--set", f"inputs.path={source}",
+                     "--set", "store.chunk_size=1500", "--set", "execution.shard_size=3000")
+        assert result.exit_code == 0, (where, result.output)
+    assert_same_dataset(open_results(out["s3"]), open_results(out["local"]))
+
+
+def _wait_for_markers(url: str, process: subprocess.Popen, at_least: int = 1, timeout: float = 120) -> int:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        done = len([n for n in objects(url) if n.startswith("_shards/") and n.endswith(".json")]) \
+            if storage.exists(storage.join(url, "zarr.json")) else 0
+        if done >= at_least or process.poll() is not None:
+            return done
+        time.sleep(0.05)
+    raise AssertionError("no shard committed in time")
+
+
+def test_resume_after_a_killed_driver_is_bit_identical(s3_server, local_quickstart):
+    url = s3_server.url("killed.zarr")
+    process = subprocess_cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    try:
+        _wait_for_markers(url, process)
+        process.send_signal(signal.SIGKILL)  # no clean-up: the lease stays behind, its process gone
+    finally:
+        process.wait()
+    done = len(read_markers(url))
+    assert 0 < done < 12, f"kill came too late or too early: {done} of 12 shards committed"
+    assert storage.exists(url + ".lease")
+    status = cli("status", url, "--json")
+    assert status.exit_code == 1 and json.loads(status.output)["done"] == done
+    result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert f"resumed: {done} shards" in result.output
+    assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))
+
+
+def test_server_gone_mid_run_commits_nothing_half_and_a_rerun_finishes(s3_server, local_quickstart):
+    proxy = Outage(s3_server.port)  # the client's way to the server: switched off mid-run
+    url = s3_server.url("outage.zarr")
+    # one try per storage call and per shard, so that the shards after the outage fail fast (retries: below)
+    env = {"AWS_ENDPOINT_URL": proxy.endpoint, "PIPELINE_STORAGE_RETRIES": "1"}
+    args = ("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}",
+            "--set", "execution.retries=0", *SMALL)
+    try:
+        process = subprocess_cli(*args, env=env)
+        try:
+            _wait_for_markers(url, process)
+            proxy.stop()
+            output, _ = process.communicate(timeout=180)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode != 0, output
+        assert "run the same command again" in output, output
+        reference = open_results(local_quickstart)
+        committed = read_markers(url)
+        assert 0 < len(committed) < 12
+        partial = open_results(url)  # every committed shard holds its whole results
+        for record in committed.values():
+            part = slice(record.start, record.stop)
+            for name in ("value", "jacobian", "hessian", "laplacian"):
+                np.testing.assert_array_equal(partial[name].values[part], reference[name].values[part])
+        proxy.start()
+        process = subprocess_cli(*args, env=env)
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, output
+        assert_same_dataset(open_results(url, require_complete=True), reference)
+    finally:
+        proxy.stop()
+
+
+def test_wrong_credentials_and_missing_bucket_exit_2_before_any_work(s3_server, tmp_path):
+    url = s3_server.url("never.zarr")
+    wrong = json.dumps({**s3_server.storage_options(), "secret": "not-the-secret"})
+    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}",
+                 "--set", f"store.storage_options={wrong}", *SMALL)
+    assert result.exit_code == 2, result.output
+    assert "store.path" in result.output and "refused" in result.output and "credentials" in result.output
+    assert "not-the-secret" not in result.output
+    missing = "s3://no-such-bucket-here/x.zarr"
+    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={missing}", *SMALL)
+    assert result.exit_code == 2, result.output
+    assert "store.path" in result.output and "no-such-bucket-here" in result.output and "does not exist" in result.output
+    result = cli("submit", ROOT / "jobs/from_store.yaml", "--executor", "inline", "--set",
+                 f"store.path={tmp_path / 'y.zarr'}", "--set", "inputs.path=s3://no-such-bucket-here/in.zarr")
+    assert result.exit_code == 2 and "inputs.path" in result.output, result.output
+    fs, path = storage.filesystem(url, s3_server.storage_options())  # the right keys: nothing was written
+    assert not fs.exists(path) and not (tmp_path / "y.zarr").exists()
+
+
+def test_unknown_scheme_exits_2_and_memory_url_works(tmp_path, local_quickstart, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", "store.path=ftpx://host/x.zarr", *SMALL)
+    assert result.exit_code == 2, result.output
+    assert "store.path" in result.output and "ftpx://" in result.output
+    assert not any(tmp_path.iterdir())  # no local folder named after the URL
+    url = "memory://tests/quick.zarr"
+    result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert_same_dataset(open_results(url), open_results(local_quickstart))
+
+
+def test_a_second_driver_is_refused_by_the_lease(s3_server):
+    from pipeline import lease
+    from pipeline.store import StoreError
+
+    url = s3_server.url("leased.zarr")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live holder's pid
+    try:
+        held = {"host": os.uname().nodename, "pid": other.pid, "token": "other", "since": "now",
+                "expires": time.time() + 60}
+        storage.write_bytes(lease.lease_url(url), json.dumps(held).encode())
+        result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}", *SMALL)
+        assert result.exit_code == 2, result.output
+        assert "another `pipeline submit` is running this store" in result.output
+        assert not storage.exists(storage.join(url, "zarr.json"))
+        other.kill()
+        other.wait()
+        token = lease.acquire(url)  # its process is gone: taken over at once
+        with pytest.raises(FileExistsError):  # the conditional put: a second create fails
+            fs, path = storage.filesystem(lease.lease_url(url))
+            fs.pipe_file(path, b"{}", mode="create")
+        lease.release(url, token)
+        assert not storage.exists(lease.lease_url(url))
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_transient_errors_are_retried_with_backoff_and_others_are_not(monkeypatch):
+    monkeypatch.setattr(storage, "RETRY_BASE_SECONDS", 0.001)
+    calls = []
+
+    def flaky(fail: int, error: Exception):
+        calls.append(1)
+        if len(calls) <= fail:
+            raise error
+        return "ok"
+
+    assert storage.retry(flaky, 3, ConnectionResetError(104, "connection reset by peer"), attempts=5) == "ok"
+    assert len(calls) == 4
+    calls.clear()
+    with pytest.raises(OSError, match="SlowDown"):
+        storage.retry(flaky, 9, OSError("SlowDown: please reduce your request rate"), attempts=3)
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        storage.retry(flaky, 9, FileNotFoundError("no such key"), attempts=5)
+    assert len(calls) == 1  # not transient: raised at once

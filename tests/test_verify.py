@@ -1,0 +1,139 @@
+"""`pipeline verify` finds a damaged store, `--repair` restores it bit for bit; only committed data is visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.driver import submit
+from pipeline.runner import InlineExecutor
+from pipeline.store import open_results, read_markers, summarize
+from pipeline.verify import verify_store
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pipeline import make_spec  # noqa: E402
+
+
+def chunk_files(store: Path) -> dict[str, bytes]:
+    """Every chunk file of every array, by its path in the store: what "bit-identical" compares."""
+    found = {}
+    for file in sorted(store.rglob("*")):
+        rel = file.relative_to(store).as_posix()
+        if file.is_file() and "/c/" in f"/{rel}":
+            found[rel] = file.read_bytes()
+    return found
+
+
+def flip(file: Path, offset: int, mask: bytes) -> None:
+    data = bytearray(file.read_bytes())
+    for i, m in enumerate(mask):
+        data[offset + i] ^= m
+    file.write_bytes(bytes(data))
+
+
+def pipeline_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def clean_and_damaged(tmp_path):
+    spec = make_spec(tmp_path, "clean.zarr", quantities=["value", "jacobian", "hessian"])
+    assert submit(spec, InlineExecutor()).complete
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(spec.store.path, damaged)
+    # shard 0: a chunk file deleted; shard 2: one bit flipped; shard 4: four bytes overwritten
+    os.remove(damaged / "hessian" / "c" / "1" / "0" / "0" / "0")
+    flip(damaged / "jacobian" / "c" / "5" / "0" / "0", 12, b"\x01")
+    flip(damaged / "value" / "c" / "9" / "0", 3, b"\xff\xff\xff\xff")
+    return Path(spec.store.path), damaged
+
+
+def test_verify_reports_exactly_the_damaged_shards_and_repair_restores_a_clean_store(clean_and_damaged):
+    clean, damaged = clean_and_damaged
+    assert verify_store(clean).ok
+    report = verify_store(damaged)
+    assert report.damaged_shards == [0, 2, 4]
+    found = {(p.kind, p.array, p.shard, p.chunk) for p in report.problems}
+    assert ("missing", "hessian", 0, 1) in found and ("mismatch", "hessian", 0, None) in found
+    assert ("unreadable", "jacobian", 2, 5) in found  # the crc32c codec refuses the flipped bit
+    assert ("unreadable", "value", 4, 9) in found
+    assert {p.shard for p in report.problems} == {0, 2, 4}
+    # the CLI says the same, exit 1, --json for scripts
+    run = pipeline_cli("verify", str(damaged), "--json")
+    assert run.returncode == 1, run.stderr
+    assert json.loads(run.stdout)["damaged_shards"] == [0, 2, 4]
+    # --repair un-commits exactly those shards and recomputes them: the store is a clean run's, bit for bit
+    run = pipeline_cli("verify", str(damaged), "--repair", "--executor", "inline", "-q")
+    assert run.returncode == 0, run.stderr
+    assert "un-committed shards 0, 2, 4" in run.stderr and "resumed: 2 shards were already committed" in run.stderr
+    assert chunk_files(damaged) == chunk_files(clean)
+    assert verify_store(damaged).ok and summarize(damaged)["complete"]
+    assert pipeline_cli("verify", str(damaged), "-q").returncode == 0
+
+
+def test_submit_repair_recomputes_the_damaged_shards(tmp_path, clean_and_damaged):
+    clean, damaged = clean_and_damaged
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "schema_version: 1\nname: t\n"
+        "function: {kind: mlp, in_features: 2, hidden: [16, 16], out_features: 3, activation: tanh}\n"
+        "inputs: {kind: uniform, n: 37, shape: [2], seed: 1}\nquantities: [value, jacobian, hessian]\n"
+        f"derivatives: {{dtype: float64}}\nstore: {{path: {damaged}, chunk_size: 4}}\n"
+        "execution: {shard_size: 8, retries: 0}\n")
+    # a plain resume trusts the commit markers: nothing to run, the damage stays
+    run = pipeline_cli("submit", str(job), "--executor", "inline", "-q")
+    assert run.returncode == 0 and "0 shards run" in run.stdout
+    run = pipeline_cli("submit", str(job), "--executor", "inline", "-q", "--repair")
+    assert run.returncode == 0, run.stderr
+    assert "un-committed 3 damaged shards (0, 2, 4)" in run.stderr and "3 shards run" in run.stdout
+    assert chunk_files(damaged) == chunk_files(clean)
+
+
+def test_a_failed_attempts_partial_blocks_are_never_visible(tmp_path, monkeypatch):
+    import pipeline.kinds.derivative as kind
+
+    real = kind.compute
+    calls = []
+
+    def dies_in_shard_1_after_two_blocks(spec, shard, device, hint=None):
+        calls.append(shard.start)
+        if shard.start == 24:  # the third block (of one chunk) of shard 1 = samples [16, 32)
+            raise RuntimeError("worker lost mid-shard")
+        return real(spec, shard, device, hint)
+
+    monkeypatch.setattr(kind, "compute", dies_in_shard_1_after_two_blocks)
+    spec = make_spec(tmp_path, "partial.zarr", quantities=["value", "jacobian"],
+                     **{"execution.shard_size": 16, "inputs.n": 48})
+    summary = submit(spec, InlineExecutor())
+    assert not summary.complete and list(summary.failed) == [1]
+    assert 16 in calls and 20 in calls  # blocks of shard 1 were computed before it died; the first is written
+    import zarr
+
+    raw = zarr.open_group(spec.store.path, mode="r", use_consolidated=False)["value"][16:20]
+    assert np.isfinite(raw).all()  # they are in the store ...
+    ds = open_results(spec.store.path)
+    committed = ds.committed.values
+    assert committed[:16].all() and not committed[16:32].any() and committed[32:].all()
+    for name in ("inputs", "value", "jacobian"):
+        values = ds[name].values
+        assert np.isnan(values[16:32]).all(), name  # ... but never shown
+        assert np.isfinite(values[:16]).all() and np.isfinite(values[32:]).all(), name
+        assert ds[name].dtype == np.float64
+    assert 1 not in read_markers(spec.store.path)
+    # the retry completes it, and the values are those of a clean run
+    monkeypatch.setattr(kind, "compute", real)
+    assert submit(spec, InlineExecutor()).complete
+    clean = make_spec(tmp_path, "clean.zarr", quantities=["value", "jacobian"],
+                      **{"execution.shard_size": 16, "inputs.n": 48})
+    submit(clean, InlineExecutor())
+    assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
+    assert open_results(spec.store.path).committed.values.all()
