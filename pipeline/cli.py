@@ -177,6 +177,7 @@ def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=Fal
             if hasattr(runner, "verbose"):
                 runner.verbose = verbose
             if executor == "ray":
+                runner.notify = lambda note: console.print(f"[yellow]note[/yellow]: {note}")
                 runner.start()
                 if not quiet:
                     console.print(f"[dim]executor: {runner.describe()}[/dim]")

@@ -67,6 +67,9 @@ def prepare(spec) -> Prepared:
     ``validate`` and ``submit`` both come here first, so they refuse the same
     store paths (not a pipeline store, not writable, too little free space).
     """
+    from .cluster import check_store_path as check_ray_job_store_path
+
+    check_ray_job_store_path(spec.store.path)  # not in a Ray job's temporary working dir
     check_urls(spec)
     refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)

@@ -60,6 +60,9 @@ class RayExecutor:
     local: bool = False
     address: str | None = None
     name: str = "ray"
+    waiting: str | None = None  # set by ``resources`` when the tasks wait for the autoscaler to add GPUs
+    _node_types: dict | None = None
+    notify: Callable[[str], None] | None = None  # tells the user why the tasks wait (the CLI prints it)
     verbose: bool = False  # Ray's own INFO/WARNING lines and the workers' logs (`submit -v`); else errors only
 
     def _logging(self) -> dict:
@@ -79,8 +82,21 @@ class RayExecutor:
 
             watch(children_of_this_process())  # a killed driver leaves no Ray behind
             return
-        address = cluster_address(self.address)
-        check_reachable(address, "--address" if self.address else "RAY_ADDRESS")
+        from .cluster import authenticate, resolve_address
+
+        source = "--address" if self.address else "RAY_ADDRESS"
+        address = resolve_address(cluster_address(self.address), source)
+        check_reachable(address, source)
+        if address != "local" and ("://" not in address or address.startswith("ray://")):
+            authenticate(address, source)  # token authentication: found, checked, turned on
+        from .cluster import ray_job_working_dir
+
+        working_dir = ray_job_working_dir()
+        if working_dir is not None:
+            # in a Ray job, Ray unpacks the job's working dir afresh when this driver's tasks start
+            # (the directory this process stands in is replaced by a new one at the same path); the
+            # job's paths are absolute by now (load_spec), so the driver stands beside it instead
+            os.chdir(os.path.dirname(working_dir))
         try:
             ray.init(address=address, **self._logging())
         except Exception as err:
@@ -104,25 +120,53 @@ class RayExecutor:
 
         cluster = ray.cluster_resources()
         gpus = spec.execution.gpus_per_task
+        now = cluster.get("GPU", 0)
+        # GPUs the autoscaler can add: node types with GPUs count even while none of them is up
+        scalable = self.gpu_node_types() if (gpus == "auto" and now < 1) or (gpus != "auto" and gpus > now) else {}
+        per_node = max((t["resources"]["GPU"] for t in scalable.values()), default=0)
         if gpus == "auto":
-            gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+            gpus = 1.0 if now >= 1 or per_node >= 1 else 0.0
         cpus = spec.execution.cpus_per_task
-        if gpus > cluster.get("GPU", 0):
+        if gpus > now and gpus > per_node:
+            from .cluster import describe_node_types
+
+            offer = describe_node_types(self._node_types or {})
             raise ClusterError(
-                f"execution.gpus_per_task is {gpus} but the cluster has {cluster.get('GPU', 0)} GPUs; "
-                "use gpus_per_task: auto or 0"
+                f"execution.gpus_per_task is {gpus:g} but the cluster has {now:g} GPUs and its autoscaler can add "
+                f"none ({offer}); use gpus_per_task: auto (GPUs when the cluster has or can add them) or 0, "
+                "or add a node type with GPUs (resources: {\"GPU\": 1}) to the cluster config"
             )
-        slots = cluster.get("GPU", 0) / gpus if gpus else cluster.get("CPU", 1) / cpus
+        if gpus > now:  # the autoscaler starts GPU workers for the pending tasks
+            self.waiting = (
+                f"the cluster has {now:g} GPUs now: the shards wait for the autoscaler to start GPU workers "
+                f"({', '.join(scalable)}), which takes as long as a node takes to boot"
+            )
+            max_gpus = sum(t["resources"]["GPU"] * max(t["max_workers"], 1) for t in scalable.values())
+            slots = max(now, max_gpus) / gpus
+        else:
+            slots = now / gpus if gpus else cluster.get("CPU", 1) / cpus
         in_flight = spec.execution.max_in_flight
         if in_flight == "auto":
             in_flight = max(2, int(2 * max(slots, 1)))
         return cpus, gpus, int(in_flight)
+
+    def gpu_node_types(self) -> dict:
+        """Node types with GPUs that the cluster's autoscaler can start (none on a local Ray)."""
+        from .cluster import gpu_node_types, node_types
+
+        if self.local:
+            return {}
+        if self._node_types is None:
+            self._node_types = node_types()
+        return gpu_node_types(self._node_types)
 
     def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
         import ray
 
         self.start()
         cpus, gpus, bound = self.resources(spec)
+        if self.waiting and self.notify is not None:
+            self.notify(self.waiting)
         remote = ray.remote(unit).options(
             num_cpus=cpus,
             num_gpus=gpus,

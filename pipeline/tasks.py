@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .cluster import placement
 from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_module
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
@@ -120,6 +121,7 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
     if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
         raise NonFiniteError(shard, writer.nonfinite_by_array)
     seconds = time.perf_counter() - began
+    node, accelerators = placement()  # the Ray node and GPU ids, when a Ray worker runs this
     record = ShardRecord(
         shard_id=shard.id,
         start=shard.start,
@@ -127,7 +129,7 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
         status="done",
         attempts=attempt,
         host=socket.gethostname(),
-        device=device_name(device),
+        device=device_name(device) + (f" ({', '.join(filter(None, (node, accelerators)))})" if node else ""),
         seconds=round(seconds, 4),
         samples_per_second=round(shard.size / seconds, 2) if seconds > 0 else 0.0,
         nonfinite=writer.nonfinite,

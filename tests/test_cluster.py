@@ -1,0 +1,200 @@
+"""The cluster path on a real multi-process Ray: a `ray start` head with token authentication and two workers.
+
+One cluster for the module (a head of 1 CPU plus two workers of 1 CPU, on
+ports and a temp dir of their own); drivers are `python -m pipeline`
+subprocesses, as a user runs them. Joining by HOST:PORT, ray://, RAY_ADDRESS
+and `auto`; the one-line refusals (no token, wrong token, nothing listening, a
+port that is not the head's); `ray job submit`; shards spread over the nodes,
+one node removed mid-run, arrays bit-identical to a one-node run.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from rayheads import RAY, TOKEN, free_port, start_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "jobs/quickstart.yaml")
+SMALL = ["--set", "inputs.n=2048", "--set", "quantities=[value, jacobian]"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = start_cluster(num_cpus=1, workers=[1, 1])
+    yield cluster
+    cluster.stop()
+
+
+def pipeline(cluster, *args, env=None, cwd=None, timeout=240) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in the cluster's environment; on a timeout, fail with where it hung."""
+    command = [sys.executable, "-X", "faulthandler", "-m", "pipeline", *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**cluster.env, **(env or {})}, cwd=cwd or ROOT)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        out, err = process.communicate()
+        pytest.fail(f"{' '.join(command)} ran over {timeout} s:\n{err[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def in_parallel(*calls, at_once: int = 4):
+    with ThreadPoolExecutor(min(len(calls), at_once)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def test_every_address_form_joins_the_cluster(cluster, tmp_path):
+    """HOST:PORT, ray://HOST:PORT, RAY_ADDRESS and auto, token authentication included (all found, no flags)."""
+    forms = {
+        "gcs": (["--address", cluster.address], {}),
+        "client": (["--address", f"ray://127.0.0.1:{cluster.client_port}"], {}),
+        "env": ([], {"RAY_ADDRESS": cluster.address}),
+        "auto": (["--address", "auto"], {}),  # TMPDIR=<base>: Ray finds <base>/ray/ray_current_cluster
+    }
+    # the driver's environment has the token but not RAY_AUTH_MODE: pipeline turns token mode on itself
+    results = in_parallel(*(
+        (lambda args=args, env=env, name=name: pipeline(
+            cluster, "submit", QUICK, *args, "--set", f"store.path={tmp_path / name}.zarr", *SMALL,
+            env={"RAY_AUTH_MODE": "", **env}))
+        for name, (args, env) in forms.items()
+    ))
+    for name, result in zip(forms, results):
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+        assert "executor: ray (3 CPUs, 0 GPUs, 3 nodes)" in result.stderr, (name, result.stderr[-2000:])
+        assert f"complete: {tmp_path / name}.zarr" in result.stdout
+
+
+def refusals(cluster, tmp_path) -> dict:
+    """name: (address, environment, words the one line must hold)."""
+    return {
+        "no token": (cluster.address, {"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path), "RAY_AUTH_MODE": ""},
+                     ["uses token authentication", "no token", "ray get-auth-token", "RAY_AUTH_TOKEN"]),
+        "wrong token": (cluster.address, {"RAY_AUTH_TOKEN": "not-the-token"},
+                        ["refuses the authentication token from RAY_AUTH_TOKEN", "ray get-auth-token"]),
+        "client, wrong token": (f"ray://127.0.0.1:{cluster.client_port}", {"RAY_AUTH_TOKEN": "not-the-token"},
+                                ["refuses the authentication token", "~/.ray/auth_token"]),
+        "refused": (f"127.0.0.1:{free_port()}", {}, ["cannot reach", "Connection refused", "ray start --head"]),
+        "client port without ray://": (f"127.0.0.1:{cluster.client_port}", {},
+                                       ["not a Ray head's address", "ray://HEAD:10001"]),
+        "head port with ray://": (f"ray://{cluster.address}", {}, ["not the Ray client server", "HEAD:6379"]),
+        "dashboard port": (f"127.0.0.1:{cluster.dashboard_port}", {}, ["not a Ray cluster", "HOST:6379"]),
+    }
+
+
+def test_refusals_are_one_line_with_the_fix_and_exit_2(cluster, tmp_path):
+    cases = refusals(cluster, tmp_path)
+    stores = [tmp_path / f"never{i}.zarr" for i in range(len(cases))]
+    results = in_parallel(*(
+        (lambda a=a, e=e, s=s: pipeline(cluster, "submit", QUICK, "--address", a, "--set", f"store.path={s}",
+                                        *SMALL, env=e, timeout=120))
+        for (a, e, _), s in zip(cases.values(), stores)), at_once=3)
+    for (name, (_, _, words)), result in zip(cases.items(), results):
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr[-2000:])
+        for word in words:
+            assert word in lines[0], (name, word, lines[0])
+    assert not any(store.exists() for store in stores)
+
+
+def test_refusals_are_decided_in_under_10_s(cluster, tmp_path, monkeypatch):
+    """What `submit` does before `ray.init` (which would retry for minutes), timed in this process."""
+    from pipeline.cluster import authenticate
+    from pipeline.runner import ClusterError, check_reachable
+
+    for name, (address, env, words) in refusals(cluster, tmp_path).items():
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            begin = time.monotonic()
+            with pytest.raises(ClusterError) as refused:
+                check_reachable(address)
+                authenticate(address)
+            assert time.monotonic() - begin < 10, name
+            assert all(word in str(refused.value) for word in words), (name, str(refused.value))
+
+
+def test_gpus_the_cluster_can_never_offer_are_refused(cluster, tmp_path):
+    result = pipeline(cluster, "submit", QUICK, "--address", cluster.address, "--set", "execution.gpus_per_task=1",
+                      "--set", f"store.path={tmp_path / 'g.zarr'}", *SMALL)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    for word in ("execution.gpus_per_task is 1", "has 0 GPUs", "no autoscaler node types", "gpus_per_task: auto"):
+        assert word in line, word
+    assert not (tmp_path / "g.zarr").exists()
+
+
+def test_ray_job_submit_runs_a_sweep_and_refuses_a_store_in_its_temporary_dir(cluster, tmp_path):
+    """`ray job submit --working-dir . -- pipeline submit jobs/sweep.yaml`, as the README shows."""
+    sweep = ["--set", "sweep.axes.T0_mean.num=2", "--set", "sweep.axes.sigma_mean.num=2", "--set", "sweep.axes.sigma_mean.high=1.0",
+             "--set", "solver.options.nx=40", "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"]
+    store = tmp_path / "sweep.zarr"
+
+    def job(*args):
+        return subprocess.run(
+            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}", "--working-dir", ".",
+             "--", "pipeline", "submit", "jobs/sweep.yaml", *sweep, *args],
+            capture_output=True, text=True, env=cluster.env, cwd=ROOT, timeout=240)
+
+    # one after the other: jobs of one working dir share Ray's copy of it, deleted when a job ends
+    good = job("--set", f"store.path={store}")
+    relative = job()
+    assert "succeeded" in good.stdout + good.stderr, (good.stdout + good.stderr)[-4000:]
+    assert f"complete: {store}" in good.stdout  # the job's output, streamed back as `ray job logs` shows it
+    import pipeline as pl
+
+    ds = pl.open_results(store)
+    assert ds.attrs["complete"] and ds.T.shape[0] == 8
+    assert "failed" in relative.stdout + relative.stderr
+    assert "store.path: results/sweep.zarr is relative, and this runs as a Ray job" in relative.stdout
+    assert "Use an absolute path on a filesystem every node sees" in relative.stdout
+
+
+def _arrays(path) -> dict:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster, tmp_path):
+    """Last in the module: it takes a worker away. The arrays equal a one-node (inline) run bit for bit."""
+    from pipeline.driver import submit
+    from pipeline.runner import InlineExecutor
+    from pipeline.spec import load_spec
+
+    overrides = ["inputs.n=20480", "store.chunk_size=1024", "execution.shard_size=1024", "quantities=[value, hessian]"]
+    store = tmp_path / "multi.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "submit", QUICK, "--address", cluster.address, "-q",
+         *(a for o in overrides + [f"store.path={store}"] for a in ("--set", o))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env, cwd=ROOT)
+    one_node = tmp_path / "one.zarr"
+    submit(load_spec(QUICK, overrides + [f"store.path={one_node}"]), InlineExecutor())  # meanwhile
+    deadline = time.monotonic() + 120
+    while not (store / "_shards").is_dir() or len(list((store / "_shards").iterdir())) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    cluster.kill_group(cluster.workers[-1])  # a node goes away mid-run: its running shards are retried
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-3000:]
+    manifest = pq.read_table(store / "manifest.parquet").to_pydict()
+    assert set(manifest["status"]) == {"done"}
+    nodes = {device.partition("(ray node ")[2] for device in manifest["device"]}
+    assert len(nodes) >= 2, manifest["device"]  # spread over the nodes, as the manifest records
+    expected, got = _arrays(one_node), _arrays(store)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert got[name].tobytes() == expected[name].tobytes(), name
