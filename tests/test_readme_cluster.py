@@ -5,7 +5,10 @@ The commands run as written, in the repository, with these substitutions
 never touch another Ray on it:
 
 - ``HEAD`` -> ``127.0.0.1``; the ports 6379, 8265, 10001 -> free ports;
-  ``/shared`` -> a temporary directory (the "shared filesystem");
+  ``/shared`` -> a temporary directory (the "shared filesystem", the alternative
+  to a bucket); the bucket ``s3://my-bucket`` is a real S3 server on localhost
+  (moto, started by the ``s3_server`` fixture), whose endpoint and keys every
+  process gets from the environment, as a cloud machine gets its credentials;
 - every ``ray start`` gets ``--num-cpus 1`` and free ports for its node manager,
   object manager, agents and workers (two nodes on one machine would clash);
 - ``ray stop`` (which stops every Ray on a host) -> killing the process groups
@@ -62,7 +65,11 @@ def isolate(command: str) -> str:
     return command + " " + " ".join(flags)
 
 
-def test_readme_cluster_commands_run_as_written():
+def test_readme_cluster_commands_run_as_written(s3_server):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.key,
+                 aws_secret_access_key=s3_server.secret, region_name="us-east-1").create_bucket(Bucket="my-bucket")
     base = new_base()
     shared = base / "shared"
     (base / "home").mkdir()
@@ -105,11 +112,11 @@ def test_readme_cluster_commands_run_as_written():
         status = next(out for cmd, out in outputs if cmd.startswith("ray status"))
         assert "2.0 CPU" in status or "2.0/2.0 CPU" in status or "0.0/2.0 CPU" in status, status
         job_logs = next(out for cmd, out in outputs if cmd.startswith("ray job logs"))
-        assert f"complete: {shared}/results/sweep.zarr" in job_logs, job_logs[-3000:]
+        assert "complete: s3://my-bucket/results/sweep.zarr" in job_logs, job_logs[-3000:]
         import pipeline
 
-        for name in ("quickstart", "from_laptop", "sweep"):
-            assert pipeline.open_results(shared / f"results/{name}.zarr").attrs["complete"], name
+        for name in ("quickstart", "from_laptop", "sweep"):  # in the bucket, read back from it
+            assert pipeline.open_results(f"s3://my-bucket/results/{name}.zarr").attrs["complete"], name
     finally:
         cluster.stop()
         assert not any(str(base).encode() in (p / "cmdline").read_bytes()
