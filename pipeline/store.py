@@ -286,34 +286,8 @@ def create_store(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        attrs = {
-            **attributes,
-            "complete": False,
-            "format_version": FORMAT_VERSION,
-            "versions": package_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "n": plan.n,
-            "chunk_size": plan.chunk_size,
-            "shard_size": plan.shard_size,
-            "n_shards": len(plan.shards),
-        }
-        group = zarr.open_group(str(staging), mode="w", attributes=attrs)
-        from .encoding import create_options
-
-        for layout in plan.arrays:
-            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
-            group.create_array(
-                layout.name,
-                shape=layout.shape,
-                chunks=layout.chunks,
-                dtype=layout.dtype,
-                dimension_names=layout.dims,
-                attributes=array_attrs,
-                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
-                   **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs))},
-            )
-        for name, values in (initial_arrays or {}).items():
-            group[name][...] = values
+        _write_template(str(staging), plan, attributes, compression=compression, initial_arrays=initial_arrays,
+                        array_attributes=array_attributes, store_settings=store_settings)
         consolidate_template(staging)
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
@@ -348,6 +322,29 @@ def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrit
     if store_exists(url):
         refuse_foreign_path(url)  # checked again just before deleting
         storage.remove_tree(url)
+    try:
+        _write_template(_target(url), plan, attributes, compression=compression, initial_arrays=initial_arrays,
+                        array_attributes=array_attributes, store_settings=store_settings)
+        consolidate_template(url)
+        _write_plan(url, plan)
+        for file_name, table in (tables or {}).items():
+            _write_table(url, file_name, table)
+    except BaseException:
+        if is_pipeline_store(url):
+            storage.remove_tree(url)
+        raise
+
+
+def _write_template(target, plan: Plan, attributes: dict[str, Any], *, compression: str, initial_arrays,
+                    array_attributes, store_settings) -> None:
+    """The root attributes (without ``complete``) and every array of a new store, local or remote alike.
+
+    Each array's codecs come from ``encoding.create_options`` and end with a
+    crc32c checksum (``with_crc32c``), so a flipped bit fails loudly on read.
+    """
+    from .encoding import create_options
+
+    zarr = _zarr()
     attrs = {
         **attributes,
         "complete": False,
@@ -359,32 +356,21 @@ def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrit
         "shard_size": plan.shard_size,
         "n_shards": len(plan.shards),
     }
-    try:
-        group = zarr.open_group(_target(url), mode="w", attributes=attrs)
-        from .encoding import create_options
-
-        for layout in plan.arrays:  # as create_store does for a local path
-            array_attrs = dict((array_attributes or {}).get(layout.name, {}))
-            group.create_array(
-                layout.name,
-                shape=layout.shape,
-                chunks=layout.chunks,
-                dtype=layout.dtype,
-                dimension_names=layout.dims,
-                attributes=array_attrs,
-                **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,
-                   **create_options(layout, store_settings or {"compression": compression}, array_attrs)},
-            )
-        for name, values in (initial_arrays or {}).items():
-            group[name][...] = values
-        consolidate_template(url)
-        _write_plan(url, plan)
-        for file_name, table in (tables or {}).items():
-            _write_table(url, file_name, table)
-    except BaseException:
-        if is_pipeline_store(url):
-            storage.remove_tree(url)
-        raise
+    group = zarr.open_group(target, mode="w", attributes=attrs)
+    for layout in plan.arrays:
+        array_attrs = dict((array_attributes or {}).get(layout.name, {}))
+        group.create_array(
+            layout.name,
+            shape=layout.shape,
+            chunks=layout.chunks,
+            dtype=layout.dtype,
+            dimension_names=layout.dims,
+            attributes=array_attrs,
+            fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
+            **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs)),
+        )
+    for name, values in (initial_arrays or {}).items():
+        group[name][...] = values
 
 
 def consolidate_template(path: str | Path) -> None:

@@ -84,6 +84,9 @@ def test_derivative_job_to_s3_equals_local_disk_and_reads_back(s3_server, s3_qui
     assert_same_dataset(plain, xr.open_zarr(local_quickstart))
     names = objects(url)
     assert {"zarr.json", "plan.parquet", "manifest.parquet"} <= set(names)
+    for name in ("value", "jacobian", "hessian"):  # the same per-chunk checksum as on local disk
+        codecs = json.loads(storage.read_bytes(f"{url}/{name}/zarr.json"))["codecs"]
+        assert codecs[-1]["name"] == "crc32c", (name, codecs)
     assert sum(n.startswith("_shards/") and n.endswith(".json") for n in names) == 12
     assert not storage.exists(url + ".lease")  # released at the end of the run
     status = cli("status", url, "--json")
