@@ -366,8 +366,8 @@ def _write_template(target, plan: Plan, attributes: dict[str, Any], *, compressi
             dtype=layout.dtype,
             dimension_names=layout.dims,
             attributes=array_attrs,
-            fill_value=np.nan if np.dtype(layout.dtype).kind == "f" else 0,
-            **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs)),
+            **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,  # encoding may set its own
+               **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs))},
         )
     for name, values in (initial_arrays or {}).items():
         group[name][...] = values
