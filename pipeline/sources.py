@@ -167,35 +167,14 @@ class RemoteNpy:
         return np.frombuffer(data, dtype=self.dtype).reshape(stop - start, *self.shape[1:])
 
 
-def _open_remote_npy(path: str):
-    if not storage.isfile(path):
+def _open_npy(path: str):
+    """A memory-mapped local ``.npy`` or a byte-range reader of one in a bucket, with the same checks."""
+    remote = storage.is_remote(path)
+    if not (storage.isfile(path) if remote else Path(path).exists()):
         raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
-    with storage.open_file(path) as file:
-        magic = file.read(len(NPY_MAGIC))
-    if magic != NPY_MAGIC:
-        raise InputError(
-            f"inputs.path: {path} is not a .npy file (no NumPy header); save the samples with numpy.save, "
-            "or use inputs.kind: parquet / zarr for those formats"
-        )
-    try:
-        array = RemoteNpy(path)
-    except (ValueError, OSError) as err:
-        raise InputError(f"inputs.path: {path} is not a readable .npy file ({err})") from None
-    if array.ndim < 1 or not np.issubdtype(array.dtype, np.number):
-        raise InputError(
-            f"inputs.path: {path} holds {array.dtype} of shape {array.shape}; need a numeric array [samples, ...]"
-        )
-    return array
-
-
-def _open_npy(path: str) -> np.ndarray:
-    if storage.is_remote(path):
-        return _open_remote_npy(path)
-    if not Path(path).exists():
-        raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
-    if not Path(path).is_file():
+    if not remote and not Path(path).is_file():
         raise InputError(f"inputs.path: {path} is a directory, not a file; point it at a .npy file")
-    with open(path, "rb") as file:
+    with (storage.open_file(path) if remote else open(path, "rb")) as file:
         magic = file.read(len(NPY_MAGIC))
     if magic != NPY_MAGIC:
         raise InputError(
@@ -203,7 +182,7 @@ def _open_npy(path: str) -> np.ndarray:
             "or use inputs.kind: parquet / zarr for those formats"
         )
     try:
-        array = np.load(path, mmap_mode="r")
+        array = RemoteNpy(path) if remote else np.load(path, mmap_mode="r")
     except (ValueError, OSError) as err:
         raise InputError(f"inputs.path: {path} is not a readable .npy file ({err})") from None
     if array.ndim < 1 or not np.issubdtype(array.dtype, np.number):

@@ -214,14 +214,18 @@ def _to_copy(x, *args, dtype=None, **kwargs):
     return _map(x, lambda t, lead: t.to(dtype))
 
 
+def _reduced_dims(x, dim) -> list[int]:
+    """The non-negative axes a sum/mean over ``dim`` reduces (all of them for None or ``[]``)."""
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return list(range(x.ndim))
+    return [d % x.ndim for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+
+
 @rule("sum")
 def _sum(x, dim=None, keepdim=False, dtype=None):
     if x.ndim == 0:
         return x
-    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
-        dims = list(range(x.ndim))
-    else:
-        dims = [d % x.ndim for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+    dims = _reduced_dims(x, dim)
     return _map(x, lambda t, lead: t.sum(dim=[d + lead for d in dims], keepdim=keepdim))
 
 
@@ -229,10 +233,7 @@ def _sum(x, dim=None, keepdim=False, dtype=None):
 def _mean(x, dim=None, keepdim=False, dtype=None):
     if x.ndim == 0:
         return x
-    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
-        dims = list(range(x.ndim))
-    else:
-        dims = [d % x.ndim for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+    dims = _reduced_dims(x, dim)
     count = math.prod(x.v.shape[1 + d] for d in dims)
     return _scale(_sum(x, dims, keepdim), 1.0 / count)
 
