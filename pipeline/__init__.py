@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["derivatives", "compute_derivatives", "hvp", "open_results", "load_spec", "submit", "solve", "unstack_grid"]
+__all__ = ["compute_derivatives", "derivatives", "hvp", "load_spec", "open_results", "solve", "submit", "unstack_grid"]
 
 
 def __getattr__(name: str):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
@@ -81,10 +80,17 @@ def main() -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--local", is_flag=True,
-              help="Start a local Ray sized to this machine (no cluster needed; RAY_ADDRESS is then ignored).")
-@click.option("--address", default=None, metavar="HOST:PORT",
-              help="Ray cluster to join, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS).")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Start a local Ray sized to this machine (no cluster needed; RAY_ADDRESS is then ignored).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Ray cluster to join, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS).",
+)
 @click.option(
     "--executor",
     type=click.Choice(["ray", "inline"]),
@@ -101,20 +107,46 @@ def main() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (Ray's own logging is off unless -v).")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logging and the workers' output.")
-@click.option("--dry-run", is_flag=True,
-              help="Print the plan (shards, bytes to write) and a time estimate from a probe chunk on this CPU; "
-              "write nothing, start no Ray.")
-@click.option("--progress-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="When the output is not a terminal (ray job logs, a pipe, CI): seconds between plain progress "
-              "lines  [default: $PIPELINE_PROGRESS_INTERVAL, else 10]")
-@click.option("--repair", is_flag=True,
-              help="First verify the existing store (as `pipeline verify` does) and un-commit the damaged "
-              "shards, so that this run recomputes them.")
-@click.option("--accept-changed-code", is_flag=True,
-              help="Resume even though the function's or solver's module changed since the store was made "
-              "(after fixing a bug that made shards fail); each shard's marker records the code it ran under.")
-def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, dry_run, progress_interval, repair,
-           accept_changed_code):
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (shards, bytes to write) and a time estimate from a probe chunk on this CPU; "
+    "write nothing, start no Ray.",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="When the output is not a terminal (ray job logs, a pipe, CI): seconds between plain progress "
+    "lines  [default: $PIPELINE_PROGRESS_INTERVAL, else 10]",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First verify the existing store (as `pipeline verify` does) and un-commit the damaged "
+    "shards, so that this run recomputes them.",
+)
+@click.option(
+    "--accept-changed-code",
+    is_flag=True,
+    help="Resume even though the function's or solver's module changed since the store was made "
+    "(after fixing a bug that made shards fail); each shard's marker records the code it ran under.",
+)
+def submit(
+    job,
+    local,
+    address,
+    executor,
+    overrides,
+    overwrite,
+    quiet,
+    verbose,
+    dry_run,
+    progress_interval,
+    repair,
+    accept_changed_code,
+):
     """Run JOB (a YAML job file) and write its store.
 
     Shards of the input set run as Ray tasks (on GPUs when the cluster has
@@ -140,15 +172,41 @@ def submit(job, local, address, executor, overrides, overwrite, quiet, verbose, 
             "--address joins a running cluster; pass only one of them"
         )
     if repair and overwrite:
-        raise click.UsageError("--repair and --overwrite contradict each other: --overwrite recomputes every "
-                               "shard anyway; pass only one of them")
-    _submit_spec(lambda: load_spec(job, overrides), local=local, address=address, executor=executor,
-                 overwrite=overwrite, quiet=quiet, repair=repair, accept_changed_code=accept_changed_code,
-                 job=job, verbose=verbose, dry_run=dry_run, progress_interval=progress_interval)
+        raise click.UsageError(
+            "--repair and --overwrite contradict each other: --overwrite recomputes every "
+            "shard anyway; pass only one of them"
+        )
+    _submit_spec(
+        lambda: load_spec(job, overrides),
+        local=local,
+        address=address,
+        executor=executor,
+        overwrite=overwrite,
+        quiet=quiet,
+        repair=repair,
+        accept_changed_code=accept_changed_code,
+        job=job,
+        verbose=verbose,
+        dry_run=dry_run,
+        progress_interval=progress_interval,
+    )
 
 
-def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=False, accept_changed_code=False,
-                 job=None, verbose=False, dry_run=False, progress_interval=None):
+def _submit_spec(
+    load,
+    *,
+    local,
+    address,
+    executor,
+    overwrite,
+    quiet,
+    repair=False,
+    accept_changed_code=False,
+    job=None,
+    verbose=False,
+    dry_run=False,
+    progress_interval=None,
+):
     """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it)."""
     from .driver import prepare
     from .driver import submit as run_submit
@@ -182,15 +240,22 @@ def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=Fal
                 if not quiet:
                     console.print(f"[dim]executor: {runner.describe()}[/dim]")
             progress = None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval)
-            summary = run_submit(spec, runner, overwrite=overwrite, progress=progress, prepared=prepared,
-                                 accept_changed_code=accept_changed_code,
-                                 notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"))
+            summary = run_submit(
+                spec,
+                runner,
+                overwrite=overwrite,
+                progress=progress,
+                prepared=prepared,
+                accept_changed_code=accept_changed_code,
+                notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"),
+            )
     except _bad_input_errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
         if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
-            console.print("\n[yellow]interrupted[/yellow]: committed shards are kept; run the same command again "
-                          "to resume")
+            console.print(
+                "\n[yellow]interrupted[/yellow]: committed shards are kept; run the same command again to resume"
+            )
         else:
             console.print("\n[yellow]interrupted[/yellow] before any store was written")
         sys.exit(EXIT_INTERRUPTED)
@@ -206,8 +271,10 @@ def _submit_spec(load, *, local, address, executor, overwrite, quiet, repair=Fal
             f"see `pipeline status {summary.path}`; run the same command again to retry them"
         )
         first = next(iter(summary.failed.values()))
-        console.print(f"first error (shard {first.shard_id}): {error_line(first.error)} "
-                      f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})")
+        console.print(
+            f"first error (shard {first.shard_id}): {error_line(first.error)} "
+            f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})"
+        )
         if nonfinite:
             console.print(nonfinite)
         sys.exit(EXIT_FAILED_SHARDS)
@@ -241,15 +308,19 @@ def _nonfinite_warning(path: str) -> str | None:
         f"[bold yellow]warning:[/bold yellow] {sum(counts):,} non-finite values (NaN or Inf) in {len(counts)} of "
         f"{len(data['status'])} shards: they are what the function gives there; "
         f"see which arrays with `pipeline inspect {path}`, or find them with "
-        f"`pipeline.open_results(\"{path}\")` and `isnull()`"
+        f'`pipeline.open_results("{path}")` and `isnull()`'
     )
 
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--deep/--no-deep", default=True, show_default=True,
-              help="Also open input files, import the function and run it on two samples.")
+@click.option(
+    "--deep/--no-deep",
+    default=True,
+    show_default=True,
+    help="Also open input files, import the function and run it on two samples.",
+)
 def validate(job, overrides, deep):
     """Check JOB without running it or touching any store.
 
@@ -300,10 +371,20 @@ def schema():
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the same facts as JSON: attributes, arrays, shard counts, manifest summary, failed shards.")
-@click.option("--shard", "shard_id", type=int, default=None, metavar="N",
-              help="Show one shard instead: its range, status, attempts and the full traceback of each failed one.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the same facts as JSON: attributes, arrays, shard counts, manifest summary, failed shards.",
+)
+@click.option(
+    "--shard",
+    "shard_id",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Show one shard instead: its range, status, attempts and the full traceback of each failed one.",
+)
 def inspect(store, as_json, shard_id):
     """Print the arrays, shapes, dtypes, chunking, completeness and manifest of STORE.
 
@@ -337,8 +418,14 @@ def inspect(store, as_json, shard_id):
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
-              help="HTML file to write (default: the store's path with .html, e.g. results/quickstart.html).")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="HTML file to write (default: the store's path with .html, e.g. results/quickstart.html).",
+)
 def report(store, out):
     """Write a self-contained HTML page of STORE's pictures and tables (figures inline, one file).
 
@@ -368,8 +455,12 @@ def report(store, out):
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the status as JSON: the counts, every shard id, state and driver (see below).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the status as JSON: the counts, every shard id, state and driver (see below).",
+)
 def status(store, as_json):
     """Say whether STORE is running, stale, complete or incomplete, and count its shards.
 
@@ -424,8 +515,15 @@ def _verify_with_progress(store: str, threads: int, quiet: bool):
 
     if quiet:
         return verify_store(store, threads=threads)
-    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-                  TimeRemainingColumn(), console=_console(), transient=True) as bar:
+    with Progress(
+        TextColumn("verify"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=True,
+    ) as bar:
         task = bar.add_task("verify", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -445,13 +543,17 @@ def _uncommit_damaged(store: str, console: Console) -> list[int]:
     for line in summary_lines(report):
         console.print(f"[yellow]damaged[/yellow] {line}")
     if report.unrepairable:
-        raise StoreError(f"store.path: {store} has damaged arrays that no shard writes "
-                          f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
-                          "recompute the whole store with --overwrite")
+        raise StoreError(
+            f"store.path: {store} has damaged arrays that no shard writes "
+            f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
+            "recompute the whole store with --overwrite"
+        )
     damaged = repair_store(store, report)
     if damaged:
-        console.print(f"repair: un-committed {len(damaged)} damaged shards ({', '.join(map(str, damaged[:20]))}"
-                      f"{' ...' if len(damaged) > 20 else ''}); this run recomputes them")
+        console.print(
+            f"repair: un-committed {len(damaged)} damaged shards ({', '.join(map(str, damaged[:20]))}"
+            f"{' ...' if len(damaged) > 20 else ''}); this run recomputes them"
+        )
     else:
         console.print(f"repair: every committed shard of {store} verified; nothing to recompute")
     return damaged
@@ -460,14 +562,27 @@ def _uncommit_damaged(store: str, console: Console) -> list[int]:
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every problem, for scripts).")
-@click.option("--repair", is_flag=True,
-              help="Un-commit the damaged shards and recompute them (runs the store's own job, as submit does).")
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="Chunks are read and checked by this many threads.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Un-commit the damaged shards and recompute them (runs the store's own job, as submit does).",
+)
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Chunks are read and checked by this many threads.",
+)
 @click.option("--local", is_flag=True, help="With --repair: start a local Ray sized to this machine.")
 @click.option("--address", default=None, metavar="HOST:PORT", help="With --repair: the Ray cluster to join.")
-@click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True,
-              help="With --repair: 'inline' recomputes in this process without Ray.")
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "inline"]),
+    default="ray",
+    show_default=True,
+    help="With --repair: 'inline' recomputes in this process without Ray.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def verify(store, as_json, repair, threads, local, address, executor, quiet):
     """Read every chunk of STORE and check each committed shard against its checksum.
@@ -501,17 +616,24 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
 
             stored = read_attributes(store).get("spec")
             if not isinstance(stored, dict):
-                _fail(f"{store} records no job spec, so it cannot be recomputed; run its job file with "
-                      "`pipeline submit JOB --repair`")
+                _fail(
+                    f"{store} records no job spec, so it cannot be recomputed; run its job file with "
+                    "`pipeline submit JOB --repair`"
+                )
             spec = validate_spec(stored, f"{store} (its recorded spec)")
-            spec = spec.model_copy(update={"store": spec.store.model_copy(update={"path": str(Path(store).absolute()),
-                                                                                  "overwrite": False})})
+            spec = spec.model_copy(
+                update={
+                    "store": spec.store.model_copy(update={"path": str(Path(store).absolute()), "overwrite": False})
+                }
+            )
             with store_lock(store):
                 report = _verify_with_progress(store, threads, quiet or as_json)
                 if report.unrepairable:
-                    raise StoreError(f"{store} has damaged arrays that no shard writes "
-                                      f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
-                                      "recompute the whole store with `pipeline submit JOB --overwrite`")
+                    raise StoreError(
+                        f"{store} has damaged arrays that no shard writes "
+                        f"({', '.join(sorted({p.array for p in report.unrepairable}))}); "
+                        "recompute the whole store with `pipeline submit JOB --overwrite`"
+                    )
                 damaged = repair_store(store, report)
     except _bad_input_errors() as err:
         _fail(str(err))
@@ -522,11 +644,15 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
         for line in summary_lines(report):
             out.print(line)
         verdict = "ok" if report.ok else f"damaged: {len(report.damaged_shards)} shards"
-        out.print(f"{verdict}: {report.path}: {report.committed} of {report.shards} shards committed, "
-                  f"{report.chunks_read} chunks read")
+        out.print(
+            f"{verdict}: {report.path}: {report.committed} of {report.shards} shards committed, "
+            f"{report.chunks_read} chunks read"
+        )
         if not report.ok and not repair:
-            out.print(f"recompute the damaged shards: pipeline verify {store} --repair --local "
-                      "(or pipeline submit JOB --repair)")
+            out.print(
+                f"recompute the damaged shards: pipeline verify {store} --repair --local "
+                "(or pipeline submit JOB --repair)"
+            )
     if not repair:
         sys.exit(0 if report.ok else EXIT_FAILED_SHARDS)
     if damaged:

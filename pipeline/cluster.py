@@ -69,7 +69,7 @@ def _probe(address: str, token: str | None, timeout: float):
     import grpc
 
     client = address.startswith("ray://")
-    target = address[len("ray://"):].rstrip("/") if client else address
+    target = address[len("ray://") :].rstrip("/") if client else address
     metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(target) as channel:
         try:
@@ -78,12 +78,15 @@ def _probe(address: str, token: str | None, timeout: float):
 
                 ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
                     ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
-                    timeout=timeout, metadata=metadata)
+                    timeout=timeout,
+                    metadata=metadata,
+                )
             else:
                 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
                 gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                    gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+                    gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata
+                )
         except grpc.RpcError as err:
             return err.code(), err.details() or ""
     return None, ""
@@ -191,8 +194,11 @@ def node_types() -> dict[str, dict]:
         config = None
     if config is not None and config.node_group_configs:
         return {
-            group.name: {"resources": dict(group.resources), "min_workers": group.min_count,
-                         "max_workers": group.max_count}
+            group.name: {
+                "resources": dict(group.resources),
+                "min_workers": group.min_count,
+                "max_workers": group.max_count,
+            }
             for group in config.node_group_configs
         }
     gcs = ray.get_runtime_context().gcs_address
@@ -204,8 +210,7 @@ def node_types() -> dict[str, dict]:
         return _head_node_types(gcs)
     try:
         return ray.get(
-            ray.remote(_head_node_types).options(num_cpus=0, resources={"node:__internal_head__": 0.001})
-            .remote(gcs),
+            ray.remote(_head_node_types).options(num_cpus=0, resources={"node:__internal_head__": 0.001}).remote(gcs),
             timeout=60,
         )
     except Exception:
@@ -229,8 +234,11 @@ def _head_node_types(gcs_address: str) -> dict[str, dict]:
         config = gcs = None
         for i, arg in enumerate(argv):
             for flag in ("--autoscaling-config", "--gcs-address"):
-                value = arg.partition("=")[2] if arg.startswith(flag + "=") else (
-                    argv[i + 1] if arg == flag and i + 1 < len(argv) else None)
+                value = (
+                    arg.partition("=")[2]
+                    if arg.startswith(flag + "=")
+                    else (argv[i + 1] if arg == flag and i + 1 < len(argv) else None)
+                )
                 if value is not None:
                     if flag == "--gcs-address":
                         gcs = value
@@ -244,8 +252,11 @@ def _head_node_types(gcs_address: str) -> dict[str, dict]:
             return {}
         head = data.get("head_node_type")
         return {
-            name: {"resources": dict(node.get("resources") or {}), "min_workers": int(node.get("min_workers", 0) or 0),
-                   "max_workers": 0 if name == head else int(node.get("max_workers", data.get("max_workers", 0)) or 0)}
+            name: {
+                "resources": dict(node.get("resources") or {}),
+                "min_workers": int(node.get("min_workers", 0) or 0),
+                "max_workers": 0 if name == head else int(node.get("max_workers", data.get("max_workers", 0)) or 0),
+            }
             for name, node in (data.get("available_node_types") or {}).items()
         }
     return {}
@@ -306,12 +317,14 @@ def check_store_path(path) -> None:
     from .spec import SpecError
 
     shown = target.relative_to(base)
-    raise SpecError([
-        f"store.path: {shown} is relative, and this runs as a Ray job (`ray job submit --working-dir`) whose "
-        f"current directory is Ray's temporary copy of the working dir ({working_dir}), deleted after the job: "
-        f"nobody would find the store there. Use an absolute path on a filesystem every node sees, e.g. "
-        f"--set store.path=/shared/{target.name} (or a storage URL)"
-    ])
+    raise SpecError(
+        [
+            f"store.path: {shown} is relative, and this runs as a Ray job (`ray job submit --working-dir`) whose "
+            f"current directory is Ray's temporary copy of the working dir ({working_dir}), deleted after the job: "
+            f"nobody would find the store there. Use an absolute path on a filesystem every node sees, e.g. "
+            f"--set store.path=/shared/{target.name} (or a storage URL)"
+        ]
+    )
 
 
 # ------------------------------------------------------------------ where a shard ran (manifest host/device)

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .fingerprints import changed_files, fingerprints
 from .kinds import Prepared, kind_module
 from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
-from .fingerprints import changed_files, fingerprints
 from .spec import results_hash, spec_differences
 from .store import (
     ShardRecord,
@@ -102,11 +102,13 @@ def check_free_space(prepared: Prepared) -> None:
     needed = prepared.plan.result_bytes()
     if needed > free:
         unit, key = ("cases", "sweep") if spec.kind == "sweep" else ("samples", "inputs.n")
-        raise SpecError([
-            f"store.path: the results of {prepared.plan.n:,} {unit} need {human_size(needed)} before compression, "
-            f"but {ancestor} has {human_size(free)} free; reduce {key}, choose a store.path on a disk with more "
-            "room, or set store.check_free_space: false if compression will make them fit"
-        ])
+        raise SpecError(
+            [
+                f"store.path: the results of {prepared.plan.n:,} {unit} need {human_size(needed)} before compression, "
+                f"but {ancestor} has {human_size(free)} free; reduce {key}, choose a store.path on a disk with more "
+                "room, or set store.check_free_space: false if compression will make them fit"
+            ]
+        )
 
 
 def with_store_layout(prepared: Prepared) -> Prepared:
@@ -118,8 +120,12 @@ def with_store_layout(prepared: Prepared) -> Prepared:
     spec = prepared.spec
     try:
         if spec.kind != "sweep":
-            check_labels(spec.function.model_dump(), spec.quantities, in_shape=tuple(prepared.attributes["in_shape"]),
-                         out_shape=tuple(prepared.attributes["out_shape"]))
+            check_labels(
+                spec.function.model_dump(),
+                spec.quantities,
+                in_shape=tuple(prepared.attributes["in_shape"]),
+                out_shape=tuple(prepared.attributes["out_shape"]),
+            )
         plan = with_axis_chunks(prepared.plan, dict(getattr(spec.store, "chunks", None) or {}))
     except ValueError as err:
         raise SpecError([str(err)]) from None
@@ -174,20 +180,24 @@ def check_store_path(path: str | Path) -> None:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise SpecError([
-            f"store.path: cannot create {path}: {ancestor} is a file, not a directory; "
-            "choose a store.path in a directory"
-        ])
+        raise SpecError(
+            [
+                f"store.path: cannot create {path}: {ancestor} is a file, not a directory; "
+                "choose a store.path in a directory"
+            ]
+        )
     probes = [ancestor] + ([target] if target.is_dir() else [])
     for folder in probes:
         try:
             probe = tempfile.mkdtemp(prefix=".pipeline-write-check-", dir=folder)
         except OSError as err:
             what = "the store in it" if folder == target else path
-            raise SpecError([
-                f"store.path: cannot create {what}: {folder} is not writable ({err.strerror or err}); "
-                "choose a store.path in a directory you can write to"
-            ]) from None
+            raise SpecError(
+                [
+                    f"store.path: cannot create {what}: {folder} is not writable ({err.strerror or err}); "
+                    "choose a store.path in a directory you can write to"
+                ]
+            ) from None
         try:
             os.rmdir(probe)
         except OSError:
@@ -286,11 +296,15 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     if changed:
         raise StoreError(
             f"store.path: {path} was made from files that have changed since, so resuming would mix "
-            "results of the old and new files:\n" + "\n".join(f"    {line}" for line in changed)
+            "results of the old and new files:\n"
+            + "\n".join(f"    {line}" for line in changed)
             + "\n  pass --overwrite to recompute the store from the current files, or choose another store.path"
-            + ("; or, when the edit only fixed shards that failed, --accept-changed-code resumes and records "
-               "which shards ran under which code"
-               if not accept_changed_code and all(line.split(":", 1)[0] in CODE_KEYS for line in changed) else "")
+            + (
+                "; or, when the edit only fixed shards that failed, --accept-changed-code resumes and records "
+                "which shards ran under which code"
+                if not accept_changed_code and all(line.split(":", 1)[0] in CODE_KEYS for line in changed)
+                else ""
+            )
         )
     notes = []
     old_codec = (stored or {}).get("store", {}).get("compression")
@@ -327,13 +341,15 @@ def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> st
     recorded = dict(attrs.get("files") or {})
     now = fingerprints(spec)
     history = list(attrs.get("code_history") or [])
-    history.append({
-        "accepted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "before": code_fingerprint_of(recorded),
-        "after": code_fingerprint(spec),
-        "files_before": {k: v for k, v in recorded.items() if k in CODE_KEYS},
-        "changes": accepted,
-    })
+    history.append(
+        {
+            "accepted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "before": code_fingerprint_of(recorded),
+            "after": code_fingerprint(spec),
+            "files_before": {k: v for k, v in recorded.items() if k in CODE_KEYS},
+            "changes": accepted,
+        }
+    )
     for key in CODE_KEYS:
         if key in now:
             recorded[key] = now[key]
@@ -343,9 +359,11 @@ def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> st
         warnings.simplefilter("ignore")
         group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         group.attrs.update({"files": recorded, "code_history": history, "complete": False})
-    return ("--accept-changed-code: resuming with changed code (" + "; ".join(accepted) + "); the shards run "
-            "now record code " + code_fingerprint(spec) + " in their marker, the committed ones keep theirs "
-            "(manifest column `code`)")
+    return (
+        "--accept-changed-code: resuming with changed code (" + "; ".join(accepted) + "); the shards run "
+        "now record code " + code_fingerprint(spec) + " in their marker, the committed ones keep theirs "
+        "(manifest column `code`)"
+    )
 
 
 def code_fingerprint_of(files: dict) -> str:
@@ -388,8 +406,16 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     return opened.shards, opened.skipped
 
 
-def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=None, accept_changed_code: bool = False,
-           prepared: Prepared | None = None) -> RunSummary:
+def submit(
+    spec,
+    executor,
+    *,
+    overwrite: bool = False,
+    progress=None,
+    notify=None,
+    accept_changed_code: bool = False,
+    prepared: Prepared | None = None,
+) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store.
 
     The executor checks its resources (``executor.check``) before the store
@@ -410,14 +436,22 @@ def submit(spec, executor, *, overwrite: bool = False, progress=None, notify=Non
         # the driver record `pipeline status` reads (live.py), deleted when the run ends
         replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
         unit = "cases" if spec.kind == "sweep" else "samples"
-        with LiveRun(spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing,
-                     display=progress) as live:
-            return _run(prepared, executor, overwrite=overwrite, progress=live, notify=notify,
-                        accept_changed_code=accept_changed_code)
+        with LiveRun(
+            spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing, display=progress
+        ) as live:
+            return _run(
+                prepared,
+                executor,
+                overwrite=overwrite,
+                progress=live,
+                notify=notify,
+                accept_changed_code=accept_changed_code,
+            )
 
 
-def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
-         accept_changed_code: bool = False) -> RunSummary:
+def _run(
+    prepared: Prepared, executor, *, overwrite: bool, progress, notify, accept_changed_code: bool = False
+) -> RunSummary:
     spec = prepared.spec
     opened = open_store(prepared, overwrite=overwrite, accept_changed_code=accept_changed_code)
     shards, skipped = opened.shards, opened.skipped
@@ -428,8 +462,12 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
     plan = replace(prepared.plan, shards=plan_shards)
     summary = RunSummary(path=spec.store.path, total=len(plan_shards), skipped=skipped, notes=list(opened.notes))
     if progress is not None:
-        progress.start(total_shards=len(plan_shards), total_samples=plan.n, done_shards=skipped,
-                       done_samples=plan.n - sum(s.size for s in shards))
+        progress.start(
+            total_shards=len(plan_shards),
+            total_samples=plan.n,
+            done_shards=skipped,
+            done_samples=plan.n - sum(s.size for s in shards),
+        )
 
     def on_done(record: ShardRecord) -> None:
         summary.done.append(record)
@@ -469,7 +507,9 @@ def _run(prepared: Prepared, executor, *, overwrite: bool, progress, notify,
                 try:
                     from .provenance import run_record
 
-                    append_run(spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed)))
+                    append_run(
+                        spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed))
+                    )
                     summary.complete = finalize_store(spec.store.path, plan, summary.failed)
                 except Exception as err:
                     if not _remote(spec.store.path):

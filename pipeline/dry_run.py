@@ -96,5 +96,13 @@ def dry_run(prepared) -> DryRun:
         seconds = time.perf_counter() - began
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return DryRun("cases" if sweep else "samples", plan.n, len(plan.shards), plan.shard_size, plan.chunk_size,
-                  plan.result_bytes(), probe, seconds)
+    return DryRun(
+        "cases" if sweep else "samples",
+        plan.n,
+        len(plan.shards),
+        plan.shard_size,
+        plan.chunk_size,
+        plan.result_bytes(),
+        probe,
+        seconds,
+    )

@@ -110,7 +110,9 @@ def array_encoding(spec, name: str) -> dict[str, Any] | None:
         return None
     own = (getattr(store, "encoding", None) or {}).get(name)
     dtype = (own.dtype if own and own.dtype else None) or getattr(store, "dtype", None)
-    compute = getattr(getattr(spec, "derivatives", None), "dtype", None) or getattr(getattr(spec, "solver", None), "dtype", None)
+    compute = getattr(getattr(spec, "derivatives", None), "dtype", None) or getattr(
+        getattr(spec, "solver", None), "dtype", None
+    )
     if dtype == compute:
         dtype = None
     packed = bool(own and own.packed)
@@ -132,11 +134,15 @@ def resolve(name: str, enc: dict[str, Any], shape: tuple[int, ...], dims: tuple[
     stored_shape, stored_dims = list(shape), list(dims)
     entries = enc.get("entries")
     if enc.get("packed") and not is_symmetric(name):
-        raise ValueError(f"{key}.packed: only symmetric tensors (hessian, d3, d4, ...) can be packed, not {name}; "
-                         "remove packed or use entries")
+        raise ValueError(
+            f"{key}.packed: only symmetric tensors (hessian, d3, d4, ...) can be packed, not {name}; "
+            "remove packed or use entries"
+        )
     if (enc.get("packed") or entries) and order and n_in != 1:
-        raise ValueError(f"{key}: packed/entries need a function with one input axis; {name} has input shape "
-                         f"{list(shape[out_ndim:out_ndim + n_in])}")
+        raise ValueError(
+            f"{key}: packed/entries need a function with one input axis; {name} has input shape "
+            f"{list(shape[out_ndim : out_ndim + n_in])}"
+        )
     if entries is not None and order == 0:
         raise ValueError(f"{key}.entries: {name} has no input axes to select; remove entries (use outputs)")
     d = shape[-1] if order else 0
@@ -147,7 +153,8 @@ def resolve(name: str, enc: dict[str, Any], shape: tuple[int, ...], dims: tuple[
             if len(entry) != order or any(not 0 <= i < d for i in entry):
                 raise ValueError(
                     f"{key}.entries: entry {list(entry)} is not an entry of {name} (one index per input axis, "
-                    f"{order} of them, each from 0 to {d - 1}); e.g. {[0] * order}")
+                    f"{order} of them, each from 0 to {d - 1}); e.g. {[0] * order}"
+                )
         if len(set(entries)) != len(entries):
             raise ValueError(f"{key}.entries: some entries are listed twice; list each once")
         stored_shape = stored_shape[:out_ndim] + [len(entries)]
@@ -155,11 +162,14 @@ def resolve(name: str, enc: dict[str, Any], shape: tuple[int, ...], dims: tuple[
     outputs = enc.get("outputs")
     if outputs is not None:
         if out_ndim != 1:
-            raise ValueError(f"{key}.outputs: only a function with one output axis can keep chosen outputs; "
-                             f"this one has {out_ndim}")
+            raise ValueError(
+                f"{key}.outputs: only a function with one output axis can keep chosen outputs; this one has {out_ndim}"
+            )
         bad = [o for o in outputs if not 0 <= o < shape[0]]
         if bad or len(set(outputs)) != len(outputs):
-            raise ValueError(f"{key}.outputs: {bad or outputs} must be distinct output indices from 0 to {shape[0] - 1}")
+            raise ValueError(
+                f"{key}.outputs: {bad or outputs} must be distinct output indices from 0 to {shape[0] - 1}"
+            )
         stored_shape[0] = len(outputs)
         stored_dims[0] = f"{name}_{dims[0]}"  # its own axis: the other arrays keep every output
         dims = (stored_dims[0], *dims[1:])
@@ -185,7 +195,7 @@ def encode(values: np.ndarray, enc: dict[str, Any]) -> np.ndarray:
         values = values[:, enc["outputs"]]
     if enc.get("entries") is not None:
         entries = np.asarray(enc["entries"])
-        out = values.shape[1:len(enc["stored_shape"])]
+        out = values.shape[1 : len(enc["stored_shape"])]
         flat = values.reshape(values.shape[0], *out, -1)
         d = enc["full_shape"][-1]
         index = np.ravel_multi_index(tuple(entries.T), (d,) * entries.shape[1])
@@ -215,14 +225,24 @@ def apply(spec, prepared):
             raise SpecError([str(err)]) from None
         stored_dtype = stored_numpy_dtype(enc["dtype"]) if enc["dtype"] else layout.dtype
         enc["compute_dtype"] = layout.dtype
-        layouts.append(replace(layout, shape=(layout.shape[0], *enc["stored_shape"]),
-                               dims=(layout.dims[0], *enc["stored_dims"]),
-                               chunks=(layout.chunks[0], *enc["stored_shape"]), dtype=stored_dtype))
+        layouts.append(
+            replace(
+                layout,
+                shape=(layout.shape[0], *enc["stored_shape"]),
+                dims=(layout.dims[0], *enc["stored_dims"]),
+                chunks=(layout.chunks[0], *enc["stored_shape"]),
+                dtype=stored_dtype,
+            )
+        )
         attributes.setdefault(layout.name, {})[ATTRIBUTE] = enc
     unknown = sorted(set(getattr(spec.store, "encoding", None) or {}) - {a.name for a in prepared.plan.arrays})
     if unknown:
-        raise SpecError([f"store.encoding: {unknown} are not result arrays of this job; choose from "
-                         f"{sorted(a.name for a in prepared.plan.arrays if a.dims and a.dims[0] in ('sample', 'case'))}"])
+        raise SpecError(
+            [
+                f"store.encoding: {unknown} are not result arrays of this job; choose from "
+                f"{sorted(a.name for a in prepared.plan.arrays if a.dims and a.dims[0] in ('sample', 'case'))}"
+            ]
+        )
     plan = replace(prepared.plan, arrays=tuple(layouts))
     return replace(prepared, plan=plan, array_attributes=attributes)
 
@@ -254,9 +274,12 @@ def rounding_error(full: np.ndarray, enc: dict[str, Any]) -> dict[str, float]:
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(stored - exact)[finite] / np.abs(exact[finite])
         rel = rel[np.isfinite(rel)]
-    return {"max_abs_error": err, "max_error_relative_to_max": err / scale if scale else 0.0,
-            "max_elementwise_relative_error": float(rel.max()) if rel.size else 0.0,
-            "overflow": bool(np.isinf(stored[finite]).any())}
+    return {
+        "max_abs_error": err,
+        "max_error_relative_to_max": err / scale if scale else 0.0,
+        "max_elementwise_relative_error": float(rel.max()) if rel.size else 0.0,
+        "overflow": bool(np.isinf(stored[finite]).any()),
+    }
 
 
 def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
@@ -269,8 +292,12 @@ def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
             continue
         error = rounding_error(arrays[name], enc)
         if error["overflow"]:
-            raise SpecError([f"store.encoding.{name}.dtype: {enc['dtype']} overflows for {name} (values beyond "
-                             f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32"])
+            raise SpecError(
+                [
+                    f"store.encoding.{name}.dtype: {enc['dtype']} overflows for {name} (values beyond "
+                    f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32"
+                ]
+            )
         enc["rounding_error"] = {**error, "samples": samples}
 
 
@@ -370,8 +397,9 @@ def decode(dataset):
         backend = type("DecodedArray", (_DecodedMixin, _backend_base()), {})(variable, enc, variable.shape[0])
         dims = [variable.dims[0], *(enc["full_dims"] if enc.get("unpack") else enc["stored_dims"])]
         attrs = {k: v for k, v in variable.attrs.items() if k != ATTRIBUTE}
-        attrs["stored_as"] = json.dumps({k: enc.get(k) for k in ("dtype", "packed", "entries", "outputs",
-                                                                   "rounding_error")})
+        attrs["stored_as"] = json.dumps(
+            {k: enc.get(k) for k in ("dtype", "packed", "entries", "outputs", "rounding_error")}
+        )
         coords = {}
         if enc.get("outputs") is not None:
             coords[dims[1]] = (dims[1], np.asarray(enc["outputs"]))

@@ -69,7 +69,7 @@ def _remote(url: str) -> dict[str, Any]:
         files = size = 0
         for name, item in sorted(storage.retry(fs.find, path, detail=True).items()):
             tag = item.get("ETag") or item.get("etag") or item.get("md5Hash") or item.get("mtime") or ""
-            digest.update(f"{name[len(path):]}\0{item.get('size')}\0{str(tag).strip(chr(34))}\n".encode())
+            digest.update(f"{name[len(path) :]}\0{item.get('size')}\0{str(tag).strip(chr(34))}\n".encode())
             files += 1
             size += int(item.get("size") or 0)
         return {"files": files, "size": size, "listing": digest.hexdigest()}

@@ -72,28 +72,54 @@ def manifest_section(path: str | Path) -> Section:
     counts = summarize(path)
     section = Section("Shards")
     unit = counts["unit"]
-    section.tables.append((
-        ["complete", "shards", "done", "pending", "failed", f"{unit} done", unit],
-        [[counts["complete"], counts["shards"], counts["done"], counts["pending"], counts["failed"],
-          counts["samples_done"], counts["samples"]]],
-    ))
+    section.tables.append(
+        (
+            ["complete", "shards", "done", "pending", "failed", f"{unit} done", unit],
+            [
+                [
+                    counts["complete"],
+                    counts["shards"],
+                    counts["done"],
+                    counts["pending"],
+                    counts["failed"],
+                    counts["samples_done"],
+                    counts["samples"],
+                ]
+            ],
+        )
+    )
     manifest = read_manifest(path)
     rows = manifest.to_pylist() if manifest is not None else []
     timed = [r for r in rows if r["status"] == "done" and r.get("started") and r.get("finished")]
     if not timed:
-        section.notes.append("no timed shards in the manifest yet (a store written before shards recorded their "
-                             "start and end, or one no shard has committed in)")
+        section.notes.append(
+            "no timed shards in the manifest yet (a store written before shards recorded their "
+            "start and end, or one no shard has committed in)"
+        )
         return section
     t0 = min(r["started"] for r in timed)
     workers = sorted({r.get("worker") or r["host"] for r in timed})
     figure, axes = _figure(8.0, 0.9 + 0.35 * len(workers))
     for row in timed:
         y = workers.index(row.get("worker") or row["host"])
-        axes.barh(y, row["finished"] - row["started"], left=row["started"] - t0, height=0.7,
-                  color="tab:blue", edgecolor="white")
+        axes.barh(
+            y,
+            row["finished"] - row["started"],
+            left=row["started"] - t0,
+            height=0.7,
+            color="tab:blue",
+            edgecolor="white",
+        )
         if len(timed) <= 60:
-            axes.text(row["started"] - t0 + (row["finished"] - row["started"]) / 2, y, str(row["shard_id"]),
-                      ha="center", va="center", fontsize=7, color="white")
+            axes.text(
+                row["started"] - t0 + (row["finished"] - row["started"]) / 2,
+                y,
+                str(row["shard_id"]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white",
+            )
     axes.set_yticks(range(len(workers)), workers)
     axes.set_xlabel("seconds since the first shard started")
     axes.set_title("shard timeline per worker (number: shard id)")
@@ -115,12 +141,21 @@ def manifest_section(path: str | Path) -> Section:
     section.figures.append(("throughput over time", _png(figure)))
     wall = max(r["finished"] for r in timed) - t0
     task_seconds = sum(r["seconds"] for r in timed)
-    section.tables.append((
-        ["workers", "wall seconds", "task seconds", f"{unit}/s overall", "median shard seconds", "max attempts"],
-        [[len(workers), round(wall, 3), round(task_seconds, 3),
-          round(sum(r["stop"] - r["start"] for r in timed) / wall, 1) if wall > 0 else 0.0,
-          round(float(np.median([r["seconds"] for r in timed])), 3), max(r["attempts"] for r in rows)]],
-    ))
+    section.tables.append(
+        (
+            ["workers", "wall seconds", "task seconds", f"{unit}/s overall", "median shard seconds", "max attempts"],
+            [
+                [
+                    len(workers),
+                    round(wall, 3),
+                    round(task_seconds, 3),
+                    round(sum(r["stop"] - r["start"] for r in timed) / wall, 1) if wall > 0 else 0.0,
+                    round(float(np.median([r["seconds"] for r in timed])), 3),
+                    max(r["attempts"] for r in rows),
+                ]
+            ],
+        )
+    )
     for row in rows:
         if row["status"] == "failed":
             section.notes.append(f"shard {row['shard_id']} failed: {row['error']}")
@@ -147,16 +182,24 @@ def derivative_sections(dataset) -> list[Section]:
     for axis, name in zip(axes[0], quantities):
         norms = sample_norms(dataset, name)
         finite = norms[np.isfinite(norms)]
-        rows.append([name, ", ".join(map(str, dataset[name].dims)), str(tuple(dataset[name].shape)), len(norms),
-                     int(len(norms) - len(finite)), *(float(f(finite)) if len(finite) else float("nan")
-                                                      for f in (np.min, np.mean, np.max))])
+        rows.append(
+            [
+                name,
+                ", ".join(map(str, dataset[name].dims)),
+                str(tuple(dataset[name].shape)),
+                len(norms),
+                int(len(norms) - len(finite)),
+                *(float(f(finite)) if len(finite) else float("nan") for f in (np.min, np.mean, np.max)),
+            ]
+        )
         if len(finite):
             axis.hist(finite, bins=40, color="tab:orange")
         axis.set_title(f"|{name}| per sample")
         axis.set_xlabel("Frobenius norm")
     axes[0][0].set_ylabel("samples")
-    section.tables.append((["quantity", "dims", "shape", "samples used", "NaN samples", "min norm", "mean norm",
-                            "max norm"], rows))
+    section.tables.append(
+        (["quantity", "dims", "shape", "samples used", "NaN samples", "min norm", "mean norm", "max norm"], rows)
+    )
     section.figures.append(("norm histograms", _png(figure)))
     step = max(1, -(-dataset.sizes["sample"] // MAX_SAMPLES))
     if step > 1:
@@ -183,7 +226,10 @@ def grid_section(dataset, quantities) -> Section | None:
         values = np.asarray(dataset[name].values, dtype=np.float64)
         title = f"|{name}|"
         if name == "value" and values.ndim == 2:
-            values, title = values[:, 0], f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0"
+            values, title = (
+                values[:, 0],
+                f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0",
+            )
         else:
             values = np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1))
         if len(names) == 2:  # the flat sample axis is the grid in C order (as labels.unstack_grid reads it)
@@ -217,39 +263,54 @@ def sweep_sections(dataset) -> list[Section]:
         values = np.asarray(array.isel(case=cases).values, dtype=np.float64)
         other = [d for d in array.dims if d != "case"]
         figure, axes = _figure(3.4 * len(cases), 3.0, ncols=len(cases), squeeze=False)
-        for axis, case, field in zip(axes[0], cases, values):
+        for axis, case, case_values in zip(axes[0], cases, values):
             label = ", ".join(f"{p}={float(dataset[p].values[case]):.3g}" for p in swept)
             if len(other) == 2:
                 rows_dim, cols_dim = other
-                step = max(1, field.shape[0] // 5)
-                for i in range(0, field.shape[0], step):
+                step = max(1, case_values.shape[0] // 5)
+                for i in range(0, case_values.shape[0], step):
                     t = dataset[rows_dim].values[i] if rows_dim in dataset.coords else i
-                    axis.plot(dataset[cols_dim].values if cols_dim in dataset.coords else np.arange(field.shape[1]),
-                              field[i], label=f"{rows_dim}={float(t):.3g}")
+                    axis.plot(
+                        dataset[cols_dim].values if cols_dim in dataset.coords else np.arange(case_values.shape[1]),
+                        case_values[i],
+                        label=f"{rows_dim}={float(t):.3g}",
+                    )
                 axis.set_xlabel(cols_dim)
                 axis.legend(fontsize=7)
             elif len(other) == 1:
-                axis.plot(field)
+                axis.plot(case_values)
                 axis.set_xlabel(other[0])
             axis.set_title(f"{name}, case {case}\n{label}", fontsize=9)
         axes[0][0].set_ylabel(name)
         fields.figures.append((f"{name} of cases {cases}", _png(figure)))
         everything = np.asarray(array.values, dtype=np.float64)
-        rows.append([name, ", ".join(map(str, array.dims)), str(tuple(array.shape)),
-                     int(np.isnan(everything).sum()), float(np.nanmin(everything)), float(np.nanmean(everything)),
-                     float(np.nanmax(everything))])
+        rows.append(
+            [
+                name,
+                ", ".join(map(str, array.dims)),
+                str(tuple(array.shape)),
+                int(np.isnan(everything).sum()),
+                float(np.nanmin(everything)),
+                float(np.nanmean(everything)),
+                float(np.nanmax(everything)),
+            ]
+        )
     fields.tables.append((["output", "dims", "shape", "NaN values", "min", "mean", "max"], rows))
     sections = [fields]
     scalars = [s for s in attrs.get("sensitivities", []) if s in dataset.data_vars]
     if not scalars:  # no sensitivities: summarise each output by its mean at the last saved time
-        summary = {f"mean {o}": dataset[o].isel({dataset[o].dims[1]: -1}).mean(dataset[o].dims[2:])
-                   for o in outputs if dataset[o].ndim >= 3}
+        summary = {
+            f"mean {o}": dataset[o].isel({dataset[o].dims[1]: -1}).mean(dataset[o].dims[2:])
+            for o in outputs
+            if dataset[o].ndim >= 3
+        }
     else:
         summary = {s: dataset[s] for s in scalars}
     if swept and summary:
         scatter = Section("Outputs against the swept parameters" + (" (sensitivities d<q>_d<p>)" if scalars else ""))
-        figure, axes = _figure(3.8 * len(swept), 2.6 * len(summary), nrows=len(summary), ncols=len(swept),
-                               squeeze=False)
+        figure, axes = _figure(
+            3.8 * len(swept), 2.6 * len(summary), nrows=len(summary), ncols=len(swept), squeeze=False
+        )
         table = []
         for i, (name, values) in enumerate(summary.items()):
             y = np.asarray(values.values, dtype=np.float64)
@@ -264,8 +325,9 @@ def sweep_sections(dataset) -> list[Section]:
                     axes[i][j].set_xscale("log")
                 axes[i][j].set_xlabel(parameter)
                 axes[i][j].set_ylabel(name, fontsize=8)
-            table.append([name, len(y), int(np.isnan(y).sum()), float(np.nanmin(y)), float(np.nanmean(y)),
-                          float(np.nanmax(y))])
+            table.append(
+                [name, len(y), int(np.isnan(y).sum()), float(np.nanmin(y)), float(np.nanmean(y)), float(np.nanmax(y))]
+            )
         scatter.figures.append(("scatter", _png(figure)))
         scatter.tables.append((["quantity", "cases", "NaN cases", "min", "mean", "max"], table))
         sections.append(scatter)

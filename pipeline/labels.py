@@ -33,11 +33,14 @@ def check_labels(function: dict[str, Any], quantities, *, in_shape, out_shape) -
         if names is None:
             continue
         if len(shape) != 1:
-            raise ValueError(f"function.{key}: names label a 1-D axis, but the {what} have shape {list(shape)}; "
-                             "drop the key")
+            raise ValueError(
+                f"function.{key}: names label a 1-D axis, but the {what} have shape {list(shape)}; drop the key"
+            )
         if len(names) != shape[0]:
-            raise ValueError(f"function.{key}: {len(names)} names for {shape[0]} {what}; give one name per "
-                             f"{what[:-1]} (or drop the key)")
+            raise ValueError(
+                f"function.{key}: {len(names)} names for {shape[0]} {what}; give one name per "
+                f"{what[:-1]} (or drop the key)"
+            )
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"function.{key}: {twice} appear more than once; the names must differ")
@@ -45,8 +48,10 @@ def check_labels(function: dict[str, Any], quantities, *, in_shape, out_shape) -
             taken = set(RESERVED) | set(quantities)
             bad = [n for n in names if not _NAME.match(n) or n in taken or n.startswith("input_")]
             if bad:
-                raise ValueError(f"function.input_names: {bad} cannot name coordinates (letters, digits and _, "
-                                 f"not one of {sorted(taken)}); rename them")
+                raise ValueError(
+                    f"function.input_names: {bad} cannot name coordinates (letters, digits and _, "
+                    f"not one of {sorted(taken)}); rename them"
+                )
 
 
 def label_dataset(dataset, attributes: dict[str, Any]):
@@ -74,7 +79,8 @@ def label_dataset(dataset, attributes: dict[str, Any]):
         dataset = dataset.assign_coords({dim: list(input_names) for dim in input_dims})
         if "inputs" in dataset.coords:
             dataset = dataset.assign_coords(
-                {name: dataset["inputs"].variable.isel(input=i) for i, name in enumerate(input_names)})
+                {name: dataset["inputs"].variable.isel(input=i) for i, name in enumerate(input_names)}
+            )
     return dataset
 
 
@@ -104,8 +110,10 @@ def unstack_grid(dataset):
 
     axes = grid_axes(dataset.attrs)
     if axes is None:
-        raise ValueError("unstack_grid: the store's inputs are not a grid (inputs.kind is "
-                         f"{(dataset.attrs.get('spec') or {}).get('inputs', {}).get('kind')!r}); only a grid job unstacks")
+        raise ValueError(
+            "unstack_grid: the store's inputs are not a grid (inputs.kind is "
+            f"{(dataset.attrs.get('spec') or {}).get('inputs', {}).get('kind')!r}); only a grid job unstacks"
+        )
     flat = dataset.drop_vars([name for name in [*axes, "sample"] if name in dataset.coords])
     index = pd.MultiIndex.from_product(list(axes.values()), names=list(axes))
     flat = flat.assign_coords(xr.Coordinates.from_pandas_multiindex(index, "sample"))

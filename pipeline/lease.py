@@ -50,10 +50,15 @@ def lease_url(store: str) -> str:
 
 
 def _record(token: str) -> bytes:
-    return json.dumps({
-        "host": socket.gethostname(), "pid": os.getpid(), "token": token,
-        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "expires": time.time() + TTL_SECONDS,
-    }).encode()
+    return json.dumps(
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": token,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "expires": time.time() + TTL_SECONDS,
+        }
+    ).encode()
 
 
 def _read(url: str) -> dict | None:

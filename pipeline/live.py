@@ -197,11 +197,19 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
         return
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     with contextlib.suppress(OSError):  # never hides the error itself
-        _put_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error", {
-            "shard_id": shard_id, "attempt": attempt, "type": type(error).__name__,
-            "message": str(error)[:2000], "traceback": text[-TRACEBACK_CHARS:],
-            "host": socket.gethostname(), "pid": os.getpid(), "t": time.time(),
-        })
+        _put_json(
+            Path(store) / MARKERS / f"{shard_id}.{attempt}.error",
+            {
+                "shard_id": shard_id,
+                "attempt": attempt,
+                "type": type(error).__name__,
+                "message": str(error)[:2000],
+                "traceback": text[-TRACEBACK_CHARS:],
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "t": time.time(),
+            },
+        )
 
 
 def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
@@ -228,7 +236,7 @@ def error_line(error: str, limit: int = 300) -> str:
         return "unknown error"
     if lines[0].startswith("Traceback"):
         last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=0)
-        lines = lines[last_frame + 1:] or lines[-1:]  # the exception after the last frame
+        lines = lines[last_frame + 1 :] or lines[-1:]  # the exception after the last frame
     text = " ".join(line.strip() for line in lines)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -257,7 +265,7 @@ def format_eta(seconds: float | None) -> str:
     """``3725.2`` -> ``'1:02:05'``; None (not known yet) -> ``'-:--:--'``."""
     if seconds is None:
         return "-:--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -281,8 +289,9 @@ class LiveRun:
     ``POLL_INTERVAL_S`` and rewrites the record every ``RECORD_INTERVAL_S``.
     """
 
-    def __init__(self, store: str | Path, *, unit: str = "samples", retries: int = 0, replacing: bool = False,
-                 display=None):
+    def __init__(
+        self, store: str | Path, *, unit: str = "samples", retries: int = 0, replacing: bool = False, display=None
+    ):
         self._where = store  # as given (a path; a URL store publishes nothing yet, see is_local)
         self.store = Path(store)
         self.unit = unit
@@ -338,7 +347,8 @@ class LiveRun:
             names = self._listing()
             self._committed = {i for i in self._sizes if f"{i}.json" in names}
             self._attempts_before = {
-                i: attempt_count(self._where, i) for i in self._sizes
+                i: attempt_count(self._where, i)
+                for i in self._sizes
                 if i not in self._committed and f"{i}.attempts" in names
             }
             self._seen_errors = {name for name in names if name.endswith(".error")}
@@ -476,10 +486,17 @@ class LiveRun:
         failed = len(self._failed - self._committed)
         running = len(self._running)
         return Snapshot(
-            unit=self.unit, shards=len(self._sizes), shards_done=len(self._committed), shards_running=running,
-            shards_pending=len(self._sizes) - len(self._committed) - running - failed, shards_failed=failed,
-            samples=total, samples_done=done, samples_per_second=round(rate, 2),
-            eta_seconds=None if eta is None else round(eta, 1), elapsed_seconds=round(now - self._run_began, 1),
+            unit=self.unit,
+            shards=len(self._sizes),
+            shards_done=len(self._committed),
+            shards_running=running,
+            shards_pending=len(self._sizes) - len(self._committed) - running - failed,
+            shards_failed=failed,
+            samples=total,
+            samples_done=done,
+            samples_per_second=round(rate, 2),
+            eta_seconds=None if eta is None else round(eta, 1),
+            elapsed_seconds=round(now - self._run_began, 1),
         )
 
     # -- output
@@ -518,10 +535,18 @@ def live_status(store: str | Path) -> tuple[str, dict[str, Any] | None]:
     holder = lock_holder(store)
     record = get_record(store)
     if holder is not None:
-        same = record is not None and record.get("pid") == holder.get("pid") and record.get("host") == holder.get("host")
+        same = (
+            record is not None and record.get("pid") == holder.get("pid") and record.get("host") == holder.get("host")
+        )
         if not same:  # starting, or an older driver's leftover record
-            record = {"host": holder.get("host"), "pid": holder.get("pid"), "started": holder.get("since"),
-                      "phase": "starting", "replacing": None, "progress": None}
+            record = {
+                "host": holder.get("host"),
+                "pid": holder.get("pid"),
+                "started": holder.get("since"),
+                "phase": "starting",
+                "replacing": None,
+                "progress": None,
+            }
         driver = {**record, "alive": True}
         return "running", driver
     if record is not None:
@@ -551,9 +576,20 @@ def store_status(store: str | Path) -> dict[str, Any]:
     except StoreError:
         if state != "running":
             raise
-        counts = {"path": str(store), "name": "?", "complete": False, "shards": 0, "done": 0, "failed": 0,
-                  "pending": 0, "samples_done": 0, "samples": 0, "unit": "samples", "failed_shards": [],
-                  "pending_shards": []}  # the driver has not created the store yet
+        counts = {
+            "path": str(store),
+            "name": "?",
+            "complete": False,
+            "shards": 0,
+            "done": 0,
+            "failed": 0,
+            "pending": 0,
+            "samples_done": 0,
+            "samples": 0,
+            "unit": "samples",
+            "failed_shards": [],
+            "pending_shards": [],
+        }  # the driver has not created the store yet
     if state == "running":
         counts["complete"] = bool(counts["complete"]) and driver.get("phase") in ("running", "finalizing")
     elif state == "stale" and counts["complete"] and not driver.get("replacing"):

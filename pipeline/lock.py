@@ -100,8 +100,13 @@ def store_lock(store: str | Path) -> Iterator[None]:
     _HELD[key] = 1
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            ).encode(),
+            0,
+        )
         yield
     finally:
         del _HELD[key]

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import sys
 from collections.abc import Callable
@@ -58,7 +59,9 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def make_mlp(in_features: int, hidden: list[int], out_features: int, activation: str = "tanh", seed: int = 0) -> nn.Sequential:
+def make_mlp(
+    in_features: int, hidden: list[int], out_features: int, activation: str = "tanh", seed: int = 0
+) -> nn.Sequential:
     """The built-in MLP: Linear layers with ``activation`` between them, seeded init.
 
     Example:
@@ -70,7 +73,7 @@ def make_mlp(in_features: int, hidden: list[int], out_features: int, activation:
     try:
         widths = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
                 layers.append(_ACTIVATIONS[activation]())
@@ -93,8 +96,10 @@ def import_target(target: str, python_path: list[str] | tuple[str, ...] = ()) ->
             f"package, or put its directory in function.python_path (searched: {list(python_path) or 'sys.path'})"
         ) from None
     except Exception as err:  # the module itself is broken: SyntaxError, NameError, ... at import time
-        raise FunctionError(f"function.target: importing module {module_name!r} failed: {describe_import_error(err)}; "
-                            "fix the module (python -c 'import " + module_name + "' shows the traceback)") from None
+        raise FunctionError(
+            f"function.target: importing module {module_name!r} failed: {describe_import_error(err)}; "
+            "fix the module (python -c 'import " + module_name + "' shows the traceback)"
+        ) from None
     obj: object = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):

@@ -102,9 +102,9 @@ class Plan:
     def result_bytes(self) -> int:
         """Uncompressed bytes of every array of the store.
 
-            >>> plan = plan_derivative_job(10, (2,), (3,), ("value",), 4, 8, "float32")
-            >>> plan.result_bytes()   # inputs 10 x 2 and value 10 x 3, 4 bytes each
-            200
+        >>> plan = plan_derivative_job(10, (2,), (3,), ("value",), 4, 8, "float32")
+        >>> plan.result_bytes()   # inputs 10 x 2 and value 10 x 3, 4 bytes each
+        200
         """
         from math import prod
 
@@ -141,8 +141,14 @@ BLOCKS_PER_SHARD = 4
 MAX_BLOCK_BYTES = 256 * 2**20
 
 
-def shard_blocks(shard: Shard, chunk_size: int, bytes_per_sample: int, *, blocks: int = BLOCKS_PER_SHARD,
-                 max_block_bytes: int = MAX_BLOCK_BYTES) -> tuple[Shard, ...]:
+def shard_blocks(
+    shard: Shard,
+    chunk_size: int,
+    bytes_per_sample: int,
+    *,
+    blocks: int = BLOCKS_PER_SHARD,
+    max_block_bytes: int = MAX_BLOCK_BYTES,
+) -> tuple[Shard, ...]:
     """Split a shard into blocks of whole chunks, computed one by one while the last one is written.
 
     About ``blocks`` blocks per shard (so that writing overlaps all but one
@@ -156,8 +162,9 @@ def shard_blocks(shard: Shard, chunk_size: int, bytes_per_sample: int, *, blocks
         [(96, 100)]
     """
     if chunk_size <= 0 or bytes_per_sample <= 0 or blocks <= 0:
-        raise ValueError(f"chunk_size, bytes_per_sample and blocks must be positive, got "
-                         f"{chunk_size}, {bytes_per_sample}, {blocks}")
+        raise ValueError(
+            f"chunk_size, bytes_per_sample and blocks must be positive, got {chunk_size}, {bytes_per_sample}, {blocks}"
+        )
     chunks = -(-shard.size // chunk_size)
     per_block = -(-chunks // blocks)
     per_block = max(1, min(per_block, max_block_bytes // (chunk_size * bytes_per_sample)))
@@ -242,7 +249,9 @@ def sweep_arrays(
     for name, (dims, shape) in outputs.items():
         layouts.append(ArrayLayout(name, (n_cases, *shape), ("case", *dims), (chunk, *shape), dtype))
     for name in (*case_parameters, *scalars):
-        layouts.append(ArrayLayout(name, (n_cases,), ("case",), (chunk,), "float64" if name in case_parameters else dtype))
+        layouts.append(
+            ArrayLayout(name, (n_cases,), ("case",), (chunk,), "float64" if name in case_parameters else dtype)
+        )
     for dim, size in coords.items():
         layouts.append(ArrayLayout(dim, (size,), (dim,), (size,), "float64"))
     names = [layout.name for layout in layouts]
@@ -302,8 +311,9 @@ def with_axis_chunks(plan: Plan, chunks: dict[str, int]) -> Plan:
     axes = sorted({dim for layout in plan.arrays for dim in layout.dims if dim not in SAMPLE_AXES})
     for dim in chunks:
         if dim not in axes:
-            raise ValueError(f"store.chunks.{dim}: no array of this job has an axis {dim!r}; its axes are "
-                             f"{', '.join(axes)}")
+            raise ValueError(
+                f"store.chunks.{dim}: no array of this job has an axis {dim!r}; its axes are {', '.join(axes)}"
+            )
     layouts = []
     for layout in plan.arrays:
         new = list(layout.chunks)

@@ -66,7 +66,11 @@ class RichProgress:
         )
         self._progress.start()
         self._task = self._progress.add_task(
-            self.label, total=total_samples, completed=done_samples, rate="", eta=format_eta(None),
+            self.label,
+            total=total_samples,
+            completed=done_samples,
+            rate="",
+            eta=format_eta(None),
             shards=f"shards {done_shards}/{total_shards}",
         )
 
@@ -76,8 +80,11 @@ class RichProgress:
         shards = f"shards {snapshot.shards_done}/{snapshot.shards} ({snapshot.shards_running} running"
         shards += f", {snapshot.shards_failed} failed)" if snapshot.shards_failed else ")"
         self._progress.update(
-            self._task, completed=snapshot.samples_done, rate=f"{snapshot.samples_per_second:,.0f} {self.unit}/s",
-            eta=format_eta(snapshot.eta_seconds), shards=shards,
+            self._task,
+            completed=snapshot.samples_done,
+            rate=f"{snapshot.samples_per_second:,.0f} {self.unit}/s",
+            eta=format_eta(snapshot.eta_seconds),
+            shards=shards,
         )
 
     def message(self, text: str) -> None:

@@ -64,9 +64,17 @@ def collect(job_file: str | Path | None = None) -> dict[str, Any]:
 
 def run_record(started: float, finished: float, shards_run: int, failed: int) -> dict[str, Any]:
     """One entry of a store's ``runs`` attribute (times as ISO 8601 UTC and as seconds since the epoch)."""
+
     def iso(t: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
-    return {"started": iso(started), "finished": iso(finished), "started_epoch": round(started, 3),
-            "finished_epoch": round(finished, 3), "host": socket.gethostname(), "command": shlex.join(sys.argv),
-            "shards_run": shards_run, "shards_failed": failed}
+    return {
+        "started": iso(started),
+        "finished": iso(finished),
+        "started_epoch": round(started, 3),
+        "finished_epoch": round(finished, 3),
+        "host": socket.gethostname(),
+        "command": shlex.join(sys.argv),
+        "shards_run": shards_run,
+        "shards_failed": failed,
+    }

@@ -86,16 +86,22 @@ def inspect_shard(path: str, shard_id: int, console: Console) -> None:
         row = next((r for r in data if r["shard_id"] == shard_id), None)
     marker = read_markers(path).get(shard_id)
     status = "done" if marker else (row["status"] if row else "pending")
-    console.print(f"[bold]shard {shard_id}[/bold] [{shard.start}, {shard.stop}) of {path}: {status}, "
-                  f"{attempt_count(path, shard_id)} attempts")
+    console.print(
+        f"[bold]shard {shard_id}[/bold] [{shard.start}, {shard.stop}) of {path}: {status}, "
+        f"{attempt_count(path, shard_id)} attempts"
+    )
     if marker:
-        console.print(f"committed on {marker.host} ({marker.device}) in {marker.seconds:.2f} s, "
-                      f"{marker.samples_per_second:,.0f}/s, method {marker.method}, checksum {marker.checksum}")
+        console.print(
+            f"committed on {marker.host} ({marker.device}) in {marker.seconds:.2f} s, "
+            f"{marker.samples_per_second:,.0f}/s, method {marker.method}, checksum {marker.checksum}"
+        )
     errors = read_attempt_errors(path, shard_id)
     for error in errors:
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(error.get("t", 0)))
-        console.print(f"\n[red]attempt {error.get('attempt')} failed[/red] on {error.get('host')} "
-                      f"(pid {error.get('pid')}) at {when}: {escape(error_line(error.get('traceback', '')))}")
+        console.print(
+            f"\n[red]attempt {error.get('attempt')} failed[/red] on {error.get('host')} "
+            f"(pid {error.get('pid')}) at {when}: {escape(error_line(error.get('traceback', '')))}"
+        )
         console.print(escape(error.get("traceback", "").rstrip()), markup=True)
     if not errors and row and row.get("error"):
         console.print(f"\n[red]error[/red]:\n{escape(row['error'])}")
@@ -113,7 +119,11 @@ def nonfinite_counts(path: str) -> dict[int, dict[str, int]]:
     found = {}
     for shard_id, record in sorted(read_markers(path).items()):
         if record.nonfinite:
-            counts = json.loads(record.nonfinite_by_array) if record.nonfinite_by_array else {"(arrays not recorded)": record.nonfinite}
+            counts = (
+                json.loads(record.nonfinite_by_array)
+                if record.nonfinite_by_array
+                else {"(arrays not recorded)": record.nonfinite}
+            )
             found[shard_id] = counts
     return found
 
@@ -124,8 +134,11 @@ def _print_nonfinite(console: Console, path: str) -> None:
         return
     arrays = sorted({name for per in counts.values() for name in per})
     totals = {name: sum(per.get(name, 0) for per in counts.values()) for name in arrays}
-    console.print("non-finite values (NaN or Inf) by array: "
-                  + ", ".join(f"{name} {totals[name]:,}" for name in arrays) + f", in {len(counts)} shards")
+    console.print(
+        "non-finite values (NaN or Inf) by array: "
+        + ", ".join(f"{name} {totals[name]:,}" for name in arrays)
+        + f", in {len(counts)} shards"
+    )
     table = Table(title="non-finite values by shard", show_edge=False)
     table.add_column("shard")
     for name in arrays:
@@ -160,14 +173,16 @@ def store_facts(path: str) -> dict:
         arrays = []
         for name in sorted(group.array_keys()):
             array = group[name]
-            arrays.append({
-                "name": name,
-                "dims": list(getattr(array.metadata, "dimension_names", None) or ()),
-                "shape": list(array.shape),
-                "dtype": str(array.dtype),
-                "chunks": list(array.chunks),
-                "stored_bytes": int(array.nbytes_stored()),
-            })
+            arrays.append(
+                {
+                    "name": name,
+                    "dims": list(getattr(array.metadata, "dimension_names", None) or ()),
+                    "shape": list(array.shape),
+                    "dtype": str(array.dtype),
+                    "chunks": list(array.chunks),
+                    "stored_bytes": int(array.nbytes_stored()),
+                }
+            )
     facts = {
         "path": str(path),
         "name": attrs.get("name"),
@@ -195,8 +210,11 @@ def store_facts(path: str) -> dict:
             "nonfinite": sum(data["nonfinite"][i] for i in done),
             "max_attempts": max(data["attempts"]),
         }
-        facts["failed"] = [{"shard_id": data["shard_id"][i], "error": data["error"][i]}
-                           for i, s in enumerate(data["status"]) if s == "failed"]
+        facts["failed"] = [
+            {"shard_id": data["shard_id"][i], "error": data["error"][i]}
+            for i, s in enumerate(data["status"])
+            if s == "failed"
+        ]
     return facts
 
 
@@ -210,8 +228,9 @@ def print_status(status: dict, console: Console, ids_shown: int = 10) -> None:
         console.print(f"{status['name']}: {status['path']}")
         when = f", updated {driver['updated_seconds_ago']:.0f} s ago" if "updated_seconds_ago" in driver else ""
         command = f": {driver['command']}" if driver.get("command") else ""
-        console.print(f"running: pid {driver.get('pid')} on {driver.get('host')}, since {driver.get('started')}"
-                      f"{when}{command}")
+        console.print(
+            f"running: pid {driver.get('pid')} on {driver.get('host')}, since {driver.get('started')}{when}{command}"
+        )
         if driver.get("progress"):
             console.print(f"progress: {describe(driver['progress'])}")
         elif driver.get("phase") == "replacing":
@@ -226,10 +245,15 @@ def print_status(status: dict, console: Console, ids_shown: int = 10) -> None:
     table.add_row(*(str(status[k]) for k in keys))
     if state == "stale":
         updated = f", last update {driver.get('updated')}" if driver.get("updated") else ""
-        what = ("an --overwrite of this store was interrupted; " if driver.get("replacing")
-                else "committed shards are kept; ")
-        console.print(f"stale: the driver of this store is gone (pid {driver.get('pid')} on {driver.get('host')}, "
-                      f"started {driver.get('started')}{updated}): {what}run its command again to resume")
+        what = (
+            "an --overwrite of this store was interrupted; "
+            if driver.get("replacing")
+            else "committed shards are kept; "
+        )
+        console.print(
+            f"stale: the driver of this store is gone (pid {driver.get('pid')} on {driver.get('host')}, "
+            f"started {driver.get('started')}{updated}): {what}run its command again to resume"
+        )
     console.print(table)
     for kind in ("failed", "pending"):
         ids = status[f"{kind}_shards"]

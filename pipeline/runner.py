@@ -134,7 +134,7 @@ class RayExecutor:
             raise ClusterError(
                 f"execution.gpus_per_task is {gpus:g} but the cluster has {now:g} GPUs and its autoscaler can add "
                 f"none ({offer}); use gpus_per_task: auto (GPUs when the cluster has or can add them) or 0, "
-                "or add a node type with GPUs (resources: {\"GPU\": 1}) to the cluster config"
+                'or add a node type with GPUs (resources: {"GPU": 1}) to the cluster config'
             )
         if gpus > now:  # the autoscaler starts GPU workers for the pending tasks
             self.waiting = (

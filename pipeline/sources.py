@@ -156,7 +156,9 @@ class RemoteNpy:
             shape, fortran, dtype = reader(file)
             self.offset = file.tell()
         if fortran and len(shape) > 1:
-            raise InputError(f"inputs.path: {url} is stored in Fortran order; save it with numpy.save of a C-ordered array")
+            raise InputError(
+                f"inputs.path: {url} is stored in Fortran order; save it with numpy.save of a C-ordered array"
+            )
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
@@ -174,7 +176,7 @@ def _open_npy(path: str):
         raise InputError(f"inputs.path: {path} does not exist; point it at a .npy file")
     if not remote and not Path(path).is_file():
         raise InputError(f"inputs.path: {path} is a directory, not a file; point it at a .npy file")
-    with (storage.open_file(path) if remote else open(path, "rb")) as file:
+    with storage.open_file(path) if remote else open(path, "rb") as file:
         magic = file.read(len(NPY_MAGIC))
     if magic != NPY_MAGIC:
         raise InputError(
@@ -257,7 +259,6 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
 
 
 def _parquet_meta(spec: ParquetInputs):
-    import pyarrow.parquet as pq
 
     remote = storage.is_remote(spec.path)
     if not (storage.exists(spec.path) if remote else Path(spec.path).exists()):
@@ -280,9 +281,7 @@ def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
 
     for column in spec.columns:
         if column not in schema.names:
-            raise InputError(
-                f"inputs.columns: column {column!r} is not in {spec.path}; its columns are {schema.names}"
-            )
+            raise InputError(f"inputs.columns: column {column!r} is not in {spec.path}; its columns are {schema.names}")
         kind = schema.field(column).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
             numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
@@ -308,7 +307,6 @@ def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
 
 
 def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
-    import pyarrow.parquet as pq
 
     file = _parquet_file(spec.path)
     groups, offset, first = [], 0, None

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,8 +69,9 @@ class MLPFunction(Strict):
         default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
     )
     input_names: list[str] | None = Field(
-        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
-        "'sample' holding that input)"
+        default=None,
+        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)",
     )
 
 
@@ -86,7 +87,9 @@ class ImportFunction(Strict):
     target: str = Field(description="import path 'package.module:attr'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class/factory/function")
     factory: bool = Field(default=False, description="call target(**kwargs) to build the function")
-    checkpoint: str | None = Field(default=None, description="state_dict file for an nn.Module, loaded with weights_only=True")
+    checkpoint: str | None = Field(
+        default=None, description="state_dict file for an nn.Module, loaded with weights_only=True"
+    )
     python_path: list[str] = Field(
         default_factory=list,
         description="directories added to sys.path before importing (default: the job file's directory)",
@@ -95,8 +98,9 @@ class ImportFunction(Strict):
         default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
     )
     input_names: list[str] | None = Field(
-        default=None, description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
-        "'sample' holding that input)"
+        default=None,
+        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)",
     )
 
     @field_validator("target")
@@ -110,7 +114,7 @@ class ImportFunction(Strict):
         return value
 
 
-Function = Annotated[Union[MLPFunction, ImportFunction], Field(discriminator="kind")]
+Function = Annotated[MLPFunction | ImportFunction, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------- inputs
@@ -219,7 +223,7 @@ class NpyInputs(_FileInputs):
 
 
 Inputs = Annotated[
-    Union[UniformInputs, NormalInputs, SobolInputs, GridInputs, ZarrInputs, ParquetInputs, NpyInputs],
+    UniformInputs | NormalInputs | SobolInputs | GridInputs | ZarrInputs | ParquetInputs | NpyInputs,
     Field(discriminator="kind"),
 ]
 
@@ -249,8 +253,12 @@ class DerivativeSettings(Strict):
         from .engine.operators import OperatorOptions
 
         factor = None if self.factor is None else [list(row) for row in self.factor]
-        return OperatorOptions(factor=None if factor is None else __import__("torch").tensor(factor),
-                               samples=self.samples, seed=self.seed, distribution=self.distribution)
+        return OperatorOptions(
+            factor=None if factor is None else __import__("torch").tensor(factor),
+            samples=self.samples,
+            seed=self.seed,
+            distribution=self.distribution,
+        )
 
 
 StoredDtype = Literal["float32", "float64", "float16", "bfloat16"]
@@ -262,9 +270,11 @@ class ArrayEncoding(Strict):
     dtype: StoredDtype | None = Field(default=None, description="stored dtype (default: store.dtype)")
     packed: bool = Field(default=False, description="hessian/dK: store only the unique entries of the symmetric tensor")
     entries: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
-        default=None, description="store only these entries, one index per input axis, e.g. [[0, 0], [1, 1]]")
+        default=None, description="store only these entries, one index per input axis, e.g. [[0, 0], [1, 1]]"
+    )
     outputs: list[Annotated[int, Field(ge=0)]] | None = Field(
-        default=None, description="store only these outputs (a function with one output axis)")
+        default=None, description="store only these outputs (a function with one output axis)"
+    )
 
     @field_validator("entries")
     @classmethod
@@ -298,15 +308,21 @@ class StoreSettings(Strict):
         "false when compression will make them fit",
     )
     compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
-        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)")
+        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)"
+    )
     shards: PositiveInt | None = Field(
-        default=None, description="chunks per stored object (Zarr v3 sharding); execution.shard_size must be a "
-        "multiple of chunk_size x shards")
+        default=None,
+        description="chunks per stored object (Zarr v3 sharding); execution.shard_size must be a "
+        "multiple of chunk_size x shards",
+    )
     dtype: StoredDtype | None = Field(
-        default=None, description="stored dtype of every result array (default: the compute dtype); "
-        "float16/bfloat16 halve the bytes, rounding error in each array's attributes")
+        default=None,
+        description="stored dtype of every result array (default: the compute dtype); "
+        "float16/bfloat16 halve the bytes, rounding error in each array's attributes",
+    )
     encoding: dict[str, ArrayEncoding] = Field(
-        default_factory=dict, description="per result array: dtype, packed, entries, outputs (see docs/storage.md)")
+        default_factory=dict, description="per result array: dtype, packed, entries, outputs (see docs/storage.md)"
+    )
     overwrite: bool = Field(
         default=False,
         description="replace an existing pipeline store on EVERY run (no resume while true; like --overwrite); "
@@ -387,8 +403,10 @@ class JobSpec(Strict):
         check_store_layout(self.store, self.shard_size)
         for name in self.store.encoding:
             if name not in self.quantities:
-                raise ValueError(f"store.encoding.{name}: {name!r} is not among the job's quantities "
-                                 f"{list(self.quantities)}; use one of those names")
+                raise ValueError(
+                    f"store.encoding.{name}: {name!r} is not among the job's quantities "
+                    f"{list(self.quantities)}; use one of those names"
+                )
         if isinstance(self.function, MLPFunction) and isinstance(
             self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
         ):
@@ -431,11 +449,15 @@ def check_store_layout(store, shard_size: int) -> None:
     if store.compression_level is not None:
         top = {"lz4": 9, "zstd": 22, "none": None}[store.compression]
         if top is None:
-            raise ValueError("store.compression_level: store.compression is none, so there is no level; "
-                             "remove compression_level or choose lz4 or zstd")
+            raise ValueError(
+                "store.compression_level: store.compression is none, so there is no level; "
+                "remove compression_level or choose lz4 or zstd"
+            )
         if store.compression_level > top:
-            raise ValueError(f"store.compression_level: {store.compression_level} is above {store.compression}'s "
-                             f"highest level {top}; use 1 to {top}")
+            raise ValueError(
+                f"store.compression_level: {store.compression_level} is above {store.compression}'s "
+                f"highest level {top}; use 1 to {top}"
+            )
     if store.shards and store.shards > 1 and shard_size % (store.chunk_size * store.shards):
         per_object = store.chunk_size * store.shards
         raise ValueError(
@@ -545,8 +567,8 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 def _number(value: Any) -> Any:
     """``'1e3'`` (a string to YAML 1.1, which wants ``1.0e3``) -> ``1000``; a whole float -> int; else as is.
 
-        >>> _number("1e3"), _number("2.5e-1"), _number(1.0e3), _number("1e3x"), _number([1, 2])
-        (1000, 0.25, 1000, '1e3x', [1, 2])
+    >>> _number("1e3"), _number("2.5e-1"), _number(1.0e3), _number("1e3x"), _number([1, 2])
+    (1000, 0.25, 1000, '1e3x', [1, 2])
     """
     if isinstance(value, str) and _FLOAT.match(value.strip()):
         value = float(value)
@@ -570,7 +592,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 child = node[part] = {}
             if not isinstance(child, (dict, list)):
                 where = ".".join(path[: i + 1])
-                raise SpecError([f"--set {text!r}: {where} is {child!r}, not a mapping, so it has no key {path[i + 1]!r}"])
+                raise SpecError(
+                    [f"--set {text!r}: {where} is {child!r}, not a mapping, so it has no key {path[i + 1]!r}"]
+                )
             node = child
         if isinstance(node, list):
             node[_list_index(text, path, len(path) - 1, node)] = value
@@ -585,11 +609,19 @@ def _list_index(text: str, path: list[str], i: int, items: list) -> int:
     try:
         index = int(path[i])
     except ValueError:
-        raise SpecError([f"--set {text!r}: {where} is a list, so the next key must be an index 0..{len(items) - 1}, "
-                         f"not {path[i]!r}"]) from None
+        raise SpecError(
+            [
+                f"--set {text!r}: {where} is a list, so the next key must be an index 0..{len(items) - 1}, "
+                f"not {path[i]!r}"
+            ]
+        ) from None
     if not -len(items) <= index < len(items):
-        raise SpecError([f"--set {text!r}: {where} has {len(items)} items, so index {index} is out of range; "
-                         f"use 0..{len(items) - 1}"])
+        raise SpecError(
+            [
+                f"--set {text!r}: {where} has {len(items)} items, so index {index} is out of range; "
+                f"use 0..{len(items) - 1}"
+            ]
+        )
     return index
 
 
@@ -597,13 +629,32 @@ def _loc_path(loc: tuple) -> str:
     # pydantic puts union tags (e.g. 'mlp', 'uniform') and model names in the
     # location; users only know the keys of their file.
     parts: list[str] = []
-    tags = {"mlp", "import", "uniform", "normal", "sobol", "grid", "zarr", "parquet", "npy", "zip", "random",
-            "lhs", "product"}
+    tags = {
+        "mlp",
+        "import",
+        "uniform",
+        "normal",
+        "sobol",
+        "grid",
+        "zarr",
+        "parquet",
+        "npy",
+        "zip",
+        "random",
+        "lhs",
+        "product",
+    }
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in tags and i and (
-            loc[i - 1] in ("function", "inputs", "sweep") or isinstance(loc[i - 1], int) or loc[i - 2 : i - 1] == ("profiles",)
+        elif (
+            item in tags
+            and i
+            and (
+                loc[i - 1] in ("function", "inputs", "sweep")
+                or isinstance(loc[i - 1], int)
+                or loc[i - 2 : i - 1] == ("profiles",)
+            )
         ):
             continue
         elif item.startswith("function-after") or item.startswith("tagged-union"):
@@ -726,8 +777,12 @@ def _relevant(errors: list[dict]) -> list[dict]:
         if error.get("type") == "list_type" and member.startswith("list") and isinstance(error.get("input"), dict):
             if any(e is not error and tuple(e.get("loc", ()))[: len(loc) - 1] == loc[:-1] for e in errors):
                 continue  # a mapping was meant as the other member of the union
-        kept.append({**error, "loc": tuple(item for i, item in enumerate(loc)
-                                           if not (i and isinstance(item, str) and item in names))})
+        kept.append(
+            {
+                **error,
+                "loc": tuple(item for i, item in enumerate(loc) if not (i and isinstance(item, str) and item in names)),
+            }
+        )
     return kept
 
 

@@ -40,7 +40,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -119,9 +120,7 @@ def check_url(path: str, key: str) -> None:
         return
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in ("s3", "gs", "az", "abfs", "memory", "file"))
-        raise StorageError(
-            f"{key}: {path} has the unknown scheme {scheme}://; use a plain path or one of {known}"
-        )
+        raise StorageError(f"{key}: {path} has the unknown scheme {scheme}://; use a plain path or one of {known}")
     _, package, extra = SCHEMES[scheme]
     if package is not None and importlib.util.find_spec(package) is None:
         raise StorageError(
@@ -165,7 +164,9 @@ def redact(options: dict[str, Any] | None) -> dict[str, Any]:
     """
     out = {}
     for name, value in (options or {}).items():
-        keep = isinstance(value, bool) or (isinstance(value, (int, float)) and not any(w in name.lower() for w in SECRET_WORDS))
+        keep = isinstance(value, bool) or (
+            isinstance(value, (int, float)) and not any(w in name.lower() for w in SECRET_WORDS)
+        )
         out[name] = value if keep else "<redacted>"
     return out
 
@@ -229,8 +230,13 @@ def zarr_store(url: str, *, read_only: bool = False):
     return FsspecStore(fs, path=path, read_only=read_only)
 
 
-_OBSTORE_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token",
-                 "endpoint_url": "endpoint", "region_name": "region"}
+_OBSTORE_KEYS = {
+    "key": "access_key_id",
+    "secret": "secret_access_key",
+    "token": "session_token",
+    "endpoint_url": "endpoint",
+    "region_name": "region",
+}
 ZARR_LAYER = "obstore"  # or "fsspec": which store zarr_store makes for s3:// (bench/store.py compares both)
 
 
@@ -257,9 +263,15 @@ def _obstore_s3(rest: str, options: dict[str, Any], read_only: bool):
     endpoint = config.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     client = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
     client["connect_timeout"] = "10s"
-    retry_config = {"max_retries": RETRY_ATTEMPTS - 1, "backoff": {"base": 2, "init_backoff": timedelta(seconds=RETRY_BASE_SECONDS),
-                                                                      "max_backoff": timedelta(seconds=5)},
-                    "retry_timeout": timedelta(seconds=30)}
+    retry_config = {
+        "max_retries": RETRY_ATTEMPTS - 1,
+        "backoff": {
+            "base": 2,
+            "init_backoff": timedelta(seconds=RETRY_BASE_SECONDS),
+            "max_backoff": timedelta(seconds=5),
+        },
+        "retry_timeout": timedelta(seconds=30),
+    }
     kwargs = dict(config)
     if endpoint:
         kwargs["endpoint"] = endpoint
@@ -311,7 +323,9 @@ def listdir(url: str) -> list[str]:
     """Names (not paths) directly under ``url``; ``[]`` when there is nothing."""
     fs, path = filesystem(url)
     try:
-        entries = retry(fs.ls, path, detail=False, refresh=True) if protocol_of(fs) != "memory" else fs.ls(path, detail=False)
+        entries = (
+            retry(fs.ls, path, detail=False, refresh=True) if protocol_of(fs) != "memory" else fs.ls(path, detail=False)
+        )
     except FileNotFoundError:
         return []
     return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
@@ -390,13 +404,36 @@ def _first_line(err: BaseException) -> str:
 # ------------------------------------------------------------- retries
 
 _TRANSIENT_NAMES = (
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError",
-    "ServerTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ProxyConnectionError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ClientConnectionError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ServerTimeoutError",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+    "ProxyConnectionError",
 )
-_TRANSIENT_WORDS = ("slowdown", "slow down", "throttl", "toomanyrequests", "too many requests",
-                    "internalerror", "serviceunavailable", "service unavailable", "requesttimeout",
-                    "503", "500 ", "502", "504", "connection reset", "timed out")
+_TRANSIENT_WORDS = (
+    "slowdown",
+    "slow down",
+    "throttl",
+    "toomanyrequests",
+    "too many requests",
+    "internalerror",
+    "serviceunavailable",
+    "service unavailable",
+    "requesttimeout",
+    "503",
+    "500 ",
+    "502",
+    "504",
+    "connection reset",
+    "timed out",
+)
 
 
 def is_transient(err: BaseException) -> bool:

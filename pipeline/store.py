@@ -189,8 +189,9 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
     attributes = dict(metadata.get("attributes", {}))
     if metadata.get("node_type") != "group" or "format_version" not in attributes:
         if storage.is_remote(path):
-            raise StoreError(f"{path} is a Zarr node but not a pipeline store; give the URL of a store "
-                             "that `pipeline submit` wrote")
+            raise StoreError(
+                f"{path} is a Zarr node but not a pipeline store; give the URL of a store that `pipeline submit` wrote"
+            )
         raise StoreError(_not_a_store_root(Path(path), metadata.get("node_type")))
     return attributes
 
@@ -271,23 +272,41 @@ def create_store(
     so a failure here never leaves a half-made store at ``path``.
     """
     if storage.is_remote(path):
-        return _create_remote(str(path), plan, attributes, overwrite=overwrite, compression=compression,
-                              initial_arrays=initial_arrays, tables=tables, array_attributes=array_attributes,
-                              store_settings=store_settings)
-    zarr = _zarr()
+        return _create_remote(
+            str(path),
+            plan,
+            attributes,
+            overwrite=overwrite,
+            compression=compression,
+            initial_arrays=initial_arrays,
+            tables=tables,
+            array_attributes=array_attributes,
+            store_settings=store_settings,
+        )
     path = Path(path)
     refuse_foreign_path(path)  # never delete what pipeline did not write, --overwrite or not
     if store_exists(path) and not overwrite:
-        raise StoreError(f"store.path: {path} already holds a pipeline store; pass --overwrite "
-                         "(store.overwrite: true) to replace it, or choose another store.path")
+        raise StoreError(
+            f"store.path: {path} already holds a pipeline store; pass --overwrite "
+            "(store.overwrite: true) to replace it, or choose another store.path"
+        )
     if path.is_symlink():
-        raise StoreError(f"store.path: {path} is a symbolic link; to replace the store it points to, "
-                         f"use its real path {path.resolve()} as store.path")
+        raise StoreError(
+            f"store.path: {path} is a symbolic link; to replace the store it points to, "
+            f"use its real path {path.resolve()} as store.path"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        _write_template(str(staging), plan, attributes, compression=compression, initial_arrays=initial_arrays,
-                        array_attributes=array_attributes, store_settings=store_settings)
+        _write_template(
+            str(staging),
+            plan,
+            attributes,
+            compression=compression,
+            initial_arrays=initial_arrays,
+            array_attributes=array_attributes,
+            store_settings=store_settings,
+        )
         consolidate_template(staging)
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
@@ -304,8 +323,18 @@ def create_store(
         raise
 
 
-def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrite: bool, compression: str,
-                   initial_arrays, tables, array_attributes, store_settings) -> None:
+def _create_remote(
+    url: str,
+    plan: Plan,
+    attributes: dict[str, Any],
+    *,
+    overwrite: bool,
+    compression: str,
+    initial_arrays,
+    tables,
+    array_attributes,
+    store_settings,
+) -> None:
     """``create_store`` on object storage: no rename there, so the objects are written in place.
 
     The root ``zarr.json`` is written first without ``complete``, everything
@@ -314,17 +343,25 @@ def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrit
     the presence of its chunks, so a store made here holds no results until
     shards commit.
     """
-    zarr = _zarr()
     refuse_foreign_path(url)
     if store_exists(url) and not overwrite:
-        raise StoreError(f"store.path: {url} already holds a pipeline store; pass --overwrite "
-                         "(store.overwrite: true) to replace it, or choose another store.path")
+        raise StoreError(
+            f"store.path: {url} already holds a pipeline store; pass --overwrite "
+            "(store.overwrite: true) to replace it, or choose another store.path"
+        )
     if store_exists(url):
         refuse_foreign_path(url)  # checked again just before deleting
         storage.remove_tree(url)
     try:
-        _write_template(_target(url), plan, attributes, compression=compression, initial_arrays=initial_arrays,
-                        array_attributes=array_attributes, store_settings=store_settings)
+        _write_template(
+            _target(url),
+            plan,
+            attributes,
+            compression=compression,
+            initial_arrays=initial_arrays,
+            array_attributes=array_attributes,
+            store_settings=store_settings,
+        )
         consolidate_template(url)
         _write_plan(url, plan)
         for file_name, table in (tables or {}).items():
@@ -335,8 +372,16 @@ def _create_remote(url: str, plan: Plan, attributes: dict[str, Any], *, overwrit
         raise
 
 
-def _write_template(target, plan: Plan, attributes: dict[str, Any], *, compression: str, initial_arrays,
-                    array_attributes, store_settings) -> None:
+def _write_template(
+    target,
+    plan: Plan,
+    attributes: dict[str, Any],
+    *,
+    compression: str,
+    initial_arrays,
+    array_attributes,
+    store_settings,
+) -> None:
     """The root attributes (without ``complete``) and every array of a new store, local or remote alike.
 
     Each array's codecs come from ``encoding.create_options`` and end with a
@@ -366,8 +411,10 @@ def _write_template(target, plan: Plan, attributes: dict[str, Any], *, compressi
             dtype=layout.dtype,
             dimension_names=layout.dims,
             attributes=array_attrs,
-            **{"fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,  # encoding may set its own
-               **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs))},
+            **{
+                "fill_value": np.nan if np.dtype(layout.dtype).kind == "f" else 0,  # encoding may set its own
+                **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs)),
+            },
         )
     for name, values in (initial_arrays or {}).items():
         group[name][...] = values
@@ -414,11 +461,16 @@ def _write_plan(path: Path, plan: Plan) -> None:
     schema = pa.schema([("shard_id", pa.int64()), ("start", pa.int64()), ("stop", pa.int64())])
     with pq.ParquetWriter(path / PLAN_FILE, schema) as writer:
         for batch in _batches(plan.shards):
-            writer.write_table(pa.table({
-                "shard_id": pa.array([s.id for s in batch], pa.int64()),
-                "start": pa.array([s.start for s in batch], pa.int64()),
-                "stop": pa.array([s.stop for s in batch], pa.int64()),
-            }, schema=schema))
+            writer.write_table(
+                pa.table(
+                    {
+                        "shard_id": pa.array([s.id for s in batch], pa.int64()),
+                        "start": pa.array([s.start for s in batch], pa.int64()),
+                        "stop": pa.array([s.stop for s in batch], pa.int64()),
+                    },
+                    schema=schema,
+                )
+            )
 
 
 def _batches(items, size: int = BATCH_ROWS):
@@ -448,7 +500,8 @@ def read_plan(path: str | Path):
     if regular is not None and len(regular) == file.metadata.num_rows and file.metadata.num_rows:
         first = file.read_row_group(0).slice(0, 1).to_pydict()
         if (first["shard_id"][0], first["start"][0], first["stop"][0]) == tuple(
-                getattr(regular[0], k) for k in ("id", "start", "stop")):
+            getattr(regular[0], k) for k in ("id", "start", "stop")
+        ):
             return regular
     table = file.read().to_pydict()
     return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
@@ -470,8 +523,9 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     failed = failed or {}
     attempted = None  # shards with an attempt object, listed once (locally) instead of asked one by one
     if not storage.is_remote(path) and (path / MARKERS).is_dir():
-        attempted = {int(f.name.split(".")[0]) for f in (path / MARKERS).glob("*.attempts*")
-                     if f.name.split(".")[0].isdigit()}
+        attempted = {
+            int(f.name.split(".")[0]) for f in (path / MARKERS).glob("*.attempts*") if f.name.split(".")[0].isdigit()
+        }
     complete = True
     attrs = read_attributes(path)
     job = {"job": str(attrs.get("name", "")), "spec_hash": str(attrs.get("spec_hash", ""))}
@@ -492,7 +546,9 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
                 yield with_job(failed[shard.id])
             else:
                 attempts = attempt_count(path, shard.id) if attempted is None or shard.id in attempted else 0
-                yield with_job(ShardRecord(shard.id, shard.start, shard.stop, "pending", attempts, "", "", 0.0, 0.0, 0, ""))
+                yield with_job(
+                    ShardRecord(shard.id, shard.start, shard.stop, "pending", attempts, "", "", 0.0, 0.0, 0, "")
+                )
 
     _write_manifest(path, rows())
     if complete:
@@ -642,8 +698,9 @@ def attempt_count(path: str | Path, shard_id: int) -> int:
 def write_marker(path: str | Path, record: ShardRecord) -> None:
     """Commit a shard: atomically write its marker after its data is written."""
     if storage.is_remote(path):  # one PUT: the object appears whole or not at all
-        storage.write_bytes(storage.join(str(path), MARKERS, f"{record.shard_id}.json"),
-                            json.dumps(asdict(record)).encode())
+        storage.write_bytes(
+            storage.join(str(path), MARKERS, f"{record.shard_id}.json"), json.dumps(asdict(record)).encode()
+        )
         return
     folder = Path(path) / MARKERS
     final = folder / f"{record.shard_id}.json"
@@ -682,8 +739,7 @@ class Checksum:
 
     def update(self, arrays: dict[str, np.ndarray]) -> None:
         for name, values in arrays.items():
-            self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(),
-                                          self._crcs.get(name, 0))
+            self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(), self._crcs.get(name, 0))
 
     def per_array(self) -> dict[str, str]:
         """``{array: CRC32 hex}``: what ``pipeline verify`` compares array by array."""
@@ -752,7 +808,7 @@ def committed_mask(path: str | Path, n: int) -> np.ndarray:
     """A boolean per sample (or case): True where its shard has a commit marker."""
     mask = np.zeros(n, dtype=bool)
     for record in read_markers(path).values():
-        mask[record.start:record.stop] = True
+        mask[record.start : record.stop] = True
     return mask
 
 
@@ -825,4 +881,3 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "failed_shards": sorted(failed),
         "pending_shards": [s.id for s in plan if s.id not in markers and s.id not in failed],
     }
-

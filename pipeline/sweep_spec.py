@@ -22,7 +22,7 @@ Example job file::
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
@@ -105,7 +105,7 @@ class GridSweep(Strict):
     """Cartesian product: every combination of the axes' values (last axis fastest)."""
 
     kind: Literal["grid"]
-    axes: dict[str, Union[list[float], Axis]] = Field(min_length=1, description="name -> values or {low, high, num}")
+    axes: dict[str, list[float] | Axis] = Field(min_length=1, description="name -> values or {low, high, num}")
 
 
 class ZipSweep(Strict):
@@ -117,7 +117,7 @@ class ZipSweep(Strict):
 
 class _Sampled(Strict):
     n: PositiveInt = Field(description="number of cases")
-    ranges: dict[str, Union[tuple[float, float], Range]] = Field(
+    ranges: dict[str, tuple[float, float] | Range] = Field(
         min_length=1, description="name -> [low, high] or {low, high, scale}"
     )
     seed: Annotated[int, Field(ge=0)] = 0
@@ -154,16 +154,16 @@ class ProductSweep(Strict):
     """Cartesian product of the case tables of several sweeps."""
 
     kind: Literal["product"]
-    sweeps: list["Sweep"] = Field(min_length=1)
+    sweeps: list[Sweep] = Field(min_length=1)
 
 
 Sweep = Annotated[
-    Union[GridSweep, ZipSweep, RandomSweep, LatinHypercubeSweep, SobolSweep, ParquetSweep, ProductSweep],
+    GridSweep | ZipSweep | RandomSweep | LatinHypercubeSweep | SobolSweep | ParquetSweep | ProductSweep,
     Field(discriminator="kind"),
 ]
 ProductSweep.model_rebuild()
 
-ProfileSource = Annotated[Union[ZarrInputs, NpyInputs], Field(discriminator="kind")]
+ProfileSource = Annotated[ZarrInputs | NpyInputs, Field(discriminator="kind")]
 
 
 class Reduction(Strict):
@@ -245,9 +245,7 @@ class SweepJob(Strict):
         if self.sensitivities is not None and self.sensitivities.wrt and swept is not None:
             unknown = sorted(set(self.sensitivities.wrt) - swept)
             if unknown:
-                raise ValueError(
-                    f"sensitivities.wrt: {unknown} are not swept parameters; choose from {sorted(swept)}"
-                )
+                raise ValueError(f"sensitivities.wrt: {unknown} are not swept parameters; choose from {sorted(swept)}")
         if self.execution.shard_size is not None and self.execution.shard_size % self.store.chunk_size:
             raise ValueError(
                 f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "

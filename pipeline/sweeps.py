@@ -97,8 +97,12 @@ def _check_count(key: str, n: Any) -> int:
     if not isinstance(n, (numbers.Integral, np.integer)) or isinstance(n, bool) or n < 1:
         raise _error(key, "the number of cases must be an integer >= 1", n, "e.g. n: 64")
     if n > MAX_CASES:
-        raise _error(key, f"more than the limit of {MAX_CASES:,} cases", int(n),
-                     "use fewer cases, or split the sweep into several jobs")
+        raise _error(
+            key,
+            f"more than the limit of {MAX_CASES:,} cases",
+            int(n),
+            "use fewer cases, or split the sweep into several jobs",
+        )
     return int(n)
 
 
@@ -243,8 +247,7 @@ def sobol_points(n: int, d: int, seed: int | None = 0, scramble: bool = True) ->
     """
     if d > SOBOL_MAX_DIM:
         raise ValueError(
-            f"sweep sobol: at most {SOBOL_MAX_DIM} parameters are supported, got {d}; "
-            "use kind: lhs or random for more"
+            f"sweep sobol: at most {SOBOL_MAX_DIM} parameters are supported, got {d}; use kind: lhs or random for more"
         )
     if n > 1 << SOBOL_BITS:
         raise ValueError(f"sweep sobol: at most 2**{SOBOL_BITS} points, got n={n}")
@@ -273,7 +276,12 @@ def grid(axes: Mapping[str, Any]) -> CaseTable:
         [10, 20, 30, 10, 20, 30]
     """
     if not isinstance(axes, Mapping) or not axes:
-        raise _error("grid.axes", "expected a mapping name -> values", axes, "e.g. {T0_mean: [1, 2], sigma_mean: {low: 0.5, high: 2, num: 4}}")
+        raise _error(
+            "grid.axes",
+            "expected a mapping name -> values",
+            axes,
+            "e.g. {T0_mean: [1, 2], sigma_mean: {low: 0.5, high: 2, num: 4}}",
+        )
     sizes = {name: _axis_size(spec) for name, spec in axes.items()}
     if all(size is not None for size in sizes.values()):
         _check_total("grid.axes", sizes)
@@ -310,7 +318,12 @@ def zip_cases(values: Mapping[str, Any]) -> CaseTable:
     table = {_check_name(f"zip.values.{k}", k): _values(f"zip.values.{k}", v) for k, v in values.items()}
     lengths = {k: len(v) for k, v in table.items()}
     if len(set(lengths.values())) > 1:
-        raise _error("zip.values", "all lists must have the same length", lengths, "make them equal, or use kind: grid for a product")
+        raise _error(
+            "zip.values",
+            "all lists must have the same length",
+            lengths,
+            "make them equal, or use kind: grid for a product",
+        )
     return table
 
 
@@ -391,7 +404,9 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
             raise _error("parquet.columns", "expected a list of column names", columns, f"choose from {available}")
         missing = [c for c in columns if c not in schema.names]
         if missing:
-            raise _error("parquet.columns", f"column(s) {missing} are not in the file", list(columns), f"choose from {available}")
+            raise _error(
+                "parquet.columns", f"column(s) {missing} are not in the file", list(columns), f"choose from {available}"
+            )
     if not columns:
         raise _error("parquet.columns", "no parameter columns to read", list(schema.names), "add columns to the file")
     table = pq.read_table(source(), columns=list(columns))
@@ -423,7 +438,12 @@ def product(*tables: Mapping[str, np.ndarray]) -> CaseTable:
     for t in tables:
         overlap = seen & set(t)
         if overlap:
-            raise _error("product.sweeps", f"parameter(s) {sorted(overlap)} appear in more than one sweep", sorted(overlap), "sweep each parameter once")
+            raise _error(
+                "product.sweeps",
+                f"parameter(s) {sorted(overlap)} appear in more than one sweep",
+                sorted(overlap),
+                "sweep each parameter once",
+            )
         seen |= set(t)
     sizes = [n_cases(t) for t in tables]
     _check_total("product.sweeps", {f"sweeps[{i}]": size for i, size in enumerate(sizes)})
@@ -443,7 +463,12 @@ def make_cases(sweep: Mapping[str, Any]) -> CaseTable:
         8
     """
     if not isinstance(sweep, Mapping):
-        raise _error("", "expected a mapping with a kind", sweep, f"e.g. {{kind: grid, axes: {{...}}}}; kinds: {', '.join(KINDS)}")
+        raise _error(
+            "",
+            "expected a mapping with a kind",
+            sweep,
+            f"e.g. {{kind: grid, axes: {{...}}}}; kinds: {', '.join(KINDS)}",
+        )
     kind = sweep.get("kind")
     allowed = {
         "grid": {"axes"},
@@ -459,9 +484,21 @@ def make_cases(sweep: Mapping[str, Any]) -> CaseTable:
     args = {k: v for k, v in sweep.items() if k not in ("kind", "fixed")}
     unknown = sorted(set(args) - allowed[kind])
     if unknown:
-        raise _error(f"{kind}.{unknown[0]}", f"unknown key for kind {kind}", args[unknown[0]], f"allowed keys: {', '.join(sorted(allowed[kind]))}, fixed")
-    required = {"grid": ["axes"], "zip": ["values"], "random": ["ranges", "n"], "lhs": ["ranges", "n"],
-                "sobol": ["ranges", "n"], "parquet": ["path"], "product": ["sweeps"]}[kind]
+        raise _error(
+            f"{kind}.{unknown[0]}",
+            f"unknown key for kind {kind}",
+            args[unknown[0]],
+            f"allowed keys: {', '.join(sorted(allowed[kind]))}, fixed",
+        )
+    required = {
+        "grid": ["axes"],
+        "zip": ["values"],
+        "random": ["ranges", "n"],
+        "lhs": ["ranges", "n"],
+        "sobol": ["ranges", "n"],
+        "parquet": ["path"],
+        "product": ["sweeps"],
+    }[kind]
     for key in required:
         if key not in args:
             raise _error(f"{kind}.{key}", "is required", None, f"add {key}: to the sweep")
@@ -480,7 +517,9 @@ def make_cases(sweep: Mapping[str, Any]) -> CaseTable:
     else:
         parts = args["sweeps"]
         if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not parts:
-            raise _error("product.sweeps", "expected a list of sweeps", parts, "e.g. [{kind: grid, ...}, {kind: sobol, ...}]")
+            raise _error(
+                "product.sweeps", "expected a list of sweeps", parts, "e.g. [{kind: grid, ...}, {kind: sobol, ...}]"
+            )
         table = product(*(make_cases(p) for p in parts))
     return _with_fixed(table, sweep.get("fixed"))
 

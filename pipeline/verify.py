@@ -30,8 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .store import Checksum, read_attributes, read_manifest, read_markers, uncommit_shards
 
 DEFAULT_THREADS = 4
@@ -142,8 +140,11 @@ def _check_shard(group, names: list[str], record, manifest_checksum: str | None)
                 values = array[lo:hi]
             except Exception as err:  # a codec refusing the bytes: crc32c, blosc, zstd
                 unreadable.add(name)
-                problems.append(Problem("unreadable", name, record.shard_id, index, lo, hi,
-                                        f"{type(err).__name__}: {str(err)[:200]}"))
+                problems.append(
+                    Problem(
+                        "unreadable", name, record.shard_id, index, lo, hi, f"{type(err).__name__}: {str(err)[:200]}"
+                    )
+                )
                 continue
             if not _chunk_exists(array, index):
                 missing.append(Problem("missing", name, record.shard_id, index, lo, hi, "the chunk file is gone"))
@@ -155,15 +156,32 @@ def _check_shard(group, names: list[str], record, manifest_checksum: str | None)
         wrong = sorted(name for name in stored if now.get(name) != stored[name])
         if summer.hexdigest() != record.checksum or wrong:
             for name in wrong or ["(all arrays)"]:
-                problems.append(Problem("mismatch", name, record.shard_id, None, record.start, record.stop,
-                                        f"checksum {stored.get(name, record.checksum)} in the commit marker, "
-                                        f"{now.get(name, summer.hexdigest())} now"))
+                problems.append(
+                    Problem(
+                        "mismatch",
+                        name,
+                        record.shard_id,
+                        None,
+                        record.start,
+                        record.stop,
+                        f"checksum {stored.get(name, record.checksum)} in the commit marker, "
+                        f"{now.get(name, summer.hexdigest())} now",
+                    )
+                )
     if problems:
         problems.extend(missing)  # a missing chunk of a matching shard is an all-fill chunk Zarr skipped
     if manifest_checksum is not None and manifest_checksum != record.checksum:
-        problems.append(Problem("manifest", "(all arrays)", record.shard_id, None, record.start, record.stop,
-                                f"the manifest records checksum {manifest_checksum}, the commit marker "
-                                f"{record.checksum}"))
+        problems.append(
+            Problem(
+                "manifest",
+                "(all arrays)",
+                record.shard_id,
+                None,
+                record.start,
+                record.stop,
+                f"the manifest records checksum {manifest_checksum}, the commit marker {record.checksum}",
+            )
+        )
     return read, problems
 
 
@@ -175,8 +193,9 @@ def _check_other(group, name: str) -> list[Problem]:
     return []
 
 
-def verify_store(path: str | Path, *, threads: int = DEFAULT_THREADS,
-                 progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+def verify_store(
+    path: str | Path, *, threads: int = DEFAULT_THREADS, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
     """Read every chunk of ``path`` and check each committed shard against its marker and the manifest.
 
     ``progress(done, total)`` is called after each shard (from worker threads).

@@ -30,7 +30,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
             text = handle.read()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[1]), int(fields[19])
 
 
@@ -73,7 +73,10 @@ def watch(pids: list[str]) -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), *pids],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

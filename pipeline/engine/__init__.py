@@ -18,5 +18,16 @@ from .hvp import hvp
 from .hvp_operator import HessianOperator, conjugate_gradient, newton_step, per_sample_operator
 from .operators import OperatorOptions, compute_operators
 
-__all__ = ["METHODS", "DerivativeResult", "HessianOperator", "OperatorOptions", "compute_derivatives",
-           "compute_operators", "conjugate_gradient", "derivatives", "hvp", "newton_step", "per_sample_operator"]
+__all__ = [
+    "METHODS",
+    "DerivativeResult",
+    "HessianOperator",
+    "OperatorOptions",
+    "compute_derivatives",
+    "compute_operators",
+    "conjugate_gradient",
+    "derivatives",
+    "hvp",
+    "newton_step",
+    "per_sample_operator",
+]

@@ -61,8 +61,9 @@ def _check_chunk(chunk_size) -> int | None:
     return chunk_size
 
 
-def _compute_function(fn: Callable, method: str, quantities: tuple[str, ...], traced=None,
-                      compile: bool = False) -> Callable:
+def _compute_function(
+    fn: Callable, method: str, quantities: tuple[str, ...], traced=None, compile: bool = False
+) -> Callable:
     """``compute(chunk, out=None)``: one chunk's quantities, written into ``out`` when given."""
     if method == "collapsed":
         return lambda chunk, out=None: collapsed_chunk(traced, chunk, quantities, out=out)
@@ -104,8 +105,18 @@ def _timed(compute: Callable, x: torch.Tensor) -> tuple[float, dict]:
     return time.perf_counter() - start, outputs
 
 
-def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", memory_limit_bytes=None,
-                        compile=False, options=None, offset=0):
+def compute_derivatives(
+    fn,
+    x,
+    quantities,
+    *,
+    method="auto",
+    chunk_size="auto",
+    memory_limit_bytes=None,
+    compile=False,
+    options=None,
+    offset=0,
+):
     """Derivatives of ``fn`` at every sample of ``x``, with how they were computed.
 
     Args:
@@ -139,8 +150,10 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
     quantities = canonical_quantities(quantities)
     fixed_chunk = _check_chunk(chunk_size)
     if not torch.is_tensor(x) or x.ndim < 1:
-        raise ValueError(f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
-                         + (f" of shape {tuple(x.shape)}" if torch.is_tensor(x) else ""))
+        raise ValueError(
+            f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
+            + (f" of shape {tuple(x.shape)}" if torch.is_tensor(x) else "")
+        )
     if memory_limit_bytes is not None and memory_limit_bytes <= 0:
         raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
     n, in_shape = x.shape[0], tuple(x.shape[1:])
@@ -159,8 +172,9 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
         if reason is not None:
             traced = None
     out_size = _out_size(fn, x, traced)
-    collapsible = (traced is not None and "laplacian" in quantities
-                   and all(q in COLLAPSED_QUANTITIES for q in quantities))
+    collapsible = (
+        traced is not None and "laplacian" in quantities and all(q in COLLAPSED_QUANTITIES for q in quantities)
+    )
     gap = collapsed_gap(traced) if collapsible else "not a Laplacian"
     if method == "collapsed":
         method = "auto"
@@ -182,12 +196,21 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
         reason = f"the cost model prefers {plan.method} for d={in_size}, order {max_order(quantities)}"
     try:
         return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile)
-    except Exception as error:  # noqa: BLE001 - the Taylor engine failing is a reason to fall back, not to fail
+    except Exception as error:
         if traced is None or plan.method not in ("taylor", "collapsed") or chunking.is_out_of_memory(error):
             raise
         if plan.method == "collapsed":  # the collapsed rules refused: the Taylor engine covers more
-            return _run(fn, x, quantities, MethodPlan("taylor"), traced, fixed_chunk, memory_limit_bytes,
-                        f"collapsed mode failed ({type(error).__name__}: {error})", compile)
+            return _run(
+                fn,
+                x,
+                quantities,
+                MethodPlan("taylor"),
+                traced,
+                fixed_chunk,
+                memory_limit_bytes,
+                f"collapsed mode failed ({type(error).__name__}: {error})",
+                compile,
+            )
         # a rule refused at run time (an argument form it does not handle), or the interpreter broke:
         # the function still gets its derivatives, from torch.func, and the result says why
         if isinstance(error, NotCovered):
@@ -198,8 +221,9 @@ def compute_derivatives(fn, x, quantities, *, method="auto", chunk_size="auto", 
         return _run(fn, x, quantities, MethodPlan(fallback), None, fixed_chunk, memory_limit_bytes, reason)
 
 
-def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, reason,
-         compile=False) -> DerivativeResult:
+def _run(
+    fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, reason, compile=False
+) -> DerivativeResult:
     n = x.shape[0]
     first = min(n, fixed_chunk if fixed_chunk is not None else PROBE_SAMPLES)
     method = plan.method
@@ -213,7 +237,7 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
             candidate_compute = _compute_function(fn, candidate, quantities, traced, compile)
             try:
                 seconds, outputs = _timed(candidate_compute, x[:first])
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is tolerated here
+            except Exception as error:
                 if not chunking.is_out_of_memory(error):
                     raise
                 continue
@@ -247,7 +271,7 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
     else:
         try:
             probe = chunking.measure(compute, x[:first], limit_bytes, method in ("taylor", "collapsed") and not compile)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if not chunking.is_out_of_memory(error):
                 raise
     if probe is None:  # even the first chunk did not fit: start again at half of it
@@ -259,14 +283,24 @@ def _run(fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, 
         else:
             chunk = chunking.auto_chunk(chunking.per_sample_bytes(peak, first), n, x.device, limit_bytes)
     track = limit_bytes is not None or x.device.type == "cuda"
-    run = chunking.run_chunks(compute, x, chunk, start=start, done=done, limit_bytes=limit_bytes,
-                              peak_bytes=peak, track=track, tracker=method in ("taylor", "collapsed") and not compile)
+    run = chunking.run_chunks(
+        compute,
+        x,
+        chunk,
+        start=start,
+        done=done,
+        limit_bytes=limit_bytes,
+        peak_bytes=peak,
+        track=track,
+        tracker=method in ("taylor", "collapsed") and not compile,
+    )
     peak_bytes = run.peak_bytes
     if peak_bytes is not None and not track and run.chunk_size > first and probe is not None:
         peak_bytes = int(peak_bytes / first * run.chunk_size)  # CPU: measured on the first chunk, scaled
     outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
-    return DerivativeResult(outputs, method, min(run.chunk_size, n), peak_bytes,
-                            reason if method not in ("taylor", "collapsed") else None)
+    return DerivativeResult(
+        outputs, method, min(run.chunk_size, n), peak_bytes, reason if method not in ("taylor", "collapsed") else None
+    )
 
 
 def _empty_result(fn, x, quantities, method) -> DerivativeResult:

@@ -31,8 +31,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 # messages of allocation failures that are not torch.OutOfMemoryError (the CPU allocator's)
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "not enough memory",
-                 "failed to allocate")
+_OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "could not allocate",
+    "not enough memory",
+    "failed to allocate",
+)
 # CPU: past this many samples, or this many bytes per chunk, a chunk no longer gets faster,
 # only bigger - the coefficient slices fall out of cache (measured on seed-000 and W2, see docs)
 CPU_MAX_CHUNK = 4096
@@ -93,8 +98,7 @@ class MemoryTracker(TorchDispatchMode):
                 self.peak_bytes = max(self.peak_bytes, self.current_bytes)
                 if self.limit_bytes is not None and self.current_bytes > self.limit_bytes:
                     raise torch.OutOfMemoryError(
-                        f"memory cap reached: {self.current_bytes} bytes live > "
-                        f"memory_limit_bytes={self.limit_bytes}"
+                        f"memory cap reached: {self.current_bytes} bytes live > memory_limit_bytes={self.limit_bytes}"
                     )
         return out
 
@@ -170,8 +174,9 @@ def _profiled(compute: Callable[[torch.Tensor], dict], x: torch.Tensor) -> Measu
     return Measured(outputs, peak)
 
 
-def measure(compute: Callable[[torch.Tensor], dict], x: torch.Tensor, limit_bytes: int | None = None,
-            tracker: bool = True) -> Measured:
+def measure(
+    compute: Callable[[torch.Tensor], dict], x: torch.Tensor, limit_bytes: int | None = None, tracker: bool = True
+) -> Measured:
     """Run ``compute(x)`` and measure its peak memory (bytes above what was in use before).
 
     Args:
@@ -220,9 +225,17 @@ class ChunkedRun:
     peak_bytes: int | None
 
 
-def run_chunks(compute: Callable[..., dict], x: torch.Tensor, chunk_size: int, start: int = 0,
-               done: list[dict] | None = None, limit_bytes: int | None = None, peak_bytes: int | None = None,
-               track: bool = False, tracker: bool = True) -> ChunkedRun:
+def run_chunks(
+    compute: Callable[..., dict],
+    x: torch.Tensor,
+    chunk_size: int,
+    start: int = 0,
+    done: list[dict] | None = None,
+    limit_bytes: int | None = None,
+    peak_bytes: int | None = None,
+    track: bool = False,
+    tracker: bool = True,
+) -> ChunkedRun:
     """Run ``compute`` over ``x[start:]`` in chunks, halving the chunk on out-of-memory.
 
     Args:
@@ -264,7 +277,7 @@ def run_chunks(compute: Callable[..., dict], x: torch.Tensor, chunk_size: int, s
                     peak_bytes = max(peak_bytes or 0, result.peak_bytes)
             else:
                 outputs = work(piece)
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        except Exception as error:
             if not is_out_of_memory(error):
                 raise
             del error

@@ -45,7 +45,7 @@ from .rules import NotCovered, rule_name
 from .trace import TracedFunction
 from .univariate import derivative_sequence
 
-__all__ = ["CJet", "collapsed_chunk", "covered", "run_collapsed", "COLLAPSED_QUANTITIES"]
+__all__ = ["COLLAPSED_QUANTITIES", "CJet", "collapsed_chunk", "covered", "run_collapsed"]
 
 # quantities one collapsed pass gives (with identity directions)
 COLLAPSED_QUANTITIES = ("value", "jacobian", "laplacian")
@@ -60,14 +60,14 @@ class CJet:
     ``g [R, *s]`` the same for every sample.
     """
 
-    __slots__ = ("v", "q", "g", "stack", "groups")
+    __slots__ = ("g", "groups", "q", "stack", "v")
 
     def __init__(self, v, q, g, stack=None, groups=1):
         self.v, self.q, self.g, self.stack, self.groups = v, q, g, stack, groups
 
     @staticmethod
-    def from_stack(stack: torch.Tensor, groups: int) -> "CJet":
-        return CJet(stack[0], stack[1:1 + groups], stack[1 + groups:], stack, groups)
+    def from_stack(stack: torch.Tensor, groups: int) -> CJet:
+        return CJet(stack[0], stack[1 : 1 + groups], stack[1 + groups :], stack, groups)
 
     @property
     def shared(self) -> bool:
@@ -81,7 +81,7 @@ class CJet:
     def rows(self) -> int:
         return self.g.shape[0]
 
-    def to_stack(self) -> "CJet":
+    def to_stack(self) -> CJet:
         """The per-sample form (materialises the sample axis of the first-order rows)."""
         if not self.shared:
             return self
@@ -90,11 +90,11 @@ class CJet:
         stack = self.v.new_empty((1 + self.groups + self.rows, batch) + shape)
         stack[0] = self.v
         if self.q is None:
-            stack[1:1 + self.groups].zero_()
+            stack[1 : 1 + self.groups].zero_()
         else:
-            stack[1:1 + self.groups] = self.q
+            stack[1 : 1 + self.groups] = self.q
         g = self.g.reshape((self.rows, 1) + tuple(self.g.shape[1:]))
-        stack[1 + self.groups:] = g.expand((self.rows, batch) + shape) if g.shape[2:] == shape else g
+        stack[1 + self.groups :] = g.expand((self.rows, batch) + shape) if g.shape[2:] == shape else g
         return CJet.from_stack(stack, self.groups)
 
     def sum_squares(self) -> torch.Tensor:
@@ -249,15 +249,19 @@ def _matmul_const(x: CJet, w: torch.Tensor, right: bool) -> CJet:
     """``x @ w`` (``right``) or ``w @ x`` with a constant matrix: all rows in one GEMM."""
     if right:
         if x.ndim == 2 and w.ndim == 2:
+
             def op(t, lead):
                 flat = t.reshape(-1, t.shape[-1])
                 return torch.mm(flat, w).reshape(t.shape[:-1] + (w.shape[-1],))
         else:
+
             def op(t, lead):
                 return torch.matmul(t, w)
     else:
+
         def op(t, lead):
             return torch.matmul(w, t)
+
     return _map(x, op)
 
 
@@ -286,8 +290,12 @@ def _addmm(bias, a, b, beta=1, alpha=1):
         product = _scale(product, alpha)
     if beta == 0:
         return product
-    if torch.is_tensor(bias) and not is_cjet(bias) and bias.ndim <= product.ndim and \
-            tuple(torch.broadcast_shapes(product.v.shape[1:], bias.shape)) == tuple(product.v.shape[1:]):
+    if (
+        torch.is_tensor(bias)
+        and not is_cjet(bias)
+        and bias.ndim <= product.ndim
+        and tuple(torch.broadcast_shapes(product.v.shape[1:], bias.shape)) == tuple(product.v.shape[1:])
+    ):
         product.v.add_(bias, alpha=beta)  # a fresh GEMM result: the bias touches the value row in place
         return product
     return _add(product, bias, beta)
@@ -453,8 +461,8 @@ def _elementwise(x: CJet, value: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
         stack = value.new_empty((1 + G + x.rows, batch) + shape)
         stack[0] = value
         g = x.g.unsqueeze(1)
-        torch.mul(g, d1, out=stack[1 + G:])
-        q = stack[1:1 + G]
+        torch.mul(g, d1, out=stack[1 + G :])
+        q = stack[1 : 1 + G]
         if d2 is None:
             if x.q is None:
                 q.zero_()
@@ -471,8 +479,8 @@ def _elementwise(x: CJet, value: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
     if inplace:
         x.g.mul_(d1)
     else:
-        torch.mul(x.g, d1, out=stack[1 + G:])
-    q = stack[1:1 + G]
+        torch.mul(x.g, d1, out=stack[1 + G :])
+    q = stack[1 : 1 + G]
     if inplace:
         q.mul_(d1)
     else:
@@ -510,8 +518,23 @@ def _unary(x: CJet, name: str, **kwargs) -> CJet:
     return _elementwise(x, seq[0], seq[1], seq[2])
 
 
-_UNARY = ("tanh", "sigmoid", "sin", "cos", "sinh", "cosh", "exp", "expm1", "log", "log1p", "reciprocal",
-          "sqrt", "rsqrt", "erf", "silu")
+_UNARY = (
+    "tanh",
+    "sigmoid",
+    "sin",
+    "cos",
+    "sinh",
+    "cosh",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "reciprocal",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "silu",
+)
 
 for _name in _UNARY:
     RULES[_name] = (lambda name: lambda x: _unary(x, name))(_name)
@@ -563,7 +586,7 @@ def covered(traced: TracedFunction) -> str | None:
     if traced is None or not traced.covered:
         return "not traced"
     for node in traced.active_nodes:
-        if node.target is not getattr(__import__("operator"), "getitem") and rule_name(node.target) not in RULES:
+        if node.target is not __import__("operator").getitem and rule_name(node.target) not in RULES:
             return f"aten.{rule_name(node.target)}"
     return None
 
@@ -581,16 +604,50 @@ def input_cjet(x: torch.Tensor, directions: torch.Tensor | None, groups: int = 1
     rows = directions.shape[0]
     stack = x.new_zeros((1 + groups + rows,) + tuple(x.shape))
     stack[0] = x
-    stack[1 + groups:] = directions
+    stack[1 + groups :] = directions
     return CJet.from_stack(stack, groups)
 
 
 # rules whose per-sample result is always a fresh tensor nobody else holds
-_FRESH = {"addmm", "mm", "mv", "addmv", "matmul", "bmm", "mul", "add", "sub", "rsub", "neg", "div", "relu",
-          "leaky_relu", "square", "pow", "softplus", "gelu"} | set(_UNARY)
+_FRESH = {
+    "addmm",
+    "mm",
+    "mv",
+    "addmv",
+    "matmul",
+    "bmm",
+    "mul",
+    "add",
+    "sub",
+    "rsub",
+    "neg",
+    "div",
+    "relu",
+    "leaky_relu",
+    "square",
+    "pow",
+    "softplus",
+    "gelu",
+} | set(_UNARY)
 # rules that may return a view of (or the very) argument
-_VIEWS = {"view", "_unsafe_view", "reshape", "t", "transpose", "permute", "unsqueeze", "squeeze", "select",
-          "slice", "clone", "alias", "detach", "contiguous", "lift_fresh_copy", "_to_copy"}
+_VIEWS = {
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "t",
+    "transpose",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "clone",
+    "alias",
+    "detach",
+    "contiguous",
+    "lift_fresh_copy",
+    "_to_copy",
+}
 _ELEMENTWISE = set(_UNARY) | {"relu", "leaky_relu", "square", "pow", "softplus", "gelu"}
 
 

@@ -43,8 +43,11 @@ class CompiledTaylor:
 
     def __call__(self, chunk: torch.Tensor, out: dict | None = None) -> dict:
         n = chunk.shape[0]
-        sizes = [key[1][0] for key in self.traced.compiled if key[0] == self.quantities and key[1][1:] ==
-                 tuple(chunk.shape[1:])]
+        sizes = [
+            key[1][0]
+            for key in self.traced.compiled
+            if key[0] == self.quantities and key[1][1:] == tuple(chunk.shape[1:])
+        ]
         padded = chunk
         bigger = [s for s in sizes if s > n]
         if bigger:  # reuse a compiled graph: pad with copies of the last sample, drop them after

@@ -86,8 +86,9 @@ def _reverse_chunk(fn, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
                 products.append(torch.zeros_like(jacobian))
                 continue
             eye = torch.eye(n_out, dtype=x.dtype, device=x.device).unsqueeze(-1).expand(n_out, n_out, batch)
-            (hv,) = torch.autograd.grad(directional, xg, eye, retain_graph=True, is_grads_batched=True,
-                                        allow_unused=True)
+            (hv,) = torch.autograd.grad(
+                directional, xg, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
             products.append(torch.zeros_like(jacobian) if hv is None else hv)
     stacked = torch.stack(products, dim=0).detach()  # [k, n_out, B, *in]
     stacked = stacked.permute((2, 0, 1) + tuple(range(3, stacked.ndim)))

@@ -61,8 +61,9 @@ class HessianOperator:
         live = [(g, v) for g, v in zip(self._grads, vectors) if g.requires_grad]
         if not live:  # the function is linear: zero Hessian
             return tuple(torch.zeros_like(t) for t in self._inputs)
-        outs = torch.autograd.grad([g for g, _ in live], self._inputs, [v.to(g.dtype) for g, v in live],
-                                   retain_graph=True, allow_unused=True)
+        outs = torch.autograd.grad(
+            [g for g, _ in live], self._inputs, [v.to(g.dtype) for g, v in live], retain_graph=True, allow_unused=True
+        )
         return tuple(torch.zeros_like(t) if o is None else o for t, o in zip(self._inputs, outs))
 
 
@@ -94,8 +95,9 @@ def per_sample_operator(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return _PerSample(fn, x)
 
 
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float = 1e-10,
-                       max_iter: int | None = None) -> tuple[torch.Tensor, int]:
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float = 1e-10, max_iter: int | None = None
+) -> tuple[torch.Tensor, int]:
     """Solve ``A p = b`` for a symmetric ``A`` given as ``matvec``, independently for every row of ``b``.
 
     Args:
@@ -127,8 +129,9 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         ad = apply(d)
         curvature = (d * ad).sum(1)
         active = rs > target
-        alpha = torch.where(active, rs / torch.where(curvature == 0, torch.ones_like(curvature), curvature),
-                            torch.zeros_like(rs))
+        alpha = torch.where(
+            active, rs / torch.where(curvature == 0, torch.ones_like(curvature), curvature), torch.zeros_like(rs)
+        )
         p = p + alpha[:, None] * d
         r = r - alpha[:, None] * ad
         rs_new = (r * r).sum(1)

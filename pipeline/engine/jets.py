@@ -63,16 +63,14 @@ class IndexSet:
 
     @staticmethod
     @lru_cache(maxsize=64)
-    def full(dim: int, order: int) -> "IndexSet":
+    def full(dim: int, order: int) -> IndexSet:
         """All multi-indices with ``|alpha| <= order``: C(dim + order, order) of them."""
-        indices = [
-            a for a in itertools.product(range(order + 1), repeat=dim) if sum(a) <= order
-        ]
+        indices = [a for a in itertools.product(range(order + 1), repeat=dim) if sum(a) <= order]
         return IndexSet(dim, order, indices, "full")
 
     @staticmethod
     @lru_cache(maxsize=64)
-    def diagonal(dim: int, order: int) -> "IndexSet":
+    def diagonal(dim: int, order: int) -> IndexSet:
         """Only ``j * e_i`` (no mixed partials): ``1 + dim * order`` indices, enough for a Laplacian."""
         indices = [(0,) * dim]
         for i in range(dim):
@@ -120,12 +118,20 @@ class IndexSet:
         key = ("flat", min_a, top_a, min_b, top_b, top, symmetric, str(device))
         table = self._tables.get(key)
         if table is None:
-            rows = [(ia, ib, io, f) for io, terms in self.product_pairs(min_a, top_a, min_b, top_b, top, symmetric)
-                    for ia, ib, f in terms]
+            rows = [
+                (ia, ib, io, f)
+                for io, terms in self.product_pairs(min_a, top_a, min_b, top_b, top, symmetric)
+                for ia, ib, f in terms
+            ]
             ia, ib, io, factor = (list(col) for col in zip(*rows)) if rows else ([], [], [], [])
             as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
             needs_factor = any(f != 1.0 for f in factor)
-            table = (as_long(ia), as_long(ib), as_long(io), torch.tensor(factor, device=device) if needs_factor else None)
+            table = (
+                as_long(ia),
+                as_long(ib),
+                as_long(io),
+                torch.tensor(factor, device=device) if needs_factor else None,
+            )
             self._tables[key] = table
         return table
 
@@ -156,7 +162,7 @@ class Jet:
     comparison).
     """
 
-    __slots__ = ("coeffs", "top", "iset")
+    __slots__ = ("coeffs", "iset", "top")
 
     def __init__(self, coeffs: torch.Tensor, top: int, iset: IndexSet):
         self.coeffs = coeffs
@@ -175,7 +181,7 @@ class Jet:
     def value(self) -> torch.Tensor:
         return self.coeffs[0]
 
-    def like(self, coeffs: torch.Tensor, top: int | None = None) -> "Jet":
+    def like(self, coeffs: torch.Tensor, top: int | None = None) -> Jet:
         return Jet(coeffs, self.top if top is None else top, self.iset)
 
     def __repr__(self) -> str:
@@ -234,9 +240,19 @@ def add(a: Jet, b: Jet, alpha: float = 1.0) -> Jet:
 LOOP_MAX_PAIRS = 4096
 
 
-def _graded_product(a: torch.Tensor, min_a: int, top_a: int, b: torch.Tensor, min_b: int, top_b: int,
-                    top: int, iset: IndexSet, op=torch.mul, symmetric: bool = False,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def _graded_product(
+    a: torch.Tensor,
+    min_a: int,
+    top_a: int,
+    b: torch.Tensor,
+    min_b: int,
+    top_b: int,
+    top: int,
+    iset: IndexSet,
+    op=torch.mul,
+    symmetric: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Truncated product of graded blocks (see ``IndexSet.product_pairs``).
 
     With ``out`` the product is *added* into it (same layout as the result).
@@ -297,7 +313,7 @@ def bilinear(a: Jet, b: Jet, op=torch.mul) -> Jet:
         return Jet(first, top, iset)
     out = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
     out[: first.shape[0]] = first
-    out[first.shape[0]:] = 0
+    out[first.shape[0] :] = 0
     del first
     if rest is not None:
         left, right = rest
@@ -307,7 +323,7 @@ def bilinear(a: Jet, b: Jet, op=torch.mul) -> Jet:
         else:
             out[rows] += op(left, right)
         if top >= 2 and a.top > 0 and b.top > 0:
-            _graded_product(ca[1:], 1, a.top, cb[1:], 1, b.top, top, iset, op, out=out[iset.count(1):])
+            _graded_product(ca[1:], 1, a.top, cb[1:], 1, b.top, top, iset, op, out=out[iset.count(1) :])
     return Jet(out, top, iset)
 
 
@@ -322,8 +338,9 @@ def square(a: Jet) -> Jet:
     torch.mul(c[1:n1], 2 * c[0], out=out[1:n1])
     out[n1:] = 0
     if top >= 2 and a.top >= 1:
-        _graded_product(c[1:], 1, a.top, c[1:], 1, a.top, top, iset, torch.mul, symmetric=True,
-                        out=out[iset.count(1):])
+        _graded_product(
+            c[1:], 1, a.top, c[1:], 1, a.top, top, iset, torch.mul, symmetric=True, out=out[iset.count(1) :]
+        )
     return Jet(out, top, iset)
 
 
@@ -350,18 +367,27 @@ def compose(u: Jet, derivatives: list[torch.Tensor]) -> Jet:
     for j in range(2, min(top, len(derivatives) - 1) + 1):
         half = j // 2
         if j % 2 == 0:
-            block = _graded_product(powers[half], half, _ptop(half, u.top, top), powers[half], half,
-                                    _ptop(half, u.top, top), top, iset, torch.mul, symmetric=True)
+            block = _graded_product(
+                powers[half],
+                half,
+                _ptop(half, u.top, top),
+                powers[half],
+                half,
+                _ptop(half, u.top, top),
+                top,
+                iset,
+                torch.mul,
+                symmetric=True,
+            )
         else:
-            block = _graded_product(powers[j - 1], j - 1, _ptop(j - 1, u.top, top), h, 1, u.top, top, iset,
-                                    torch.mul)
+            block = _graded_product(powers[j - 1], j - 1, _ptop(j - 1, u.top, top), h, 1, u.top, top, iset, torch.mul)
         powers[j] = block
         start, scale = iset.count(j - 1), 1.0 / math.factorial(j)
         if ready > start:
             out[start:ready].addcmul_(block[: ready - start], derivatives[j], value=scale)
         if ready < out.shape[0]:
             first_new = max(ready, start)
-            torch.mul(block[first_new - start:], derivatives[j], out=out[first_new:]).mul_(scale)
+            torch.mul(block[first_new - start :], derivatives[j], out=out[first_new:]).mul_(scale)
             out[ready:first_new] = 0
             ready = out.shape[0]
     out[ready:] = 0

@@ -31,8 +31,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -65,7 +65,7 @@ class OperatorOptions:
     distribution: str = "rademacher"
     groups: int = 8
 
-    def checked(self) -> "OperatorOptions":
+    def checked(self) -> OperatorOptions:
         if not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
         if self.distribution not in DISTRIBUTIONS:
@@ -122,7 +122,9 @@ def _factor_for(options: OperatorOptions, x: torch.Tensor) -> torch.Tensor:
     if s.ndim == 1:
         s = s.unsqueeze(1)
     if s.ndim != 2 or s.shape[0] != d:
-        raise ValueError(f"factor (derivatives.factor) must be a [d, R] matrix with d = {d} input elements, got shape {tuple(s.shape)}")
+        raise ValueError(
+            f"factor (derivatives.factor) must be a [d, R] matrix with d = {d} input elements, got shape {tuple(s.shape)}"
+        )
     return s
 
 
@@ -189,8 +191,9 @@ def collapsed_operators_chunk(traced, x: torch.Tensor, quantities, offset: int, 
     return out
 
 
-def contract_hessian(hessian: torch.Tensor, x: torch.Tensor, quantities, offset: int,
-                     options: OperatorOptions, out_ndim: int) -> dict[str, torch.Tensor]:
+def contract_hessian(
+    hessian: torch.Tensor, x: torch.Tensor, quantities, offset: int, options: OperatorOptions, out_ndim: int
+) -> dict[str, torch.Tensor]:
     """The same quantities from a Hessian ``[B, *out, *in, *in]`` and the same directions."""
     batch = x.shape[0]
     d = math.prod(x.shape[1:])
@@ -208,8 +211,16 @@ def contract_hessian(hessian: torch.Tensor, x: torch.Tensor, quantities, offset:
     return out
 
 
-def compute_operators(fn, x: torch.Tensor, quantities, options: OperatorOptions | None = None, *,
-                      method: str = "auto", chunk_size="auto", offset: int = 0):
+def compute_operators(
+    fn,
+    x: torch.Tensor,
+    quantities,
+    options: OperatorOptions | None = None,
+    *,
+    method: str = "auto",
+    chunk_size="auto",
+    offset: int = 0,
+):
     """Operator quantities (and any ordinary ones) of ``fn`` at every sample of ``x``.
 
     Args:
@@ -238,10 +249,10 @@ def compute_operators(fn, x: torch.Tensor, quantities, options: OperatorOptions 
         chunk = _chunk(traced, x, options, chunk_size, quantities)
         position, pieces = 0, []
         while position < n:
-            piece = x[position: position + chunk]
+            piece = x[position : position + chunk]
             try:
                 pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+            except Exception as error:
                 if not chunking.is_out_of_memory(error) or chunk == 1:
                     raise
                 chunk = max(1, chunk // 2)
@@ -251,20 +262,23 @@ def compute_operators(fn, x: torch.Tensor, quantities, options: OperatorOptions 
             outputs[name] = torch.cat([p[name] for p in pieces]).to(x.dtype)
         used, reason = "collapsed", None
         if ordinary:
-            extra = compute_derivatives(fn, x, ordinary, method=method if method != "collapsed" else "auto",
-                                        chunk_size=chunk_size)
+            extra = compute_derivatives(
+                fn, x, ordinary, method=method if method != "collapsed" else "auto", chunk_size=chunk_size
+            )
             outputs.update(extra.outputs)
     else:
         base_method = "auto" if method == "collapsed" else method
-        result = compute_derivatives(fn, x, tuple(dict.fromkeys(ordinary + ("hessian",))), method=base_method,
-                                     chunk_size=chunk_size)
+        result = compute_derivatives(
+            fn, x, tuple(dict.fromkeys(ordinary + ("hessian",))), method=base_method, chunk_size=chunk_size
+        )
         out_ndim = result.outputs["hessian"].ndim - 1 - 2 * len(in_shape)
         outputs.update(contract_hessian(result.outputs["hessian"], x, quantities, offset, options, out_ndim))
         outputs.update({k: v for k, v in result.outputs.items() if k in ordinary})
         used, chunk = result.method, result.chunk_size
         reason = f"collapsed mode not used ({gap}): contracted the {used} Hessian"
-    return DerivativeResult({name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0,
-                            None, reason)
+    return DerivativeResult(
+        {name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0, None, reason
+    )
 
 
 def _chunk(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities) -> int:
@@ -276,8 +290,11 @@ def _chunk(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quanti
     for base in _bases(quantities):
         if base == "weighted_laplacian":
             factor = options.factor
-            rank = math.prod(x.shape[1:]) if callable(factor) and not torch.is_tensor(factor) else \
-                torch.as_tensor(factor).reshape(math.prod(x.shape[1:]), -1).shape[1]
+            rank = (
+                math.prod(x.shape[1:])
+                if callable(factor) and not torch.is_tensor(factor)
+                else torch.as_tensor(factor).reshape(math.prod(x.shape[1:]), -1).shape[1]
+            )
             rows = max(rows, 2 + rank)
         else:
             rows = max(rows, 1 + options.group_count + options.samples)

@@ -43,8 +43,9 @@ def autograd_loop(fn: Callable, x: torch.Tensor, order: int) -> list[torch.Tenso
             for target in entries:
                 grad = None
                 if target.requires_grad:
-                    (grad,) = torch.autograd.grad(target.sum(), xg, create_graph=k < order, retain_graph=True,
-                                                  allow_unused=True)
+                    (grad,) = torch.autograd.grad(
+                        target.sum(), xg, create_graph=k < order, retain_graph=True, allow_unused=True
+                    )
                 if grad is None:
                     grad = torch.zeros_like(xg)
                 grad = grad.reshape(n, in_size)

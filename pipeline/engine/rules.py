@@ -84,8 +84,9 @@ def _same_structure(jet: Jet, coeffs: torch.Tensor) -> Jet:
 def constant_jet(value, like: Jet, top: int | None = None) -> Jet:
     """A batch-independent tensor as a jet (derivatives zero), ``top`` coefficients deep."""
     top = 0 if top is None else top
-    value = torch.as_tensor(value, dtype=like.coeffs.dtype if not torch.is_tensor(value) else None,
-                            device=like.coeffs.device)
+    value = torch.as_tensor(
+        value, dtype=like.coeffs.dtype if not torch.is_tensor(value) else None, device=like.coeffs.device
+    )
     batch = like.coeffs.shape[1]
     coeffs = value.new_zeros((like.iset.count(top), batch) + tuple(value.shape))
     coeffs[0] = value
@@ -132,9 +133,29 @@ def _sample_ndim(args) -> int:
 SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty"}
 # piecewise-constant ops: a batched value with zero derivatives (masks, comparisons)
 ZERO_DERIVATIVE = {
-    "gt", "ge", "lt", "le", "eq", "ne", "logical_and", "logical_or", "logical_not", "logical_xor",
-    "sign", "sgn", "floor", "ceil", "round", "trunc", "isnan", "isinf", "isfinite", "bitwise_and",
-    "bitwise_or", "bitwise_not", "heaviside",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "logical_and",
+    "logical_or",
+    "logical_not",
+    "logical_xor",
+    "sign",
+    "sgn",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "isnan",
+    "isinf",
+    "isfinite",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_not",
+    "heaviside",
 }
 
 

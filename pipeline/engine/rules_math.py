@@ -15,7 +15,6 @@ from . import jets, univariate
 from .jets import Jet
 from .rules import LEAD, RULES, NotCovered, _dim, _dims, _same_structure, is_jet, rule
 
-
 # ---------------------------------------------------------------- linear arithmetic
 
 
@@ -205,8 +204,9 @@ def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_
         raise NotCovered("convolution with an input-dependent weight or bias")
     c = x.coeffs  # [M, B, n, C, *spatial]: the per-sample input already carries conv's batch axis n
     folded = c.reshape((-1,) + tuple(c.shape[LEAD + 1 :]))
-    out = torch.ops.aten.convolution.default(folded, weight, None, stride, padding, dilation, transposed,
-                                             output_padding, groups)
+    out = torch.ops.aten.convolution.default(
+        folded, weight, None, stride, padding, dilation, transposed, output_padding, groups
+    )
     out = out.reshape(tuple(c.shape[: LEAD + 1]) + tuple(out.shape[1:]))
     if bias is not None:  # the bias moves only the value row
         out[0].add_(bias.reshape((-1,) + (1,) * (out.ndim - LEAD - 2)))

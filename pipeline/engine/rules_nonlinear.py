@@ -16,7 +16,6 @@ from .jets import Jet
 from .rules import LEAD, RULES, NotCovered, _as_jets, _dim, _same_structure, _sample_ndim, constant_jet, is_jet, rule
 from .rules_math import _add, _add_constant, _mean, _mul, _scale, _sum  # jet arithmetic the composites build on
 
-
 # ---------------------------------------------------------------- elementwise nonlinearities
 
 
@@ -59,8 +58,12 @@ def _pow(base, exponent):
             if exponent == 0:
                 return constant_jet(torch.ones_like(base.coeffs[0, 0]), base)
         elif exponent.ndim > base.ndim:
-            base = _same_structure(base, jets.align(base, exponent.ndim).expand(
-                base.coeffs.shape[:LEAD] + torch.broadcast_shapes(base.shape, exponent.shape)))
+            base = _same_structure(
+                base,
+                jets.align(base, exponent.ndim).expand(
+                    base.coeffs.shape[:LEAD] + torch.broadcast_shapes(base.shape, exponent.shape)
+                ),
+            )
         return jets.compose(base, univariate.power(base.coeffs[0], exponent, base.iset.order))
     # exponent is a jet: a^v = exp(v log a)
     if is_jet(base):

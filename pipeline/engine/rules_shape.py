@@ -8,7 +8,6 @@ from . import jets
 from .jets import Jet
 from .rules import LEAD, NotCovered, _as_jets, _dim, _dims, _same_structure, is_jet, rule
 
-
 # ---------------------------------------------------------------- shape / view ops (per coefficient)
 
 

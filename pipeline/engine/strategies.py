@@ -114,7 +114,9 @@ def exact_layer_norm() -> Iterator[None]:
             F.layer_norm = original
 
 
-def torch_func_chunk(fn: Callable, x: torch.Tensor, quantities: tuple[str, ...], method: str) -> dict[str, torch.Tensor]:
+def torch_func_chunk(
+    fn: Callable, x: torch.Tensor, quantities: tuple[str, ...], method: str
+) -> dict[str, torch.Tensor]:
     """Compute canonical ``quantities`` for a chunk ``x [B, *in]`` with one vmapped transform."""
     order = max_order(quantities)
     per_sample = derivative_function(fn, order, method)

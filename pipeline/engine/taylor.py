@@ -60,8 +60,7 @@ def _meta_elements(node) -> int:
     return total
 
 
-def estimate_bytes_per_sample(traced: TracedFunction, quantities: tuple[str, ...], in_size: int,
-                              itemsize: int) -> int:
+def estimate_bytes_per_sample(traced: TracedFunction, quantities: tuple[str, ...], in_size: int, itemsize: int) -> int:
     """Peak memory of one sample's jet pass, from tensor sizes alone (no run needed).
 
     Replays the interpreter's lifetimes (values are dropped after their last
@@ -108,8 +107,9 @@ def run_jets(traced: TracedFunction, x: torch.Tensor, iset: IndexSet) -> Jet:
 
 
 @torch.no_grad()
-def taylor_chunk(traced: TracedFunction, x: torch.Tensor, quantities: tuple[str, ...],
-                 out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def taylor_chunk(
+    traced: TracedFunction, x: torch.Tensor, quantities: tuple[str, ...], out: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Canonical ``quantities`` for one chunk ``x [B, *in]`` from one jet pass.
 
     With ``out`` (destination tensors per quantity) the results are written

@@ -66,7 +66,7 @@ class TracedFunction:
         return None
 
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 _STRONG_CACHE: dict = {}
 
 
@@ -190,11 +190,17 @@ def trace_function(fn: Callable, in_shape: tuple[int, ...], dtype: torch.dtype, 
     try:
         gm = _make_graph(fn, example)
         traced = _analyse(gm, in_shape, dtype, device)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "use torch.func"
+    except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         traced = TracedFunction(
-            graph_module=None, in_shape=tuple(in_shape), dtype=dtype, device=device, input_node=None,
-            output_node=None, active_nodes=[], constants={},
+            graph_module=None,
+            in_shape=tuple(in_shape),
+            dtype=dtype,
+            device=device,
+            input_node=None,
+            output_node=None,
+            active_nodes=[],
+            constants={},
             error=f"could not trace the function ({type(exc).__name__}: {message[:200]})",
         )
     per_fn[key] = traced

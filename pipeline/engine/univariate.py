@@ -12,14 +12,14 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 Sequence = list[torch.Tensor]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _polynomial_derivatives(kind: str, order: int) -> tuple[tuple[float, ...], ...]:
     """Coefficients (lowest power first) of ``P_j`` with ``phi^(j) = P_j(phi)``.
 

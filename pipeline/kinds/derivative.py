@@ -7,11 +7,11 @@ from functools import lru_cache
 
 import torch
 
+from .. import encoding
 from ..models import FunctionError, build_function, probe_output_shape
 from ..plan import plan_derivative_job
 from ..sources import describe_inputs, read_inputs
 from ..spec import JobSpec, MLPFunction
-from .. import encoding
 from ..transfer import to_host
 from . import DTYPES, Prepared, ShardInfo
 
@@ -32,8 +32,14 @@ def prepare(spec: JobSpec) -> Prepared:
     out_shape = probe_output_shape(fn, info.shape, dtype)
     x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
     try:
-        result = compute_derivatives(fn, x, spec.quantities, method=spec.derivatives.method, chunk_size=2,
-                                     options=spec.derivatives.operator_options())
+        result = compute_derivatives(
+            fn,
+            x,
+            spec.quantities,
+            method=spec.derivatives.method,
+            chunk_size=2,
+            options=spec.derivatives.operator_options(),
+        )
     except Exception as err:  # whatever the user's function raises (IndexError, KeyError, ...)
         raise FunctionError(
             f"function: computing {list(spec.quantities)} on two samples failed: {type(err).__name__}: {err}"
@@ -60,8 +66,10 @@ def prepare(spec: JobSpec) -> Prepared:
         + (f" ({result.fallback_reason})" if result.fallback_reason else "")
     )
     prepared = encoding.apply(spec, Prepared(spec, plan, attributes, summary))
-    if any(encoding.ATTRIBUTE in a and a[encoding.ATTRIBUTE]["dtype"] in encoding.LOSSY
-           for a in prepared.array_attributes.values()):
+    if any(
+        encoding.ATTRIBUTE in a and a[encoding.ATTRIBUTE]["dtype"] in encoding.LOSSY
+        for a in prepared.array_attributes.values()
+    ):
         samples = min(info.n, ERROR_SAMPLES)  # the rounding error of the stored dtypes, measured here
         x = torch.as_tensor(read_inputs(spec.inputs, 0, samples), dtype=dtype)
         full = compute_derivatives(fn, x, spec.quantities, method=result.method, chunk_size=samples)
@@ -105,14 +113,22 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = spec.derivatives.allow_tf32
         torch.backends.cudnn.allow_tf32 = spec.derivatives.allow_tf32
-    fn = _cached_function(spec.function.model_dump_json(), spec.derivatives.dtype, str(device),
-                          _stamp(spec.function.checkpoint))
+    fn = _cached_function(
+        spec.function.model_dump_json(), spec.derivatives.dtype, str(device), _stamp(spec.function.checkpoint)
+    )
     x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
     method = spec.derivatives.method
     if method == "auto" and hint is not None and hint.method in METHODS:
         method = hint.method
-    result = compute_derivatives(fn, x, spec.quantities, method=method, chunk_size=spec.derivatives.chunk_size,
-                                 options=spec.derivatives.operator_options(), offset=int(shard.start))
+    result = compute_derivatives(
+        fn,
+        x,
+        spec.quantities,
+        method=method,
+        chunk_size=spec.derivatives.chunk_size,
+        options=spec.derivatives.operator_options(),
+        offset=int(shard.start),
+    )
     # copied to the host on a side stream (CUDA): the writer thread waits for it, not the next block's compute
     arrays = to_host({"inputs": x, **{name: result.outputs[name] for name in spec.quantities}})
     return arrays, ShardInfo(result.method, int(result.chunk_size), result.peak_memory_bytes)

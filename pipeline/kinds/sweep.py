@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from .. import encoding
-from ..transfer import to_host
 from ..plan import plan_sweep_job
 from ..sources import InputError, describe_inputs, read_inputs
 from ..spec import SpecError
 from ..store import read_cases
+from ..transfer import to_host
 from . import DTYPES, Prepared, ShardInfo
+
 REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
 
 
@@ -80,8 +81,10 @@ def prepare(spec) -> Prepared:
         expected = known[name].shape if name in known else info.shape
         if info.n < n or tuple(info.shape) != tuple(expected):
             raise SpecError(
-                [f"profiles.{name}: {source.path} holds {info.n} profiles of shape {list(info.shape)}; "
-                 f"the sweep needs {n} of shape {list(expected)}"]
+                [
+                    f"profiles.{name}: {source.path} holds {info.n} profiles of shape {list(info.shape)}; "
+                    f"the sweep needs {n} of shape {list(expected)}"
+                ]
             )
     scalars, wrt = sensitivity_names(spec, swept)
     _check_every_case(spec, solver, options, table, n)
@@ -89,19 +92,25 @@ def prepare(spec) -> Prepared:
     try:
         outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
     except Exception as err:  # whatever the user's solver raises
-        raise SpecError([f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]) from None
-    for q, reduction in (spec.sensitivities.outputs.items() if scalars else []):
+        raise SpecError(
+            [f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]
+        ) from None
+    for q, reduction in spec.sensitivities.outputs.items() if scalars else []:
         if reduction.output not in outputs:
             raise SpecError(
-                [f"sensitivities.outputs.{q}.output: {reduction.output!r} is not an output of {solver.name}; "
-                 f"choose from {sorted(outputs)}"]
+                [
+                    f"sensitivities.outputs.{q}.output: {reduction.output!r} is not an output of {solver.name}; "
+                    f"choose from {sorted(outputs)}"
+                ]
             )
         dims, shape = outputs[reduction.output]
         if reduction.index is not None and shape and not -shape[0] <= reduction.index < shape[0]:
             raise SpecError(
-                [f"sensitivities.outputs.{q}.index: {reduction.index} is out of range for output "
-                 f"{reduction.output!r}, whose first axis {dims[0]!r} has {shape[0]} entries; use an index from "
-                 f"{-shape[0]} to {shape[0] - 1} (-1: the last) or null to reduce over all of it"]
+                [
+                    f"sensitivities.outputs.{q}.index: {reduction.index} is out of range for output "
+                    f"{reduction.output!r}, whose first axis {dims[0]!r} has {shape[0]} entries; use an index from "
+                    f"{-shape[0]} to {shape[0] - 1} (-1: the last) or null to reduce over all of it"
+                ]
             )
     try:
         if scalars:
@@ -109,10 +118,14 @@ def prepare(spec) -> Prepared:
         else:
             result = _solve(spec, solver, options, first, torch.device("cpu"), torch.float64)
     except Exception as err:  # whatever the user's solver raises
-        raise SpecError([f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]) from None
-    for name, (dims, shape) in outputs.items():
+        raise SpecError(
+            [f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]
+        ) from None
+    for name, (_dims, shape) in outputs.items():
         if tuple(result[name].shape[1:]) != tuple(shape):
-            raise SpecError([f"solver: output {name!r} has shape {list(result[name].shape[1:])}, declared {list(shape)}"])
+            raise SpecError(
+                [f"solver: output {name!r} has shape {list(result[name].shape[1:])}, declared {list(shape)}"]
+            )
     coords = {dim: np.asarray(values) for dim, values in solver.coords(options).items()}
     derived = [*scalars, *(f"d{q}_d{p}" for q in scalars for p in wrt)]
     plan = plan_sweep_job(
@@ -139,15 +152,18 @@ def prepare(spec) -> Prepared:
         f"outputs {', '.join(f'{k} {list(d)}' for k, (d, _) in outputs.items())}"
         + (f"\nsensitivities {derived}" if derived else "")
     )
-    prepared = encoding.apply(spec, Prepared(
+    prepared = encoding.apply(
         spec,
-        plan,
-        attributes,
-        summary,
-        initial_arrays={**{k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, **coords},
-        tables={"cases.parquet": to_arrow_table(table)},
-        array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
-    ))
+        Prepared(
+            spec,
+            plan,
+            attributes,
+            summary,
+            initial_arrays={**{k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, **coords},
+            tables={"cases.parquet": to_arrow_table(table)},
+            array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
+        ),
+    )
     # the rounding error of a 16-bit stored dtype, measured on the first case (solved in float64 above)
     encoding.measure_errors(spec, prepared, {k: v.detach().cpu().numpy() for k, v in result.items()}, 1)
     return prepared
@@ -166,8 +182,12 @@ def _check_every_case(spec, solver, options, table, n) -> None:
         stop = min(start + CHECK_BLOCK, n)
         rows = {k: v[start:stop] for k, v in table.items()}
         try:
-            check_cases(solver, _case_params(spec, rows, start, stop, torch.float64, torch.device("cpu")),
-                        first_case=start, **options)
+            check_cases(
+                solver,
+                _case_params(spec, rows, start, stop, torch.float64, torch.device("cpu")),
+                first_case=start,
+                **options,
+            )
         except UnsolvableCase as err:
             values = ", ".join(f"{k}={float(v[err.case]):.4g}" for k, v in table.items() if k not in spec.fixed)
             raise SpecError([f"sweep: case {err.case} ({values}) cannot be solved as asked. {err}"]) from None
@@ -179,8 +199,7 @@ def _jsonable(value) -> bool:
 
 def _case_params(spec, table, start, stop, dtype, device) -> dict[str, torch.Tensor]:
     """Parameters of cases ``[start, stop)`` of the job: ``table`` holds exactly those cases' rows."""
-    params = {k: torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype, device=device)
-              for k, v in table.items()}
+    params = {k: torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype, device=device) for k, v in table.items()}
     for name, source in spec.profiles.items():
         params[name] = torch.as_tensor(read_inputs(source, start, stop), dtype=dtype, device=device)
     return params
@@ -241,6 +260,7 @@ def sensitivities(spec, solver, options, params, device, dtype):
     else:
         directions = {}
         for p in wrt:
+
             def along_p(value_p, p=p):
                 return _solve(spec, solver, options, {**params, p: value_p}, device, dtype)
 

@@ -24,7 +24,9 @@ import torch
 from .interface import ParamInfo, Solver
 
 
-def damped_oscillator(params: dict[str, torch.Tensor], n_times: int = 20, t_end: float = 1.0) -> dict[str, torch.Tensor]:
+def damped_oscillator(
+    params: dict[str, torch.Tensor], n_times: int = 20, t_end: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Position ``exp(-gamma t) cos(omega t)`` of one damped oscillator, and its final energy."""
     omega = params["omega"]
     gamma = params.get("gamma", torch.zeros_like(omega))

@@ -150,9 +150,7 @@ class Solver:
         object.__setattr__(self, "default_options", _frozen(self.default_options))
         clash = sorted(set(self.default_options) & set(RESERVED_OPTIONS))
         if clash:
-            raise ValueError(
-                f"solver {self.name!r}: option name(s) {clash} are reserved by solve(); rename them"
-            )
+            raise ValueError(f"solver {self.name!r}: option name(s) {clash} are reserved by solve(); rename them")
 
     # -- description used by the store (no solver run) ---------------------------------
 

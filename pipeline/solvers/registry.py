@@ -42,8 +42,10 @@ def register_solver(solver: Solver, *, replace: bool = False) -> Solver:
         'damped_oscillator'
     """
     if not isinstance(solver, Solver):
-        raise ValueError(f"register_solver needs a Solver, got {type(solver).__name__}; wrap a function "
-                         "with Solver.from_function(fn, name=...)")
+        raise ValueError(
+            f"register_solver needs a Solver, got {type(solver).__name__}; wrap a function "
+            "with Solver.from_function(fn, name=...)"
+        )
     if ":" in solver.name:
         raise ValueError(f"solver name {solver.name!r} contains ':' which marks import paths; choose another name")
     if not replace and (solver.name in _BUILTIN or solver.name in _REGISTERED):

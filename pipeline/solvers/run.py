@@ -166,7 +166,9 @@ def prepare_params(
         try:
             tensors[name] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{solver_name}: parameter {name!r} is not numeric ({err}); give numbers or tensors") from None
+            raise ValueError(
+                f"{solver_name}: parameter {name!r} is not numeric ({err}); give numbers or tensors"
+            ) from None
 
     if device is None:
         accelerators = {t.device for t in tensors.values() if t.device.type != "cpu"}
