@@ -76,16 +76,20 @@ def _probe(address: str, token: str | None, timeout: float):
             if client:
                 from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
 
+                # protobuf's generated module makes its message classes at import time: mypy cannot see them
+                request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)  # type: ignore[attr-defined]
                 ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
-                    ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
+                    request,
                     timeout=timeout,
                     metadata=metadata,
                 )
             else:
                 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
+                # protobuf's generated module makes its message classes at import time: mypy cannot see them
+                request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
                 gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                    gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata
+                    request, timeout=timeout, metadata=metadata
                 )
         except grpc.RpcError as err:
             return err.code(), err.details() or ""
@@ -95,7 +99,7 @@ def _probe(address: str, token: str | None, timeout: float):
 def local_token() -> tuple[str | None, str]:
     """The token Ray would send from this machine, and where it comes from (for messages)."""
     try:
-        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # missing from ray's _raylet.pyi
     except ImportError:  # a Ray without token authentication
         return None, ""
     loader = AuthenticationTokenLoader.instance()

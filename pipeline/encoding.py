@@ -374,9 +374,9 @@ class _DecodedMixin:
         for full in itertools.product(range(d), repeat=order):
             index[full] = where[tuple(sorted(full))]
         keep = values.ndim - 1  # axes left after integer keys on the leading axes
-        full = values[..., index]
+        expanded = values[..., index]
         rest = key[stored_ndim:]
-        return full[(slice(None),) * keep + tuple(rest)]
+        return expanded[(slice(None),) * keep + tuple(rest)]
 
 
 def decode(dataset):

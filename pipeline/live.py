@@ -538,7 +538,7 @@ def live_status(store: str | Path) -> tuple[str, dict[str, Any] | None]:
         same = (
             record is not None and record.get("pid") == holder.get("pid") and record.get("host") == holder.get("host")
         )
-        if not same:  # starting, or an older driver's leftover record
+        if record is None or not same:  # starting, or an older driver's leftover record
             record = {
                 "host": holder.get("host"),
                 "pid": holder.get("pid"),
@@ -590,9 +590,10 @@ def store_status(store: str | Path) -> dict[str, Any]:
             "failed_shards": [],
             "pending_shards": [],
         }  # the driver has not created the store yet
+    record = driver or {}  # running and stale always come with a driver record
     if state == "running":
-        counts["complete"] = bool(counts["complete"]) and driver.get("phase") in ("running", "finalizing")
-    elif state == "stale" and counts["complete"] and not driver.get("replacing"):
+        counts["complete"] = bool(counts["complete"]) and record.get("phase") in ("running", "finalizing")
+    elif state == "stale" and counts["complete"] and not record.get("replacing"):
         state = "complete"  # it ended after the store was complete (or before it touched it)
     elif state == "stale":
         counts["complete"] = False

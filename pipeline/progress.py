@@ -14,7 +14,7 @@ import threading
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .live import describe, format_eta
 
@@ -50,7 +50,7 @@ class RichProgress:
         self.label = label
         self.unit = unit
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, total_shards: int, total_samples: int, done_shards: int = 0, done_samples: int = 0) -> None:
         self._progress = Progress(
@@ -75,7 +75,7 @@ class RichProgress:
         )
 
     def update(self, snapshot) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         shards = f"shards {snapshot.shards_done}/{snapshot.shards} ({snapshot.shards_running} running"
         shards += f", {snapshot.shards_failed} failed)" if snapshot.shards_failed else ")"

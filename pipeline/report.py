@@ -31,8 +31,7 @@ def inspect_store(path: str, console: Console) -> None:
         table = Table(title="arrays", show_edge=False)
         for column in ("name", "dims", "shape", "dtype", "chunks", "stored"):
             table.add_column(column)
-        for name in sorted(group.array_keys()):
-            array = group[name]
+        for name, array in sorted(group.arrays(), key=lambda item: item[0]):
             dims = getattr(array.metadata, "dimension_names", None) or ()
             table.add_row(
                 name,
@@ -171,8 +170,7 @@ def store_facts(path: str) -> dict:
         warnings.simplefilter("ignore")
         group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
         arrays = []
-        for name in sorted(group.array_keys()):
-            array = group[name]
+        for name, array in sorted(group.arrays(), key=lambda item: item[0]):
             arrays.append(
                 {
                     "name": name,

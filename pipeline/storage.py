@@ -41,7 +41,10 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
 
 T = TypeVar("T")
 
@@ -67,12 +70,12 @@ class StorageError(ValueError):
     """A URL whose scheme is unknown or whose package is missing (a bad-input error naming the key)."""
 
 
-def is_url(path: Any) -> bool:
+def is_url(path: Any) -> TypeGuard[str]:
     """True for ``scheme://...`` (any scheme, so an unknown one is reported rather than made a folder)."""
     return isinstance(path, str) and _URL.match(path) is not None
 
 
-def is_remote(path: Any) -> bool:
+def is_remote(path: Any) -> TypeGuard[str]:
     """True for a URL that is not ``file://``: it goes through fsspec, not the local code paths."""
     return is_url(path) and split(path)[0] != "file"
 
@@ -261,9 +264,9 @@ def _obstore_s3(rest: str, options: dict[str, Any], read_only: bool):
 
     bucket, _, prefix = rest.strip("/").partition("/")
     endpoint = config.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    client = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
+    client: ClientConfig = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
     client["connect_timeout"] = "10s"
-    retry_config = {
+    retry_config: RetryConfig = {
         "max_retries": RETRY_ATTEMPTS - 1,
         "backoff": {
             "base": 2,
@@ -444,15 +447,16 @@ def is_transient(err: BaseException) -> bool:
         (True, False)
     """
     seen = 0
-    while err is not None and seen < 8:
-        if isinstance(err, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
+    link: BaseException | None = err
+    while link is not None and seen < 8:
+        if isinstance(link, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
             return False
-        if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__name__ in _TRANSIENT_NAMES:
+        if isinstance(link, (ConnectionError, TimeoutError)) or type(link).__name__ in _TRANSIENT_NAMES:
             return True
-        text = str(err).lower()
+        text = str(link).lower()
         if any(word in text for word in _TRANSIENT_WORDS):
             return True
-        err = err.__cause__ or err.__context__
+        link = link.__cause__ or link.__context__
         seen += 1
     return False
 

@@ -154,10 +154,11 @@ def is_pipeline_store(path: str | Path) -> bool:
     return isinstance(attrs, dict) and "format_version" in attrs
 
 
-def _replaceable(path: Path) -> bool:
+def _replaceable(path: str | Path) -> bool:
     """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
     if storage.is_remote(path):
         return is_pipeline_store(path) or not storage.listdir(str(path))
+    path = Path(path)
     if not path.exists() and not path.is_symlink():
         return True
     return path.is_dir() and (is_pipeline_store(path) or (not path.is_symlink() and not any(path.iterdir())))
@@ -444,7 +445,7 @@ def has_consolidated_metadata(path: str | Path) -> bool:
         return False
 
 
-def _write_plan(path: Path, plan: Plan) -> None:
+def _write_plan(path: str | Path, plan: Plan) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -458,6 +459,7 @@ def _write_plan(path: Path, plan: Plan) -> None:
         )
         _write_table(path, PLAN_FILE, table)
         return
+    path = Path(path)
     schema = pa.schema([("shard_id", pa.int64()), ("start", pa.int64()), ("stop", pa.int64())])
     with pq.ParquetWriter(path / PLAN_FILE, schema) as writer:
         for batch in _batches(plan.shards):
@@ -522,9 +524,11 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     markers = read_markers(path)
     failed = failed or {}
     attempted = None  # shards with an attempt object, listed once (locally) instead of asked one by one
-    if not storage.is_remote(path) and (path / MARKERS).is_dir():
+    if not storage.is_remote(path) and (Path(path) / MARKERS).is_dir():
         attempted = {
-            int(f.name.split(".")[0]) for f in (path / MARKERS).glob("*.attempts*") if f.name.split(".")[0].isdigit()
+            int(f.name.split(".")[0])
+            for f in (Path(path) / MARKERS).glob("*.attempts*")
+            if f.name.split(".")[0].isdigit()
         }
     complete = True
     attrs = read_attributes(path)
@@ -533,7 +537,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     def with_job(record: ShardRecord) -> ShardRecord:  # every row names its job (queries over many stores)
         from dataclasses import replace
 
-        return record if record.job else replace(record, **job)
+        return record if record.job else replace(record, job=job["job"], spec_hash=job["spec_hash"])
 
     def rows():
         nonlocal complete
@@ -578,7 +582,7 @@ def append_run(path: str | Path, run: dict[str, Any]) -> None:
         group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
-def _write_manifest(path: Path, rows) -> None:
+def _write_manifest(path: str | Path, rows) -> None:
     """The manifest, written in batches of ``BATCH_ROWS`` rows (to a temporary file, then renamed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -588,6 +592,7 @@ def _write_manifest(path: Path, rows) -> None:
         columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
         _write_table(path, MANIFEST_FILE, pa.table(columns))
         return
+    path = Path(path)
     temporary = path / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     writer = None
     try:
@@ -739,7 +744,9 @@ class Checksum:
 
     def update(self, arrays: dict[str, np.ndarray]) -> None:
         for name, values in arrays.items():
-            self._crcs[name] = zlib.crc32(np.ascontiguousarray(values).view(np.uint8).ravel(), self._crcs.get(name, 0))
+            self._crcs[name] = zlib.crc32(
+                np.ascontiguousarray(values).view(np.uint8).ravel().data, self._crcs.get(name, 0)
+            )
 
     def per_array(self) -> dict[str, str]:
         """``{array: CRC32 hex}``: what ``pipeline verify`` compares array by array."""
@@ -796,7 +803,7 @@ def _open_dataset(path: str | Path, xr):
     """The store's arrays as a lazy ``xarray.Dataset``: dask arrays in the store's own chunks when dask is installed."""
     import importlib.util
 
-    chunks = {} if importlib.util.find_spec("dask") is not None else None
+    chunks: dict[str, int] | None = {} if importlib.util.find_spec("dask") is not None else None
     if has_consolidated_metadata(path):
         return xr.open_zarr(_target(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
