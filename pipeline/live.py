@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .lock import _HELD, lock_path
+from .lock import held_here, lock_path
 from .store import MARKERS
 
 RECORD_VERSION = 1
@@ -144,7 +144,7 @@ def lock_holder(store: str | Path) -> dict[str, Any] | None:
     if not is_local(store):
         return None
     file = lock_path(store)
-    if str(file.resolve()) in _HELD:  # this very process
+    if held_here(store):  # this very process
         owner: int | None = os.getpid()
     else:
         owner = _lock_owner(file)

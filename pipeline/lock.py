@@ -43,6 +43,11 @@ def lock_path(store: str | Path) -> Path:
     return store.with_name(store.name + ".lock")
 
 
+def held_here(store: str | Path) -> bool:
+    """True while this very process holds the store's driver lock (``store_lock``, nested or not)."""
+    return str(lock_path(store).resolve()) in _HELD
+
+
 def _holder(file: Path) -> str:
     try:
         holder = json.loads(file.read_text())

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .live import error_line
-from .store import _target, read_attributes, read_manifest, summarize
+from .storage import zarr_target
+from .store import read_attributes, read_manifest, summarize
 
 
 def inspect_store(path: str, console: Console) -> None:
@@ -27,7 +28,7 @@ def inspect_store(path: str, console: Console) -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
+        group = zarr.open_group(zarr_target(path), mode="r", use_consolidated=False)
         table = Table(title="arrays", show_edge=False)
         for column in ("name", "dims", "shape", "dtype", "chunks", "stored"):
             table.add_column(column)
@@ -168,7 +169,7 @@ def store_facts(path: str) -> dict:
     counts = summarize(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(_target(path), mode="r", use_consolidated=False)
+        group = zarr.open_group(zarr_target(path), mode="r", use_consolidated=False)
         arrays = []
         for name, array in sorted(group.arrays(), key=lambda item: item[0]):
             arrays.append(

@@ -282,6 +282,11 @@ def _obstore_s3(rest: str, options: dict[str, Any], read_only: bool):
     return ObjectStore(inner, read_only=read_only)
 
 
+def zarr_target(path: str | os.PathLike[str]):
+    """What zarr opens for a store: the local path as a string, or ``zarr_store`` of a URL."""
+    return zarr_store(str(path)) if is_remote(path) else str(path)
+
+
 def _async_copy(fs):
     """The asynchronous twin of a cached filesystem (zarr's FsspecStore wants ``asynchronous=True``)."""
     key = id(fs)

@@ -110,11 +110,6 @@ def _read_json(path: str | Path, name: str) -> Any:
     return json.loads((Path(path) / name).read_text())
 
 
-def _target(path: str | Path):
-    """What zarr opens: the local path, or the storage layer's zarr store of a URL."""
-    return storage.zarr_store(str(path)) if storage.is_remote(path) else str(path)
-
-
 def _write_table(path: str | Path, name: str, table) -> None:
     import pyarrow.parquet as pq
 
@@ -355,7 +350,7 @@ def _create_remote(
         storage.remove_tree(url)
     try:
         _write_template(
-            _target(url),
+            storage.zarr_target(url),
             plan,
             attributes,
             compression=compression,
@@ -434,7 +429,7 @@ def consolidate_template(path: str | Path) -> None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr warns that consolidated v3 metadata is not in the spec yet
-        _zarr().consolidate_metadata(_target(path))
+        _zarr().consolidate_metadata(storage.zarr_target(path))
 
 
 def has_consolidated_metadata(path: str | Path) -> bool:
@@ -559,8 +554,8 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
         zarr = _zarr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
-            zarr.consolidate_metadata(_target(path))
-            group = zarr.open_group(_target(path), mode="r+")  # keeps the consolidated metadata
+            zarr.consolidate_metadata(storage.zarr_target(path))
+            group = zarr.open_group(storage.zarr_target(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
 
@@ -578,7 +573,7 @@ def append_run(path: str | Path, run: dict[str, Any]) -> None:
     """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = _zarr().open_group(_target(path), mode="r+", use_consolidated=False)
+        group = _zarr().open_group(storage.zarr_target(path), mode="r+", use_consolidated=False)
         group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
@@ -629,7 +624,7 @@ def read_manifest(path: str | Path):
 def open_for_writing(path: str | Path):
     """The store's Zarr group, opened once by a worker for all of a shard's writes."""
     if storage.is_remote(path):  # the worker writes straight to the bucket
-        return storage.retry(_zarr().open_group, _target(path), mode="r+", use_consolidated=False)
+        return storage.retry(_zarr().open_group, storage.zarr_target(path), mode="r+", use_consolidated=False)
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
 
 
@@ -805,10 +800,10 @@ def _open_dataset(path: str | Path, xr):
 
     chunks: dict[str, int] | None = {} if importlib.util.find_spec("dask") is not None else None
     if has_consolidated_metadata(path):
-        return xr.open_zarr(_target(path), consolidated=True, chunks=chunks)
+        return xr.open_zarr(storage.zarr_target(path), consolidated=True, chunks=chunks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a store written before templates were consolidated: zarr lists the folder
-        return xr.open_zarr(_target(path), consolidated=False, chunks=chunks)
+        return xr.open_zarr(storage.zarr_target(path), consolidated=False, chunks=chunks)
 
 
 def committed_mask(path: str | Path, n: int) -> np.ndarray:
