@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/pipeline submit jobs/seed000.yaml --local
 	$(BIN)/pipeline inspect results/seed000.zarr
+
+# ruff (lint and format check) and mypy on pipeline/ (mypy's files are set in pyproject.toml).
+# issue 8: `test` is to run lint before pytest (`test: install lint`) once mypy is clean on the
+# whole package; until the other issue-8 branches are merged it is a separate target.
+lint: install
+	$(BIN)/ruff check pipeline
+	$(BIN)/ruff format --check pipeline
+	$(BIN)/mypy
 
 test: install
 	$(BIN)/python -m pytest -q
