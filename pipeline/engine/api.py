@@ -16,7 +16,7 @@ from .choose import MethodPlan, best_torch_func, plan_method
 from .collapsed import COLLAPSED_QUANTITIES, auto_collapsed_chunk, collapsed_chunk
 from .collapsed import covered as collapsed_gap
 from .compiled import CompiledTaylor
-from .rules import NotCovered
+from .rule_table import NotCovered
 from .strategies import torch_func_chunk
 from .taylor import estimate_bytes_per_sample, taylor_chunk
 from .trace import trace_function

@@ -25,7 +25,7 @@ zero. ``sum_r g_r^2`` is then a per-sample-free vector, so the first
 nonlinearity costs one broadcast multiply.
 
 The graph is the same ``make_fx`` trace the Taylor engine runs; an op
-without a collapsed rule raises :class:`~pipeline.engine.rules.NotCovered`
+without a collapsed rule raises :class:`~pipeline.engine.rule_table.NotCovered`
 and the caller uses the Taylor engine instead.
 
 Example:
@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from .rules import NotCovered, rule_name
+from .rule_table import NotCovered, rule_name
 from .trace import TracedFunction
 from .univariate import derivative_sequence
 

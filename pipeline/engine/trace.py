@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .rules import is_covered, rule_name
+from .rule_table import rule_name
+from .rules import is_covered
 
 
 @dataclass
