@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_derivatives_reference import finite_difference, seed000_loop
+from references import autograd_loop, finite_difference, seed000_loop
 
 from pipeline.engine import METHODS, DerivativeResult, compute_derivatives, derivatives
-from pipeline.engine.reference import autograd_loop
 
 D = torch.float64
 FORCED = ("taylor", "forward", "reverse", "forward-over-reverse")

@@ -10,7 +10,7 @@ import pytest
 MODULES = ["pipeline.engine", "pipeline.engine.api", "pipeline.engine.strategies",
            "pipeline.engine.jets", "pipeline.engine.univariate", "pipeline.engine.trace",
            "pipeline.engine.taylor", "pipeline.engine.choose", "pipeline.engine.chunking",
-           "pipeline.engine.hvp", "pipeline.engine.reference", "pipeline.engine.collapsed",
+           "pipeline.engine.hvp", "pipeline.engine.collapsed",
            "pipeline.engine.operators", "pipeline.engine.hvp_operator"]
 
 
