@@ -94,7 +94,7 @@ def run_jets(traced: TracedFunction, x: torch.Tensor, index_set: IndexSet) -> Je
         env[node] = apply_rule(node.target, args, kwargs)
         for dead in traced.release_after.get(node, ()):
             del env[dead]
-    result = torch.fx.node.map_arg(traced.output_node.args[0], lookup)
+    result = torch.fx.node.map_arg(traced.output_argument, lookup)
     if isinstance(result, (tuple, list)):
         if len(result) != 1:
             raise ValueError(f"the function must return one tensor, got a {type(result).__name__} of {len(result)}")
