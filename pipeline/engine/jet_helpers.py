@@ -26,6 +26,7 @@ JET_LEADING_AXES = 2  # the coefficient axis and the sample axis in front of eve
 
 
 def is_jet(value) -> bool:
+    """Whether ``value`` is a jet (input-dependent) rather than a constant."""
     return isinstance(value, Jet)
 
 
