@@ -3,7 +3,7 @@
 For the flagship jobs (jobs/seed000.yaml, jobs/sweep.yaml, sizes set here),
 measured side by side in one process on one device:
 
-- compute only:   every shard computed block by block as a task does (``tasks.compute_shard``), nothing written
+- compute only:   every shard computed block by block as a task does (``tasks.compute_block``), nothing written
 - write only:     the same arrays written as a task does (region + checksum + marker), nothing computed
 - one block per shard, then write: ``run_shard`` computing each shard whole, then writing it
 - blocks, no overlap: ``run_shard``'s blocks, each written before the next computes
@@ -69,11 +69,11 @@ def time_compute(spec, shards, device):
     """Every shard computed in ``run_shard``'s blocks; the results joined per shard (outside the timing)."""
     blocks = blocks_of(spec, shards)
     began = time.perf_counter()
-    parts, hint = [], None
+    parts, previous = [], None
     for shard_blocks_ in blocks:
-        hint, done = None, []
+        previous, done = None, []
         for block in shard_blocks_:
-            arrays, hint = tasks.compute_shard(spec, block, device, hint)
+            arrays, previous = tasks.compute_block(spec, block, device, previous)
             done.append(arrays.wait() if hasattr(arrays, "wait") else arrays)  # the device-to-host copy too
         parts.append(done)
     seconds = time.perf_counter() - began

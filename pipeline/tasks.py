@@ -59,14 +59,14 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def compute_shard(spec, shard: Shard, device: torch.device | None = None, hint: ShardInfo | None = None):
-    """The arrays of one shard (or block; keyed by store array name) and how they were computed.
+def compute_block(spec, block: Shard, device: torch.device | None = None, previous: ShardInfo | None = None):
+    """The arrays of one block of a shard (keyed by store array name) and how they were computed.
 
-    ``hint`` is how the previous block of the same shard was computed: the
-    kind may reuse its choices (the derivative engine's method) instead of
-    choosing again.
+    ``previous`` is how the shard's earlier blocks were computed (``None`` for
+    its first block): the kind may reuse their choices (the derivative
+    engine's method) instead of choosing again.
     """
-    return kind_module(spec).compute(spec, shard, device or pick_device(), hint)
+    return kind_module(spec).compute(spec, block, device or pick_device(), previous)
 
 
 def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
@@ -115,7 +115,7 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
 
     with BlockWriter(store, group=group, on_written=on_written) as writer:
         for block in blocks:
-            arrays, block_info = compute_shard(spec, block, device, info)
+            arrays, block_info = compute_block(spec, block, device, info)
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
     if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":

@@ -1,51 +1,60 @@
-"""Independent references for numerical tests: the seed-000 autograd loop and finite differences.
+"""Independent references for the numerical tests: the one autograd loop, finite differences, seed 000 verbatim.
 
-Deliberately naive: a Python loop over samples for the forward pass and a loop
-over every output element with ``torch.autograd.grad`` (seed 000's method,
-generalised to any shapes and orders). Slow, obviously correct, float64.
+Deliberately naive and independent of the engine (no torch.func, no
+tracing): a Python loop over samples for the forward pass and one
+``torch.autograd.grad`` per entry of the previous derivative (seed 000's
+method, generalised to any shapes and orders). Slow, obviously correct; the
+tests call them in float64. ``test_derivatives_reference.py`` checks the
+references themselves (against a polynomial by hand, sine's derivative, and
+each other).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 
-def autograd_loop(fn, x: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """Derivative tensors of orders 0..order: ``[N, *out, *in x k]`` for k = 0..order."""
-    x = x.detach().clone().requires_grad_(True)
-    n, in_shape = x.shape[0], tuple(x.shape[1:])
-    y = torch.stack([fn(x[i]) for i in range(n)])
-    tensors = [y]
-    current = y
-    for _ in range(order):
-        flat = current.reshape(n, -1)
-        grads = []
-        for j in range(flat.shape[1]):
-            (g,) = torch.autograd.grad(flat[:, j].sum(), x, create_graph=True, allow_unused=True)
-            grads.append(torch.zeros_like(x) if g is None else g)
-        current = torch.stack(grads, dim=1).reshape(*current.shape, *in_shape)
-        tensors.append(current)
-    return [t.detach() for t in tensors]
+def autograd_loop(fn: Callable, x: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """``[f, Df, ..., D^order f]`` with shapes ``[N, *out, *in * k]`` by nested autograd loops.
 
+    The samples are independent, so the gradient of the batch sum of one
+    entry gives that entry's derivative for every sample at once. Entries are
+    kept as separate tensors (never stacked before differentiating again), so
+    each backward pass walks only its own entry's graph - as the seed does
+    with ``dx[:, 0]``.
 
-def finite_difference_jacobian(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Central differences of ``fn`` per sample, float64: ``[N, *out, *in]``."""
-    x = x.to(torch.float64)
-    n, in_shape = x.shape[0], tuple(x.shape[1:])
-    d = math.prod(in_shape)
-    rows = []
-    for i in range(n):
-        columns = []
-        for k in range(d):
-            step = torch.zeros(d, dtype=torch.float64)
-            step[k] = eps
-            step = step.reshape(in_shape)
-            columns.append((fn(x[i] + step) - fn(x[i] - step)) / (2 * eps))
-        jac = torch.stack(columns, dim=-1)
-        rows.append(jac.reshape(*jac.shape[:-1], *in_shape))
-    return torch.stack(rows)
+    Example: ``autograd_loop(lambda v: (v ** 4).sum(), torch.tensor([[1.0, 2.0]]), 3)[3][0, 1, 1, 1]``
+    is ``24 * 2 = 48``.
+    """
+    in_shape = tuple(x.shape[1:])
+    in_size = math.prod(in_shape)
+    n = x.shape[0]
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        value = torch.stack([fn(xg[i]) for i in range(n)])
+        out_shape = tuple(value.shape[1:])
+        results = [value.detach()]
+        flat = value.reshape(n, -1)
+        entries = [flat[:, e] for e in range(flat.shape[1])]  # each [N]
+        for k in range(1, order + 1):
+            next_entries: list[torch.Tensor] = []
+            for target in entries:
+                grad = None
+                if target.requires_grad:
+                    (grad,) = torch.autograd.grad(
+                        target.sum(), xg, create_graph=k < order, retain_graph=True, allow_unused=True
+                    )
+                if grad is None:
+                    grad = torch.zeros_like(xg)
+                grad = grad.reshape(n, in_size)
+                next_entries.extend(grad[:, i] for i in range(in_size))
+            entries = next_entries
+            stacked = torch.stack([e.detach() for e in entries], dim=1)
+            results.append(stacked.reshape((n,) + out_shape + in_shape * k))
+    return results
 
 
 def quantities_from_loop(fn, x: torch.Tensor, quantities) -> dict[str, torch.Tensor]:
@@ -71,3 +80,33 @@ def quantities_from_loop(fn, x: torch.Tensor, quantities) -> dict[str, torch.Ten
         else:
             out[name] = tensors[int(name[1:])]
     return out
+
+
+def finite_difference(g, x: torch.Tensor, step: float = 1e-5) -> torch.Tensor:
+    """Central differences of ``g: [N, *in] -> [N, ...]`` along every input element -> ``[N, ..., *in]``."""
+    in_shape = tuple(x.shape[1:])
+    columns = []
+    for i in range(math.prod(in_shape)):
+        e = torch.zeros(math.prod(in_shape), dtype=x.dtype)
+        e[i] = step
+        e = e.reshape(in_shape)
+        columns.append((g(x + e) - g(x - e)) / (2 * step))
+    stacked = torch.stack(columns, dim=-1)
+    return stacked.reshape(stacked.shape[:-1] + in_shape)
+
+
+def seed000_loop(net, x: torch.Tensor):
+    """The seed-000 recipe verbatim (one grad per output, then per output and input) for [N, d] -> [N, m]."""
+    x = x.detach().clone().requires_grad_(True)
+    output = net(x)
+
+    def continuous_diff(x, y):
+        return torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True, create_graph=True)[0]
+
+    jac, hess = [], []
+    for k in range(output.shape[1]):
+        y = output[:, k]
+        dx = continuous_diff(x, y)
+        jac.append(dx)
+        hess.append(torch.stack([continuous_diff(x, dx[:, i]) for i in range(x.shape[1])], dim=-2))
+    return output.detach(), torch.stack(jac, 1).detach(), torch.stack(hess, 1).detach()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_derivatives_reference import finite_difference, seed000_loop
+from references import autograd_loop, finite_difference, seed000_loop
 
 from pipeline.engine import METHODS, DerivativeResult, compute_derivatives, derivatives
-from pipeline.engine.reference import autograd_loop
 
 D = torch.float64
 FORCED = ("taylor", "forward", "reverse", "forward-over-reverse")
@@ -159,12 +158,12 @@ def test_layer_norm_under_torch_func_gets_right_higher_derivatives(method):
 
 
 def test_a_rule_failing_at_run_time_falls_back_with_the_reason(monkeypatch):
-    from pipeline.engine import rules
+    from pipeline.engine import rule_table
 
     def broken(*args, **kwargs):
-        raise rules.NotCovered("tanh with a broken rule")
+        raise rule_table.NotCovered("tanh with a broken rule")
 
-    monkeypatch.setitem(rules.RULES, "tanh", broken)
+    monkeypatch.setitem(rule_table.RULES, "tanh", broken)
     net = _mlp([2, 6, 2], seed=9)
     x = torch.randn(5, 2, dtype=D)
     result = compute_derivatives(net, x, ("hessian",), method="taylor")

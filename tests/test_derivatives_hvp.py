@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from references import autograd_loop
 
 from pipeline.engine import hvp
-from pipeline.engine.reference import autograd_loop
 
 D = torch.float64
 

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from references import autograd_loop
 
 from pipeline.engine import compute_derivatives
 from pipeline.engine import chunking
-from pipeline.engine.reference import autograd_loop
 
 D = torch.float64
 

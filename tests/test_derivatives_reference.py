@@ -1,47 +1,9 @@
-"""Independent references for the derivative tests, and checks of the references themselves.
-
-The other ``test_derivatives_*`` files import ``finite_difference`` and
-``seed000_loop`` from here; ``autograd_loop`` lives in
-``pipeline.engine.reference`` because the benchmark uses it too.
-"""
+"""Checks of the independent references themselves (``tests/references.py``, which every derivative test uses)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-
-from pipeline.engine.reference import autograd_loop
-
-
-def finite_difference(g, x: torch.Tensor, step: float = 1e-5) -> torch.Tensor:
-    """Central differences of ``g: [N, *in] -> [N, ...]`` along every input element -> ``[N, ..., *in]``."""
-    in_shape = tuple(x.shape[1:])
-    columns = []
-    for i in range(math.prod(in_shape)):
-        e = torch.zeros(math.prod(in_shape), dtype=x.dtype)
-        e[i] = step
-        e = e.reshape(in_shape)
-        columns.append((g(x + e) - g(x - e)) / (2 * step))
-    stacked = torch.stack(columns, dim=-1)
-    return stacked.reshape(stacked.shape[:-1] + in_shape)
-
-
-def seed000_loop(net, x: torch.Tensor):
-    """The seed-000 recipe verbatim (one grad per output, then per output and input) for [N, d] -> [N, m]."""
-    x = x.detach().clone().requires_grad_(True)
-    output = net(x)
-
-    def continuous_diff(x, y):
-        return torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True, create_graph=True)[0]
-
-    jac, hess = [], []
-    for k in range(output.shape[1]):
-        y = output[:, k]
-        dx = continuous_diff(x, y)
-        jac.append(dx)
-        hess.append(torch.stack([continuous_diff(x, dx[:, i]) for i in range(x.shape[1])], dim=-2))
-    return output.detach(), torch.stack(jac, 1).detach(), torch.stack(hess, 1).detach()
+from references import autograd_loop, finite_difference, seed000_loop
 
 
 def test_autograd_loop_matches_polynomial_by_hand():

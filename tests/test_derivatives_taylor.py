@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_derivatives_reference import finite_difference
+from references import autograd_loop, finite_difference
 
 from pipeline.engine import compute_derivatives
-from pipeline.engine.reference import autograd_loop
 from pipeline.engine.trace import trace_function
 
 torch.manual_seed(1234)

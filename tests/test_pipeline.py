@@ -197,9 +197,9 @@ def test_a_shard_is_computed_in_blocks_that_keep_the_first_blocks_method(tmp_pat
     calls = []
     real = kind.compute
 
-    def spy(spec, shard, device, hint=None):
-        arrays, info = real(spec, shard, device, hint)
-        calls.append((shard.start, shard.stop, hint.method if hint else None, info.method))
+    def spy(spec, shard, device, previous=None):
+        arrays, info = real(spec, shard, device, previous)
+        calls.append((shard.start, shard.stop, previous.method if previous else None, info.method))
         return arrays, info
 
     monkeypatch.setattr(kind, "compute", spy)

@@ -13,10 +13,10 @@ Example:
     torch.Size([4, 2, 2])
 """
 
-from .api import METHODS, DerivativeResult, compute_derivatives, derivatives
+from .api import METHODS, DerivativeResult, compute_derivatives, compute_operators, derivatives
 from .hvp import hvp
 from .hvp_operator import HessianOperator, conjugate_gradient, newton_step, per_sample_operator
-from .operators import OperatorOptions, compute_operators
+from .operators import OperatorOptions
 
 __all__ = [
     "METHODS",

@@ -1,4 +1,4 @@
-"""Public entry points: ``derivatives`` and ``compute_derivatives``."""
+"""Public entry points: ``derivatives``, ``compute_derivatives`` and ``compute_operators``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .choose import MethodPlan, best_torch_func, plan_method
 from .collapsed import COLLAPSED_QUANTITIES, auto_collapsed_chunk, collapsed_chunk
 from .collapsed import covered as collapsed_gap
 from .compiled import CompiledTaylor
-from .rules import NotCovered
+from .operators import OperatorOptions, collapsed_operators_chunk, contract_hessian, operator_chunk_size
+from .rule_table import NotCovered
 from .strategies import torch_func_chunk
 from .taylor import estimate_bytes_per_sample, taylor_chunk
 from .trace import trace_function
@@ -159,8 +160,6 @@ def compute_derivatives(
     n, in_shape = x.shape[0], tuple(x.shape[1:])
     in_size = math.prod(in_shape)
     if any(q in OPERATOR_QUANTITIES for q in quantities):
-        from .operators import compute_operators
-
         return compute_operators(fn, x, quantities, options, method=method, chunk_size=chunk_size, offset=offset)
     if n == 0:
         return _empty_result(fn, x, quantities, "auto" if method == "collapsed" else method)
@@ -329,3 +328,71 @@ def derivatives(fn, x, quantities=("value", "jacobian", "hessian"), *, method="a
         (tensor([[ 0.,  4., 32.]]), tensor([60.]))
     """
     return compute_derivatives(fn, x, quantities, method=method, chunk_size=chunk_size).outputs
+
+
+def compute_operators(
+    fn,
+    x: torch.Tensor,
+    quantities,
+    options: OperatorOptions | None = None,
+    *,
+    method: str = "auto",
+    chunk_size="auto",
+    offset: int = 0,
+):
+    """Operator quantities (and any ordinary ones) of ``fn`` at every sample of ``x``.
+
+    Args:
+        fn: maps ONE sample ``[*in]`` to ``[*out]``.
+        x: samples ``[N, *in]``.
+        quantities: canonical names; operator ones from ``OPERATOR_QUANTITIES``.
+        options: :class:`OperatorOptions` (factor, samples, seed, distribution).
+        method: ``auto`` / ``collapsed`` use the collapsed interpreter when it covers ``fn``;
+            any other method contracts that method's Hessian.
+        chunk_size: samples per chunk, or ``"auto"``.
+        offset: global index of ``x[0]`` (a shard's start), which seeds the random directions.
+
+    Returns:
+        A :class:`~pipeline.engine.api.DerivativeResult`.
+    """
+    options = (options or OperatorOptions()).checked()
+    quantities = tuple(quantities)
+    ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
+    n, in_shape = x.shape[0], tuple(x.shape[1:])
+    traced = trace_function(fn, in_shape, x.dtype, x.device) if method in ("auto", "collapsed", "taylor") else None
+    gap = collapsed_gap(traced) if traced is not None else f"method={method!r} requested"
+    outputs: dict[str, torch.Tensor] = {}
+    if gap is None and n > 0:
+        chunk = operator_chunk_size(traced, x, options, chunk_size, quantities)
+        position, pieces = 0, []
+        while position < n:
+            piece = x[position : position + chunk]
+            try:
+                pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
+            except Exception as error:
+                if not chunking.is_out_of_memory(error) or chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                continue
+            position += piece.shape[0]
+        for name in pieces[0]:
+            outputs[name] = torch.cat([p[name] for p in pieces]).to(x.dtype)
+        used, reason = "collapsed", None
+        if ordinary:
+            extra = compute_derivatives(
+                fn, x, ordinary, method=method if method != "collapsed" else "auto", chunk_size=chunk_size
+            )
+            outputs.update(extra.outputs)
+    else:
+        base_method = "auto" if method == "collapsed" else method
+        result = compute_derivatives(
+            fn, x, tuple(dict.fromkeys(ordinary + ("hessian",))), method=base_method, chunk_size=chunk_size
+        )
+        out_ndim = result.outputs["hessian"].ndim - 1 - 2 * len(in_shape)
+        outputs.update(contract_hessian(result.outputs["hessian"], x, quantities, offset, options, out_ndim))
+        outputs.update({k: v for k, v in result.outputs.items() if k in ordinary})
+        used, chunk = result.method, result.chunk_size
+        reason = f"collapsed mode not used ({gap}): contracted the {used} Hessian"
+    return DerivativeResult(
+        {name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0, None, reason
+    )

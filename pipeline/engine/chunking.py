@@ -164,12 +164,17 @@ def _profiled(compute: Callable[[torch.Tensor], dict], x: torch.Tensor) -> Measu
         with _quiet_stderr():
             profiler.__exit__(None, None, None)
     try:
-        events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+        session = profiler.profiler
+        results = session.kineto_results if session is not None else None
+        if results is None:
+            return Measured(outputs, None)
+        events = [e for e in results.events() if e.name() == "[memory]"]
     except (AttributeError, RuntimeError):  # internal API: no measurement rather than no result
         return Measured(outputs, None)
     live = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
+        # torch's stub of _KinetoEvent lacks nbytes(), which the profiler's memory events have
+        live += event.nbytes()  # type: ignore[attr-defined]
         peak = max(peak, live)
     return Measured(outputs, peak)
 
@@ -186,6 +191,7 @@ def measure(
             torch 2.13, so those chunks are measured from the profiler's
             allocator events and the cap is checked afterwards.
     """
+    peak: int | None
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
         base = torch.cuda.memory_allocated(x.device)

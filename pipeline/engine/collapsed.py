@@ -25,7 +25,7 @@ zero. ``sum_r g_r^2`` is then a per-sample-free vector, so the first
 nonlinearity costs one broadcast multiply.
 
 The graph is the same ``make_fx`` trace the Taylor engine runs; an op
-without a collapsed rule raises :class:`~pipeline.engine.rules.NotCovered`
+without a collapsed rule raises :class:`~pipeline.engine.rule_table.NotCovered`
 and the caller uses the Taylor engine instead.
 
 Example:
@@ -38,10 +38,11 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 
-from .rules import NotCovered, rule_name
+from .rule_table import NotCovered, rule_name
 from .trace import TracedFunction
 from .univariate import derivative_sequence
 
@@ -485,7 +486,7 @@ def _elementwise(x: CJet, value: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
         q.mul_(d1)
     else:
         torch.mul(x.q, d1, out=q)
-    if acc is not None:
+    if acc is not None and d2 is not None:  # acc is there exactly when d2 is
         q.addcmul_(acc, d2)
     stack[0].copy_(value)
     return CJet.from_stack(stack, G)
@@ -689,7 +690,8 @@ def run_collapsed(traced: TracedFunction, x: torch.Tensor, directions=None, grou
     env[traced.input_node] = input_cjet(x, directions, groups)
     lookup = env.__getitem__
     for node in traced.active_nodes:
-        args = torch.fx.node.map_arg(node.args, lookup)
+        # map_arg keeps the structure of node.args (a tuple) and puts env's values (CJets, tensors) for the nodes
+        args = cast(tuple[Any, ...], torch.fx.node.map_arg(node.args, lookup))
         kwargs = torch.fx.node.map_arg(node.kwargs, lookup)
         if node.target is operator.getitem:
             env[node] = args[0][args[1]]
@@ -705,7 +707,7 @@ def run_collapsed(traced: TracedFunction, x: torch.Tensor, directions=None, grou
                 _DONATE[0] = False
         for dead in traced.release_after.get(node, ()):
             del env[dead]
-    result = torch.fx.node.map_arg(traced.output_node.args[0], lookup)
+    result = torch.fx.node.map_arg(traced.output_argument, lookup)
     if isinstance(result, (tuple, list)):
         if len(result) != 1:
             raise ValueError(f"the function must return one tensor, got {len(result)}")

@@ -13,8 +13,8 @@ are plain truncated polynomial products and the derivative tensors come back
 by multiplying with ``alpha!`` at the very end.
 
 Example:
-    >>> iset = IndexSet.full(2, 2)
-    >>> [iset.indices[i] for i in range(len(iset))]
+    >>> index_set = IndexSet.full(2, 2)
+    >>> [index_set.indices[i] for i in range(len(index_set))]
     [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
 """
 
@@ -162,12 +162,12 @@ class Jet:
     comparison).
     """
 
-    __slots__ = ("coeffs", "iset", "top")
+    __slots__ = ("coeffs", "index_set", "top")
 
-    def __init__(self, coeffs: torch.Tensor, top: int, iset: IndexSet):
+    def __init__(self, coeffs: torch.Tensor, top: int, index_set: IndexSet):
         self.coeffs = coeffs
         self.top = top
-        self.iset = iset
+        self.index_set = index_set
 
     @property
     def shape(self) -> torch.Size:
@@ -182,24 +182,24 @@ class Jet:
         return self.coeffs[0]
 
     def like(self, coeffs: torch.Tensor, top: int | None = None) -> Jet:
-        return Jet(coeffs, self.top if top is None else top, self.iset)
+        return Jet(coeffs, self.top if top is None else top, self.index_set)
 
     def __repr__(self) -> str:
-        return f"Jet(top={self.top}, coeffs={tuple(self.coeffs.shape)}, {self.iset!r})"
+        return f"Jet(top={self.top}, coeffs={tuple(self.coeffs.shape)}, {self.index_set!r})"
 
 
-def input_jet(x: torch.Tensor, iset: IndexSet) -> Jet:
+def input_jet(x: torch.Tensor, index_set: IndexSet) -> Jet:
     """The jet of the input ``x [B, *in]``: value plus one unit direction per input element."""
     batch, in_shape = x.shape[0], x.shape[1:]
-    if iset.order == 0:
-        return Jet(x.unsqueeze(0), 0, iset)
+    if index_set.order == 0:
+        return Jet(x.unsqueeze(0), 0, index_set)
     # degree-1 coefficients, ordered as in the index set (e_0, e_1, ... by construction)
-    eye = torch.zeros(iset.count(1) - 1, iset.dim, dtype=x.dtype, device=x.device)
-    for i in range(iset.dim):
-        alpha = tuple(1 if k == i else 0 for k in range(iset.dim))
-        eye[iset.position[alpha] - 1, i] = 1
+    eye = torch.zeros(index_set.count(1) - 1, index_set.dim, dtype=x.dtype, device=x.device)
+    for i in range(index_set.dim):
+        alpha = tuple(1 if k == i else 0 for k in range(index_set.dim))
+        eye[index_set.position[alpha] - 1, i] = 1
     units = eye.reshape(-1, 1, *in_shape).expand(-1, batch, *in_shape)
-    return Jet(torch.cat([x.unsqueeze(0), units]), 1, iset)
+    return Jet(torch.cat([x.unsqueeze(0), units]), 1, index_set)
 
 
 def align(jet: Jet, ndim: int) -> torch.Tensor:
@@ -213,7 +213,7 @@ def align(jet: Jet, ndim: int) -> torch.Tensor:
 
 def pad(jet: Jet, top: int) -> torch.Tensor:
     """Coefficients up to degree ``top`` (zeros above ``jet.top``)."""
-    want = jet.iset.count(top)
+    want = jet.index_set.count(top)
     have = jet.coeffs.shape[0]
     if want <= have:
         return jet.coeffs[:want]
@@ -231,7 +231,7 @@ def add(a: Jet, b: Jet, alpha: float = 1.0) -> Jet:
     out = ca.new_zeros((max(ca.shape[0], cb.shape[0]),) + shape)
     out[: ca.shape[0]] += ca
     out[: cb.shape[0]].add_(cb, alpha=alpha)
-    return Jet(out, max(a.top, b.top), a.iset)
+    return Jet(out, max(a.top, b.top), a.index_set)
 
 
 # Up to this many pairs the product runs as in-place multiply-adds on one coefficient slice at a
@@ -248,7 +248,7 @@ def _graded_product(
     min_b: int,
     top_b: int,
     top: int,
-    iset: IndexSet,
+    index_set: IndexSet,
     op=torch.mul,
     symmetric: bool = False,
     out: torch.Tensor | None = None,
@@ -257,9 +257,9 @@ def _graded_product(
 
     With ``out`` the product is *added* into it (same layout as the result).
     """
-    pairs = iset.product_pairs(min_a, top_a, min_b, top_b, top, symmetric)
+    pairs = index_set.product_pairs(min_a, top_a, min_b, top_b, top, symmetric)
     n_pairs = sum(len(terms) for _, terms in pairs)
-    n_out = iset.count(top) - iset.count(min_a + min_b - 1)
+    n_out = index_set.count(top) - index_set.count(min_a + min_b - 1)
     if op is torch.mul and n_pairs <= LOOP_MAX_PAIRS:
         accumulate = out is not None
         if out is None:
@@ -281,7 +281,7 @@ def _graded_product(
             for ia, ib, factor in terms[start:]:
                 target.addcmul_(a[ia], b[ib], value=factor)
         return out
-    ia, ib, io, factor = iset.product_table(min_a, top_a, min_b, top_b, top, symmetric, a.device)
+    ia, ib, io, factor = index_set.product_table(min_a, top_a, min_b, top_b, top, symmetric, a.device)
     terms = op(a.index_select(0, ia), b.index_select(0, ib))
     if factor is not None:
         terms = terms * factor.to(terms.dtype).reshape((-1,) + (1,) * (terms.ndim - 1))
@@ -295,22 +295,22 @@ def bilinear(a: Jet, b: Jet, op=torch.mul) -> Jet:
 
     ``op`` must broadcast over the leading (coefficient) axis.
     """
-    iset = a.iset
-    top = min(iset.order, a.top + b.top)
+    index_set = a.index_set
+    top = min(index_set.order, a.top + b.top)
     if a.ndim != b.ndim and op is torch.mul:
         ndim = max(a.ndim, b.ndim)
         a, b = a.like(align(a, ndim)), b.like(align(b, ndim))
     if a.top < b.top and op is torch.mul:
         a, b = b, a  # the deeper jet first: its constant-times-all product fills the most rows
     ca, cb = a.coeffs, b.coeffs
-    n = iset.count(top)
+    n = index_set.count(top)
     # constant parts times everything: the bulk of the work is two batched ops
     if op is torch.mul:
         first, rest = op(cb[:1], ca), (None if b.top == 0 else (cb[1:], ca[:1]))
     else:
         first, rest = op(ca[:1], cb), (None if a.top == 0 else (ca[1:], cb[:1]))
     if rest is None and first.shape[0] == n:
-        return Jet(first, top, iset)
+        return Jet(first, top, index_set)
     out = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
     out[: first.shape[0]] = first
     out[first.shape[0] :] = 0
@@ -323,25 +323,25 @@ def bilinear(a: Jet, b: Jet, op=torch.mul) -> Jet:
         else:
             out[rows] += op(left, right)
         if top >= 2 and a.top > 0 and b.top > 0:
-            _graded_product(ca[1:], 1, a.top, cb[1:], 1, b.top, top, iset, op, out=out[iset.count(1) :])
-    return Jet(out, top, iset)
+            _graded_product(ca[1:], 1, a.top, cb[1:], 1, b.top, top, index_set, op, out=out[index_set.count(1) :])
+    return Jet(out, top, index_set)
 
 
 def square(a: Jet) -> Jet:
     """``a * a`` using the symmetry of the product (half the cross terms)."""
-    iset = a.iset
-    top = min(iset.order, 2 * a.top)
+    index_set = a.index_set
+    top = min(index_set.order, 2 * a.top)
     c = a.coeffs
-    out = torch.empty((iset.count(top),) + c.shape[1:], dtype=c.dtype, device=c.device)
+    out = torch.empty((index_set.count(top),) + c.shape[1:], dtype=c.dtype, device=c.device)
     torch.mul(c[0], c[0], out=out[0])
     n1 = min(c.shape[0], out.shape[0])
     torch.mul(c[1:n1], 2 * c[0], out=out[1:n1])
     out[n1:] = 0
     if top >= 2 and a.top >= 1:
         _graded_product(
-            c[1:], 1, a.top, c[1:], 1, a.top, top, iset, torch.mul, symmetric=True, out=out[iset.count(1) :]
+            c[1:], 1, a.top, c[1:], 1, a.top, top, index_set, torch.mul, symmetric=True, out=out[index_set.count(1) :]
         )
-    return Jet(out, top, iset)
+    return Jet(out, top, index_set)
 
 
 def compose(u: Jet, derivatives: list[torch.Tensor]) -> Jet:
@@ -351,13 +351,13 @@ def compose(u: Jet, derivatives: list[torch.Tensor]) -> Jet:
     non-constant part; ``h^j`` only has degrees ``>= j``, so each power is kept
     as a graded block and the truncated powers cost a few table products.
     """
-    iset = u.iset
+    index_set = u.index_set
     if u.top == 0:
-        return Jet(derivatives[0].unsqueeze(0), 0, iset)
-    top = iset.order
+        return Jet(derivatives[0].unsqueeze(0), 0, index_set)
+    top = index_set.order
     c = u.coeffs
     shape = torch.broadcast_shapes(c.shape[1:], derivatives[0].shape)
-    out = torch.empty((iset.count(top),) + shape, dtype=c.dtype, device=c.device)
+    out = torch.empty((index_set.count(top),) + shape, dtype=c.dtype, device=c.device)
     out[0] = derivatives[0]
     n_u = c.shape[0]
     torch.mul(c[1:], derivatives[1], out=out[1:n_u])  # the degree-1 power is h itself
@@ -375,14 +375,16 @@ def compose(u: Jet, derivatives: list[torch.Tensor]) -> Jet:
                 half,
                 _ptop(half, u.top, top),
                 top,
-                iset,
+                index_set,
                 torch.mul,
                 symmetric=True,
             )
         else:
-            block = _graded_product(powers[j - 1], j - 1, _ptop(j - 1, u.top, top), h, 1, u.top, top, iset, torch.mul)
+            block = _graded_product(
+                powers[j - 1], j - 1, _ptop(j - 1, u.top, top), h, 1, u.top, top, index_set, torch.mul
+            )
         powers[j] = block
-        start, scale = iset.count(j - 1), 1.0 / math.factorial(j)
+        start, scale = index_set.count(j - 1), 1.0 / math.factorial(j)
         if ready > start:
             out[start:ready].addcmul_(block[: ready - start], derivatives[j], value=scale)
         if ready < out.shape[0]:
@@ -391,7 +393,7 @@ def compose(u: Jet, derivatives: list[torch.Tensor]) -> Jet:
             out[ready:first_new] = 0
             ready = out.shape[0]
     out[ready:] = 0
-    return Jet(out, top, iset)
+    return Jet(out, top, index_set)
 
 
 def _ptop(power: int, u_top: int, top: int) -> int:
@@ -418,7 +420,7 @@ def to_derivative(jet: Jet, order: int, in_shape: tuple[int, ...], out: torch.Te
         return out.copy_(c[0].expand(full_shape))
     if jet.top < order:
         return out.zero_()
-    positions, factors = jet.iset.derivative_table(order, c.device)
+    positions, factors = jet.index_set.derivative_table(order, c.device)
     entries = positions.shape[0]
     flat = out.view((batch, *shape, entries))
     if entries <= DIRECT_WRITE_ENTRIES:
@@ -439,7 +441,9 @@ def to_laplacian(jet: Jet) -> torch.Tensor:
     c = jet.coeffs
     if jet.top < 2:
         return c.new_zeros(c.shape[1:])
-    iset = jet.iset
-    positions = [iset.position[tuple(2 if k == i else 0 for k in range(iset.dim))] for i in range(iset.dim)]
+    index_set = jet.index_set
+    positions = [
+        index_set.position[tuple(2 if k == i else 0 for k in range(index_set.dim))] for i in range(index_set.dim)
+    ]
     index = torch.tensor(positions, dtype=torch.long, device=c.device)
     return 2 * c.index_select(0, index).sum(0)

@@ -18,9 +18,12 @@
 When the collapsed interpreter does not cover the function (or another
 method is forced) the same directions contract a Hessian computed by
 :func:`~pipeline.engine.api.compute_derivatives` - same numbers, more work.
+:func:`~pipeline.engine.api.compute_operators` runs either path; this module
+holds the directions, the collapsed pass per chunk and the Hessian contraction.
 
 Example:
     >>> import torch
+    >>> from pipeline.engine import compute_operators
     >>> f = lambda x: (x ** 3).sum()
     >>> S = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
     >>> x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
@@ -38,9 +41,7 @@ import torch
 
 from pipeline.quantities import OPERATOR_QUANTITIES
 
-from . import chunking
-from .collapsed import covered, run_collapsed
-from .trace import trace_function
+from .collapsed import run_collapsed
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 _MASK64 = (1 << 64) - 1
@@ -165,7 +166,8 @@ def _finish(name: str, q: torch.Tensor, options: OperatorOptions) -> dict[str, t
     return {base: estimate, base + "_stderr": stderr}
 
 
-def _bases(quantities) -> list[str]:
+def operator_bases(quantities) -> list[str]:
+    """The operator quantities asked for, each once and without its ``_stderr`` twin."""
     seen = []
     for q in quantities:
         base = q.removesuffix("_stderr")
@@ -178,7 +180,7 @@ def _bases(quantities) -> list[str]:
 def collapsed_operators_chunk(traced, x: torch.Tensor, quantities, offset: int, options: OperatorOptions):
     """The operator quantities of one chunk, one collapsed pass per direction set."""
     out = {}
-    for base in _bases(quantities):
+    for base in operator_bases(quantities):
         directions, groups = chunk_directions(base, x, offset, options)
         result = run_collapsed(traced, x, directions, groups)
         if hasattr(result, "q"):
@@ -199,7 +201,7 @@ def contract_hessian(
     d = math.prod(x.shape[1:])
     h = hessian.reshape(hessian.shape[: 1 + out_ndim] + (d, d))
     out = {}
-    for base in _bases(quantities):
+    for base in operator_bases(quantities):
         directions, groups = chunk_directions(base, x, offset, options)
         dirs = directions.reshape(directions.shape[0], -1, d)
         dirs = dirs.expand(dirs.shape[0], batch, d)  # shared directions: every sample
@@ -211,83 +213,14 @@ def contract_hessian(
     return out
 
 
-def compute_operators(
-    fn,
-    x: torch.Tensor,
-    quantities,
-    options: OperatorOptions | None = None,
-    *,
-    method: str = "auto",
-    chunk_size="auto",
-    offset: int = 0,
-):
-    """Operator quantities (and any ordinary ones) of ``fn`` at every sample of ``x``.
-
-    Args:
-        fn: maps ONE sample ``[*in]`` to ``[*out]``.
-        x: samples ``[N, *in]``.
-        quantities: canonical names; operator ones from ``OPERATOR_QUANTITIES``.
-        options: :class:`OperatorOptions` (factor, samples, seed, distribution).
-        method: ``auto`` / ``collapsed`` use the collapsed interpreter when it covers ``fn``;
-            any other method contracts that method's Hessian.
-        chunk_size: samples per chunk, or ``"auto"``.
-        offset: global index of ``x[0]`` (a shard's start), which seeds the random directions.
-
-    Returns:
-        A :class:`~pipeline.engine.api.DerivativeResult`.
-    """
-    from .api import DerivativeResult, compute_derivatives
-
-    options = (options or OperatorOptions()).checked()
-    quantities = tuple(quantities)
-    ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
-    n, in_shape = x.shape[0], tuple(x.shape[1:])
-    traced = trace_function(fn, in_shape, x.dtype, x.device) if method in ("auto", "collapsed", "taylor") else None
-    gap = covered(traced) if traced is not None else f"method={method!r} requested"
-    outputs: dict[str, torch.Tensor] = {}
-    if gap is None and n > 0:
-        chunk = _chunk(traced, x, options, chunk_size, quantities)
-        position, pieces = 0, []
-        while position < n:
-            piece = x[position : position + chunk]
-            try:
-                pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
-            except Exception as error:
-                if not chunking.is_out_of_memory(error) or chunk == 1:
-                    raise
-                chunk = max(1, chunk // 2)
-                continue
-            position += piece.shape[0]
-        for name in pieces[0]:
-            outputs[name] = torch.cat([p[name] for p in pieces]).to(x.dtype)
-        used, reason = "collapsed", None
-        if ordinary:
-            extra = compute_derivatives(
-                fn, x, ordinary, method=method if method != "collapsed" else "auto", chunk_size=chunk_size
-            )
-            outputs.update(extra.outputs)
-    else:
-        base_method = "auto" if method == "collapsed" else method
-        result = compute_derivatives(
-            fn, x, tuple(dict.fromkeys(ordinary + ("hessian",))), method=base_method, chunk_size=chunk_size
-        )
-        out_ndim = result.outputs["hessian"].ndim - 1 - 2 * len(in_shape)
-        outputs.update(contract_hessian(result.outputs["hessian"], x, quantities, offset, options, out_ndim))
-        outputs.update({k: v for k, v in result.outputs.items() if k in ordinary})
-        used, chunk = result.method, result.chunk_size
-        reason = f"collapsed mode not used ({gap}): contracted the {used} Hessian"
-    return DerivativeResult(
-        {name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0, None, reason
-    )
-
-
-def _chunk(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities) -> int:
+def operator_chunk_size(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities) -> int:
+    """Samples per chunk of the collapsed operator pass: ``chunk_size``, or sized from the rows it needs."""
     if chunk_size != "auto":
         return int(chunk_size)
     from .collapsed import auto_collapsed_chunk
 
     rows = 1
-    for base in _bases(quantities):
+    for base in operator_bases(quantities):
         if base == "weighted_laplacian":
             factor = options.factor
             rank = (

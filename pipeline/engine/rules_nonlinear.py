@@ -12,16 +12,30 @@ import math
 import torch
 
 from . import jets, univariate
+from .jet_helpers import (
+    JET_LEADING_AXES,
+    add,
+    add_constant,
+    as_jets,
+    coefficient_axis,
+    constant_jet,
+    is_jet,
+    mean_over,
+    mul,
+    sample_ndim,
+    scale,
+    sum_over,
+    with_coeffs,
+)
 from .jets import Jet
-from .rules import LEAD, RULES, NotCovered, _as_jets, _dim, _same_structure, _sample_ndim, constant_jet, is_jet, rule
-from .rules_math import _add, _add_constant, _mean, _mul, _scale, _sum  # jet arithmetic the composites build on
+from .rule_table import RULES, NotCovered, rule
 
 # ---------------------------------------------------------------- elementwise nonlinearities
 
 
 def _unary(name):
     def apply(x, *args, **kwargs):
-        return jets.compose(x, univariate.derivative_sequence(name, x.coeffs[0], x.iset.order))
+        return jets.compose(x, univariate.derivative_sequence(name, x.coeffs[0], x.index_set.order))
 
     apply.__name__ = f"rule_{name}"
     return apply
@@ -34,17 +48,17 @@ for _name in univariate.SEQUENCES:
 @rule("gelu")
 def _gelu(x, approximate="none"):
     if approximate == "none":
-        return jets.compose(x, univariate.gelu(x.coeffs[0], x.iset.order))
+        return jets.compose(x, univariate.gelu(x.coeffs[0], x.index_set.order))
     # tanh approximation: 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
     cube = _pow(x, 3)
-    inner = _scale(_add(x, cube, 0.044715), math.sqrt(2 / math.pi))
-    t = jets.compose(inner, univariate.tanh(inner.coeffs[0], x.iset.order))
-    return _scale(jets.bilinear(x, _add_constant(t, 1.0)), 0.5)
+    inner = scale(add(x, cube, 0.044715), math.sqrt(2 / math.pi))
+    t = jets.compose(inner, univariate.tanh(inner.coeffs[0], x.index_set.order))
+    return scale(jets.bilinear(x, add_constant(t, 1.0)), 0.5)
 
 
 @rule("softplus")
 def _softplus(x, beta=1.0, threshold=20.0):
-    return jets.compose(x, univariate.softplus(x.coeffs[0], x.iset.order, beta, threshold))
+    return jets.compose(x, univariate.softplus(x.coeffs[0], x.index_set.order, beta, threshold))
 
 
 @rule("pow")
@@ -58,20 +72,20 @@ def _pow(base, exponent):
             if exponent == 0:
                 return constant_jet(torch.ones_like(base.coeffs[0, 0]), base)
         elif exponent.ndim > base.ndim:
-            base = _same_structure(
+            base = with_coeffs(
                 base,
                 jets.align(base, exponent.ndim).expand(
-                    base.coeffs.shape[:LEAD] + torch.broadcast_shapes(base.shape, exponent.shape)
+                    base.coeffs.shape[:JET_LEADING_AXES] + torch.broadcast_shapes(base.shape, exponent.shape)
                 ),
             )
-        return jets.compose(base, univariate.power(base.coeffs[0], exponent, base.iset.order))
+        return jets.compose(base, univariate.power(base.coeffs[0], exponent, base.index_set.order))
     # exponent is a jet: a^v = exp(v log a)
     if is_jet(base):
-        log_base = jets.compose(base, univariate.log(base.coeffs[0], base.iset.order))
+        log_base = jets.compose(base, univariate.log(base.coeffs[0], base.index_set.order))
     else:
         log_base = torch.log(torch.as_tensor(base, dtype=exponent.coeffs.dtype, device=exponent.coeffs.device))
-    product = _mul(exponent, log_base)
-    return jets.compose(product, univariate.exp(product.coeffs[0], exponent.iset.order))
+    product = mul(exponent, log_base)
+    return jets.compose(product, univariate.exp(product.coeffs[0], exponent.index_set.order))
 
 
 @rule("square")
@@ -83,7 +97,7 @@ def _masked(x: Jet, slope: torch.Tensor, value: torch.Tensor) -> Jet:
     """Piecewise-linear op: value at degree 0, local slope times every other coefficient."""
     out = x.coeffs * slope
     out[0] = value
-    return _same_structure(x, out)
+    return with_coeffs(x, out)
 
 
 @rule("relu")
@@ -140,25 +154,25 @@ def _where(condition, a, b):
         cond_ndim = condition.ndim
     if not is_jet(a) and not is_jet(b):
         # both branches constant but the condition varies per sample: a batched value
-        ndim = max(cond_ndim, _sample_ndim([a, b]))
+        ndim = max(cond_ndim, sample_ndim([a, b]))
         va = torch.as_tensor(a, device=cond.device)
         vb = torch.as_tensor(b, device=cond.device)
         c = cond if not is_jet(condition) else jets.align(condition, ndim)
-        return Jet(torch.where(c, va, vb), 0, condition.iset)
-    ja, jb = _as_jets([a, b])
+        return Jet(torch.where(c, va, vb), 0, condition.index_set)
+    ja, jb = as_jets([a, b])
     ndim = max(ja.ndim, jb.ndim, cond_ndim)
     if is_jet(condition):
         cond = jets.align(condition, ndim)
-    return Jet(torch.where(cond, jets.align(ja, ndim), jets.align(jb, ndim)), ja.top, ja.iset)
+    return Jet(torch.where(cond, jets.align(ja, ndim), jets.align(jb, ndim)), ja.top, ja.index_set)
 
 
 def _extremum(pick_first):
     def apply(a, b):
-        ja, jb = _as_jets([a, b])
+        ja, jb = as_jets([a, b])
         ndim = max(ja.ndim, jb.ndim)
         va, vb = jets.align(ja, ndim)[:1], jets.align(jb, ndim)[:1]
         cond = pick_first(va, vb)
-        return Jet(torch.where(cond, jets.align(ja, ndim), jets.align(jb, ndim)), ja.top, ja.iset)
+        return Jet(torch.where(cond, jets.align(ja, ndim), jets.align(jb, ndim)), ja.top, ja.index_set)
 
     return apply
 
@@ -172,27 +186,27 @@ RULES["minimum"] = _extremum(lambda a, b: a <= b)
 
 def _shift_invariant_exp(x: Jet, dim: int) -> Jet:
     """``x - max_dim x0``: the shift only guards ``exp`` against overflow and cancels in softmax."""
-    shift = x.coeffs[0].amax(dim=_dim(dim, x.ndim) - 1, keepdim=True)
+    shift = x.coeffs[0].amax(dim=coefficient_axis(dim, x.ndim) - 1, keepdim=True)
     out = x.coeffs.clone()
     out[0] -= shift
-    return _same_structure(x, out)
+    return with_coeffs(x, out)
 
 
 @rule("_softmax")
 def _softmax(x, dim, half_to_float=False):
     shifted = _shift_invariant_exp(x, dim)
-    e = jets.compose(shifted, univariate.exp(shifted.coeffs[0], x.iset.order))
-    total = _sum(e, dim, keepdim=True)
-    inv = jets.compose(total, univariate.reciprocal(total.coeffs[0], x.iset.order))
+    e = jets.compose(shifted, univariate.exp(shifted.coeffs[0], x.index_set.order))
+    total = sum_over(e, dim, keepdim=True)
+    inv = jets.compose(total, univariate.reciprocal(total.coeffs[0], x.index_set.order))
     return jets.bilinear(e, inv)
 
 
 @rule("_log_softmax")
 def _log_softmax(x, dim, half_to_float=False):
     shifted = _shift_invariant_exp(x, dim)
-    e = jets.compose(shifted, univariate.exp(shifted.coeffs[0], x.iset.order))
-    total = _sum(e, dim, keepdim=True)
-    log_total = jets.compose(total, univariate.log(total.coeffs[0], x.iset.order))
+    e = jets.compose(shifted, univariate.exp(shifted.coeffs[0], x.index_set.order))
+    total = sum_over(e, dim, keepdim=True)
+    log_total = jets.compose(total, univariate.log(total.coeffs[0], x.index_set.order))
     return jets.add(shifted, log_total, -1.0)
 
 
@@ -200,14 +214,14 @@ def _log_softmax(x, dim, half_to_float=False):
 def _layer_norm(x, normalized_shape, weight, bias, eps):
     """Layer norm from its primitives: mean, centre, mean of squares, rsqrt, scale, shift."""
     dims = list(range(x.ndim - len(normalized_shape), x.ndim))
-    mean = _mean(x, dims, keepdim=True)
+    mean = mean_over(x, dims, keepdim=True)
     centred = jets.add(x, mean, -1.0)
-    var = _mean(jets.square(centred), dims, keepdim=True)
-    var_eps = _add_constant(var, eps)
-    rstd = jets.compose(var_eps, univariate.rsqrt(var_eps.coeffs[0], x.iset.order))
+    var = mean_over(jets.square(centred), dims, keepdim=True)
+    var_eps = add_constant(var, eps)
+    rstd = jets.compose(var_eps, univariate.rsqrt(var_eps.coeffs[0], x.index_set.order))
     out = jets.bilinear(centred, rstd)
     if weight is not None:
-        out = _mul(out, weight)
+        out = mul(out, weight)
     if bias is not None:
-        out = _add(out, bias)
+        out = add(out, bias)
     return out, mean, rstd

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ def derivative_function(fn: Callable, order: int, method: str) -> Callable:
         return y, [y]
 
     current = level0
+    transform: Callable[..., Callable[..., Any]]  # jacfwd or jacrev
     for level in range(1, order + 1):
         if method == "forward":
             transform = jacfwd

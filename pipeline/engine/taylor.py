@@ -83,10 +83,10 @@ def estimate_bytes_per_sample(traced: TracedFunction, quantities: tuple[str, ...
     return int((coefficients * (peak + 2 * largest) + outputs) * itemsize)
 
 
-def run_jets(traced: TracedFunction, x: torch.Tensor, iset: IndexSet) -> Jet:
+def run_jets(traced: TracedFunction, x: torch.Tensor, index_set: IndexSet) -> Jet:
     """Propagate the jet of ``x [B, *in]`` through the traced graph; return the output jet."""
     env: dict = dict(traced.constants)
-    env[traced.input_node] = jets.input_jet(x, iset)
+    env[traced.input_node] = jets.input_jet(x, index_set)
     lookup = env.__getitem__
     for node in traced.active_nodes:
         args = torch.fx.node.map_arg(node.args, lookup)
@@ -94,7 +94,7 @@ def run_jets(traced: TracedFunction, x: torch.Tensor, iset: IndexSet) -> Jet:
         env[node] = apply_rule(node.target, args, kwargs)
         for dead in traced.release_after.get(node, ()):
             del env[dead]
-    result = torch.fx.node.map_arg(traced.output_node.args[0], lookup)
+    result = torch.fx.node.map_arg(traced.output_argument, lookup)
     if isinstance(result, (tuple, list)):
         if len(result) != 1:
             raise ValueError(f"the function must return one tensor, got a {type(result).__name__} of {len(result)}")
@@ -102,7 +102,7 @@ def run_jets(traced: TracedFunction, x: torch.Tensor, iset: IndexSet) -> Jet:
     if not isinstance(result, Jet):  # the output does not depend on the input
         value = torch.as_tensor(result, dtype=x.dtype, device=x.device)
         coeffs = value.expand((1, x.shape[0]) + tuple(value.shape))
-        return Jet(coeffs, 0, iset)
+        return Jet(coeffs, 0, index_set)
     return result
 
 
@@ -116,8 +116,8 @@ def taylor_chunk(
     there directly, without an intermediate copy.
     """
     in_shape = tuple(x.shape[1:])
-    iset = index_set_for(quantities, math.prod(in_shape))
-    jet = run_jets(traced, x, iset)
+    index_set = index_set_for(quantities, math.prod(in_shape))
+    jet = run_jets(traced, x, index_set)
     results = {}
     for name in quantities:
         target = None if out is None else out[name]

@@ -17,26 +17,28 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .rules import is_covered, rule_name
+from .rule_table import rule_name
+from .rules import is_covered
 
 
 @dataclass
 class TracedFunction:
     """A traced one-sample graph with its input-independent part already evaluated."""
 
-    graph_module: torch.fx.GraphModule
+    graph_module: torch.fx.GraphModule | None  # None (and the nodes too) when the function could not be traced
     in_shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
-    input_node: torch.fx.Node
-    output_node: torch.fx.Node
+    input_node: torch.fx.Node | None
+    output_node: torch.fx.Node | None
     # nodes that depend on the input, in execution order, and the values of all others
     active_nodes: list[torch.fx.Node]
-    constants: dict[torch.fx.Node, object]
+    constants: dict[torch.fx.Node, Any]
     # for each active node, the nodes whose values can be dropped after it runs
     release_after: dict[torch.fx.Node, list[torch.fx.Node]] = field(default_factory=dict)
     uncovered: tuple[str, ...] = ()
@@ -45,12 +47,19 @@ class TracedFunction:
     compiled: dict = field(default_factory=dict)
 
     @property
+    def output_argument(self) -> torch.fx.node.Argument:
+        """What the graph returns: its output node's argument (a node, a constant, or a tuple of them)."""
+        if self.output_node is None:
+            raise ValueError(f"no graph to run: {self.error}")
+        return self.output_node.args[0]
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
         """Per-sample output shape, from the trace's fake tensors."""
-        value = self.output_node.args[0]
+        value = self.output_argument
         if isinstance(value, (tuple, list)):
             value = value[0]
-        meta = value.meta.get("val") if isinstance(value, torch.fx.Node) else torch.as_tensor(value)
+        meta = value.meta["val"] if isinstance(value, torch.fx.Node) else torch.as_tensor(value)
         return tuple(meta.shape)
 
     @property
@@ -113,7 +122,7 @@ def _analyse(gm: torch.fx.GraphModule, in_shape, dtype, device) -> TracedFunctio
     output_node = next(n for n in nodes if n.op == "output")
     active: set[torch.fx.Node] = {input_node}
     order: list[torch.fx.Node] = []
-    constants: dict[torch.fx.Node, object] = {}
+    constants: dict[torch.fx.Node, Any] = {}
     uncovered: list[str] = []
     for node in nodes:
         if node.op == "placeholder":

@@ -27,7 +27,7 @@ def _polynomial_derivatives(kind: str, order: int) -> tuple[tuple[float, ...], .
     polynomial in the function value: ``P_{j+1} = P_j' * P_1``.
     """
     first = {"tanh": (1.0, 0.0, -1.0), "sigmoid": (0.0, 1.0, -1.0)}[kind]
-    polys = [(0.0, 1.0)]
+    polys: list[tuple[float, ...]] = [(0.0, 1.0)]
     for _ in range(order):
         p = polys[-1]
         dp = [k * p[k] for k in range(1, len(p))] or [0.0]
@@ -63,8 +63,10 @@ def _horner(coeffs: tuple[float, ...], t: torch.Tensor, t_squared: torch.Tensor)
 
 
 def _from_value(kind: str, value: torch.Tensor, order: int) -> Sequence:
+    if order == 0:
+        return [value]
     polys = _polynomial_derivatives(kind, order)
-    squared = value * value if order >= 1 else None
+    squared = value * value
     return [value] + [_horner(polys[j], value, squared) for j in range(1, order + 1)]
 
 

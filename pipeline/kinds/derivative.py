@@ -99,10 +99,10 @@ def _stamp(path: str | None):
     return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
-def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None = None):
+def compute(spec: JobSpec, shard, device: torch.device, previous: ShardInfo | None = None):
     """Inputs and quantities of a shard (or block) as numpy arrays, and how they were computed.
 
-    With ``hint`` (the shard's previous block) and ``derivatives.method:
+    With ``previous`` (how the shard's earlier blocks were computed) and ``derivatives.method:
     auto``, the method the engine chose for the first block is kept, so a
     close call is timed once per shard, not once per block.
     """
@@ -118,8 +118,8 @@ def compute(spec: JobSpec, shard, device: torch.device, hint: ShardInfo | None =
     )
     x = torch.as_tensor(read_inputs(spec.inputs, shard.start, shard.stop), dtype=dtype, device=device)
     method = spec.derivatives.method
-    if method == "auto" and hint is not None and hint.method in METHODS:
-        method = hint.method
+    if method == "auto" and previous is not None and previous.method in METHODS:
+        method = previous.method
     result = compute_derivatives(
         fn,
         x,

@@ -211,7 +211,7 @@ def _solve(spec, solver, options, params, device, dtype):
     return solve(solver, params, device=device, dtype=dtype, **options)
 
 
-def compute(spec, shard, device: torch.device, hint: ShardInfo | None = None):
+def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None):
     """Outputs (and sensitivities) of the shard's (or block's) cases as numpy arrays."""
     solver = _solver(spec)
     options = solver.validate_options(spec.solver.options)
