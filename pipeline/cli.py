@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .errors import BadInput
+
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -23,17 +25,6 @@ SET_HELP = "Override a job-file value, e.g. --set inputs.n=1000 (repeatable; the
 
 def _console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _bad_input_errors():
-    from .models import FunctionError
-    from .runner import ClusterError
-    from .sources import InputError
-    from .spec import SpecError
-    from .storage import StorageError
-    from .store import StoreError
-
-    return (SpecError, FunctionError, InputError, StoreError, ClusterError, StorageError)
 
 
 def _is_remote(path: str) -> bool:
@@ -249,7 +240,7 @@ def _submit_spec(
                 accept_changed_code=accept_changed_code,
                 notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"),
             )
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     except KeyboardInterrupt:
         if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
@@ -349,7 +340,7 @@ def validate(job, overrides, deep):
                 f"chunks of {prepared.plan.chunk_size}"
                 f"\n  results: {human_size(prepared.plan.result_bytes())} before compression"
             )
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     click.echo(line)
 
@@ -403,7 +394,7 @@ def inspect(store, as_json, shard_id):
     if as_json:
         try:
             click.echo(json.dumps(store_facts(store), indent=2, default=str))
-        except _bad_input_errors() as err:
+        except BadInput as err:
             _fail(str(err))
         return
     try:
@@ -412,7 +403,7 @@ def inspect(store, as_json, shard_id):
             inspect_shard(store, shard_id, console)
         else:
             inspect_store(store, console)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
 
 
@@ -448,7 +439,7 @@ def report(store, out):
 
     try:
         written = write_report(store, out)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     click.echo(f"wrote {written}")
 
@@ -498,7 +489,7 @@ def status(store, as_json):
 
     try:
         report = store_status(store)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     if as_json:
         click.echo(json.dumps(report))
@@ -635,7 +626,7 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
                         "recompute the whole store with `pipeline submit JOB --overwrite`"
                     )
                 damaged = repair_store(store, report)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     if as_json:
         click.echo(json.dumps(report.to_json()))

@@ -22,10 +22,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import BadInput
 from .spec import ImportFunction, MLPFunction
 
 
-class FunctionError(ValueError):
+class FunctionError(BadInput, ValueError):
     """The job's function cannot be imported, built or evaluated."""
 
 

@@ -12,15 +12,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .errors import ClusterError
 from .plan import Shard
 from .store import ShardRecord
 
 OnDone = Callable[[ShardRecord], None]
 OnFailed = Callable[[Shard, int, str], None]
-
-
-class ClusterError(RuntimeError):
-    """Ray cannot be started or joined."""
 
 
 @dataclass

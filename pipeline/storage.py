@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import BadInput
+
 T = TypeVar("T")
 
 # scheme -> (fsspec protocol, package that implements it, extra that installs it)
@@ -63,7 +65,7 @@ RETRY_ATTEMPTS = int(os.environ.get("PIPELINE_STORAGE_RETRIES", "5"))
 RETRY_BASE_SECONDS = 0.5  # backoff 0.5, 1, 2, 4 s (with jitter)
 
 
-class StorageError(ValueError):
+class StorageError(BadInput, ValueError):
     """A URL whose scheme is unknown or whose package is missing (a bad-input error naming the key)."""
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .errors import BadInput
 from .plan import Plan, Shard, Shards
 
 BATCH_ROWS = 1 << 20  # plan and manifest rows written per Parquet batch: memory stays bounded for huge plans
@@ -51,7 +52,7 @@ CASES_FILE = "cases.parquet"
 FORMAT_VERSION = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(BadInput, RuntimeError):
     """The store is missing, belongs to another job, or cannot be written."""
 
 
