@@ -198,48 +198,50 @@ def _submit_spec(
     dry_run=False,
     progress_interval=None,
 ):
-    """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it)."""
+    """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it).
+
+    ``driver.submit`` runs the job (prepare, lock, repair, start, run,
+    finalize); this builds its callbacks and turns the outcome into lines and
+    an exit code.
+    """
     from .driver import prepare
     from .driver import submit as run_submit
-    from .lock import store_lock
     from .progress import make_progress
     from .runner import make_executor
 
     console = _console()
+
+    def note(text: str) -> None:
+        console.print(f"[yellow]note[/yellow]: {text}")
+
+    def started(description: str) -> None:
+        console.print(f"[dim]executor: {description}[/dim]")
+
     spec = None
     try:
         spec = load()
-        prepared = prepare(spec)  # bad input stops here, before Ray starts
-        if job is not None:
-            prepared = _with_provenance(prepared, job)
-        if dry_run:
+        if dry_run:  # nothing written, no Ray: the plan and a time estimate only
             from .dry_run import dry_run as plan_only
 
+            prepared = prepare(spec)
             click.echo(f"dry run: {spec.name} ({spec.kind}), store {spec.store.path}")
             for line in plan_only(prepared).lines():
                 click.echo(f"  {line}")
             return
-        with store_lock(spec.store.path):  # and so does a second driver of the same store
-            if repair:
-                _uncommit_damaged(spec.store.path, console)
-            runner = make_executor(executor, local=local, address=address)
-            if hasattr(runner, "verbose"):
-                runner.verbose = verbose
-            if executor == "ray":
-                runner.notify = lambda note: console.print(f"[yellow]note[/yellow]: {note}")
-                runner.start()
-                if not quiet:
-                    console.print(f"[dim]executor: {runner.describe()}[/dim]")
-            progress = None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval)
-            summary = run_submit(
-                spec,
-                runner,
-                overwrite=overwrite,
-                progress=progress,
-                prepared=prepared,
-                accept_changed_code=accept_changed_code,
-                notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"),
-            )
+        runner = make_executor(executor, local=local, address=address)
+        runner.verbose = verbose
+        runner.notify = note
+        summary = run_submit(
+            spec,
+            runner,
+            job=job,
+            overwrite=overwrite,
+            accept_changed_code=accept_changed_code,
+            repair=(lambda path: _uncommit_damaged(path, console)) if repair else None,
+            on_started=None if quiet or executor != "ray" else started,  # inline says nothing of itself
+            progress=None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval),
+            notify=note,
+        )
     except BadInput as err:
         _fail(str(err))
     except KeyboardInterrupt:
@@ -252,7 +254,7 @@ def _submit_spec(
         sys.exit(EXIT_INTERRUPTED)
     from .live import error_line
 
-    ran = len(summary.done)
+    ran = summary.ran
     if summary.skipped:
         console.print(f"resumed: {summary.skipped} shards were already committed")
     nonfinite = _nonfinite_warning(summary.path)
@@ -273,15 +275,6 @@ def _submit_spec(
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
     if nonfinite:
         console.print(nonfinite)
-
-
-def _with_provenance(prepared, job: str):
-    """The prepared job with the provenance of this command (host, command line, the job file's git state)."""
-    from dataclasses import replace
-
-    from .provenance import collect
-
-    return replace(prepared, attributes={**prepared.attributes, "provenance": collect(job)})
 
 
 def _nonfinite_warning(path: str) -> str | None:

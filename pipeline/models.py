@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,7 +147,8 @@ def build_function(spec, dtype: torch.dtype = torch.float32, device: str | torch
 
 
 def _build_imported(spec: ImportFunction, dtype, device) -> Callable:
-    obj = import_target(spec.target, spec.python_path)
+    obj: Any = import_target(spec.target, spec.python_path)  # a class, factory, module or function: checked below
+    fn: Any
     try:
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             fn = obj(**spec.kwargs)

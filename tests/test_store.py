@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.plan import plan_derivative_job
+from pipeline.plan import Shard, plan_derivative_job
 from pipeline.store import (
     ShardRecord,
     StoreError,
@@ -32,7 +34,10 @@ def make(tmp_path, n=10):
 
 
 def record(shard, status="done"):
-    return ShardRecord(shard.id, shard.start, shard.stop, status, 1, "h", "cpu", 0.1, 10.0, 0, "0")
+    return replace(
+        ShardRecord.done(shard, attempts=1, host="h", device="cpu", seconds=0.1, samples_per_second=10.0, checksum="0"),
+        status=status,
+    )
 
 
 def test_template_has_every_array_with_dims_and_fill(tmp_path):
@@ -76,7 +81,7 @@ def test_regions_markers_manifest_and_complete_flag(tmp_path):
 
 def test_failed_shards_appear_in_manifest(tmp_path):
     path, plan = make(tmp_path)
-    failed = {1: ShardRecord(1, 4, 8, "failed", 3, "", "", 0, 0, 0, "", error="boom")}
+    failed = {1: ShardRecord.failed(Shard(1, 4, 8), attempts=3, error="boom")}
     assert finalize_store(path, plan, failed) is False
     manifest = read_manifest(path).to_pydict()
     assert manifest["status"][1] == "failed" and manifest["error"][1] == "boom" and manifest["attempts"][1] == 3
