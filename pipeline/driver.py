@@ -2,9 +2,12 @@
 
 ``prepare(spec)`` resolves sizes (reading only input metadata) and runs the
 job on a tiny example on the driver's CPU (see ``kinds/``), so bad input fails
-here, before any store exists. ``submit(spec, executor)`` checks the
-executor's resources, creates the store (or resumes one made by the same spec
-from the same files), runs the pending shards and finalizes the store.
+here, before any store exists. ``submit(spec, executor)`` owns the rest: it
+takes the store's lock, starts the executor (``runner.Executor``) and checks
+its resources, creates the store (or resumes one made by the same spec from
+the same files), runs the pending shards and finalizes the store. The CLI
+only passes callbacks (notes, progress, repair) and turns the outcome into
+messages and exit codes.
 
 Example:
     >>> from pipeline.spec import load_spec

@@ -138,3 +138,25 @@ def test_a_pipeline_store_or_an_empty_directory_may_be_replaced(tmp_path):
     empty.mkdir()
     create_store(empty, plan, {"spec_hash": "e"})
     assert is_pipeline_store(empty)
+
+
+def test_the_plans_bytes_per_sample_are_the_stores(tmp_path):
+    """``Plan.bytes_per_sample`` (what sizes a worker's blocks) equals the bytes of one sample of the created arrays."""
+    import math
+
+    import zarr
+
+    from pipeline.plan import plan_sweep_job
+
+    plans = [
+        plan_derivative_job(10, (2,), (3,), ("value", "jacobian", "hessian"), 2, 4, "float64"),
+        plan_sweep_job(12, {"T": (("time", "x"), (5, 8))}, {"time": 5, "x": 8}, ("a", "b"), ("q",), 4, 4, "float32"),
+    ]
+    for i, plan in enumerate(plans):
+        path = tmp_path / f"{i}.zarr"
+        create_store(path, plan, {"spec": {"name": "t"}, "spec_hash": "abc", "name": "t"})
+        group = zarr.open_group(str(path), mode="r")
+        stored = sum(
+            a.dtype.itemsize * math.prod(a.shape[1:]) for _, a in group.arrays() if a.shape and a.shape[0] == plan.n
+        )
+        assert plan.bytes_per_sample() == stored > 0
