@@ -34,7 +34,7 @@ from pipeline.driver import pending_shards, prepare, submit
 from pipeline.plan import shard_blocks
 from pipeline.runner import InlineExecutor
 from pipeline.spec import load_spec
-from pipeline.store import ShardRecord, bytes_per_sample, checksum, open_for_writing, write_marker, write_region
+from pipeline.store import ShardRecord, checksum, open_for_writing, write_marker, write_region
 from pipeline.writer import BlockWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def fresh_store(spec):
 
 def blocks_of(spec, shards):
     """The blocks ``run_shard`` computes, per shard."""
-    per_sample = bytes_per_sample(open_for_writing(spec.store.path))
+    per_sample = prepare(spec).plan.bytes_per_sample()
     per_object = spec.store.chunk_size * (spec.store.shards or 1)
     return [tasks.shard_blocks(shard, per_object, per_sample) for shard in shards]
 
@@ -94,13 +94,13 @@ def time_write(spec, shards, results, fresh=True):
     began = time.perf_counter()
     for shard, arrays in zip(shards, results):
         write_region(spec.store.path, arrays, shard.start, shard.stop)
-        write_marker(spec.store.path, ShardRecord(shard.id, shard.start, shard.stop, "done", 1, "", "", 0, 0, 0,
-                                                  checksum(arrays)))
+        write_marker(spec.store.path, ShardRecord.done(shard, attempts=1, checksum=checksum(arrays)))
     return time.perf_counter() - began
 
 
 def time_run_shards(spec, blocks: int | None, overlap: bool = True):
     shards = fresh_store(spec)
+    per_sample = prepare(spec).plan.bytes_per_sample()
     original, writer = tasks.shard_blocks, tasks.BlockWriter
     if blocks is not None:
         tasks.shard_blocks = functools.partial(shard_blocks, blocks=blocks)
@@ -109,7 +109,7 @@ def time_run_shards(spec, blocks: int | None, overlap: bool = True):
     try:
         began = time.perf_counter()
         for shard in shards:
-            tasks.run_shard(spec, shard)
+            tasks.run_shard(spec, shard, bytes_per_sample=per_sample)
         return time.perf_counter() - began
     finally:
         tasks.shard_blocks, tasks.BlockWriter = original, writer

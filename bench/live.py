@@ -29,14 +29,14 @@ from pipeline.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def time_shards(spec, shards, report: bool) -> float:
+def time_shards(spec, shards, report: bool, per_sample: int) -> float:
     real = tasks.write_block_progress
     if not report:
         tasks.write_block_progress = lambda *args, **kwargs: None
     try:
         began = time.perf_counter()
         for shard in shards:
-            tasks.run_shard(spec, shard)
+            tasks.run_shard(spec, shard, bytes_per_sample=per_sample)
         return time.perf_counter() - began
     finally:
         tasks.write_block_progress = real
@@ -75,13 +75,13 @@ def main() -> None:
         spec = load_spec(ROOT / "jobs/quickstart.yaml", [f"inputs.n={args.n}", f"store.path={tmp}/q.zarr"])
         prepared = prepare(spec)
         shards = open_store(prepared).shards
-        blocks = len(tasks.shard_blocks(shards[0], spec.store.chunk_size,
-                                        tasks.bytes_per_sample(tasks.open_for_writing(spec.store.path))))
-        time_shards(spec, shards[:1], True)  # warm up: engine choice, imports
+        per_sample = prepared.plan.bytes_per_sample()
+        blocks = len(tasks.shard_blocks(shards[0], spec.store.chunk_size, per_sample))
+        time_shards(spec, shards[:1], True, per_sample)  # warm up: engine choice, imports
         on, off = [], []
         for _ in range(args.repeats):
-            off.append(time_shards(spec, shards, False))
-            on.append(time_shards(spec, shards, True))
+            off.append(time_shards(spec, shards, False, per_sample))
+            on.append(time_shards(spec, shards, True, per_sample))
         poll = time_poll(Path(tmp), args.shards)
         began = time.perf_counter()
         for i in range(200):

@@ -64,7 +64,7 @@ def time_ours(folder: Path, data, plan, with_marker: bool, compression: str) -> 
         part = {k: v[shard.start : shard.stop] for k, v in data.items()}
         write_region(path, part, shard.start, shard.stop)
         if with_marker:
-            write_marker(path, ShardRecord(shard.id, shard.start, shard.stop, "done", 1, "", "", 0, 0, 0, checksum(part)))
+            write_marker(path, ShardRecord.done(shard, attempts=1, checksum=checksum(part)))
     return time.perf_counter() - began
 
 
@@ -163,8 +163,7 @@ def s3_rows(args) -> None:
                 for shard in plan.shards:
                     part = {k: v[shard.start:shard.stop] for k, v in data.items()}
                     write_region(url, part, shard.start, shard.stop)
-                    write_marker(url, ShardRecord(shard.id, shard.start, shard.stop, "done", 1, "", "", 0, 0, 0,
-                                                  checksum(part)))
+                    write_marker(url, ShardRecord.done(shard, attempts=1, checksum=checksum(part)))
                 return time.perf_counter() - began
             return run
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .errors import BadInput
+
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -23,17 +25,6 @@ SET_HELP = "Override a job-file value, e.g. --set inputs.n=1000 (repeatable; the
 
 def _console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _bad_input_errors():
-    from .models import FunctionError
-    from .runner import ClusterError
-    from .sources import InputError
-    from .spec import SpecError
-    from .storage import StorageError
-    from .store import StoreError
-
-    return (SpecError, FunctionError, InputError, StoreError, ClusterError, StorageError)
 
 
 def _is_remote(path: str) -> bool:
@@ -207,49 +198,51 @@ def _submit_spec(
     dry_run=False,
     progress_interval=None,
 ):
-    """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it)."""
+    """What `pipeline submit` does once it knows how to load the spec (``verify --repair`` reuses it).
+
+    ``driver.submit`` runs the job (prepare, lock, repair, start, run,
+    finalize); this builds its callbacks and turns the outcome into lines and
+    an exit code.
+    """
     from .driver import prepare
     from .driver import submit as run_submit
-    from .lock import store_lock
     from .progress import make_progress
     from .runner import make_executor
 
     console = _console()
+
+    def note(text: str) -> None:
+        console.print(f"[yellow]note[/yellow]: {text}")
+
+    def started(description: str) -> None:
+        console.print(f"[dim]executor: {description}[/dim]")
+
     spec = None
     try:
         spec = load()
-        prepared = prepare(spec)  # bad input stops here, before Ray starts
-        if job is not None:
-            prepared = _with_provenance(prepared, job)
-        if dry_run:
+        if dry_run:  # nothing written, no Ray: the plan and a time estimate only
             from .dry_run import dry_run as plan_only
 
+            prepared = prepare(spec)
             click.echo(f"dry run: {spec.name} ({spec.kind}), store {spec.store.path}")
             for line in plan_only(prepared).lines():
                 click.echo(f"  {line}")
             return
-        with store_lock(spec.store.path):  # and so does a second driver of the same store
-            if repair:
-                _uncommit_damaged(spec.store.path, console)
-            runner = make_executor(executor, local=local, address=address)
-            if hasattr(runner, "verbose"):
-                runner.verbose = verbose
-            if executor == "ray":
-                runner.notify = lambda note: console.print(f"[yellow]note[/yellow]: {note}")
-                runner.start()
-                if not quiet:
-                    console.print(f"[dim]executor: {runner.describe()}[/dim]")
-            progress = None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval)
-            summary = run_submit(
-                spec,
-                runner,
-                overwrite=overwrite,
-                progress=progress,
-                prepared=prepared,
-                accept_changed_code=accept_changed_code,
-                notify=lambda note: console.print(f"[yellow]note[/yellow]: {note}"),
-            )
-    except _bad_input_errors() as err:
+        runner = make_executor(executor, local=local, address=address)
+        runner.verbose = verbose
+        runner.notify = note
+        summary = run_submit(
+            spec,
+            runner,
+            job=job,
+            overwrite=overwrite,
+            accept_changed_code=accept_changed_code,
+            repair=(lambda path: _uncommit_damaged(path, console)) if repair else None,
+            on_started=None if quiet or executor != "ray" else started,  # inline says nothing of itself
+            progress=None if quiet else make_progress(console, unit=_unit(spec), interval=progress_interval),
+            notify=note,
+        )
+    except BadInput as err:
         _fail(str(err))
     except KeyboardInterrupt:
         if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
@@ -261,7 +254,7 @@ def _submit_spec(
         sys.exit(EXIT_INTERRUPTED)
     from .live import error_line
 
-    ran = len(summary.done)
+    ran = summary.ran
     if summary.skipped:
         console.print(f"resumed: {summary.skipped} shards were already committed")
     nonfinite = _nonfinite_warning(summary.path)
@@ -282,15 +275,6 @@ def _submit_spec(
     click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
     if nonfinite:
         console.print(nonfinite)
-
-
-def _with_provenance(prepared, job: str):
-    """The prepared job with the provenance of this command (host, command line, the job file's git state)."""
-    from dataclasses import replace
-
-    from .provenance import collect
-
-    return replace(prepared, attributes={**prepared.attributes, "provenance": collect(job)})
 
 
 def _nonfinite_warning(path: str) -> str | None:
@@ -349,7 +333,7 @@ def validate(job, overrides, deep):
                 f"chunks of {prepared.plan.chunk_size}"
                 f"\n  results: {human_size(prepared.plan.result_bytes())} before compression"
             )
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     click.echo(line)
 
@@ -403,7 +387,7 @@ def inspect(store, as_json, shard_id):
     if as_json:
         try:
             click.echo(json.dumps(store_facts(store), indent=2, default=str))
-        except _bad_input_errors() as err:
+        except BadInput as err:
             _fail(str(err))
         return
     try:
@@ -412,7 +396,7 @@ def inspect(store, as_json, shard_id):
             inspect_shard(store, shard_id, console)
         else:
             inspect_store(store, console)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
 
 
@@ -448,7 +432,7 @@ def report(store, out):
 
     try:
         written = write_report(store, out)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     click.echo(f"wrote {written}")
 
@@ -498,7 +482,7 @@ def status(store, as_json):
 
     try:
         report = store_status(store)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     if as_json:
         click.echo(json.dumps(report))
@@ -635,7 +619,7 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
                         "recompute the whole store with `pipeline submit JOB --overwrite`"
                     )
                 damaged = repair_store(store, report)
-    except _bad_input_errors() as err:
+    except BadInput as err:
         _fail(str(err))
     if as_json:
         click.echo(json.dumps(report.to_json()))

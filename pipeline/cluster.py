@@ -28,16 +28,12 @@ import json
 import os
 from pathlib import Path
 
+from .errors import ClusterError
+
 AUTH_FIX = (
     "copy the head's token (`ray get-auth-token` on the head prints it) into ~/.ray/auth_token on this "
     "machine, or set RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file holding it>)"
 )
-
-
-def _cluster_error(message: str):
-    from .runner import ClusterError
-
-    return ClusterError(message)
 
 
 def resolve_address(address: str, source: str = "--address") -> str:
@@ -56,7 +52,7 @@ def resolve_address(address: str, source: str = "--address") -> str:
     except ConnectionError:
         found = None
     if not found:
-        raise _cluster_error(
+        raise ClusterError(
             f"{source} is 'auto' but no Ray cluster runs on this machine (none started with `ray start --head`, "
             "as far as Ray's temporary directory tells); start one with `ray start --head`, pass "
             "--address HOST:PORT of a running head, or --local to run on this machine without a cluster"
@@ -140,7 +136,7 @@ def authenticate(address: str, source: str = "--address", timeout: float = 5.0) 
     if code == grpc.StatusCode.UNAUTHENTICATED:
         token, where = local_token()
         if token is None:
-            raise _cluster_error(
+            raise ClusterError(
                 f"the Ray cluster at {address!r} (from {source}) uses token authentication and this machine "
                 f"has no token: {AUTH_FIX}"
             )
@@ -149,27 +145,27 @@ def authenticate(address: str, source: str = "--address", timeout: float = 5.0) 
             _enable_token_mode()
             return
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise _cluster_error(
+            raise ClusterError(
                 f"the Ray cluster at {address!r} (from {source}) refuses the authentication token from {where}: "
                 f"it is not the head's token; {AUTH_FIX}"
             )
     if code == grpc.StatusCode.UNIMPLEMENTED:
         if client:
-            raise _cluster_error(
+            raise ClusterError(
                 f"{address!r} (from {source}) is a Ray port but not the Ray client server: the client server is "
                 "ray://HEAD:10001 (`ray start --head --ray-client-server-port 10001`); the head's own port "
                 "(6379 by default) is given without ray://, e.g. --address HEAD:6379"
             )
-        raise _cluster_error(
+        raise ClusterError(
             f"{address!r} (from {source}) is a Ray port but not a Ray head's address (the GCS port, 6379 by "
             "default: `ray status` on the head prints it); for the Ray client server use ray://HEAD:10001"
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        raise _cluster_error(
+        raise ClusterError(
             f"the Ray cluster at {address!r} (from {source}) accepts connections but did not answer within "
             f"{timeout:g} s; check that the head is healthy (`ray status` on it) or correct {source}"
         )
-    raise _cluster_error(
+    raise ClusterError(
         f"{address!r} (from {source}) answers, but not as a Ray cluster ({code.name}: {details}); "
         "a head's address is HOST:6379 by default (`ray status` on the head prints it), ray://HOST:10001 for "
         "the Ray client; or pass --local to run on this machine without a cluster"

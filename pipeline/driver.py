@@ -2,9 +2,12 @@
 
 ``prepare(spec)`` resolves sizes (reading only input metadata) and runs the
 job on a tiny example on the driver's CPU (see ``kinds/``), so bad input fails
-here, before any store exists. ``submit(spec, executor)`` checks the
-executor's resources, creates the store (or resumes one made by the same spec
-from the same files), runs the pending shards and finalizes the store.
+here, before any store exists. ``submit(spec, executor)`` owns the rest: it
+takes the store's lock, starts the executor (``runner.Executor``) and checks
+its resources, creates the store (or resumes one made by the same spec from
+the same files), runs the pending shards and finalizes the store. The CLI
+only passes callbacks (notes, progress, repair) and turns the outcome into
+messages and exit codes.
 
 Example:
     >>> from pipeline.spec import load_spec
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from .kinds import Prepared, kind_module
 from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
+from .runner import Executor
 from .spec import results_hash, spec_differences
 from .store import (
     ShardRecord,
@@ -40,25 +45,37 @@ from .store import (
     read_plan,
     refuse_foreign_path,
 )
-from .tasks import run_shard
+from .tasks import shard_task
 
 
 @dataclass
 class RunSummary:
-    """What a submit did: shards run, failed, and whether the store is complete."""
+    """What a submit did: shards run, failed, and whether the store is complete.
+
+    Shards that ran are counted, not kept (a job may run a million); the failed
+    ones are kept whole (their errors go to the manifest and the console).
+    """
 
     path: str
     total: int
     skipped: int = 0
-    done: list[ShardRecord] = field(default_factory=list)
+    ran: int = 0  # shards this run committed
+    samples_run: int = 0  # their samples (or cases)
+    seconds_run: float = 0.0  # their compute seconds, summed over tasks
     failed: dict[int, ShardRecord] = field(default_factory=dict)
     complete: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def count(self, record: ShardRecord) -> None:
+        """Count one committed shard."""
+        self.ran += 1
+        self.samples_run += record.stop - record.start
+        self.seconds_run += record.seconds
+
     @property
     def samples_per_second(self) -> float:
-        seconds = sum(r.seconds for r in self.done)
-        return sum(r.stop - r.start for r in self.done) / seconds if seconds else 0.0
+        """Samples (or cases) per second per task, over the shards this run committed."""
+        return self.samples_run / self.seconds_run if self.seconds_run else 0.0
 
 
 def prepare(spec) -> Prepared:
@@ -224,7 +241,7 @@ def store_attributes(prepared: Prepared) -> dict:
 class Opened:
     """The store of a job, opened for a run: shards to run, how many were committed, what to tell the user."""
 
-    shards: list[Shard]
+    shards: Sequence[Shard]  # a list, or ``Pending`` (never all held) when a store is resumed
     skipped: int
     created: bool
     notes: list[str] = field(default_factory=list)
@@ -372,13 +389,13 @@ def code_fingerprint_of(files: dict) -> str:
     return code_digest({k: v for k, v in files.items() if k in CODE_KEYS})
 
 
-class Pending:
+class Pending(Sequence[Shard]):
     """The shards of a plan without a commit marker, found as they are iterated (never all held).
 
     Sized, iterable and sliceable like a list of those shards.
     """
 
-    def __init__(self, shards, committed: set[int]) -> None:
+    def __init__(self, shards: Sequence[Shard], committed: set[int]) -> None:
         self.shards = shards
         self.committed = committed
         self._count = len(shards) - sum(1 for i in committed if 0 <= i < len(shards))
@@ -386,7 +403,7 @@ class Pending:
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Shard]:
         return (s for s in self.shards if s.id not in self.committed)
 
     def __getitem__(self, index):
@@ -397,7 +414,7 @@ class Pending:
         return next(itertools.islice(iter(self), index, None))
 
 
-def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list[Shard], int]:
+def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[Sequence[Shard], int]:
     """Create the store, or find the shards a same-spec store still lacks (see ``open_store``).
 
     Returns the shards to run and how many were already committed.
@@ -406,33 +423,54 @@ def pending_shards(prepared: Prepared, *, overwrite: bool = False) -> tuple[list
     return opened.shards, opened.skipped
 
 
+def with_provenance(prepared: Prepared, job: str) -> Prepared:
+    """The prepared job with the provenance of this command (host, command line, the job file's git state)."""
+    from .provenance import collect
+
+    return replace(prepared, attributes={**prepared.attributes, "provenance": collect(job)})
+
+
 def submit(
     spec,
-    executor,
+    executor: Executor,
     *,
     overwrite: bool = False,
     progress=None,
-    notify=None,
+    notify: Callable[[str], None] | None = None,
     accept_changed_code: bool = False,
     prepared: Prepared | None = None,
+    job: str | None = None,
+    repair: Callable[[str], object] | None = None,
+    on_started: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run a job to completion (or as far as it gets) and finalize its store.
 
-    The executor checks its resources (``executor.check``) before the store
-    is created, so a job the cluster cannot run leaves no store behind. The
-    driver holds ``<store.path>.lock`` meanwhile (``lock.store_lock``): a
-    second submit on the same store stops with a ``StoreError``.
-    ``notify(message)`` is called with notes about the store (replaced, kept
-    settings) before any shard runs; they are also in ``RunSummary.notes``.
-    ``prepared`` is ``prepare(spec)`` when the caller already has it (the CLI
-    prepares before it starts Ray).
+    In this order: ``prepare(spec)`` (bad input stops here, before anything
+    starts; ``prepared`` when the caller has it already), the store's driver
+    lock (``lock.store_lock``, held to the finalize: a second submit on the same
+    store stops with a ``StoreError``), ``repair(store.path)`` when given
+    (``submit --repair``: un-commit damaged shards), ``executor.start()``
+    (then ``on_started(executor.describe())``), ``executor.check(spec)`` (its
+    resources, before the store is created, so a job the cluster cannot run
+    leaves no store behind), the store created or resumed, the pending shards
+    run, the store finalized.
+
+    ``job`` is the job file, recorded with the command line in the store's
+    provenance. ``notify(message)`` is called with notes about the store
+    (replaced, kept settings) before any shard runs; they are also in
+    ``RunSummary.notes``. ``progress`` shows the run (``progress.make_progress``).
     """
     if prepared is None or prepared.spec is not spec:
         prepared = prepare(spec)
-    check = getattr(executor, "check", None)
-    if check is not None:
-        check(spec)
+    if job is not None:
+        prepared = with_provenance(prepared, job)
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
+        if repair is not None:
+            repair(spec.store.path)
+        executor.start()
+        if on_started is not None:
+            on_started(executor.describe())
+        executor.check(spec)
         # the driver record `pipeline status` reads (live.py), deleted when the run ends
         replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
         unit = "cases" if spec.kind == "sweep" else "samples"
@@ -450,7 +488,13 @@ def submit(
 
 
 def _run(
-    prepared: Prepared, executor, *, overwrite: bool, progress, notify, accept_changed_code: bool = False
+    prepared: Prepared,
+    executor: Executor,
+    *,
+    overwrite: bool,
+    progress: LiveRun | None,
+    notify: Callable[[str], None] | None,
+    accept_changed_code: bool = False,
 ) -> RunSummary:
     spec = prepared.spec
     opened = open_store(prepared, overwrite=overwrite, accept_changed_code=accept_changed_code)
@@ -470,7 +514,7 @@ def _run(
         )
 
     def on_done(record: ShardRecord) -> None:
-        summary.done.append(record)
+        summary.count(record)
         if progress is not None:
             progress.advance(record)
 
@@ -480,9 +524,7 @@ def _run(
             error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
         except Exception:  # the storage itself is what failed (a bucket out of reach): keep the executor's count
             pass
-        summary.failed[shard.id] = ShardRecord(
-            shard.id, shard.start, shard.stop, "failed", attempts, "", "", 0.0, 0.0, 0, "", error=error
-        )
+        summary.failed[shard.id] = ShardRecord.failed(shard, attempts=attempts, error=error)
         if progress is not None:
             progress.fail(shard, error)
 
@@ -490,7 +532,7 @@ def _run(
     started = time.time()
     try:
         if shards:
-            executor.run(run_shard, spec, shards, on_done, on_failed)
+            executor.run(shard_task(plan), spec, shards, on_done, on_failed)
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
         # a store this run just created holds nothing, so it goes
@@ -507,9 +549,7 @@ def _run(
                 try:
                     from .provenance import run_record
 
-                    append_run(
-                        spec.store.path, run_record(started, time.time(), len(summary.done), len(summary.failed))
-                    )
+                    append_run(spec.store.path, run_record(started, time.time(), summary.ran, len(summary.failed)))
                     summary.complete = finalize_store(spec.store.path, plan, summary.failed)
                 except Exception as err:
                     if not _remote(spec.store.path):

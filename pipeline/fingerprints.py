@@ -19,9 +19,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +132,9 @@ def _sweep_paths(found: dict[str, str], sweep, key: str) -> None:
 
 def _module(found: dict[str, str], key: str, target: str, python_path) -> None:
     """The source file of the module of ``package.module:attr`` (already imported by ``prepare``)."""
-    name = target.split(":", 1)[0]
-    module = sys.modules.get(name)
-    if module is None:
-        for entry in python_path:
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # prepare reports import errors with their key; nothing to fingerprint
-            return
-    source = getattr(module, "__file__", None)
+    from .imports import module_file
+
+    source = module_file(target.split(":", 1)[0], python_path)
     if source:
         found[key] = source
 

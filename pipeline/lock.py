@@ -9,8 +9,9 @@ process ends, however it ends, so a driver killed with SIGKILL never blocks
 the next one, and taking over is atomic. The file also names the holder
 (host, pid, start time) for the message a second driver gets.
 
-Within one process the lock is re-entrant (the CLI takes it before starting
-Ray, ``driver.submit`` again around the run).
+``driver.submit`` takes it once, before the executor starts, and holds it
+to the finalize. Within one process the lock is re-entrant (a caller that
+holds it may still call ``driver.submit``).
 
 Example:
     >>> import tempfile, os

@@ -13,19 +13,20 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
-import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .errors import BadInput
+from .imports import ImportPathError, describe_import_error, import_object
 from .spec import ImportFunction, MLPFunction
 
 
-class FunctionError(ValueError):
+class FunctionError(BadInput, ValueError):
     """The job's function cannot be imported, built or evaluated."""
 
 
@@ -84,39 +85,24 @@ def make_mlp(
 
 def import_target(target: str, python_path: list[str] | tuple[str, ...] = ()) -> object:
     """Import ``package.module:attr`` (dotted attributes allowed), with extra search paths."""
-    module_name, _, attr_path = target.partition(":")
-    for entry in python_path:
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise FunctionError(
-            f"function.target: cannot import module {module_name!r} ({err}); check the spelling, install the "
-            f"package, or put its directory in function.python_path (searched: {list(python_path) or 'sys.path'})"
-        ) from None
-    except Exception as err:  # the module itself is broken: SyntaxError, NameError, ... at import time
-        raise FunctionError(
-            f"function.target: importing module {module_name!r} failed: {describe_import_error(err)}; "
-            "fix the module (python -c 'import " + module_name + "' shows the traceback)"
-        ) from None
-    obj: object = module
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            public = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
+        return import_object(target, python_path)
+    except ImportPathError as err:
+        if err.reason == "import":
             raise FunctionError(
-                f"function.target: {module_name!r} has no attribute {attr_path!r}; available names include {public}"
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
-def describe_import_error(err: BaseException) -> str:
-    """``SyntaxError: invalid syntax (fns.py, line 3)``: the error of a broken module, in one line."""
-    if isinstance(err, SyntaxError):
-        where = f" ({err.filename}, line {err.lineno})" if err.filename else ""
-        return f"{type(err).__name__}: {err.msg}{where}"
-    return f"{type(err).__name__}: {err}".splitlines()[0]
+                f"function.target: cannot import module {err.module!r} ({err.cause}); check the spelling, install "
+                "the package, or put its directory in function.python_path "
+                f"(searched: {list(python_path) or 'sys.path'})"
+            ) from None
+        if err.reason == "broken":
+            raise FunctionError(
+                f"function.target: importing module {err.module!r} failed: {describe_import_error(err.cause or err)}; "
+                "fix the module (python -c 'import " + err.module + "' shows the traceback)"
+            ) from None
+        raise FunctionError(
+            f"function.target: {err.module!r} has no attribute {err.attribute!r}; available names include "
+            f"{err.public_names()[:20]}"
+        ) from None
 
 
 def _checkpoint_source(path: str):
@@ -161,7 +147,8 @@ def build_function(spec, dtype: torch.dtype = torch.float32, device: str | torch
 
 
 def _build_imported(spec: ImportFunction, dtype, device) -> Callable:
-    obj = import_target(spec.target, spec.python_path)
+    obj: Any = import_target(spec.target, spec.python_path)  # a class, factory, module or function: checked below
+    fn: Any
     try:
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             fn = obj(**spec.kwargs)

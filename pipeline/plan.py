@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from math import prod
 
 from .quantities import input_dims, quantity_dims, quantity_shape
 
@@ -106,19 +107,29 @@ class Plan:
         >>> plan.result_bytes()   # inputs 10 x 2 and value 10 x 3, 4 bytes each
         200
         """
-        from math import prod
+        return sum(prod(a.shape) * _itemsize(a.dtype) for a in self.arrays)
 
-        def itemsize(dtype: str) -> int:  # "float32" -> 4 (stdlib only: no numpy here)
-            bits = "".join(c for c in dtype if c.isdigit())
-            return int(bits) // 8 if bits else 1
+    def bytes_per_sample(self) -> int:
+        """Bytes of one sample (or case) across the arrays with a sample axis (at least 1): sizes a worker's blocks.
 
-        return sum(prod(a.shape) * itemsize(a.dtype) for a in self.arrays)
+        >>> plan_derivative_job(10, (2,), (3,), ("value", "jacobian"), 4, 8, "float32").bytes_per_sample()
+        44
+        """
+        return max(
+            1, sum(prod(a.shape[1:]) * _itemsize(a.dtype) for a in self.arrays if a.shape and a.shape[0] == self.n)
+        )
 
     def array(self, name: str) -> ArrayLayout:
         for layout in self.arrays:
             if layout.name == name:
                 return layout
         raise KeyError(name)
+
+
+def _itemsize(dtype: str) -> int:
+    """Bytes of one value: "float32" -> 4, "bfloat16" -> 2, "bool" -> 1 (stdlib only: no numpy here)."""
+    bits = "".join(c for c in dtype if c.isdigit())
+    return int(bits) // 8 if bits else 1
 
 
 def plan_shards(n: int, shard_size: int, chunk_size: int) -> Shards:

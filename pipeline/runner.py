@@ -11,31 +11,58 @@ import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+from .errors import ClusterError
 from .plan import Shard
 from .store import ShardRecord
 
+Unit = Callable[[Any, Shard], ShardRecord]  # the unit of work, ``tasks.run_shard``: (spec, shard) -> its record
 OnDone = Callable[[ShardRecord], None]
 OnFailed = Callable[[Shard, int, str], None]
 
 
-class ClusterError(RuntimeError):
-    """Ray cannot be started or joined."""
+class Executor(Protocol):
+    """What the driver needs of an executor (``InlineExecutor``, ``RayExecutor``).
+
+    The driver calls ``start`` (join or start the compute), ``describe``,
+    ``check(spec)`` (raise ``ClusterError`` before any store exists when the
+    job cannot run here) and ``run``, which calls ``unit(spec, shard)`` for
+    every shard and reports each through ``on_done(record)`` or, once its
+    retries are spent, ``on_failed(shard, attempts, error)``. The CLI sets
+    ``notify`` (a line for the user: why tasks wait) and ``verbose`` (the
+    compute's own logging).
+    """
+
+    notify: Callable[[str], None] | None
+    verbose: bool
+
+    def start(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def check(self, spec: Any) -> None: ...
+
+    def run(self, unit: Unit, spec: Any, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None: ...
 
 
 @dataclass
 class InlineExecutor:
     """Run shards one after another in this process (for debugging: breakpoints work)."""
 
-    name: str = "inline"
+    notify: Callable[[str], None] | None = None  # nothing to tell: shards never wait here
+    verbose: bool = False  # no logging of its own
+
+    def start(self) -> None:
+        """Nothing to start: shards run in this process."""
 
     def describe(self) -> str:
         return "inline (this process, no Ray)"
 
-    def check(self, spec) -> None:
+    def check(self, spec: Any) -> None:
         """Nothing to check: shards run in this process, on its device."""
 
-    def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
+    def run(self, unit: Unit, spec: Any, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
         for shard in shards:
             for attempt in range(spec.execution.retries + 1):
                 try:
@@ -59,7 +86,6 @@ class RayExecutor:
 
     local: bool = False
     address: str | None = None
-    name: str = "ray"
     waiting: str | None = None  # set by ``resources`` when the tasks wait for the autoscaler to add GPUs
     _node_types: dict | None = None
     notify: Callable[[str], None] | None = None  # tells the user why the tasks wait (the CLI prints it)
@@ -160,7 +186,7 @@ class RayExecutor:
             self._node_types = node_types()
         return gpu_node_types(self._node_types)
 
-    def run(self, unit: Callable, spec, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
+    def run(self, unit: Unit, spec: Any, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
         import ray
 
         self.start()
@@ -316,7 +342,7 @@ def _format_error(err: BaseException) -> str:
     return "".join(lines).strip()[-2000:]
 
 
-def make_executor(name: str, *, local: bool = False, address: str | None = None):
+def make_executor(name: str, *, local: bool = False, address: str | None = None) -> Executor:
     """The executor called ``name`` ('ray' or 'inline')."""
     if name == "inline":
         return InlineExecutor()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage
+from .errors import BadInput
 from .spec import (
     GridInputs,
     NormalInputs,
@@ -38,7 +39,7 @@ from .spec import (
 RANDOM_BLOCK = 4096
 
 
-class InputError(ValueError):
+class InputError(BadInput, ValueError):
     """An input file is missing or does not hold what the job says."""
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import BadInput
 from .quantities import canonical_quantities
 
 SCHEMA_VERSION = 1
@@ -36,7 +37,7 @@ SampleCount = Annotated[int, Field(gt=0, le=MAX_SAMPLES)]
 Shape = tuple[PositiveInt, ...]
 
 
-class SpecError(ValueError):
+class SpecError(BadInput, ValueError):
     """A job spec is invalid; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str], source: str | None = None):

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
+from .errors import BadInput
+
 T = TypeVar("T")
 
 # scheme -> (fsspec protocol, package that implements it, extra that installs it)
@@ -66,7 +68,7 @@ RETRY_ATTEMPTS = int(os.environ.get("PIPELINE_STORAGE_RETRIES", "5"))
 RETRY_BASE_SECONDS = 0.5  # backoff 0.5, 1, 2, 4 s (with jitter)
 
 
-class StorageError(ValueError):
+class StorageError(BadInput, ValueError):
     """A URL whose scheme is unknown or whose package is missing (a bad-input error naming the key)."""
 
 

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .errors import BadInput
 from .plan import Plan, Shard, Shards
 
 BATCH_ROWS = 1 << 20  # plan and manifest rows written per Parquet batch: memory stays bounded for huge plans
@@ -51,25 +51,35 @@ CASES_FILE = "cases.parquet"
 FORMAT_VERSION = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(BadInput, RuntimeError):
     """The store is missing, belongs to another job, or cannot be written."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardRecord:
-    """What one shard reports: written into its commit marker and the manifest."""
+    """What one shard reports: written into its commit marker and the manifest (one row, these columns).
+
+    Made by its named constructors: ``done`` (a worker, after the commit),
+    ``failed`` (the driver, when the retries are spent), ``pending`` (the
+    finalize, for a shard without a marker) and ``from_marker`` (a commit
+    marker read back).
+
+    Example:
+        >>> ShardRecord.failed(Shard(3, 12, 16), attempts=2, error="ValueError: boom").status
+        'failed'
+    """
 
     shard_id: int
     start: int
     stop: int
     status: str
-    attempts: int
-    host: str
-    device: str
-    seconds: float
-    samples_per_second: float
-    nonfinite: int
-    checksum: str
+    attempts: int = 0
+    host: str = ""
+    device: str = ""
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+    nonfinite: int = 0
+    checksum: str = ""
     method: str = ""
     chunk_size: int = 0
     peak_memory_bytes: int = -1
@@ -82,6 +92,28 @@ class ShardRecord:
     array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
     nonfinite_by_array: str = ""  # JSON {array: count} of the arrays holding NaN or Inf
     code: str = ""  # digest of the function's or solver's module the shard ran under (fingerprints.code_fingerprint)
+
+    @classmethod
+    def done(cls, shard: Shard, **facts: Any) -> ShardRecord:
+        """A committed shard: its range and status, with ``facts`` (attempts, host, device, seconds, checksum, ...)."""
+        return cls(shard_id=shard.id, start=shard.start, stop=shard.stop, status="done", **facts)
+
+    @classmethod
+    def failed(cls, shard: Shard, *, attempts: int, error: str) -> ShardRecord:
+        """A shard whose every attempt raised: ``error`` is the last attempt's traceback."""
+        return cls(
+            shard_id=shard.id, start=shard.start, stop=shard.stop, status="failed", attempts=attempts, error=error
+        )
+
+    @classmethod
+    def pending(cls, shard: Shard, *, attempts: int = 0) -> ShardRecord:
+        """A shard without a commit marker (never run, or stopped before it committed)."""
+        return cls(shard_id=shard.id, start=shard.start, stop=shard.stop, status="pending", attempts=attempts)
+
+    @classmethod
+    def from_marker(cls, data: dict[str, Any]) -> ShardRecord:
+        """The record a commit marker holds (its JSON object, as ``write_marker`` wrote it)."""
+        return cls(**data)
 
 
 # ------------------------------------------------------------------ driver
@@ -545,9 +577,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
                 yield with_job(failed[shard.id])
             else:
                 attempts = attempt_count(path, shard.id) if attempted is None or shard.id in attempted else 0
-                yield with_job(
-                    ShardRecord(shard.id, shard.start, shard.stop, "pending", attempts, "", "", 0.0, 0.0, 0, "")
-                )
+                yield with_job(ShardRecord.pending(shard, attempts=attempts))
 
     _write_manifest(path, rows())
     if complete:
@@ -558,15 +588,6 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             group = zarr.open_group(storage.zarr_target(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
-
-
-def _with_job(path: Path, rows: list[ShardRecord]) -> list[ShardRecord]:
-    """Every manifest row names its job and spec hash (pending and failed rows too), for queries over many stores."""
-    from dataclasses import replace
-
-    attrs = read_attributes(path)
-    name, spec_hash = str(attrs.get("name", "")), str(attrs.get("spec_hash", ""))
-    return [r if r.job else replace(r, job=name, spec_hash=spec_hash) for r in rows]
 
 
 def append_run(path: str | Path, run: dict[str, Any]) -> None:
@@ -626,18 +647,6 @@ def open_for_writing(path: str | Path):
     if storage.is_remote(path):  # the worker writes straight to the bucket
         return storage.retry(_zarr().open_group, storage.zarr_target(path), mode="r+", use_consolidated=False)
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
-
-
-def bytes_per_sample(group) -> int:
-    """Bytes of one sample (or case) across the store's sample-axis arrays: a block-sizing estimate."""
-    total = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
-        members = list(group.arrays())
-    for _, array in members:
-        if len(array.shape) and array.shape[0] == group.attrs["n"]:
-            total += array.dtype.itemsize * math.prod(array.shape[1:])
-    return max(1, total)
 
 
 def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int, group=None) -> None:
@@ -716,14 +725,14 @@ def read_markers(path: str | Path) -> dict[int, ShardRecord]:
         for name in storage.listdir(storage.join(str(path), MARKERS)):
             if name.endswith(".json"):
                 data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, name)))
-                records[data["shard_id"]] = ShardRecord(**data)
+                records[data["shard_id"]] = ShardRecord.from_marker(data)
         return records
     folder = Path(path) / MARKERS
     records = {}
     if folder.is_dir():
         for file in folder.glob("*.json"):
             data = json.loads(file.read_text())
-            records[data["shard_id"]] = ShardRecord(**data)
+            records[data["shard_id"]] = ShardRecord.from_marker(data)
     return records
 
 

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -19,9 +21,9 @@ from .cluster import placement
 from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_module
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
-from .plan import Shard, shard_blocks
+from .plan import Plan, Shard, shard_blocks
 from .storage import set_options
-from .store import ShardRecord, bytes_per_sample, open_for_writing, record_attempt, write_marker
+from .store import ShardRecord, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
 
@@ -76,25 +78,39 @@ def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
     return ShardInfo(method, max(first.chunk_size, other.chunk_size), max(peaks) if peaks else None)
 
 
-def run_shard(spec, shard: Shard) -> ShardRecord:
+def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int) -> ShardRecord:
     """Compute one shard block by block, write its region and commit it; return its record.
 
-    Raises whatever the computation or a write raises (the executor retries);
-    the marker is written only after every block of the shard is in the store,
+    ``bytes_per_sample`` (``Plan.bytes_per_sample``) sizes the blocks. Raises
+    whatever the computation or a write raises (the executor retries); the
+    marker is written only after every block of the shard is in the store,
     so a shard either committed completely or is pending.
     """
     store = spec.store.path
     set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     attempt = record_attempt(store, shard.id)
     try:
-        return _run_attempt(spec, shard, attempt)
+        return _run_attempt(spec, shard, attempt, bytes_per_sample)
     except Exception as err:
         # the full traceback goes to the store (manifest, `pipeline inspect --shard`), the console gets one line
         write_attempt_error(store, shard.id, attempt, err)
         raise
 
 
-def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
+def shard_task(plan: Plan) -> Callable[[Any, Shard], ShardRecord]:
+    """The unit of work the driver hands its executor: ``run_shard(spec, shard)`` with ``plan``'s block sizing.
+
+    A plain function (not a ``functools.partial``), so that Ray can make a task of it.
+    """
+    bytes_per_sample = plan.bytes_per_sample()
+
+    def run_planned_shard(spec: Any, shard: Shard) -> ShardRecord:
+        return run_shard(spec, shard, bytes_per_sample=bytes_per_sample)
+
+    return run_planned_shard
+
+
+def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int) -> ShardRecord:
     store = spec.store.path
     started = time.time()
     began = time.perf_counter()
@@ -102,8 +118,8 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
     device = pick_device()
     group = open_for_writing(store)
     per_object = spec.store.chunk_size * (getattr(spec.store, "shards", None) or 1)  # whole Zarr shards per block
-    blocks = shard_blocks(shard, per_object, bytes_per_sample(group))
-    info = None
+    blocks = shard_blocks(shard, per_object, bytes_per_sample)
+    info: ShardInfo | None = None
     written, reported = 0, time.monotonic()
 
     def on_written(start: int, stop: int) -> None:  # in the writer thread, as each block's write finishes
@@ -121,12 +137,10 @@ def _run_attempt(spec, shard: Shard, attempt: int) -> ShardRecord:
     if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
         raise NonFiniteError(shard, writer.nonfinite_by_array)
     seconds = time.perf_counter() - began
+    assert info is not None  # a shard has at least one sample, so at least one block
     node, accelerators = placement()  # the Ray node and GPU ids, when a Ray worker runs this
-    record = ShardRecord(
-        shard_id=shard.id,
-        start=shard.start,
-        stop=shard.stop,
-        status="done",
+    record = ShardRecord.done(
+        shard,
         attempts=attempt,
         host=socket.gethostname(),
         device=device_name(device) + (f" ({', '.join(filter(None, (node, accelerators)))})" if node else ""),

@@ -138,3 +138,53 @@ def test_validate_of_a_huge_job_uses_bounded_memory(tmp_path):
     assert "125000000000 shards of 8 samples" in run.stdout
     assert growth_mb < 200, growth_mb
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_every_bad_input_error_is_a_bad_input_and_keeps_its_old_base():
+    """The CLI catches ``BadInput`` (exit 2); callers that catch ValueError / RuntimeError still catch these."""
+    from pipeline.errors import BadInput, ClusterError
+    from pipeline.models import FunctionError
+    from pipeline.runner import ClusterError as RunnerClusterError
+    from pipeline.sources import InputError
+    from pipeline.spec import SpecError
+    from pipeline.storage import StorageError
+    from pipeline.store import StoreError
+    from pipeline.tasks import NonFiniteError
+
+    assert RunnerClusterError is ClusterError
+    for error, base in [
+        (SpecError, ValueError),
+        (FunctionError, ValueError),
+        (InputError, ValueError),
+        (StorageError, ValueError),
+        (StoreError, RuntimeError),
+        (ClusterError, RuntimeError),
+    ]:
+        assert issubclass(error, BadInput) and issubclass(error, base), error
+    assert not issubclass(NonFiniteError, BadInput)  # a shard's failure, not the job's input: exit 1
+
+
+def test_import_paths_resolve_once_for_functions_and_solvers(tmp_path):
+    """``function.target`` and ``solver.name`` name what failed in their own words, from one resolver."""
+    from pipeline.imports import ImportPathError, import_object, module_file
+    from pipeline.models import FunctionError, import_target
+    from pipeline.solvers.registry import get_solver
+
+    (tmp_path / "helper_mod_i8.py").write_text("def f(x):\n    return x\n")
+    (tmp_path / "broken_mod_i8.py").write_text("def f(:\n")
+    assert import_object("helper_mod_i8:f", [str(tmp_path)]).__name__ == "f"
+    assert module_file("helper_mod_i8") == str(tmp_path / "helper_mod_i8.py")
+    assert module_file("no_such_module_i8") is None
+    with pytest.raises(ImportPathError) as caught:
+        import_object("helper_mod_i8:g")
+    assert caught.value.reason == "attribute" and caught.value.missing == "g" and "f" in caught.value.public_names()
+    with pytest.raises(FunctionError, match=r"function.target: 'helper_mod_i8' has no attribute 'g'; available names include \['f'\]"):
+        import_target("helper_mod_i8:g")
+    with pytest.raises(FunctionError, match=r"importing module 'broken_mod_i8' failed: SyntaxError: .*broken_mod_i8.py, line 1"):
+        import_target("broken_mod_i8:f", [str(tmp_path)])
+    with pytest.raises(FunctionError, match=r"cannot import module 'no_such_module_i8'.*function.python_path"):
+        import_target("no_such_module_i8:f")
+    with pytest.raises(ValueError, match=r"solver 'helper_mod_i8:g': module 'helper_mod_i8' has no attribute 'g'; it has: f"):
+        get_solver("helper_mod_i8:g")
+    with pytest.raises(ValueError, match=r"solver 'no_such_module_i8:f': cannot import module"):
+        get_solver("no_such_module_i8:f")

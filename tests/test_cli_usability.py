@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.runner import ClusterError, check_reachable
+from pipeline.runner import ClusterError, InlineExecutor, check_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +116,11 @@ SMALL_SWEEP = [
 ]
 
 
-class PartlyFailing:
-    """An executor that fails the even shards, leaves shards 1, 5, 9, ... pending and runs the rest."""
+class PartlyFailing(InlineExecutor):
+    """An executor that fails the even shards, leaves shards 1, 5, 9, ... pending and runs the rest.
+
+    (``start`` and ``check`` of ``runner.Executor``: the inline executor's, which do nothing.)
+    """
 
     name = "partly-failing"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.plan import plan_derivative_job
+from pipeline.plan import Shard, plan_derivative_job
 from pipeline.store import (
     ShardRecord,
     StoreError,
@@ -32,7 +34,10 @@ def make(tmp_path, n=10):
 
 
 def record(shard, status="done"):
-    return ShardRecord(shard.id, shard.start, shard.stop, status, 1, "h", "cpu", 0.1, 10.0, 0, "0")
+    return replace(
+        ShardRecord.done(shard, attempts=1, host="h", device="cpu", seconds=0.1, samples_per_second=10.0, checksum="0"),
+        status=status,
+    )
 
 
 def test_template_has_every_array_with_dims_and_fill(tmp_path):
@@ -76,7 +81,7 @@ def test_regions_markers_manifest_and_complete_flag(tmp_path):
 
 def test_failed_shards_appear_in_manifest(tmp_path):
     path, plan = make(tmp_path)
-    failed = {1: ShardRecord(1, 4, 8, "failed", 3, "", "", 0, 0, 0, "", error="boom")}
+    failed = {1: ShardRecord.failed(Shard(1, 4, 8), attempts=3, error="boom")}
     assert finalize_store(path, plan, failed) is False
     manifest = read_manifest(path).to_pydict()
     assert manifest["status"][1] == "failed" and manifest["error"][1] == "boom" and manifest["attempts"][1] == 3
@@ -133,3 +138,25 @@ def test_a_pipeline_store_or_an_empty_directory_may_be_replaced(tmp_path):
     empty.mkdir()
     create_store(empty, plan, {"spec_hash": "e"})
     assert is_pipeline_store(empty)
+
+
+def test_the_plans_bytes_per_sample_are_the_stores(tmp_path):
+    """``Plan.bytes_per_sample`` (what sizes a worker's blocks) equals the bytes of one sample of the created arrays."""
+    import math
+
+    import zarr
+
+    from pipeline.plan import plan_sweep_job
+
+    plans = [
+        plan_derivative_job(10, (2,), (3,), ("value", "jacobian", "hessian"), 2, 4, "float64"),
+        plan_sweep_job(12, {"T": (("time", "x"), (5, 8))}, {"time": 5, "x": 8}, ("a", "b"), ("q",), 4, 4, "float32"),
+    ]
+    for i, plan in enumerate(plans):
+        path = tmp_path / f"{i}.zarr"
+        create_store(path, plan, {"spec": {"name": "t"}, "spec_hash": "abc", "name": "t"})
+        group = zarr.open_group(str(path), mode="r")
+        stored = sum(
+            a.dtype.itemsize * math.prod(a.shape[1:]) for _, a in group.arrays() if a.shape and a.shape[0] == plan.n
+        )
+        assert plan.bytes_per_sample() == stored > 0

@@ -54,7 +54,7 @@ def test_rte_grid_sweep_matches_the_seed_solver(tmp_path, executor):
         fixed={"T0_amplitude": 0.1, "sigma_amplitude": 0.1},
     )
     summary = submit(spec, executor)
-    assert summary.complete and len(summary.done) == 3  # 12 cases, 4 per shard
+    assert summary.complete and summary.ran == 3  # 12 cases, 4 per shard
     ds = open_results(spec.store.path, require_complete=True)
     assert ds.T.dims == ("case", "time", "x") and ds.T.shape == (12, 4, 32)
     for name in ("T0_mean", "sigma_mean", "T0_phase", "T0_amplitude", "x", "time"):
@@ -261,7 +261,7 @@ def test_a_rewritten_case_table_stops_the_resume_but_performance_options_do_not(
     faster = {**SMALL_RTE, "compile": False, "block_cases": 1, "stability_check": False}
     summary = submit(sweep_spec(tmp_path, {"kind": "parquet", "path": str(table)},
                                 solver={"name": "rte1d", "options": faster, "dtype": "float64"}), InlineExecutor())
-    assert summary.complete and summary.skipped == 1 and len(summary.done) == 1
+    assert summary.complete and summary.skipped == 1 and summary.ran == 1
     (tmp_path / "sweep.zarr" / "_shards" / "1.json").unlink()
     pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 1.2, 1.1, 1.4], "sigma_mean": [1.0, 2.0, 3.0, 1.0, 2.0]}), table)
     with pytest.raises(StoreError, match=f"sweep.path: {table} changed since the store was created"):

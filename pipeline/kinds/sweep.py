@@ -8,8 +8,6 @@ outputs ``[case, ...]`` and, when asked, sensitivities ``d<q>_d<p> [case]``.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
@@ -27,11 +25,8 @@ REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": to
 def _solver(spec):
     from ..solvers import get_solver
 
-    for entry in spec.solver.python_path:
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
     try:
-        return get_solver(spec.solver.name)
+        return get_solver(spec.solver.name, spec.solver.python_path)
     except (ValueError, ImportError, AttributeError) as err:
         raise SpecError([f"solver.name: {err}"]) from None
 

@@ -11,8 +11,9 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from ..imports import ImportPathError, describe_import_error, import_object
 from .interface import Solver
 
 # name -> (module, attribute); imported on first use so the registry stays cheap.
@@ -54,12 +55,13 @@ def register_solver(solver: Solver, *, replace: bool = False) -> Solver:
     return solver
 
 
-def get_solver(solver: str | Solver | Callable) -> Solver:
+def get_solver(solver: str | Solver | Callable, python_path: Iterable[str] = ()) -> Solver:
     """Resolve a name, an import path ``package.module:attr``, a ``Solver`` or a callable.
 
     An import path may point at a ``Solver`` (fully declared) or at a plain
     per-case function ``f(params, **options)`` (wrapped by ``Solver.from_function``,
-    vmapped over cases, outputs discovered by running one case).
+    vmapped over cases, outputs discovered by running one case). ``python_path``:
+    directories searched first for an import path (``solver.python_path``).
 
     Example:
         >>> get_solver("pipeline.solvers.examples:damped_oscillator").batched
@@ -75,7 +77,7 @@ def get_solver(solver: str | Solver | Callable) -> Solver:
             module, attr = _BUILTIN[name]
             return getattr(importlib.import_module(module), attr)
         if ":" in name:
-            return _import_solver(name)
+            return _import_solver(name, python_path)
         raise ValueError(
             f"unknown solver {solver!r}; use one of {', '.join(available_solvers())}, "
             "or an import path 'package.module:function' for your own solver"
@@ -88,31 +90,28 @@ def get_solver(solver: str | Solver | Callable) -> Solver:
     )
 
 
-def _import_solver(path: str) -> Solver:
+def _import_solver(path: str, python_path: Iterable[str] = ()) -> Solver:
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise ValueError(f"solver import path {path!r} must look like 'package.module:function'")
     try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(
-            f"solver {path!r}: cannot import module {module_name!r} ({err}); "
-            "check the spelling and that its directory is on the Python path"
-        ) from None
-    except Exception as err:  # the module itself is broken: SyntaxError, NameError, ... at import time
-        from ..models import describe_import_error
-
-        raise ValueError(
-            f"solver {path!r}: importing module {module_name!r} failed: {describe_import_error(err)}; fix the module"
-        ) from None
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            public = sorted(n for n in dir(obj) if not n.startswith("_"))
+        obj = import_object(path, python_path)
+    except ImportPathError as err:
+        if err.reason == "import":
             raise ValueError(
-                f"solver {path!r}: {type(obj).__name__} {getattr(obj, '__name__', obj)!r} has no attribute "
-                f"{part!r}; it has: {', '.join(public[:20])}{' ...' if len(public) > 20 else ''}"
-            )
-        obj = getattr(obj, part)
+                f"solver {path!r}: cannot import module {module_name!r} ({err.cause}); "
+                "check the spelling and that its directory is on the Python path"
+            ) from None
+        if err.reason == "broken":
+            raise ValueError(
+                f"solver {path!r}: importing module {module_name!r} failed: "
+                f"{describe_import_error(err.cause or err)}; fix the module"
+            ) from None
+        owner, public = err.owner, err.public_names()
+        raise ValueError(
+            f"solver {path!r}: {type(owner).__name__} {getattr(owner, '__name__', owner)!r} has no attribute "
+            f"{err.missing!r}; it has: {', '.join(public[:20])}{' ...' if len(public) > 20 else ''}"
+        ) from None
     if isinstance(obj, Solver):
         return obj
     if callable(obj):
