@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .spec import ImportFunction, MLPFunction
+from .spec.derivative import ImportFunction, MLPFunction
 
 
 class FunctionError(ValueError):

@@ -17,7 +17,7 @@ import torch
 
 from .cluster import placement
 from .fingerprints import code_fingerprint
-from .kinds import ShardInfo, kind_module
+from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Shard, shard_blocks
 from .storage import set_options
@@ -66,7 +66,7 @@ def compute_shard(spec, shard: Shard, device: torch.device | None = None, hint: 
     kind may reuse its choices (the derivative engine's method) instead of
     choosing again.
     """
-    return kind_module(spec).compute(spec, shard, device or pick_device(), hint)
+    return kind_of(spec).compute(spec, shard, device or pick_device(), hint)
 
 
 def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
