@@ -1,4 +1,9 @@
-"""Derivative jobs: quantities of a torch function over an input set, per sample."""
+"""Derivative jobs: quantities of a torch function over an input set, per sample.
+
+``resolve_paths`` and ``job_files`` run whenever a job file is loaded
+(``pipeline validate --no-deep`` too), so this module imports torch, the
+engine and the input readers only inside ``prepare`` and ``compute``.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,25 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .. import encoding
-from ..models import FunctionError, build_function, probe_output_shape
-from ..plan import plan_derivative_job
-from ..sources import describe_inputs, read_inputs
 from ..spec.derivative import DerivativeJob, Function, ImportFunction, MLPFunction, NpyInputs, ParquetInputs, ZarrInputs
-from ..transfer import to_host
-from . import DTYPES, Prepared, ShardInfo
+from . import Prepared, ShardInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 def prepare(spec: DerivativeJob) -> Prepared:
     """Resolve sizes, run the engine on two samples on the CPU, and plan the store."""
+    import torch
+
+    from .. import encoding
     from ..engine import compute_derivatives
+    from ..models import FunctionError, build_function, probe_output_shape
+    from ..plan import plan_derivative_job
+    from ..sources import describe_inputs, read_inputs
+    from . import DTYPES
 
     info = describe_inputs(spec.inputs)
     if isinstance(spec.function, MLPFunction) and info.shape != (spec.function.in_features,):
@@ -89,6 +97,9 @@ def _cached_function(function_json: str, dtype: str, device: str, checkpoint_sta
     # ``checkpoint_stamp`` (size, mtime) makes a checkpoint replaced at the same path load again.
     from pydantic import TypeAdapter
 
+    from ..models import build_function
+    from . import DTYPES
+
     return build_function(TypeAdapter(Function).validate_json(function_json), DTYPES[dtype], device)
 
 
@@ -107,8 +118,13 @@ def compute(spec: DerivativeJob, shard, device: torch.device, hint: ShardInfo | 
     auto``, the method the engine chose for the first block is kept, so a
     close call is timed once per shard, not once per block.
     """
+    import torch
+
     from ..engine import compute_derivatives
     from ..engine.api import METHODS
+    from ..sources import read_inputs
+    from ..transfer import to_host
+    from . import DTYPES
 
     dtype = DTYPES[spec.derivatives.dtype]
     if device.type == "cuda":
