@@ -35,7 +35,9 @@ def _is_remote(path: str) -> bool:
 
 def _unit(spec) -> str:
     """What one row of the job is called: a sweep runs cases, a derivative job samples."""
-    return "cases" if spec.kind == "sweep" else "samples"
+    from .kinds import kind_of
+
+    return kind_of(spec).unit
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .fingerprints import changed_files, fingerprints
-from .kinds import Prepared, kind_module
+from .kinds import Prepared, kind_of
 from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
@@ -90,7 +90,7 @@ def prepare(spec) -> Prepared:
     check_urls(spec)
     refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)
-    prepared = with_store_layout(kind_module(spec).prepare(spec))
+    prepared = with_store_layout(kind_of(spec).prepare(spec))
     check_free_space(prepared)
     return prepared
 
@@ -118,7 +118,7 @@ def check_free_space(prepared: Prepared) -> None:
         return
     needed = prepared.plan.result_bytes()
     if needed > free:
-        unit, key = ("cases", "sweep") if spec.kind == "sweep" else ("samples", "inputs.n")
+        unit, key = kind_of(spec).unit, kind_of(spec).size_key
         raise SpecError(
             [
                 f"store.path: the results of {prepared.plan.n:,} {unit} need {human_size(needed)} before compression, "
@@ -130,19 +130,12 @@ def check_free_space(prepared: Prepared) -> None:
 
 def with_store_layout(prepared: Prepared) -> Prepared:
     """Apply ``store.chunks`` to the plan and check the axis labels of the job file (``labels.check_labels``)."""
-    from .labels import check_labels
     from .plan import with_axis_chunks
     from .spec import SpecError
 
     spec = prepared.spec
     try:
-        if spec.kind != "sweep":
-            check_labels(
-                spec.function.model_dump(),
-                spec.quantities,
-                in_shape=tuple(prepared.attributes["in_shape"]),
-                out_shape=tuple(prepared.attributes["out_shape"]),
-            )
+        kind_of(spec).check_labels(prepared)
         plan = with_axis_chunks(prepared.plan, dict(getattr(spec.store, "chunks", None) or {}))
     except ValueError as err:
         raise SpecError([str(err)]) from None
@@ -157,9 +150,7 @@ def check_urls(spec) -> None:
     from .spec import SpecError
 
     storage.set_options(spec.store.path, spec.store.storage_options)
-    named = {"store.path": spec.store.path, **job_files(spec)}
-    if spec.kind != "sweep" and getattr(spec.function, "checkpoint", None):
-        named["function.checkpoint"] = spec.function.checkpoint
+    named = {"store.path": spec.store.path, **job_files(spec)}  # a checkpoint is among the job's files
     for key, path in named.items():
         try:
             storage.check_url(path, key)
@@ -473,7 +464,7 @@ def submit(
         executor.check(spec)
         # the driver record `pipeline status` reads (live.py), deleted when the run ends
         replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
-        unit = "cases" if spec.kind == "sweep" else "samples"
+        unit = kind_of(spec).unit
         with LiveRun(
             spec.store.path, unit=unit, retries=spec.execution.retries, replacing=replacing, display=progress
         ) as live:

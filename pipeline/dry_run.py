@@ -1,8 +1,8 @@
 """``pipeline submit --dry-run``: the plan of a job and an estimate of its time, with nothing written.
 
 ``dry_run(prepared)`` times the job's own ``compute`` (the engine, or the
-solver) on a probe of one chunk (at most ``PROBE_SAMPLES`` samples or
-``PROBE_CASES`` cases) on this machine's CPU, after a warm-up on two, and
+solver) on a probe of one chunk (at most the kind's ``probe_rows``: 1024
+samples or 8 cases) on this machine's CPU, after a warm-up on two, and
 scales it to the whole job. A sweep's probe reads its cases from a
 ``cases.parquet`` written to a temporary directory that is removed again;
 no store, lock or Ray is touched.
@@ -22,9 +22,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-PROBE_SAMPLES = 1024
-PROBE_CASES = 8
 
 
 @dataclass(frozen=True)
@@ -75,12 +72,12 @@ def dry_run(prepared) -> DryRun:
     """Plan facts and a timed probe of the job (see the module docstring)."""
     import torch
 
-    from .kinds import kind_module
+    from .kinds import kind_of
     from .plan import Shard
 
     spec, plan = prepared.spec, prepared.plan
-    sweep = spec.kind == "sweep"
-    probe = min(plan.n, plan.chunk_size, PROBE_CASES if sweep else PROBE_SAMPLES)
+    kind = kind_of(spec)
+    probe = min(plan.n, plan.chunk_size, kind.probe_rows)
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-dry-run-"))
     try:
         for file_name, table in prepared.tables.items():  # a sweep's cases, where compute reads them
@@ -88,16 +85,15 @@ def dry_run(prepared) -> DryRun:
 
             pq.write_table(table, scratch / file_name)
         probe_spec = spec.model_copy(update={"store": spec.store.model_copy(update={"path": str(scratch)})})
-        module = kind_module(spec)
         device = torch.device("cpu")
-        module.compute(probe_spec, Shard(0, 0, min(2, probe)), device, None)  # warm-up: imports, first calls
+        kind.compute(probe_spec, Shard(0, 0, min(2, probe)), device, None)  # warm-up: imports, first calls
         began = time.perf_counter()
-        module.compute(probe_spec, Shard(0, 0, probe), device, None)
+        kind.compute(probe_spec, Shard(0, 0, probe), device, None)
         seconds = time.perf_counter() - began
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return DryRun(
-        "cases" if sweep else "samples",
+        kind.unit,
         plan.n,
         len(plan.shards),
         plan.shard_size,

@@ -93,28 +93,21 @@ def _directory(path: Path) -> dict[str, Any]:
 
 
 def job_files(spec) -> dict[str, str]:
-    """The files a job reads, by the job-file key that names them (module sources under their target's key)."""
-    found: dict[str, str] = {}
-    if spec.kind == "sweep":
-        if ":" in spec.solver.name:
-            _module(found, "solver.name", spec.solver.name, spec.solver.python_path)
-        _sweep_paths(found, spec.sweep, "sweep")
-        for name, source in spec.profiles.items():
-            found[f"profiles.{name}.path"] = _input_path(source)
-        return found
-    function = spec.function
-    if function.kind == "import":
-        _module(found, "function.target", function.target, function.python_path)
-    if function.checkpoint:
-        found["function.checkpoint"] = function.checkpoint
-    if getattr(spec.inputs, "path", None):
-        found["inputs.path"] = _input_path(spec.inputs)
-    return found
+    """The files a job reads, by the job-file key that names them (module sources under their target's key).
+
+    Each kind knows its own files (``job_files`` of its module in ``pipeline.kinds``).
+    """
+    from .kinds import kind_of
+
+    return kind_of(spec).job_files(spec)
 
 
-def _input_path(source) -> str:
-    # a Zarr input is read from one array: other files of its store (a manifest rewritten by a
-    # resume of that job) do not change what this job reads
+def input_path(source) -> str:
+    """The path an input source (``inputs``, a sweep's ``profiles``) reads.
+
+    A Zarr input is read from one array: other files of its store (a manifest
+    rewritten by a resume of that job) do not change what the job reads.
+    """
     if source.kind == "zarr":
         from .storage import is_remote, join
 
@@ -122,21 +115,11 @@ def _input_path(source) -> str:
     return source.path
 
 
-def _sweep_paths(found: dict[str, str], sweep, key: str) -> None:
-    if sweep.kind == "parquet":
-        found[f"{key}.path"] = sweep.path
-    elif sweep.kind == "product":
-        for i, part in enumerate(sweep.sweeps):
-            _sweep_paths(found, part, f"{key}.sweeps[{i}]")
-
-
-def _module(found: dict[str, str], key: str, target: str, python_path) -> None:
-    """The source file of the module of ``package.module:attr`` (already imported by ``prepare``)."""
+def module_source(target: str, python_path) -> str | None:
+    """The source file of the module of ``package.module:attr`` (already imported by ``prepare``), if any."""
     from .imports import module_file
 
-    source = module_file(target.split(":", 1)[0], python_path)
-    if source:
-        found[key] = source
+    return module_file(target.split(":", 1)[0], python_path) or None
 
 
 def fingerprints(spec) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import BadInput
 from .imports import ImportPathError, describe_import_error, import_object
-from .spec import ImportFunction, MLPFunction
+from .spec.derivative import ImportFunction, MLPFunction
 
 
 class FunctionError(BadInput, ValueError):

@@ -830,7 +830,9 @@ def mask_uncommitted(dataset, path: str | Path, attrs: dict[str, Any]):
     hidden; ``dataset.committed`` (a boolean coordinate over the sample or
     case axis) says which samples are committed.
     """
-    dim = "case" if attrs.get("kind") == "sweep" else "sample"
+    from .kinds import axis_name
+
+    dim = axis_name(attrs.get("kind"))
     if dim not in dataset.dims:
         return dataset
     committed = committed_mask(path, dataset.sizes[dim])
@@ -869,6 +871,8 @@ def uncommit_shards(path: str | Path, shard_ids) -> None:
 
 def summarize(path: str | Path) -> dict[str, Any]:
     """Counts of done / failed / pending shards (markers and manifest, no array reads)."""
+    from .kinds import unit_name
+
     attrs = read_attributes(path)
     plan = read_plan(path)
     markers = read_markers(path)
@@ -888,7 +892,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "pending": len(plan) - done - len(failed),
         "samples_done": sum(s.size for s in plan if s.id in markers),
         "samples": sum(s.size for s in plan),
-        "unit": "cases" if attrs.get("kind") == "sweep" else "samples",  # what samples_done/samples count
+        "unit": unit_name(attrs.get("kind")),  # what samples_done/samples count
         "failed_shards": sorted(failed),
         "pending_shards": [s.id for s in plan if s.id not in markers and s.id not in failed],
     }

@@ -19,7 +19,7 @@ import torch
 
 from .cluster import placement
 from .fingerprints import code_fingerprint
-from .kinds import ShardInfo, kind_module
+from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .plan import Plan, Shard, shard_blocks
 from .storage import set_options
@@ -68,7 +68,7 @@ def compute_block(spec, block: Shard, device: torch.device | None = None, previo
     its first block): the kind may reuse their choices (the derivative
     engine's method) instead of choosing again.
     """
-    return kind_module(spec).compute(spec, block, device or pick_device(), previous)
+    return kind_of(spec).compute(spec, block, device or pick_device(), previous)
 
 
 def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:

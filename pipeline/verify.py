@@ -112,7 +112,9 @@ def checksummed_arrays(group, attrs: dict) -> list[str]:
 
     A sweep's case parameters are written with the store, not by a shard.
     """
-    dim = "case" if attrs.get("kind") == "sweep" else "sample"
+    from .kinds import axis_name
+
+    dim = axis_name(attrs.get("kind"))
     written_up_front = set(attrs.get("parameters") or [])
     names = []
     for name in sorted(group.array_keys()):

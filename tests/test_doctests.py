@@ -13,7 +13,8 @@ MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.so
            "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
            "pipeline.solvers.registry", "pipeline.solvers.run", "pipeline.lock", "pipeline.fingerprints",
            "pipeline.labels", "pipeline.provenance"]
-MODULES += ["pipeline.live"]
+MODULES += ["pipeline.live", "pipeline.spec.base", "pipeline.spec.derivative", "pipeline.spec.sweep", "pipeline.spec.loading",
+            "pipeline.kinds"]
 
 
 @pytest.mark.parametrize("name", MODULES)

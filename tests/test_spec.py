@@ -237,3 +237,57 @@ def test_json_schema_rejects_a_bad_job(change):
     change(data)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, json_schema())
+
+
+def test_error_paths_and_allowed_keys_are_read_off_the_models_of_a_new_kind(monkeypatch):
+    """A kind and tagged variants that exist only in this test: the messages name their key paths and keys."""
+    from typing import Annotated, Literal
+
+    from pydantic import Field
+
+    from pipeline import kinds
+    from pipeline.spec import ExecutionSettings, Job, StoreSettings, Strict
+
+    class Shelf(Strict):
+        kind: Literal["shelf"]
+        width: int
+
+    class Crate(Strict):
+        kind: Literal["crate"]
+        depth: int = 1
+        slots: dict[str, list[float] | Shelf] = Field(default_factory=dict)
+
+    Box = Annotated[Shelf | Crate, Field(discriminator="kind")]
+
+    class WarehouseJob(Job):
+        kind: Literal["warehouse"]
+        boxes: list[Box]
+        store: StoreSettings
+        execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    monkeypatch.setitem(
+        kinds.KINDS, "warehouse", kinds.Kind("warehouse", WarehouseJob, "boxes", "box", "boxes", 1, "none")
+    )
+    data = {
+        "schema_version": 1,
+        "name": "w",
+        "kind": "warehouse",
+        "store": {"path": "w.zarr"},
+        "boxes": [
+            {"kind": "shelf", "width": 2},
+            {"kind": "crate", "dept": 3, "slots": {"a": [1.0, "x"], "b": {"kind": "shelf", "width": 1, "hight": 2}}},
+            {"kind": "drawer"},
+        ],
+    }
+    found = sorted(problems(data))
+    assert found[0] == (
+        "boxes[1].dept: unknown key (value 3); remove it or fix its spelling; allowed keys here: depth, kind, slots"
+    )
+    assert found[1] == "boxes[1].slots.a: Input should be a valid dictionary or instance of Shelf (got [1.0, 'x'])"
+    assert found[2].startswith("boxes[1].slots.a[1]: Input should be a valid number")
+    assert found[3] == (
+        "boxes[1].slots.b.hight: unknown key (value 2); remove it or fix its spelling; allowed keys here: kind, width"
+    )
+    assert found[4] == "boxes[2].kind: unknown kind 'drawer'; use one of 'shelf', 'crate'"
+    assert len(found) == 5  # the list member's complaint about the mapping at slots.b is left out
+    assert "warehouse" in problems({**data, "kind": "shed"})[0]  # the registry names the new kind

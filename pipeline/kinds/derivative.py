@@ -1,24 +1,35 @@
-"""Derivative jobs: quantities of a torch function over an input set, per sample."""
+"""Derivative jobs: quantities of a torch function over an input set, per sample.
+
+``resolve_paths`` and ``job_files`` run whenever a job file is loaded
+(``pipeline validate --no-deep`` too), so this module imports torch, the
+engine and the input readers only inside ``prepare`` and ``compute``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..spec.derivative import DerivativeJob, Function, ImportFunction, MLPFunction, NpyInputs, ParquetInputs, ZarrInputs
+from . import Prepared, ShardInfo
 
-from .. import encoding
-from ..models import FunctionError, build_function, probe_output_shape
-from ..plan import plan_derivative_job
-from ..sources import describe_inputs, read_inputs
-from ..spec import JobSpec, MLPFunction
-from ..transfer import to_host
-from . import DTYPES, Prepared, ShardInfo
+if TYPE_CHECKING:
+    import torch
 
 
-def prepare(spec: JobSpec) -> Prepared:
+def prepare(spec: DerivativeJob) -> Prepared:
     """Resolve sizes, run the engine on two samples on the CPU, and plan the store."""
+    import torch
+
+    from .. import encoding
     from ..engine import compute_derivatives
+    from ..models import FunctionError, build_function, probe_output_shape
+    from ..plan import plan_derivative_job
+    from ..sources import describe_inputs, read_inputs
+    from . import DTYPES
 
     info = describe_inputs(spec.inputs)
     if isinstance(spec.function, MLPFunction) and info.shape != (spec.function.in_features,):
@@ -86,7 +97,8 @@ def _cached_function(function_json: str, dtype: str, device: str, checkpoint_sta
     # ``checkpoint_stamp`` (size, mtime) makes a checkpoint replaced at the same path load again.
     from pydantic import TypeAdapter
 
-    from ..spec import Function
+    from ..models import build_function
+    from . import DTYPES
 
     return build_function(TypeAdapter(Function).validate_json(function_json), DTYPES[dtype], device)
 
@@ -99,15 +111,20 @@ def _stamp(path: str | None):
     return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
-def compute(spec: JobSpec, shard, device: torch.device, previous: ShardInfo | None = None):
+def compute(spec: DerivativeJob, shard, device: torch.device, previous: ShardInfo | None = None):
     """Inputs and quantities of a shard (or block) as numpy arrays, and how they were computed.
 
     With ``previous`` (how the shard's earlier blocks were computed) and ``derivatives.method:
     auto``, the method the engine chose for the first block is kept, so a
     close call is timed once per shard, not once per block.
     """
+    import torch
+
     from ..engine import compute_derivatives
     from ..engine.api import METHODS
+    from ..sources import read_inputs
+    from ..transfer import to_host
+    from . import DTYPES
 
     dtype = DTYPES[spec.derivatives.dtype]
     if device.type == "cuda":
@@ -132,3 +149,49 @@ def compute(spec: JobSpec, shard, device: torch.device, previous: ShardInfo | No
     # copied to the host on a side stream (CUDA): the writer thread waits for it, not the next block's compute
     arrays = to_host({"inputs": x, **{name: result.outputs[name] for name in spec.quantities}})
     return arrays, ShardInfo(result.method, int(result.chunk_size), result.peak_memory_bytes)
+
+
+def job_files(spec: DerivativeJob) -> dict[str, str]:
+    """The files the job reads: the function's module and checkpoint, an input file."""
+    from ..fingerprints import input_path, module_source
+
+    found: dict[str, str] = {}
+    function = spec.function
+    if isinstance(function, ImportFunction):
+        source = module_source(function.target, function.python_path)
+        if source:
+            found["function.target"] = source
+    if function.checkpoint:
+        found["function.checkpoint"] = function.checkpoint
+    if getattr(spec.inputs, "path", None):
+        found["inputs.path"] = input_path(spec.inputs)
+    return found
+
+
+def resolve_paths(spec: DerivativeJob, job_dir: Path, absolute: Callable[[str], str]) -> dict[str, Any]:
+    """Input files and checkpoints made absolute; ``function.python_path`` defaults to the job file's directory."""
+    update: dict[str, Any] = {}
+    if isinstance(spec.inputs, (ZarrInputs, ParquetInputs, NpyInputs)):
+        update["inputs"] = spec.inputs.model_copy(update={"path": absolute(spec.inputs.path)})
+    if isinstance(spec.function, ImportFunction):
+        paths = [absolute(p) for p in spec.function.python_path] or [str(job_dir)]
+        fn_update: dict[str, Any] = {"python_path": paths}
+        if spec.function.checkpoint:
+            fn_update["checkpoint"] = absolute(spec.function.checkpoint)
+        update["function"] = spec.function.model_copy(update=fn_update)
+    elif isinstance(spec.function, MLPFunction) and spec.function.checkpoint:
+        update["function"] = spec.function.model_copy(update={"checkpoint": absolute(spec.function.checkpoint)})
+    return update
+
+
+def check_labels(prepared: Prepared) -> None:
+    """``function.output_names`` / ``input_names`` fit the function's shapes (``labels.check_labels``)."""
+    from ..labels import check_labels as check
+
+    spec = prepared.spec
+    check(
+        spec.function.model_dump(),
+        spec.quantities,
+        in_shape=tuple(prepared.attributes["in_shape"]),
+        out_shape=tuple(prepared.attributes["out_shape"]),
+    )

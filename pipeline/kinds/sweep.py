@@ -8,6 +8,8 @@ outputs ``[case, ...]`` and, when asked, sensitivities ``d<q>_d<p> [case]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -19,7 +21,12 @@ from ..store import read_cases
 from ..transfer import to_host
 from . import DTYPES, Prepared, ShardInfo
 
-REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
+REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "mean": torch.mean,
+    "sum": torch.sum,
+    "max": torch.amax,
+    "min": torch.amin,
+}
 
 
 def _solver(spec):
@@ -272,3 +279,47 @@ def sensitivities(spec, solver, options, params, device, dtype):
             _, tangent = torch.func.jvp(reduce, (outputs[reduction.output],), (directions[p][reduction.output],))
             result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
     return outputs, result
+
+
+# ---------------------------------------------------------------- registry hooks (pipeline.kinds)
+
+
+def job_files(spec) -> dict[str, str]:
+    """The files the job reads: a user solver's module, a Parquet case table, profiles."""
+    from ..fingerprints import input_path, module_source
+
+    found: dict[str, str] = {}
+    if ":" in spec.solver.name:
+        source = module_source(spec.solver.name, spec.solver.python_path)
+        if source:
+            found["solver.name"] = source
+    _sweep_files(found, spec.sweep, "sweep")
+    for name, source in spec.profiles.items():
+        found[f"profiles.{name}.path"] = input_path(source)
+    return found
+
+
+def _sweep_files(found: dict[str, str], sweep, key: str) -> None:
+    if sweep.kind == "parquet":
+        found[f"{key}.path"] = sweep.path
+    elif sweep.kind == "product":
+        for i, part in enumerate(sweep.sweeps):
+            _sweep_files(found, part, f"{key}.sweeps[{i}]")
+
+
+def resolve_paths(spec, job_dir, absolute) -> dict:
+    """A Parquet case table and profiles made absolute; a user solver's ``python_path`` defaults to the job's dir."""
+    update: dict = {}
+    solver = spec.solver
+    if ":" in solver.name:
+        paths = [absolute(p) for p in solver.python_path] or [str(job_dir)]
+        update["solver"] = solver.model_copy(update={"python_path": paths})
+    if getattr(spec.sweep, "path", None):
+        update["sweep"] = spec.sweep.model_copy(update={"path": absolute(spec.sweep.path)})
+    if spec.profiles:
+        update["profiles"] = {k: v.model_copy(update={"path": absolute(v.path)}) for k, v in spec.profiles.items()}
+    return update
+
+
+def check_labels(prepared) -> None:
+    """A sweep's axes are named by its solver: nothing in the job file to check."""

@@ -131,6 +131,9 @@ class Solver:
             the solver cannot solve, e.g. beyond a stability limit; ``params``
             as for ``fn`` (batched, options resolved). Sweep jobs run it over
             every case on the driver, before a store exists.
+        performance_options: options that change how fast the solver runs, not
+            its results (e.g. rte1d's ``compile``): kept out of a sweep job's
+            spec hash, so changing them does not block a resume.
     """
 
     name: str
@@ -145,6 +148,7 @@ class Solver:
     description: str = ""
     jvp_fn: Callable[..., Any] | None = None
     check_cases: Callable[..., None] | None = None
+    performance_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_options", _frozen(self.default_options))

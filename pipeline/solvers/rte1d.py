@@ -793,4 +793,5 @@ SOLVER = Solver(
     description="1-D gray radiative transfer + material temperature, periodic, upwind (seed 004)",
     jvp_fn=rte1d_jvp,
     check_cases=check_stability,
+    performance_options=("compile", "block_cases", "stability_check"),
 )

@@ -2,7 +2,7 @@
 
 A sweep job runs a PDE solver (``rte1d``, ``heat1d`` or your own by import
 path) over a table of cases; every swept parameter becomes a coordinate of the
-outputs ``[case, ...]``. Registered as job kind ``sweep`` in ``spec.py``.
+outputs ``[case, ...]``. Registered as job kind ``sweep`` in ``pipeline.kinds``.
 
 Example job file::
 
@@ -22,37 +22,35 @@ Example job file::
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .spec import (
-    _IMPORT_PATH,
-    ExecutionSettings,
-    NpyInputs,
-    PositiveInt,
-    StoreSettings,
-    Strict,
-    ZarrInputs,
-    results_hash,
-)
+from .base import IMPORT_PATH, ExecutionSettings, Job, PositiveInt, StoreSettings, Strict
+from .derivative import NpyInputs, ZarrInputs
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Solver options that change how fast a solver runs, not its results (kept
-# out of the spec hash, so changing them does not block a resume); see the
-# "performance only" options in solvers/rte1d.py DEFAULT_OPTIONS.
-RESULT_NEUTRAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "rte1d": ("compile", "block_cases", "stability_check"),
-}
 
+def performance_options(solver_name: str) -> tuple[str, ...]:
+    """The options of a solver named ``solver_name`` that change how fast it runs, not its results.
 
-def drop_result_neutral_options(data: dict[str, Any]) -> None:
-    """Remove a built-in solver's performance-only options from a resolved sweep spec (in place)."""
-    solver = data.get("solver")
-    if isinstance(solver, dict) and isinstance(solver.get("options"), dict):
-        for key in RESULT_NEUTRAL_OPTIONS.get(solver.get("name"), ()):
-            solver["options"].pop(key, None)
+    Read from the solver (``Solver.performance_options``) for built-in and
+    registered solvers; a solver given by import path is not imported to hash a
+    job, so all of its options count.
+
+    Example:
+        >>> performance_options("rte1d")
+        ('compile', 'block_cases', 'stability_check')
+    """
+    if ":" in solver_name:
+        return ()
+    from ..solvers import get_solver
+
+    try:
+        return tuple(get_solver(solver_name).performance_options)
+    except ValueError:  # an unknown name: prepare says so; the hash keeps every option
+        return ()
 
 
 # A mapping key left empty in YAML (``profiles:`` with only commented children) is null:
@@ -90,7 +88,7 @@ class SolverSettings(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if ":" in value and not _IMPORT_PATH.match(value):
+        if ":" in value and not IMPORT_PATH.match(value):
             raise ValueError(f"expected a solver name or an import path like 'package.module:attr', got {value!r}")
         return value
 
@@ -213,11 +211,11 @@ class SweepStore(StoreSettings):
     chunk_size: PositiveInt = Field(default=64, description="cases per Zarr chunk")
 
 
-class SweepJob(Strict):
+class SweepJob(Job):
     """A parameter sweep job: a solver run over a table of cases."""
 
-    schema_version: Literal[1] = Field(description="version of this schema; currently 1")
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    chunks_per_shard: ClassVar[int] = 1  # a task: one store chunk of cases
+
     kind: Literal["sweep"]
     solver: SolverSettings
     sweep: Sweep
@@ -246,30 +244,19 @@ class SweepJob(Strict):
             unknown = sorted(set(self.sensitivities.wrt) - swept)
             if unknown:
                 raise ValueError(f"sensitivities.wrt: {unknown} are not swept parameters; choose from {sorted(swept)}")
-        if self.execution.shard_size is not None and self.execution.shard_size % self.store.chunk_size:
-            raise ValueError(
-                f"execution.shard_size ({self.execution.shard_size}) must be a multiple of store.chunk_size "
-                f"({self.store.chunk_size}) so that every task writes whole chunks"
-            )
-        from .spec import check_store_layout
-
-        check_store_layout(self.store, self.shard_size)
+        self.check_shard_size()
         return self
 
     def swept_parameters(self) -> list[str]:
         """Names of the swept parameters, in order (a Parquet table without columns: known from the file)."""
         return _swept(self.sweep)
 
-    @property
-    def shard_size(self) -> int:
-        """Cases per task (defaults to one store chunk)."""
-        return self.execution.shard_size or self.store.chunk_size
-
-    def resolved(self) -> dict[str, Any]:
-        from .spec import redact_storage_options
-
-        return redact_storage_options(self.model_dump(mode="json"))
-
-    def spec_hash(self) -> str:
-        """Hash of everything that determines the results (not where or how they run)."""
-        return results_hash(self.resolved())
+    @classmethod
+    def results_view(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """What determines a sweep's results: also not the solver's performance-only options."""
+        data = super().results_view(data)
+        solver = data.get("solver")
+        if isinstance(solver, dict) and isinstance(solver.get("options"), dict):
+            for key in performance_options(str(solver.get("name", ""))):
+                solver["options"].pop(key, None)
+        return data

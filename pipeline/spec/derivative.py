@@ -1,0 +1,297 @@
+"""The derivative job: quantities of a torch function over an input set, per sample.
+
+Example:
+    >>> job = DerivativeJob.model_validate({
+    ...     "schema_version": 1, "name": "x", "function": {"kind": "mlp", "in_features": 2, "out_features": 1},
+    ...     "inputs": {"kind": "uniform", "n": 1000, "shape": [2]}, "store": {"path": "results/x.zarr"}})
+    >>> job.kind, job.shard_size
+    ('derivatives', 16384)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..quantities import canonical_quantities
+from .base import (
+    IMPORT_PATH,
+    MAX_SAMPLES,
+    ExecutionSettings,
+    Job,
+    PositiveInt,
+    SampleCount,
+    Shape,
+    StoreSettings,
+    Strict,
+)
+
+ACTIVATIONS = ("tanh", "sigmoid", "sin", "cos", "relu", "gelu", "silu", "softplus", "exp")
+DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
+
+
+# --------------------------------------------------------------------- function
+
+
+class MLPFunction(Strict):
+    """The built-in multilayer perceptron ``in_features -> hidden... -> out_features``."""
+
+    kind: Literal["mlp"]
+    in_features: PositiveInt = Field(description="size of one input sample (the sample must be a vector)")
+    hidden: list[PositiveInt] = Field(default=[64, 64], description="widths of the hidden layers")
+    out_features: PositiveInt = Field(description="size of one output sample")
+    activation: Literal[ACTIVATIONS] = Field(default="tanh", description="elementwise activation")  # type: ignore[valid-type]
+    seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
+    checkpoint: str | None = Field(default=None, description="state_dict file, loaded with weights_only=True")
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None,
+        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)",
+    )
+
+
+class ImportFunction(Strict):
+    """Any torch callable given by import path ``package.module:attr``.
+
+    ``attr`` may be a function of one sample, an ``nn.Module`` instance, an
+    ``nn.Module`` class (instantiated with ``kwargs``) or, with ``factory: true``,
+    a function called with ``kwargs`` that returns the per-sample callable.
+    """
+
+    kind: Literal["import"]
+    target: str = Field(description="import path 'package.module:attr'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class/factory/function")
+    factory: bool = Field(default=False, description="call target(**kwargs) to build the function")
+    checkpoint: str | None = Field(
+        default=None, description="state_dict file for an nn.Module, loaded with weights_only=True"
+    )
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="directories added to sys.path before importing (default: the job file's directory)",
+    )
+    output_names: list[str] | None = Field(
+        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+    )
+    input_names: list[str] | None = Field(
+        default=None,
+        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
+        "'sample' holding that input)",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not IMPORT_PATH.match(value):
+            raise ValueError(
+                f"expected an import path like 'package.module:attr', got {value!r}; "
+                "use a colon between the module and the attribute"
+            )
+        return value
+
+
+Function = Annotated[MLPFunction | ImportFunction, Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------- inputs
+
+
+class _Generated(Strict):
+    n: SampleCount = Field(description=f"number of samples (at most 2**40 = {MAX_SAMPLES})")
+    shape: Shape = Field(default=(2,), description="shape of one input sample, e.g. [2] or [2, 2]")
+    seed: int = Field(default=0, description="random seed; results do not depend on sharding")
+
+
+class UniformInputs(_Generated):
+    """Uniform random samples in [low, high)."""
+
+    kind: Literal["uniform"]
+    low: float = -1.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class NormalInputs(_Generated):
+    """Normal random samples with the given mean and standard deviation."""
+
+    kind: Literal["normal"]
+    mean: float = 0.0
+    std: Annotated[float, Field(gt=0)] = 1.0
+
+
+class SobolInputs(_Generated):
+    """Scrambled Sobol points mapped to [low, high) in every coordinate."""
+
+    kind: Literal["sobol"]
+    low: float = 0.0
+    high: float = 1.0
+    scramble: bool = True
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if math.prod(self.shape) > 1111:
+            raise ValueError(f"Sobol points support at most 1111 dimensions, shape {list(self.shape)} has more")
+        return self
+
+
+class GridAxis(Strict):
+    """One axis of a regular grid: ``num`` points from ``low`` to ``high`` inclusive."""
+
+    low: float
+    high: float
+    num: PositiveInt
+
+
+class GridInputs(Strict):
+    """Cartesian product of linspaces; a sample is the vector of one point's coordinates."""
+
+    kind: Literal["grid"]
+    axes: list[GridAxis] = Field(min_length=1, description="one {low, high, num} per input coordinate")
+
+    @property
+    def n(self) -> int:
+        return math.prod(axis.num for axis in self.axes)
+
+    @model_validator(mode="after")
+    def _size(self):
+        if self.n > MAX_SAMPLES:
+            raise ValueError(
+                f"inputs.axes: the grid has {self.n} points ({' x '.join(str(a.num) for a in self.axes)}), more "
+                f"than the {MAX_SAMPLES} (2**40) samples one job may have; use fewer points per axis or split the job"
+            )
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.axes),)
+
+
+class _FileInputs(Strict):
+    path: str = Field(description="file or store path (relative paths are relative to the current directory)")
+    n: SampleCount | None = Field(default=None, description="use only the first n samples (default: all)")
+
+
+class ZarrInputs(_FileInputs):
+    """Samples along the first axis of an existing Zarr array (e.g. a previous job's 'inputs')."""
+
+    kind: Literal["zarr"]
+    array: str = Field(default="inputs", description="name of the array inside the store")
+
+
+class ParquetInputs(_FileInputs):
+    """Samples from Parquet columns; one row is one sample, one column per input coordinate."""
+
+    kind: Literal["parquet"]
+    columns: list[str] = Field(min_length=1, description="columns that form one input sample, in order")
+
+
+class NpyInputs(_FileInputs):
+    """Samples along the first axis of a ``.npy`` file, memory-mapped."""
+
+    kind: Literal["npy"]
+
+
+Inputs = Annotated[
+    UniformInputs | NormalInputs | SobolInputs | GridInputs | ZarrInputs | ParquetInputs | NpyInputs,
+    Field(discriminator="kind"),
+]
+
+
+# ----------------------------------------------------------- derivatives/store
+
+
+class DerivativeSettings(Strict):
+    """How the engine computes: method, chunk of samples per batched call, precision."""
+
+    method: Literal[DERIVATIVE_METHODS] = "auto"  # type: ignore[valid-type]
+    chunk_size: PositiveInt | Literal["auto"] = Field(default="auto", description="samples per batched call")
+    dtype: Literal["float32", "float64"] = "float32"
+    allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
+    # options of the operator quantities (weighted_laplacian, laplacian_estimate, ...)
+    factor: tuple[tuple[float, ...], ...] | None = Field(
+        default=None, description="S [d][R] with C = S S^T for weighted_laplacian(_estimate): d rows of R numbers"
+    )
+    samples: PositiveInt = Field(default=64, description="random directions per sample for *_estimate quantities")
+    seed: int = Field(default=0, description="seed of the random directions (combined with each sample's index)")
+    distribution: Literal["rademacher", "gaussian"] = Field(
+        default="rademacher", description="distribution of the random directions of *_estimate quantities"
+    )
+
+    def operator_options(self):
+        """The engine's ``OperatorOptions`` for these settings."""
+        from ..engine.operators import OperatorOptions
+
+        factor = None if self.factor is None else [list(row) for row in self.factor]
+        return OperatorOptions(
+            factor=None if factor is None else __import__("torch").tensor(factor),
+            samples=self.samples,
+            seed=self.seed,
+            distribution=self.distribution,
+        )
+
+
+# ----------------------------------------------------------------------- job
+
+
+class DerivativeJob(Job):
+    """A derivative job: a function, its inputs, the quantities per sample, a store."""
+
+    kind: Literal["derivatives"] = "derivatives"
+    function: Function
+    inputs: Inputs
+    quantities: tuple[str, ...] = Field(default=("value", "jacobian", "hessian"))
+    derivatives: DerivativeSettings = Field(default_factory=DerivativeSettings)
+    store: StoreSettings
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @field_validator("quantities", mode="before")
+    @classmethod
+    def _quantities(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        return canonical_quantities(value)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        self.check_shard_size()
+        for name in self.store.encoding:
+            if name not in self.quantities:
+                raise ValueError(
+                    f"store.encoding.{name}: {name!r} is not among the job's quantities "
+                    f"{list(self.quantities)}; use one of those names"
+                )
+        if isinstance(self.function, MLPFunction) and isinstance(
+            self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
+        ):
+            expected = (self.function.in_features,)
+            if tuple(self.inputs.shape) != expected:
+                where = "inputs.axes (one per coordinate)" if isinstance(self.inputs, GridInputs) else "inputs.shape"
+                raise ValueError(
+                    f"function.in_features is {self.function.in_features} but {where} gives samples of shape "
+                    f"{list(self.inputs.shape)}; make {where} match [{self.function.in_features}] "
+                    f"or change function.in_features"
+                )
+        return self
+
+    @classmethod
+    def results_view(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """What determines a derivative job's results: also not ``derivatives.chunk_size`` (samples per batched
+        call) nor the axis labels ``function.output_names`` / ``input_names``."""
+        data = super().results_view(data)
+        if isinstance(data.get("derivatives"), dict):
+            data["derivatives"].pop("chunk_size", None)
+        if isinstance(data.get("function"), dict):  # labels of the axes, not what is computed
+            data["function"].pop("output_names", None)
+            data["function"].pop("input_names", None)
+        return data
