@@ -217,6 +217,9 @@ def start_autoscaling_cluster(worker_types: dict, head_cpus: int = 1, idle_timeo
 def alive_nodes(cluster: RayCluster) -> list[dict]:
     """The cluster's alive nodes (their resources), asked of the GCS by a short-lived Ray client process."""
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))" % cluster.address)
+            "print('NODES ' + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))" % cluster.address)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cluster.env, timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Ray's raylet may print its own notes to stdout too (e.g. about infeasible tasks): read our line only
+    lines = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
+    assert lines, f"no node list from the GCS: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+    return json.loads(lines[-1][len("NODES "):])
