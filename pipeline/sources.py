@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage
+from .parquet import open_parquet, read_rows
 from .spec import (
     GridInputs,
     NormalInputs,
@@ -266,7 +267,7 @@ def _parquet_meta(spec: ParquetInputs):
     if not (storage.isfile(spec.path) if remote else Path(spec.path).is_file()):
         raise InputError(f"inputs.path: {spec.path} is a directory, not a file; point it at a Parquet file")
     try:
-        file = _parquet_file(spec.path)
+        file = open_parquet(spec.path)
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
         raise InputError(
             f"inputs.path: {spec.path} is not a readable Parquet file ({err}); point it at a Parquet file, "
@@ -307,24 +308,5 @@ def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
 
 
 def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
-
-    file = _parquet_file(spec.path)
-    groups, offset, first = [], 0, None
-    for i in range(file.metadata.num_row_groups):
-        rows = file.metadata.row_group(i).num_rows
-        if offset + rows > start and offset < stop:
-            groups.append(i)
-            first = offset if first is None else first
-        offset += rows
-    table = file.read_row_groups(groups, columns=list(spec.columns))
-    table = table.slice(start - first, stop - start)
+    table = read_rows(open_parquet(spec.path), start, stop, spec.columns)
     return np.stack([table.column(c).to_numpy().astype(np.float64) for c in spec.columns], axis=1)
-
-
-def _parquet_file(path: str):
-    """A ``pyarrow.parquet.ParquetFile`` of a path or URL (row groups read by byte range from a bucket)."""
-    import pyarrow.parquet as pq
-
-    if storage.is_remote(path):
-        return pq.ParquetFile(storage.open_file(path))
-    return pq.ParquetFile(path)
