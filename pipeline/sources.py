@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import storage
+from . import sobol, storage
 from .parquet import open_parquet, read_rows
 from .spec import (
     GridInputs,
@@ -127,13 +127,8 @@ def _random_rows(spec, start: int, stop: int, draw) -> np.ndarray:
 
 
 def _sobol_rows(spec: SobolInputs, start: int, stop: int) -> np.ndarray:
-    import torch
-
-    engine = torch.quasirandom.SobolEngine(math.prod(spec.shape), scramble=spec.scramble, seed=spec.seed)
-    if start:
-        engine.fast_forward(start)
-    points = engine.draw(stop - start, dtype=torch.float64).numpy()
-    return (spec.low + (spec.high - spec.low) * points).reshape(stop - start, *spec.shape)
+    unit = sobol.points(start, stop, math.prod(spec.shape), seed=spec.seed, scramble=spec.scramble)
+    return (spec.low + (spec.high - spec.low) * unit).reshape(stop - start, *spec.shape)
 
 
 def _grid_rows(spec: GridInputs, start: int, stop: int) -> np.ndarray:

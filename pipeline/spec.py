@@ -160,8 +160,9 @@ class SobolInputs(_Generated):
     def _checks(self):
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
-        if math.prod(self.shape) > 1111:
-            raise ValueError(f"Sobol points support at most 1111 dimensions, shape {list(self.shape)} has more")
+        from . import sobol
+
+        sobol.check(math.prod(self.shape), self.n)
         return self
 
 

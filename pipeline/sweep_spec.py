@@ -141,6 +141,13 @@ class SobolSweep(_Sampled):
     kind: Literal["sobol"]
     scramble: bool = True
 
+    @model_validator(mode="after")
+    def _dimensions(self):
+        from .sobol import check
+
+        check(len(self.ranges))  # the limit of Sobol inputs too: one generator
+        return self
+
 
 class ParquetSweep(Strict):
     """Cases from a Parquet table: one row per case, one column per parameter."""

@@ -38,9 +38,8 @@ def case_table(spec) -> dict[str, np.ndarray]:
     """The sweep's cases (fixed parameters included as constant columns)."""
     from ..sweeps import make_cases
 
-    sweep = spec.sweep.model_dump(mode="json", exclude_none=True)
     try:
-        return make_cases({**sweep, "fixed": dict(spec.fixed) or None})
+        return make_cases(spec.sweep, dict(spec.fixed) or None)
     except (ValueError, OSError) as err:
         raise SpecError([str(err)]) from None
 
