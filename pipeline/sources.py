@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -204,7 +205,7 @@ def _open_zarr(spec: ZarrInputs):
         raise InputError(
             f"inputs.array: {spec.array!r} is not an array of {spec.path}; its arrays are {sorted(group.array_keys())}"
         )
-    array = group[spec.array]
+    array = cast("zarr.Array", group[spec.array])  # an array: checked above
     if array.ndim < 1:
         raise InputError(f"inputs.array: {spec.array!r} is a scalar; need an array [samples, ...]")
     try:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import singledispatch
 from pathlib import Path
 from typing import Any
@@ -300,7 +300,7 @@ def grid(axes: Mapping[str, Any]) -> CaseTable:
         >>> grid({"a": [1.0, 2.0], "b": [10, 20, 30]})["b"].tolist()
         [10.0, 20.0, 30.0, 10.0, 20.0, 30.0]
     """
-    return build_cases(GridSweep(kind="grid", axes=axes))
+    return build_cases(GridSweep.model_validate({"kind": "grid", "axes": axes}))
 
 
 def zip_cases(values: Mapping[str, Any]) -> CaseTable:
@@ -310,7 +310,7 @@ def zip_cases(values: Mapping[str, Any]) -> CaseTable:
         >>> zip_cases({"a": [1.0, 2.0], "b": [3.0, 4.0]})["b"].tolist()
         [3.0, 4.0]
     """
-    return build_cases(ZipSweep(kind="zip", values=values))
+    return build_cases(ZipSweep.model_validate({"kind": "zip", "values": values}))
 
 
 def random_uniform(ranges: Mapping[str, Any], n: int, seed: int = 0) -> CaseTable:
@@ -321,7 +321,7 @@ def random_uniform(ranges: Mapping[str, Any], n: int, seed: int = 0) -> CaseTabl
         >>> t["a"].shape, bool(((t["a"] >= 0) & (t["a"] < 1)).all())
         ((3,), True)
     """
-    return build_cases(RandomSweep(kind="random", ranges=ranges, n=n, seed=seed))
+    return build_cases(RandomSweep.model_validate({"kind": "random", "ranges": ranges, "n": n, "seed": seed}))
 
 
 def latin_hypercube(ranges: Mapping[str, Any], n: int, seed: int = 0) -> CaseTable:
@@ -331,7 +331,7 @@ def latin_hypercube(ranges: Mapping[str, Any], n: int, seed: int = 0) -> CaseTab
         >>> latin_hypercube({"a": [0, 10]}, n=5, seed=0)["a"].shape
         (5,)
     """
-    return build_cases(LatinHypercubeSweep(kind="lhs", ranges=ranges, n=n, seed=seed))
+    return build_cases(LatinHypercubeSweep.model_validate({"kind": "lhs", "ranges": ranges, "n": n, "seed": seed}))
 
 
 def sobol(ranges: Mapping[str, Any], n: int, seed: int = 0, scramble: bool = True) -> CaseTable:
@@ -341,7 +341,9 @@ def sobol(ranges: Mapping[str, Any], n: int, seed: int = 0, scramble: bool = Tru
         >>> sobol({"a": [0, 1], "b": [0, 1]}, n=4, scramble=False)["b"].tolist()
         [0.0, 0.5, 0.25, 0.75]
     """
-    return build_cases(SobolSweep(kind="sobol", ranges=ranges, n=n, seed=seed, scramble=scramble))
+    return build_cases(
+        SobolSweep.model_validate({"kind": "sobol", "ranges": ranges, "n": n, "seed": seed, "scramble": scramble})
+    )
 
 
 def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> CaseTable:
@@ -359,19 +361,20 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
     from . import storage
 
     remote = storage.is_remote(path)
-    path = path if remote else Path(path)
-    if not (storage.isfile(path) if remote else path.exists()):
-        raise _error("parquet.path", "the file does not exist", str(path), "check the path")
-    source = lambda: path  # noqa: E731
+    local = Path(path)
+    shown = str(path) if remote else str(local)
+    if not (storage.isfile(shown) if remote else local.exists()):
+        raise _error("parquet.path", "the file does not exist", shown, "check the path")
+    source: Callable[[], Any] = lambda: local  # noqa: E731
     if remote:
         import pyarrow as pa
 
-        data = storage.read_bytes(path)  # a case table: read once, whole
+        data = storage.read_bytes(shown)  # a case table: read once, whole
         source = lambda: pa.BufferReader(data)  # noqa: E731
     try:
         schema = pq.read_schema(source())
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
-        raise _error("parquet.path", f"not a readable Parquet file ({err})", str(path), "check the file") from None
+        raise _error("parquet.path", f"not a readable Parquet file ({err})", shown, "check the file") from None
     available = [n for n in schema.names if n != INDEX_COLUMN]
     if columns is None:
         columns = available
@@ -397,7 +400,7 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
             raise _error(key, f"the column is not numeric ({column.type})", name, "keep only numeric parameter columns")
         out[_check_name(key, name)] = array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.float64)
     if n_cases(out) == 0:
-        raise _error("parquet.path", "the file has no rows", str(path), "add cases to the file")
+        raise _error("parquet.path", "the file has no rows", shown, "add cases to the file")
     return out
 
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.sources", "pipeline.models",
            "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
            "pipeline.solvers.registry", "pipeline.solvers.run", "pipeline.solvers.params", "pipeline.solvers.checks",
-           "pipeline.solvers.sensitivities", "pipeline.sobol", "pipeline.parquet", "pipeline.store", "pipeline.lock", "pipeline.fingerprints",
+           "pipeline.solvers.sensitivity", "pipeline.sobol", "pipeline.parquet", "pipeline.store", "pipeline.lock", "pipeline.fingerprints",
            "pipeline.labels", "pipeline.provenance"]
 MODULES += ["pipeline.live"]
 

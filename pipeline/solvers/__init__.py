@@ -17,7 +17,7 @@ from .interface import Solver, UnsolvableCase, tracks_derivatives
 from .params import ParamInfo, prepare_params
 from .registry import available_solvers, get_solver, register_solver
 from .run import check_cases, solve
-from .sensitivities import sensitivities
+from .sensitivity import sensitivities
 
 __all__ = [
     "ParamInfo",

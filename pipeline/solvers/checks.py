@@ -19,4 +19,4 @@ def is_int(value: Any) -> bool:
 
 def is_positive(value: Any) -> bool:
     """A finite real number > 0 (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value) > 0

@@ -306,7 +306,7 @@ class Solver:
                         )
                     defaults[p.name] = p.default
         return cls(
-            name=name or getattr(fn, "__qualname__", repr(fn)),
+            name=str(name or getattr(fn, "__qualname__", repr(fn))),
             fn=fn,
             default_options=defaults,
             batched=False,

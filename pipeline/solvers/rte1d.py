@@ -265,7 +265,8 @@ def initial_profiles(params: dict[str, torch.Tensor], options: dict[str, Any]) -
         if p in params:
             out.append(params[p])
         else:
-            out.append(profile(*(params[f"{p}_{k}"] for k in PROFILE_DEFAULTS), x, options["L"]))
+            mean, amplitude, wavenumber, phase = (params[f"{p}_{k}"] for k in PROFILE_DEFAULTS)
+            out.append(profile(mean, amplitude, wavenumber, phase, x, options["L"]))
     return out[0], out[1]
 
 
@@ -453,7 +454,7 @@ def rte1d_jvp(
             )
         k = t.shape[0]
         directions[name] = t
-    if k == 0:
+    if not k:  # no tangents, or 0 directions
         raise ValueError("rte1d_jvp: tangents have 0 directions")
 
     names = list(directions)
@@ -465,7 +466,7 @@ def rte1d_jvp(
     primals = tuple(batch[name] for name in names)
     dT0s, dsigmas = [], []
     for j in range(k):
-        (T0, sigma), (dT0, dsigma) = torch.func.jvp(profiles, primals, tuple(directions[n][j] for n in names))
+        (T0, sigma), (dT0, dsigma) = torch.func.jvp(profiles, primals, tuple(directions[n][j] for n in names))[:2]
         dT0s.append(dT0)
         dsigmas.append(dsigma)
     check_stability({"T0": T0, "sigma": sigma}, resolved)

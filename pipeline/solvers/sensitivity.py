@@ -7,7 +7,7 @@ those numbers in one pass.
 Example:
     >>> import torch
     >>> from pipeline.solvers import get_solver
-    >>> from pipeline.solvers.sensitivities import Reduction
+    >>> from pipeline.solvers.sensitivity import Reduction
     >>> params = {"diffusivity": torch.tensor([0.1, 0.2], dtype=torch.float64)}
     >>> out, result = sensitivities(get_solver("heat1d"), params, {"u_end": Reduction("u", -1, "max")},
     ...                             ["diffusivity"], device=torch.device("cpu"), dtype=torch.float64, nx=32)
@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +27,18 @@ import torch
 from .interface import Solver
 from .run import solve
 
-REDUCTIONS = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
+REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "mean": torch.mean,
+    "sum": torch.sum,
+    "max": torch.amax,
+    "min": torch.amin,
+}
+
+
+def jvp(fn: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``torch.func.jvp`` without ``has_aux``: (outputs, output tangents), typed as such."""
+    primal_out, tangent_out = torch.func.jvp(fn, primals, tangents)[:2]
+    return primal_out, tangent_out
 
 
 class ReductionLike(Protocol):
@@ -108,7 +119,7 @@ def sensitivities(
             def along_p(value_p: torch.Tensor, p: str = p) -> dict[str, torch.Tensor]:
                 return solve_all({**params, p: value_p})
 
-            outputs, directions[p] = torch.func.jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
+            outputs, directions[p] = jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
     result: dict[str, np.ndarray] = {}
     for q in scalars:
         reduction = reductions[q]
@@ -118,6 +129,6 @@ def sensitivities(
 
         result[q] = reduce(outputs[reduction.output]).detach().cpu().numpy()
         for p in wrt:
-            _, tangent = torch.func.jvp(reduce, (outputs[reduction.output],), (directions[p][reduction.output],))
+            _, tangent = jvp(reduce, (outputs[reduction.output],), (directions[p][reduction.output],))
             result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
     return outputs, result
