@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   install, then run the seed-000 job on a local Ray and inspect its store
-#   make test   install, then run the test suite (what CI runs, via .ci/run)
+#   make test   install, lint and type-check pipeline/, then run the test suite (what CI runs, via .ci/run)
 #
 # Installs into .venv. TORCH picks the torch build: the default is the CPU
 # build this project is tested with; on a CUDA machine use e.g. `make demo TORCH=torch`.
@@ -26,15 +26,14 @@ demo: install
 	$(BIN)/pipeline submit jobs/seed000.yaml --local
 	$(BIN)/pipeline inspect results/seed000.zarr
 
-# ruff (lint and format check) and mypy on pipeline/ (mypy's files are set in pyproject.toml).
-# issue 8: `test` is to run lint before pytest (`test: install lint`) once mypy is clean on the
-# whole package; until the other issue-8 branches are merged it is a separate target.
+# ruff (lint and format check) and mypy on pipeline/ (mypy's files are set in pyproject.toml);
+# `make test` runs it first, so CI fails on a lint or type error before any test runs.
 lint: install
 	$(BIN)/ruff check pipeline
 	$(BIN)/ruff format --check pipeline
 	$(BIN)/mypy
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 
 bench: install

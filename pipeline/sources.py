@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from . import storage
+from . import sobol, storage
 from .errors import BadInput
+from .parquet import open_parquet, read_rows
 from .spec import (
     GridInputs,
     NormalInputs,
@@ -127,13 +129,8 @@ def _random_rows(spec, start: int, stop: int, draw) -> np.ndarray:
 
 
 def _sobol_rows(spec: SobolInputs, start: int, stop: int) -> np.ndarray:
-    import torch
-
-    engine = torch.quasirandom.SobolEngine(math.prod(spec.shape), scramble=spec.scramble, seed=spec.seed)
-    if start:
-        engine.fast_forward(start)
-    points = engine.draw(stop - start, dtype=torch.float64).numpy()
-    return (spec.low + (spec.high - spec.low) * points).reshape(stop - start, *spec.shape)
+    unit = sobol.points(start, stop, math.prod(spec.shape), seed=spec.seed, scramble=spec.scramble)
+    return (spec.low + (spec.high - spec.low) * unit).reshape(stop - start, *spec.shape)
 
 
 def _grid_rows(spec: GridInputs, start: int, stop: int) -> np.ndarray:
@@ -209,7 +206,7 @@ def _open_zarr(spec: ZarrInputs):
         raise InputError(
             f"inputs.array: {spec.array!r} is not an array of {spec.path}; its arrays are {sorted(group.array_keys())}"
         )
-    array = group[spec.array]
+    array = cast("zarr.Array", group[spec.array])  # an array: checked above
     if array.ndim < 1:
         raise InputError(f"inputs.array: {spec.array!r} is a scalar; need an array [samples, ...]")
     try:
@@ -267,7 +264,7 @@ def _parquet_meta(spec: ParquetInputs):
     if not (storage.isfile(spec.path) if remote else Path(spec.path).is_file()):
         raise InputError(f"inputs.path: {spec.path} is a directory, not a file; point it at a Parquet file")
     try:
-        file = _parquet_file(spec.path)
+        file = open_parquet(spec.path)
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
         raise InputError(
             f"inputs.path: {spec.path} is not a readable Parquet file ({err}); point it at a Parquet file, "
@@ -308,24 +305,5 @@ def _check_parquet_columns(spec: ParquetInputs, schema, metadata=None) -> None:
 
 
 def _parquet_rows(spec: ParquetInputs, start: int, stop: int) -> np.ndarray:
-
-    file = _parquet_file(spec.path)
-    groups, offset, first = [], 0, None
-    for i in range(file.metadata.num_row_groups):
-        rows = file.metadata.row_group(i).num_rows
-        if offset + rows > start and offset < stop:
-            groups.append(i)
-            first = offset if first is None else first
-        offset += rows
-    table = file.read_row_groups(groups, columns=list(spec.columns))
-    table = table.slice(start - first, stop - start)
+    table = read_rows(open_parquet(spec.path), start, stop, spec.columns)
     return np.stack([table.column(c).to_numpy().astype(np.float64) for c in spec.columns], axis=1)
-
-
-def _parquet_file(path: str):
-    """A ``pyarrow.parquet.ParquetFile`` of a path or URL (row groups read by byte range from a bucket)."""
-    import pyarrow.parquet as pq
-
-    if storage.is_remote(path):
-        return pq.ParquetFile(storage.open_file(path))
-    return pq.ParquetFile(path)

@@ -48,6 +48,7 @@ MARKERS = "_shards"
 PLAN_FILE = "plan.parquet"
 MANIFEST_FILE = "manifest.parquet"
 CASES_FILE = "cases.parquet"
+TABLE_ROW_GROUP = 65536  # rows per row group of cases.parquet, about (table_row_group_size)
 FORMAT_VERSION = 1
 
 
@@ -142,17 +143,36 @@ def _read_json(path: str | Path, name: str) -> Any:
     return json.loads((Path(path) / name).read_text())
 
 
-def _write_table(path: str | Path, name: str, table) -> None:
+def _write_table(path: str | Path, name: str, table, row_group_size: int | None = None) -> None:
     import pyarrow.parquet as pq
 
     if storage.is_remote(path):
         import pyarrow as pa
 
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, row_group_size=row_group_size)
         storage.write_bytes(storage.join(str(path), name), sink.getvalue().to_pybytes())
     else:
-        pq.write_table(table, Path(path) / name)
+        pq.write_table(table, Path(path) / name, row_group_size=row_group_size)
+
+
+def table_row_group_size(plan: Plan) -> int:
+    """Rows per Parquet row group of a table with one row per sample or case (``cases.parquet``).
+
+    Whole shards per group while shards are small (up to ``TABLE_ROW_GROUP``
+    rows: a worker's shard lies in one group, and a million-case table has a
+    short footer, not one entry per 64-case shard), else whole chunks (a block
+    of a large shard is whole chunks): a worker reads only the groups covering
+    its rows (``read_cases``).
+
+    Example:
+        >>> from pipeline.plan import plan_derivative_job
+        >>> plan = plan_derivative_job(10**6, (2,), (1,), ("value",), 64, 192, "float32")
+        >>> table_row_group_size(plan), table_row_group_size(plan) % plan.shard_size
+        (65472, 0)
+    """
+    unit = plan.shard_size if plan.shard_size <= TABLE_ROW_GROUP else plan.chunk_size
+    return unit * max(1, TABLE_ROW_GROUP // unit)
 
 
 def _read_table(path: str | Path, name: str):
@@ -339,9 +359,7 @@ def create_store(
         (staging / MARKERS).mkdir()
         _write_plan(staging, plan)
         for file_name, table in (tables or {}).items():
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, staging / file_name)
+            _write_table(staging, file_name, table, table_row_group_size(plan))
         if path.exists():
             refuse_foreign_path(path)  # checked again just before deleting
             shutil.rmtree(path)
@@ -393,7 +411,7 @@ def _create_remote(
         consolidate_template(url)
         _write_plan(url, plan)
         for file_name, table in (tables or {}).items():
-            _write_table(url, file_name, table)
+            _write_table(url, file_name, table, table_row_group_size(plan))
     except BaseException:
         if is_pipeline_store(url):
             storage.remove_tree(url)
@@ -537,9 +555,16 @@ def read_plan(path: str | Path):
 
 
 def read_cases(path: str | Path, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows ``[start, stop)`` of a sweep's ``cases.parquet`` as columns (without the ``case`` index)."""
-    table = _read_table(path, CASES_FILE).slice(start, stop - start)
-    return {name: table.column(name).to_numpy() for name in table.column_names if name != "case"}
+    """Rows ``[start, stop)`` of a sweep's ``cases.parquet`` as columns (without the ``case`` index).
+
+    Reads only the row groups covering the rows (a bucket store: by byte range through ``storage``).
+    """
+    from .parquet import open_parquet, read_rows
+
+    file = open_parquet(storage.join(str(path), CASES_FILE) if storage.is_remote(path) else Path(path) / CASES_FILE)
+    columns = [name for name in file.schema_arrow.names if name != "case"]
+    table = read_rows(file, start, stop, columns)
+    return {name: table.column(name).to_numpy() for name in columns}
 
 
 def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] | None = None) -> bool:

@@ -55,6 +55,25 @@ def test_sobol_matches_torch_engine():
     np.testing.assert_allclose(read_inputs(spec, 0, 64), expected)
 
 
+@pytest.mark.parametrize("scramble", [True, False])
+def test_sobol_inputs_are_a_function_of_the_sample_index_only(scramble):
+    """A shard starting at sample k gets points k..k+n of the whole sequence, for any shard sizes."""
+    spec = SobolInputs(kind="sobol", n=300, shape=(2, 2), low=-2, high=3, seed=4, scramble=scramble)
+    whole = read_inputs(spec, 0, 300)
+    for size in (1, 7, 64, 100, 299):
+        shards = [read_inputs(spec, a, min(a + size, 300)) for a in range(0, 300, size)]
+        np.testing.assert_array_equal(np.concatenate(shards), whole)
+    if not scramble:  # the unscrambled sequence's known first points (van der Corput, then Joe-Kuo dimension 2, ...)
+        unit = (whole[:4].reshape(4, 4) + 2) / 5
+        np.testing.assert_allclose(unit[:, 0], [0, 0.5, 0.75, 0.25])
+        np.testing.assert_allclose(unit[:, 1], [0, 0.5, 0.25, 0.75])
+
+
+def test_sobol_inputs_refuse_more_points_than_the_generator_has():
+    with pytest.raises(ValueError, match=r"at most 2\*\*30"):
+        SobolInputs(kind="sobol", n=2**30 + 1, shape=(2,))
+
+
 def test_grid_is_the_cartesian_product():
     spec = GridInputs(kind="grid", axes=[{"low": 0, "high": 1, "num": 3}, {"low": -1, "high": 1, "num": 5}])
     assert describe_inputs(spec).n == 15
@@ -144,7 +163,7 @@ def _store_with_committed_shards(tmp_path, committed: int):
     prepared = prepare(spec)
     shards, _ = pending_shards(prepared)
     for shard in shards[:committed]:
-        run_shard(spec, shard)
+        run_shard(spec, shard, bytes_per_sample=prepared.plan.bytes_per_sample())
     assert finalize_store(path, prepared.plan) is (committed == len(shards))
     return path
 

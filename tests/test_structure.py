@@ -189,7 +189,6 @@ def _describe(component: list[str], graph: dict[str, dict[str, Import]], mods) -
 # ------------------------------------------------------------------ the checks on pipeline/
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8: cycles being removed")
 def test_no_import_cycles():
     graph = import_graph(PACKAGE)
     found = cycles(graph)
@@ -197,7 +196,6 @@ def test_no_import_cycles():
     assert not found, "import cycles among pipeline modules:\n" + "\n".join(_describe(c, graph, mods) for c in found)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8: underscore imports being removed")
 def test_no_module_uses_another_modules_underscore_names():
     found = underscore_uses(PACKAGE)
     assert not found, "modules using another module's private names:\n" + "\n".join(found)

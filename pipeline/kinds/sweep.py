@@ -8,8 +8,6 @@ outputs ``[case, ...]`` and, when asked, sensitivities ``d<q>_d<p> [case]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -20,13 +18,6 @@ from ..spec import SpecError
 from ..store import read_cases
 from ..transfer import to_host
 from . import DTYPES, Prepared, ShardInfo
-
-REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "mean": torch.mean,
-    "sum": torch.sum,
-    "max": torch.amax,
-    "min": torch.amin,
-}
 
 
 def _solver(spec):
@@ -42,9 +33,8 @@ def case_table(spec) -> dict[str, np.ndarray]:
     """The sweep's cases (fixed parameters included as constant columns)."""
     from ..sweeps import make_cases
 
-    sweep = spec.sweep.model_dump(mode="json", exclude_none=True)
     try:
-        return make_cases({**sweep, "fixed": dict(spec.fixed) or None})
+        return make_cases(spec.sweep, dict(spec.fixed) or None)
     except (ValueError, OSError) as err:
         raise SpecError([str(err)]) from None
 
@@ -115,10 +105,7 @@ def prepare(spec) -> Prepared:
                 ]
             )
     try:
-        if scalars:
-            result, _ = sensitivities(spec, solver, options, first, torch.device("cpu"), torch.float64)
-        else:
-            result = _solve(spec, solver, options, first, torch.device("cpu"), torch.float64)
+        result, _ = _solve_cases(spec, solver, options, first, torch.device("cpu"), torch.float64)
     except Exception as err:  # whatever the user's solver raises
         raise SpecError(
             [f"solver: running {solver.name} on the first case failed: {type(err).__name__}: {err}"]
@@ -207,10 +194,15 @@ def _case_params(spec, table, start, stop, dtype, device) -> dict[str, torch.Ten
     return params
 
 
-def _solve(spec, solver, options, params, device, dtype):
-    from ..solvers import solve
+def _solve_cases(spec, solver, options, params, device, dtype):
+    """The solver's outputs of these cases and, when the job asks for them, their sensitivities (else ``{}``)."""
+    from ..solvers import sensitivities, solve
 
-    return solve(solver, params, device=device, dtype=dtype, **options)
+    if spec.sensitivities is None:
+        return solve(solver, params, device=device, dtype=dtype, **options), {}
+    swept = [name for name in params if name not in spec.fixed and name not in spec.profiles]
+    _, wrt = sensitivity_names(spec, swept)
+    return sensitivities(solver, params, spec.sensitivities.outputs, wrt, device=device, dtype=dtype, **options)
 
 
 def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None):
@@ -220,65 +212,8 @@ def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None
     dtype = DTYPES[spec.solver.dtype]
     table = read_cases(spec.store.path, shard.start, shard.stop)
     params = _case_params(spec, table, shard.start, shard.stop, dtype, device)
-    if spec.sensitivities is not None:
-        outputs, derived = sensitivities(spec, solver, options, params, device, dtype)
-    else:
-        outputs, derived = _solve(spec, solver, options, params, device, dtype), {}
+    outputs, derived = _solve_cases(spec, solver, options, params, device, dtype)
     return to_host(dict(outputs), extra=derived), ShardInfo(method=solver.name, chunk_size=shard.size)
-
-
-def _reduce(outputs, reduction) -> torch.Tensor:
-    value = outputs[reduction.output]
-    if reduction.index is not None and value.ndim > 1:
-        value = value[:, reduction.index]
-    return REDUCTIONS[reduction.reduce](value.reshape(value.shape[0], -1), dim=1)
-
-
-def sensitivities(spec, solver, options, params, device, dtype):
-    """The solver's outputs, and ``q`` and ``dq/dp`` per case for each sensitivity ``q`` and swept ``p``.
-
-    Forward mode with one tangent direction per parameter, equal to 1 in every
-    case (cases are independent, so each case's output tangent is its own
-    derivative): the solver's own ``jvp_fn`` carries all directions in one
-    pass when it has one (rte1d), else one ``torch.func.jvp`` through ``solve``
-    per parameter. The reductions' tangents go through ``torch.func.jvp`` too
-    (right for max/min, whose tangent is the arg-max's).
-    """
-    swept = [name for name in params if name not in spec.fixed and name not in spec.profiles]
-    scalars, wrt = sensitivity_names(spec, swept)
-    reductions = spec.sensitivities.outputs
-    n = next(iter(params.values())).shape[0]
-    if not wrt:
-        outputs = _solve(spec, solver, options, params, device, dtype)
-        return outputs, {q: _reduce(outputs, reductions[q]).detach().cpu().numpy() for q in scalars}
-    if solver.jvp_fn is not None:
-        eye = torch.eye(len(wrt), dtype=dtype, device=device)
-        tangents = {p: eye[:, j, None].expand(-1, n) for j, p in enumerate(wrt)}
-        needed = sorted({reductions[q].output for q in scalars})
-        outputs, output_tangents = solver.jvp_fn(
-            params, tangents, device=device, dtype=dtype, tangent_outputs=needed, **options
-        )
-        directions = {p: {name: t[j] for name, t in output_tangents.items()} for j, p in enumerate(wrt)}
-    else:
-        directions = {}
-        for p in wrt:
-
-            def along_p(value_p, p=p):
-                return _solve(spec, solver, options, {**params, p: value_p}, device, dtype)
-
-            outputs, directions[p] = torch.func.jvp(along_p, (params[p],), (torch.ones_like(params[p]),))
-    result: dict[str, np.ndarray] = {}
-    for q in scalars:
-        reduction = reductions[q]
-
-        def reduce(value, reduction=reduction):
-            return _reduce({reduction.output: value}, reduction)
-
-        result[q] = reduce(outputs[reduction.output]).detach().cpu().numpy()
-        for p in wrt:
-            _, tangent = torch.func.jvp(reduce, (outputs[reduction.output],), (directions[p][reduction.output],))
-            result[f"d{q}_d{p}"] = tangent.detach().cpu().numpy()
-    return outputs, result
 
 
 # ---------------------------------------------------------------- registry hooks (pipeline.kinds)

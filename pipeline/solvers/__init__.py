@@ -13,9 +13,11 @@ Example:
     True
 """
 
-from .interface import ParamInfo, Solver, UnsolvableCase, tracks_derivatives
+from .interface import Solver, UnsolvableCase, tracks_derivatives
+from .params import ParamInfo, prepare_params
 from .registry import available_solvers, get_solver, register_solver
-from .run import check_cases, prepare_params, solve
+from .run import check_cases, solve
+from .sensitivity import sensitivities
 
 __all__ = [
     "ParamInfo",
@@ -26,6 +28,7 @@ __all__ = [
     "get_solver",
     "prepare_params",
     "register_solver",
+    "sensitivities",
     "solve",
     "tracks_derivatives",
 ]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .interface import ParamInfo, Solver
+from .interface import Solver
+from .params import ParamInfo
 
 
 def damped_oscillator(

@@ -38,8 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interface import ParamInfo, Solver, UnsolvableCase
-from .rte1d import _is_int, _is_positive, cell_centres
+from .checks import is_int, is_positive
+from .interface import Solver, UnsolvableCase
+from .params import ParamInfo
+from .rte1d import cell_centres
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "nx": 64,
@@ -100,16 +102,16 @@ def _check_options(options: dict[str, Any]) -> None:
     def bad(key: str, fix: str) -> ValueError:
         return ValueError(f"heat1d: option {key}={options[key]!r} is invalid; {fix}")
 
-    if not _is_int(options["nx"]) or options["nx"] < 4:
+    if not is_int(options["nx"]) or options["nx"] < 4:
         raise bad("nx", "use an integer nx >= 4")
-    if not _is_int(options["n_saves"]) or options["n_saves"] < 1:
+    if not is_int(options["n_saves"]) or options["n_saves"] < 1:
         raise bad("n_saves", "use an integer >= 1")
     for key in ("L", "t_end"):
-        if not _is_positive(options[key]):
+        if not is_positive(options[key]):
             raise bad(key, "use a finite number > 0")
     if options["scheme"] not in SCHEMES:
         raise bad("scheme", f"use one of {', '.join(SCHEMES)}")
-    if options["dt"] is not None and not _is_positive(options["dt"]):
+    if options["dt"] is not None and not is_positive(options["dt"]):
         raise bad("dt", "use a number > 0, or None for the scheme's default")
 
 

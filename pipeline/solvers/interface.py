@@ -24,6 +24,9 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import torch
+
+from .params import ParamInfo, prepare_params
 
 #: Keyword names that ``solve`` takes for itself; no solver option may use them.
 RESERVED_OPTIONS = ("chunk_size", "device", "dtype")
@@ -39,34 +42,6 @@ class UnsolvableCase(ValueError):
         self.case = case
 
 
-@dataclass(frozen=True)
-class ParamInfo:
-    """One per-case parameter a solver accepts.
-
-    Attributes:
-        dims: dimension names per case: ``()`` for a scalar, ``("x",)`` for a profile.
-        shape: shape per case, matching ``dims`` (``()`` or ``(nx,)``).
-        default: value used when the parameter is not given (scalars only), or
-            ``None`` when it has no default (or is derived from other parameters).
-        description: one line for docs and error messages.
-        excludes: parameters that cannot be given together with this one because
-            they are an alternative way to set the same thing (rte1d's ``T0``
-            profile excludes ``T0_mean``, ``T0_amplitude``, ...). When this one
-            is given, ``solve`` does not fill in their defaults.
-    """
-
-    dims: tuple[str, ...] = ()
-    shape: tuple[int, ...] = ()
-    default: float | None = None
-    description: str = ""
-    excludes: tuple[str, ...] = ()
-
-    @property
-    def kind(self) -> str:
-        """``"scalar"`` or ``"profile"``."""
-        return "scalar" if not self.shape else "profile"
-
-
 def tracks_derivatives(*tensors: Any) -> bool:
     """Whether derivatives flow through these tensors, so a solver must stay out-of-place.
 
@@ -79,7 +54,6 @@ def tracks_derivatives(*tensors: Any) -> bool:
         >>> tracks_derivatives(torch.ones(2)), tracks_derivatives(torch.ones(2, requires_grad=True))
         (False, True)
     """
-    import torch
     from torch.autograd import forward_ad
 
     for t in tensors:
@@ -156,6 +130,64 @@ class Solver:
         if clash:
             raise ValueError(f"solver {self.name!r}: option name(s) {clash} are reserved by solve(); rename them")
 
+    # -- running -----------------------------------------------------------------------
+
+    def run(
+        self,
+        params: Mapping[str, Any],
+        *,
+        chunk_size: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Solve every case of ``params``: what ``pipeline.solvers.solve(self, params, ...)`` runs.
+
+        Arguments as for ``solve``; returns ``{output: Tensor[cases, ...]}``.
+
+        Example:
+            >>> import torch
+            >>> s = Solver.from_function(lambda params, k=1.0: {"y": k * params["a"]}, name="scale")
+            >>> s.run({"a": torch.tensor([1.0, 2.0])}, k=3.0)["y"].tolist()
+            [3.0, 6.0]
+        """
+        resolved = self.validate_options(options)
+        infos = self.parameters_fn(resolved) if self.parameters_fn is not None else {}
+        batch, n_cases = prepare_params(self.name, params, infos, device=device, dtype=dtype)
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+        if self.batched:
+
+            def run(part: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+                return self.fn(part, **resolved)
+
+        else:
+            per_case = self.fn
+
+            def run(part: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+                return torch.func.vmap(lambda case: per_case(case, **resolved))(part)
+
+        chunk = n_cases if chunk_size is None else min(chunk_size, n_cases)
+        if chunk == n_cases:
+            return _check_result(self.name, run(batch), n_cases)
+        if tracks_derivatives(*batch.values()):
+            # out-of-place assembly keeps autograd / torch.func derivatives flowing
+            pieces = [
+                _check_result(self.name, run({k: v[a : a + chunk] for k, v in batch.items()}), min(chunk, n_cases - a))
+                for a in range(0, n_cases, chunk)
+            ]
+            return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
+        outputs: dict[str, torch.Tensor] = {}
+        for start in range(0, n_cases, chunk):
+            stop = min(start + chunk, n_cases)
+            result = _check_result(self.name, run({k: v[start:stop] for k, v in batch.items()}), stop - start)
+            for k, v in result.items():
+                if k not in outputs:  # preallocate once: no second copy of all outputs
+                    outputs[k] = v.new_empty((n_cases, *v.shape[1:]))
+                outputs[k][start:stop] = v
+        return outputs
+
     # -- description used by the store (no solver run) ---------------------------------
 
     def validate_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -217,12 +249,8 @@ class Solver:
                 f"{self.name}: this solver does not declare its outputs, so they are discovered "
                 "by running it on one case; pass example={parameter: value of one case}"
             )
-        import torch
-
-        from .run import solve  # local: run.py imports this module
-
         one_case = {k: torch.as_tensor(v)[None] for k, v in example.items()}
-        result = solve(self, one_case, **dict(options or {}))
+        result = self.run(one_case, **dict(options or {}))
         return {k: (tuple(f"{k}_dim{i}" for i in range(v.ndim - 1)), tuple(v.shape[1:])) for k, v in result.items()}
 
     def coords(self, options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -232,9 +260,7 @@ class Solver:
 
     def __call__(self, params: Mapping[str, Any], **kwargs: Any):
         """Shorthand for ``pipeline.solvers.solve(self, params, **kwargs)``."""
-        from .run import solve
-
-        return solve(self, params, **kwargs)
+        return self.run(params, **kwargs)
 
     # -- construction ------------------------------------------------------------------
 
@@ -284,10 +310,24 @@ class Solver:
                         )
                     defaults[p.name] = p.default
         return cls(
-            name=name or getattr(fn, "__qualname__", repr(fn)),
+            name=str(name or getattr(fn, "__qualname__", repr(fn))),
             fn=fn,
             default_options=defaults,
             batched=False,
             accepts_any_option=any_option,
             description=(inspect.getdoc(fn) or "").split("\n")[0],
         )
+
+
+def _check_result(solver_name: str, result: Any, n_cases: int) -> dict[str, torch.Tensor]:
+    if not isinstance(result, Mapping) or not all(isinstance(v, torch.Tensor) for v in result.values()):
+        raise ValueError(
+            f"{solver_name}: a solver must return a dict of output name -> tensor, got {type(result).__name__}"
+        )
+    for k, v in result.items():
+        if v.ndim == 0 or v.shape[0] != n_cases:
+            raise ValueError(
+                f"{solver_name}: output {k!r} has shape {tuple(v.shape)} for {n_cases} cases; "
+                "a batched solver must return tensors with the case axis first"
+            )
+    return dict(result)

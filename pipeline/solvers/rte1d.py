@@ -50,7 +50,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,7 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interface import ParamInfo, Solver, UnsolvableCase, tracks_derivatives
+from .checks import is_int, is_positive
+from .interface import Solver, UnsolvableCase, tracks_derivatives
+from .params import ParamInfo, prepare_params
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "nx": 400,
@@ -145,27 +146,19 @@ def _coords(options: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"x": cell_centres(options["nx"], options["L"]), "time": (saves + 1) * dt}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_positive(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def _check_options(options: dict[str, Any]) -> None:
     def bad(key: str, fix: str) -> ValueError:
         return ValueError(f"rte1d: option {key}={options[key]!r} is invalid; {fix}")
 
-    if not _is_int(options["nx"]) or options["nx"] < 4:
+    if not is_int(options["nx"]) or options["nx"] < 4:
         raise bad("nx", "use an integer nx >= 4 (the seed uses 400)")
     n = options["n_angles"]
-    if not _is_int(n) or n < 2 or n % 2:
+    if not is_int(n) or n < 2 or n % 2:
         raise bad("n_angles", "use an even integer >= 2: half the Gauss-Legendre angles move right, half left")
     for key in ("L", "t_end", "CFL", "a", "c", "rho", "cv"):
-        if not _is_positive(options[key]):
+        if not is_positive(options[key]):
             raise bad(key, f"use a finite number > 0 (default {DEFAULT_OPTIONS[key]})")
-    if not _is_int(options["save_every"]) or options["save_every"] < 1:
+    if not is_int(options["save_every"]) or options["save_every"] < 1:
         raise bad("save_every", "use an integer >= 1 (the seed saves every 10 steps)")
     mu_max = float(np.abs(gauss_legendre(n)[0]).max())
     if options["CFL"] * mu_max > 1:
@@ -180,7 +173,7 @@ def _check_options(options: dict[str, Any]) -> None:
     if options["compile"] not in ("auto", True, False):
         raise bad("compile", "use 'auto' (compile the step on CUDA only), True or False")
     block = options["block_cases"]
-    if block is not None and (not _is_int(block) or block < 1):
+    if block is not None and (not is_int(block) or block < 1):
         raise bad("block_cases", "use None (automatic) or a positive integer")
     if not isinstance(options["stability_check"], bool):
         raise bad("stability_check", "use true (refuse unstable cases, the default) or false")
@@ -272,7 +265,8 @@ def initial_profiles(params: dict[str, torch.Tensor], options: dict[str, Any]) -
         if p in params:
             out.append(params[p])
         else:
-            out.append(profile(*(params[f"{p}_{k}"] for k in PROFILE_DEFAULTS), x, options["L"]))
+            mean, amplitude, wavenumber, phase = (params[f"{p}_{k}"] for k in PROFILE_DEFAULTS)
+            out.append(profile(mean, amplitude, wavenumber, phase, x, options["L"]))
     return out[0], out[1]
 
 
@@ -428,8 +422,6 @@ def rte1d_jvp(
         torch.Size([2, 3, 2, 32])
         >>> dTmean_dT0mean = d["T"][0, :, -1].mean(-1)   # one value per case
     """
-    from .run import prepare_params
-
     resolved = SOLVER.validate_options(options)
     infos = _parameters(resolved)
     batch, n_cases = prepare_params("rte1d", params, infos, device=device, dtype=dtype)
@@ -447,7 +439,7 @@ def rte1d_jvp(
         raise ValueError(
             f"rte1d_jvp: tangent_outputs={tuple(tangent_outputs)!r}; choose a non-empty subset of ('E', 'T')"
         )
-    if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
+    if chunk_size is not None and (not is_int(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     directions: dict[str, torch.Tensor] = {}
     k = None
@@ -462,7 +454,7 @@ def rte1d_jvp(
             )
         k = t.shape[0]
         directions[name] = t
-    if k == 0:
+    if not k:  # no tangents, or 0 directions
         raise ValueError("rte1d_jvp: tangents have 0 directions")
 
     names = list(directions)
@@ -474,7 +466,7 @@ def rte1d_jvp(
     primals = tuple(batch[name] for name in names)
     dT0s, dsigmas = [], []
     for j in range(k):
-        (T0, sigma), (dT0, dsigma) = torch.func.jvp(profiles, primals, tuple(directions[n][j] for n in names))
+        (T0, sigma), (dT0, dsigma) = torch.func.jvp(profiles, primals, tuple(directions[n][j] for n in names))[:2]
         dT0s.append(dT0)
         dsigmas.append(dsigma)
     check_stability({"T0": T0, "sigma": sigma}, resolved)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..quantities import canonical_quantities
+from ..sobol import check as check_sobol
 from .base import (
     IMPORT_PATH,
     MAX_SAMPLES,
@@ -140,8 +141,7 @@ class SobolInputs(_Generated):
     def _checks(self):
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
-        if math.prod(self.shape) > 1111:
-            raise ValueError(f"Sobol points support at most 1111 dimensions, shape {list(self.shape)} has more")
+        check_sobol(math.prod(self.shape), self.n)
         return self
 
 

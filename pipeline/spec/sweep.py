@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..sobol import check as check_sobol
 from .base import IMPORT_PATH, ExecutionSettings, Job, PositiveInt, StoreSettings, Strict
 from .derivative import NpyInputs, ZarrInputs
 
@@ -138,6 +139,11 @@ class SobolSweep(_Sampled):
 
     kind: Literal["sobol"]
     scramble: bool = True
+
+    @model_validator(mode="after")
+    def _dimensions(self):
+        check_sobol(len(self.ranges))  # the limit of Sobol inputs too: one generator
+        return self
 
 
 class ParquetSweep(Strict):
