@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .fingerprints import changed_files, fingerprints
-from .kinds import Prepared, kind_of
+from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
 from .lock import store_lock
 from .plan import Shard
@@ -328,9 +328,6 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     shards = read_plan(path)
     committed = read_markers(path)
     return Opened(Pending(shards, set(committed)), len(committed), False, notes)
-
-
-from .fingerprints import CODE_KEYS  # noqa: E402 - the module files --accept-changed-code lets change
 
 
 def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> str:

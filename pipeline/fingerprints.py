@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .kinds import CODE_KEYS
+
 HASH_LIMIT = 64 * 2**20  # bytes: files up to this size are hashed whole
 
 
@@ -168,9 +170,6 @@ def changed_files(recorded: dict[str, dict[str, Any]], spec) -> list[str]:
         if not same(old, now):
             lines.append(f"{key}: {path} changed since the store was created ({describe(old, now)})")
     return lines
-
-
-CODE_KEYS = ("function.target", "solver.name")
 
 
 def code_digest(files: dict[str, dict[str, Any]]) -> str:

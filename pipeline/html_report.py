@@ -339,15 +339,13 @@ def sweep_sections(dataset) -> list[Section]:
 
 def build_report(path: str | Path) -> str:
     """The HTML page of a store (a string; ``write_report`` writes it)."""
+    from .kinds import kind_of_store
     from .store import open_results, read_attributes
 
     attrs = read_attributes(path)
     dataset = open_results(path)
     sections = [manifest_section(path)]
-    if attrs.get("kind") == "sweep":
-        sections += sweep_sections(dataset)
-    else:
-        sections += derivative_sections(dataset)
+    sections += kind_of_store(attrs).report_sections(dataset)
     return render(attrs, str(path), sections)
 
 

@@ -55,16 +55,26 @@ def check_labels(function: dict[str, Any], quantities, *, in_shape, out_shape) -
 
 
 def label_dataset(dataset, attributes: dict[str, Any]):
-    """The store's dataset with index coordinates, inputs as coordinates and the job's axis labels."""
+    """The store's dataset with index coordinates, inputs as coordinates and the job's axis labels (per kind)."""
+    from .kinds import kind_of_store
+
+    return kind_of_store(attributes).label_dataset(dataset, attributes)
+
+
+def label_cases(dataset, attributes: dict[str, Any]):
+    """A sweep store's dataset: the ``case`` index, the case parameters in memory."""
+    if "case" in dataset.dims:
+        dataset = dataset.assign_coords(case=np.arange(dataset.sizes["case"]))
+        # the case parameters are small (8 bytes a case): in memory, so that `where(ds.T0_phase == 0, drop=True)`
+        # and `set_index(case=[...])` work on a lazy dataset
+        small = [name for name, coord in dataset.coords.items() if coord.dims == ("case",) and name != "case"]
+        dataset = dataset.assign_coords({name: dataset[name].variable.load() for name in small})
+    return dataset
+
+
+def label_samples(dataset, attributes: dict[str, Any]):
+    """A derivative store's dataset: the ``sample`` index, inputs as coordinates, the function's axis names."""
     spec = attributes.get("spec") or {}
-    if attributes.get("kind") == "sweep":
-        if "case" in dataset.dims:
-            dataset = dataset.assign_coords(case=np.arange(dataset.sizes["case"]))
-            # the case parameters are small (8 bytes a case): in memory, so that `where(ds.T0_phase == 0, drop=True)`
-            # and `set_index(case=[...])` work on a lazy dataset
-            small = [name for name, coord in dataset.coords.items() if coord.dims == ("case",) and name != "case"]
-            dataset = dataset.assign_coords({name: dataset[name].variable.load() for name in small})
-        return dataset
     if "sample" in dataset.dims:
         dataset = dataset.assign_coords(sample=np.arange(dataset.sizes["sample"]))
     if "inputs" in dataset.data_vars:

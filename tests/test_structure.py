@@ -265,3 +265,34 @@ def test_underscore_names_of_another_module_are_found(tmp_path):
         "from pkg.a import _hidden",
         "from pkg.a import _own",
     ]
+
+
+def kind_name_comparisons(package: Path, names: tuple[str, ...]) -> list[str]:
+    """``file:line`` of every comparison of a value with a job kind's name outside ``kinds/`` and ``spec/``."""
+    found = []
+    for file in sorted(package.rglob("*.py")):
+        relative = file.relative_to(package)
+        if relative.parts[0] in ("kinds", "spec"):
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                if any(isinstance(o, ast.Constant) and o.value in names for o in operands):
+                    found.append(f"{relative}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_only_kinds_and_spec_know_which_job_kinds_exist():
+    from pipeline.kinds import KINDS
+
+    names = tuple(KINDS)
+    assert set(names) == {"derivatives", "sweep"}  # the registry is what the scan looks for
+    assert kind_name_comparisons(PACKAGE, names) == []
+
+
+def test_a_kind_switch_outside_kinds_is_found(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "kinds").mkdir(parents=True)
+    (package / "kinds" / "__init__.py").write_text('KIND = "sweep"\nif KIND == "sweep":\n    pass\n')
+    (package / "store.py").write_text('def unit(attrs):\n    return "cases" if attrs["kind"] == "sweep" else "samples"\n')
+    assert kind_name_comparisons(package, ("sweep",)) == ["store.py:2: attrs['kind'] == 'sweep'"]

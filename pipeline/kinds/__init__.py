@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from ..plan import Plan
 from ..spec.base import Job, SpecError
@@ -73,6 +73,10 @@ class Kind:
         size_key: the job-file key that sets the number of rows (named when the results do not fit).
         probe_rows: rows ``submit --dry-run`` times ``compute`` on (at most one chunk).
         module: the implementation module (see the module docstring).
+        code_key: the job-file key that names the user's code module (its edits are what
+            ``--accept-changed-code`` lets through).
+        labels: ``module:function`` that labels an opened store's dataset (``open_results``).
+        report: ``module:function`` giving the kind's sections of ``pipeline report``.
     """
 
     name: str
@@ -82,6 +86,9 @@ class Kind:
     size_key: str
     probe_rows: int
     module: str
+    code_key: str
+    labels: str
+    report: str
 
     def implementation(self) -> ModuleType:
         """The implementation module, imported on first use (it brings torch)."""
@@ -107,6 +114,20 @@ class Kind:
         update: dict[str, Any] = self.implementation().resolve_paths(spec, job_dir, absolute)
         return update
 
+    def label_dataset(self, dataset: Any, attributes: dict[str, Any]) -> Any:
+        """The opened store's dataset with the kind's index coordinates and labels."""
+        from ..imports import import_object
+
+        label = cast(Callable[[Any, dict[str, Any]], Any], import_object(self.labels))
+        return label(dataset, attributes)
+
+    def report_sections(self, dataset: Any) -> list[Any]:
+        """The kind's sections of ``pipeline report`` for an opened store."""
+        from ..imports import import_object
+
+        sections = cast(Callable[[Any], list[Any]], import_object(self.report))
+        return sections(dataset)
+
     def check_labels(self, prepared: Prepared) -> None:
         """Check the job file's axis labels against the prepared shapes (raise ``ValueError`` naming the key)."""
         self.implementation().check_labels(prepared)
@@ -115,8 +136,30 @@ class Kind:
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
-        Kind("derivatives", DerivativeJob, "samples", "sample", "inputs.n", 1024, f"{__name__}.derivative"),
-        Kind("sweep", SweepJob, "cases", "case", "sweep", 8, f"{__name__}.sweep"),
+        Kind(
+            "derivatives",
+            DerivativeJob,
+            "samples",
+            "sample",
+            "inputs.n",
+            1024,
+            f"{__name__}.derivative",
+            code_key="function.target",
+            labels="pipeline.labels:label_samples",
+            report="pipeline.html_report:derivative_sections",
+        ),
+        Kind(
+            "sweep",
+            SweepJob,
+            "cases",
+            "case",
+            "sweep",
+            8,
+            f"{__name__}.sweep",
+            code_key="solver.name",
+            labels="pipeline.labels:label_cases",
+            report="pipeline.html_report:sweep_sections",
+        ),
     )
 }
 
@@ -155,6 +198,16 @@ def axis_name(kind: str | None) -> str:
 def unit_name(kind: str | None) -> str:
     """What one row of a store whose attributes record ``kind`` is called (``samples``, ``cases``)."""
     return KINDS.get(kind or DEFAULT_KIND, KINDS[DEFAULT_KIND]).unit
+
+
+def kind_of_store(attributes: dict[str, Any]) -> Kind:
+    """The kind of a store from its root attributes (a store of an unknown kind: the default's)."""
+    kind = attributes.get("kind")
+    return KINDS.get(kind or DEFAULT_KIND, KINDS[DEFAULT_KIND])
+
+
+#: the job-file keys that name a user's code module, one per kind
+CODE_KEYS = tuple(kind.code_key for kind in KINDS.values())
 
 
 def job_models() -> dict[str, type[Job]]:
