@@ -266,7 +266,7 @@ def test_error_paths_and_allowed_keys_are_read_off_the_models_of_a_new_kind(monk
         execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     monkeypatch.setitem(
-        kinds.KINDS, "warehouse", kinds.Kind("warehouse", WarehouseJob, "boxes", "box", "boxes", 1, "none")
+        kinds.KINDS, "warehouse", kinds.Kind("warehouse", WarehouseJob, "boxes", "box", "boxes", 1, "none", "code.target", "none:labels", "none:report")
     )
     data = {
         "schema_version": 1,
