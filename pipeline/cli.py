@@ -76,7 +76,7 @@ def main() -> None:
 @click.option(
     "--local",
     is_flag=True,
-    help="Start a local Ray sized to this machine (no cluster needed; RAY_ADDRESS is then ignored).",
+    help="Start a local Ray sized to this machine, listening on 127.0.0.1 only (no cluster needed; RAY_ADDRESS is then ignored).",
 )
 @click.option(
     "--address",

@@ -22,6 +22,40 @@ OnDone = Callable[[ShardRecord], None]
 OnFailed = Callable[[Shard, int, str], None]
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's processes take 127.0.0.1 as the node address
+
+
+def start_local_ray(**kwargs: Any) -> None:
+    """Start a new Ray on this machine that listens on the loopback interface only.
+
+    ``address="local"`` starts a new Ray even when ``RAY_ADDRESS`` is set or
+    another Ray runs on the host. By default Ray gives its GCS, raylet, agents
+    and workers the machine's routable address and binds them on every
+    interface; a single-machine run needs none of that. Ray's own switch for a
+    one-machine Ray (the behaviour it has on macOS and Windows, where
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is off) makes the node address
+    127.0.0.1, and Ray then binds every server to it (``ss -ltnp`` shows only
+    127.0.0.1). The switch is read by this process when Ray starts and by the
+    processes Ray starts (they inherit it), and restored afterwards so that a
+    later join of a real cluster from the same process is not affected.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    kwargs.setdefault("include_dashboard", False)
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
+
+
 class Executor(Protocol):
     """What the driver needs of an executor (``InlineExecutor``, ``RayExecutor``).
 
@@ -102,8 +136,7 @@ class RayExecutor:
         if ray.is_initialized():
             return
         if self.local:
-            # address="local": a new Ray on this machine even when RAY_ADDRESS is set
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **self._logging())
+            start_local_ray(num_cpus=os.cpu_count(), **self._logging())
             from .watchdog import children_of_this_process, watch
 
             watch(children_of_this_process())  # a killed driver leaves no Ray behind

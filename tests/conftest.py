@@ -19,8 +19,10 @@ def ray_cluster():
     """
     import ray
 
+    from pipeline.runner import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=2, log_to_driver=False)  # address="local", loopback only
     yield ray
     ray.shutdown()
 
