@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ClusterError
+from .memory import is_memory_failure
 from .plan import Shard
 from .store import ShardRecord
 
-Unit = Callable[[Any, Shard], ShardRecord]  # the unit of work, ``tasks.run_shard``: (spec, shard) -> its record
+# the unit of work, ``tasks.shard_task(plan)``: (spec, shard, memory_retries) -> its record
+Unit = Callable[[Any, Shard, int], ShardRecord]
 OnDone = Callable[[ShardRecord], None]
 OnFailed = Callable[[Shard, int, str], None]
 
@@ -61,9 +63,12 @@ class Executor(Protocol):
 
     The driver calls ``start`` (join or start the compute), ``describe``,
     ``check(spec)`` (raise ``ClusterError`` before any store exists when the
-    job cannot run here) and ``run``, which calls ``unit(spec, shard)`` for
-    every shard and reports each through ``on_done(record)`` or, once its
-    retries are spent, ``on_failed(shard, attempts, error)``. The CLI sets
+    job cannot run here) and ``run``, which calls ``unit(spec, shard,
+    memory_retries)`` for every shard and reports each through
+    ``on_done(record)`` or, once its ``execution.retries`` are spent,
+    ``on_failed(shard, attempts, error)``. Both executors retry a failed
+    attempt themselves (``Attempts``): one that ran out of memory is retried
+    with ``memory_retries`` one higher, so it runs with smaller blocks and chunks. The CLI sets
     ``notify`` (a line for the user: why tasks wait) and ``verbose`` (the
     compute's own logging).
     """
@@ -97,16 +102,18 @@ class InlineExecutor:
         """Nothing to check: shards run in this process, on its device."""
 
     def run(self, unit: Unit, spec: Any, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
+        attempts = Attempts(spec.execution.retries)
         for shard in shards:
-            for attempt in range(spec.execution.retries + 1):
+            while True:
                 try:
-                    on_done(unit(spec, shard))
+                    on_done(unit(spec, shard, attempts.memory_retries(shard.id)))
                     break
                 except KeyboardInterrupt:
                     raise
                 except Exception as err:
-                    if attempt == spec.execution.retries:
-                        on_failed(shard, attempt + 1, _format_error(err))
+                    if not attempts.failed(shard.id, err):
+                        on_failed(shard, attempts.count(shard.id), _format_error(err))
+                        break
 
 
 @dataclass
@@ -204,10 +211,42 @@ class RayExecutor:
             slots = max(now, max_gpus) / gpus
         else:
             slots = now / gpus if gpus else cluster.get("CPU", 1) / cpus
+        self.check_memory(spec)
         in_flight = spec.execution.max_in_flight
         if in_flight == "auto":
             in_flight = max(2, int(2 * max(slots, 1)))
         return cpus, gpus, int(in_flight)
+
+    def check_memory(self, spec) -> None:
+        """Raise a ClusterError when no node of the cluster (or of its node types) has ``execution.memory_limit``."""
+        import ray
+
+        limit = getattr(spec.execution, "memory_limit", None)
+        if limit is None:
+            return
+        offered = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")]
+        types = self._scalable_types().values()
+        if any("memory" not in t.get("resources", {}) for t in types):
+            return  # a node type that does not declare its memory: Ray finds out when one starts
+        largest = max([*offered, *(t["resources"]["memory"] for t in types)], default=0)
+        if largest < limit:
+            from .memory import format_size
+
+            raise ClusterError(
+                f"execution.memory_limit is {format_size(limit)} but no node of the cluster offers that much "
+                f"to a task (the largest offers {format_size(largest)}); lower execution.memory_limit to at most "
+                f"{format_size(largest)}, or add nodes with more memory"
+            )
+
+    def _scalable_types(self) -> dict:
+        """Node types the autoscaler can start (none on a local Ray)."""
+        from .cluster import node_types
+
+        if self.local:
+            return {}
+        if self._node_types is None:
+            self._node_types = node_types()
+        return self._node_types or {}
 
     def gpu_node_types(self) -> dict:
         """Node types with GPUs that the cluster's autoscaler can start (none on a local Ray)."""
@@ -229,8 +268,11 @@ class RayExecutor:
         remote = ray.remote(unit).options(
             num_cpus=cpus,
             num_gpus=gpus,
-            max_retries=spec.execution.retries,  # Ray retries a shard whose worker died
-            retry_exceptions=False,  # a shard that raises is retried below, not by Ray (see tries)
+            memory=getattr(spec.execution, "memory_limit", None),  # Ray places the task where this much is free
+            # every retry is made below (Attempts), also of a worker that died: Ray would resubmit the
+            # same arguments, where a shard killed for memory needs smaller blocks and chunks
+            max_retries=0,
+            retry_exceptions=False,
             name=f"{spec.name}-shard",
         )
         spec_ref = ray.put(spec)
@@ -239,30 +281,61 @@ class RayExecutor:
         # Ray prints a task's whole traceback on the driver every time it retries one that raised;
         # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
         # the console gets one line per attempt (live.LiveRun).
-        tries: dict[int, int] = {}
+        attempts = Attempts(spec.execution.retries)
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
         while waiting or running:
             while waiting and len(running) < bound:
                 shard = waiting.pop()
-                running[remote.remote(spec_ref, shard)] = shard
+                running[remote.remote(spec_ref, shard, attempts.memory_retries(shard.id))] = shard
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 shard = running.pop(ref)
                 try:
                     record = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    tries[shard.id] = tries.get(shard.id, 1) + 1
-                    if tries[shard.id] <= spec.execution.retries + 1:
-                        waiting.appendleft(shard)
-                        continue
+                except ray.exceptions.RayTaskError as err:  # the shard raised
                     cause = getattr(err, "cause", None) or err
-                    on_failed(shard, spec.execution.retries + 1, _format_error(cause))
-                except ray.exceptions.RayError as err:  # worker died, node lost, ...
-                    on_failed(shard, spec.execution.retries + 1, f"{type(err).__name__}: {err}")
+                    if attempts.failed(shard.id, cause):
+                        waiting.appendleft(shard)
+                    else:
+                        on_failed(shard, attempts.count(shard.id), _format_error(cause))
+                except ray.exceptions.RayError as err:  # worker died (killed for memory), node lost, ...
+                    if attempts.failed(shard.id, err):
+                        waiting.appendleft(shard)
+                    else:
+                        on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
                 else:
                     on_done(record)
+
+
+class Attempts:
+    """Each shard's failed attempts: whether to retry, and how many ran out of memory.
+
+    >>> a = Attempts(retries=1)
+    >>> a.failed(7, MemoryError()), a.memory_retries(7), a.failed(7, ValueError()), a.count(7)
+    (True, 1, False, 2)
+    """
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+        self._failures: dict[int, int] = {}
+        self._memory: dict[int, int] = {}
+
+    def failed(self, shard_id: int, error: BaseException | None) -> bool:
+        """Count a failed attempt of the shard; True when it gets another one."""
+        self._failures[shard_id] = self._failures.get(shard_id, 0) + 1
+        if is_memory_failure(error):
+            self._memory[shard_id] = self._memory.get(shard_id, 0) + 1
+        return self._failures[shard_id] <= self.retries
+
+    def count(self, shard_id: int) -> int:
+        """Attempts of the shard that failed so far."""
+        return self._failures.get(shard_id, 0)
+
+    def memory_retries(self, shard_id: int) -> int:
+        """Attempts of the shard that ran out of memory: its next attempt halves blocks and chunks this often."""
+        return self._memory.get(shard_id, 0)
 
 
 class _Lookahead:

@@ -83,6 +83,8 @@ class ShardRecord:
     checksum: str = ""
     method: str = ""
     chunk_size: int = 0
+    block_size: int = 0  # rows per block of the shard's last attempt (smaller after a memory failure)
+    memory_retries: int = 0  # attempts of the shard that ran out of memory (each retry halves blocks and chunks)
     peak_memory_bytes: int = -1
     error: str = ""
     started: float = 0.0  # when the shard's last attempt began and committed (seconds since the epoch, UTC)

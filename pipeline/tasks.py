@@ -21,7 +21,8 @@ from .cluster import placement
 from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
-from .plan import Plan, Shard, shard_blocks
+from .memory import Budget, attempt_budget, block_sizing
+from .plan import BLOCKS_PER_SHARD, MAX_BLOCK_BYTES, Plan, Shard, shard_blocks
 from .storage import set_options
 from .store import ShardRecord, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
@@ -61,14 +62,21 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def compute_block(spec, block: Shard, device: torch.device | None = None, previous: ShardInfo | None = None):
+def compute_block(
+    spec,
+    block: Shard,
+    device: torch.device | None = None,
+    previous: ShardInfo | None = None,
+    budget: Budget | None = None,
+):
     """The arrays of one block of a shard (keyed by store array name) and how they were computed.
 
     ``previous`` is how the shard's earlier blocks were computed (``None`` for
     its first block): the kind may reuse their choices (the derivative
-    engine's method) instead of choosing again.
+    engine's method) instead of choosing again. ``budget`` caps chunks and
+    memory (``pipeline.memory``).
     """
-    return kind_of(spec).compute(spec, block, device or pick_device(), previous)
+    return kind_of(spec).compute(spec, block, device or pick_device(), previous, budget)
 
 
 def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
@@ -78,10 +86,12 @@ def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
     return ShardInfo(method, max(first.chunk_size, other.chunk_size), max(peaks) if peaks else None)
 
 
-def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int) -> ShardRecord:
+def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int, memory_retries: int = 0) -> ShardRecord:
     """Compute one shard block by block, write its region and commit it; return its record.
 
-    ``bytes_per_sample`` (``Plan.bytes_per_sample``) sizes the blocks. Raises
+    ``bytes_per_sample`` (``Plan.bytes_per_sample``) sizes the blocks, within
+    ``execution.memory_limit``; ``memory_retries`` (how many attempts of this
+    shard ran out of memory) halves blocks and chunks that many times. Raises
     whatever the computation or a write raises (the executor retries); the
     marker is written only after every block of the shard is in the store,
     so a shard either committed completely or is pending.
@@ -90,27 +100,27 @@ def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int) -> ShardRecord:
     set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     attempt = record_attempt(store, shard.id)
     try:
-        return _run_attempt(spec, shard, attempt, bytes_per_sample)
+        return _run_attempt(spec, shard, attempt, bytes_per_sample, memory_retries)
     except Exception as err:
         # the full traceback goes to the store (manifest, `pipeline inspect --shard`), the console gets one line
         write_attempt_error(store, shard.id, attempt, err)
         raise
 
 
-def shard_task(plan: Plan) -> Callable[[Any, Shard], ShardRecord]:
-    """The unit of work the driver hands its executor: ``run_shard(spec, shard)`` with ``plan``'s block sizing.
+def shard_task(plan: Plan) -> Callable[[Any, Shard, int], ShardRecord]:
+    """The unit of work the driver hands its executor: ``run_shard(spec, shard, memory_retries)`` with ``plan``'s block sizing.
 
     A plain function (not a ``functools.partial``), so that Ray can make a task of it.
     """
     bytes_per_sample = plan.bytes_per_sample()
 
-    def run_planned_shard(spec: Any, shard: Shard) -> ShardRecord:
-        return run_shard(spec, shard, bytes_per_sample=bytes_per_sample)
+    def run_planned_shard(spec: Any, shard: Shard, memory_retries: int = 0) -> ShardRecord:
+        return run_shard(spec, shard, bytes_per_sample=bytes_per_sample, memory_retries=memory_retries)
 
     return run_planned_shard
 
 
-def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int) -> ShardRecord:
+def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, memory_retries: int) -> ShardRecord:
     store = spec.store.path
     started = time.time()
     began = time.perf_counter()
@@ -118,7 +128,10 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int) -
     device = pick_device()
     group = open_for_writing(store)
     per_object = spec.store.chunk_size * (getattr(spec.store, "shards", None) or 1)  # whole Zarr shards per block
-    blocks = shard_blocks(shard, per_object, bytes_per_sample)
+    limit = getattr(spec.execution, "memory_limit", None)
+    count, block_bytes = block_sizing(BLOCKS_PER_SHARD, MAX_BLOCK_BYTES, limit, memory_retries)
+    blocks = shard_blocks(shard, per_object, bytes_per_sample, blocks=count, max_block_bytes=block_bytes)
+    budget = attempt_budget(limit, memory_retries)
     info: ShardInfo | None = None
     written, reported = 0, time.monotonic()
 
@@ -131,7 +144,7 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int) -
 
     with BlockWriter(store, group=group, on_written=on_written) as writer:
         for block in blocks:
-            arrays, block_info = compute_block(spec, block, device, info)
+            arrays, block_info = compute_block(spec, block, device, info, budget)
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
     if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
@@ -153,6 +166,8 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int) -
         code=code_fingerprint(spec),
         method=info.method,
         chunk_size=info.chunk_size,
+        block_size=max(b.size for b in blocks),
+        memory_retries=memory_retries,
         peak_memory_bytes=int(info.peak_memory_bytes) if info.peak_memory_bytes is not None else -1,
         started=round(started, 3),
         finished=round(time.time(), 3),

@@ -197,8 +197,8 @@ def test_a_shard_is_computed_in_blocks_that_keep_the_first_blocks_method(tmp_pat
     calls = []
     real = kind.compute
 
-    def spy(spec, shard, device, previous=None):
-        arrays, info = real(spec, shard, device, previous)
+    def spy(spec, shard, device, previous=None, *, budget):
+        arrays, info = real(spec, shard, device, previous, budget=budget)
         calls.append((shard.start, shard.stop, previous.method if previous else None, info.method))
         return arrays, info
 

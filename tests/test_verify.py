@@ -104,11 +104,11 @@ def test_a_failed_attempts_partial_blocks_are_never_visible(tmp_path, monkeypatc
     real = kind.compute
     calls = []
 
-    def dies_in_shard_1_after_two_blocks(spec, shard, device, previous=None):
+    def dies_in_shard_1_after_two_blocks(spec, shard, device, previous=None, *, budget):
         calls.append(shard.start)
         if shard.start == 24:  # the third block (of one chunk) of shard 1 = samples [16, 32)
             raise RuntimeError("worker lost mid-shard")
-        return real(spec, shard, device, previous)
+        return real(spec, shard, device, previous, budget=budget)
 
     monkeypatch.setattr(kind, "compute", dies_in_shard_1_after_two_blocks)
     spec = make_spec(tmp_path, "partial.zarr", quantities=["value", "jacobian"],

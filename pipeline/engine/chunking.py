@@ -30,14 +30,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-# messages of allocation failures that are not torch.OutOfMemoryError (the CPU allocator's)
-_OOM_MESSAGES = (
-    "out of memory",
-    "can't allocate memory",
-    "could not allocate",
-    "not enough memory",
-    "failed to allocate",
-)
+from ..memory import OOM_MESSAGES
+
 # CPU: past this many samples, or this many bytes per chunk, a chunk no longer gets faster,
 # only bigger - the coefficient slices fall out of cache (measured on seed-000 and W2, see docs)
 CPU_MAX_CHUNK = 4096
@@ -50,7 +44,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation failure that a smaller chunk may avoid."""
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OOM_MESSAGES)
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MESSAGES)
 
 
 class MemoryTracker(TorchDispatchMode):

@@ -7,8 +7,9 @@ Each implementation module (``kinds/derivative.py``, ``kinds/sweep.py``) has:
 
 - ``prepare(spec) -> Prepared``: resolve sizes, check the job on a tiny
   example (bad input fails here, before any store exists) and plan the store.
-- ``compute(spec, block, device, previous) -> (arrays, ShardInfo)``: the numbers of
-  one block of a shard, keyed by store array name, row axis first.
+- ``compute(spec, block, device, previous, budget=Budget()) -> (arrays, ShardInfo)``: the numbers of
+  one block of a shard, keyed by store array name, row axis first; ``budget``
+  (``pipeline.memory``) caps its chunks and the engine's memory.
 - ``job_files(spec) -> {key: path}``: the files the job reads, by the job-file key that names them.
 - ``resolve_paths(spec, job_dir, absolute) -> {field: value}``: the job's file paths made absolute.
 - ``check_labels(prepared)``: the job file's axis labels checked against the prepared shapes.
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+from ..memory import Budget
 from ..plan import Plan
 from ..spec.base import Job, SpecError
 from ..spec.derivative import DerivativeJob
@@ -99,9 +101,13 @@ class Kind:
         prepared: Prepared = self.implementation().prepare(spec)
         return prepared
 
-    def compute(self, spec: Any, block: Any, device: Any, previous: ShardInfo | None = None) -> tuple[Any, ShardInfo]:
-        """The arrays of one block of a shard (a worker)."""
-        result: tuple[Any, ShardInfo] = self.implementation().compute(spec, block, device, previous)
+    def compute(
+        self, spec: Any, block: Any, device: Any, previous: ShardInfo | None = None, budget: Budget | None = None
+    ) -> tuple[Any, ShardInfo]:
+        """The arrays of one block of a shard (a worker), within ``budget`` (default: no caps)."""
+        result: tuple[Any, ShardInfo] = self.implementation().compute(
+            spec, block, device, previous, budget=budget or Budget()
+        )
         return result
 
     def job_files(self, spec: Any) -> dict[str, str]:

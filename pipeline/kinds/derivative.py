@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..memory import Budget
 from ..spec.derivative import DerivativeJob, Function, ImportFunction, MLPFunction, NpyInputs, ParquetInputs, ZarrInputs
 from . import Prepared, ShardInfo
 
@@ -111,8 +112,12 @@ def _stamp(path: str | None):
     return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
-def compute(spec: DerivativeJob, shard, device: torch.device, previous: ShardInfo | None = None):
+def compute(spec: DerivativeJob, shard, device: torch.device, previous: ShardInfo | None = None, *, budget: Budget):
     """Inputs and quantities of a shard (or block) as numpy arrays, and how they were computed.
+
+    ``budget`` caps the engine's chunks (after a memory failure of the shard:
+    halved per failure, from the job's chunk size or the block's size) and
+    its memory per chunk (``execution.memory_limit``).
 
     With ``previous`` (how the shard's earlier blocks were computed) and ``derivatives.method:
     auto``, the method the engine chose for the first block is kept, so a
@@ -137,12 +142,15 @@ def compute(spec: DerivativeJob, shard, device: torch.device, previous: ShardInf
     method = spec.derivatives.method
     if method == "auto" and previous is not None and previous.method in METHODS:
         method = previous.method
+    chunk_size = spec.derivatives.chunk_size
+    cap = budget.chunk_cap(chunk_size if isinstance(chunk_size, int) else shard.size)
     result = compute_derivatives(
         fn,
         x,
         spec.quantities,
         method=method,
-        chunk_size=spec.derivatives.chunk_size,
+        chunk_size=chunk_size if cap is None else cap,
+        memory_limit_bytes=budget.memory_bytes,
         options=spec.derivatives.operator_options(),
         offset=int(shard.start),
     )

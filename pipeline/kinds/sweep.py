@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import encoding
+from ..memory import Budget
 from ..plan import plan_sweep_job
 from ..sources import InputError, describe_inputs, read_inputs
 from ..spec import SpecError
@@ -194,26 +195,31 @@ def _case_params(spec, table, start, stop, dtype, device) -> dict[str, torch.Ten
     return params
 
 
-def _solve_cases(spec, solver, options, params, device, dtype):
+def _solve_cases(spec, solver, options, params, device, dtype, chunk_size=None):
     """The solver's outputs of these cases and, when the job asks for them, their sensitivities (else ``{}``)."""
     from ..solvers import sensitivities, solve
 
     if spec.sensitivities is None:
-        return solve(solver, params, device=device, dtype=dtype, **options), {}
+        return solve(solver, params, chunk_size=chunk_size, device=device, dtype=dtype, **options), {}
     swept = [name for name in params if name not in spec.fixed and name not in spec.profiles]
     _, wrt = sensitivity_names(spec, swept)
     return sensitivities(solver, params, spec.sensitivities.outputs, wrt, device=device, dtype=dtype, **options)
 
 
-def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None):
-    """Outputs (and sensitivities) of the shard's (or block's) cases as numpy arrays."""
+def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None, *, budget: Budget):
+    """Outputs (and sensitivities) of the shard's (or block's) cases as numpy arrays.
+
+    After a memory failure of the shard (``budget.shrink``) the solver gets
+    the block's cases in chunks, halved per failure.
+    """
     solver = _solver(spec)
     options = solver.validate_options(spec.solver.options)
     dtype = DTYPES[spec.solver.dtype]
     table = read_cases(spec.store.path, shard.start, shard.stop)
     params = _case_params(spec, table, shard.start, shard.stop, dtype, device)
-    outputs, derived = _solve_cases(spec, solver, options, params, device, dtype)
-    return to_host(dict(outputs), extra=derived), ShardInfo(method=solver.name, chunk_size=shard.size)
+    chunk = budget.chunk_cap(shard.size)
+    outputs, derived = _solve_cases(spec, solver, options, params, device, dtype, chunk)
+    return to_host(dict(outputs), extra=derived), ShardInfo(method=solver.name, chunk_size=chunk or shard.size)
 
 
 # ---------------------------------------------------------------- registry hooks (pipeline.kinds)

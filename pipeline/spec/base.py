@@ -144,11 +144,37 @@ class ExecutionSettings(Strict):
     max_in_flight: PositiveInt | Literal["auto"] = Field(
         default="auto", description="tasks submitted but not finished; auto = 2 x the worker slots"
     )
+    memory_limit: int | None = Field(
+        default=None,
+        description="memory of one task (bytes, or a size such as 4GiB or 500MB, at least 64MiB): Ray places the "
+        "task where that much is free; blocks and chunks are sized to fit, and a shard that runs out of memory "
+        "is retried with smaller ones (default: no limit)",
+    )
     on_nonfinite: Literal["warn", "fail"] = Field(
         default="warn",
         description="NaN or Inf in a shard's results: warn (commit it, count them) or fail (the shard fails, "
         "naming the array and the count)",
     )
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_limit(cls, value):
+        from ..memory import MIN_LIMIT, parse_size
+
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError("expected a size such as 4GiB, 512MiB or 500MB (or a number of bytes)")
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise ValueError("expected a size such as 4GiB, 512MiB or 500MB (or a number of bytes)") from None
+        if size < MIN_LIMIT:
+            raise ValueError(
+                "that is less than 64MiB, too little for a worker running torch; give at least 64MiB "
+                "(e.g. 4GiB), or leave it out for no limit"
+            )
+        return size
 
     @field_validator("gpus_per_task")
     @classmethod
