@@ -38,8 +38,8 @@ def derivative_function(fn: Callable, order: int, method: str) -> Callable:
     Args:
         fn: maps one sample ``[*in]`` to ``[*out]``.
         order: highest derivative order (0 gives just the value).
-        method: ``"forward"`` (jacfwd at every level), ``"reverse"`` (jacrev at
-            every level) or ``"forward-over-reverse"`` (jacrev innermost, jacfwd
+        method: ``"forward"`` (jacfwd at every level), ``"reverse"`` (what torch.func's
+            vmap(jacrev) / vmap(hessian) do: jacrev first, jacfwd above) or ``"forward-over-reverse"`` (jacrev innermost, jacfwd
             outside, the usual Hessian recipe).
 
     Example:
