@@ -7,13 +7,14 @@ file, function, input files, store path), 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from .errors import BadInput
+from .errors import BadInput, ClusterLost
 
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
@@ -246,6 +247,13 @@ def _submit_spec(
         )
     except BadInput as err:
         _fail(str(err))
+    except ClusterLost as err:
+        _console().print(f"[bold red]error:[/bold red] {err}", markup=True)
+        # Ray's exit hooks wait on the lost cluster (a minute and more): the store is finalized and
+        # its lock gone, so nothing is left to do but leave
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FAILED_SHARDS)
     except KeyboardInterrupt:
         if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
             console.print(

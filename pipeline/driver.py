@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import ClusterLost
 from .fingerprints import changed_files, fingerprints
 from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
@@ -41,6 +42,7 @@ from .store import (
     finalize_store,
     is_pipeline_store,
     read_attributes,
+    read_manifest,
     read_markers,
     read_plan,
     refuse_foreign_path,
@@ -517,10 +519,13 @@ def _run(
             progress.fail(shard, error)
 
     discard = False
+    lost: ClusterLost | None = None
     started = time.time()
     try:
         if shards:
             executor.run(shard_task(plan), spec, shards, on_done, on_failed)
+    except ClusterLost as err:  # the cluster went mid-run: finalize what is committed, then say so
+        lost = err
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
         # a store this run just created holds nothing, so it goes
@@ -550,4 +555,15 @@ def _run(
         finally:
             if progress is not None:
                 progress.stop()
+    if lost is not None:
+        raise lost.counted(_committed_in_manifest(spec.store.path, summary), summary.total)
     return summary
+
+
+def _committed_in_manifest(path, summary: RunSummary) -> int:
+    """Shards the finalized manifest lists as done (a worker may commit one whose result never reached us)."""
+    try:
+        manifest = read_manifest(path)
+        return sum(1 for status in manifest.column("status").to_pylist() if status == "done")
+    except Exception:  # no manifest to read: what this driver saw
+        return summary.skipped + summary.ran

@@ -7,10 +7,15 @@ what is wrong (``spec.SpecError``, ``sources.InputError``,
 ``ClusterError`` here); they keep their ``ValueError`` / ``RuntimeError`` bases
 too, for callers that catch those.
 
+``ClusterLost`` is not bad input: the driver lost its Ray cluster mid-run (exit
+code 1); the shards committed so far are kept and the same command resumes.
+
 Example:
     >>> from pipeline.store import StoreError
     >>> issubclass(StoreError, BadInput), issubclass(ClusterError, RuntimeError)
     (True, True)
+    >>> print(ClusterLost("10.0.0.1:6379", "no answer for 10 s").counted(3, 8))
+    lost the Ray cluster at 10.0.0.1:6379 (no answer for 10 s); 3 of 8 shards are committed and kept; run the same command again to resume
 """
 
 from __future__ import annotations
@@ -22,3 +27,23 @@ class BadInput(Exception):
 
 class ClusterError(BadInput, RuntimeError):
     """Ray cannot be started or joined, or the cluster cannot run the job's tasks."""
+
+
+class ClusterLost(RuntimeError):
+    """The driver lost its Ray cluster mid-run: exit code 1, committed shards kept, the same command resumes.
+
+    The executor knows the address and why (``reason``); the driver, which
+    knows the store, adds how many shards are committed (``counted``).
+    """
+
+    def __init__(self, address: str, reason: str, committed: int | None = None, total: int | None = None) -> None:
+        self.address, self.reason, self.committed, self.total = address, reason, committed, total
+        super().__init__(str(self))
+
+    def counted(self, committed: int, total: int) -> ClusterLost:
+        """The same loss, with ``committed`` of ``total`` shards in the store."""
+        return ClusterLost(self.address, self.reason, committed, total)
+
+    def __str__(self) -> str:
+        kept = "" if self.total is None else f"; {self.committed} of {self.total} shards are committed and kept"
+        return f"lost the Ray cluster at {self.address} ({self.reason}){kept}; run the same command again to resume"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .cluster_watch import ClusterWatch
 from .errors import ClusterError
 from .memory import is_memory_failure
 from .plan import Shard
@@ -23,6 +24,8 @@ Unit = Callable[[Any, Shard, int], ShardRecord]
 OnDone = Callable[[ShardRecord], None]
 OnFailed = Callable[[Shard, int, str], None]
 
+
+WAIT_S = 1.0  # how long one ray.wait blocks before the cluster watch is asked
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's processes take 127.0.0.1 as the node address
 
@@ -131,6 +134,7 @@ class RayExecutor:
     _node_types: dict | None = None
     notify: Callable[[str], None] | None = None  # tells the user why the tasks wait (the CLI prints it)
     verbose: bool = False  # Ray's own INFO/WARNING lines and the workers' logs (`submit -v`); else errors only
+    joined: str | None = None  # the cluster address this driver joined (watched while shards run), None for --local
 
     def _logging(self) -> dict:
         import logging
@@ -167,6 +171,7 @@ class RayExecutor:
             ray.init(address=address, **self._logging())
         except Exception as err:
             raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+        self.joined = address
 
     def describe(self) -> str:
         import ray
@@ -282,31 +287,41 @@ class RayExecutor:
         # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
         # the console gets one line per attempt (live.LiveRun).
         attempts = Attempts(spec.execution.retries)
+        # A cluster that goes away mid-run (its head killed, the network cut) makes Ray's calls block
+        # and, a minute later, Ray end this process without a word: the watch notices in
+        # $PIPELINE_CLUSTER_LOST_S seconds and raises ClusterLost (the driver keeps what is committed).
         # On an interrupt the exception propagates and the driver exits: Ray ends a job's
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
-        while waiting or running:
-            while waiting and len(running) < bound:
-                shard = waiting.pop()
-                running[remote.remote(spec_ref, shard, attempts.memory_retries(shard.id))] = shard
-            ready, _ = ray.wait(list(running), num_returns=1)
-            for ref in ready:
-                shard = running.pop(ref)
-                try:
-                    record = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the shard raised
-                    cause = getattr(err, "cause", None) or err
-                    if attempts.failed(shard.id, cause):
-                        waiting.appendleft(shard)
+        with ClusterWatch(self.joined or "local") as watch:
+            while waiting or running:
+                while waiting and len(running) < bound:
+                    shard = waiting.pop()
+                    running[remote.remote(spec_ref, shard, attempts.memory_retries(shard.id))] = shard
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
+                for ref in ready:
+                    shard = running.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayTaskError as err:  # the shard raised
+                        watch.answered()
+                        cause = getattr(err, "cause", None) or err
+                        if attempts.failed(shard.id, cause):
+                            waiting.appendleft(shard)
+                        else:
+                            on_failed(shard, attempts.count(shard.id), _format_error(cause))
+                    except ray.exceptions.RayError as err:  # worker died (killed for memory), node lost, ...
+                        if not watch.probe():  # the head is gone: not the shard's fault, no attempt counted
+                            watch.failed(err)
+                            waiting.appendleft(shard)
+                        elif attempts.failed(shard.id, err):
+                            waiting.appendleft(shard)
+                        else:
+                            on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
                     else:
-                        on_failed(shard, attempts.count(shard.id), _format_error(cause))
-                except ray.exceptions.RayError as err:  # worker died (killed for memory), node lost, ...
-                    if attempts.failed(shard.id, err):
-                        waiting.appendleft(shard)
-                    else:
-                        on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
-                else:
-                    on_done(record)
+                        watch.answered()
+                        on_done(record)
+                watch.check()
 
 
 class Attempts:

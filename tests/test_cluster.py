@@ -5,7 +5,9 @@ ports and a temp dir of their own); drivers are `python -m pipeline`
 subprocesses, as a user runs them. Joining by HOST:PORT, ray://, RAY_ADDRESS
 and `auto`; the one-line refusals (no token, wrong token, nothing listening, a
 port that is not the head's); `ray job submit`; shards spread over the nodes,
-one node removed mid-run, arrays bit-identical to a one-node run.
+one node removed mid-run, arrays bit-identical to a one-node run; last, the
+head killed under a running driver: one line naming the address and the
+committed shards, exit 1, the same store resumed to a bit-identical result.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _arrays(path) -> dict:
 
 
 def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster, tmp_path):
-    """Last in the module: it takes a worker away. The arrays equal a one-node (inline) run bit for bit."""
+    """Next to last in the module: it takes a worker away. The arrays equal a one-node (inline) run bit for bit."""
     from pipeline.driver import submit
     from pipeline.runner import InlineExecutor
     from pipeline.spec import load_spec
@@ -204,5 +206,74 @@ def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster
     expected, got = _arrays(one_node), _arrays(store)
     assert expected.keys() == got.keys()
     for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert got[name].tobytes() == expected[name].tobytes(), name
+
+
+def test_a_lost_head_ends_the_driver_with_exit_1_and_the_store_resumes(cluster, tmp_path):
+    """Last in the module: it kills the head under a running driver (its process group: GCS, raylet, all).
+
+    Ray alone would block, then end the driver a minute later without a word. The driver says it lost the
+    cluster at that address and how many shards are committed, exits 1 within $PIPELINE_CLUSTER_LOST_S
+    plus its finalize, and leaves no lock; the store resumes (here inline: the cluster is gone) to arrays
+    bit-identical to a clean run.
+    """
+    import json
+    import re
+
+    from pipeline.driver import submit
+    from pipeline.runner import InlineExecutor
+    from pipeline.spec import load_spec
+
+    lost_s = 5
+    store, job = tmp_path / "lost.zarr", tmp_path / "lost.yaml"
+    job.write_text(json.dumps({
+        "schema_version": 1, "name": "lost",
+        "function": {"kind": "import", "target": "user_fns:slow_sin", "python_path": [str(ROOT / "tests")],
+                     "kwargs": {"seconds": 0.25}},  # a job to kill the head under
+        "inputs": {"kind": "uniform", "n": 48, "shape": [2], "seed": 3},
+        "quantities": ["value", "jacobian"], "derivatives": {"method": "forward", "dtype": "float64"},
+        "store": {"path": str(store), "chunk_size": 4}, "execution": {"shard_size": 4, "retries": 1},
+    }))
+
+    def committed() -> int:
+        return len(list((store / "_shards").glob("*.json"))) if (store / "_shards").is_dir() else 0
+
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "submit", str(job), "--address", cluster.address],
+                              env={**cluster.env, "PIPELINE_CLUSTER_LOST_S": str(lost_s)}, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while committed() < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-4000:]
+        time.sleep(0.2)
+    cluster.kill_group(cluster.groups[0])  # the head machine goes
+    killed = time.monotonic()
+    try:
+        out, _ = driver.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        pytest.fail(f"the driver did not end within 120 s of losing the head:\n{driver.communicate()[0][-4000:]}")
+    took = time.monotonic() - killed
+    assert driver.returncode == 1, out[-4000:]
+    assert took < lost_s + 30, (took, out[-2000:])
+    lines = [line for line in out.splitlines() if "lost the Ray cluster" in line]
+    assert len(lines) == 1 and "Traceback" not in out, out[-4000:]
+    # the count is the finalized manifest's (a worker of the surviving node may still commit one after it)
+    manifest = pq.read_table(store / "manifest.parquet").to_pydict()
+    done = manifest["status"].count("done")
+    assert 2 <= done <= committed() < 12
+    assert f"lost the Ray cluster at {cluster.address} (no answer for" in lines[0]
+    assert f"{done} of 12 shards are committed and kept; run the same command again to resume" in lines[0]
+    assert not Path(f"{store}.lock").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "pipeline", "submit", str(job), "--executor", "inline"],
+                             env=cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    skipped = re.search(r"resumed: (\d+) shards were already committed", resumed.stdout + resumed.stderr)
+    assert skipped and int(skipped.group(1)) >= done, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    clean = tmp_path / "clean.zarr"
+    submit(load_spec(str(job), [f"store.path={clean}"]), InlineExecutor())
+    expected, got = _arrays(clean), _arrays(store)
+    for name in ("value", "jacobian"):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
         assert got[name].tobytes() == expected[name].tobytes(), name
