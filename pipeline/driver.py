@@ -28,7 +28,7 @@ from .fingerprints import changed_files, fingerprints
 from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
 from .lock import store_lock
-from .plan import Shard
+from .plan import Shard, ShardFlags
 from .runner import Executor
 from .spec import results_hash, spec_differences
 from .store import (
@@ -37,13 +37,13 @@ from .store import (
     any_attempt,
     append_run,
     attempt_count,
+    committed_ids,
     create_store,
     discard_store,
     finalize_store,
     is_pipeline_store,
     read_attributes,
     read_manifest,
-    read_markers,
     read_plan,
     refuse_foreign_path,
 )
@@ -234,7 +234,7 @@ def store_attributes(prepared: Prepared) -> dict:
 class Opened:
     """The store of a job, opened for a run: shards to run, how many were committed, what to tell the user."""
 
-    shards: Sequence[Shard]  # a list, or ``Pending`` (never all held) when a store is resumed
+    shards: Sequence[Shard]  # the lazy plan.Shards, or ``Pending`` when a store is resumed (never all held)
     skipped: int
     created: bool
     notes: list[str] = field(default_factory=list)
@@ -272,7 +272,7 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
         if spec.store.overwrite:
             note += "; with store.overwrite: true every run starts over, remove it from the job file to resume instead"
         notes.append(note)
-    return Opened(list(prepared.plan.shards), 0, True, notes)
+    return Opened(prepared.plan.shards, 0, True, notes)  # the lazy plan.Shards: a huge plan is never listed
 
 
 def _remote(path) -> bool:
@@ -328,8 +328,8 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     if accepted:
         notes.append(accept_code_change(path, attrs, spec, accepted))
     shards = read_plan(path)
-    committed = read_markers(path)
-    return Opened(Pending(shards, set(committed)), len(committed), False, notes)
+    committed = ShardFlags(len(shards), committed_ids(path))
+    return Opened(Pending(shards, committed), len(committed), False, notes)
 
 
 def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> str:
@@ -385,10 +385,10 @@ class Pending(Sequence[Shard]):
     Sized, iterable and sliceable like a list of those shards.
     """
 
-    def __init__(self, shards: Sequence[Shard], committed: set[int]) -> None:
+    def __init__(self, shards: Sequence[Shard], committed: ShardFlags) -> None:
         self.shards = shards
         self.committed = committed
-        self._count = len(shards) - sum(1 for i in committed if 0 <= i < len(shards))
+        self._count = len(shards) - len(committed)
 
     def __len__(self) -> int:
         return self._count
@@ -500,7 +500,7 @@ def _run(
             total_shards=len(plan_shards),
             total_samples=plan.n,
             done_shards=skipped,
-            done_samples=plan.n - sum(s.size for s in shards),
+            done_samples=plan.n - sum(s.size for s in shards) if skipped else 0,
         )
 
     def on_done(record: ShardRecord) -> None:

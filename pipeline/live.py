@@ -48,15 +48,18 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .lock import held_here, lock_path
+from .plan import ShardFlags
 from .store import MARKERS
 
 RECORD_VERSION = 1
 RECORD_INTERVAL_S = 2.0  # how often the driver rewrites its record
+HISTORY_STEP_S = 0.25  # the rate's history keeps one point per this many seconds
 POLL_INTERVAL_S = 0.5  # how often the driver looks at the workers' progress files
 BLOCK_REPORT_MIN_S = 0.25  # a worker rewrites a shard's progress file at most this often (and at its start)
 RATE_WINDOW_S = 30.0  # samples per second are measured over this much of the recent past
@@ -280,6 +283,15 @@ def describe(snapshot: Snapshot | dict[str, Any]) -> str:
     )
 
 
+@dataclass
+class _Files:
+    """What one scan of ``_shards/`` found besides the commit markers (those are counted as they pass)."""
+
+    errors: set[str] = field(default_factory=set)  # "<id>.<attempt>.error" files
+    progress: list[int] = field(default_factory=list)  # shards with a "<id>.progress" file
+    attempted: set[int] = field(default_factory=set)  # shards with an attempts file
+
+
 class LiveRun:
     """The driver's side of a run: publishes the record, polls the workers' progress, feeds the display.
 
@@ -302,8 +314,12 @@ class LiveRun:
         self._thread: threading.Thread | None = None
         self._began = time.time()
         self._run_began = self._began
-        self._sizes: dict[int, int] = {}
-        self._committed: set[int] = set()
+        self._plan: Sequence = ()  # the store's shards (the lazy plan.Shards: a huge plan is never listed)
+        self._total = 0  # samples (or cases) in the plan
+        self._committed = ShardFlags(0)
+        self._committed_samples = 0
+        self._poll_seconds = 0.0  # how long the last poll took (a huge _shards/ is polled less often)
+        self._last_poll = 0.0
         self._failed: set[int] = set()
         self._running: dict[int, int] = {}  # shard id -> samples written in its current attempt
         self._attempts_before: dict[int, int] = {}
@@ -341,18 +357,17 @@ class LiveRun:
         with self._lock:
             self._run_began = time.time()
             try:
-                self._sizes = {s.id: s.size for s in read_plan(self._where)}
+                self._plan = read_plan(self._where)
             except Exception:  # no plan to read: no live counters, the run goes on
-                self._sizes = {}
-            names = self._listing()
-            self._committed = {i for i in self._sizes if f"{i}.json" in names}
+                self._plan = ()
+            self._total = getattr(self._plan, "n", None) or sum(s.size for s in self._plan)
+            self._committed, self._committed_samples = ShardFlags(len(self._plan)), 0
+            files = self._scan()
             self._attempts_before = {
-                i: attempt_count(self._where, i)
-                for i in self._sizes
-                if i not in self._committed and f"{i}.attempts" in names
+                i: attempt_count(self._where, i) for i in files.attempted if i not in self._committed
             }
-            self._seen_errors = {name for name in names if name.endswith(".error")}
-            self._samples_at_start = sum(self._sizes[i] for i in self._committed)
+            self._seen_errors = set(files.errors)
+            self._samples_at_start = self._committed_samples
             self._history = deque([(self._run_began, self._samples_at_start)])
             self.record["phase"] = "running"
             self.record["replacing"] = False  # the store has been replaced by now
@@ -364,10 +379,14 @@ class LiveRun:
 
     def advance(self, record) -> None:
         with self._lock:
-            self._committed.add(record.shard_id)
+            self._commit(record.shard_id)
             self._failed.discard(record.shard_id)
             self._running.pop(record.shard_id, None)
-        self.poll()
+            due = time.monotonic() - self._last_poll >= self._poll_wait()
+        if due:
+            self.poll()
+        else:  # shards may commit hundreds a second: the counters move now, the listing waits its turn
+            self._show(self._fresh_snapshot())
         if self.display is not None and not hasattr(self.display, "update"):
             self.display.advance(record)
 
@@ -402,7 +421,9 @@ class LiveRun:
             self._thread = None
 
     def _loop(self) -> None:
-        while not self._stop.wait(POLL_INTERVAL_S):
+        # a poll lists _shards/ (a marker per committed shard): at a million shards that takes a while,
+        # so the poll waits 20 times as long as it took and costs the driver at most ~5% of a core
+        while not self._stop.wait(self._poll_wait()):
             try:
                 self.poll()
             except Exception:  # a progress display must never break a run
@@ -410,13 +431,37 @@ class LiveRun:
 
     # -- polling
 
-    def _listing(self) -> set[str]:
+    def _scan(self) -> _Files:
+        """List ``_shards/`` once: count the commit markers as they pass, keep the few other names.
+
+        Streamed (``os.scandir``): a store of a million committed shards is never held as names.
+        """
+        files = _Files()
         if not is_local(self._where):
-            return set()
+            return files
         try:
-            return set(os.listdir(self.store / MARKERS))
+            entries = os.scandir(self.store / MARKERS)
         except OSError:
-            return set()
+            return files
+        with entries:
+            for entry in entries:
+                name = entry.name
+                stem, _, ext = name.partition(".")
+                if not stem.isdigit():
+                    continue
+                if ext == "json":
+                    self._commit(int(stem))
+                elif ext == "progress":
+                    files.progress.append(int(stem))
+                elif ext.endswith(".error"):
+                    files.errors.add(name)
+                elif ext.startswith("attempts"):
+                    files.attempted.add(int(stem))
+        return files
+
+    def _commit(self, shard_id: int) -> None:
+        if self._committed.add(shard_id):
+            self._committed_samples += self._plan[shard_id].size
 
     def _attempt_in_run(self, shard_id: int, attempt: int | None) -> int:
         from .store import attempt_count
@@ -427,15 +472,13 @@ class LiveRun:
 
     def poll(self) -> Snapshot | None:
         """Look at the workers' files once: update the counters, print new attempt errors, feed the display."""
-        if not self._sizes:
+        if not self._plan:
             return None
         lines = []
+        began = self._last_poll = time.monotonic()
         with self._lock:
-            names = self._listing()
-            self._committed |= {i for i in self._sizes if f"{i}.json" in names}
-            for name in sorted(names - self._seen_errors):
-                if not name.endswith(".error"):
-                    continue
+            files = self._scan()
+            for name in sorted(files.errors - self._seen_errors):
                 self._seen_errors.add(name)
                 error = _get_json(self.store / MARKERS / name)
                 if not error or error.get("t", 0) < self._run_began:
@@ -447,35 +490,48 @@ class LiveRun:
                     what = error_line(f"{error.get('type')}: {error.get('message')}")
                     lines.append(f"shard {shard_id}: attempt {attempt}/{self.tries} failed, retrying: {what}")
             running = {}
-            for name in names:
-                if not name.endswith(".progress"):
-                    continue
-                shard_id = int(name.split(".")[0])
-                if shard_id in self._committed or shard_id in self._failed or shard_id not in self._sizes:
+            for shard_id in files.progress:
+                name = f"{shard_id}.progress"
+                if shard_id in self._committed or shard_id in self._failed or not 0 <= shard_id < len(self._plan):
                     continue
                 progress = _get_json(self.store / MARKERS / name)
                 if not progress or progress.get("t", 0) < self._run_began:
                     continue  # left by a worker of an earlier run
-                if f"{shard_id}.{progress.get('attempt')}.error" in names:
+                if f"{shard_id}.{progress.get('attempt')}.error" in files.errors:
                     continue  # that attempt failed; a retry has not started yet
-                running[shard_id] = min(int(progress.get("done", 0)), self._sizes[shard_id])
+                running[shard_id] = min(int(progress.get("done", 0)), self._plan[shard_id].size)
             self._running = running
-            snapshot = self._snapshot()
-            self.record["progress"] = asdict(snapshot)
+            snapshot = self._fresh_snapshot()
+            self._poll_seconds = time.monotonic() - began
         for line in lines:
             self._message(line)
+        self._show(snapshot)
+        return snapshot
+
+    def _poll_wait(self) -> float:
+        return max(POLL_INTERVAL_S, 20 * self._poll_seconds)
+
+    def _fresh_snapshot(self) -> Snapshot:
+        with self._lock:
+            snapshot = self._snapshot()
+            self.record["progress"] = asdict(snapshot)
+        return snapshot
+
+    def _show(self, snapshot: Snapshot) -> None:
         if self.display is not None and hasattr(self.display, "update"):
             self.display.update(snapshot)
         self._publish()
-        return snapshot
 
     def _snapshot(self) -> Snapshot:
         now = time.time()
-        done = sum(self._sizes[i] for i in self._committed) + sum(self._running.values())
-        total = sum(self._sizes.values())
+        done = self._committed_samples + sum(self._running.values())
+        total = self._total
         history = self._history
         if not history or history[-1][1] != done:
-            history.append((now, done))
+            if len(history) >= 2 and now - history[-2][0] < HISTORY_STEP_S:
+                history[-1] = (now, done)  # a point per quarter second: hundreds of commits a second stay bounded
+            else:
+                history.append((now, done))
         while len(history) > 2 and history[1][0] < now - RATE_WINDOW_S:
             history.popleft()
         first_t, first_done = history[0]
@@ -483,14 +539,14 @@ class LiveRun:
         if rate == 0.0 and done > self._samples_at_start and now > self._run_began:
             rate = (done - self._samples_at_start) / (now - self._run_began)
         eta = (total - done) / rate if rate > 0 else (0.0 if done >= total else None)
-        failed = len(self._failed - self._committed)
+        failed = sum(1 for i in self._failed if i not in self._committed)
         running = len(self._running)
         return Snapshot(
             unit=self.unit,
-            shards=len(self._sizes),
+            shards=len(self._plan),
             shards_done=len(self._committed),
             shards_running=running,
-            shards_pending=len(self._sizes) - len(self._committed) - running - failed,
+            shards_pending=len(self._plan) - len(self._committed) - running - failed,
             shards_failed=failed,
             samples=total,
             samples_done=done,

@@ -79,6 +79,47 @@ class Shards(Sequence):
         return f"Shards(n={self.n}, shard_size={self.shard_size}: {len(self)} shards)"
 
 
+class ShardFlags:
+    """A set of shard ids ``0 .. count-1`` held as one byte per shard (2.5e6 shards: 2.5 MB, not 150 MB of ints).
+
+    What the driver knows per shard of a huge plan (committed, seen): ``add``,
+    ``in``, ``len`` (how many are set) and iteration over the set ids. Ids
+    outside the plan are ignored.
+
+        >>> flags = ShardFlags(5, [0, 3, 3, 9])
+        >>> len(flags), 3 in flags, 1 in flags, list(flags)
+        (2, True, False, [0, 3])
+    """
+
+    __slots__ = ("_bits", "_count")
+
+    def __init__(self, count: int, ids=()) -> None:
+        self._bits = bytearray(count)
+        self._count = 0
+        for shard_id in ids:
+            self.add(shard_id)
+
+    def add(self, shard_id: int) -> bool:
+        """Set ``shard_id``; True when it was not set before."""
+        if 0 <= shard_id < len(self._bits) and not self._bits[shard_id]:
+            self._bits[shard_id] = 1
+            self._count += 1
+            return True
+        return False
+
+    def __contains__(self, shard_id: object) -> bool:
+        return isinstance(shard_id, int) and 0 <= shard_id < len(self._bits) and bool(self._bits[shard_id])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        start = 0
+        while (index := self._bits.find(1, start)) >= 0:
+            yield index
+            start = index + 1
+
+
 @dataclass(frozen=True)
 class ArrayLayout:
     """One array of the store: name, full shape, dims, chunks, dtype."""

@@ -32,6 +32,7 @@ import tempfile
 import time
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -575,7 +576,9 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     Returns True when the store is complete.
     """
     path = path if storage.is_remote(path) else Path(path)
-    markers = read_markers(path)
+    # locally each shard's marker is read as its row is written (a million shards are never all held);
+    # a bucket is listed once and its markers fetched (one GET each, as before)
+    markers: Any = read_markers(path) if storage.is_remote(path) else _LocalMarkers(Path(path) / MARKERS)
     failed = failed or {}
     attempted = None  # shards with an attempt object, listed once (locally) instead of asked one by one
     if not storage.is_remote(path) and (Path(path) / MARKERS).is_dir():
@@ -596,8 +599,9 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     def rows():
         nonlocal complete
         for shard in plan.shards:
-            if shard.id in markers:
-                yield with_job(markers[shard.id])
+            marker = markers.get(shard.id)
+            if marker is not None:
+                yield with_job(marker)
                 continue
             complete = False
             if shard.id in failed:
@@ -745,6 +749,21 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
     os.replace(temporary, final)
 
 
+def committed_ids(path: str | Path) -> Iterator[int]:
+    """The ids of the committed shards, from the names of their markers (none is read)."""
+    if storage.is_remote(path):
+        names: Iterable[str] = storage.listdir(storage.join(str(path), MARKERS))
+    else:
+        try:
+            names = (entry.name for entry in os.scandir(Path(path) / MARKERS))
+        except FileNotFoundError:
+            return
+    for name in names:
+        stem, _, ext = name.partition(".")
+        if ext == "json" and stem.isdigit():
+            yield int(stem)
+
+
 def read_markers(path: str | Path) -> dict[int, ShardRecord]:
     """Committed shards by id."""
     if storage.is_remote(path):
@@ -761,6 +780,20 @@ def read_markers(path: str | Path) -> dict[int, ShardRecord]:
             data = json.loads(file.read_text())
             records[data["shard_id"]] = ShardRecord.from_marker(data)
     return records
+
+
+class _LocalMarkers:
+    """A local store's commit markers, read one by one on demand (``get(shard_id)``, None when uncommitted)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, shard_id: int) -> ShardRecord | None:
+        try:
+            data = json.loads((self.folder / f"{shard_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        return ShardRecord.from_marker(data)
 
 
 class Checksum:
