@@ -382,7 +382,7 @@ class LiveRun:
             self._commit(record.shard_id)
             self._failed.discard(record.shard_id)
             self._running.pop(record.shard_id, None)
-            due = time.monotonic() - self._last_poll >= self._poll_wait()
+            due = time.monotonic() - self._last_poll >= 20 * self._poll_seconds  # a small store: every commit
         if due:
             self.poll()
         else:  # shards may commit hundreds a second: the counters move now, the listing waits its turn

@@ -43,7 +43,9 @@ from . import storage
 from .errors import BadInput
 from .plan import Plan, Shard, Shards
 
-BATCH_ROWS = 1 << 20  # plan and manifest rows written per Parquet batch: memory stays bounded for huge plans
+BATCH_ROWS = (
+    1 << 16
+)  # plan and manifest rows written per Parquet batch: memory stays bounded (~100 MB of records) for huge plans
 
 MARKERS = "_shards"
 PLAN_FILE = "plan.parquet"
