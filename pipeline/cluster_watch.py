@@ -1,18 +1,20 @@
-"""Noticing that the driver lost its Ray cluster: a TCP probe of the head, and Ray's own errors, on a clock.
+"""Noticing that the driver lost its Ray cluster: a TCP probe of the head, on a clock.
 
 When the head goes (killed, its machine gone, the network cut), Ray's driver
 does not say so: ``ray.wait`` blocks, and Ray's core worker retries the GCS
 for a minute before it kills the process without a word a user could act on.
 ``ClusterWatch`` probes the head's GCS port (a TCP connect every
-``PROBE_INTERVAL_S``) in a small daemon thread, takes note of Ray's own system
-errors (``failed``), and ``check()`` raises ``ClusterLost`` once neither the
-probe nor Ray has answered for ``limit_s`` seconds (``$PIPELINE_CLUSTER_LOST_S``,
-default 10). Stdlib only: the runner feeds it Ray's errors.
+``PROBE_INTERVAL_S``) in a small daemon thread, and ``check()`` raises
+``ClusterLost`` once the probe has failed for ``limit_s`` seconds
+(``$PIPELINE_CLUSTER_LOST_S``, default 10). The runner also calls ``probe()``
+when Ray reports a system error, to tell a lost head from a lost worker.
+Stdlib only.
 
 Example:
     >>> watch = ClusterWatch("127.0.0.1:1", limit_s=60)   # nothing listens on port 1
-    >>> watch.answering()                                  # not probed yet: assumed up
-    True
+    >>> watch.probe()                                      # refused
+    False
+    >>> watch.check()                                      # not silent for 60 s yet: no error
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class ClusterWatch:
     """Whether the cluster at ``address`` still answers; ``check()`` raises ``ClusterLost`` once it has not for long.
 
     Use as a context manager (the probe thread runs inside it). An address
-    that is not HOST:PORT is not probed: then only Ray's errors count.
+    that is not HOST:PORT (``local``) is not probed and never lost.
     """
 
     def __init__(self, address: str, limit_s: float | None = None, interval_s: float = PROBE_INTERVAL_S) -> None:
@@ -69,9 +71,8 @@ class ClusterWatch:
         self.interval_s = interval_s
         self._target = host_port(address)
         self._lock = threading.Lock()
-        self._last_answer = time.monotonic()  # the probe's last connect, or Ray's last call that worked
+        self._last_answer = time.monotonic()  # the probe's last connect
         self._probe_failing = False
-        self._ray_failing = False
         self._reason = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,48 +102,28 @@ class ClusterWatch:
         except OSError as err:
             with self._lock:
                 self._probe_failing = True
-                self._reason = _reason(err)
+                self._reason = reason_of(err)
             return False
         with self._lock:
             self._probe_failing = False
-            if not self._ray_failing:
-                self._last_answer = time.monotonic()
+            self._last_answer = time.monotonic()
         return True
-
-    def answered(self) -> None:
-        """A Ray call that needs the cluster worked."""
-        with self._lock:
-            self._ray_failing = False
-            if not self._probe_failing:
-                self._last_answer = time.monotonic()
-
-    def failed(self, err: BaseException) -> None:
-        """A Ray call failed with a system or connection error: the clock runs until something answers."""
-        with self._lock:
-            self._ray_failing = True
-            if not self._probe_failing or not self._reason:
-                self._reason = _reason(err)
-
-    def answering(self) -> bool:
-        """False while the last probe or Ray call failed (then no new work is sent)."""
-        with self._lock:
-            return not (self._probe_failing or self._ray_failing)
 
     def check(self) -> None:
         """Raise ``ClusterLost`` when the cluster has not answered for ``limit_s`` seconds."""
         with self._lock:
-            failing = self._probe_failing or self._ray_failing
+            failing = self._probe_failing
             silent = time.monotonic() - self._last_answer
             reason = self._reason
         if failing and silent >= self.limit_s:
             raise ClusterLost(self.address, f"no answer for {silent:.0f} s: {reason}")
 
 
-def _reason(err: BaseException) -> str:
+def reason_of(err: BaseException) -> str:
     """A short reason: the OS's words for a refused connection, else the error's first line."""
     if isinstance(err, socket.timeout):
         return "timed out"
     if isinstance(err, OSError) and err.strerror:
-        return err.strerror.lower()
+        return err.strerror
     text = (str(err).strip().splitlines() or [""])[0][:200]
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

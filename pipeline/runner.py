@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .cluster_watch import ClusterWatch
+from .cluster_watch import ClusterWatch, host_port, reason_of
 from .errors import ClusterError
 from .memory import is_memory_failure
 from .plan import Shard
@@ -304,7 +304,6 @@ class RayExecutor:
                     try:
                         record = ray.get(ref)
                     except ray.exceptions.RayTaskError as err:  # the shard raised
-                        watch.answered()
                         cause = getattr(err, "cause", None) or err
                         if attempts.failed(shard.id, cause):
                             waiting.appendleft(shard)
@@ -312,14 +311,12 @@ class RayExecutor:
                             on_failed(shard, attempts.count(shard.id), _format_error(cause))
                     except ray.exceptions.RayError as err:  # worker died (killed for memory), node lost, ...
                         if not watch.probe():  # the head is gone: not the shard's fault, no attempt counted
-                            watch.failed(err)
                             waiting.appendleft(shard)
                         elif attempts.failed(shard.id, err):
                             waiting.appendleft(shard)
                         else:
                             on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
                     else:
-                        watch.answered()
                         on_done(record)
                 watch.check()
 
@@ -404,25 +401,22 @@ def check_reachable(address: str, source: str = "--address", timeout: float = CO
     Example:
         >>> check_reachable("auto")   # nothing to check: Ray looks for a cluster on this machine
     """
-    import socket
 
-    rest = address.strip()
-    if rest.startswith("ray://"):
-        rest = rest[len("ray://") :].rstrip("/")
+    rest = address.strip().removeprefix("ray://")
     if rest in ("auto", "local") or "://" in rest:
         return
-    host, colon, port = rest.rpartition(":")
-    host = host.strip("[]")  # [::1]:6379
-    if not colon or not host or not port.isdigit():
+    target = host_port(address)
+    if target is None:
         raise ClusterError(
             f"{source} is {address!r}, which is not HOST:PORT; use e.g. --address 10.0.0.1:6379 "
             "(a Ray head node) or ray://10.0.0.1:10001 (the Ray client), or pass --local to run on this machine"
         )
+    host, port = target
     head = "ray start --head" if address.strip().startswith("ray://") else f"ray start --head --port {port}"
     try:
-        speaks_grpc = _speaks_http2(host, int(port), timeout)
+        speaks_grpc = _speaks_http2(host, port, timeout)
     except OSError as err:
-        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
+        reason = reason_of(err)
         raise ClusterError(
             f"cannot reach the Ray cluster at {address!r} (from {source}): no answer from {host}:{port} "
             f"within {timeout:g} s ({reason}). Start the cluster first (`{head}` on "
