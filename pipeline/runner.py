@@ -8,6 +8,7 @@ Ray lives here and nowhere else.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,10 @@ class InlineExecutor:
                         break
 
 
+CLIENT_TRIES = 3  # ray:// joins tried when the head's client server fails to start a driver's server
+CLIENT_START_FAILED = "Starting Ray client server failed"
+
+
 @dataclass
 class RayExecutor:
     """Run shards as Ray tasks with bounded in-flight work and Ray's own retries.
@@ -167,11 +172,25 @@ class RayExecutor:
             # (the directory this process stands in is replaced by a new one at the same path); the
             # job's paths are absolute by now (load_spec), so the driver stands beside it instead
             os.chdir(os.path.dirname(working_dir))
-        try:
-            ray.init(address=address, **self._logging())
-        except Exception as err:
-            raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+        self._init(ray, address)
         self.joined = address
+
+    def _init(self, ray, address: str) -> None:
+        """ray.init, tried again when a Ray Client server could not start its per-driver server.
+
+        The head's client proxy starts one server process per driver; on a loaded head that start
+        can fail once ("Starting Ray client server failed") and succeed when asked again.
+        """
+        for attempt in range(CLIENT_TRIES):
+            try:
+                ray.init(address=address, **self._logging())
+                return
+            except Exception as err:
+                if address.startswith("ray://") and CLIENT_START_FAILED in str(err) and attempt + 1 < CLIENT_TRIES:
+                    ray.shutdown()
+                    time.sleep(2.0 * (attempt + 1))
+                    continue
+                raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
 
     def describe(self) -> str:
         import ray

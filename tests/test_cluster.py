@@ -56,6 +56,13 @@ def in_parallel(*calls, at_once: int = 4):
         return list(pool.map(lambda call: call(), calls))
 
 
+def client_server_logs(cluster) -> str:
+    """The head's Ray Client server logs (why a ray:// join was refused), last lines of each."""
+    logs = sorted((cluster.base / "ray" / "session_latest" / "logs").glob("ray_client_server*"))
+    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                     for log in logs)
+
+
 def test_every_address_form_joins_the_cluster(cluster, tmp_path):
     """HOST:PORT, ray://HOST:PORT, RAY_ADDRESS and auto, token authentication included (all found, no flags)."""
     forms = {
@@ -72,7 +79,7 @@ def test_every_address_form_joins_the_cluster(cluster, tmp_path):
         for name, (args, env) in forms.items()
     ))
     for name, result in zip(forms, results):
-        assert result.returncode == 0, (name, result.stderr[-3000:])
+        assert result.returncode == 0, (name, result.stderr[-3000:], client_server_logs(cluster))
         assert "executor: ray (3 CPUs, 0 GPUs, 3 nodes)" in result.stderr, (name, result.stderr[-2000:])
         assert f"complete: {tmp_path / name}.zarr" in result.stdout
 
