@@ -313,10 +313,10 @@ def compressors(name: str, level: int | None = None, *, stored_dtype: str | None
     ``auto`` (the default) is lz4 for an array of 32- or 64-bit values and,
     for a float16/bfloat16 one (``stored_dtype``), Blosc zstd level 2,
     byte-shuffled (typesize 2), over the whole chunk as one Blosc block
-    (``chunk_bytes``): zstd then finds each sample's near-copies among the
-    chunk's other samples (a smooth function of few inputs), which lz4's 64 KB
-    window cannot; seed 000's packed float16 Hessian takes 672 B per sample
-    instead of lz4's 900 (bench/codecs.py).
+    (``chunk_bytes``): zstd then reaches across the whole chunk (most likely
+    to each sample's near-copies: a smooth function of few inputs), which
+    lz4's 64 KB window cannot; seed 000's packed float16 Hessian takes 672 B
+    per sample instead of lz4's 900 (bench/codecs.py, BENCHMARKS.md).
 
     >>> compressors("auto", stored_dtype="float16", chunk_bytes=4096 * 300).blocksize
     1228800
