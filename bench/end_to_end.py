@@ -13,7 +13,7 @@ measured side by side in one process on one device:
 
 Ratios are to "compute only"; "bound" is max(compute, write) / compute, what
 a perfect overlap of the two would give. Run: ``python bench/end_to_end.py
-[--device cuda] [--n 65536] [--cases 1024] [--threads 2]``.
+[--device cuda] [--n 65536] [--cases 1024] [--threads 2] [--part ray --options "H packed float16, J float16"]``.
 """
 
 from __future__ import annotations
@@ -181,8 +181,13 @@ def ray_rows(args, folder: Path) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     torch.set_num_threads(1)
     base_bytes = None
-    jobs = [("seed000", name, extra) for name, extra in OUTPUT_OPTIONS.items()]
-    jobs.append(("rte1d sweep", "float32, full (today)", []))
+    chosen = None if args.options is None else {"float32, full (today)", *args.options.split(";")}
+    unknown = sorted((chosen or set()) - set(OUTPUT_OPTIONS))
+    if unknown:
+        raise SystemExit(f"--options: {unknown} are not output options; choose from {list(OUTPUT_OPTIONS)}")
+    jobs = [("seed000", name, extra) for name, extra in OUTPUT_OPTIONS.items() if chosen is None or name in chosen]
+    if chosen is None:
+        jobs.append(("rte1d sweep", "float32, full (today)", []))
     for job, option, extra in jobs:
         spec = next(s for t, _, s in workloads(args, folder) if t.startswith(job.split()[0]))
         spec = load_spec(ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml"),
@@ -231,7 +236,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=65536, help="samples of the seed000 job")
     parser.add_argument("--cases", type=int, default=1024, help="cases of the sweep job (multiple of 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
+    parser.add_argument("--compression", default="auto", choices=["auto", "lz4", "zstd", "none"])
+    parser.add_argument("--options", default=None,
+                        help="--part ray: only these seed000 output options, names of OUTPUT_OPTIONS separated by ; "
+                        "(float32 full is always measured, for 'x today'); no sweep row")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     parser.add_argument("--part", default="all", choices=["all", "blocks", "ray"],
                         help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option")

@@ -304,29 +304,55 @@ def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
 # ------------------------------------------------------------- codecs
 
 
-def compressors(name: str, level: int | None = None):
-    """Zarr codecs for ``store.compression`` and ``store.compression_level``."""
+SIXTEEN_BIT_CODEC = {"cname": "zstd", "clevel": 2, "shuffle": "shuffle"}  # + one Blosc block per chunk
+
+
+def compressors(name: str, level: int | None = None, *, stored_dtype: str | None = None, chunk_bytes: int = 0):
+    """Zarr codecs for ``store.compression`` and ``store.compression_level`` of one array.
+
+    ``auto`` (the default) is lz4 for an array of 32- or 64-bit values and,
+    for a float16/bfloat16 one (``stored_dtype``), Blosc zstd level 2,
+    byte-shuffled (typesize 2), over the whole chunk as one Blosc block
+    (``chunk_bytes``): zstd then reaches across the whole chunk (most likely
+    to each sample's near-copies: a smooth function of few inputs), which
+    lz4's 64 KB window cannot; seed 000's packed float16 Hessian takes 672 B
+    per sample instead of lz4's 900 (bench/codecs.py, BENCHMARKS.md).
+
+    >>> compressors("auto", stored_dtype="float16", chunk_bytes=4096 * 300).blocksize
+    1228800
+    >>> compressors("auto", stored_dtype="float32").cname.value
+    'lz4'
+    """
     from zarr.codecs import BloscCodec, ZstdCodec
 
+    if name == "auto" and stored_dtype in LOSSY:
+        return BloscCodec(**SIXTEEN_BIT_CODEC, blocksize=chunk_bytes)  # type: ignore[arg-type]
     if name == "none":
         return None
     if name == "zstd":
         return ZstdCodec(level=3 if level is None else level)
-    if name == "lz4":
+    if name in ("lz4", "auto"):
         return BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="shuffle")
-    raise ValueError(f"store.compression: unknown codec {name!r}; use lz4, zstd or none")
+    raise ValueError(f"store.compression: unknown codec {name!r}; use auto, lz4, zstd or none")
 
 
 def create_options(layout, store_settings: dict[str, Any] | None, attributes: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``zarr.create_array`` for one layout: codec, Zarr shards, fill value."""
     settings = store_settings or {}
+    stored_dtype = (attributes.get(ATTRIBUTE) or {}).get("dtype")
+    chunk_bytes = math.prod(layout.chunks) * np.dtype(layout.dtype).itemsize
     options: dict[str, Any] = {
-        "compressors": compressors(settings.get("compression", "lz4"), settings.get("compression_level")),
+        "compressors": compressors(
+            settings.get("compression", "auto"),
+            settings.get("compression_level"),
+            stored_dtype=stored_dtype,
+            chunk_bytes=chunk_bytes,
+        ),
     }
     per_object = settings.get("shards")
     if per_object and per_object > 1 and layout.dims and layout.dims[0] in ("sample", "case"):
         options["shards"] = (layout.chunks[0] * per_object, *layout.chunks[1:])
-    if (attributes.get(ATTRIBUTE) or {}).get("dtype") == "bfloat16":
+    if stored_dtype == "bfloat16":
         options["fill_value"] = BF16_NAN
     return options
 

@@ -193,7 +193,7 @@ def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
     assert run(*args).exit_code == 0
     result = run(*args, "--set", "store.compression=zstd", "--set", "name=renamed")
     assert result.exit_code == 0 and "0 shards run" in result.output, result.output
-    assert "keeps its codec lz4" in result.output and "--overwrite" in result.output
+    assert "keeps its codec auto" in result.output and "--overwrite" in result.output
     assert "keeps its job name 'quickstart'" in result.output
     result = run(*args, "--set", "store.overwrite=true")
     assert result.exit_code == 0 and "1 shards run" in result.output, result.output

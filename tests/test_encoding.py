@@ -134,6 +134,43 @@ def test_zarr_shards_and_codec_level(tmp_path, reference):
     np.testing.assert_allclose(open_results(spec.store.path).hessian.values, reference["hessian"], rtol=2e-4, atol=2e-5)
 
 
+def codecs_of(path, name):
+    """``{codec name: configuration}`` of a store array's chunks (inside the sharding codec, if any)."""
+    codecs = json.loads((Path(path) / name / "zarr.json").read_text())["codecs"]
+    if codecs[0]["name"] == "sharding_indexed":
+        codecs = codecs[0]["configuration"]["codecs"]
+    return {c["name"]: c.get("configuration") for c in codecs}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("chunk,shard,shards", [(32, 64, None), (50, 150, 3)])
+def test_16_bit_arrays_get_zstd_over_the_whole_chunk_and_read_back_bit_exact(tmp_path, dtype, chunk, shard, shards):
+    quantities = ("value", "jacobian", "hessian")
+    store = {"encoding": {"hessian": {"packed": True, "dtype": dtype}, "jacobian": {"dtype": dtype}},
+             **({"shards": shards} if shards else {})}
+    spec = job(tmp_path, store, chunk, shard, quantities=quantities)  # compression: auto, the default
+    old = job(tmp_path / "lz4", {**store, "compression": "lz4"}, chunk, shard, quantities=quantities)
+    assert spec.store.compression == "auto"
+    submit(spec, InlineExecutor())
+    submit(old, InlineExecutor())
+    for name, per_sample in (("jacobian", 4 * 3), ("hessian", 4 * 6)):
+        codecs = codecs_of(spec.store.path, name)
+        assert list(codecs) == ["bytes", "blosc", "crc32c"]
+        assert codecs["blosc"] == {"typesize": 2, "cname": "zstd", "clevel": 2, "shuffle": "shuffle",
+                                   "blocksize": chunk * per_sample * 2}  # one block: the whole chunk
+        assert codecs_of(old.store.path, name)["blosc"]["cname"] == "lz4"
+    value = codecs_of(spec.store.path, "value")["blosc"]  # float32 arrays keep lz4
+    assert (value["cname"], value["clevel"], value["shuffle"], value["typesize"]) == ("lz4", 5, "shuffle", 4)
+    assert value == codecs_of(old.store.path, "value")["blosc"]
+    # the same stored bits as lz4's store: raw through plain xarray, decoded, and through open_results
+    raw, raw_old = xr.open_zarr(spec.store.path), xr.open_zarr(old.store.path)
+    for name in quantities:
+        assert raw[name].dtype == raw_old[name].dtype
+        assert raw[name].values.tobytes() == raw_old[name].values.tobytes()
+        assert encoding.decode(raw)[name].values.tobytes() == open_results(spec.store.path)[name].values.tobytes()
+        assert open_results(spec.store.path)[name].values.tobytes() == open_results(old.store.path)[name].values.tobytes()
+
+
 @pytest.mark.parametrize("store,key", [
     ({"encoding": {"hessian": {"entries": [[0, 3]]}}}, "store.encoding.hessian.entries"),
     ({"encoding": {"hessian": {"entries": [[0]]}}}, "store.encoding.hessian.entries"),
@@ -142,6 +179,7 @@ def test_zarr_shards_and_codec_level(tmp_path, reference):
     ({"encoding": {"laplacian": {"packed": True}}}, "store.encoding.laplacian"),
     ({"shards": 3}, "store.shards"),
     ({"compression": "lz4", "compression_level": 12}, "store.compression_level"),
+    ({"compression_level": 9}, "store.compression_level"),  # auto: lz4 and zstd, no one level
     ({"dtype": "float8"}, "store.dtype"),
 ])
 def test_bad_encodings_exit_2_naming_the_key(tmp_path, store, key):
@@ -162,6 +200,7 @@ def test_stored_dtype_is_part_of_the_spec_hash(tmp_path):
     plain = job(tmp_path)
     assert job(tmp_path, {"dtype": "float16"}).spec_hash() != plain.spec_hash()
     assert job(tmp_path, {"compression": "zstd", "shards": 2}).spec_hash() == plain.spec_hash()
+    assert job(tmp_path, {"compression": "lz4"}).spec_hash() == plain.spec_hash()
     with pytest.raises(SpecError, match="store.encoding.jacobian"):
         job(tmp_path, {"encoding": {"jacobian": {"dtype": "float16"}}}, quantities=("value",))
 

@@ -339,7 +339,7 @@ def test_settings_that_do_not_change_results_do_not_block_a_resume(tmp_path):
                                      "execution.shard_size": 16})
     summary = submit(changed.model_copy(update={"name": "renamed"}), InlineExecutor())
     assert summary.complete and summary.skipped == 2
-    assert any("keeps its codec lz4" in note for note in summary.notes)
+    assert any("keeps its codec auto" in note for note in summary.notes)
     assert any("keeps its job name 't'" in note for note in summary.notes)
     with pytest.raises(StoreError) as err:
         submit(make_spec(tmp_path, **{"derivatives.dtype": "float32", "inputs.n": 40}), InlineExecutor())

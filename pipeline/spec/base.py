@@ -88,8 +88,10 @@ class StoreSettings(Strict):
 
     path: str = Field(description="Zarr store directory (relative paths are relative to the current directory)")
     chunk_size: PositiveInt = Field(default=4096, description="samples per Zarr chunk")
-    compression: Literal["lz4", "zstd", "none"] = Field(
-        default="lz4", description="chunk codec: lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none"
+    compression: Literal["auto", "lz4", "zstd", "none"] = Field(
+        default="auto",
+        description="chunk codec: auto (lz4 for 32/64-bit arrays; float16/bfloat16 arrays: blosc zstd 2, "
+        "byte-shuffled, one block per chunk), lz4 (blosc, byte-shuffled; fast), zstd (smaller, ~5x slower), none",
     )
     check_free_space: bool = Field(
         default=True,
@@ -97,7 +99,7 @@ class StoreSettings(Strict):
         "false when compression will make them fit",
     )
     compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
-        default=None, description="codec level: lz4 1-9 (default 5), zstd 1-22 (default 3)"
+        default=None, description="codec level of lz4 (1-9, default 5) or zstd (1-22, default 3)"
     )
     shards: PositiveInt | None = Field(
         default=None,
@@ -273,6 +275,12 @@ def redact_storage_options(data: dict[str, Any]) -> dict[str, Any]:
 def check_store_layout(store, shard_size: int) -> None:
     """Cross-key checks of the store's layout options (raise ValueError naming the key)."""
     if store.compression_level is not None:
+        if store.compression == "auto":
+            raise ValueError(
+                "store.compression_level: store.compression is auto (lz4 for 32/64-bit arrays, zstd 2 for "
+                "float16/bfloat16 ones), which has no one level; set store.compression to lz4 or zstd with it, "
+                "or remove compression_level"
+            )
         top = {"lz4": 9, "zstd": 22, "none": None}[store.compression]
         if top is None:
             raise ValueError(
