@@ -33,7 +33,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ from .errors import BadInput
 from .plan import Plan, Shard, Shards
 
 BATCH_ROWS = (
-    1 << 16
-)  # plan and manifest rows written per Parquet batch: memory stays bounded (~100 MB of records) for huge plans
+    1 << 13
+)  # plan and manifest rows written per Parquet batch: memory stays bounded (~10 MB of records) for huge plans
 
 MARKERS = "_shards"
 PLAN_FILE = "plan.parquet"
@@ -513,12 +513,13 @@ def _write_plan(path: str | Path, plan: Plan) -> None:
 
 
 def _batches(items, size: int = BATCH_ROWS):
-    batch = []
+    """Lists of ``size`` items; each is emptied when the next is asked for (one batch is alive at a time)."""
+    batch: list = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
             yield batch
-            batch = []
+            batch.clear()  # the caller is done with it: its rows are gone before the next batch fills
     if batch or size == 0:
         yield batch
 
@@ -728,13 +729,13 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
     """Commit a shard: atomically write its marker after its data is written."""
     if storage.is_remote(path):  # one PUT: the object appears whole or not at all
         storage.write_bytes(
-            storage.join(str(path), MARKERS, f"{record.shard_id}.json"), json.dumps(asdict(record)).encode()
+            storage.join(str(path), MARKERS, f"{record.shard_id}.json"), json.dumps(vars(record)).encode()
         )
         return
     folder = Path(path) / MARKERS
     final = folder / f"{record.shard_id}.json"
     temporary = folder / f".{record.shard_id}.json.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(asdict(record)))
+    temporary.write_text(json.dumps(vars(record)))
     os.replace(temporary, final)
 
 
