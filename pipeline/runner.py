@@ -332,12 +332,26 @@ class RayExecutor:
                         if not watch.probe():  # the head is gone: not the shard's fault, no attempt counted
                             waiting.appendleft(shard)
                         elif attempts.failed(shard.id, err):
+                            _record_died(spec.store.path, shard.id, err)  # the console's one line for it
                             waiting.appendleft(shard)
                         else:
                             on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
                     else:
                         on_done(record)
                 watch.check()
+
+
+def _record_died(store: str, shard_id: int, err: BaseException) -> None:
+    """Write the error of an attempt whose worker died (no worker was left to write it).
+
+    Its worker counted the attempt when it began (``store.record_attempt``); the
+    driver's tracker prints the file as the attempt's one line, and ``pipeline
+    inspect --shard`` shows it, as for an attempt that raised.
+    """
+    from .live import write_attempt_error
+    from .store import attempt_count
+
+    write_attempt_error(store, shard_id, max(1, attempt_count(store, shard_id)), err)
 
 
 class Attempts:

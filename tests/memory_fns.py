@@ -3,13 +3,18 @@
 ``error`` picks how: ``torch`` (``torch.OutOfMemoryError``, what a CUDA
 allocation raises), ``python`` (``MemoryError``, the CPU allocator),
 ``message`` (a RuntimeError saying "out of memory", as some backends do) or
-``value`` (a ValueError: not a memory failure, so its retries keep the sizes).
+``value`` (a ValueError: not a memory failure, so its retries keep the sizes);
+``allocate`` raises nothing: each call really allocates and touches
+``bytes_per_case`` bytes per case and holds them ``hold_s`` seconds, for a
+memory monitor (Ray's) to see and kill the worker.
 Its outputs are elementwise in the case, so they do not depend on how many
 cases are solved together: a run that shrank its chunks must match a clean
 one bit for bit.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -25,9 +30,13 @@ ERRORS = {
 }
 
 
-def hungry(params, max_cases: int = 1 << 30, error: str = "torch"):
+def hungry(params, max_cases: int = 1 << 30, error: str = "torch", bytes_per_case: int = 0, hold_s: float = 0.0):
     a = params["a"]
-    if a.shape[0] > max_cases:
+    if error == "allocate":
+        held = np.ones(a.shape[0] * bytes_per_case // 8)  # np.ones writes every page: resident, not just reserved
+        time.sleep(hold_s)
+        del held
+    elif a.shape[0] > max_cases:
         raise ERRORS[error](a.shape[0])
     k = torch.arange(1, 5, dtype=a.dtype, device=a.device)
     return {"y": torch.sin(a[:, None] * k), "s": a * a + 1}
@@ -36,7 +45,7 @@ def hungry(params, max_cases: int = 1 << 30, error: str = "torch"):
 SOLVER = Solver(
     name="hungry",
     fn=hungry,
-    default_options={"max_cases": 1 << 30, "error": "torch"},
+    default_options={"max_cases": 1 << 30, "error": "torch", "bytes_per_case": 0, "hold_s": 0.0},
     batched=True,
     parameters_fn=lambda options: {"a": ParamInfo((), (), 1.0, "a number")},
     outputs_fn=lambda options: {"y": (("k",), (4,)), "s": ((), ())},
