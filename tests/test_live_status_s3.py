@@ -188,3 +188,32 @@ def test_running_then_stale_when_the_lease_expires_then_complete_after_resume(s3
         np.testing.assert_array_equal(ds[name].values, reference[name].values, err_msg=name)
     np.testing.assert_allclose(ds.value.values[:, 0], np.sin(ds.inputs.values).sum(-1), rtol=1e-12)
     np.testing.assert_allclose(ds.jacobian.values[:, 0, :], np.cos(ds.inputs.values), rtol=1e-12)
+
+
+def test_status_of_a_lease_left_fresh_expired_or_by_a_dead_process(s3_server, tmp_path):
+    """The three leases a driver may leave: running while fresh and its process alive, stale otherwise."""
+    from pipeline import live
+
+    url = s3_server.url("live-leases.zarr")
+    job = write_job(tmp_path, url, n=16, shard_size=16)
+    assert run("submit", job, "--executor", "inline", "--quiet", env={SLOW_ENV: "0"}).exit_code == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live holder's pid
+    try:
+        for pid, expires, state in ((other.pid, time.time() + 60, "running"), (other.pid, time.time() - 1, "stale"),
+                                    (-1, time.time() + 60, None)):
+            if state is None:  # the same lease once its process has gone: stale at once, before it expires
+                other.kill()
+                other.wait()
+                pid, state = other.pid, "stale"
+            held = {"host": os.uname().nodename, "pid": pid, "token": "t", "since": "s", "expires": expires}
+            storage.write_bytes(url + ".lease", json.dumps(held).encode())
+            live.put_record(url, {"host": held["host"], "pid": pid, "started": "s", "phase": "replacing",
+                                  "replacing": True, "progress": None})  # an --overwrite: never complete
+            code, report = status(url)
+            assert (code, report["state"], report["driver"]["pid"]) == ({"running": 3, "stale": 1}[state], state, pid)
+            assert report["complete"] is False and report["driver"]["alive"] is (state == "running")
+    finally:
+        other.kill()
+        other.wait()
+        storage.remove(url + ".lease")
+        live.delete_record(url)
