@@ -105,9 +105,14 @@ def _put_json(where: str | Path, data: dict[str, Any]) -> None:
 
 
 def _get_json(where: str | Path) -> dict[str, Any] | None:
+    """The JSON object at ``where``, or None when there is none or it cannot be read."""
     try:
         data = json.loads(storage.read_bytes(where) if storage.is_remote(where) else Path(where).read_text())
     except (OSError, ValueError):
+        return None
+    except Exception:  # a bucket's client errors are not all OSErrors; the driver's poll must not fail on one
+        if not storage.is_remote(where):
+            raise
         return None
     return data if isinstance(data, dict) else None
 
@@ -606,9 +611,10 @@ def live_status(store: str | Path) -> tuple[str, dict[str, Any] | None]:
 
     Returns ``(state, driver)``: state ``running`` (a driver holds the lock, or
     the lease of a URL store), ``stale`` (a driver record is left but no
-    driver holds the lock: it was killed or its machine went away) or ``idle`` (neither); ``driver`` is the
-    record (or, while a driver starts and has not published one, what the lock
-    file says) with ``alive`` added, or None.
+    driver holds the lock: it was killed or its machine went away) or
+    ``idle`` (neither); ``driver`` is the record (or, while a driver starts
+    and has not published one, what the lock or lease says) with ``alive``
+    added, or None.
     """
     holder = lock_holder(store)
     record = get_record(store)
