@@ -459,11 +459,13 @@ def status(store, as_json):
     """Say whether STORE is running, stale, complete or incomplete, and count its shards.
 
     \b
-    running     a `pipeline submit` holds the store now (its lock is held):
+    running     a `pipeline submit` holds the store now (its lock, or for
+                a URL store its lease, is held):
                 its host, pid, start time, command, shards done / running /
                 pending / failed, samples/s and ETA (updated every few seconds)
-    stale       the driver that ran the store is gone (killed, machine lost):
-                run its command again to resume, committed shards are kept
+    stale       the driver that ran the store is gone (killed, machine lost;
+                for a URL store: its lease expired): run its command again
+                to resume, committed shards are kept
     complete    every shard committed (never said of a store that an
                 --overwrite is replacing)
     incomplete  failed or pending shards, no driver: submitting the job again

@@ -39,8 +39,9 @@ from collections.abc import Iterator
 from . import storage
 from .store import StoreError
 
-TTL_SECONDS = 60.0
-RENEW_SECONDS = 15.0
+# how long a lease lasts unless renewed (PIPELINE_LEASE_TTL_S shortens it: tests see a lost driver in seconds)
+TTL_SECONDS = float(os.environ.get("PIPELINE_LEASE_TTL_S", "60"))
+RENEW_SECONDS = TTL_SECONDS / 4  # three renewals may fail before the lease expires
 
 _HELD: dict[str, int] = {}  # lease URL -> nesting depth, in this process
 
@@ -84,6 +85,23 @@ def _dead_here(held: dict) -> bool:
     return False
 
 
+def _alive(held: dict) -> bool:
+    """A lease that nobody may take over: its expiry is ahead and its holder is not known to be gone."""
+    expires = held.get("expires", 0)
+    return isinstance(expires, (int, float)) and expires > time.time() and not _dead_here(held)
+
+
+def holder(store: str) -> dict | None:
+    """Who holds the store's lease now: its record (host, pid, since, expires), or None when nobody does.
+
+    Nobody holds an expired lease, nor one of a process on this host that is
+    gone: the leases ``acquire`` takes over (``pipeline status`` calls their
+    driver *stale*).
+    """
+    held = _read(lease_url(store))
+    return held if held and _alive(held) else None
+
+
 def _create(url: str, data: bytes) -> bool:
     """Create ``url`` only if it does not exist (a conditional put where the backend has one)."""
     fs, path = storage.filesystem(url)
@@ -112,8 +130,7 @@ def acquire(store: str) -> str:
         held = _read(url)
         if held is None:
             continue  # released meanwhile: try again
-        expires = held.get("expires", 0) if isinstance(held, dict) else 0
-        if isinstance(expires, (int, float)) and expires > time.time() and not _dead_here(held):
+        if _alive(held):
             raise StoreError(
                 f"store.path: another `pipeline submit` is running this store (pid {held.get('pid')} on "
                 f"{held.get('host')}, since {held.get('since')}; its lease {url} is renewed every "

@@ -1,24 +1,31 @@
 """Live status of a run: what a driver publishes while it holds a store, and what workers report.
 
-Three small things, each a JSON object written whole (atomically) through one
-function, so that they can later be objects in a bucket as well as files:
+Three small things, each a JSON object written whole through one function
+(``_put_json``): a file renamed into place on a file system, one PUT in a
+bucket (``s3://``, ``gs://``, ... through ``storage``), so the same code serves
+both:
 
-- The **driver record** ``<store.path>.driver.json`` (beside the lock, so it
-  outlives a store being replaced by ``--overwrite``): host, pid, start time,
+- The **driver record** ``<store.path>.driver.json`` (beside the lock, or the
+  lease object of a URL store, so it outlives a store being replaced by
+  ``--overwrite``): host, pid, start time,
   command and working directory, phase (``starting``, ``replacing``,
   ``running``, ``finalizing``) and live counters (shards done / running /
   pending / failed, samples done, samples per second, ETA), rewritten every
   ``RECORD_INTERVAL_S`` seconds by the driver and deleted when it ends.
-  ``pipeline status`` trusts it only while the driver lock is held
-  (``lock_holder``): a record without a held lock is a driver that is gone
-  (*stale*).
+  ``pipeline status`` trusts it only while the driver holds the store
+  (``lock_holder``: the POSIX lock, or a URL store's lease while it is
+  renewed, ``lease.holder``): a record whose driver no longer holds the store
+  is a driver that is gone (*stale*; a URL store's driver counts as gone once
+  its lease expires, ``lease.TTL_SECONDS`` after the last renewal, or at once
+  on its own host when its process is gone).
 - **Block progress** ``_shards/<id>.progress``: the worker's samples written so
   far in its current attempt of the shard, rewritten as a block's write
   finishes (at most every ``BLOCK_REPORT_MIN_S``, and once at the attempt's
   start); removed when the shard commits.
   The driver polls these for the shards in flight (one directory listing per
-  poll), so progress counts samples, not whole shards, and no array goes
-  through the driver.
+  poll, a LIST of ``_shards/`` in a bucket; polls wait 20 times as long as
+  the last took), so progress counts samples, not whole shards, and no array
+  goes through the driver.
 - **Attempt errors** ``_shards/<id>.<attempt>.error``: the exception type,
   message and full traceback of a failed attempt. The console gets one line
   per failed attempt; the traceback goes to the manifest's ``error`` column
@@ -48,11 +55,13 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import storage
+from .lease import holder as lease_holder
 from .lock import held_here, lock_path
 from .plan import ShardFlags
 from .store import MARKERS
@@ -69,48 +78,75 @@ TRACEBACK_CHARS = 20_000  # an attempt's traceback is kept up to this length (it
 # ------------------------------------------------------------------ the driver record
 
 
-def is_local(store: str | Path) -> bool:
-    """Whether ``store`` is a path on a file system (these files live there; a URL store has none yet)."""
-    return "://" not in str(store)
-
-
-def record_path(store: str | Path) -> Path:
-    """``<store.path>.driver.json``, beside the store and its lock."""
+def record_path(store: str | Path) -> str | Path:
+    """``<store.path>.driver.json``, beside the store and its lock (a URL store: beside its lease object)."""
+    if storage.is_remote(store):
+        return str(store).rstrip("/") + ".driver.json"
     store = Path(store)
     return store.with_name(store.name + ".driver.json")
 
 
-def _put_json(file: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``file`` whole: readers see the old or the new object, never a part."""
+def _in_markers(store: str | Path, name: str) -> str | Path:
+    """``_shards/<name>`` of a store, a file or an object."""
+    if storage.is_remote(store):
+        return storage.join(str(store), MARKERS, name)
+    return Path(store) / MARKERS / name
+
+
+def _put_json(where: str | Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``where`` whole: readers see the old or the new object, never a part."""
+    if storage.is_remote(where):  # one PUT: an object appears whole or not at all
+        storage.write_bytes(str(where), json.dumps(data).encode())
+        return
+    file = Path(where)
     temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     temporary.write_text(json.dumps(data))
     os.replace(temporary, file)
 
 
-def _get_json(file: Path) -> dict[str, Any] | None:
+def _get_json(where: str | Path) -> dict[str, Any] | None:
+    """The JSON object at ``where``, or None when there is none or it cannot be read."""
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(storage.read_bytes(where) if storage.is_remote(where) else Path(where).read_text())
     except (OSError, ValueError):
+        return None
+    except Exception:  # a bucket's client errors are not all OSErrors; the driver's poll must not fail on one
+        if not storage.is_remote(where):
+            raise
         return None
     return data if isinstance(data, dict) else None
 
 
+def _remove(where: str | Path) -> None:
+    if storage.is_remote(where):
+        storage.remove(where)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        Path(where).unlink()
+
+
+def _marker_names(store: str | Path) -> Iterator[str]:
+    """The names in ``_shards/``: streamed from a folder (a million markers are never held), listed in a bucket."""
+    if storage.is_remote(store):
+        yield from storage.listdir(storage.join(str(store), MARKERS))
+        return
+    with os.scandir(Path(store) / MARKERS) as entries:
+        for entry in entries:
+            yield entry.name
+
+
 def put_record(store: str | Path, record: dict[str, Any]) -> None:
     """Publish the driver record of ``store`` (the one function that writes it)."""
-    if is_local(store):
-        _put_json(record_path(store), record)
+    _put_json(record_path(store), record)
 
 
 def get_record(store: str | Path) -> dict[str, Any] | None:
     """The driver record of ``store``, or None when there is none (or it cannot be read)."""
-    return _get_json(record_path(store)) if is_local(store) else None
+    return _get_json(record_path(store))
 
 
 def delete_record(store: str | Path) -> None:
-    if not is_local(store):
-        return
-    with contextlib.suppress(FileNotFoundError):
-        record_path(store).unlink()
+    _remove(record_path(store))
 
 
 def _lock_owner(file: Path) -> int | None:
@@ -142,10 +178,11 @@ def lock_holder(store: str | Path) -> dict[str, Any] | None:
     """Who holds the store's driver lock now: the lock file's host, pid and since; None when nobody does.
 
     The lock itself is checked (not just the file, which a killed driver
-    leaves behind).
+    leaves behind). A URL store's lock is its lease (``lease.holder``): held
+    while it is renewed, free once it expires or its process on this host is gone.
     """
-    if not is_local(store):
-        return None
+    if storage.is_remote(store):
+        return lease_holder(store)
     file = lock_path(store)
     if held_here(store):  # this very process
         owner: int | None = os.getpid()
@@ -165,43 +202,36 @@ def command_line() -> str:
         argv[0] = "pipeline"
     elif argv[0].endswith(os.path.join("pipeline", "cli.py")):  # python -m pipeline.cli
         argv[:1] = ["python", "-m", "pipeline.cli"]
+    elif argv[0].endswith(os.path.join("pipeline", "__main__.py")):  # python -m pipeline
+        argv[:1] = ["python", "-m", "pipeline"]
     return shlex.join(argv)
 
 
 # ------------------------------------------------------------------ worker side
 
 
-def _progress_file(store: str | Path, shard_id: int) -> Path:
-    return Path(store) / MARKERS / f"{shard_id}.progress"
-
-
 def write_block_progress(store: str | Path, shard_id: int, attempt: int, done: int, size: int) -> None:
     """A worker's progress in a shard: ``done`` of its ``size`` samples written, in attempt ``attempt``.
 
-    Best effort: a progress file that cannot be written never fails the shard.
+    Best effort: a progress file (or object) that cannot be written never fails the shard.
     """
-    if not is_local(store):
-        return
-    with contextlib.suppress(OSError):
-        _put_json(_progress_file(store, shard_id), {"attempt": attempt, "done": done, "size": size, "t": time.time()})
+    with contextlib.suppress(Exception):
+        progress = {"attempt": attempt, "done": done, "size": size, "t": time.time()}
+        _put_json(_in_markers(store, f"{shard_id}.progress"), progress)
 
 
 def clear_block_progress(store: str | Path, shard_id: int) -> None:
-    """Remove a shard's progress file (it committed: its marker says the rest)."""
-    if not is_local(store):
-        return
-    with contextlib.suppress(FileNotFoundError):
-        _progress_file(store, shard_id).unlink()
+    """Remove a shard's progress file (it committed: its marker says the rest; one left behind is ignored)."""
+    with contextlib.suppress(Exception):
+        _remove(_in_markers(store, f"{shard_id}.progress"))
 
 
 def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: BaseException) -> None:
     """Record why attempt ``attempt`` of a shard failed: type, message, full traceback, host, time."""
-    if not is_local(store):
-        return
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    with contextlib.suppress(OSError):  # never hides the error itself
+    with contextlib.suppress(Exception):  # never hides the error itself
         _put_json(
-            Path(store) / MARKERS / f"{shard_id}.{attempt}.error",
+            _in_markers(store, f"{shard_id}.{attempt}.error"),
             {
                 "shard_id": shard_id,
                 "attempt": attempt,
@@ -217,18 +247,17 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
 
 def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
     """The recorded failed attempts of a shard, oldest first."""
-    if not is_local(store):
+    try:
+        names = [n for n in _marker_names(store) if n.startswith(f"{shard_id}.") and n.endswith(".error")]
+    except FileNotFoundError:
         return []
-    folder = Path(store) / MARKERS
-    errors = [_get_json(file) for file in folder.glob(f"{shard_id}.*.error")]
+    errors = [_get_json(_in_markers(store, name)) for name in names]
     return sorted((e for e in errors if e), key=lambda e: e.get("attempt", 0))
 
 
 def attempt_traceback(store: str | Path, shard_id: int, attempt: int) -> str | None:
     """The full traceback of one attempt of a shard, if the worker recorded it."""
-    if not is_local(store):
-        return None
-    error = _get_json(Path(store) / MARKERS / f"{shard_id}.{attempt}.error")
+    error = _get_json(_in_markers(store, f"{shard_id}.{attempt}.error"))
     return error.get("traceback") if error else None
 
 
@@ -289,7 +318,7 @@ class _Files:
 
     errors: set[str] = field(default_factory=set)  # "<id>.<attempt>.error" files
     progress: list[int] = field(default_factory=list)  # shards with a "<id>.progress" file
-    attempted: set[int] = field(default_factory=set)  # shards with an attempts file
+    attempts: dict[int, int] = field(default_factory=dict)  # shard id -> its "<id>.attempts*" files (or objects)
 
 
 class LiveRun:
@@ -304,8 +333,7 @@ class LiveRun:
     def __init__(
         self, store: str | Path, *, unit: str = "samples", retries: int = 0, replacing: bool = False, display=None
     ):
-        self._where = store  # as given (a path; a URL store publishes nothing yet, see is_local)
-        self.store = Path(store)
+        self._where = store  # a path or a URL: every file below goes through _put_json / _get_json
         self.unit = unit
         self.tries = retries + 1
         self.display = display
@@ -349,7 +377,8 @@ class LiveRun:
 
     def __exit__(self, *exc) -> None:
         self._halt()
-        delete_record(self._where)
+        with contextlib.suppress(Exception):  # a bucket out of reach: `status` will call the record stale
+            delete_record(self._where)
 
     def start(self, total_shards: int, total_samples: int, done_shards: int = 0, done_samples: int = 0) -> None:
         from .store import attempt_count, read_plan
@@ -363,8 +392,11 @@ class LiveRun:
             self._total = getattr(self._plan, "n", None) or sum(s.size for s in self._plan)
             self._committed, self._committed_samples = ShardFlags(len(self._plan)), 0
             files = self._scan()
+            remote = storage.is_remote(self._where)  # a bucket has an object per attempt, a folder one file
             self._attempts_before = {
-                i: attempt_count(self._where, i) for i in files.attempted if i not in self._committed
+                i: seen if remote else attempt_count(self._where, i)
+                for i, seen in files.attempts.items()
+                if i not in self._committed
             }
             self._seen_errors = set(files.errors)
             self._samples_at_start = self._committed_samples
@@ -434,18 +466,13 @@ class LiveRun:
     def _scan(self) -> _Files:
         """List ``_shards/`` once: count the commit markers as they pass, keep the few other names.
 
-        Streamed (``os.scandir``): a store of a million committed shards is never held as names.
+        Streamed from a folder (``os.scandir``): a store of a million committed
+        shards is never held as names. A listing that fails (a bucket out of
+        reach) leaves what it found so far: the run goes on.
         """
         files = _Files()
-        if not is_local(self._where):
-            return files
-        try:
-            entries = os.scandir(self.store / MARKERS)
-        except OSError:
-            return files
-        with entries:
-            for entry in entries:
-                name = entry.name
+        with contextlib.suppress(Exception):
+            for name in _marker_names(self._where):
                 stem, _, ext = name.partition(".")
                 if not stem.isdigit():
                     continue
@@ -456,7 +483,7 @@ class LiveRun:
                 elif ext.endswith(".error"):
                     files.errors.add(name)
                 elif ext.startswith("attempts"):
-                    files.attempted.add(int(stem))
+                    files.attempts[int(stem)] = files.attempts.get(int(stem), 0) + 1
         return files
 
     def _commit(self, shard_id: int) -> None:
@@ -467,7 +494,7 @@ class LiveRun:
         from .store import attempt_count
 
         if attempt is None:
-            attempt = attempt_count(self._where, shard_id) if is_local(self._where) else 0
+            attempt = attempt_count(self._where, shard_id)
         return max(1, attempt - self._attempts_before.get(shard_id, 0))
 
     def poll(self) -> Snapshot | None:
@@ -480,7 +507,7 @@ class LiveRun:
             files = self._scan()
             for name in sorted(files.errors - self._seen_errors):
                 self._seen_errors.add(name)
-                error = _get_json(self.store / MARKERS / name)
+                error = _get_json(_in_markers(self._where, name))
                 if not error or error.get("t", 0) < self._run_began:
                     continue
                 shard_id = int(error["shard_id"])
@@ -494,7 +521,7 @@ class LiveRun:
                 name = f"{shard_id}.progress"
                 if shard_id in self._committed or shard_id in self._failed or not 0 <= shard_id < len(self._plan):
                     continue
-                progress = _get_json(self.store / MARKERS / name)
+                progress = _get_json(_in_markers(self._where, name))
                 if not progress or progress.get("t", 0) < self._run_began:
                     continue  # left by a worker of an earlier run
                 if f"{shard_id}.{progress.get('attempt')}.error" in files.errors:
@@ -572,7 +599,7 @@ class LiveRun:
             self.record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
             self.record["updated_unix"] = round(now, 3)
             record = dict(self.record)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # a record that cannot be written never stops the run
             put_record(self._where, record)
 
 
@@ -582,11 +609,12 @@ class LiveRun:
 def live_status(store: str | Path) -> tuple[str, dict[str, Any] | None]:
     """The store's state as far as drivers go, and what is known of its driver.
 
-    Returns ``(state, driver)``: state ``running`` (a driver holds the lock),
-    ``stale`` (a driver record is left but no driver holds the lock: it was
-    killed or its machine went away) or ``idle`` (neither); ``driver`` is the
-    record (or, while a driver starts and has not published one, what the lock
-    file says) with ``alive`` added, or None.
+    Returns ``(state, driver)``: state ``running`` (a driver holds the lock, or
+    the lease of a URL store), ``stale`` (a driver record is left but no
+    driver holds the lock: it was killed or its machine went away) or
+    ``idle`` (neither); ``driver`` is the record (or, while a driver starts
+    and has not published one, what the lock or lease says) with ``alive``
+    added, or None.
     """
     holder = lock_holder(store)
     record = get_record(store)
@@ -629,7 +657,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
     state, driver = live_status(store)
     try:
         counts = summarize(store)
-    except StoreError:
+    except (StoreError, FileNotFoundError):  # FileNotFoundError: a bucket store is created in place, object by object
         if state != "running":
             raise
         counts = {
@@ -645,7 +673,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
             "unit": "samples",
             "failed_shards": [],
             "pending_shards": [],
-        }  # the driver has not created the store yet
+        }  # the driver has not created the store yet (or not all of it)
     record = driver or {}  # running and stale always come with a driver record
     if state == "running":
         counts["complete"] = bool(counts["complete"]) and record.get("phase") in ("running", "finalizing")
