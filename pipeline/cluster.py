@@ -202,11 +202,7 @@ def node_types() -> dict[str, dict]:
             for group in config.node_group_configs
         }
     gcs = ray.get_runtime_context().gcs_address
-    try:
-        on_head = gcs.rpartition(":")[0].strip("[]") in {ray.util.get_node_ip_address(), "127.0.0.1", "localhost"}
-    except Exception:
-        on_head = False
-    if on_head:  # the driver runs on the head (a local Ray, `auto`, a Ray job): no task needed
+    if _on_head(gcs):  # the driver runs on the head (a local Ray, `auto`, a Ray job): no task needed
         return _head_node_types(gcs)
     try:
         return ray.get(
@@ -215,6 +211,16 @@ def node_types() -> dict[str, dict]:
         )
     except Exception:
         return {}
+
+
+def _on_head(gcs_address: str) -> bool:
+    """Whether this process runs on the node of the cluster's GCS (the head)."""
+    import ray
+
+    try:
+        return gcs_address.rpartition(":")[0].strip("[]") in {ray.util.get_node_ip_address(), "127.0.0.1", "localhost"}
+    except Exception:
+        return False
 
 
 def _head_node_types(gcs_address: str) -> dict[str, dict]:

@@ -66,3 +66,27 @@ def test_explicit_gpus_per_task_is_accepted_on_a_cluster_that_can_add_gpus(gpu_c
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("1.0 the cluster has 0 GPUs now"), result.stdout
+
+
+def test_node_types_are_read_on_the_head_by_a_task_for_a_driver_elsewhere(gpu_cluster):
+    """A driver off the head of a `ray up` (autoscaler v1) cluster: a tiny task reads the head's config file.
+
+    On one machine every driver is on the head, so the test says it is not (``_on_head``) and
+    hides the config the autoscaler reports to the GCS (what v1 heads do not report): the
+    node types then come from the task, and equal what the GCS reports.
+    """
+    code = (
+        "import json, ray; import pipeline.cluster as c; from ray._private.state import state\n"
+        f"ray.init(address='{gpu_cluster.address}', logging_level='ERROR', log_to_driver=False)\n"
+        "reported = c.node_types()\n"
+        "c._on_head = lambda gcs: False; state.get_cluster_config = lambda: None\n"
+        "print('TYPES ' + json.dumps([reported, c.node_types()]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=gpu_cluster.env,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    reported, from_task = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("TYPES "))[6:])
+    assert from_task["gpu_worker"] == {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2}
+    assert reported["gpu_worker"]["resources"] == from_task["gpu_worker"]["resources"], (reported, from_task)
