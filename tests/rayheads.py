@@ -159,8 +159,11 @@ def start_cluster(num_cpus: int = 2, token: str | None = TOKEN, workers: list[in
     base = new_base()
     cluster = RayCluster(base, cluster_env(base, token, **env))
     cluster.start_head(num_cpus, list(extra))
-    for cpus in workers:
-        cluster.add_worker(cpus)
+    if workers:  # the workers join at the same time (each `ray start` waits ~10 s for its node to register)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(workers)) as pool:
+            list(pool.map(cluster.add_worker, workers))
     return cluster
 
 
