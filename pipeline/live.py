@@ -55,7 +55,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ from . import storage
 from .lease import holder as lease_holder
 from .lock import held_here, lock_path
 from .plan import ShardFlags
-from .store import MARKERS
+from .store import MARKERS, marker_names
 
 RECORD_VERSION = 1
 RECORD_INTERVAL_S = 2.0  # how often the driver rewrites its record
@@ -123,16 +123,6 @@ def _remove(where: str | Path) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         Path(where).unlink()
-
-
-def _marker_names(store: str | Path) -> Iterator[str]:
-    """The names in ``_shards/``: streamed from a folder (a million markers are never held), listed in a bucket."""
-    if storage.is_remote(store):
-        yield from storage.listdir(storage.join(str(store), MARKERS))
-        return
-    with os.scandir(Path(store) / MARKERS) as entries:
-        for entry in entries:
-            yield entry.name
 
 
 def put_record(store: str | Path, record: dict[str, Any]) -> None:
@@ -248,7 +238,7 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
 def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
     """The recorded failed attempts of a shard, oldest first."""
     try:
-        names = [n for n in _marker_names(store) if n.startswith(f"{shard_id}.") and n.endswith(".error")]
+        names = [n for n in marker_names(store) if n.startswith(f"{shard_id}.") and n.endswith(".error")]
     except FileNotFoundError:
         return []
     errors = [_get_json(_in_markers(store, name)) for name in names]
@@ -472,7 +462,7 @@ class LiveRun:
         """
         files = _Files()
         with contextlib.suppress(Exception):
-            for name in _marker_names(self._where):
+            for name in marker_names(self._where):
                 stem, _, ext = name.partition(".")
                 if not stem.isdigit():
                     continue

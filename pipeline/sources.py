@@ -246,8 +246,9 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
         return
     if "format_version" not in attrs or "complete" not in attrs or attrs["complete"]:
         return  # not a pipeline store, or a complete one
-    markers = Path(spec.path) / "_shards"
-    done = len(list(markers.glob("*.json"))) if markers.is_dir() else 0
+    from .store import committed_ids
+
+    done = sum(1 for _ in committed_ids(spec.path))
     name = attrs.get("name") or attrs.get("spec", {}).get("name", "?")
     raise InputError(
         f"inputs.path: the store {spec.path} is not complete ({done} of {attrs.get('n_shards', '?')} shards "

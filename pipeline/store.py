@@ -32,7 +32,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -570,13 +570,12 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     # a bucket is listed once and its markers fetched (one GET each, as before)
     markers: Any = read_markers(path) if storage.is_remote(path) else _LocalMarkers(Path(path) / MARKERS)
     failed = failed or {}
-    attempted = None  # shards with an attempt object, listed once (locally) instead of asked one by one
-    if not storage.is_remote(path) and (Path(path) / MARKERS).is_dir():
-        attempted = {
-            int(f.name.split(".")[0])
-            for f in (Path(path) / MARKERS).glob("*.attempts*")
-            if f.name.split(".")[0].isdigit()
-        }
+    # shards with attempts, from one listing: {id: attempt objects (a bucket) or files (1, its lines count)}
+    attempted: dict[int, int] = {}
+    for name in marker_names(path):
+        stem, _, ext = name.partition(".")
+        if ext.startswith("attempts") and stem.isdigit():
+            attempted[int(stem)] = attempted.get(int(stem), 0) + 1
     complete = True
     attrs = read_attributes(path)
     job = {"job": str(attrs.get("name", "")), "spec_hash": str(attrs.get("spec_hash", ""))}
@@ -597,7 +596,9 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             if shard.id in failed:
                 yield with_job(failed[shard.id])
             else:
-                attempts = attempt_count(path, shard.id) if attempted is None or shard.id in attempted else 0
+                attempts = attempted.get(shard.id, 0)
+                if attempts and not storage.is_remote(path):
+                    attempts = attempt_count(path, shard.id)  # the lines of its .attempts file
                 yield with_job(ShardRecord.pending(shard, attempts=attempts))
 
     _write_manifest(path, rows())
@@ -702,10 +703,7 @@ def record_attempt(path: str | Path, shard_id: int) -> int:
 
 def any_attempt(path: str | Path) -> bool:
     """True when some shard of the store has started at least once."""
-    if storage.is_remote(path):
-        return any(".attempts" in name for name in storage.listdir(storage.join(str(path), MARKERS)))
-    folder = Path(path) / MARKERS
-    return folder.is_dir() and any(folder.glob("*.attempts"))
+    return any(".attempts" in name for name in marker_names(path))
 
 
 def discard_store(path: str | Path) -> None:
@@ -739,16 +737,31 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
     os.replace(temporary, final)
 
 
-def committed_ids(path: str | Path) -> Iterator[int]:
-    """The ids of the committed shards, from the names of their markers (none is read)."""
+def marker_names(path: str | Path) -> Iterator[str]:
+    """The names in a store's ``_shards/`` (none when it has none yet).
+
+    Streamed from a folder with ``os.scandir``, listed once in a bucket. Never
+    ``Path.glob`` here: it lists a whole folder into memory first (2.4e6 markers,
+    ~600 MB).
+    """
     if storage.is_remote(path):
-        names: Iterable[str] = storage.listdir(storage.join(str(path), MARKERS))
-    else:
         try:
-            names = (entry.name for entry in os.scandir(Path(path) / MARKERS))
+            yield from storage.listdir(storage.join(str(path), MARKERS))
         except FileNotFoundError:
             return
-    for name in names:
+        return
+    try:
+        entries = os.scandir(Path(path) / MARKERS)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            yield entry.name
+
+
+def committed_ids(path: str | Path) -> Iterator[int]:
+    """The ids of the committed shards, from the names of their markers (none is read)."""
+    for name in marker_names(path):
         stem, _, ext = name.partition(".")
         if ext == "json" and stem.isdigit():
             yield int(stem)
@@ -763,12 +776,10 @@ def read_markers(path: str | Path) -> dict[int, ShardRecord]:
                 data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, name)))
                 records[data["shard_id"]] = ShardRecord.from_marker(data)
         return records
-    folder = Path(path) / MARKERS
     records = {}
-    if folder.is_dir():
-        for file in folder.glob("*.json"):
-            data = json.loads(file.read_text())
-            records[data["shard_id"]] = ShardRecord.from_marker(data)
+    for shard_id in committed_ids(path):
+        data = json.loads((Path(path) / MARKERS / f"{shard_id}.json").read_text())
+        records[data["shard_id"]] = ShardRecord.from_marker(data)
     return records
 
 
