@@ -41,7 +41,7 @@ import numpy as np
 
 from . import storage
 from .errors import BadInput
-from .plan import Plan, Shard, Shards
+from .plan import Plan, Shard, ShardFlags, Shards
 
 BATCH_ROWS = (
     1 << 13
@@ -566,9 +566,8 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     Returns True when the store is complete.
     """
     path = path if storage.is_remote(path) else Path(path)
-    # locally each shard's marker is read as its row is written (a million shards are never all held);
-    # a bucket is listed once and its markers fetched (one GET each, as before)
-    markers: Any = read_markers(path) if storage.is_remote(path) else _LocalMarkers(Path(path) / MARKERS)
+    # each shard's marker is read as its row is written (a million shards are never all held)
+    markers = _Markers(path, len(plan.shards))
     failed = failed or {}
     # shards with attempts, from one listing: {id: attempt objects (a bucket) or files (1, its lines count)}
     attempted: dict[int, int] = {}
@@ -783,15 +782,26 @@ def read_markers(path: str | Path) -> dict[int, ShardRecord]:
     return records
 
 
-class _LocalMarkers:
-    """A local store's commit markers, read one by one on demand (``get(shard_id)``, None when uncommitted)."""
+class _Markers:
+    """A store's commit markers, read one by one on demand (``get(shard_id)``, None when uncommitted).
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    In a bucket the committed ids come from one listing (a byte per shard), so
+    an uncommitted shard costs no request and a committed one a GET.
+    """
+
+    def __init__(self, path: str | Path, shards: int) -> None:
+        self.path = path
+        self.remote = storage.is_remote(path)
+        self.committed = ShardFlags(shards, committed_ids(path)) if self.remote else None
 
     def get(self, shard_id: int) -> ShardRecord | None:
         try:
-            data = json.loads((self.folder / f"{shard_id}.json").read_bytes())
+            if self.committed is None:
+                data = json.loads((Path(self.path) / MARKERS / f"{shard_id}.json").read_bytes())
+            elif shard_id in self.committed:
+                data = json.loads(storage.read_bytes(storage.join(str(self.path), MARKERS, f"{shard_id}.json")))
+            else:
+                return None
         except FileNotFoundError:
             return None
         return ShardRecord.from_marker(data)
