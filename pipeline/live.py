@@ -237,10 +237,7 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
 
 def read_attempt_errors(store: str | Path, shard_id: int) -> list[dict[str, Any]]:
     """The recorded failed attempts of a shard, oldest first."""
-    try:
-        names = [n for n in marker_names(store) if n.startswith(f"{shard_id}.") and n.endswith(".error")]
-    except FileNotFoundError:
-        return []
+    names = [n for n in marker_names(store) if n.startswith(f"{shard_id}.") and n.endswith(".error")]
     errors = [_get_json(_in_markers(store, name)) for name in names]
     return sorted((e for e in errors if e), key=lambda e: e.get("attempt", 0))
 
@@ -308,7 +305,6 @@ class _Files:
 
     errors: set[str] = field(default_factory=set)  # "<id>.<attempt>.error" files
     progress: list[int] = field(default_factory=list)  # shards with a "<id>.progress" file
-    attempts: dict[int, int] = field(default_factory=dict)  # shard id -> its "<id>.attempts*" files (or objects)
 
 
 class LiveRun:
@@ -371,7 +367,7 @@ class LiveRun:
             delete_record(self._where)
 
     def start(self, total_shards: int, total_samples: int, done_shards: int = 0, done_samples: int = 0) -> None:
-        from .store import attempt_count, read_plan
+        from .store import attempted_shards, attempts_of, read_plan
 
         with self._lock:
             self._run_began = time.time()
@@ -382,11 +378,12 @@ class LiveRun:
             self._total = getattr(self._plan, "n", None) or sum(s.size for s in self._plan)
             self._committed, self._committed_samples = ShardFlags(len(self._plan)), 0
             files = self._scan()
-            remote = storage.is_remote(self._where)  # a bucket has an object per attempt, a folder one file
+            try:
+                attempted = attempted_shards(self._where)
+            except Exception:  # a bucket out of reach: attempts count from 1 (the run goes on, as _scan's)
+                attempted = {}
             self._attempts_before = {
-                i: seen if remote else attempt_count(self._where, i)
-                for i, seen in files.attempts.items()
-                if i not in self._committed
+                i: attempts_of(self._where, i, attempted) for i in attempted if i not in self._committed
             }
             self._seen_errors = set(files.errors)
             self._samples_at_start = self._committed_samples
@@ -472,8 +469,6 @@ class LiveRun:
                     files.progress.append(int(stem))
                 elif ext.endswith(".error"):
                     files.errors.add(name)
-                elif ext.startswith("attempts"):
-                    files.attempts[int(stem)] = files.attempts.get(int(stem), 0) + 1
         return files
 
     def _commit(self, shard_id: int) -> None:

@@ -569,12 +569,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     # each shard's marker is read as its row is written (a million shards are never all held)
     markers = _Markers(path, len(plan.shards))
     failed = failed or {}
-    # shards with attempts, from one listing: {id: attempt objects (a bucket) or files (1, its lines count)}
-    attempted: dict[int, int] = {}
-    for name in marker_names(path):
-        stem, _, ext = name.partition(".")
-        if ext.startswith("attempts") and stem.isdigit():
-            attempted[int(stem)] = attempted.get(int(stem), 0) + 1
+    attempted = attempted_shards(path)  # one listing, instead of asking shard by shard
     complete = True
     attrs = read_attributes(path)
     job = {"job": str(attrs.get("name", "")), "spec_hash": str(attrs.get("spec_hash", ""))}
@@ -595,10 +590,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             if shard.id in failed:
                 yield with_job(failed[shard.id])
             else:
-                attempts = attempted.get(shard.id, 0)
-                if attempts and not storage.is_remote(path):
-                    attempts = attempt_count(path, shard.id)  # the lines of its .attempts file
-                yield with_job(ShardRecord.pending(shard, attempts=attempts))
+                yield with_job(ShardRecord.pending(shard, attempts=attempts_of(path, shard.id, attempted)))
 
     _write_manifest(path, rows())
     if complete:
@@ -714,6 +706,23 @@ def discard_store(path: str | Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def attempted_shards(path: str | Path) -> dict[int, int]:
+    """Shards with attempts, from one listing of ``_shards/``: {id: its attempt objects (a bucket) or files (a
+    folder: one ``<id>.attempts`` file, whose lines count them; see ``attempts_of``)}."""
+    counts: dict[int, int] = {}
+    for name in marker_names(path):
+        stem, _, ext = name.partition(".")
+        if ext.startswith("attempts") and stem.isdigit():
+            counts[int(stem)] = counts.get(int(stem), 0) + 1
+    return counts
+
+
+def attempts_of(path: str | Path, shard_id: int, attempted: dict[int, int]) -> int:
+    """A shard's attempts, given ``attempted_shards(path)``: a folder's file is read only for an attempted shard."""
+    seen = attempted.get(shard_id, 0)
+    return attempt_count(path, shard_id) if seen and not storage.is_remote(path) else seen
+
+
 def attempt_count(path: str | Path, shard_id: int) -> int:
     if storage.is_remote(path):
         prefix = f"{shard_id}.attempts."
@@ -766,19 +775,25 @@ def committed_ids(path: str | Path) -> Iterator[int]:
             yield int(stem)
 
 
+def read_marker(path: str | Path, shard_id: int) -> ShardRecord | None:
+    """One shard's commit marker (a file, or one GET in a bucket); None when the shard has none."""
+    try:
+        if storage.is_remote(path):
+            data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, f"{shard_id}.json")))
+        else:
+            data = json.loads((Path(path) / MARKERS / f"{shard_id}.json").read_bytes())
+    except FileNotFoundError:
+        return None
+    return ShardRecord.from_marker(data)
+
+
 def read_markers(path: str | Path) -> dict[int, ShardRecord]:
-    """Committed shards by id."""
-    if storage.is_remote(path):
-        records = {}
-        for name in storage.listdir(storage.join(str(path), MARKERS)):
-            if name.endswith(".json"):
-                data = json.loads(storage.read_bytes(storage.join(str(path), MARKERS, name)))
-                records[data["shard_id"]] = ShardRecord.from_marker(data)
-        return records
+    """Committed shards by id (every record held: for a store's summary, not for a huge finalize)."""
     records = {}
     for shard_id in committed_ids(path):
-        data = json.loads((Path(path) / MARKERS / f"{shard_id}.json").read_text())
-        records[data["shard_id"]] = ShardRecord.from_marker(data)
+        record = read_marker(path, shard_id)
+        if record is not None:
+            records[shard_id] = record
     return records
 
 
@@ -791,20 +806,12 @@ class _Markers:
 
     def __init__(self, path: str | Path, shards: int) -> None:
         self.path = path
-        self.remote = storage.is_remote(path)
-        self.committed = ShardFlags(shards, committed_ids(path)) if self.remote else None
+        self.committed = ShardFlags(shards, committed_ids(path)) if storage.is_remote(path) else None
 
     def get(self, shard_id: int) -> ShardRecord | None:
-        try:
-            if self.committed is None:
-                data = json.loads((Path(self.path) / MARKERS / f"{shard_id}.json").read_bytes())
-            elif shard_id in self.committed:
-                data = json.loads(storage.read_bytes(storage.join(str(self.path), MARKERS, f"{shard_id}.json")))
-            else:
-                return None
-        except FileNotFoundError:
-            return None
-        return ShardRecord.from_marker(data)
+        if self.committed is not None and shard_id not in self.committed:
+            return None  # a bucket: no GET for a shard without a marker
+        return read_marker(self.path, shard_id)
 
 
 class Checksum:

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from test_live_status import within_a_shard
+
 from pipeline import storage
 from pipeline.cli import main
 
@@ -76,11 +78,6 @@ def wait_for(predicate, process: subprocess.Popen, url: str, limit_s: float = 60
 def kill(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)  # no clean-up of its own: its lease and record stay behind
     process.wait()
-
-
-def within_a_shard(progress: dict, shard_size: int) -> bool:
-    """Samples counted from a shard that has not committed yet (blocks reported as they are written)."""
-    return progress["samples_done"] > progress["shards_done"] * shard_size
 
 
 def lease(url: str) -> dict:

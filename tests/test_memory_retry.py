@@ -186,7 +186,7 @@ def test_derivative_blocks_follow_the_budget(tmp_path):
         np.testing.assert_allclose(small[name], full[name], rtol=1e-5, atol=1e-6)
 
 
-def available_bytes() -> int:
+def available_bytes() -> tuple[int, int]:
     fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
 
