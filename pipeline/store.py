@@ -593,6 +593,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
                 yield with_job(ShardRecord.pending(shard, attempts=attempts_of(path, shard.id, attempted)))
 
     _write_manifest(path, rows())
+    _clear_finished_progress(path)
     if complete:
         zarr = _zarr()
         with warnings.catch_warnings():
@@ -601,6 +602,26 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
             group = zarr.open_group(storage.zarr_target(path), mode="r+")  # keeps the consolidated metadata
             group.attrs["complete"] = True  # set last: readers trust it
     return complete
+
+
+def _clear_finished_progress(path: str | Path) -> None:
+    """Remove the block-progress entries (``<id>.progress``) of committed shards.
+
+    A worker removes its own right after the shard's marker; one stopped or
+    killed between the two leaves it, and no later attempt of that shard runs
+    to remove it.
+    """
+    for name in marker_names(path):
+        stem, _, ext = name.partition(".")
+        if ext != "progress" or not stem.isdigit() or read_marker(path, int(stem)) is None:
+            continue
+        try:
+            if storage.is_remote(path):
+                storage.remove(storage.join(str(path), MARKERS, name))
+            else:
+                (Path(path) / MARKERS / name).unlink()
+        except FileNotFoundError:
+            pass
 
 
 def append_run(path: str | Path, run: dict[str, Any]) -> None:

@@ -160,3 +160,16 @@ def test_the_plans_bytes_per_sample_are_the_stores(tmp_path):
             a.dtype.itemsize * math.prod(a.shape[1:]) for _, a in group.arrays() if a.shape and a.shape[0] == plan.n
         )
         assert plan.bytes_per_sample() == stored > 0
+
+
+def test_finalize_removes_the_progress_left_by_a_worker_stopped_after_its_commit(tmp_path):
+    """A worker stopped between its marker and its progress removal leaves ``<id>.progress``: finalize clears it."""
+    from pipeline.live import write_block_progress
+
+    path, plan = make(tmp_path)
+    write_marker(path, record(plan.shards[0]))
+    for shard in plan.shards[:2]:
+        write_block_progress(path, shard.id, 1, 2, shard.size)
+    assert finalize_store(path, plan) is False
+    left = sorted(p.name for p in (path / "_shards").iterdir() if p.name.endswith(".progress"))
+    assert left == ["1.progress"]  # shard 0 committed: its progress is over; shard 1's attempt may still run
