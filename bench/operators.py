@@ -169,8 +169,9 @@ def jet_python() -> str | None:
     python = os.path.join(venv, "bin", "python")
     if os.path.exists(python):
         return python
-    base = shutil.which("python3.12") or next(
-        (p for p in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python")))), None)
+    # a pyenv version's own binary first: pyenv's python3.12 shim exists but fails when 3.12 is not selected
+    base = next((p for p in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python")))), None)
+    base = base or shutil.which("python3.12")
     if base is None:
         return None
     sys.stderr.write(f"  making {venv} with {base} and pip install jet-for-pytorch (once)\n")

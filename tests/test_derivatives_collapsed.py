@@ -199,3 +199,27 @@ def test_a_job_stores_the_operators_and_the_standard_error_the_same_for_any_shar
     for name in ("laplacian_estimate", "laplacian_estimate_stderr"):
         assert a[name].shape == (24, 2)
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_wide_rows_take_the_row_loop_and_match_the_hessian(groups):
+    """Rows of at least ``LOOP_MIN_ROW`` elements sum their squares row by row on CPU: same numbers."""
+    from pipeline.engine import collapsed
+
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 160), torch.nn.Tanh(), torch.nn.Linear(160, 2)).to(F64)
+    x = torch.randn(40, 3, dtype=F64)
+    assert 40 * 160 >= collapsed.LOOP_MIN_ROW  # one chunk's first-order row after the first layer
+    h = hessians(net, x)
+    exact = h.diagonal(dim1=-2, dim2=-1).sum(-1)
+    if groups == 1:
+        got = compute_derivatives(net, x, ("laplacian",), chunk_size=40)
+        assert got.method == "collapsed"
+        torch.testing.assert_close(got.outputs["laplacian"], exact, rtol=1e-10, atol=1e-12)
+        return
+    # groups > 1: the estimate's group sums, against the same directions contracting the Hessian (forced method)
+    options = OperatorOptions(samples=8, groups=groups, seed=2)
+    got = compute_derivatives(net, x, ("laplacian_estimate",), options=options, chunk_size=40).outputs
+    forced = compute_derivatives(net, x, ("laplacian_estimate",), options=options, method="forward").outputs
+    for name in ("laplacian_estimate", "laplacian_estimate_stderr"):
+        torch.testing.assert_close(got[name], forced[name], rtol=1e-10, atol=1e-12)

@@ -139,3 +139,22 @@ def test_profiler_measurement_shows_no_warning(monkeypatch):
         result = chunking.measure(lambda x: {"y": x * 2}, torch.ones(1000), tracker=False)
     assert result.peak_bytes is not None and result.peak_bytes > 0
     assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+
+
+def test_a_torch_func_method_measures_its_footprint_once_per_function(monkeypatch):
+    """On CPU the profiler (10x slower ops) measures a small slice once; later calls run unmeasured."""
+    calls = []
+    real = chunking._profiled
+    monkeypatch.setattr(chunking, "_profiled", lambda compute, x: calls.append(x.shape[0]) or real(compute, x))
+    net = _net()
+    x = torch.randn(40, 3, dtype=D)
+    first = compute_derivatives(net, x, ("hessian",), method="forward")
+    assert calls == [chunking.FOOTPRINT_SAMPLES]
+    again = compute_derivatives(net, x, ("hessian",), method="forward")
+    assert calls == [chunking.FOOTPRINT_SAMPLES]  # remembered for this function and shape
+    reference = torch.vmap(torch.func.hessian(net))(x)
+    for result in (first, again):
+        torch.testing.assert_close(result.outputs["hessian"], reference, rtol=1e-10, atol=1e-12)
+        assert result.peak_memory_bytes > 0
+    compute_derivatives(net, x, ("hessian",), method="reverse")  # another method: measured anew
+    assert calls == [chunking.FOOTPRINT_SAMPLES] * 2

@@ -18,7 +18,7 @@ from .collapsed import covered as collapsed_gap
 from .compiled import CompiledTaylor
 from .operators import OperatorOptions, collapsed_operators_chunk, contract_hessian, operator_chunk_size
 from .rule_table import NotCovered
-from .strategies import torch_func_chunk
+from .strategies import TORCH_FUNC_METHODS, torch_func_chunk
 from .taylor import estimate_bytes_per_sample, taylor_chunk
 from .trace import trace_function
 
@@ -267,6 +267,8 @@ def _run(
         run = chunking.run_chunks(compute, x, chunk)
         outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
         return DerivativeResult(outputs, method, min(run.chunk_size, n), per_sample * min(run.chunk_size, n), None)
+    elif method in TORCH_FUNC_METHODS and x.device.type == "cpu" and limit_bytes is None:
+        return _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason)
     else:
         try:
             probe = chunking.measure(compute, x[:first], limit_bytes, method in ("taylor", "collapsed") and not compile)
@@ -300,6 +302,29 @@ def _run(
     return DerivativeResult(
         outputs, method, min(run.chunk_size, n), peak_bytes, reason if method not in ("taylor", "collapsed") else None
     )
+
+
+def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason) -> DerivativeResult:
+    """A torch.func method on CPU without a cap: its footprint measured once per function and shape.
+
+    The only CPU measurement that works under nested forward-mode transforms is the
+    profiler's, which slows those ops about 10x: it measures a small slice, once
+    (``chunking.FOOTPRINTS``), and every other sample runs unmeasured.
+    """
+    n = x.shape[0]
+    key = (tuple(x.shape[1:]), x.dtype, method, quantities)
+    per_sample = chunking.FOOTPRINTS.get(fn, key)
+    done, start = [], 0
+    if per_sample is None:
+        sample = x[: min(n, chunking.FOOTPRINT_SAMPLES)]
+        measured = chunking.measure(compute, sample, None, tracker=False)
+        done, start = [measured.outputs], sample.shape[0]
+        per_sample = chunking.per_sample_bytes(measured.peak_bytes, start)
+        chunking.FOOTPRINTS.put(fn, key, per_sample)
+    chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None)
+    run = chunking.run_chunks(compute, x, chunk, start=start, done=done)
+    outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
+    return DerivativeResult(outputs, method, min(run.chunk_size, n), int(per_sample * min(run.chunk_size, n)), reason)
 
 
 def _empty_result(fn, x, quantities, method) -> DerivativeResult:

@@ -22,6 +22,7 @@ import gc
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -203,6 +204,35 @@ def measure(
         # no allocator cap to hit on the way: enforce the caller's cap on the measurement
         raise torch.OutOfMemoryError(f"chunk used {peak} bytes > memory_limit_bytes={limit_bytes}")
     return Measured(outputs, peak)
+
+
+FOOTPRINT_SAMPLES = 4  # the slice a torch.func method's footprint is measured on (CPU, profiler)
+
+
+class Footprints:
+    """Measured bytes per sample, kept per function (weakly) and ``key`` (shape, dtype, method...).
+
+    Memory does not depend on the weights, so a measurement holds for as long as the
+    function lives; a function that is not weak-referenceable is not remembered.
+    """
+
+    def __init__(self) -> None:
+        self._by_fn: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
+
+    def get(self, fn, key) -> float | None:
+        try:
+            return self._by_fn.get(fn, {}).get(key)
+        except TypeError:
+            return None
+
+    def put(self, fn, key, per_sample: float) -> None:
+        try:
+            self._by_fn.setdefault(fn, {})[key] = per_sample
+        except TypeError:
+            pass
+
+
+FOOTPRINTS = Footprints()
 
 
 def auto_chunk(per_sample_bytes: float, n: int, device: torch.device, limit_bytes: int | None) -> int:

@@ -50,6 +50,7 @@ __all__ = ["COLLAPSED_QUANTITIES", "CJet", "collapsed_chunk", "covered", "run_co
 
 # quantities one collapsed pass gives (with identity directions)
 COLLAPSED_QUANTITIES = ("value", "jacobian", "laplacian")
+LOOP_MIN_ROW = 4096  # elements per first-order row from which sum_r g_r^2 loops over the rows on CPU
 
 
 class CJet:
@@ -102,8 +103,19 @@ class CJet:
         """``sum_r g_r^2`` per group: ``[G, B or 1, *s]`` (shared: no sample axis, ``[G, 1, *s]``)."""
         g = self.g if not self.shared else self.g.unsqueeze(1)
         per = g.shape[0] // self.groups
+        row = g[0].numel()
+        if g.device.type == "cpu" and row >= LOOP_MIN_ROW:
+            # one addcmul_ per row into an accumulator that stays in cache: 3-4x faster than the
+            # einsum below on [200, 64 x 768] rows (4 vs 15 ms; 3 vs 40 ms with the cores oversubscribed)
+            out = g.new_empty((self.groups,) + tuple(g.shape[1:]))
+            for k in range(self.groups):
+                acc = out[k]
+                torch.mul(g[k * per], g[k * per], out=acc)
+                for r in range(k * per + 1, (k + 1) * per):
+                    acc.addcmul_(g[r], g[r])
+            return out
         flat = g.reshape(self.groups, per, -1)
-        # einsum runs as one batched reduction (2x faster than vector_norm or (g*g).sum on CPU)
+        # small rows (per-op overhead dominates) and GPUs: one batched reduction
         return torch.einsum("grp,grp->gp", flat, flat).reshape((self.groups,) + tuple(g.shape[1:]))
 
 

@@ -1,0 +1,233 @@
+"""``method: auto`` across the shape spectrum, side by side with every forced method and torch.func.
+
+For each cell of the grid (inputs D, outputs M, quantity) one tanh MLP
+``D -> 64 -> 64 -> M`` and N samples (float32, as many as keep the result
+under --max-numbers numbers, at most --n), timed in one run:
+
+* ``auto`` (and the method it chose),
+* every forced method: ``taylor``, ``forward``, ``reverse``,
+  ``forward-over-reverse`` (and ``collapsed`` for the Laplacian; for ``hvp``
+  the operator's own ``reverse`` and ``taylor``),
+* the plain torch.func call each torch.func method stands for:
+  ``vmap(jacfwd^k)``, ``vmap(jacrev)`` / ``vmap(hessian)`` (``jacfwd`` over
+  ``jacrev`` above order 1), ``vmap(jacfwd^(k-1)(jacrev))``; for ``hvp``
+  ``vmap(jvp(jacrev))``.
+
+Targets (issue 12): auto / best forced <= 1.2 in every cell; every forced
+torch.func method <= 1.5x its torch.func counterpart. Each row runs on slices
+of 4, 16, 64... samples until one takes half of --budget seconds: a row that
+does not reach the whole batch is scaled linearly from its last slice (marked
+``~``; the per-call constant makes that an overestimate). Cells whose result
+for 4 samples would be more than --max-numbers numbers are skipped and listed.
+
+Usage:
+  .venv/bin/python bench/shape_grid.py            # the whole grid (about 15-25 min on 2 CPU cores)
+  .venv/bin/python bench/shape_grid.py --quick    # D in 1, 3, 50; M in 1, 150; about 2 min
+  .venv/bin/python bench/shape_grid.py --dims 50,200 --outs 1 --quantities hessian,laplacian
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+from torch.func import jacfwd, jacrev, jvp, vmap
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from pipeline.engine import compute_derivatives  # noqa: E402
+from pipeline.engine.hvp import hvp  # noqa: E402
+
+QUANTITY_ORDER = {"jacobian": 1, "hessian": 2, "laplacian": 2, "d3": 3, "hvp": 2}
+FORCED = ("taylor", "forward", "reverse", "forward-over-reverse")
+TORCH_FUNC = {"forward": "tf forward", "reverse": "tf reverse", "forward-over-reverse": "tf fwd-over-rev"}
+
+
+class Scalar(torch.nn.Module):
+    """``[1] -> []``: a scalar output per sample."""
+
+    def forward(self, y):
+        return y.squeeze(-1)
+
+
+def make_net(d: int, m: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, m)]
+    net = torch.nn.Sequential(*layers)
+    if m == 1:
+        net.append(Scalar())
+    return net.requires_grad_(False)
+
+
+def torch_func_call(net, x, quantity: str, method: str, v=None):
+    """The plain torch.func call a forced ``method`` stands for."""
+    order = QUANTITY_ORDER[quantity]
+    if quantity == "hvp":
+        return vmap(lambda xi, vi: jvp(jacrev(net), (xi,), (vi,))[1])(x, v)
+    if method == "forward":
+        f = net
+        for _ in range(order):
+            f = jacfwd(f)
+    else:
+        f = jacrev(net)
+        for _ in range(order - 1):
+            f = jacfwd(f)
+    out = vmap(f)(x)
+    if quantity == "laplacian":
+        return out.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return out
+
+
+def rows_for(quantity: str) -> list[str]:
+    if quantity == "hvp":
+        return ["auto", "reverse", "taylor", "tf fwd-over-rev"]
+    rows = ["auto", *FORCED] + (["collapsed"] if quantity == "laplacian" else [])
+    if quantity == "jacobian":  # reverse and forward-over-reverse are both vmap(jacrev) at order 1
+        return [r for r in rows if r != "forward-over-reverse"] + ["tf forward", "tf reverse"]
+    return rows + list(TORCH_FUNC.values())
+
+
+def run_row(row: str, net, x, quantity: str, v):
+    if row.startswith("tf "):
+        method = {label: m for m, label in TORCH_FUNC.items()}[row]
+        return torch_func_call(net, x, quantity, method, v), None
+    if quantity == "hvp":
+        return hvp(net, x, v, method=row), None
+    result = compute_derivatives(net, x, (quantity,), method=row)
+    return result.outputs[quantity], result.method
+
+
+def time_row(row, net, x, quantity, v, budget):
+    """(seconds for all N, mark, chosen method).
+
+    A warm-up on 4 samples, then slices of 4, 16, 64... samples until one takes
+    half the budget or the whole batch is reached (then the best of up to 7 runs
+    while they add up to less than half the budget); a row that stops short (or whose batch is predicted past 10x the
+    budget) is scaled linearly from its last slice (``~``).
+    """
+    n = x.shape[0]
+
+    def timed(size):
+        start = time.perf_counter()
+        _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
+        return time.perf_counter() - start, chosen
+
+    size = min(n, 4)
+    timed(size)  # warm-up (trace, footprint)
+    while True:
+        seconds, chosen = timed(size)
+        if size == n:
+            spent, runs = seconds, 1
+            while runs < 7 and spent < budget / 2:  # fast rows: the best of up to 7 runs
+                again = timed(n)[0]
+                seconds, spent, runs = min(seconds, again), spent + again, runs + 1
+            return seconds, "", chosen
+        predicted = seconds * n / size
+        if seconds > budget / 2 or (predicted > 10 * budget and seconds > budget / 20):
+            return predicted, "~", chosen
+        size = min(n, size * 4)
+
+
+def result_numbers(quantity: str, d: int, m: int) -> int:
+    if quantity == "laplacian":
+        return m
+    if quantity == "hvp":
+        return m * d
+    return m * d ** QUANTITY_ORDER[quantity]
+
+
+def cell(d, m, quantity, args):
+    per_sample = result_numbers(quantity, d, m)
+    n = min(args.n, args.max_numbers // per_sample)
+    if n < 4:
+        return None
+    torch.manual_seed(1)
+    net, x = make_net(d, m), torch.randn(n, d)
+    v = torch.randn(n, 1, d) if quantity == "hvp" else None
+    times, marks, chosen = {}, {}, None
+    for row in rows_for(quantity):
+        try:
+            seconds, mark, method = time_row(row, net, x, quantity, v, args.budget)
+        except (RuntimeError, ValueError) as error:  # a method the engine refuses, or out of memory
+            times[row], marks[row] = math.nan, f"error: {type(error).__name__}"
+            sys.stderr.write(f"  D={d} M={m} {quantity} {row}: {str(error)[:120]}\n")
+            continue
+        times[row], marks[row] = seconds, mark
+        if row == "auto":
+            chosen = method or "?"
+    return n, times, marks, chosen
+
+
+def fmt(seconds, mark):
+    if mark.startswith("error"):
+        return mark
+    return f"{mark}{seconds * 1e3:.1f}" if seconds < 100 else f"{mark}{seconds:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="D in 1, 3, 50 and M in 1, 150, budget 1 s")
+    parser.add_argument("--dims", default="1,2,3,10,50,200,784")
+    parser.add_argument("--outs", default="1,8,150,1000")
+    parser.add_argument("--quantities", default="jacobian,hessian,laplacian,d3,hvp")
+    parser.add_argument("--n", type=int, default=4096, help="samples per cell at most (default 4096)")
+    parser.add_argument("--max-numbers", type=int, default=4_000_000, help="result numbers per cell at most")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds per row before it is scaled from a slice")
+    args = parser.parse_args()
+    if args.quick:
+        args.dims, args.outs, args.budget, args.n = "1,3,50", "1,150", 1.0, 256
+    torch.set_num_threads(torch.get_num_threads())
+    dims = [int(s) for s in args.dims.split(",")]
+    outs = [int(s) for s in args.outs.split(",")]
+    quantities = args.quantities.split(",")
+    print(f"# Shape grid: tanh MLP D -> 64 -> 64 -> M, float32, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; times in ms for N samples\n")
+    worst_auto, worst_forced, skipped = [], [], []
+    for quantity in quantities:
+        rows = rows_for(quantity)
+        print(f"\n## {quantity}\n")
+        print("| D | M | N | " + " | ".join(rows) + " | auto chose | auto / best forced | forced / torch.func |")
+        print("|" + "---:|" * 3 + "---:|" * len(rows) + "---|---:|---|")
+        for d in dims:
+            for m in outs:
+                got = cell(d, m, quantity, args)
+                if got is None:
+                    skipped.append(f"{quantity} D={d} M={m}")
+                    continue
+                n, times, marks, chosen = got
+                forced = {r: t for r, t in times.items() if r not in ("auto",) and not r.startswith("tf ")
+                          and not math.isnan(t)}
+                best_row = min(forced, key=forced.get)
+                ratio = times["auto"] / forced[best_row]
+                worst_auto.append((ratio, f"{quantity} D={d} M={m}"))
+                pairs = []
+                for method, label in TORCH_FUNC.items():
+                    mine = "reverse" if quantity == "hvp" and label == "tf fwd-over-rev" else method
+                    if label in times and mine in times and not math.isnan(times[mine]) and times[label] > 0:
+                        r = times[mine] / times[label]
+                        pairs.append(f"{mine} {r:.2f}")
+                        worst_forced.append((r, f"{quantity} D={d} M={m} {mine}"))
+                print(f"| {d} | {m} | {n} | " + " | ".join(fmt(times[r], marks[r]) for r in rows)
+                      + f" | {chosen} | {ratio:.2f} ({best_row}) | {', '.join(pairs)} |", flush=True)
+    print("\n## Summary\n")
+    if worst_auto:
+        worst_auto.sort(reverse=True)
+        within = sum(r <= 1.2 for r, _ in worst_auto)
+        print(f"- auto within 1.2x of the best forced method: {within} of {len(worst_auto)} cells; "
+              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_auto[:5]))
+    if worst_forced:
+        worst_forced.sort(reverse=True)
+        within = sum(r <= 1.5 for r, _ in worst_forced)
+        print(f"- forced torch.func methods within 1.5x of their torch.func call: {within} of {len(worst_forced)}; "
+              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_forced[:5]))
+    if skipped:
+        print(f"- skipped (result over {args.max_numbers:,} numbers for 4 samples): {', '.join(skipped)}")
+    print("- `~`: scaled linearly from the largest slice timed.")
+
+
+if __name__ == "__main__":
+    main()
