@@ -250,3 +250,27 @@ def test_compiled_taylor_pass_matches_eager():
     assert compiled.method == "taylor"
     for name, value in eager.outputs.items():
         torch.testing.assert_close(compiled.outputs[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_close_call_is_timed_once_per_function_and_shape(monkeypatch):
+    """When the cost model calls Taylor and torch.func close, the first call times both; later calls reuse it."""
+    from pipeline.engine import api, chunking
+    from pipeline.engine.choose import plan_method
+
+    assert plan_method(("value", "jacobian", "hessian"), 3, 1, True).time_against == ("reverse",)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    fn = lambda x: net(x)[0]  # noqa: E731  (a scalar output per sample)
+    x = torch.randn(300, 3, dtype=torch.float64)
+    timings = []
+    real = api._timed
+    monkeypatch.setattr(api, "_timed", lambda compute, chunk: timings.append(chunk.shape[0]) or real(compute, chunk))
+    first = compute_derivatives(fn, x, ("value", "jacobian", "hessian"))
+    assert len(timings) == 2  # taylor and reverse, on the first chunk
+    again = compute_derivatives(fn, x, ("value", "jacobian", "hessian"))
+    assert len(timings) == 2 and again.method == first.method
+    reference = torch.vmap(torch.func.hessian(fn))(x)
+    for result in (first, again):
+        torch.testing.assert_close(result.outputs["hessian"], reference, rtol=1e-10, atol=1e-12)
+    assert chunking.CHOICES.get(fn, ((3,), torch.float64, "cpu", ("value", "jacobian", "hessian"), "taylor",
+                                     ("reverse",), False)) == first.method

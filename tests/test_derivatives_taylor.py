@@ -209,3 +209,23 @@ def test_taylor_cost_is_independent_of_output_count():
     assert taylor_cost(("value", "jacobian", "hessian"), 2) == math.comb(4, 2)
     assert taylor_cost(("d4",), 3) == math.comb(7, 4)
     assert taylor_cost(("laplacian",), 10) == 21
+
+
+def test_many_inputs_build_their_index_set_from_multisets_and_match_torch_func():
+    """``IndexSet.full`` lists C(d + K, K) indices directly (it once enumerated (K + 1)^d tuples: 2^60 here)."""
+    import itertools
+
+    from pipeline.engine.jets import IndexSet
+
+    assert len(IndexSet.full(60, 2)) == math.comb(62, 2)
+    small = IndexSet.full(4, 3)
+    assert sorted(small.indices) == sorted(a for a in itertools.product(range(4), repeat=4) if sum(a) <= 3)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(60, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    x = torch.randn(5, 60, dtype=torch.float64)
+    result = compute_derivatives(net, x, ("jacobian", "hessian"), method="taylor")
+    assert result.method == "taylor"
+    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(net))(x), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(result.outputs["hessian"], torch.vmap(torch.func.hessian(net))(x), rtol=1e-10,
+                               atol=1e-12)

@@ -209,30 +209,31 @@ def measure(
 FOOTPRINT_SAMPLES = 4  # the slice a torch.func method's footprint is measured on (CPU, profiler)
 
 
-class Footprints:
-    """Measured bytes per sample, kept per function (weakly) and ``key`` (shape, dtype, method...).
+class PerFunction:
+    """What was measured about a function, kept per function (weakly) and ``key`` (shape, dtype, method...).
 
-    Memory does not depend on the weights, so a measurement holds for as long as the
-    function lives; a function that is not weak-referenceable is not remembered.
+    Memory and relative speed do not depend on the weights, so a measurement holds for as
+    long as the function lives; a function that is not weak-referenceable is not remembered.
     """
 
     def __init__(self) -> None:
         self._by_fn: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
-    def get(self, fn, key) -> float | None:
+    def get(self, fn, key):
         try:
             return self._by_fn.get(fn, {}).get(key)
         except TypeError:
             return None
 
-    def put(self, fn, key, per_sample: float) -> None:
+    def put(self, fn, key, value) -> None:
         try:
-            self._by_fn.setdefault(fn, {})[key] = per_sample
+            self._by_fn.setdefault(fn, {})[key] = value
         except TypeError:
             pass
 
 
-FOOTPRINTS = Footprints()
+FOOTPRINTS = PerFunction()  # bytes per sample of a torch.func method on CPU
+CHOICES = PerFunction()  # the method that measured fastest when the cost model called it close
 
 
 def auto_chunk(per_sample_bytes: float, n: int, device: torch.device, limit_bytes: int | None) -> int:

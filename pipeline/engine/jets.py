@@ -65,7 +65,14 @@ class IndexSet:
     @lru_cache(maxsize=64)
     def full(dim: int, order: int) -> IndexSet:
         """All multi-indices with ``|alpha| <= order``: C(dim + order, order) of them."""
-        indices = [a for a in itertools.product(range(order + 1), repeat=dim) if sum(a) <= order]
+        # one multiset of variables per index (not all (order + 1)^dim tuples, 2^50 for d = 50)
+        indices = []
+        for degree in range(order + 1):
+            for combo in itertools.combinations_with_replacement(range(dim), degree):
+                alpha = [0] * dim
+                for i in combo:
+                    alpha[i] += 1
+                indices.append(tuple(alpha))
         return IndexSet(dim, order, indices, "full")
 
     @staticmethod
