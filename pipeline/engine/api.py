@@ -328,7 +328,7 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason)
         done, start = [measured.outputs], sample.shape[0]
         per_sample = chunking.per_sample_bytes(measured.peak_bytes, start)
         chunking.FOOTPRINTS.put(fn, key, per_sample)
-    chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None)
+    chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None, cache_cap=False)
     run = chunking.run_chunks(compute, x, chunk, start=start, done=done)
     outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
     return DerivativeResult(outputs, method, min(run.chunk_size, n), int(per_sample * min(run.chunk_size, n)), reason)

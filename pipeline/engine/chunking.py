@@ -236,12 +236,21 @@ FOOTPRINTS = PerFunction()  # bytes per sample of a torch.func method on CPU
 CHOICES = PerFunction()  # the method that measured fastest when the cost model called it close
 
 
-def auto_chunk(per_sample_bytes: float, n: int, device: torch.device, limit_bytes: int | None) -> int:
-    """The chunk that fits the budget with head-room, capped where larger stops paying off."""
+def auto_chunk(
+    per_sample_bytes: float, n: int, device: torch.device, limit_bytes: int | None, cache_cap: bool = True
+) -> int:
+    """The chunk that fits the budget with head-room, capped where larger stops paying off.
+
+    ``cache_cap=False`` (the torch.func strategies on CPU): no per-chunk byte cap, only the
+    sample cap - each vmapped call has a fixed cost, and one call over the whole batch
+    measured up to 1.9x faster than chunks of 48 MB (forced reverse Hessian, 50 inputs).
+    """
     budget = limit_bytes if limit_bytes is not None else available_bytes(device)
     fits = int(budget // max(per_sample_bytes * SAFETY, 1.0))
     if device.type == "cuda":
         cap = GPU_MAX_CHUNK
+    elif not cache_cap:
+        cap = CPU_MAX_CHUNK
     else:
         cap = min(CPU_MAX_CHUNK, max(64, int(CPU_CHUNK_TARGET_BYTES // max(per_sample_bytes, 1.0))))
     return max(1, min(n, fits, cap))
