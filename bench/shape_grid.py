@@ -104,7 +104,7 @@ def run_row(row: str, net, x, quantity: str, v):
 def time_row(row, net, x, quantity, v, budget):
     """(seconds for all N, mark, chosen method).
 
-    A warm-up on 4 samples, then slices of 4, 16, 64... samples until one takes
+    A warm-up on 64 samples, then slices of 4, 16, 64... samples until one takes
     half the budget or the whole batch is reached (then the best of up to 7 runs
     while they add up to less than half the budget); a row that stops short (or whose batch is predicted past 10x the
     budget) is scaled linearly from its last slice (``~``).
@@ -116,8 +116,8 @@ def time_row(row, net, x, quantity, v, budget):
         _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
         return time.perf_counter() - start, chosen
 
+    timed(min(n, 64))  # warm-up: trace, footprint, and auto's timing of close candidates (>= 32 samples)
     size = min(n, 4)
-    timed(size)  # warm-up (trace, footprint)
     while True:
         seconds, chosen = timed(size)
         if size == n:
@@ -180,7 +180,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.dims, args.outs, args.budget, args.n = "1,3,50", "1,150", 1.0, 256
-    torch.set_num_threads(torch.get_num_threads())
     dims = [int(s) for s in args.dims.split(",")]
     outs = [int(s) for s in args.outs.split(",")]
     quantities = args.quantities.split(",")
