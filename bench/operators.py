@@ -40,15 +40,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pipeline.engine import compute_derivatives  # noqa: E402
 from pipeline.engine.hvp_operator import HessianOperator, conjugate_gradient, per_sample_operator  # noqa: E402
 from pipeline.engine.operators import OperatorOptions  # noqa: E402
+from timing import no_gc_pause  # noqa: E402  (bench/timing.py)
 
 
 def best(fn, repeats: int) -> float:
     fn()  # warm-up (traces, jit compiles)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        with no_gc_pause():
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
     return min(times)
 
 

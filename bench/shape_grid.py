@@ -29,6 +29,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -41,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.engine import compute_derivatives  # noqa: E402
 from pipeline.engine.hvp import hvp  # noqa: E402
+from timing import no_gc_pause  # noqa: E402  (bench/timing.py)
 
 QUANTITY_ORDER = {"jacobian": 1, "hessian": 2, "laplacian": 2, "d3": 3, "hvp": 2}
 FORCED = ("taylor", "forward", "reverse", "forward-over-reverse")
@@ -105,17 +107,19 @@ def time_row(row, net, x, quantity, v, budget):
     """(seconds for all N, mark, chosen method).
 
     A warm-up on 64 samples, then slices of 4, 16, 64... samples until one takes
-    half the budget or the whole batch is reached (then the best of up to 7 runs
+    half the budget or the whole batch is reached, Python's cyclic GC off while timed (then the best of up to 7 runs
     while they add up to less than half the budget); a row that stops short (or whose batch is predicted past 10x the
     budget) is scaled linearly from its last slice (``~``).
     """
     n = x.shape[0]
 
     def timed(size):
-        start = time.perf_counter()
-        _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
-        return time.perf_counter() - start, chosen
+        with no_gc_pause(collect=False):  # collected once per row, below: a full collection takes ~0.1 s
+            start = time.perf_counter()
+            _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
+            return time.perf_counter() - start, chosen
 
+    gc.collect()
     timed(min(n, 64))  # warm-up: trace, footprint, and auto's timing of close candidates (>= 32 samples)
     size = min(n, 4)
     while True:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -15,13 +17,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def no_gc_pause(collect: bool = True) -> Iterator[None]:
+    """Collect first (unless ``collect`` is false), then keep Python's cyclic GC off while timing (as ``timeit`` does).
+
+    With torch imported a full (generation 2) collection takes 70-130 ms on this
+    CPU: landing inside a 3 ms call it made a row read 40x slow, and a row timed
+    on a slice and scaled read 250x (issue 12's shape grid, forced ``reverse``).
+    """
+    if collect:
+        gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def best_time(run: Callable[[], object], device: torch.device, repeats: int = 1) -> tuple[float, object]:
     """Best of ``repeats`` wall times (synchronised), and the last result."""
     best, result = math.inf, None
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = run()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        with no_gc_pause():
+            synchronize(device)
+            start = time.perf_counter()
+            result = run()
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
     return best, result

@@ -51,6 +51,20 @@ def test_seed000_workload_small_against_the_seed_loop(method, chunk_size):
         assert result.method == method and result.fallback_reason == f"method={method!r} requested"
 
 
+@pytest.mark.parametrize("method", FORCED)
+@pytest.mark.parametrize("chunk_size", [3, "auto"])
+def test_a_forced_method_asked_for_one_order_alone_matches_the_seed_loop(method, chunk_size):
+    """Without the lower orders the strategies run the plain nesting (no ``has_aux``): same numbers."""
+    net = _mlp([2, 16, 16, 10])
+    x = torch.randn(10, 2, dtype=D)
+    _, jac, hess = seed000_loop(net, x)
+    alone = {q: compute_derivatives(net, x, (q,), method=method, chunk_size=chunk_size).outputs[q]
+             for q in ("jacobian", "hessian", "laplacian")}
+    torch.testing.assert_close(alone["jacobian"], jac)
+    torch.testing.assert_close(alone["hessian"], hess)
+    torch.testing.assert_close(alone["laplacian"], hess.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+
 def test_seed000_full_size_fp32_precision_against_float64():
     """The issue's bar: fp32 Taylor within 1e-5 of float64, relative to each quantity's max abs."""
     net = _mlp([2, 128, 128, 128, 128, 150], dtype=torch.float32)

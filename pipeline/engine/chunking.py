@@ -330,6 +330,8 @@ def run_chunks(
                 ) from None
             chunk = max(1, chunk // 2)
             continue
+        if results is None and position == 0 and stop == n and all(map(_owns_storage, outputs.values())):
+            return ChunkedRun(dict(outputs), chunk, peak_bytes)  # one chunk: its outputs are the results
         if results is None:
             results = _allocate(outputs, n)
         for name, value in outputs.items():
@@ -338,6 +340,11 @@ def run_chunks(
                 target.copy_(value)
         position = stop
     return ChunkedRun(results or {}, chunk, peak_bytes)
+
+
+def _owns_storage(value: torch.Tensor) -> bool:
+    """Whether ``value`` is all of its storage, perhaps permuted (not a view keeping a larger buffer alive)."""
+    return value.untyped_storage().nbytes() == value.numel() * value.element_size()
 
 
 def _allocate(example: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
