@@ -106,7 +106,7 @@ def run_row(row: str, net, x, quantity: str, v):
 def time_row(row, net, x, quantity, v, budget):
     """(seconds for all N, mark, chosen method).
 
-    A warm-up on 64 samples, then slices of 4, 16, 64... samples until one takes
+    A warm-up (64 samples for auto, 4 for the others), then slices of 4, 16, 64... samples until one takes
     half the budget or the whole batch is reached, Python's cyclic GC off while timed (then the best of up to 7 runs
     while they add up to less than half the budget); a row that stops short (or whose batch is predicted past 10x the
     budget) is scaled linearly from its last slice (``~``).
@@ -120,7 +120,8 @@ def time_row(row, net, x, quantity, v, budget):
             return time.perf_counter() - start, chosen
 
     gc.collect()
-    timed(min(n, 64))  # warm-up: trace, footprint, and auto's timing of close candidates (>= 32 samples)
+    # warm-up: trace and footprint (4 samples), and auto's one-time timing of close candidates (>= 32)
+    timed(min(n, 64 if row == "auto" else 4))
     size = min(n, 4)
     while True:
         seconds, chosen = timed(size)

@@ -30,7 +30,7 @@ from pipeline.quantities import max_order
 from .strategies import TORCH_FUNC_METHODS
 from .taylor import taylor_cost
 
-CLOSE = 2.0  # cost ratios below this are too close for the model: measure
+CLOSE = 2.5  # cost ratios below this are too close for the model: measure (2.0 missed first-order forward, priced at exactly 2x Taylor and measured 0.6-2.3x)
 TAYLOR_MAX_COEFFICIENTS = 20_000  # beyond this the coefficient axis itself is the problem
 TAYLOR_OVERHEAD = 1.5  # products and Faa di Bruno on top of the linear work
 
