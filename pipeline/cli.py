@@ -34,6 +34,11 @@ def _is_remote(path: str) -> bool:
     return is_remote(path)
 
 
+def _store_location(store: str) -> str:
+    """A store argument as a job file names it: a URL as given, a local path made absolute."""
+    return store if _is_remote(store) else str(Path(store).absolute())
+
+
 def _unit(spec) -> str:
     """What one row of the job is called: a sweep runs cases, a derivative job samples."""
     from .kinds import kind_of
@@ -618,9 +623,7 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
                 )
             spec = validate_spec(stored, f"{store} (its recorded spec)")
             spec = spec.model_copy(
-                update={
-                    "store": spec.store.model_copy(update={"path": str(Path(store).absolute()), "overwrite": False})
-                }
+                update={"store": spec.store.model_copy(update={"path": _store_location(store), "overwrite": False})}
             )
             with store_lock(store):
                 report = _verify_with_progress(store, threads, quiet or as_json)

@@ -41,6 +41,7 @@ from .store import (
     create_store,
     discard_store,
     finalize_store,
+    has_plan,
     is_pipeline_store,
     read_attributes,
     read_manifest,
@@ -251,14 +252,18 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
     path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
-    if is_pipeline_store(path) and not replace_it:
+    # a bucket store without its plan and with no shard committed: its driver was killed while making it
+    half_made = (
+        _remote(path) and is_pipeline_store(path) and not has_plan(path) and next(committed_ids(path), None) is None
+    )
+    if is_pipeline_store(path) and not replace_it and not half_made:
         return _resume(spec, path, accept_changed_code=accept_changed_code)
-    replaced = is_pipeline_store(path)
+    replaced = is_pipeline_store(path) and not half_made
     create_store(
         path,
         prepared.plan,
         store_attributes(prepared),
-        overwrite=replace_it,
+        overwrite=replace_it or half_made,
         compression=spec.store.compression,
         initial_arrays=prepared.initial_arrays,
         tables=prepared.tables,
@@ -266,6 +271,8 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
         store_settings=spec.store.model_dump(mode="json"),
     )
     notes = []
+    if half_made:
+        notes.append(f"made the store at {path} anew: an earlier driver was stopped while creating it (no results)")
     if replaced:
         why = "--overwrite" if overwrite else "store.overwrite: true in the job file"
         note = f"replaced the existing store at {path} ({why}): every shard is computed again"

@@ -72,7 +72,7 @@ def inspect_store(path: str, console: Console) -> None:
 def inspect_shard(path: str, shard_id: int, console: Console) -> None:
     """Print one shard: range, status, attempts, and every recorded failed attempt with its full traceback."""
     from .live import read_attempt_errors
-    from .store import StoreError, attempt_count, read_markers, read_plan
+    from .store import StoreError, attempt_count, read_marker, read_plan
 
     read_attributes(path)  # a pipeline store, or a StoreError saying what it is
     shards = {s.id: s for s in read_plan(path)}
@@ -84,7 +84,7 @@ def inspect_shard(path: str, shard_id: int, console: Console) -> None:
     if manifest is not None:
         data = manifest.to_pylist()
         row = next((r for r in data if r["shard_id"] == shard_id), None)
-    marker = read_markers(path).get(shard_id)
+    marker = read_marker(path, shard_id)  # one file (one GET), not every shard's marker
     status = "done" if marker else (row["status"] if row else "pending")
     console.print(
         f"[bold]shard {shard_id}[/bold] [{shard.start}, {shard.stop}) of {path}: {status}, "
@@ -262,6 +262,30 @@ def print_status(status: dict, console: Console, ids_shown: int = 10) -> None:
     if status["failed_shards"]:
         console.print(f"their errors: pipeline inspect {status['path']}")
     if state == "stale" and driver.get("command"):
-        console.print(f"resume: cd {driver.get('cwd', '.')} && {driver['command']}")
+        console.print(f"resume: cd {driver.get('cwd', '.')} && {resume_command(driver)}")
     elif not status["complete"]:
         console.print("run the job again to finish them: committed shards are kept")
+
+
+def resume_command(driver: dict) -> str:
+    """The stale driver's command, to run again: without ``--overwrite`` once the store was replaced.
+
+    Run again as it was, an interrupted ``--overwrite`` would discard the
+    shards it had committed since it replaced the store; one interrupted
+    before the store was replaced (``replacing``) still has to replace it.
+
+    Example:
+        >>> resume_command({"command": "pipeline submit jobs/a.yaml --overwrite --local", "replacing": False})
+        'pipeline submit jobs/a.yaml --local'
+    """
+    import shlex
+
+    command = driver["command"]
+    if driver.get("replacing"):
+        return command
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    kept = [w for w in words if w != "--overwrite"]
+    return command if kept == words else shlex.join(kept)

@@ -319,13 +319,21 @@ def write_bytes(url: str, data: bytes) -> None:
     retry(fs.pipe_file, path, data)
 
 
-def exists(url: str) -> bool:
+def _fresh(url: str):
+    """``(fs, path)`` with fsspec's listing cache for ``path`` dropped: s3fs answers ``exists`` and
+    ``isfile`` from an earlier listing of the folder, which another process (or a removal) made stale."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(url: str) -> bool:
+    fs, path = _fresh(url)
     return bool(retry(fs.exists, path))
 
 
 def isfile(url: str) -> bool:
-    fs, path = filesystem(url)
+    fs, path = _fresh(url)
     return bool(retry(fs.isfile, path))
 
 

@@ -376,8 +376,9 @@ def _create_remote(
     """``create_store`` on object storage: no rename there, so the objects are written in place.
 
     The root ``zarr.json`` is written first without ``complete``, everything
-    else after it; a failure here deletes what was written (only a pipeline
-    store is ever deleted). Commit markers make a shard's region count, not
+    else after it and ``plan.parquet`` last; a failure here deletes what was
+    written (only a pipeline store is ever deleted), and a store a killed
+    driver left without its plan is replaced by the next run (``has_plan``). Commit markers make a shard's region count, not
     the presence of its chunks, so a store made here holds no results until
     shards commit.
     """
@@ -401,9 +402,9 @@ def _create_remote(
             store_settings=store_settings,
         )
         consolidate_template(url)
-        _write_plan(url, plan)
         for file_name, table in (tables or {}).items():
             _write_table(url, file_name, table, table_row_group_size(plan))
+        _write_plan(url, plan)  # last: a store with its plan was made whole (``has_plan``)
     except BaseException:
         if is_pipeline_store(url):
             storage.remove_tree(url)
@@ -524,14 +525,34 @@ def _batches(items, size: int = BATCH_ROWS):
         yield batch
 
 
+def has_plan(path: str | Path) -> bool:
+    """Whether the store's creation finished: on object storage its plan is the last object written.
+
+    A driver killed while it made a bucket store leaves one without a plan
+    (and without results), which the next run replaces; a local store is
+    renamed into place whole.
+    """
+    if storage.is_remote(path):
+        return storage.isfile(storage.join(str(path), PLAN_FILE))
+    return (Path(path) / PLAN_FILE).is_file()
+
+
 def read_plan(path: str | Path):
     """The shards recorded in ``plan.parquet`` (a lazy ``plan.Shards`` when they are the regular split, locally)."""
     import pyarrow.parquet as pq
 
-    if storage.is_remote(path):
-        table = _read_table(path, PLAN_FILE).to_pydict()
-        return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
-    file = pq.ParquetFile(Path(path) / PLAN_FILE)
+    try:
+        if storage.is_remote(path):
+            table = _read_table(path, PLAN_FILE).to_pydict()
+            return [Shard(i, a, b) for i, a, b in zip(table["shard_id"], table["start"], table["stop"])]
+        file = pq.ParquetFile(Path(path) / PLAN_FILE)
+    except FileNotFoundError:
+        # on object storage a store is written in place, plan last: a driver killed while it made
+        # the store leaves one without a plan (a local store appears whole, by a rename, or not at all)
+        raise StoreError(
+            f"{path} has no {PLAN_FILE}: it was left half-made by a driver stopped while creating it, "
+            "and holds no results; run its job again (`pipeline submit JOB`), which makes it anew"
+        ) from None
     try:
         attrs = read_attributes(path)
         regular = Shards(int(attrs["n"]), int(attrs["shard_size"]))
@@ -962,10 +983,13 @@ def uncommit_shards(path: str | Path, shard_ids) -> None:
     zarr = _zarr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(storage.zarr_target(path), mode="r+", use_consolidated=False)
         group.attrs["complete"] = False
     for shard_id in ids:
-        (Path(path) / MARKERS / f"{shard_id}.json").unlink(missing_ok=True)
+        if storage.is_remote(path):
+            storage.remove(storage.join(str(path), MARKERS, f"{shard_id}.json"))
+        else:
+            (Path(path) / MARKERS / f"{shard_id}.json").unlink(missing_ok=True)
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
@@ -974,7 +998,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
 
     attrs = read_attributes(path)
     plan = read_plan(path)
-    markers = read_markers(path)
+    markers = set(committed_ids(path))  # names only: one listing, no marker read (one GET each in a bucket)
     manifest = read_manifest(path)
     failed = set()
     if manifest is not None:

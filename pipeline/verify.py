@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import storage
 from .store import Checksum, read_attributes, read_manifest, read_markers, uncommit_shards
 
 DEFAULT_THREADS = 4
@@ -93,7 +94,7 @@ def _open(path: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return zarr.open_group(str(path), mode="r", use_consolidated=False)
+        return zarr.open_group(storage.zarr_target(path), mode="r", use_consolidated=False)
 
 
 def _chunk_exists(array, index: int) -> bool:

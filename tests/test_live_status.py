@@ -213,3 +213,13 @@ def test_failed_attempts_are_one_line_each_and_inspect_shows_the_traceback(tmp_p
     assert 'user_fns.py", line' in shard.output and "in fails_in_ray_task" in shard.output
     bad = run("inspect", store, "--shard", 7)
     assert bad.exit_code == 2 and "--shard 7" in bad.output and "0 to 1" in bad.output
+
+
+def test_the_resume_hint_drops_overwrite_once_the_store_was_replaced():
+    """Run again as it was, an interrupted --overwrite would discard the shards it had committed since."""
+    from pipeline.report import resume_command
+
+    command = "pipeline submit 'my job.yaml' --overwrite --executor inline"
+    assert resume_command({"command": command, "replacing": False}) == "pipeline submit 'my job.yaml' --executor inline"
+    assert resume_command({"command": command, "replacing": True}) == command  # the old store is still there
+    assert resume_command({"command": "pipeline submit j.yaml --local"}) == "pipeline submit j.yaml --local"

@@ -321,3 +321,43 @@ def test_transient_errors_are_retried_with_backoff_and_others_are_not(monkeypatc
     with pytest.raises(FileNotFoundError):
         storage.retry(flaky, 9, FileNotFoundError("no such key"), attempts=5)
     assert len(calls) == 1  # not transient: raised at once
+
+
+def test_verify_finds_a_damaged_bucket_chunk_and_repair_recomputes_it(s3_server, local_quickstart):
+    """`pipeline verify` and `verify --repair` on an s3:// store: the same as on local disk (test_verify.py)."""
+    url = s3_server.url("verify.zarr")
+    made = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
+    assert made.exit_code == 0, made.output
+    clean = cli("verify", url, "--json")
+    assert clean.exit_code == 0 and json.loads(clean.output)["damaged_shards"] == [], clean.output
+    chunk = sorted(name for name in objects(url) if name.startswith("hessian/c/"))[3]
+    storage.write_bytes(f"{url}/{chunk}", b"not a chunk")  # one flipped object in the bucket
+    damaged = cli("verify", url, "--json")
+    assert damaged.exit_code == 1, damaged.output
+    report = json.loads(damaged.output)
+    assert len(report["damaged_shards"]) == 1 and report["problems"][0]["array"] == "hessian", report
+    assert read_attributes(url)["complete"] is True  # verify alone changes nothing
+    repaired = cli("verify", url, "--repair", "--executor", "inline", "-q")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"un-committed shards {report['damaged_shards'][0]}" in repaired.output
+    assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))
+    assert cli("verify", url).exit_code == 0
+    assert not storage.exists(url + ".lease") and not Path(url).exists() and not Path("s3:").exists()
+
+
+def test_a_bucket_store_left_without_its_plan_is_made_anew_by_the_next_run(s3_server, local_quickstart):
+    """A driver killed while it creates a bucket store leaves no plan.parquet (written last) and no commit."""
+    url = s3_server.url("half.zarr")
+    args = ("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}", *SMALL)
+    assert cli(*args, "-q").exit_code == 0
+    for name in objects(url):
+        if name.startswith("_shards/") or name.endswith(".parquet"):
+            storage.remove(f"{url}/{name}")
+    status = cli("status", url)
+    assert status.exit_code == 2, status.output
+    assert "plan.parquet" in status.output and "pipeline submit JOB" in status.output, status.output
+    assert "Traceback" not in status.output
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert f"made the store at {url} anew" in again.output, again.output
+    assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -95,15 +96,25 @@ def _out_size(fn: Callable, x: torch.Tensor, traced) -> int:
 
 
 def _timed(compute: Callable, x: torch.Tensor) -> tuple[float, dict]:
-    """Seconds for ``compute(x)`` after a one-sample warm-up (first-call costs are not the method's)."""
+    """Seconds for ``compute(x)`` after a one-sample warm-up (first-call costs are not the method's).
+
+    Python's cyclic GC is off meanwhile: with torch loaded a full collection takes
+    70-130 ms on a small CPU, and one landing in a candidate's timing decided the choice.
+    """
     compute(x[:1])
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
-    outputs = compute(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start, outputs
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        outputs = compute(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter() - start, outputs
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def compute_derivatives(
@@ -225,7 +236,19 @@ def _run(
 ) -> DerivativeResult:
     n = x.shape[0]
     first = min(n, fixed_chunk if fixed_chunk is not None else PROBE_SAMPLES)
-    choice_key = (tuple(x.shape[1:]), x.dtype, str(x.device), quantities, plan.method, plan.time_against, compile)
+    # a choice timed on a small batch holds for small batches only: per-call costs weigh more there
+    # (the shape grid's 10-input Hessian: Taylor faster on 64 samples, forward-over-reverse 2x on 4,096)
+    small = first < PROBE_SAMPLES
+    choice_key = (
+        tuple(x.shape[1:]),
+        x.dtype,
+        str(x.device),
+        quantities,
+        plan.method,
+        plan.time_against,
+        compile,
+        small,
+    )
     chosen = chunking.CHOICES.get(fn, choice_key) if plan.time_against else None
     if chosen is not None:  # an earlier call of this function and shape timed the candidates
         plan = MethodPlan(chosen)
