@@ -158,3 +158,23 @@ def test_a_torch_func_method_measures_its_footprint_once_per_function(monkeypatc
         assert result.peak_memory_bytes > 0
     compute_derivatives(net, x, ("hessian",), method="reverse")  # another method: measured anew
     assert calls == [chunking.FOOTPRINT_SAMPLES] * 2
+
+
+def test_a_torch_func_method_whose_one_sample_tensors_cannot_fit_stops_before_running(monkeypatch):
+    """On CPU running out of memory is the kernel's kill: a Hessian that cannot fit is refused up front."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(50, 16), torch.nn.Tanh(), torch.nn.Linear(16, 100))  # 100 x 50^2
+    x = torch.randn(8, 50)
+    reference = compute_derivatives(net.double(), x.double(), ("hessian",), method="reverse").outputs["hessian"]
+    net.float()
+    calls = []
+    net.register_forward_hook(lambda *args: calls.append(1))
+    hessian_bytes = 100 * 50 * 50 * 4  # 1 MB for one sample
+    monkeypatch.setattr(chunking, "available_bytes", lambda device: 2 * hessian_bytes)  # less than 3x
+    with pytest.raises(torch.OutOfMemoryError, match=r"order-2 derivatives are 1\.0 MB .*method='auto'"):
+        compute_derivatives(net, x, ("laplacian",), method="forward")
+    assert len(calls) == 1  # only the one-sample call that finds the output size; nothing was differentiated
+    monkeypatch.setattr(chunking, "available_bytes", lambda device: 4 * hessian_bytes)  # fits: one sample measured
+    result = compute_derivatives(net, x, ("laplacian",), method="forward")
+    torch.testing.assert_close(result.outputs["laplacian"].double(), reference.diagonal(dim1=-2, dim2=-1).sum(-1),
+                               atol=1e-5, rtol=1e-4)

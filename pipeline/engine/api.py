@@ -205,7 +205,7 @@ def compute_derivatives(
     if plan.method != "taylor" and reason is None:
         reason = f"the cost model prefers {plan.method} for d={in_size}, order {max_order(quantities)}"
     try:
-        return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile)
+        return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile, out_size)
     except Exception as error:
         if traced is None or plan.method not in ("taylor", "collapsed") or chunking.is_out_of_memory(error):
             raise
@@ -228,11 +228,13 @@ def compute_derivatives(
         else:
             reason = f"the Taylor engine failed on this function ({type(error).__name__}: {error})"
         fallback = best_torch_func(quantities, in_size, out_size)
-        return _run(fn, x, quantities, MethodPlan(fallback), None, fixed_chunk, memory_limit_bytes, reason)
+        return _run(
+            fn, x, quantities, MethodPlan(fallback), None, fixed_chunk, memory_limit_bytes, reason, out_size=out_size
+        )
 
 
 def _run(
-    fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, reason, compile=False
+    fn, x, quantities, plan: MethodPlan, traced, fixed_chunk, limit_bytes, reason, compile=False, out_size=None
 ) -> DerivativeResult:
     n = x.shape[0]
     first = min(n, fixed_chunk if fixed_chunk is not None else PROBE_SAMPLES)
@@ -298,7 +300,7 @@ def _run(
         outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}
         return DerivativeResult(outputs, method, min(run.chunk_size, n), per_sample * min(run.chunk_size, n), None)
     elif method in TORCH_FUNC_METHODS and x.device.type == "cpu" and limit_bytes is None:
-        return _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason)
+        return _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason, out_size)
     else:
         try:
             probe = chunking.measure(compute, x[:first], limit_bytes, method in ("taylor", "collapsed") and not compile)
@@ -334,7 +336,7 @@ def _run(
     )
 
 
-def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason) -> DerivativeResult:
+def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason, out_size=None) -> DerivativeResult:
     """A torch.func method on CPU without a cap: its footprint measured once per function and shape.
 
     The only CPU measurement that works under nested forward-mode transforms is the
@@ -346,7 +348,19 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason)
     per_sample = chunking.FOOTPRINTS.get(fn, key)
     done, start = [], 0
     if per_sample is None:
-        sample = x[: min(n, chunking.FOOTPRINT_SAMPLES)]
+        # the full derivative tensors of one sample (a Laplacian's Hessian too), and their temporaries,
+        # must fit before anything runs: on CPU running out of memory is the kernel's kill, not an error
+        order = max_order(quantities)
+        outputs_per_sample = out_size if out_size is not None else _out_size(fn, x, None)
+        tensor_bytes = outputs_per_sample * math.prod(x.shape[1:]) ** order * x.element_size()
+        free = chunking.available_bytes(x.device)
+        if 3 * tensor_bytes > free:
+            raise torch.OutOfMemoryError(
+                f"method={method!r}: one sample's order-{order} derivatives are {tensor_bytes / 1e6:,.1f} MB "
+                f"(outputs x inputs^{order}), more than a third of the {free / 1e6:,.0f} MB free; ask for fewer "
+                "quantities, or use method='auto' (a Laplacian in collapsed Taylor mode never forms the Hessian)"
+            )
+        sample = x[: max(1, min(n, chunking.FOOTPRINT_SAMPLES, int(free // (3 * tensor_bytes))))]
         measured = chunking.measure(compute, sample, None, tracker=False)
         done, start = [measured.outputs], sample.shape[0]
         per_sample = chunking.per_sample_bytes(measured.peak_bytes, start)
