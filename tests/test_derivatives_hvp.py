@@ -22,7 +22,7 @@ def _reference(fn, x, vectors):
 
 
 @pytest.mark.parametrize("method", ["reverse", "taylor", "auto"])
-@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024, "auto"])
 def test_hvp_matches_hessian_times_vectors(method, chunk_size):
     net = _net()
     x = torch.randn(7, 3, dtype=D)

@@ -95,7 +95,29 @@ def _reverse_chunk(fn, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return stacked.reshape((batch, k) + out_shape + tuple(x.shape[1:]))
 
 
-def hvp(fn, x, vectors, *, method="auto", chunk_size=1024):
+HVP_MAX_CHUNK = 1024  # samples per chunk at most with chunk_size="auto"
+
+
+def _measured_chunk(one_chunk, x, vectors, pieces: list) -> tuple[int, int]:
+    """``(chunk, start)`` for ``chunk_size="auto"``: one sample computed (kept in ``pieces``) and measured.
+
+    The reverse path's batched double backward grows with the square of the
+    output count (a 1,000-output, 784-input MLP: a fixed chunk of 1,024 samples
+    exhausted 24 GB), so chunks are sized from one sample's measured peak.
+    """
+    from . import chunking
+
+    if x.shape[0] == 0:
+        return HVP_MAX_CHUNK, 0
+    measured = chunking.measure(lambda xc: {"hvp": one_chunk(xc, vectors[:1])}, x[:1], None, tracker=False)
+    pieces.append(measured.outputs["hvp"])
+    if measured.peak_bytes is None:
+        return HVP_MAX_CHUNK, 1
+    free = chunking.available_bytes(x.device)
+    return max(1, min(HVP_MAX_CHUNK, int(free // (2 * max(measured.peak_bytes, 1))))), 1
+
+
+def hvp(fn, x, vectors, *, method="auto", chunk_size="auto"):
     """Hessian-vector products ``H(x_n) v`` for every sample and vector.
 
     Args:
@@ -104,7 +126,8 @@ def hvp(fn, x, vectors, *, method="auto", chunk_size=1024):
         vectors: ``[N, k, *in]`` (per sample) or ``[k, *in]`` (the same k vectors for all samples).
         method: ``"auto"``, ``"reverse"`` (the gradient graph once, one backward pass through it
             per vector) or ``"taylor"`` (the Hessian by Taylor mode, then k contractions).
-        chunk_size: samples per chunk.
+        chunk_size: samples per chunk, or ``"auto"``: sized from one sample's measured
+            memory (at most 1,024).
 
     Returns:
         ``[N, k, *out, *in]``: entry ``[n, j, o..., i...]`` is ``sum_m H[n, o, i, m] v[n, j, m]``.
@@ -116,27 +139,34 @@ def hvp(fn, x, vectors, *, method="auto", chunk_size=1024):
     """
     if method not in HVP_METHODS:
         raise ValueError(f"unknown hvp method {method!r}; choose from {', '.join(HVP_METHODS)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    auto_size = chunk_size == "auto"
+    if not auto_size and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
     vectors = _broadcast_vectors(x, vectors).to(dtype=x.dtype, device=x.device)
     n, k = x.shape[0], vectors.shape[1]
     in_shape = tuple(x.shape[1:])
     in_size = math.prod(in_shape)
     if method == "auto":
         method = _choose(fn, x, k) if n else "reverse"
-    pieces = []
-    for start in range(0, n, chunk_size):
-        xc, vc = x[start : start + chunk_size], vectors[start : start + chunk_size]
-        if method == "taylor":
-            hessian = compute_derivatives(fn, xc, ("hessian",), method="taylor", chunk_size=xc.shape[0])
-            h = hessian.outputs["hessian"]
-            out_shape = tuple(h.shape[1 : h.ndim - 2 * len(in_shape)])
-            flat_h = h.reshape((xc.shape[0], -1, in_size, in_size))
-            flat_v = vc.reshape(xc.shape[0], k, in_size)
-            product = torch.einsum("noim,nkm->knoi", flat_h, flat_v).permute(1, 0, 2, 3)
-            pieces.append(product.reshape((xc.shape[0], k) + out_shape + in_shape))
-        else:
-            pieces.append(_reverse_chunk(fn, xc, vc))
+
+    def one_chunk(xc, vc):
+        if method == "reverse":
+            return _reverse_chunk(fn, xc, vc)
+        hessian = compute_derivatives(
+            fn, xc, ("hessian",), method="taylor", chunk_size="auto" if auto_size else len(xc)
+        )
+        h = hessian.outputs["hessian"]
+        out_shape = tuple(h.shape[1 : h.ndim - 2 * len(in_shape)])
+        flat_h = h.reshape((xc.shape[0], -1, in_size, in_size))
+        flat_v = vc.reshape(xc.shape[0], k, in_size)
+        product = torch.einsum("noim,nkm->knoi", flat_h, flat_v).permute(1, 0, 2, 3)
+        return product.reshape((xc.shape[0], k) + out_shape + in_shape)
+
+    pieces, first = [], 0
+    if auto_size:
+        chunk_size, first = _measured_chunk(one_chunk, x, vectors, pieces)
+    for start in range(first, n, chunk_size):
+        pieces.append(one_chunk(x[start : start + chunk_size], vectors[start : start + chunk_size]))
     if not pieces:
         raise ValueError("hvp needs at least one sample")
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
