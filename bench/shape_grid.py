@@ -11,7 +11,7 @@ under --max-numbers numbers, at most --n), timed in one run:
 * the plain torch.func call each torch.func method stands for:
   ``vmap(jacfwd^k)``, ``vmap(jacrev)`` / ``vmap(hessian)`` (``jacfwd`` over
   ``jacrev`` above order 1), ``vmap(jacfwd^(k-1)(jacrev))``; for ``hvp``
-  ``vmap(jvp(jacrev))``.
+  ``vmap(vmap(jvp(jacrev)))`` over samples and vectors.
 
 Targets (issue 12): auto / best forced <= 1.2 in every cell; every forced
 torch.func method <= 1.5x its torch.func counterpart. Each row runs on slices
@@ -70,7 +70,7 @@ def torch_func_call(net, x, quantity: str, method: str, v=None):
     """The plain torch.func call a forced ``method`` stands for."""
     order = QUANTITY_ORDER[quantity]
     if quantity == "hvp":
-        return vmap(lambda xi, vi: jvp(jacrev(net), (xi,), (vi,))[1])(x, v)
+        return vmap(lambda xi, vs: vmap(lambda vj: jvp(jacrev(net), (xi,), (vj,))[1])(vs))(x, v)
     if method == "forward":
         f = net
         for _ in range(order):
