@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -250,7 +251,10 @@ def apply(spec, prepared):
 def encodings(group) -> dict[str, dict[str, Any]]:
     """The encodings of a store's arrays (read once per worker)."""
     found = {}
-    for name in list(group.array_keys()):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers while it lists
+        names = list(group.array_keys())
+    for name in names:
         enc = group[name].attrs.get(ATTRIBUTE)
         if enc:
             found[name] = enc

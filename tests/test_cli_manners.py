@@ -65,3 +65,13 @@ def test_quiet_silences_rays_own_logging(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("complete: ")
     assert "INFO" not in done.stderr and "Token" not in done.stderr and "shards" not in done.stderr, done.stderr
+
+
+def test_quiet_inline_run_prints_no_warnings(tmp_path):
+    """`-q` in one process: nothing on stderr (zarr's listing warnings about our Parquet files and markers neither)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(ROOT / "jobs/quickstart.yaml"), "--executor", "inline",
+         "-q", *SMALL], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("complete: ")
+    assert "Warning" not in done.stderr, done.stderr
