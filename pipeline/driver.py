@@ -252,13 +252,12 @@ def open_store(prepared: Prepared, *, overwrite: bool = False, accept_changed_co
     path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
+    existing = is_pipeline_store(path)
     # a bucket store without its plan and with no shard committed: its driver was killed while making it
-    half_made = (
-        _remote(path) and is_pipeline_store(path) and not has_plan(path) and next(committed_ids(path), None) is None
-    )
-    if is_pipeline_store(path) and not replace_it and not half_made:
+    half_made = existing and _remote(path) and not has_plan(path) and next(committed_ids(path), None) is None
+    if existing and not replace_it and not half_made:
         return _resume(spec, path, accept_changed_code=accept_changed_code)
-    replaced = is_pipeline_store(path) and not half_made
+    replaced = existing and not half_made
     create_store(
         path,
         prepared.plan,

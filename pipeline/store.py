@@ -378,9 +378,9 @@ def _create_remote(
     The root ``zarr.json`` is written first without ``complete``, everything
     else after it and ``plan.parquet`` last; a failure here deletes what was
     written (only a pipeline store is ever deleted), and a store a killed
-    driver left without its plan is replaced by the next run (``has_plan``). Commit markers make a shard's region count, not
-    the presence of its chunks, so a store made here holds no results until
-    shards commit.
+    driver left without its plan is replaced by the next run (``has_plan``).
+    Commit markers make a shard's region count, not the presence of its
+    chunks, so a store made here holds no results until shards commit.
     """
     refuse_foreign_path(url)
     if store_exists(url) and not overwrite:
@@ -550,8 +550,9 @@ def read_plan(path: str | Path):
         # on object storage a store is written in place, plan last: a driver killed while it made
         # the store leaves one without a plan (a local store appears whole, by a rename, or not at all)
         raise StoreError(
-            f"{path} has no {PLAN_FILE}: it was left half-made by a driver stopped while creating it, "
-            "and holds no results; run its job again (`pipeline submit JOB`), which makes it anew"
+            f"{path} has no {PLAN_FILE}: a driver was stopped while creating it, or the file was removed; "
+            "run its job again (`pipeline submit JOB`), which makes a bucket store without commits anew, "
+            "or pass --overwrite to replace the store"
         ) from None
     try:
         attrs = read_attributes(path)

@@ -368,9 +368,8 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason,
     """
     n = x.shape[0]
     key = (tuple(x.shape[1:]), x.dtype, method, quantities)
-    per_sample = chunking.FOOTPRINTS.get(fn, key)
-    done, start = [], 0
-    if per_sample is None:
+    sample = x[: min(n, chunking.FOOTPRINT_SAMPLES)]
+    if chunking.FOOTPRINTS.get(fn, key) is None:
         # the full derivative tensors of one sample (a Laplacian's Hessian too), and their temporaries,
         # must fit before anything runs: on CPU running out of memory is the kernel's kill, not an error
         order = max_order(quantities)
@@ -383,11 +382,9 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason,
                 f"(outputs x inputs^{order}), more than a third of the {free / 1e6:,.0f} MB free; ask for fewer "
                 "quantities, or use method='auto' (a Laplacian in collapsed Taylor mode never forms the Hessian)"
             )
-        sample = x[: max(1, min(n, chunking.FOOTPRINT_SAMPLES, int(free // (3 * tensor_bytes))))]
-        measured = chunking.measure(compute, sample, None, tracker=False)
-        done, start = [measured.outputs], sample.shape[0]
-        per_sample = chunking.per_sample_bytes(measured.peak_bytes, start)
-        chunking.FOOTPRINTS.put(fn, key, per_sample)
+        sample = sample[: max(1, int(free // (3 * tensor_bytes)))]
+    per_sample, measured = chunking.remembered_footprint(fn, key, compute, sample)
+    done, start = ([], 0) if measured is None else ([measured], sample.shape[0])
     chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None, cache_cap=False)
     run = chunking.run_chunks(compute, x, chunk, start=start, done=done)
     outputs = {name: run.outputs[name].to(dtype=x.dtype, device=x.device) for name in quantities}

@@ -107,13 +107,10 @@ def _measured_chunk(fn, one_chunk, x, vectors, pieces: list, method: str) -> tup
     if n == 0:
         return HVP_MAX_CHUNK, 0
     key = (tuple(x.shape[1:]), x.dtype, "hvp-" + method, vectors.shape[1])
-    per_sample = chunking.FOOTPRINTS.get(fn, key)
-    start = 0
-    if per_sample is None:
-        measured = chunking.measure(lambda xc: {"hvp": one_chunk(xc, vectors[:1])}, x[:1], None, tracker=False)
-        pieces.append(measured.outputs["hvp"])
-        per_sample, start = max(measured.peak_bytes or 1, 1), 1
-        chunking.FOOTPRINTS.put(fn, key, per_sample)
+    per_sample, measured = chunking.remembered_footprint(fn, key, lambda xc: {"hvp": one_chunk(xc, vectors[:1])}, x[:1])
+    start = 0 if measured is None else 1
+    if measured is not None:
+        pieces.append(measured["hvp"])
     free = chunking.available_bytes(x.device)
     return max(1, min(HVP_MAX_CHUNK, n, int(free // (2 * per_sample)))), start
 
@@ -125,8 +122,9 @@ def hvp(fn, x, vectors, *, method="auto", chunk_size="auto"):
         fn: maps ONE sample ``[*in]`` to ``[*out]``.
         x: samples ``[N, *in]``.
         vectors: ``[N, k, *in]`` (per sample) or ``[k, *in]`` (the same k vectors for all samples).
-        method: ``"auto"``, ``"reverse"`` (the gradient graph once, one backward pass through it
-            per vector) or ``"taylor"`` (the Hessian by Taylor mode, then k contractions).
+        method: ``"auto"``, ``"reverse"`` (``jvp(jacrev)`` mapped over the vectors: the gradient
+            once per sample, a tangent per vector) or ``"taylor"`` (the Hessian by Taylor mode,
+            then k contractions).
         chunk_size: samples per chunk, or ``"auto"``: sized from one sample's measured
             memory (measured once per function and shape).
 
