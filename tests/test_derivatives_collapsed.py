@@ -223,3 +223,88 @@ def test_wide_rows_take_the_row_loop_and_match_the_hessian(groups):
     forced = compute_derivatives(net, x, ("laplacian_estimate",), options=options, method="forward").outputs
     for name in ("laplacian_estimate", "laplacian_estimate_stderr"):
         torch.testing.assert_close(got[name], forced[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", ["none", "constant", "function"])
+def test_shared_directions_are_the_same_for_every_sample_chunk_and_method(factor):
+    """``directions="shared"``: one set of directions for all samples, from the seed alone."""
+    from pipeline.engine.operators import random_directions
+
+    d = 5
+    fn = mlp(d, 2, seed=3)
+    x = torch.randn(11, d, dtype=F64)
+    s = torch.randn(d, 3, dtype=F64)
+    weights = {"none": None, "constant": s, "function": lambda z: s * (1 + z[:, None] ** 2)}[factor]
+    name = "laplacian_estimate" if factor == "none" else "weighted_laplacian_estimate"
+    options = OperatorOptions(factor=weights, samples=8, seed=7, directions="shared")
+    whole = compute_derivatives(fn, x, (name,), options=options, chunk_size="auto")
+    assert whole.method == "collapsed"
+    got = whole.outputs
+    # the Hessian contracted with the same directions for every sample: an independent float64 reference
+    z = random_directions(1, 0, d if factor == "none" else 3, options, F64, "cpu")
+    assert z.shape == (8, d if factor == "none" else 3)
+    assert torch.equal(z, random_directions(4, 900, z.shape[1], options, F64, "cpu"))  # no sample index in it
+    h = hessians(fn, x)  # [N, out, d, d]
+    if factor == "none":
+        v = z.expand(x.shape[0], 8, d)
+    elif factor == "constant":
+        v = torch.einsum("dk,rk->rd", s, z).expand(x.shape[0], 8, d)
+    else:
+        v = torch.einsum("bdk,rk->brd", torch.vmap(weights)(x), z)
+    quad = torch.einsum("brd,bode,bre->bro", v, h, v)  # z_r^T H z_r per sample, output, direction
+    torch.testing.assert_close(got[name], quad.mean(1), rtol=1e-10, atol=1e-12)
+    means = quad.reshape(x.shape[0], 8, 1, 2).mean(2)  # 8 groups of one direction each
+    torch.testing.assert_close(got[name + "_stderr"], means.std(1) / math.sqrt(8), rtol=1e-10, atol=1e-12)
+    for chunk in (1, 3, 4):
+        other = compute_derivatives(fn, x, (name,), options=options, chunk_size=chunk).outputs
+        torch.testing.assert_close(other[name], got[name], rtol=1e-13, atol=1e-14)
+    tail = compute_derivatives(fn, x[4:], (name,), options=options, offset=4).outputs
+    torch.testing.assert_close(tail[name], got[name][4:], rtol=1e-13, atol=1e-14)
+    forced = compute_derivatives(fn, x, (name,), options=options, method="forward").outputs
+    torch.testing.assert_close(forced[name], got[name], rtol=1e-10, atol=1e-12)
+    # per-sample directions are other directions
+    per_sample = OperatorOptions(factor=weights, samples=8, seed=7)
+    assert not torch.allclose(compute_derivatives(fn, x, (name,), options=per_sample).outputs[name], got[name])
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_shared_estimates_are_unbiased_over_seeds(distribution):
+    d, seeds = 17, 200
+    fn = mlp(d, 1, seed=4)
+    x = torch.randn(2, d, dtype=F64)
+    exact = hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1)
+    est, stderr = [], []
+    for seed in range(seeds):  # the directions come from the seed alone: one call per seed
+        options = OperatorOptions(samples=16, seed=seed, distribution=distribution, directions="shared")
+        out = compute_derivatives(fn, x, ("laplacian_estimate",), options=options).outputs
+        est.append(out["laplacian_estimate"])
+        stderr.append(out["laplacian_estimate_stderr"])
+    est, stderr = torch.stack(est), torch.stack(stderr)
+    assert (est.mean(0) - exact).abs().max() < 4 * (est.std(0) / math.sqrt(seeds)).min()
+    ratio = stderr.pow(2).mean(0).sqrt() / est.std(0)
+    assert ((ratio > 0.7) & (ratio < 1.4)).all(), ratio
+
+
+def test_a_job_asks_for_shared_directions_and_the_default_keeps_its_hash(tmp_path):
+    from pipeline.spec import SpecError
+
+    plain = _job(tmp_path, "a.zarr")
+    assert plain.derivatives.directions == "per_sample"
+    assert _job(tmp_path, "a.zarr", directions="per_sample").spec_hash() == plain.spec_hash()
+    shared = _job(tmp_path, "s.zarr", directions="shared")
+    assert shared.spec_hash() != plain.spec_hash()
+    assert shared.derivatives.operator_options().directions == "shared"
+    submit(shared, InlineExecutor())
+    a = open_results(shared.store.path)
+    # every sample's estimate uses the same directions: identical inputs give identical estimates
+    fn_x = torch.as_tensor(a.inputs.values)
+    from pipeline.models import build_function
+
+    fn = build_function(shared.function, F64)
+    again = compute_derivatives(fn, fn_x[:1].repeat(3, 1), ("laplacian_estimate",),
+                                options=shared.derivatives.operator_options(), offset=17).outputs
+    np.testing.assert_allclose(again["laplacian_estimate"].numpy(), np.repeat(a["laplacian_estimate"].values[:1], 3, 0),
+                               rtol=1e-12, atol=1e-13)
+    with pytest.raises(SpecError, match="derivatives.directions"):
+        _job(tmp_path, "bad.zarr", directions="each")
+    assert not (tmp_path / "bad.zarr").exists()
