@@ -20,6 +20,9 @@ does not reach the whole batch is scaled linearly from its last slice (marked
 ``~``; the per-call constant makes that an overestimate). A pair past its
 target is timed once more, both sides, and each keeps its best. Cells whose result
 for 4 samples would be more than --max-numbers numbers are skipped and listed.
+A single call that runs past --call-cap seconds is stopped (an interval timer
+raises between the ops of the traced pass): the row is marked ``>`` with the
+lower bound it implies for the whole batch, and its pairs are not counted.
 
 Usage:
   .venv/bin/python bench/shape_grid.py            # the whole grid (about 15-25 min on 2 CPU cores)
@@ -33,6 +36,7 @@ import argparse
 import gc
 import math
 import os
+import signal
 import sys
 import time
 
@@ -41,7 +45,7 @@ from torch.func import jacfwd, jacrev, jvp, vmap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline.engine import compute_derivatives  # noqa: E402
+from pipeline.engine import chunking, compute_derivatives  # noqa: E402
 from pipeline.engine.hvp import hvp  # noqa: E402
 from timing import no_gc_pause  # noqa: E402  (bench/timing.py)
 
@@ -104,31 +108,57 @@ def run_row(row: str, net, x, quantity: str, v):
     return result.outputs[quantity], result.method
 
 
-def time_row(row, net, x, quantity, v, budget):
+class CallCap(BaseException):
+    """A timed call ran past ``--call-cap`` (a BaseException: the engine's ``except Exception`` fallbacks let it by)."""
+
+
+CALL_CAP = 60.0  # seconds; main() sets it from --call-cap
+
+
+def _stop(signum, frame):
+    raise CallCap
+
+
+def time_row(row, net, x, quantity, v, budget, max_size=None):
     """(seconds for all N, mark, chosen method).
 
     A warm-up (256 and 64 samples for auto, 4 for the others), then slices of 4, 16, 64... samples until one takes
     half the budget or the whole batch is reached, Python's cyclic GC off while timed (then the best of up to 7 runs
     while they add up to less than half the budget); a row that stops short (or whose batch is predicted past 10x the
-    budget) is scaled linearly from its last slice (``~``).
+    budget) is scaled linearly from its last slice (``~``). ``max_size`` caps the slice (what fits in memory).
     """
     n = x.shape[0]
+    largest = n if max_size is None else max(1, min(n, max_size))
 
     def timed(size):
         with no_gc_pause(collect=False):  # collected once per row, below: a full collection takes ~0.1 s
-            start = time.perf_counter()
-            _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
-            return time.perf_counter() - start, chosen
+            previous = signal.signal(signal.SIGALRM, _stop)
+            signal.setitimer(signal.ITIMER_REAL, CALL_CAP)
+            try:
+                start = time.perf_counter()
+                _, chosen = run_row(row, net, x[:size], quantity, None if v is None else v[:size])
+                return time.perf_counter() - start, chosen
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
 
     gc.collect()
     # warm-up: trace and footprint (4 samples), and auto's one-time timing of close candidates, on the
     # 256 samples a batch of that size or more is timed on (a smaller batch is timed on itself)
-    timed(min(n, 256 if row == "auto" else 4))
+    size = min(largest, 4)
+    try:
+        timed(min(largest, 256 if row == "auto" else 4))
+    except CallCap:
+        gc.collect()
+        return CALL_CAP * n / size, ">", None
     if row == "auto" and n > 64:
         timed(64)
-    size = min(n, 4)
     while True:
-        seconds, chosen = timed(size)
+        try:
+            seconds, chosen = timed(size)
+        except CallCap:
+            gc.collect()
+            return CALL_CAP * n / size, ">", None
         if size == n:
             spent, runs = seconds, 1
             while runs < 7 and spent < budget / 2:  # fast rows: the best of up to 7 runs
@@ -136,9 +166,9 @@ def time_row(row, net, x, quantity, v, budget):
                 seconds, spent, runs = min(seconds, again), spent + again, runs + 1
             return seconds, "", chosen
         predicted = seconds * n / size
-        if seconds > budget / 2 or (predicted > 10 * budget and seconds > budget / 20):
+        if seconds > budget / 2 or (predicted > 10 * budget and seconds > budget / 20) or size == largest:
             return predicted, "~", chosen
-        size = min(n, size * 4)
+        size = min(largest, size * 4)
 
 
 def result_numbers(quantity: str, d: int, m: int) -> int:
@@ -163,8 +193,12 @@ def cell(d, m, quantity, args):
         if (row in TORCH_FUNC or row.startswith("tf ")) and 4 * hessian_numbers > args.max_numbers:
             times[row], marks[row] = math.nan, "skipped: Hessian"
             continue
+        fits = plain_call_fits(net, row)
+        if fits is not None and fits < min(n, 4):
+            times[row], marks[row] = math.nan, "skipped: memory"
+            continue
         try:
-            seconds, mark, method = time_row(row, net, x, quantity, v, args.budget)
+            seconds, mark, method = time_row(row, net, x, quantity, v, args.budget, fits)
         except (RuntimeError, ValueError) as error:  # a method the engine refuses, or out of memory
             times[row], marks[row] = math.nan, f"error: {type(error).__name__}"
             sys.stderr.write(f"  D={d} M={m} {quantity} {row}: {str(error)[:120]}\n")
@@ -174,6 +208,20 @@ def cell(d, m, quantity, args):
             chosen = method or "?"
     recheck(times, marks, net, x, quantity, v, args.budget)
     return n, times, marks, chosen
+
+
+def plain_call_fits(net, row):
+    """Samples a plain torch.func row may take at once: the free memory over what the engine measured for one
+    sample of the same method (its rows run first), or None when nothing was measured. A plain vmapped call has
+    no chunking: on CPU a call past the free memory is the kernel's kill, not an error."""
+    if not row.startswith("tf "):
+        return None
+    method = {label: m for m, label in TORCH_FUNC.items()}[row]
+    measured = [b for key, b in chunking.FOOTPRINTS._by_fn.get(net, {}).items()
+                if len(key) > 2 and key[2] in (method, "hvp-reverse")]
+    if not measured:
+        return None
+    return int(chunking.available_bytes(torch.device("cpu")) // max(measured))
 
 
 def recheck(times, marks, net, x, quantity, v, budget):
@@ -216,7 +264,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4096, help="samples per cell at most (default 4096)")
     parser.add_argument("--max-numbers", type=int, default=4_000_000, help="result numbers per cell at most")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per row before it is scaled from a slice")
+    parser.add_argument("--call-cap", type=float, default=60.0, help="seconds one call may run before it is stopped")
     args = parser.parse_args()
+    global CALL_CAP
+    CALL_CAP = args.call_cap
     if args.quick:
         args.dims, args.outs, args.budget, args.n = "1,3,50", "1,150", 1.0, 256
     dims = [int(s) for s in args.dims.split(",")]
@@ -245,7 +296,9 @@ def main() -> None:
                 pairs = []
                 for method, label in TORCH_FUNC.items():
                     mine = "reverse" if quantity == "hvp" and label == "tf fwd-over-rev" else method
-                    if label in times and mine in times and not math.isnan(times[mine]) and times[label] > 0:
+                    capped = ">" in (marks.get(label), marks.get(mine))  # a lower bound: no ratio
+                    if label in times and mine in times and not math.isnan(times[mine]) and times[label] > 0 \
+                            and not capped:
                         r = times[mine] / times[label]
                         pairs.append(f"{mine} {r:.2f}")
                         worst_forced.append((r, f"{quantity} D={d} M={m} {mine}"))
@@ -265,7 +318,8 @@ def main() -> None:
     if skipped:
         print(f"- skipped (result over {args.max_numbers:,} numbers for 4 samples): {', '.join(skipped)}")
     print("- `~`: scaled linearly from the largest slice timed; `skipped: Hessian`: a torch.func Laplacian forms "
-          "the full Hessian, over --max-numbers numbers for 4 samples.")
+          "the full Hessian, over --max-numbers numbers for 4 samples; `>`: one call ran past --call-cap "
+          f"({CALL_CAP:.0f} s) and was stopped, the figure is the lower bound it gives for N samples.")
 
 
 if __name__ == "__main__":

@@ -377,12 +377,14 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason,
         tensor_bytes = outputs_per_sample * math.prod(x.shape[1:]) ** order * x.element_size()
         free = chunking.available_bytes(x.device)
         if 3 * tensor_bytes > free:
+            forced = reason is not None and reason.startswith("method=")
+            hint = "or use method='auto' " if forced else "fewer outputs or inputs, "
             raise torch.OutOfMemoryError(
-                f"method={method!r}: one sample's order-{order} derivatives are {tensor_bytes / 1e6:,.1f} MB "
-                f"(outputs x inputs^{order}), more than a third of the {free / 1e6:,.0f} MB free; ask for fewer "
-                "quantities, or use method='auto' (a Laplacian in collapsed Taylor mode never forms the Hessian)"
+                f"method={method!r}{'' if forced else ' (chosen by auto)'}: one sample's order-{order} derivatives "
+                f"are {tensor_bytes / 1e6:,.1f} MB (outputs x inputs^{order}), more than a third of the "
+                f"{free / 1e6:,.0f} MB free; ask for fewer quantities, {hint}"
+                "(a Laplacian in collapsed Taylor mode never forms the Hessian)"
             )
-        sample = sample[: max(1, int(free // (3 * tensor_bytes)))]
     per_sample, measured = chunking.remembered_footprint(fn, key, compute, sample)
     done, start = ([], 0) if measured is None else ([measured], sample.shape[0])
     chunk = fixed_chunk or chunking.auto_chunk(per_sample, n, x.device, None, cache_cap=False)
