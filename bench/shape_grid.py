@@ -18,7 +18,7 @@ torch.func method <= 1.5x its torch.func counterpart. Each row runs on slices
 of 4, 16, 64... samples until one takes half of --budget seconds: a row that
 does not reach the whole batch is scaled linearly from its last slice (marked
 ``~``; the per-call constant makes that an overestimate). A pair past its
-target is timed once more, both sides, and each keeps its best. Cells whose result
+target is timed again, both sides interleaved, and each keeps its best. Cells whose result
 for 4 samples would be more than --max-numbers numbers are skipped and listed.
 A single call that runs past --call-cap seconds is stopped (an interval timer
 raises between the ops of the traced pass): the row is marked ``>`` with the
@@ -225,28 +225,42 @@ def plain_call_fits(net, row):
 
 
 def recheck(times, marks, net, x, quantity, v, budget):
-    """Time both sides of a missed target again, side by side, and keep each side's best.
+    """Time both sides of a missed target again, interleaved, and keep each side's best.
 
-    On this VM single timings vary by up to 30% from run to run: a pair past its
-    target (auto vs the best forced method, a forced method vs its torch.func
-    call) gets one more timing of each side, so that a miss is a measured one.
-    Rows scaled from a slice (``~``) are left as they are.
+    On this VM single timings vary by up to 30% from run to run, and slowly
+    (a row timed a minute after another can run 1.2x slower as a whole): a pair
+    past its target (auto vs the best forced method, a forced method vs its
+    torch.func call) is timed again in alternation, both sides on the whole
+    batch, up to 5 rounds while the rounds take less than 4x --budget, so that a
+    miss is a measured one. Rows scaled from a slice (``~``) are left as they are.
     """
-    def again(row):
-        if marks.get(row) == "" and not math.isnan(times[row]):
-            times[row] = min(times[row], time_row(row, net, x, quantity, v, budget)[0])
+
+    def interleaved(a, b):
+        rows = [r for r in (a, b) if marks.get(r) == "" and not math.isnan(times[r])]
+        if len(rows) < 2:
+            return
+        spent = 0.0
+        for _ in range(5):
+            for row in rows:
+                gc.collect()
+                with no_gc_pause(collect=False):
+                    start = time.perf_counter()
+                    run_row(row, net, x, quantity, v)
+                    seconds = time.perf_counter() - start
+                times[row] = min(times[row], seconds)
+                spent += seconds
+            if spent > 4 * budget:
+                break
 
     forced = [r for r in times if r != "auto" and not r.startswith("tf ") and not math.isnan(times[r])]
     if forced and "auto" in times and not math.isnan(times["auto"]):
         best = min(forced, key=times.get)
         if times["auto"] > 1.2 * times[best]:
-            again("auto")
-            again(best)
+            interleaved("auto", best)
     for method, label in TORCH_FUNC.items():
         mine = "reverse" if quantity == "hvp" and label == "tf fwd-over-rev" else method
         if label in times and mine in times and not math.isnan(times[mine]) and times[mine] > 1.5 * times[label]:
-            again(mine)
-            again(label)
+            interleaved(mine, label)
 
 
 def fmt(seconds, mark):
