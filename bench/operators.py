@@ -12,7 +12,10 @@ Tables (Markdown, printed as they finish):
 2. Hutchinson estimate at D = --estimate-dim with 64 directions (per-sample and
    shared directions) vs the exact
    collapsed Laplacian (target: cost <= (64 + 2) / (D + 2) of it + a constant).
-3. Seed 001's HVP operator: conjugate gradient for H p = -g on its own problem
+3. The bi-Laplacian at D = 3, 10, 50 (tanh MLP D -> 64 -> 64 -> 1): ours
+   (the biharmonic index set) vs the full fourth order contracted, and the
+   Laplacian of the Laplacian by torch.func and JAX jit.
+4. Seed 001's HVP operator: conjugate gradient for H p = -g on its own problem
    (two 10,000-element tensors) and on per-sample Hessians, with the gradient
    graph built once vs recomputed for every product.
 
@@ -244,6 +247,72 @@ def estimate_table(d, n, samples, repeats):
           " with shared directions the samples' errors are correlated, so their mean scatters more.")
 
 
+def bilaplacian_table(dims, repeats):
+    """The bi-Laplacian of a tanh MLP D -> 64 -> 64 -> 1: ours (the biharmonic index set) against the full
+    fourth order contracted, torch.func's and JAX's Laplacian of the Laplacian (float32)."""
+    print("\n### Bi-Laplacian, tanh MLP D -> 64 -> 64 -> 1, float32\n")
+    print("| D | N | method | seconds | x ours | max rel diff vs ours |")
+    print("|---:|---:|---|---:|---:|---:|")
+    for d in dims:
+        n = {3: 4096, 10: 1024}.get(d, 64)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                                  torch.nn.Linear(64, 1))
+        x = torch.randn(n, d)
+        ours = compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"][:, 0].numpy()
+        scale = np.abs(ours).max()
+        rows = []
+
+        def add(name, fn, result):
+            seconds = best(fn, repeats)
+            rows.append((name, seconds, np.abs(np.asarray(result()).reshape(-1) - ours).max() / scale))
+            sys.stderr.write(f"  D={d} {name}: {seconds:.3f} s\n")
+
+        def ours_fn():
+            return compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"]
+
+        add("ours auto (taylor, biharmonic set: 1 + 4D + 2D(D-1) coefficients)", ours_fn, ours_fn)
+
+        def full_d4():
+            d4 = compute_derivatives(net, x, ("d4",), method="taylor").outputs["d4"][:, 0]
+            return d4.diagonal(dim1=1, dim2=2).diagonal(dim1=1, dim2=2).sum((1, 2))
+
+        if math.comb(d + 4, 4) <= 20_000:
+            add("ours taylor, full d4 (C(D+4, 4) coefficients), contracted", full_d4, full_d4)
+
+        def lap(fn):
+            return lambda z: torch.func.hessian(fn)(z).diagonal(dim1=-2, dim2=-1).sum(-1)
+
+        nested = torch.vmap(lap(lap(lambda z: net(z)[0])))
+        add("torch.func vmap(lap(lap)), lap = trace(hessian)", lambda: nested(x), lambda: nested(x).detach().numpy())
+        try:
+            import jax
+            import jax.numpy as jnp
+
+            params = [(jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
+                      for m in net if isinstance(m, torch.nn.Linear)]
+
+            def f(z):
+                for i, (w, b) in enumerate(params):
+                    z = z @ w + b
+                    if i < len(params) - 1:
+                        z = jnp.tanh(z)
+                return z[0]
+
+            def jlap(g):
+                return lambda z: jnp.trace(jax.hessian(g)(z))
+
+            jnested = jax.jit(jax.vmap(jlap(jlap(f))))
+            xj = jnp.asarray(x.numpy())
+            add("JAX jit vmap(lap(lap)), lap = trace(hessian)", lambda: jnested(xj).block_until_ready(),
+                lambda: jnested(xj))
+        except ImportError:
+            sys.stderr.write("  JAX not installed: its row is left out\n")
+        mine = rows[0][1]
+        for name, seconds, diff in rows:
+            print(f"| {d} | {n} | {name} | {seconds:.3f} | {seconds / mine:.2f} | {diff:.1e} |", flush=True)
+
+
 def seed001(w, x):
     return (torch.add(w, x) * torch.add(w, 1)).mean()
 
@@ -322,7 +391,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=None, help="samples (default 512; 128 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row, best kept (default 3)")
     parser.add_argument("--estimate-dim", type=int, default=1000, help="input size of the estimate table")
-    parser.add_argument("--tables", default="laplacian,estimate,cg", help="which tables")
+    parser.add_argument("--tables", default="laplacian,estimate,bilaplacian,cg", help="which tables")
     args = parser.parse_args(argv)
     dims = [int(v) for v in (args.dims or ("10,50" if args.quick else "10,50,200")).split(",")]
     n = args.n or (128 if args.quick else 512)
@@ -335,6 +404,8 @@ def main(argv=None):
         laplacian_table(dims, n, repeats)
     if "estimate" in tables:
         estimate_table(args.estimate_dim, 128 if args.quick else n // 4, 64, repeats)
+    if "bilaplacian" in tables:
+        bilaplacian_table([3, 10] if args.quick else [3, 10, 50], repeats)
     if "cg" in tables:
         cg_table(repeats, 256, 50)
 

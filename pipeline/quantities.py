@@ -12,6 +12,7 @@ value         out                      0
 jacobian      out + in                 1
 hessian       out + in + in            2
 laplacian     out                      2   (trace of the Hessian over the inputs)
+bilaplacian   out                      4   (sum_ij d4f/dxi2 dxj2, the Laplacian of the Laplacian)
 weighted_laplacian  out                2   (sum_ij C_ij d2f/dxi dxj, C = S S^T)
 laplacian_estimate  out                2   (Hutchinson; ``_stderr`` beside it)
 weighted_laplacian_estimate  out       2   (Hutchinson with directions S z)
@@ -32,12 +33,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-BASIC = ("value", "jacobian", "hessian", "laplacian")
+BASIC = ("value", "jacobian", "hessian", "laplacian", "bilaplacian")
 # second-order linear operators (``pipeline.engine.operators``): shape ``out``, order 2; an estimate's
 # standard error (``<name>_stderr``) is always stored beside it
 ESTIMATES = ("laplacian_estimate", "weighted_laplacian_estimate")
 OPERATOR_QUANTITIES = ("weighted_laplacian",) + ESTIMATES + tuple(e + "_stderr" for e in ESTIMATES)
-SCALAR_PER_OUTPUT = ("value", "laplacian") + OPERATOR_QUANTITIES
+SCALAR_PER_OUTPUT = ("value", "laplacian", "bilaplacian") + OPERATOR_QUANTITIES
 MAX_ORDER = 8
 _DK = re.compile(r"^d([1-9][0-9]*)$")
 _ALIASES = {"d1": "jacobian", "d2": "hessian"}
@@ -67,7 +68,7 @@ def canonical_quantity(name: str) -> str:
             )
         return f"d{order}"
     raise ValueError(
-        f"unknown quantity {name!r}; choose from value, jacobian, hessian, laplacian, "
+        f"unknown quantity {name!r}; choose from value, jacobian, hessian, laplacian, bilaplacian, "
         f"{', '.join(OPERATOR_QUANTITIES[:3])}, or dK for the K-th derivative tensor (d3, d4, ...)"
     )
 
@@ -95,6 +96,8 @@ def quantity_order(name: str) -> int:
         return 1
     if canon in ("hessian", "laplacian") or canon in OPERATOR_QUANTITIES:
         return 2
+    if canon == "bilaplacian":
+        return 4
     return int(canon[1:])
 
 

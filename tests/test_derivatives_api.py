@@ -280,11 +280,38 @@ def test_a_close_call_is_timed_once_per_function_and_shape(monkeypatch):
     real = api._timed
     monkeypatch.setattr(api, "_timed", lambda compute, chunk: timings.append(chunk.shape[0]) or real(compute, chunk))
     first = compute_derivatives(fn, x, ("value", "jacobian", "hessian"))
-    # taylor and reverse on the first chunk, in two rounds: the second skips one more than 3x slower
-    assert 3 <= len(timings) <= 2 * api.TIMING_ROUNDS and set(timings) == {256}
+    # taylor and reverse on the first chunk, in two rounds: the second skips one more than 3x slower;
+    # a timing under TIMING_MIN_SECONDS is repeated on the whole (larger) batch
+    assert 256 in timings and set(timings) <= {256, 300}
+    assert 3 <= len(timings) <= 2 * 2 * api.TIMING_ROUNDS
     timed = len(timings)
     again = compute_derivatives(fn, x, ("value", "jacobian", "hessian"))
     assert len(timings) == timed and again.method == first.method
     reference = torch.vmap(torch.func.hessian(fn))(x)
     for result in (first, again):
         torch.testing.assert_close(result.outputs["hessian"], reference, rtol=1e-10, atol=1e-12)
+
+
+def test_a_fast_close_call_is_timed_on_a_larger_slice_and_remembered_per_batch_size(monkeypatch):
+    """Timings of a few ms are mostly per-call cost: the slice grows x4 (up to 4,096) while the best is that fast,
+    and the choice is kept per size class of the batch (a 300-sample call does not reuse a 4,096-sample choice)."""
+    from pipeline.engine import api
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    fn = lambda x: net(x)[0]  # noqa: E731
+    x = torch.randn(5000, 3, dtype=torch.float64)
+    timings = []
+    real = api._timed
+    monkeypatch.setattr(api, "_timed", lambda compute, chunk: timings.append(chunk.shape[0]) or real(compute, chunk))
+    monkeypatch.setattr(api, "TIMING_MIN_SECONDS", 10.0)  # every timing counts as fast: the slice grows to its cap
+    big = compute_derivatives(fn, x, ("value", "jacobian", "hessian"))
+    assert sorted(set(timings)) == [256, 1024, 4096]
+    reference = torch.vmap(torch.func.hessian(fn))(x)
+    torch.testing.assert_close(big.outputs["hessian"], reference, rtol=1e-10, atol=1e-12)
+    count = len(timings)
+    compute_derivatives(fn, x[:4500], ("value", "jacobian", "hessian"))  # the same size class: remembered
+    assert len(timings) == count
+    small = compute_derivatives(fn, x[:300], ("value", "jacobian", "hessian"))  # another class: timed anew
+    assert len(timings) > count and set(timings[count:]) == {256, 300}
+    torch.testing.assert_close(small.outputs["hessian"], reference[:300], rtol=1e-10, atol=1e-12)

@@ -26,6 +26,8 @@ from .trace import trace_function
 METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reverse", "collapsed")
 PROBE_SAMPLES = 256  # first chunk when chunk_size="auto": measured, then kept as results
 MIN_TIMED_SAMPLES = 32  # below this a timing says more about overheads than about the method
+TIMING_MIN_SECONDS = 0.005  # a faster timing is mostly per-call cost: time a larger slice (x4) when there is one
+TIMING_MAX_SAMPLES = 4096  # the largest slice close candidates are timed on
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,9 @@ def _run(
 ) -> DerivativeResult:
     n = x.shape[0]
     first = min(n, fixed_chunk if fixed_chunk is not None else PROBE_SAMPLES)
-    # a choice timed on a small batch holds for small batches only: per-call costs weigh more there
-    # (the shape grid's 10-input Hessian: Taylor faster on 64 samples, forward-over-reverse 2x on 4,096)
-    small = first < PROBE_SAMPLES
+    # a choice holds for batches of the size it was timed on: per-call costs weigh more on small ones
+    # (the shape grid's 10-input Hessian: Taylor faster on 64 samples, forward-over-reverse 2x on 4,096;
+    # a 2-input, 8-output Jacobian: vmap(jacrev) faster on 256, Taylor 1.65x faster on 4,096)
     choice_key = (
         tuple(x.shape[1:]),
         x.dtype,
@@ -249,7 +251,7 @@ def _run(
         plan.method,
         plan.time_against,
         compile,
-        small,
+        _size_class(n if fixed_chunk is None else first),
     )
     chosen = chunking.CHOICES.get(fn, choice_key) if plan.time_against else None
     if chosen is not None:  # an earlier call of this function and shape timed the candidates
@@ -262,7 +264,18 @@ def _run(
     if plan.time_against and first >= MIN_TIMED_SAMPLES:
         # close call: time each candidate on the first chunk and keep the faster (and its results);
         # timed unmeasured, since measuring costs differ between methods
-        best = _time_candidates(fn, (method,) + plan.time_against, quantities, traced, compile, x[:first])
+        candidates = (method,) + plan.time_against
+        best = _time_candidates(fn, candidates, quantities, traced, compile, x[:first])
+        # a timing of a few ms is mostly per-call cost, which a larger batch does not pay per sample:
+        # time a larger slice while there is one (its results are kept all the same)
+        while (
+            best is not None
+            and best[0] < TIMING_MIN_SECONDS
+            and fixed_chunk is None
+            and first < min(n, TIMING_MAX_SAMPLES)
+        ):
+            first = min(n, TIMING_MAX_SAMPLES, 4 * first)
+            best = _time_candidates(fn, candidates, quantities, traced, compile, x[:first])
         if best is not None:
             _, method, compute, outputs = best
             chunking.CHOICES.put(fn, choice_key, method)
@@ -324,6 +337,13 @@ def _run(
     return DerivativeResult(
         outputs, method, min(run.chunk_size, n), peak_bytes, reason if method not in ("taylor", "collapsed") else None
     )
+
+
+def _size_class(n: int) -> int:
+    """Batches whose timed choice is shared: below 256 samples, 256-1,023, 1,024-4,095, 4,096 and more."""
+    if n < PROBE_SAMPLES:
+        return 0
+    return 1 + min(2, int(math.log(min(n, TIMING_MAX_SAMPLES) / PROBE_SAMPLES, 4) + 1e-9))
 
 
 TIMING_ROUNDS = 2  # rounds of timing, candidates interleaved: one round let a 2x slower method win a close call

@@ -85,6 +85,23 @@ class IndexSet:
                 indices.append(tuple(j if k == i else 0 for k in range(dim)))
         return IndexSet(dim, order, indices, "diagonal")
 
+    @staticmethod
+    @lru_cache(maxsize=64)
+    def biharmonic(dim: int) -> IndexSet:
+        """What a bi-Laplacian needs: ``j * e_i`` up to 4 and ``a e_i + b e_j`` with ``a, b <= 2`` (downward
+        closed): ``1 + 4 dim + 2 dim (dim - 1)`` indices, not ``C(dim + 4, 4)`` (221 vs 1,001 at 10 inputs)."""
+        indices = [(0,) * dim]
+        for i in range(dim):
+            for j in range(1, 5):
+                indices.append(tuple(j if k == i else 0 for k in range(dim)))
+        for i, j in itertools.combinations(range(dim), 2):
+            for a in (1, 2):
+                for b in (1, 2):
+                    alpha = [0] * dim
+                    alpha[i], alpha[j] = a, b
+                    indices.append(tuple(alpha))
+        return IndexSet(dim, 4, indices, "biharmonic")
+
     def product_pairs(self, min_a: int, top_a: int, min_b: int, top_b: int, top: int, symmetric: bool):
         """Pairs of the truncated product ``a * b``, grouped by output: ``[(out, [(ia, ib, factor), ...]), ...]``.
 
@@ -441,6 +458,31 @@ def to_derivative(jet: Jet, order: int, in_shape: tuple[int, ...], out: torch.Te
     gathered.mul_(factors.to(c.dtype).reshape((-1,) + (1,) * (c.ndim - 1)))
     flat.copy_(gathered.movedim(0, -1))
     return out
+
+
+def to_bilaplacian(jet: Jet) -> torch.Tensor:
+    """``sum_i f_iiii + 2 sum_{i<j} f_iijj`` = ``sum_i 24 u_{4 e_i} + 8 sum_{i<j} u_{2 e_i + 2 e_j}`` -> ``[B, *shape]``.
+
+    Needs an index set with those indices (:meth:`IndexSet.biharmonic` or ``full`` at order 4).
+    """
+    c = jet.coeffs
+    if jet.top < 4:
+        return c.new_zeros(c.shape[1:])
+    index_set = jet.index_set
+    dim = index_set.dim
+
+    def unit(*pairs):
+        alpha = [0] * dim
+        for i, a in pairs:
+            alpha[i] = a
+        return index_set.position[tuple(alpha)]
+
+    pure = torch.tensor([unit((i, 4)) for i in range(dim)], dtype=torch.long, device=c.device)
+    total = 24 * c.index_select(0, pure).sum(0)
+    if dim > 1:
+        mixed = [unit((i, 2), (j, 2)) for i, j in itertools.combinations(range(dim), 2)]
+        total = total + 8 * c.index_select(0, torch.tensor(mixed, dtype=torch.long, device=c.device)).sum(0)
+    return total
 
 
 def to_laplacian(jet: Jet) -> torch.Tensor:

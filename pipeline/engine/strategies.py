@@ -92,6 +92,16 @@ def laplacian_from_hessian(hessian: torch.Tensor, in_ndim: int) -> torch.Tensor:
     return flat.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
+def bilaplacian_from_d4(d4: torch.Tensor, in_ndim: int) -> torch.Tensor:
+    """``sum_ij T_iijj`` of ``[..., *in, *in, *in, *in]`` -> ``[...]``."""
+    lead = d4.shape[: d4.ndim - 4 * in_ndim]
+    in_size = 1
+    for s in d4.shape[d4.ndim - in_ndim :]:
+        in_size *= s
+    flat = d4.reshape(*lead, in_size, in_size, in_size, in_size)
+    return flat.diagonal(dim1=-4, dim2=-3).diagonal(dim1=-3, dim2=-2).sum((-1, -2))
+
+
 def composite_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``F.layer_norm`` from means and a reciprocal square root, whose derivatives of every order are right."""
     dims = tuple(range(-len(tuple(normalized_shape)), 0))
@@ -144,6 +154,8 @@ def torch_func_chunk(
     for name in quantities:
         if name == "laplacian":
             outputs[name] = laplacian_from_hessian(derivatives[2], in_ndim)
+        elif name == "bilaplacian":
+            outputs[name] = bilaplacian_from_d4(derivatives[4], in_ndim)
         else:
             outputs[name] = derivatives[quantity_order(name)]
     return outputs

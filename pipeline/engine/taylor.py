@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from pipeline.quantities import max_order, quantity_order
+from pipeline.quantities import SCALAR_PER_OUTPUT, max_order, quantity_order
 
 from . import jets
 from .jets import IndexSet, Jet
@@ -29,14 +29,21 @@ from .trace import TracedFunction, trace_function
 __all__ = ["index_set_for", "run_jets", "taylor_chunk", "taylor_cost", "trace_function"]
 
 
+OPERATORS = ("laplacian", "bilaplacian")  # sums of pure and paired terms: no full index set needed
+
+
 def index_set_for(quantities: tuple[str, ...], in_size: int) -> IndexSet:
     """The smallest index set that yields ``quantities``.
 
     A Laplacian without any mixed second (or higher) derivative needs only the
-    pure terms ``j * e_i``: ``1 + 2d`` coefficients instead of ``C(d + 2, 2)``.
+    pure terms ``j * e_i``: ``1 + 2d`` coefficients instead of ``C(d + 2, 2)``;
+    a bi-Laplacian the pure terms to order 4 and ``a e_i + b e_j`` (``a, b <= 2``):
+    ``1 + 4d + 2d(d - 1)`` instead of ``C(d + 4, 4)``.
     """
     order = max_order(quantities)
-    mixed = [q for q in quantities if quantity_order(q) >= 2 and q != "laplacian"]
+    mixed = [q for q in quantities if quantity_order(q) >= 2 and q not in OPERATORS]
+    if "bilaplacian" in quantities and not mixed:
+        return IndexSet.biharmonic(in_size)
     if "laplacian" in quantities and not mixed:
         return IndexSet.diagonal(in_size, order)
     return IndexSet.full(in_size, order)
@@ -45,7 +52,9 @@ def index_set_for(quantities: tuple[str, ...], in_size: int) -> IndexSet:
 def taylor_cost(quantities: tuple[str, ...], in_size: int) -> int:
     """Number of Taylor coefficients carried per intermediate value (the cost multiplier)."""
     order = max_order(quantities)
-    mixed = [q for q in quantities if quantity_order(q) >= 2 and q != "laplacian"]
+    mixed = [q for q in quantities if quantity_order(q) >= 2 and q not in OPERATORS]
+    if "bilaplacian" in quantities and not mixed:
+        return 1 + 4 * in_size + 2 * in_size * (in_size - 1)
     if "laplacian" in quantities and not mixed:
         return 1 + in_size * order
     return math.comb(in_size + order, order)
@@ -79,7 +88,10 @@ def estimate_bytes_per_sample(traced: TracedFunction, quantities: tuple[str, ...
         peak = max(peak, live)
         for dead in traced.release_after.get(node, ()):
             live -= sizes.get(dead, 0)
-    outputs = sum(math.prod(traced.output_shape) * in_size ** quantity_order(q) for q in quantities)
+    outputs = sum(
+        math.prod(traced.output_shape) * (1 if q in SCALAR_PER_OUTPUT else in_size ** quantity_order(q))
+        for q in quantities
+    )
     return int((coefficients * (peak + 2 * largest) + outputs) * itemsize)
 
 
@@ -121,8 +133,8 @@ def taylor_chunk(
     results = {}
     for name in quantities:
         target = None if out is None else out[name]
-        if name == "laplacian":
-            value = jets.to_laplacian(jet)
+        if name in OPERATORS:
+            value = jets.to_laplacian(jet) if name == "laplacian" else jets.to_bilaplacian(jet)
             results[name] = value if target is None else target.copy_(value)
         else:
             results[name] = jets.to_derivative(jet, quantity_order(name), in_shape, out=target)
