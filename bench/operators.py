@@ -67,12 +67,10 @@ def make_net(d: int, seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(*layers[:-1])
 
 
-def jax_functions(net):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
-        return None, None
+def jax_mlp(net):
+    """The tanh MLP ``net`` (Linear/Tanh layers) as a JAX function of one sample with a scalar output."""
+    import jax.numpy as jnp
+
     params = [(jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
               for m in net if isinstance(m, torch.nn.Linear)]
 
@@ -83,6 +81,16 @@ def jax_functions(net):
                 z = jnp.tanh(z)
         return z[0]
 
+    return f
+
+
+def jax_functions(net):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None, None
+    f = jax_mlp(net)
     hessian_trace = jax.jit(jax.vmap(lambda z: jnp.trace(jax.hessian(f)(z))))
     try:
         from folx import forward_laplacian
@@ -289,15 +297,7 @@ def bilaplacian_table(dims, repeats):
             import jax
             import jax.numpy as jnp
 
-            params = [(jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
-                      for m in net if isinstance(m, torch.nn.Linear)]
-
-            def f(z):
-                for i, (w, b) in enumerate(params):
-                    z = z @ w + b
-                    if i < len(params) - 1:
-                        z = jnp.tanh(z)
-                return z[0]
+            f = jax_mlp(net)
 
             def jlap(g):
                 return lambda z: jnp.trace(jax.hessian(g)(z))
