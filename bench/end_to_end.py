@@ -151,6 +151,16 @@ def time_ray_job(spec, executor):
     return seconds, shard_seconds
 
 
+def time_resubmit(spec, executor) -> float:
+    """Seconds of ``pipeline.submit`` on the finished store: the driver's fixed part of a job (no task runs)."""
+    kept = spec.model_copy(update={"store": spec.store.model_copy(update={"overwrite": False})})
+    began = time.perf_counter()
+    summary = submit(kept, executor)
+    seconds = time.perf_counter() - began
+    assert summary.complete, "the resubmitted job is not complete"
+    return seconds
+
+
 def time_encoded_write(spec, shards, results):
     """(b): the stored form of ``results`` written as tasks write it (encoded outside the timing)."""
     from pipeline.encoding import encode_arrays, encodings
@@ -175,18 +185,24 @@ def ray_rows(args, folder: Path) -> None:
     print("(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
           "2 (two workers, perfect scaling); efficiency = max(a, b) / (c). Per-shard overhead = "
           "(c) x 2 / shards - mean shard seconds (manifest): scheduling, worker start, function load, "
-          "outside run_shard.\n")
+          "outside run_shard. Driver fixed = a resubmit of the finished job (probe, store checks, finalize: "
+          "no task runs); per task = the overhead with that fixed part taken out first. CPU floor = "
+          "((a) + (b)) / (c): on 2 shared cores compute and writes cannot overlap, so max(a, b) is not reachable.\n")
     print("| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (c) s | "
-          "(c) samples/s | efficiency | per-shard overhead | max rel. error (stated) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "(c) samples/s | efficiency | per-shard overhead | driver fixed s | per task | CPU floor | "
+          "max rel. error (stated) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     torch.set_num_threads(1)
     base_bytes = None
     chosen = None if args.options is None else {"float32, full (today)", *args.options.split(";")}
+    with_sweep = chosen is None or "sweep" in chosen
+    if chosen is not None:
+        chosen.discard("sweep")
     unknown = sorted((chosen or set()) - set(OUTPUT_OPTIONS))
     if unknown:
         raise SystemExit(f"--options: {unknown} are not output options; choose from {list(OUTPUT_OPTIONS)}")
     jobs = [("seed000", name, extra) for name, extra in OUTPUT_OPTIONS.items() if chosen is None or name in chosen]
-    if chosen is None:
+    if with_sweep:
         jobs.append(("rte1d sweep", "float32, full (today)", []))
     for job, option, extra in jobs:
         spec = next(s for t, _, s in workloads(args, folder) if t.startswith(job.split()[0]))
@@ -198,6 +214,7 @@ def ray_rows(args, folder: Path) -> None:
         a, results = time_compute(spec, shards, tasks.pick_device())
         b = time_encoded_write(spec, shards, results)
         c, shard_seconds = min((time_ray_job(spec, executor) for _ in range(2)), key=lambda r: r[0])
+        fixed = time_resubmit(spec, executor)
         from pipeline.encoding import stored_bytes_per_sample
         from pipeline.driver import prepare as prep
         stored = stored_bytes_per_sample(prep(spec).plan)
@@ -206,6 +223,7 @@ def ray_rows(args, folder: Path) -> None:
             base_bytes = on_disk
         ratio = f"{on_disk / base_bytes:.2f}" if job == "seed000" else ""
         overhead = c * workers / len(shards) - float(np.mean(shard_seconds))
+        per_task = (c - fixed) * workers / len(shards) - float(np.mean(shard_seconds))  # the driver's fixed part out
         errors = []
         import zarr
         group = zarr.open_group(spec.store.path, mode="r")
@@ -217,7 +235,9 @@ def ray_rows(args, folder: Path) -> None:
         print(f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
               f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
               f"{overhead * 1e3:.0f} ms ({overhead / np.mean(shard_seconds):.0%} of a shard's "
-              f"{np.mean(shard_seconds):.2f} s) | {', '.join(errors) or 'exact'} |", flush=True)
+              f"{np.mean(shard_seconds):.2f} s) | {fixed:.2f} | {per_task * 1e3:.0f} ms "
+              f"({per_task / np.mean(shard_seconds):.0%}) | {(a2 + b2) / c:.2f} | {', '.join(errors) or 'exact'} |",
+              flush=True)
     ray.shutdown()
 
 
@@ -239,7 +259,7 @@ def main() -> None:
     parser.add_argument("--compression", default="auto", choices=["auto", "lz4", "zstd", "none"])
     parser.add_argument("--options", default=None,
                         help="--part ray: only these seed000 output options, names of OUTPUT_OPTIONS separated by ; "
-                        "(float32 full is always measured, for 'x today'); no sweep row")
+                        "(float32 full is always measured, for 'x today'); add sweep for the sweep row")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     parser.add_argument("--part", default="all", choices=["all", "blocks", "ray"],
                         help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option")
