@@ -217,7 +217,7 @@ def plain_call_fits(net, row):
     if not row.startswith("tf "):
         return None
     method = {label: m for m, label in TORCH_FUNC.items()}[row]
-    measured = [b for key, b in chunking.FOOTPRINTS._by_fn.get(net, {}).items()
+    measured = [b for key, b in chunking.FOOTPRINTS.entries(net).items()
                 if len(key) > 2 and key[2] in (method, "hvp-reverse")]
     if not measured:
         return None
@@ -316,7 +316,7 @@ def main() -> None:
                         r = times[mine] / times[label]
                         pairs.append(f"{mine} {r:.2f}")
                         scaled = "~" in (marks[label], marks[mine])  # a side scaled from a slice
-                        worst_forced.append((r, f"{quantity} D={d} M={m} {mine}" + (" (~)" if scaled else "")))
+                        worst_forced.append((r, f"{quantity} D={d} M={m} {mine}" + (" (~)" if scaled else ""), scaled))
                 print(f"| {d} | {m} | {n} | " + " | ".join(fmt(times[r], marks[r]) for r in rows)
                       + f" | {chosen} | {ratio:.2f} ({best_row}) | {', '.join(pairs)} |", flush=True)
     print("\n## Summary\n")
@@ -327,10 +327,10 @@ def main() -> None:
               f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_auto[:5]))
     if worst_forced:
         worst_forced.sort(reverse=True)
-        within = sum(r <= 1.5 for r, _ in worst_forced)
+        within = sum(r <= 1.5 for r, _, _ in worst_forced)
         print(f"- forced torch.func methods within 1.5x of their torch.func call: {within} of {len(worst_forced)}; "
-              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_forced[:5]))
-        timed = [(r, name) for r, name in worst_forced if not name.endswith("(~)")]
+              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name, _ in worst_forced[:5]))
+        timed = [(r, name) for r, name, scaled in worst_forced if not scaled]
         print(f"  - both sides timed on the whole batch: {sum(r <= 1.5 for r, _ in timed)} of {len(timed)}; worst: "
               + "; ".join(f"{name} {r:.2f}" for r, name in timed[:3]))
     if skipped:

@@ -203,7 +203,7 @@ def compute_derivatives(
         plan = MethodPlan("taylor" if traced is not None else best_torch_func(quantities, in_size, out_size))
     else:
         plan = MethodPlan(method)
-        reason = f"method={method!r} requested"
+        reason = _requested(method)
     if plan.method != "taylor" and reason is None:
         reason = f"the cost model prefers {plan.method} for d={in_size}, order {max_order(quantities)}"
     try:
@@ -339,6 +339,11 @@ def _run(
     )
 
 
+def _requested(method: str) -> str:
+    """The reason a result gives when its method was forced (also how the refusals below tell auto from a user)."""
+    return f"method={method!r} requested"
+
+
 def _size_class(n: int) -> int:
     """Batches whose timed choice is shared: below 256 samples, 256-1,023, 1,024-4,095, 4,096 and more."""
     if n < PROBE_SAMPLES:
@@ -397,10 +402,11 @@ def _run_torch_func_cpu(fn, x, quantities, method, compute, fixed_chunk, reason,
         tensor_bytes = outputs_per_sample * math.prod(x.shape[1:]) ** order * x.element_size()
         free = chunking.available_bytes(x.device)
         if 3 * tensor_bytes > free:
-            forced = reason is not None and reason.startswith("method=")
+            forced = reason == _requested(method)
             hint = "or use method='auto' " if forced else "fewer outputs or inputs, "
+            chosen = "" if forced else " (the engine's choice)"
             raise torch.OutOfMemoryError(
-                f"method={method!r}{'' if forced else ' (chosen by auto)'}: one sample's order-{order} derivatives "
+                f"method={method!r}{chosen}: one sample's order-{order} derivatives "
                 f"are {tensor_bytes / 1e6:,.1f} MB (outputs x inputs^{order}), more than a third of the "
                 f"{free / 1e6:,.0f} MB free; ask for fewer quantities, {hint}"
                 "(a Laplacian in collapsed Taylor mode never forms the Hessian)"
@@ -471,7 +477,7 @@ def compute_operators(
     ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
     n, in_shape = x.shape[0], tuple(x.shape[1:])
     traced = trace_function(fn, in_shape, x.dtype, x.device) if method in ("auto", "collapsed", "taylor") else None
-    gap = collapsed_gap(traced) if traced is not None else f"method={method!r} requested"
+    gap = collapsed_gap(traced) if traced is not None else _requested(method)
     outputs: dict[str, torch.Tensor] = {}
     if gap is None and n > 0:
         chunk = operator_chunk_size(traced, x, options, chunk_size, quantities)

@@ -226,6 +226,13 @@ class PerFunction:
         except TypeError:
             return None
 
+    def entries(self, fn) -> dict:
+        """Everything remembered for ``fn``: ``{key: value}`` (a copy)."""
+        try:
+            return dict(self._by_fn.get(fn, {}))
+        except TypeError:
+            return {}
+
     def put(self, fn, key, value) -> None:
         try:
             self._by_fn.setdefault(fn, {})[key] = value

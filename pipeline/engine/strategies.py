@@ -9,6 +9,7 @@ the Jacobian come out of the same pass as the Hessian.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,9 +96,7 @@ def laplacian_from_hessian(hessian: torch.Tensor, in_ndim: int) -> torch.Tensor:
 def bilaplacian_from_d4(d4: torch.Tensor, in_ndim: int) -> torch.Tensor:
     """``sum_ij T_iijj`` of ``[..., *in, *in, *in, *in]`` -> ``[...]``."""
     lead = d4.shape[: d4.ndim - 4 * in_ndim]
-    in_size = 1
-    for s in d4.shape[d4.ndim - in_ndim :]:
-        in_size *= s
+    in_size = math.prod(d4.shape[d4.ndim - in_ndim :])
     flat = d4.reshape(*lead, in_size, in_size, in_size, in_size)
     return flat.diagonal(dim1=-4, dim2=-3).diagonal(dim1=-3, dim2=-2).sum((-1, -2))
 

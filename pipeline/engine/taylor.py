@@ -32,6 +32,15 @@ __all__ = ["index_set_for", "run_jets", "taylor_chunk", "taylor_cost", "trace_fu
 OPERATORS = ("laplacian", "bilaplacian")  # sums of pure and paired terms: no full index set needed
 
 
+def _index_set_kind(quantities: tuple[str, ...]) -> str:
+    """``"biharmonic"``, ``"diagonal"`` or ``"full"``: the smallest index set that yields ``quantities``."""
+    if any(quantity_order(q) >= 2 and q not in OPERATORS for q in quantities):  # a mixed partial is needed
+        return "full"
+    if "bilaplacian" in quantities:
+        return "biharmonic"
+    return "diagonal" if "laplacian" in quantities else "full"
+
+
 def index_set_for(quantities: tuple[str, ...], in_size: int) -> IndexSet:
     """The smallest index set that yields ``quantities``.
 
@@ -40,22 +49,21 @@ def index_set_for(quantities: tuple[str, ...], in_size: int) -> IndexSet:
     a bi-Laplacian the pure terms to order 4 and ``a e_i + b e_j`` (``a, b <= 2``):
     ``1 + 4d + 2d(d - 1)`` instead of ``C(d + 4, 4)``.
     """
-    order = max_order(quantities)
-    mixed = [q for q in quantities if quantity_order(q) >= 2 and q not in OPERATORS]
-    if "bilaplacian" in quantities and not mixed:
+    kind = _index_set_kind(quantities)
+    if kind == "biharmonic":
         return IndexSet.biharmonic(in_size)
-    if "laplacian" in quantities and not mixed:
-        return IndexSet.diagonal(in_size, order)
-    return IndexSet.full(in_size, order)
+    if kind == "diagonal":
+        return IndexSet.diagonal(in_size, max_order(quantities))
+    return IndexSet.full(in_size, max_order(quantities))
 
 
 def taylor_cost(quantities: tuple[str, ...], in_size: int) -> int:
-    """Number of Taylor coefficients carried per intermediate value (the cost multiplier)."""
-    order = max_order(quantities)
-    mixed = [q for q in quantities if quantity_order(q) >= 2 and q not in OPERATORS]
-    if "bilaplacian" in quantities and not mixed:
+    """Number of Taylor coefficients carried per intermediate value (the cost multiplier): the size of
+    :func:`index_set_for`'s set, counted without building it (a full set can have millions of indices)."""
+    kind, order = _index_set_kind(quantities), max_order(quantities)
+    if kind == "biharmonic":
         return 1 + 4 * in_size + 2 * in_size * (in_size - 1)
-    if "laplacian" in quantities and not mixed:
+    if kind == "diagonal":
         return 1 + in_size * order
     return math.comb(in_size + order, order)
 
