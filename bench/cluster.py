@@ -46,9 +46,25 @@ def submit(cluster, store: Path) -> tuple[float, list[float]]:
 
     begin = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "submit", JOB, "--address", cluster.address, "-q",
-         "--set", f"inputs.n={SHARDS * SHARD}", "--set", f"store.path={store}"],
-        capture_output=True, text=True, env=cluster.env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "submit",
+            JOB,
+            "--address",
+            cluster.address,
+            "-q",
+            "--set",
+            f"inputs.n={SHARDS * SHARD}",
+            "--set",
+            f"store.path={store}",
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - begin
     assert result.returncode == 0, result.stderr[-3000:]
     return wall, pq.read_table(store / "manifest.parquet").column("seconds").to_pylist()
@@ -59,8 +75,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="plc-bench-"))
     three = start_cluster(num_cpus=1, workers=[1, 1])
     try:
-        out = subprocess.run([sys.executable, "-c", PROBE, three.address], capture_output=True, text=True,
-                             env=three.env, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, three.address], capture_output=True, text=True, env=three.env, cwd=ROOT
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         cold, warm = map(float, out.stdout.split()[-2:])
         wall3, seconds = submit(three, tmp / "three.zarr")
@@ -77,8 +94,10 @@ def main() -> None:
     rows.append(("worker start + function load (a job's first task)", f"{cold:.2f} s", f"{cold / shard:.2f}"))
     rows.append((f"job, {SHARDS} shards: 1 node x 3 CPUs", f"{wall1:.1f} s", "1.00"))
     rows.append((f"job, {SHARDS} shards: 3 nodes x 1 CPU", f"{wall3:.1f} s", f"{wall3 / wall1:.2f}"))
-    print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
-          f"python {platform.python_version()}, ray {__import__('ray').__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
+        f"python {platform.python_version()}, ray {__import__('ray').__version__}"
+    )
     print("| measurement | time | ratio |")
     print("|---|---|---|")
     for row in rows:

@@ -55,14 +55,18 @@ def candidates():
     def blosc(cname, level, shuffle, whole_chunk=False, transpose=False):
         def chain(values, chunk):
             size = chunk * math.prod(values.shape[1:]) * values.itemsize if whole_chunk else 0
-            return (sample_last(values) if transpose else [],
-                    [BloscCodec(cname=cname, clevel=level, shuffle=shuffle, blocksize=size)])
+            return (
+                sample_last(values) if transpose else [],
+                [BloscCodec(cname=cname, clevel=level, shuffle=shuffle, blocksize=size)],
+            )
+
         return chain
 
     def auto(values, chunk):  # pipeline's default: what encoding.create_options gives each array
         dtype = "float16" if values.dtype == np.float16 else "bfloat16" if values.dtype == np.uint16 else None
-        return [], [compressors("auto", stored_dtype=dtype, chunk_bytes=chunk * math.prod(values.shape[1:])
-                                * values.itemsize)]
+        return [], [
+            compressors("auto", stored_dtype=dtype, chunk_bytes=chunk * math.prod(values.shape[1:]) * values.itemsize)
+        ]
 
     return {
         "blosc lz4 5 shuffle (lz4, the old default)": blosc("lz4", 5, "shuffle"),
@@ -78,8 +82,9 @@ def candidates():
         "blosc zstd 1 shuffle, one block per chunk": blosc("zstd", 1, "shuffle", whole_chunk=True),
         "blosc zstd 2 shuffle, one block per chunk": blosc("zstd", 2, "shuffle", whole_chunk=True),
         "blosc zstd 3 shuffle, one block per chunk": blosc("zstd", 3, "shuffle", whole_chunk=True),
-        "sample-last + blosc zstd 2 shuffle, one block per chunk": blosc("zstd", 2, "shuffle", whole_chunk=True,
-                                                                         transpose=True),
+        "sample-last + blosc zstd 2 shuffle, one block per chunk": blosc(
+            "zstd", 2, "shuffle", whole_chunk=True, transpose=True
+        ),
         "auto (the new default: lz4; 16-bit arrays zstd 2, one block per chunk)": auto,
     }
 
@@ -91,8 +96,10 @@ def results(n: int):
     from pipeline.plan import Shard
     from pipeline.spec import load_spec
 
-    spec = load_spec(ROOT / "jobs/seed000.yaml", [f"inputs.n={n}", f"execution.shard_size={n}",
-                                                  f"store.path={SCRATCH / 'seed000.zarr'}"])
+    spec = load_spec(
+        ROOT / "jobs/seed000.yaml",
+        [f"inputs.n={n}", f"execution.shard_size={n}", f"store.path={SCRATCH / 'seed000.zarr'}"],
+    )
     prepare(spec)
     arrays, _ = tasks.compute_block(spec, Shard(0, 0, n), torch.device("cpu"))
     arrays = arrays.wait() if hasattr(arrays, "wait") else arrays
@@ -107,11 +114,15 @@ def stored_forms(full, n: int):
 
     forms = {}
     for option, extra in OPTIONS.items():
-        spec = load_spec(ROOT / "jobs/seed000.yaml", [f"inputs.n={n}", f"execution.shard_size={n}",
-                                                      f"store.path={SCRATCH / 'seed000.zarr'}", *extra])
+        spec = load_spec(
+            ROOT / "jobs/seed000.yaml",
+            [f"inputs.n={n}", f"execution.shard_size={n}", f"store.path={SCRATCH / 'seed000.zarr'}", *extra],
+        )
         attributes = prepare(spec).array_attributes
-        forms[option] = {name: encode(values, attributes[name][ATTRIBUTE])
-                         if ATTRIBUTE in attributes.get(name, {}) else values for name, values in full.items()}
+        forms[option] = {
+            name: encode(values, attributes[name][ATTRIBUTE]) if ATTRIBUTE in attributes.get(name, {}) else values
+            for name, values in full.items()
+        }
     return forms
 
 
@@ -125,8 +136,14 @@ def write(folder: Path, arrays, chain, chunk: int) -> tuple[int, float, float]:
     made = {}
     for name, values in arrays.items():
         filters, compressors = chain(values, chunk)
-        made[name] = group.create_array(name, shape=values.shape, chunks=(chunk, *values.shape[1:]),
-                                        dtype=values.dtype, filters=filters, compressors=[*compressors, Crc32cCodec()])
+        made[name] = group.create_array(
+            name,
+            shape=values.shape,
+            chunks=(chunk, *values.shape[1:]),
+            dtype=values.dtype,
+            filters=filters,
+            compressors=[*compressors, Crc32cCodec()],
+        )
     began = time.process_time()
     for name, values in arrays.items():
         made[name][...] = values
@@ -145,8 +162,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16384, help="samples of seed000")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many writes")
     parser.add_argument("--chunk", type=int, default=4096, help="samples per chunk (the job's chunk_size)")
-    parser.add_argument("--only", default="", help="only the codec chains whose names contain one of these "
-                        "comma-separated parts, e.g. 'old default,auto'")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="only the codec chains whose names contain one of these comma-separated parts, e.g. 'old default,auto'",
+    )
     parser.add_argument("--options", default="", help="only these output options (names separated by ;)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -155,10 +175,14 @@ def main() -> None:
     zarr.config.set({"threading.max_workers": 1})
     full = results(args.n)
     forms = stored_forms(full, args.n)
-    print(f"# {platform.processor() or platform.machine()}, zarr {zarr.__version__}, seed000 n={args.n}, "
-          f"chunks of {args.chunk}, write best of {args.repeats}, 1 thread\n")
-    print("| output option | codec chain | on disk B/sample | x today | value | jacobian | hessian | "
-          "write MB/CPU-s | read MB/CPU-s |")
+    print(
+        f"# {platform.processor() or platform.machine()}, zarr {zarr.__version__}, seed000 n={args.n}, "
+        f"chunks of {args.chunk}, write best of {args.repeats}, 1 thread\n"
+    )
+    print(
+        "| output option | codec chain | on disk B/sample | x today | value | jacobian | hessian | "
+        "write MB/CPU-s | read MB/CPU-s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     folder = Path(tempfile.mkdtemp(prefix="bench-codecs-"))
     today = None
@@ -167,8 +191,11 @@ def main() -> None:
             if args.options and option not in args.options.split(";") and option != "float32, full (today)":
                 continue
             stored_mb = sum(a.nbytes for a in arrays.values()) / 1e6
-            chosen = {name: chain for name, chain in candidates().items()
-                      if not args.only or any(part in name for part in args.only.split(","))}
+            chosen = {
+                name: chain
+                for name, chain in candidates().items()
+                if not args.only or any(part in name for part in args.only.split(","))
+            }
             runs: dict[str, list] = {name: [] for name in chosen}
             for _ in range(args.repeats):  # the candidates in turn, so that a change of load hits them alike
                 for name, chain in chosen.items():
@@ -179,12 +206,21 @@ def main() -> None:
                 read = min(run[2] for run in runs[name])
                 per_array = {}
                 for array in ("value", "jacobian", "hessian"):
-                    per_array[array] = sum(f.stat().st_size for f in (folder / name.replace(" ", "_") / array / "c")
-                                           .rglob("*") if f.is_file()) / args.n
+                    per_array[array] = (
+                        sum(
+                            f.stat().st_size
+                            for f in (folder / name.replace(" ", "_") / array / "c").rglob("*")
+                            if f.is_file()
+                        )
+                        / args.n
+                    )
                 today = today or size
-                print(f"| {option} | {name} | {size / args.n:,.0f} | {size / today:.2f} | "
-                      f"{per_array['value']:,.0f} | {per_array['jacobian']:,.0f} | {per_array['hessian']:,.0f} | "
-                      f"{stored_mb / seconds:,.0f} | {stored_mb / read:,.0f} |", flush=True)
+                print(
+                    f"| {option} | {name} | {size / args.n:,.0f} | {size / today:.2f} | "
+                    f"{per_array['value']:,.0f} | {per_array['jacobian']:,.0f} | {per_array['hessian']:,.0f} | "
+                    f"{stored_mb / seconds:,.0f} | {stored_mb / read:,.0f} |",
+                    flush=True,
+                )
                 shutil.rmtree(folder / name.replace(" ", "_"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

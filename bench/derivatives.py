@@ -51,15 +51,16 @@ from dataclasses import dataclass
 # JAX shares the GPU with torch here: by default it would take 75% of the GPU memory at its first call
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import torch  # noqa: E402
-from torch.func import hessian, jacfwd, jacrev, jvp, vmap  # noqa: E402
+import torch
+from torch.func import hessian, jacfwd, jacrev, jvp, vmap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline.engine import compute_derivatives  # noqa: E402
-from pipeline.engine.chunking import is_out_of_memory  # noqa: E402
-from pipeline.quantities import quantity_order  # noqa: E402
-from timing import best_time, synchronize  # noqa: E402  (bench/timing.py)
+from timing import best_time, synchronize  # bench/timing.py
+
+from pipeline.engine import compute_derivatives
+from pipeline.engine.chunking import is_out_of_memory
+from pipeline.quantities import quantity_order
 
 JAX_BATCH = 8192
 
@@ -86,8 +87,9 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("seed-000: MLP 2 -> 4x128 tanh -> 150", (2, 128, 128, 128, 128, 150), "tanh",
-             ("value", "jacobian", "hessian")),
+    Workload(
+        "seed-000: MLP 2 -> 4x128 tanh -> 150", (2, 128, 128, 128, 128, 150), "tanh", ("value", "jacobian", "hessian")
+    ),
     Workload("W2: MLP 3 -> 3x64 sin -> 8", (3, 64, 64, 64, 8), "sin", ("jacobian", "hessian", "d3", "d4")),
     Workload("tiny: MLP 2 -> 2x16 tanh -> 3", (2, 16, 16, 3), "tanh", ("value", "jacobian", "hessian"), smoke=True),
 ]
@@ -156,8 +158,10 @@ def vmap_reverse(net, x, quantities, chunk=2000):
 
 def vmap_forward(net, x, quantities, chunk=2000):
     """vmap(jacfwd), vmap(jacfwd(jacfwd)), ... one nested transform per quantity."""
-    return {q: net(x) if quantity_order(q) == 0 else vmap(_nest(net, jacfwd, quantity_order(q)), chunk_size=chunk)(x)
-            for q in quantities}
+    return {
+        q: net(x) if quantity_order(q) == 0 else vmap(_nest(net, jacfwd, quantity_order(q)), chunk_size=chunk)(x)
+        for q in quantities
+    }
 
 
 def nested_jvp(net, x, quantities):
@@ -173,10 +177,12 @@ def nested_jvp(net, x, quantities):
         m = net(x[:1]).shape[1]
         tensor = x.new_empty((n, m) + (d,) * k)
         for combo in itertools.combinations_with_replacement(range(d), k):
+
             def directional(z, depth=k, combo=combo):
                 if depth == 0:
                     return net(z)
                 return jvp(lambda w: directional(w, depth - 1, combo), (z,), (basis[combo[depth - 1]],))[1]
+
             value = directional(x)
             for perm in set(itertools.permutations(combo)):
                 tensor[(slice(None), slice(None)) + perm] = value
@@ -187,6 +193,7 @@ def nested_jvp(net, x, quantities):
 def ours(method, compile=False, chunk_size="auto"):
     def run(net, x, quantities):
         return compute_derivatives(net, x, quantities, method=method, compile=compile, chunk_size=chunk_size).outputs
+
     return run
 
 
@@ -210,11 +217,18 @@ def jax_runner(net, quantities, device: torch.device, precision: str = "highest"
     platform = "gpu" if device.type == "cuda" else "cpu"
     try:
         target = jax.devices(platform)[0]
-        params = [(jax.device_put(m.weight.detach().cpu().numpy(), target),
-                   jax.device_put(m.bias.detach().cpu().numpy(), target))
-                  for m in net if isinstance(m, torch.nn.Linear)]
-    except Exception as error:  # noqa: BLE001 - no such device, or its set-up failed: a row saying so
-        return f"skipped: JAX {jax.__version__} on {platform}: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        params = [
+            (
+                jax.device_put(m.weight.detach().cpu().numpy(), target),
+                jax.device_put(m.bias.detach().cpu().numpy(), target),
+            )
+            for m in net
+            if isinstance(m, torch.nn.Linear)
+        ]
+    except Exception as error:  # no such device, or its set-up failed: a row saying so
+        return (
+            f"skipped: JAX {jax.__version__} on {platform}: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        )
     matmul_precision = jax.lax.Precision.HIGHEST if precision == "highest" else None
     act = jnp.tanh if isinstance(net[1], torch.nn.Tanh) else jnp.sin
 
@@ -257,7 +271,7 @@ def _as_torch(value) -> torch.Tensor:
         return value
     try:
         return torch.from_dlpack(value)  # a JAX array, without a copy where the devices allow
-    except Exception:  # noqa: BLE001 - any array type numpy can read
+    except Exception:  # any array type numpy can read
         import numpy as np
 
         return torch.from_numpy(np.asarray(value))
@@ -326,7 +340,7 @@ def measure_row(row: Row, net, x, quantities, device, budget: float, quick: bool
     def timed(k: int, repeats: int = 1):
         try:
             return best_time(lambda: row.run(net, x[:k], quantities), device, repeats)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if _oom(error):
                 raise OutOfMemory(k, error) from None
             raise
@@ -374,10 +388,19 @@ def forward_time(net, x, device, repeats: int) -> float:
         return best_time(lambda: net(x), device, repeats=repeats)[0]
 
 
-def bench_workload(work: Workload, n: int, device: torch.device, budget: float, quick: bool,
-                   rows_wanted=DEFAULT_ROWS, deadline: float | None = None, jax_precision: str = "highest",
-                   compile_chunk: int | None = None):
+def bench_workload(
+    work: Workload,
+    n: int,
+    device: torch.device,
+    budget: float,
+    quick: bool,
+    rows_wanted=DEFAULT_ROWS,
+    deadline: float | None = None,
+    jax_precision: str = "highest",
+    compile_chunk: int | None = None,
+):
     """Time every wanted row on ``n`` samples of ``work``; print (and return) the Markdown table."""
+
     def left() -> float:
         return math.inf if deadline is None else deadline - time.monotonic()
 
@@ -395,9 +418,13 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
     forward_s = forward_time(net, x, device, 5 if quick else 20)
     try:
         reference = compute_derivatives(net.double(), x.double(), work.quantities, method="taylor").outputs
-    except Exception as error:  # noqa: BLE001 - without a reference the rows still get times
-        print(f"  ... float64 reference failed ({type(error).__name__}: {str(error).splitlines()[0][:80]}); "
-              "no error column", file=sys.stderr, flush=True)
+    except Exception as error:  # without a reference the rows still get times
+        print(
+            f"  ... float64 reference failed ({type(error).__name__}: {str(error).splitlines()[0][:80]}); "
+            "no error column",
+            file=sys.stderr,
+            flush=True,
+        )
         reference = None
     net.float()
     release_memory(device)
@@ -406,12 +433,20 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
         "vmap-reverse": lambda: Row("vmap-reverse", "vmap(jacrev) + vmap(hessian), chunk 2000", vmap_reverse),
         "vmap-forward": lambda: Row("vmap-forward", "vmap(jacfwd) + vmap(jacfwd(jacfwd)), chunk 2000", vmap_forward),
         "jvp": lambda: Row("jvp", "nested jvp over the input basis", nested_jvp),
-        "jax": lambda: Row("jax", "JAX jit lax.map(jacfwd(jacfwd)), batch 8192",
-                           jax_runner(net, work.quantities, device, jax_precision), kind="jax"),
+        "jax": lambda net=net: Row(
+            "jax",
+            "JAX jit lax.map(jacfwd(jacfwd)), batch 8192",
+            jax_runner(net, work.quantities, device, jax_precision),
+            kind="jax",
+        ),
         "auto": lambda: Row("auto", "ours: auto", ours("auto")),
         "taylor": lambda: Row("taylor", "ours: taylor (forced)", ours("taylor")),
-        "compile": lambda: Row("compile", f"ours: taylor, compile=True, chunk {compile_chunk}",
-                               ours("taylor", compile=True, chunk_size=compile_chunk), kind="compiled"),
+        "compile": lambda: Row(
+            "compile",
+            f"ours: taylor, compile=True, chunk {compile_chunk}",
+            ours("taylor", compile=True, chunk_size=compile_chunk),
+            kind="compiled",
+        ),
     }
     rows = [candidates[key]() for key in RUN_ORDER if key in rows_wanted]
     # other work on the machine makes single timings noisy: the forward pass is re-timed before
@@ -433,7 +468,11 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
         began = time.perf_counter()
         try:
             timing = measure_row(row, net, x, work.quantities, device, row_budget, quick)
-            error = "-" if reference is None else f"{max_rel_err(timing.result, {q: r[:timing.use_n] for q, r in reference.items()}):.1e}"
+            error = (
+                "-"
+                if reference is None
+                else f"{max_rel_err(timing.result, {q: r[: timing.use_n] for q, r in reference.items()}):.1e}"
+            )
             mark = "~" if timing.use_n < n else ""
             extra = "" if timing.use_n == n else f" (timed on {timing.use_n})"
             if timing.note:
@@ -442,29 +481,40 @@ def bench_workload(work: Workload, n: int, device: torch.device, budget: float, 
             timing = None
         except OutOfMemory as error:
             entry = (label, None, str(error))
-        except Exception as error:  # noqa: BLE001 - a failing baseline is a row, not a crash
+        except Exception as error:  # a failing baseline is a row, not a crash
             entry = (label, None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
         release_memory(device)
         done[row.key] = entry
         shown, result, note = entry
-        detail = note if result is None else (f"{result[1]}{result[0]:.3f} s, {result[1]}{n / result[0]:,.0f} "
-                                              f"samples/s, {result[1]}{result[0] / forward_s:.1f}x forward "
-                                              f"({forward_s * 1e3:.2f} ms so far), max rel err {note}")
+        detail = (
+            note
+            if result is None
+            else (
+                f"{result[1]}{result[0]:.3f} s, {result[1]}{n / result[0]:,.0f} "
+                f"samples/s, {result[1]}{result[0] / forward_s:.1f}x forward "
+                f"({forward_s * 1e3:.2f} ms so far), max rel err {note}"
+            )
+        )
         print(f"  ... {shown}: {detail} [{time.perf_counter() - began:.0f} s]", file=sys.stderr, flush=True)
     measured = [done[key] for key in ROW_KEYS if key in done]
-    lines = [title, "",
-             f"one eager forward pass over the batch: {forward_s * 1e3:.2f} ms (fastest of all re-timings)", "",
-             "| method | seconds | x forward | samples/s | max rel err vs ours (f64) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        title,
+        "",
+        f"one eager forward pass over the batch: {forward_s * 1e3:.2f} ms (fastest of all re-timings)",
+        "",
+        "| method | seconds | x forward | samples/s | max rel err vs ours (f64) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for label, timing, note in measured:
         if timing is None:
             lines.append(f"| {label} | - | - | - | {note} |")
             continue
         seconds, mark = timing
-        lines.append(f"| {label} | {mark}{seconds:.3f} | {mark}{seconds / forward_s:.1f} | "
-                     f"{mark}{n / seconds:,.0f} | {note} |")
+        lines.append(
+            f"| {label} | {mark}{seconds:.3f} | {mark}{seconds / forward_s:.1f} | {mark}{n / seconds:,.0f} | {note} |"
+        )
     print("\n".join(lines) + "\n", flush=True)
-    del reference, x, net
+    del reference, x, net, candidates  # candidates: its "jax" entry holds net too
     release_memory(device)
     return lines
 
@@ -474,17 +524,33 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=float, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--quick", action="store_true", help="small batches and budgets")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds per row before scaling from a subset (default 60 on CPU, 20 on GPU, 5 quick)")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds from the start after which no row starts (rows shrink to fit)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds per row before scaling from a subset (default 60 on CPU, 20 on GPU, 5 quick)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds from the start after which no row starts (rows shrink to fit)",
+    )
     parser.add_argument("--workload", choices=["seed-000", "W2", "tiny", "all"], default="all")
-    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
-                        help=f"comma-separated rows to run, from {','.join(ROW_KEYS)} (default: all but compile)")
-    parser.add_argument("--compile-chunk", type=int, default=None,
-                        help="chunk of the compile row (default 131072 on GPU, 1024 on CPU)")
-    parser.add_argument("--jax-precision", choices=["highest", "default"], default="highest",
-                        help="JAX matmul precision: full float32 like torch (default), or JAX's default (TF32 on GPUs)")
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated rows to run, from {','.join(ROW_KEYS)} (default: all but compile)",
+    )
+    parser.add_argument(
+        "--compile-chunk", type=int, default=None, help="chunk of the compile row (default 131072 on GPU, 1024 on CPU)"
+    )
+    parser.add_argument(
+        "--jax-precision",
+        choices=["highest", "default"],
+        default="highest",
+        help="JAX matmul precision: full float32 like torch (default), or JAX's default (TF32 on GPUs)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     device = torch.device(args.device)
@@ -507,7 +573,7 @@ def main(argv=None):
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {what}, device {device}, {time.strftime('%Y-%m-%d %H:%M')}\n", flush=True)
     for work in WORKLOADS:
-        if not (args.workload == "all" and not work.smoke or work.name.startswith(args.workload + ":")):
+        if not ((args.workload == "all" and not work.smoke) or work.name.startswith(args.workload + ":")):
             continue
         for n in sizes:
             bench_workload(work, n, device, budget, args.quick, rows, deadline, args.jax_precision, compile_chunk)

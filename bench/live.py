@@ -89,18 +89,24 @@ def main() -> None:
         write = (time.perf_counter() - began) / 200
     n_blocks = blocks * len(shards)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch threads 1")
-    print(f"quickstart, {args.n:,} samples in {len(shards)} shards of {shards[0].size:,} ({blocks} blocks each), "
-          f"best of {args.repeats}")
+    print(
+        f"quickstart, {args.n:,} samples in {len(shards)} shards of {shards[0].size:,} ({blocks} blocks each), "
+        f"best of {args.repeats}"
+    )
     print()
     print("| what | seconds | ratio |")
     print("|---|---|---|")
     print(f"| shards, block progress off | {min(off):.3f} | 1.000 |")
     print(f"| shards, block progress on  | {min(on):.3f} | {min(on) / min(off):.3f} |")
-    print(f"| one progress write (x {len(shards)} to {n_blocks + len(shards)} per run) | {write:.6f} | "
-          f"{write * len(shards) / min(off):.4f} to {write * (n_blocks + len(shards)) / min(off):.4f} "
-          "of the shards' time |")
-    print(f"| one driver poll, {args.shards:,} shards, 16 in flight | {poll:.4f} | "
-          f"{poll / live.POLL_INTERVAL_S:.4f} of the poll interval ({live.POLL_INTERVAL_S} s) |")
+    print(
+        f"| one progress write (x {len(shards)} to {n_blocks + len(shards)} per run) | {write:.6f} | "
+        f"{write * len(shards) / min(off):.4f} to {write * (n_blocks + len(shards)) / min(off):.4f} "
+        "of the shards' time |"
+    )
+    print(
+        f"| one driver poll, {args.shards:,} shards, 16 in flight | {poll:.4f} | "
+        f"{poll / live.POLL_INTERVAL_S:.4f} of the poll interval ({live.POLL_INTERVAL_S} s) |"
+    )
     print(json.dumps({"off": off, "on": on, "write_s": write, "poll_s": poll}))
 
 

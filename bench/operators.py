@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import math
 import os
 import platform
@@ -41,10 +42,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline.engine import compute_derivatives  # noqa: E402
-from pipeline.engine.hvp_operator import HessianOperator, conjugate_gradient, per_sample_operator  # noqa: E402
-from pipeline.engine.operators import OperatorOptions  # noqa: E402
-from timing import no_gc_pause  # noqa: E402  (bench/timing.py)
+from timing import no_gc_pause  # bench/timing.py
+
+from pipeline.engine import compute_derivatives
+from pipeline.engine.hvp_operator import HessianOperator, conjugate_gradient, per_sample_operator
+from pipeline.engine.operators import OperatorOptions
 
 
 def best(fn, repeats: int) -> float:
@@ -62,7 +64,7 @@ def make_net(d: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     widths = [d, 768, 768, 512, 512, 1]
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [torch.nn.Linear(a, b), torch.nn.Tanh()]
     return torch.nn.Sequential(*layers[:-1])
 
@@ -71,8 +73,11 @@ def jax_mlp(net):
     """The tanh MLP ``net`` (Linear/Tanh layers) as a JAX function of one sample with a scalar output."""
     import jax.numpy as jnp
 
-    params = [(jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
-              for m in net if isinstance(m, torch.nn.Linear)]
+    params = [
+        (jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
+        for m in net
+        if isinstance(m, torch.nn.Linear)
+    ]
 
     def f(z):
         for i, (w, b) in enumerate(params):
@@ -106,43 +111,49 @@ def laplacian_table(dims, n, repeats):
     print("| D | method | seconds | x forward | vs folx | max abs diff vs ours |")
     print("|---:|---|---:|---:|---:|---:|")
     for d in dims:
-        net = make_net(d)
-        x = torch.randn(n, d)
-        with torch.no_grad():
-            forward = best(lambda: net(x), max(repeats, 5))
-        ours = compute_derivatives(net, x, ("laplacian",)).outputs["laplacian"][:, 0].numpy()
-        rows = []
-
-        def add(name, fn, result=None):
-            seconds = best(fn, repeats)
-            diff = "" if result is None else f"{np.abs(np.asarray(result()) - ours).max():.1e}"
-            rows.append((name, seconds, diff))
-            sys.stderr.write(f"  D={d} {name}: {seconds:.3f} s\n")
-
-        hessian_trace = torch.vmap(lambda z: torch.func.hessian(lambda u: net(u)[0])(z).trace())
-        add("torch.func vmap(trace(hessian))", lambda: hessian_trace(x), lambda: hessian_trace(x).detach().numpy())
-        jax_trace, folx_lap = jax_functions(net)
-        xj = None
-        if jax_trace is not None:
-            import jax.numpy as jnp
-
-            xj = jnp.asarray(x.numpy())
-            add("JAX jit vmap(trace(hessian))", lambda: jax_trace(xj).block_until_ready(), lambda: jax_trace(xj))
-        add("ours auto (collapsed, D + 2 rows)",
-            lambda: compute_derivatives(net, x, ("laplacian",)).outputs)
-        add("ours taylor (standard, 1 + 2D rows)",
-            lambda: compute_derivatives(net, x, ("laplacian",), method="taylor").outputs,
-            lambda: compute_derivatives(net, x, ("laplacian",), method="taylor").outputs["laplacian"][:, 0].numpy())
-        if folx_lap is not None:
-            add("folx forward_laplacian, JAX jit", lambda: folx_lap(xj).block_until_ready(), lambda: folx_lap(xj))
-        for name, seconds, result in jet_rows(net, x, repeats):
-            diff = "" if result is None else f"{np.abs(result - ours).max():.1e}"
-            rows.append((name, seconds, diff))
-        folx_s = next((s for name, s, _ in rows if name.startswith("folx")), None)
-        for name, seconds, diff in rows:
-            versus = "" if folx_s is None else f"{folx_s / seconds:.2f}x"
-            print(f"| {d} | {name} | {seconds:.3f} | {seconds / forward:.0f} | {versus} | {diff} |")
+        laplacian_rows(d, n, repeats)
     print("\n`vs folx` > 1: faster than folx. jet-for-pytorch: " + jet_status())
+
+
+def laplacian_rows(d, n, repeats):
+    """The rows of ``laplacian_table`` for one input size ``d``, printed."""
+    net = make_net(d)
+    x = torch.randn(n, d)
+    with torch.no_grad():
+        forward = best(lambda: net(x), max(repeats, 5))
+    ours = compute_derivatives(net, x, ("laplacian",)).outputs["laplacian"][:, 0].numpy()
+    rows = []
+
+    def add(name, fn, result=None):
+        seconds = best(fn, repeats)
+        diff = "" if result is None else f"{np.abs(np.asarray(result()) - ours).max():.1e}"
+        rows.append((name, seconds, diff))
+        sys.stderr.write(f"  D={d} {name}: {seconds:.3f} s\n")
+
+    hessian_trace = torch.vmap(lambda z: torch.func.hessian(lambda u: net(u)[0])(z).trace())
+    add("torch.func vmap(trace(hessian))", lambda: hessian_trace(x), lambda: hessian_trace(x).detach().numpy())
+    jax_trace, folx_lap = jax_functions(net)
+    xj = None
+    if jax_trace is not None:
+        import jax.numpy as jnp
+
+        xj = jnp.asarray(x.numpy())
+        add("JAX jit vmap(trace(hessian))", lambda: jax_trace(xj).block_until_ready(), lambda: jax_trace(xj))
+    add("ours auto (collapsed, D + 2 rows)", lambda: compute_derivatives(net, x, ("laplacian",)).outputs)
+    add(
+        "ours taylor (standard, 1 + 2D rows)",
+        lambda: compute_derivatives(net, x, ("laplacian",), method="taylor").outputs,
+        lambda: compute_derivatives(net, x, ("laplacian",), method="taylor").outputs["laplacian"][:, 0].numpy(),
+    )
+    if folx_lap is not None:
+        add("folx forward_laplacian, JAX jit", lambda: folx_lap(xj).block_until_ready(), lambda: folx_lap(xj))
+    for name, seconds, result in jet_rows(net, x, repeats):
+        diff = "" if result is None else f"{np.abs(result - ours).max():.1e}"
+        rows.append((name, seconds, diff))
+    folx_s = next((s for name, s, _ in rows if name.startswith("folx")), None)
+    for name, seconds, diff in rows:
+        versus = "" if folx_s is None else f"{folx_s / seconds:.2f}x"
+        print(f"| {d} | {name} | {seconds:.3f} | {seconds / forward:.0f} | {versus} | {diff} |")
 
 
 JET_SCRIPT = r"""
@@ -214,14 +225,17 @@ def jet_rows(net, x, repeats):
         script = os.path.join(tmp, "jet_bench.py")
         with open(script, "w") as handle:
             handle.write(JET_SCRIPT)
-        done = subprocess.run([python, script, path, str(repeats), str(torch.get_num_threads())],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [python, script, path, str(repeats), str(torch.get_num_threads())], capture_output=True, text=True
+        )
     if done.returncode != 0:
         sys.stderr.write(f"  jet-for-pytorch failed: {done.stderr[-500:]}\n")
         return []
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return [(f"jet-for-pytorch {kind} Taylor mode, vmap (py3.12, own torch)", out[kind][0], np.asarray(out[kind][1]))
-            for kind in ("standard", "collapsed")]
+    return [
+        (f"jet-for-pytorch {kind} Taylor mode, vmap (py3.12, own torch)", out[kind][0], np.asarray(out[kind][1]))
+        for kind in ("standard", "collapsed")
+    ]
 
 
 def jet_status() -> str:
@@ -231,8 +245,10 @@ def jet_status() -> str:
     found = next((c for c in candidates if os.path.exists(c)), shutil.which("python3.12"))
     if found is None:
         return "not run (no python3.12 on this machine)."
-    return (f"not run: {found} exists, but a venv with jet-for-pytorch and its own torch was not set up "
-            "by this benchmark in this run.")
+    return (
+        f"not run: {found} exists, but a venv with jet-for-pytorch and its own torch was not set up "
+        "by this benchmark in this run."
+    )
 
 
 def estimate_table(d, n, samples, repeats):
@@ -246,13 +262,20 @@ def estimate_table(d, n, samples, repeats):
     print(f"| laplacian (exact, collapsed) | identity | {exact:.3f} | 1 | | |")
     for mode in ("per_sample", "shared"):
         options = OperatorOptions(samples=samples, seed=0, directions=mode)
-        est = best(lambda: compute_derivatives(net, x, ("laplacian_estimate",), options=options).outputs, repeats)
+        est = best(
+            lambda options=options: compute_derivatives(net, x, ("laplacian_estimate",), options=options).outputs,
+            repeats,
+        )
         out = compute_derivatives(net, x, ("laplacian", "laplacian_estimate"), options=options).outputs
         z = ((out["laplacian_estimate"] - out["laplacian"]) / out["laplacian_estimate_stderr"]).flatten()
-        print(f"| laplacian_estimate, {samples} Rademacher, 8 groups | {mode} | {est:.3f} | {est / exact:.3f} | "
-              f"{target:.3f} | {z.mean():.2f}, {z.std():.2f} |")
-    print("\n(est - exact)/stderr over the samples: about 0 and 1 when unbiased and the standard error is right;"
-          " with shared directions the samples' errors are correlated, so their mean scatters more.")
+        print(
+            f"| laplacian_estimate, {samples} Rademacher, 8 groups | {mode} | {est:.3f} | {est / exact:.3f} | "
+            f"{target:.3f} | {z.mean():.2f}, {z.std():.2f} |"
+        )
+    print(
+        "\n(est - exact)/stderr over the samples: about 0 and 1 when unbiased and the standard error is right;"
+        " with shared directions the samples' errors are correlated, so their mean scatters more."
+    )
 
 
 def bilaplacian_table(dims, repeats):
@@ -262,55 +285,62 @@ def bilaplacian_table(dims, repeats):
     print("| D | N | method | seconds | x ours | max rel diff vs ours |")
     print("|---:|---:|---|---:|---:|---:|")
     for d in dims:
-        n = {3: 4096, 10: 1024}.get(d, 64)
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
-                                  torch.nn.Linear(64, 1))
-        x = torch.randn(n, d)
-        ours = compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"][:, 0].numpy()
-        scale = np.abs(ours).max()
-        rows = []
+        bilaplacian_rows(d, repeats)
 
-        def add(name, fn, result):
-            seconds = best(fn, repeats)
-            rows.append((name, seconds, np.abs(np.asarray(result()).reshape(-1) - ours).max() / scale))
-            sys.stderr.write(f"  D={d} {name}: {seconds:.3f} s\n")
 
-        def ours_fn():
-            return compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"]
+def bilaplacian_rows(d, repeats):
+    """The rows of ``bilaplacian_table`` for one input size ``d``, printed."""
+    n = {3: 4096, 10: 1024}.get(d, 64)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)
+    )
+    x = torch.randn(n, d)
+    ours = compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"][:, 0].numpy()
+    scale = np.abs(ours).max()
+    rows = []
 
-        add("ours auto (taylor, biharmonic set: 1 + 4D + 2D(D-1) coefficients)", ours_fn, ours_fn)
+    def add(name, fn, result):
+        seconds = best(fn, repeats)
+        rows.append((name, seconds, np.abs(np.asarray(result()).reshape(-1) - ours).max() / scale))
+        sys.stderr.write(f"  D={d} {name}: {seconds:.3f} s\n")
 
-        def full_d4():
-            d4 = compute_derivatives(net, x, ("d4",), method="taylor").outputs["d4"][:, 0]
-            return d4.diagonal(dim1=1, dim2=2).diagonal(dim1=1, dim2=2).sum((1, 2))
+    def ours_fn():
+        return compute_derivatives(net, x, ("bilaplacian",)).outputs["bilaplacian"]
 
-        if math.comb(d + 4, 4) <= 20_000:
-            add("ours taylor, full d4 (C(D+4, 4) coefficients), contracted", full_d4, full_d4)
+    add("ours auto (taylor, biharmonic set: 1 + 4D + 2D(D-1) coefficients)", ours_fn, ours_fn)
 
-        def lap(fn):
-            return lambda z: torch.func.hessian(fn)(z).diagonal(dim1=-2, dim2=-1).sum(-1)
+    def full_d4():
+        d4 = compute_derivatives(net, x, ("d4",), method="taylor").outputs["d4"][:, 0]
+        return d4.diagonal(dim1=1, dim2=2).diagonal(dim1=1, dim2=2).sum((1, 2))
 
-        nested = torch.vmap(lap(lap(lambda z: net(z)[0])))
-        add("torch.func vmap(lap(lap)), lap = trace(hessian)", lambda: nested(x), lambda: nested(x).detach().numpy())
-        try:
-            import jax
-            import jax.numpy as jnp
+    if math.comb(d + 4, 4) <= 20_000:
+        add("ours taylor, full d4 (C(D+4, 4) coefficients), contracted", full_d4, full_d4)
 
-            f = jax_mlp(net)
+    def lap(fn):
+        return lambda z: torch.func.hessian(fn)(z).diagonal(dim1=-2, dim2=-1).sum(-1)
 
-            def jlap(g):
-                return lambda z: jnp.trace(jax.hessian(g)(z))
+    nested = torch.vmap(lap(lap(lambda z: net(z)[0])))
+    add("torch.func vmap(lap(lap)), lap = trace(hessian)", lambda: nested(x), lambda: nested(x).detach().numpy())
+    try:
+        import jax
+        import jax.numpy as jnp
 
-            jnested = jax.jit(jax.vmap(jlap(jlap(f))))
-            xj = jnp.asarray(x.numpy())
-            add("JAX jit vmap(lap(lap)), lap = trace(hessian)", lambda: jnested(xj).block_until_ready(),
-                lambda: jnested(xj))
-        except ImportError:
-            sys.stderr.write("  JAX not installed: its row is left out\n")
-        mine = rows[0][1]
-        for name, seconds, diff in rows:
-            print(f"| {d} | {n} | {name} | {seconds:.3f} | {seconds / mine:.2f} | {diff:.1e} |", flush=True)
+        f = jax_mlp(net)
+
+        def jlap(g):
+            return lambda z: jnp.trace(jax.hessian(g)(z))
+
+        jnested = jax.jit(jax.vmap(jlap(jlap(f))))
+        xj = jnp.asarray(x.numpy())
+        add(
+            "JAX jit vmap(lap(lap)), lap = trace(hessian)", lambda: jnested(xj).block_until_ready(), lambda: jnested(xj)
+        )
+    except ImportError:
+        sys.stderr.write("  JAX not installed: its row is left out\n")
+    mine = rows[0][1]
+    for name, seconds, diff in rows:
+        print(f"| {d} | {n} | {name} | {seconds:.3f} | {seconds / mine:.2f} | {diff:.1e} |", flush=True)
 
 
 def seed001(w, x):
@@ -353,8 +383,10 @@ def cg_table(repeats, batch, dim):
         p, it = conjugate_gradient(matvec, -g, tol=1e-12)
         return p, it, g
 
-    for name, fn, calls in (("operator: graph built once", kept, "1"),
-                            ("recompute first order per product", recomputed, "1 + products")):
+    for name, fn, calls in (
+        ("operator: graph built once", kept, "1"),
+        ("recompute first order per product", recomputed, "1 + products"),
+    ):
         seconds = best(fn, repeats)
         p, it, g = fn()
         dense = torch.linalg.solve(blocks, -torch.stack([g[:n], g[n:]], 1)).T.reshape(-1)
@@ -376,12 +408,16 @@ def cg_table(repeats, batch, dim):
 
     h = torch.vmap(torch.func.hessian(convex))(xs)
     dense = torch.linalg.solve(h, -torch.vmap(torch.func.grad(convex))(xs))
-    for name, fn, calls in (("operator: graph built once", kept_batch, "1"),
-                            ("recompute first order per product", recomputed_batch, "1 + products")):
+    for name, fn, calls in (
+        ("operator: graph built once", kept_batch, "1"),
+        ("recompute first order per product", recomputed_batch, "1 + products"),
+    ):
         seconds = best(fn, repeats)
         p, it = fn()
-        print(f"| {batch} per-sample Hessians, d = {dim} | {name} | {seconds:.4f} | {calls} | {it} | "
-              f"{(p - dense).abs().max():.1e} |")
+        print(
+            f"| {batch} per-sample Hessians, d = {dim} | {name} | {seconds:.4f} | {calls} | {it} | "
+            f"{(p - dense).abs().max():.1e} |"
+        )
 
 
 def main(argv=None):
@@ -397,8 +433,10 @@ def main(argv=None):
     n = args.n or (128 if args.quick else 512)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+    )
     tables = args.tables.split(",")
     if "laplacian" in tables:
         laplacian_table(dims, n, repeats)

@@ -67,8 +67,16 @@ class SimulatedExecutor:
         self.run_began = time.perf_counter()
         for shard in shards:
             now = time.time()
-            record = ShardRecord.done(shard, attempts=1, host=self.host, device="simulated", seconds=0.0,
-                                      started=now, finished=now, worker=f"{self.host}:{os.getpid()}")
+            record = ShardRecord.done(
+                shard,
+                attempts=1,
+                host=self.host,
+                device="simulated",
+                seconds=0.0,
+                started=now,
+                finished=now,
+                worker=f"{self.host}:{os.getpid()}",
+            )
             write_marker(spec.store.path, record)
             on_done(record)
         self.run_ended = time.perf_counter()
@@ -76,13 +84,21 @@ class SimulatedExecutor:
 
 def measure(samples: int, shard_size: int, folder: Path) -> dict:
     """Plan, track and finalize ``samples`` samples in shards of ``shard_size`` into a store under ``folder``."""
-    from pipeline.driver import prepare, submit
-    from pipeline.spec import load_spec
     import pyarrow.parquet as pq
 
+    from pipeline.driver import prepare, submit
+    from pipeline.spec import load_spec
+
     store = folder / "scale.zarr"
-    spec = load_spec(str(JOB), [f"inputs.n={samples}", f"execution.shard_size={shard_size}",
-                                f"store.path={store}", "store.check_free_space=false"])
+    spec = load_spec(
+        str(JOB),
+        [
+            f"inputs.n={samples}",
+            f"execution.shard_size={shard_size}",
+            f"store.path={store}",
+            "store.check_free_space=false",
+        ],
+    )
     baseline = rss_bytes()
     began = time.perf_counter()
     prepared = prepare(spec)
@@ -125,8 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     samples = args.shards * args.shard_size if args.shards else int(args.samples)
     folder = Path(tempfile.mkdtemp(prefix="scale-", dir=args.dir))
-    import pipeline  # noqa: F401  (the baseline includes the package, torch and zarr)
-    import pipeline.driver  # noqa: F401
+    # imported before measure() takes its baseline: the baseline includes the package, torch and zarr
+    import pipeline
+    import pipeline.driver
     import pipeline.live  # noqa: F401
 
     try:
@@ -137,19 +154,27 @@ def main() -> None:
         print(json.dumps(result))
         return
     shards = result["shards"]
-    print(f"bench/scale.py on {platform.node()} ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs), Python {sys.version.split()[0]}")
-    print(f"seed-000 job of {samples:.3g} samples, shard size {args.shard_size}: {shards:,} shards, "
-          f"work simulated (a marker per shard)")
-    print(f"| phase | seconds | us per shard |\n|---|---:|---:|")
+    print(
+        f"bench/scale.py on {platform.node()} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs), Python {sys.version.split()[0]}"
+    )
+    print(
+        f"seed-000 job of {samples:.3g} samples, shard size {args.shard_size}: {shards:,} shards, "
+        f"work simulated (a marker per shard)"
+    )
+    print("| phase | seconds | us per shard |\n|---|---:|---:|")
     for phase in ("plan", "create", "track", "finalize", "total"):
         seconds = result[f"seconds_{phase}"]
         print(f"| {phase} | {seconds:.1f} | {seconds / shards * 1e6:.1f} |")
-    print(f"driver peak memory above baseline: {result['driver_bytes'] / 2**20:.0f} MiB "
-          f"({result['driver_bytes'] / shards:.1f} B per shard); baseline {result['baseline_rss_bytes'] / 2**20:.0f} MiB")
-    print(f"manifest: {result['manifest_rows']:,} rows, {result['manifest_bytes'] / 2**20:.1f} MiB "
-          f"({result['manifest_status']}); plan.parquet {result['plan_bytes'] / 2**20:.1f} MiB; "
-          f"complete: {result['complete']}")
+    print(
+        f"driver peak memory above baseline: {result['driver_bytes'] / 2**20:.0f} MiB "
+        f"({result['driver_bytes'] / shards:.1f} B per shard); baseline {result['baseline_rss_bytes'] / 2**20:.0f} MiB"
+    )
+    print(
+        f"manifest: {result['manifest_rows']:,} rows, {result['manifest_bytes'] / 2**20:.1f} MiB "
+        f"({result['manifest_status']}); plan.parquet {result['plan_bytes'] / 2**20:.1f} MiB; "
+        f"complete: {result['complete']}"
+    )
 
 
 if __name__ == "__main__":

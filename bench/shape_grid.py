@@ -45,9 +45,10 @@ from torch.func import jacfwd, jacrev, jvp, vmap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline.engine import chunking, compute_derivatives  # noqa: E402
-from pipeline.engine.hvp import hvp  # noqa: E402
-from timing import no_gc_pause  # noqa: E402  (bench/timing.py)
+from timing import no_gc_pause  # bench/timing.py
+
+from pipeline.engine import chunking, compute_derivatives
+from pipeline.engine.hvp import hvp
 
 QUANTITY_ORDER = {"jacobian": 1, "hessian": 2, "laplacian": 2, "d3": 3, "hvp": 2}
 FORCED = ("taylor", "forward", "reverse", "forward-over-reverse")
@@ -217,8 +218,9 @@ def plain_call_fits(net, row):
     if not row.startswith("tf "):
         return None
     method = {label: m for m, label in TORCH_FUNC.items()}[row]
-    measured = [b for key, b in chunking.FOOTPRINTS.entries(net).items()
-                if len(key) > 2 and key[2] in (method, "hvp-reverse")]
+    measured = [
+        b for key, b in chunking.FOOTPRINTS.entries(net).items() if len(key) > 2 and key[2] in (method, "hvp-reverse")
+    ]
     if not measured:
         return None
     return int(chunking.available_bytes(torch.device("cpu")) // max(measured))
@@ -287,8 +289,10 @@ def main() -> None:
     dims = [int(s) for s in args.dims.split(",")]
     outs = [int(s) for s in args.outs.split(",")]
     quantities = args.quantities.split(",")
-    print(f"# Shape grid: tanh MLP D -> 64 -> 64 -> M, float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; times in ms for N samples\n")
+    print(
+        f"# Shape grid: tanh MLP D -> 64 -> 64 -> M, float32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; times in ms for N samples\n"
+    )
     worst_auto, worst_forced, skipped = [], [], []
     for quantity in quantities:
         rows = rows_for(quantity)
@@ -302,8 +306,11 @@ def main() -> None:
                     skipped.append(f"{quantity} D={d} M={m}")
                     continue
                 n, times, marks, chosen = got
-                forced = {r: t for r, t in times.items() if r not in ("auto",) and not r.startswith("tf ")
-                          and not math.isnan(t)}
+                forced = {
+                    r: t
+                    for r, t in times.items()
+                    if r not in ("auto",) and not r.startswith("tf ") and not math.isnan(t)
+                }
                 best_row = min(forced, key=forced.get)
                 ratio = times["auto"] / forced[best_row]
                 worst_auto.append((ratio, f"{quantity} D={d} M={m}"))
@@ -311,33 +318,50 @@ def main() -> None:
                 for method, label in TORCH_FUNC.items():
                     mine = "reverse" if quantity == "hvp" and label == "tf fwd-over-rev" else method
                     capped = ">" in (marks.get(label), marks.get(mine))  # a lower bound: no ratio
-                    if label in times and mine in times and not math.isnan(times[mine]) and times[label] > 0 \
-                            and not capped:
+                    if (
+                        label in times
+                        and mine in times
+                        and not math.isnan(times[mine])
+                        and times[label] > 0
+                        and not capped
+                    ):
                         r = times[mine] / times[label]
                         pairs.append(f"{mine} {r:.2f}")
                         scaled = "~" in (marks[label], marks[mine])  # a side scaled from a slice
                         worst_forced.append((r, f"{quantity} D={d} M={m} {mine}" + (" (~)" if scaled else ""), scaled))
-                print(f"| {d} | {m} | {n} | " + " | ".join(fmt(times[r], marks[r]) for r in rows)
-                      + f" | {chosen} | {ratio:.2f} ({best_row}) | {', '.join(pairs)} |", flush=True)
+                print(
+                    f"| {d} | {m} | {n} | "
+                    + " | ".join(fmt(times[r], marks[r]) for r in rows)
+                    + f" | {chosen} | {ratio:.2f} ({best_row}) | {', '.join(pairs)} |",
+                    flush=True,
+                )
     print("\n## Summary\n")
     if worst_auto:
         worst_auto.sort(reverse=True)
         within = sum(r <= 1.2 for r, _ in worst_auto)
-        print(f"- auto within 1.2x of the best forced method: {within} of {len(worst_auto)} cells; "
-              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_auto[:5]))
+        print(
+            f"- auto within 1.2x of the best forced method: {within} of {len(worst_auto)} cells; "
+            f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name in worst_auto[:5])
+        )
     if worst_forced:
         worst_forced.sort(reverse=True)
         within = sum(r <= 1.5 for r, _, _ in worst_forced)
-        print(f"- forced torch.func methods within 1.5x of their torch.func call: {within} of {len(worst_forced)}; "
-              f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name, _ in worst_forced[:5]))
+        print(
+            f"- forced torch.func methods within 1.5x of their torch.func call: {within} of {len(worst_forced)}; "
+            f"worst: " + "; ".join(f"{name} {r:.2f}" for r, name, _ in worst_forced[:5])
+        )
         timed = [(r, name) for r, name, scaled in worst_forced if not scaled]
-        print(f"  - both sides timed on the whole batch: {sum(r <= 1.5 for r, _ in timed)} of {len(timed)}; worst: "
-              + "; ".join(f"{name} {r:.2f}" for r, name in timed[:3]))
+        print(
+            f"  - both sides timed on the whole batch: {sum(r <= 1.5 for r, _ in timed)} of {len(timed)}; worst: "
+            + "; ".join(f"{name} {r:.2f}" for r, name in timed[:3])
+        )
     if skipped:
         print(f"- skipped (result over {args.max_numbers:,} numbers for 4 samples): {', '.join(skipped)}")
-    print("- `~`: scaled linearly from the largest slice timed; `skipped: Hessian`: a torch.func Laplacian forms "
-          "the full Hessian, over --max-numbers numbers for 4 samples; `>`: one call ran past --call-cap "
-          f"({CALL_CAP:.0f} s) and was stopped, the figure is the lower bound it gives for N samples.")
+    print(
+        "- `~`: scaled linearly from the largest slice timed; `skipped: Hessian`: a torch.func Laplacian forms "
+        "the full Hessian, over --max-numbers numbers for 4 samples; `>`: one call ran past --call-cap "
+        f"({CALL_CAP:.0f} s) and was stopped, the figure is the lower bound it gives for N samples."
+    )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def main() -> None:
         return
     data = arrays(args.n)
     nbytes = sum(v.nbytes for v in data.values())
-    plan = plan_derivative_job(args.n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32")
+    plan = plan_derivative_job(
+        args.n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32"
+    )
     variants = {"raw (ndarray.tofile)": None}
     for codec in ("none", "lz4", "zstd"):
         variants[f"zarr regions, {codec}"] = (codec, False)
@@ -99,8 +101,10 @@ def main() -> None:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     raw = min(rows["raw (ndarray.tofile)"])
-    print(f"store writes: N={args.n}, {nbytes / 1e6:.0f} MB, chunk {args.chunk}, shard {args.shard}, "
-          f"best of {args.repeat}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"store writes: N={args.n}, {nbytes / 1e6:.0f} MB, chunk {args.chunk}, shard {args.shard}, "
+        f"best of {args.repeat}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print(f"| {'method':36} | {'seconds':>8} | {'MB/s':>8} | {'x raw time':>10} |")
     print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
     for label, times in rows.items():
@@ -122,8 +126,11 @@ def s3_rows(args) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         for _ in range(200):
@@ -132,20 +139,27 @@ def s3_rows(args) -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1"})
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
         fs, _ = storage.filesystem("s3://bench")
         fs.mkdir("bench")
         data = arrays(args.s3_n)
         nbytes = sum(v.nbytes for v in data.values())
-        plan = plan_derivative_job(args.s3_n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard,
-                                   "float32")
+        plan = plan_derivative_job(
+            args.s3_n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32"
+        )
 
         def raw_puts(i):
             began = time.perf_counter()
             for shard in plan.shards:
                 for name, values in data.items():
-                    fs.pipe_file(f"bench/raw{i}/{name}.{shard.id}", values[shard.start:shard.stop].tobytes())
+                    fs.pipe_file(f"bench/raw{i}/{name}.{shard.id}", values[shard.start : shard.stop].tobytes())
             return time.perf_counter() - began
 
         def layer(name):
@@ -161,38 +175,58 @@ def s3_rows(args) -> None:
                 create_store(url, plan, {"spec_hash": "bench"}, compression="lz4")
                 began = time.perf_counter()
                 for shard in plan.shards:
-                    part = {k: v[shard.start:shard.stop] for k, v in data.items()}
+                    part = {k: v[shard.start : shard.stop] for k, v in data.items()}
                     write_region(url, part, shard.start, shard.stop)
                     write_marker(url, ShardRecord.done(shard, attempts=1, checksum=checksum(part)))
                 return time.perf_counter() - began
+
             return run
 
-        variants = {"raw PUTs of the same bytes (ceiling)": raw_puts,
-                    "ours -> s3, zarr ObjectStore (obstore)": layer("obstore"),
-                    "ours -> s3, zarr FsspecStore (s3fs)": layer("fsspec"),
-                    "ours -> local disk": layer("local")}
+        variants = {
+            "raw PUTs of the same bytes (ceiling)": raw_puts,
+            "ours -> s3, zarr ObjectStore (obstore)": layer("obstore"),
+            "ours -> s3, zarr FsspecStore (s3fs)": layer("fsspec"),
+            "ours -> local disk": layer("local"),
+        }
         rows = {label: [run(i) for i in range(args.repeat)] for label, run in variants.items()}
         storage.ZARR_LAYER = "obstore"
         ceiling = min(rows["raw PUTs of the same bytes (ceiling)"])
-        print(f"\nlocal S3 server (moto): N={args.s3_n}, {nbytes / 1e6:.0f} MB seed-000 results, lz4, chunk "
-              f"{args.chunk}, shard {args.shard}, best of {args.repeat}")
+        print(
+            f"\nlocal S3 server (moto): N={args.s3_n}, {nbytes / 1e6:.0f} MB seed-000 results, lz4, chunk "
+            f"{args.chunk}, shard {args.shard}, best of {args.repeat}"
+        )
         print(f"| {'method':40} | {'seconds':>8} | {'MB/s':>8} | {'x raw PUT time':>14} |")
         print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
         for label, times in rows.items():
             best = min(times)
             print(f"| {label:40} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / ceiling:14.2f} |")
         root = Path(__file__).resolve().parents[1]
-        job = [sys.executable, "-m", "pipeline.cli", "submit", str(root / "jobs/quickstart.yaml"), "--executor", "inline",
-               "-q", "--set", "inputs.n=40000", "--set", "store.chunk_size=2000", "--set", "execution.shard_size=8000"]
+        job = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "submit",
+            str(root / "jobs/quickstart.yaml"),
+            "--executor",
+            "inline",
+            "-q",
+            "--set",
+            "inputs.n=40000",
+            "--set",
+            "store.chunk_size=2000",
+            "--set",
+            "execution.shard_size=8000",
+        ]
         jobs = {}
         for label, path in (("local disk", None), ("s3://", "s3://bench/job.zarr")):
             folder = Path(tempfile.mkdtemp(prefix="bench-job-"))
             began = time.perf_counter()
-            subprocess.run(job + ["--set", f"store.path={path or folder / 'job.zarr'}"], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                job + ["--set", f"store.path={path or folder / 'job.zarr'}"], check=True, stdout=subprocess.DEVNULL
+            )
             jobs[label] = time.perf_counter() - began
             shutil.rmtree(folder, ignore_errors=True)
-        print(f"\nwhole job (jobs/quickstart.yaml, n=40000, inline, process start included)")
+        print("\nwhole job (jobs/quickstart.yaml, n=40000, inline, process start included)")
         print("| store | seconds | x local |\n|---|---|---|")
         for label, seconds in jobs.items():
             print(f"| {label} | {seconds:.2f} | {seconds / jobs['local disk']:.2f} |")

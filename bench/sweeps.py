@@ -54,11 +54,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
+from timing import best_time, synchronize  # noqa: E402  (bench/timing.py)
+
 import pipeline.solvers.rte1d as rte1d  # noqa: E402
 from pipeline.engine.chunking import is_out_of_memory  # noqa: E402
 from pipeline.solvers import solve  # noqa: E402
-from timing import best_time, synchronize  # noqa: E402  (bench/timing.py)
-from reference_rte1d import reference_solve, reference_solve_batch, seed_cases, seed_grid  # noqa: E402
 
 
 @dataclass
@@ -170,6 +171,7 @@ def solve_and_jvps(params: dict[str, torch.Tensor]) -> torch.Tensor:
     solve("rte1d", params)
     tangents = []
     for p in SENSITIVITY_PARAMETERS:
+
         def along(value, p=p):
             return final_mean_T(solve("rte1d", {**params, p: value}))
 
@@ -201,9 +203,12 @@ def attempt(what: str, run: Callable[[], object], device: torch.device):
     """``(run(), None)``, or ``(None, why)`` when it fails or runs out of memory (printed at once)."""
     try:
         return run(), None
-    except Exception as error:  # noqa: BLE001 - one approach failing is a cell of the table, not a crash
-        why = "out of memory" if is_out_of_memory(error) else (
-            f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:60]}")
+    except Exception as error:  # one approach failing is a cell of the table, not a crash
+        why = (
+            "out of memory"
+            if is_out_of_memory(error)
+            else (f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:60]}")
+        )
         print(f"# {what}: {why}", flush=True)
         return None, why
     finally:
@@ -227,25 +232,29 @@ def sensitivities_benchmark(
     for n in counts:
         params = seed_scalar_params(n, dtype, device)
         cells = {}
-        for name, run, times in (("plain", lambda: solve("rte1d", params), repeats),
-                                 ("via_solve", lambda: solve_and_jvps(params), repeats),
-                                 ("multi", lambda: multi_direction_jvp(params), repeats),
-                                 ("old", lambda: solve_out_of_place_jvps(params), 1)):
+        for name, run, times in (
+            ("plain", lambda params=params: solve("rte1d", params), repeats),
+            ("via_solve", lambda params=params: solve_and_jvps(params), repeats),
+            ("multi", lambda params=params: multi_direction_jvp(params), repeats),
+            ("old", lambda params=params: solve_out_of_place_jvps(params), 1),
+        ):
             if name == "old" and not old:
                 cells[name] = (None, None, "-")
                 continue
-            timed, why = attempt(f"{n} cases, {name}", lambda: best_time(run, device, times), device)
+            timed, why = attempt(
+                f"{n} cases, {name}", lambda run=run, times=times: best_time(run, device, times), device
+            )
             cells[name] = (None, None, why) if timed is None else (timed[0], timed[1], None)
         new = cells["via_solve"][1]
         scale = None if new is None else float(new.abs().max())
 
-        def diff(name):
+        def diff(name, cells=cells, new=new, scale=scale):
             other = cells[name][1]
             return None if other is None or scale is None else float((other - new).abs().max()) / scale
 
         rows.append((n, cells, diff("old"), diff("multi")))
 
-        def seconds(name):
+        def seconds(name, cells=cells):
             value, _, why = cells[name]
             return why if value is None else f"{value:.3f} s"
 
@@ -278,10 +287,16 @@ def sensitivities_benchmark(
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, cells, diff_old, diff_multi in rows:
         out_of_place, via_solve, multi = cells["old"][0], cells["via_solve"][0], cells["multi"][0]
-        speedup = "-" if None in (out_of_place, via_solve, multi) else (
-            f"{out_of_place / via_solve:.0f}x / {out_of_place / multi:.0f}x")
-        diffs = ("-" if diff_old is None else f"{diff_old:.1e}") + " / " + (
-            "-" if diff_multi is None else f"{diff_multi:.1e}")
+        speedup = (
+            "-"
+            if None in (out_of_place, via_solve, multi)
+            else (f"{out_of_place / via_solve:.0f}x / {out_of_place / multi:.0f}x")
+        )
+        diffs = (
+            ("-" if diff_old is None else f"{diff_old:.1e}")
+            + " / "
+            + ("-" if diff_multi is None else f"{diff_multi:.1e}")
+        )
         print(
             f"| {n} | {plain_rate(cells, n)} | {cell('old', cells, n)} | {cell('via_solve', cells, n)} | "
             f"{cell('multi', cells, n)} | {speedup} | {diffs} |"
@@ -291,18 +306,30 @@ def sensitivities_benchmark(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cases", default=None, help="comma-separated case counts (default 4,64,1024; +8192 with --full or on GPU)")
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated case counts (default 4,64,1024; +8192 with --full or on GPU)"
+    )
     parser.add_argument("--full", action="store_true", help="add 8192 cases")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 and 16 cases, one run each, 2 loop cases")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="the seed ran in float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default 3, 1 quick; 1 run above 1024 cases)")
-    parser.add_argument("--loop-cases", type=int, default=None, help="the Python loop runs at most this many cases (default 8, 2 quick)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="best of this many runs (default 3, 1 quick; 1 run above 1024 cases)"
+    )
+    parser.add_argument(
+        "--loop-cases", type=int, default=None, help="the Python loop runs at most this many cases (default 8, 2 quick)"
+    )
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="rte1d's compile option")
-    parser.add_argument("--sensitivities", action="store_true",
-                        help="time plain solve vs solve + 3 parameter sensitivities instead (default 64,1024 cases; +8192 on GPU)")
-    parser.add_argument("--no-old", action="store_true",
-                        help="with --sensitivities: skip the out-of-place jvp path (minutes at 1024 cases)")
+    parser.add_argument(
+        "--sensitivities",
+        action="store_true",
+        help="time plain solve vs solve + 3 parameter sensitivities instead (default 64,1024 cases; +8192 on GPU)",
+    )
+    parser.add_argument(
+        "--no-old",
+        action="store_true",
+        help="with --sensitivities: skip the out-of-place jvp path (minutes at 1024 cases)",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -333,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         T0, sigma = seed_inputs(n, dtype, device)
         began = time.perf_counter()
 
-        def warm_up():
+        def warm_up(T0=T0, sigma=sigma):
             if device.type == "cuda" or compile_option is True:  # compile and warm up before timing
                 solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
             result = solve("rte1d", {"T0": T0, "sigma": sigma}, compile=compile_option)
@@ -346,15 +373,26 @@ def main(argv: list[str] | None = None) -> None:
         if outputs is not None:
             with tempfile.TemporaryDirectory() as folder:
                 writer = store_writer(outputs, folder)
-                timed, ours_why = attempt(f"{n} cases, ours", lambda: time_ours(
-                    T0, sigma, count_repeats, write=writer, compile=compile_option), device)
+                timed, ours_why = attempt(
+                    f"{n} cases, ours",
+                    lambda T0=T0, sigma=sigma, count_repeats=count_repeats, writer=writer: time_ours(
+                        T0, sigma, count_repeats, write=writer, compile=compile_option
+                    ),
+                    device,
+                )
             ours, outputs = (None, None) if timed is None else timed
-        seed, vmap_why = attempt(f"{n} cases, seed vmap", lambda: time_seed_vmap(T0, sigma, count_repeats), device)
+        seed, vmap_why = attempt(
+            f"{n} cases, seed vmap",
+            lambda T0=T0, sigma=sigma, count_repeats=count_repeats: time_seed_vmap(T0, sigma, count_repeats),
+            device,
+        )
         vmap, seed_result = (None, None) if seed is None else seed
         error = None if outputs is None or seed_result is None else max_relative_error(outputs, seed_result)
         outputs = seed_result = seed = None
         k = min(n, loop_cases)
-        loop, loop_why = attempt(f"{n} cases, loop", lambda: time_seed_loop(T0[:k], sigma[:k], 1), device)
+        loop, loop_why = attempt(
+            f"{n} cases, loop", lambda T0=T0, sigma=sigma, k=k: time_seed_loop(T0[:k], sigma[:k], 1), device
+        )
         rows.append((n, vmap or vmap_why, loop or loop_why, ours or ours_why, error, k))
 
         def seconds(timing, why):
@@ -373,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
         return "-" if isinstance(a, str) or isinstance(b, str) else f"{a.cases_per_second / b.cases_per_second:.1f}x"
 
     print()
-    print("| cases | seed vmap (cases/s) | Python loop (cases/s) | ours (cases/s) | ours / vmap | ours / loop | max rel err | write frac |")
+    print(
+        "| cases | seed vmap (cases/s) | Python loop (cases/s) | ours (cases/s) | ours / vmap | ours / loop | max rel err | write frac |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, vmap, loop, ours, error, k in rows:
         frac = "-" if isinstance(ours, str) or ours.write_fraction is None else f"{ours.write_fraction:.2f}"
