@@ -26,11 +26,11 @@ demo: install
 	$(BIN)/pipeline submit jobs/seed000.yaml --local
 	$(BIN)/pipeline inspect results/seed000.zarr
 
-# ruff (lint and format check) and mypy on pipeline/ (mypy's files are set in pyproject.toml);
+# ruff (lint and format check) on pipeline/ and bench/, mypy on pipeline/ (mypy's files are set in pyproject.toml);
 # `make test` runs it first, so CI fails on a lint or type error before any test runs.
 lint: install
-	$(BIN)/ruff check pipeline
-	$(BIN)/ruff format --check pipeline
+	$(BIN)/ruff check pipeline bench
+	$(BIN)/ruff format --check pipeline bench
 	$(BIN)/mypy
 
 test: install lint
