@@ -6,6 +6,8 @@ hessian [N,150,2,2], float32: 4.2 KB per sample) in shards, and compares:
 - raw:     ``numpy.ndarray.tofile`` of the same bytes, one file per array and shard
 - zarr:    ``pipeline.store.write_region`` alone, per codec (none, lz4, zstd)
 - ours:    region writes + checksum + commit marker, as a task does
+- blocks:  one chunk per write, as a task's writer thread writes: arrays opened per block with
+           Zarr's fill check (before session 12) vs opened once per shard, fill check off (now)
 
 Prints MB/s and the ratio to raw. Run: ``python bench/store.py [--n 65536]``.
 
@@ -68,6 +70,33 @@ def time_ours(folder: Path, data, plan, with_marker: bool, compression: str) -> 
     return time.perf_counter() - began
 
 
+def time_blocks(folder: Path, data, plan, compression: str, before: bool) -> float:
+    """Each shard written in blocks of one chunk, as a task's writer thread writes them.
+
+    ``before``: as tasks wrote until session 12, each block opening its arrays
+    again (a ``zarr.json`` read each, a GET on a bucket) and Zarr checking
+    every chunk against the fill value; otherwise ``write_region``'s
+    ``targets`` (arrays opened once per shard, the fill check off).
+    """
+    from pipeline.store import open_for_writing
+
+    path = folder / "s.zarr"
+    create_store(path, plan, {"spec_hash": "bench"}, compression=compression)
+    group = open_for_writing(path)
+    began = time.perf_counter()
+    for shard in plan.shards:
+        targets: dict = {}
+        for start in range(shard.start, shard.stop, plan.chunk_size):
+            stop = min(start + plan.chunk_size, shard.stop)
+            part = {k: v[start:stop] for k, v in data.items()}
+            if before:
+                for name, values in part.items():
+                    group[name][start:stop] = values
+            else:
+                write_region(path, part, start, stop, group=group, targets=targets)
+    return time.perf_counter() - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=65536)
@@ -89,6 +118,9 @@ def main() -> None:
     for codec in ("none", "lz4", "zstd"):
         variants[f"zarr regions, {codec}"] = (codec, False)
         variants[f"ours (+checksum, marker), {codec}"] = (codec, True)
+    for codec in ("none", "lz4"):
+        variants[f"blocks, {codec}, arrays opened per block + fill check (before)"] = (codec, "before")
+        variants[f"blocks, {codec}, as tasks write (ours)"] = (codec, "blocks")
     rows = {label: [] for label in variants}
     for _ in range(args.repeat):
         for label, variant in variants.items():
@@ -96,6 +128,8 @@ def main() -> None:
             try:
                 if variant is None:
                     rows[label].append(time_raw(folder, data, plan.shards))
+                elif isinstance(variant[1], str):
+                    rows[label].append(time_blocks(folder, data, plan, variant[0], before=variant[1] == "before"))
                 else:
                     rows[label].append(time_ours(folder, data, plan, with_marker=variant[1], compression=variant[0]))
             finally:
@@ -105,11 +139,11 @@ def main() -> None:
         f"store writes: N={args.n}, {nbytes / 1e6:.0f} MB, chunk {args.chunk}, shard {args.shard}, "
         f"best of {args.repeat}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"| {'method':36} | {'seconds':>8} | {'MB/s':>8} | {'x raw time':>10} |")
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
+    print(f"| {'method':60} | {'seconds':>8} | {'MB/s':>8} | {'x raw time':>10} |")
+    print(f"|{'-' * 62}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
     for label, times in rows.items():
         best = min(times)
-        print(f"| {label:36} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} |")
+        print(f"| {label:60} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} |")
     if args.s3_n:
         s3_rows(args)
 

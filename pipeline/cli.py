@@ -588,7 +588,7 @@ def _uncommit_damaged(store: str, console: Console) -> list[int]:
 def verify(store, as_json, repair, threads, local, address, executor, quiet):
     """Read every chunk of STORE and check each committed shard against its checksum.
 
-    Each shard's checksum (CRC32 per array, recorded in its commit marker and
+    Each shard's checksum (CRC32C per array, recorded in its commit marker and
     the manifest when it committed) is recomputed from the chunks in the
     store. Reports missing, unreadable (a chunk whose crc32c no longer
     matches) and mismatching chunks by array and shard. Exit code 0 when

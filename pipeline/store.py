@@ -95,7 +95,7 @@ class ShardRecord:
     worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
     job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
     spec_hash: str = ""
-    array_checksums: str = ""  # JSON {array: CRC32 hex} of the shard's region (``pipeline verify`` names the array)
+    array_checksums: str = ""  # JSON {array: CRC32C hex} of the shard's region (``pipeline verify`` names the array)
     nonfinite_by_array: str = ""  # JSON {array: count} of the arrays holding NaN or Inf
     code: str = ""  # digest of the function's or solver's module the shard ran under (fingerprints.code_fingerprint)
 
@@ -705,11 +705,21 @@ def open_for_writing(path: str | Path):
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
 
 
-def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int, group=None) -> None:
-    """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region)."""
+def write_region(
+    path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int, group=None, targets: dict | None = None
+) -> None:
+    """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region).
+
+    ``targets`` caches the opened arrays between calls (``writer.BlockWriter``
+    keeps one per shard): opening an array reads its ``zarr.json``, a GET on a
+    bucket, which every block of a shard would otherwise repeat.
+    """
     group = open_for_writing(path) if group is None else group
+    targets = {} if targets is None else targets
     for name, values in arrays.items():
-        target = group[name]
+        target = targets.get(name)
+        if target is None:
+            target = targets[name] = _for_writing(group[name])
         if values.shape[0] != stop - start or tuple(values.shape[1:]) != tuple(target.shape[1:]):
             raise StoreError(
                 f"shard [{start}, {stop}) of {name!r} has shape {values.shape}, the store expects "
@@ -719,6 +729,18 @@ def write_region(path: str | Path, arrays: dict[str, np.ndarray], start: int, st
             storage.retry(target.__setitem__, slice(start, stop), values.astype(target.dtype, copy=False))
         else:
             target[start:stop] = values.astype(target.dtype, copy=False)
+
+
+def _for_writing(array):
+    """``array`` set to write every chunk, skipping Zarr's all-fill check.
+
+    A shard's chunks hold results, not fill, and Zarr's check (a comparison
+    of each chunk with a full array of the fill value) took about a quarter of
+    an uncompressed write's time. An all-NaN chunk is then stored instead of
+    skipped, and reads the same.
+    """
+    with_config = getattr(array, "with_config", None)  # zarr >= 3.1
+    return with_config({"write_empty_chunks": True}) if with_config is not None else array
 
 
 def record_attempt(path: str | Path, shard_id: int) -> int:
@@ -858,32 +880,56 @@ class _Markers:
 
 
 class Checksum:
-    """CRC32 per array, fed block by block in sample order; the same for any split into blocks.
+    """CRC32C per array, fed block by block in sample order; the same for any split into blocks.
 
-    The digest is the CRC32 of the arrays' own CRC32s in name order, so a
-    shard written in blocks checks the same as one written whole.
+    The digest is the CRC32C of the arrays' own CRC32Cs in name order, so a
+    shard written in blocks checks the same as one written whole; it reads
+    ``crc32c:`` and 8 hex digits. CRC32C (Castagnoli, the polynomial of
+    Zarr's own ``crc32c`` codec) runs on the CPU's CRC instruction through
+    ``google_crc32c`` (a Zarr dependency), about 4x zlib's CRC32 here
+    (``bench/store.py``: the checksum was a third of an uncompressed block
+    write). Markers of stores made before it hold zlib's CRC32 (8 hex
+    digits, no prefix): ``Checksum.like(digest)`` recomputes either kind.
     """
 
-    def __init__(self) -> None:
+    PREFIX = "crc32c:"
+
+    def __init__(self, kind: str = "crc32c") -> None:
+        if kind not in ("crc32c", "crc32"):
+            raise ValueError(f"checksum kind must be crc32c or crc32, got {kind!r}")
+        self.kind = kind
         self._crcs: dict[str, int] = {}
+
+    @classmethod
+    def like(cls, digest: str) -> Checksum:
+        """An empty checksum of the kind that made ``digest`` (a marker's ``checksum``)."""
+        return cls("crc32c" if digest.startswith(cls.PREFIX) else "crc32")
+
+    def _extend(self, crc: int, data: np.ndarray) -> int:
+        if self.kind == "crc32":
+            return zlib.crc32(data.data, crc)
+        import google_crc32c
+
+        return google_crc32c.extend(crc, data)
 
     def update(self, arrays: dict[str, np.ndarray]) -> None:
         for name, values in arrays.items():
-            self._crcs[name] = zlib.crc32(
-                np.ascontiguousarray(values).view(np.uint8).ravel().data, self._crcs.get(name, 0)
+            self._crcs[name] = self._extend(
+                self._crcs.get(name, 0), np.ascontiguousarray(values).view(np.uint8).ravel()
             )
 
     def per_array(self) -> dict[str, str]:
-        """``{array: CRC32 hex}``: what ``pipeline verify`` compares array by array."""
+        """``{array: 8 hex digits}``: what ``pipeline verify`` compares array by array."""
         return {name: f"{crc:08x}" for name, crc in sorted(self._crcs.items())}
 
     def hexdigest(self) -> str:
         joined = b"".join(self._crcs[name].to_bytes(4, "little") for name in sorted(self._crcs))
-        return f"{zlib.crc32(joined):08x}"
+        crc = self._extend(0, np.frombuffer(joined, dtype=np.uint8))
+        return f"{self.PREFIX if self.kind == 'crc32c' else ''}{crc:08x}"
 
 
 def checksum(arrays: dict[str, np.ndarray]) -> str:
-    """CRC32 of the arrays' bytes (what a re-run must reproduce); see :class:`Checksum`."""
+    """The checksum of the arrays' bytes (what a re-run must reproduce); see :class:`Checksum`."""
     summer = Checksum()
     summer.update(arrays)
     return summer.hexdigest()

@@ -2,7 +2,8 @@
 
 ``verify_store(path)`` reads every chunk of every committed shard (threads in
 parallel, one shard per task), recomputes the shard's checksum the way the
-worker did (``store.Checksum``: a CRC32 per array fed in sample order) and
+worker did (``store.Checksum``: a CRC32C per array fed in sample order;
+zlib's CRC32 for a store made before session 12) and
 compares it with the shard's commit marker and with the manifest. A chunk
 whose file is gone, that cannot be decoded (a new store's ``crc32c`` codec
 refuses a flipped bit) or a shard whose bytes no longer match is reported by
@@ -11,8 +12,8 @@ damaged shards (their markers go, ``complete`` is cleared); the next run of
 the job (``pipeline verify --repair`` or ``pipeline submit --repair``)
 recomputes them, bit for bit what a clean run writes.
 
-A chunk that was never written because it holds only fill values (Zarr skips
-those) reads back as the fill value, so a missing chunk alone is no damage:
+A chunk that was never written because it holds only fill values (Zarr skipped
+those before tasks turned its fill check off) reads back as the fill value, so a missing chunk alone is no damage:
 it is listed only for a shard whose checksum no longer matches.
 
 Example:
@@ -128,7 +129,7 @@ def checksummed_arrays(group, attrs: dict) -> list[str]:
 
 def _check_shard(group, names: list[str], record, manifest_checksum: str | None) -> tuple[int, list[Problem]]:
     """Read a committed shard chunk by chunk; the chunks read and the problems found."""
-    summer = Checksum()
+    summer = Checksum.like(record.checksum)  # CRC32C, or a store made before it: zlib's CRC32
     problems: list[Problem] = []
     missing: list[Problem] = []
     read = 0

@@ -49,6 +49,7 @@ class BlockWriter:
         self.nonfinite_by_array: dict[str, int] = {}
         self.bytes_written = 0
         self._checksum = Checksum()
+        self._targets: dict = {}  # the shard's arrays, opened once (``store.write_region``)
         self._pending: deque[Future] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-writer")
         self._closed = False
@@ -76,7 +77,7 @@ class BlockWriter:
                     self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
         arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
         self._checksum.update(arrays)
-        write_region(self.path, arrays, start, stop, group=self.group)
+        write_region(self.path, arrays, start, stop, group=self.group, targets=self._targets)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
         if self.on_written is not None:
             self.on_written(start, stop)

@@ -90,6 +90,28 @@ def test_failed_shards_appear_in_manifest(tmp_path):
         open_results(path, require_complete=True)
 
 
+def test_region_writes_open_each_array_once_and_store_all_nan_chunks(tmp_path):
+    from pipeline.store import open_for_writing
+
+    path, plan = make(tmp_path)
+    group = open_for_writing(path)
+    opened = []
+
+    class Counting:  # the group, counting how often an array is opened (a GET of its zarr.json on a bucket)
+        def __getitem__(self, name):
+            opened.append(name)
+            return group[name]
+
+    targets: dict = {}
+    nan = {"value": np.full((4, 3), np.nan), "jacobian": np.full((4, 3, 2), np.nan)}
+    for shard in plan.shards[:2]:
+        write_region(path, nan, shard.start, shard.stop, group=Counting(), targets=targets)
+    assert sorted(opened) == ["jacobian", "value"]
+    # the all-NaN chunk is written, not skipped as Zarr's fill check would: a shard's chunks always exist
+    assert (path / "value" / "c" / "0" / "0").is_file() and (path / "jacobian" / "c" / "1" / "0" / "0").is_file()
+    assert np.isnan(open_results(path).value.values[:8]).all()
+
+
 def test_region_shape_mismatch_is_refused(tmp_path):
     path, _ = make(tmp_path)
     with pytest.raises(StoreError, match="expects"):

@@ -40,8 +40,9 @@ def flip(file: Path, offset: int, mask: bytes) -> None:
 
 
 def pipeline_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture
@@ -88,7 +89,8 @@ def test_submit_repair_recomputes_the_damaged_shards(tmp_path, clean_and_damaged
         "function: {kind: mlp, in_features: 2, hidden: [16, 16], out_features: 3, activation: tanh}\n"
         "inputs: {kind: uniform, n: 37, shape: [2], seed: 1}\nquantities: [value, jacobian, hessian]\n"
         f"derivatives: {{dtype: float64}}\nstore: {{path: {damaged}, chunk_size: 4}}\n"
-        "execution: {shard_size: 8, retries: 0}\n")
+        "execution: {shard_size: 8, retries: 0}\n"
+    )
     # a plain resume trusts the commit markers: nothing to run, the damage stays
     run = pipeline_cli("submit", str(job), "--executor", "inline", "-q")
     assert run.returncode == 0 and "0 shards run" in run.stdout
@@ -111,8 +113,9 @@ def test_a_failed_attempts_partial_blocks_are_never_visible(tmp_path, monkeypatc
         return real(spec, shard, device, previous, budget=budget)
 
     monkeypatch.setattr(kind, "compute", dies_in_shard_1_after_two_blocks)
-    spec = make_spec(tmp_path, "partial.zarr", quantities=["value", "jacobian"],
-                     **{"execution.shard_size": 16, "inputs.n": 48})
+    spec = make_spec(
+        tmp_path, "partial.zarr", quantities=["value", "jacobian"], **{"execution.shard_size": 16, "inputs.n": 48}
+    )
     summary = submit(spec, InlineExecutor())
     assert not summary.complete and list(summary.failed) == [1]
     assert 16 in calls and 20 in calls  # blocks of shard 1 were computed before it died; the first is written
@@ -132,8 +135,50 @@ def test_a_failed_attempts_partial_blocks_are_never_visible(tmp_path, monkeypatc
     # the retry completes it, and the values are those of a clean run
     monkeypatch.setattr(kind, "compute", real)
     assert submit(spec, InlineExecutor()).complete
-    clean = make_spec(tmp_path, "clean.zarr", quantities=["value", "jacobian"],
-                      **{"execution.shard_size": 16, "inputs.n": 48})
+    clean = make_spec(
+        tmp_path, "clean.zarr", quantities=["value", "jacobian"], **{"execution.shard_size": 16, "inputs.n": 48}
+    )
     submit(clean, InlineExecutor())
     assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
     assert open_results(spec.store.path).committed.values.all()
+
+
+def test_checksums_are_crc32c_and_a_store_made_with_zlibs_crc32_still_verifies(clean_and_damaged):
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store import Checksum, write_marker
+
+    # the published check values of both polynomials, for the 9 bytes "123456789"
+    data = {"x": np.frombuffer(b"123456789", dtype=np.uint8)}
+    new, old = Checksum(), Checksum("crc32")
+    new.update(data)
+    old.update(data)
+    assert new.per_array() == {"x": "e3069283"} and old.per_array() == {"x": "cbf43926"}
+    assert new.hexdigest().startswith("crc32c:") and Checksum.like(old.hexdigest()).kind == "crc32"
+
+    clean, damaged = clean_and_damaged
+    ds = open_results(clean)
+    for store in (clean, damaged):  # every marker rewritten as before CRC32C: zlib's CRC32 of the same bytes
+        for record in read_markers(store).values():
+            assert record.checksum.startswith("crc32c:")
+            summer = Checksum("crc32")
+            summer.update(
+                {name: ds[name].values[record.start : record.stop] for name in json.loads(record.array_checksums)}
+            )
+            write_marker(
+                store, replace(record, checksum=summer.hexdigest(), array_checksums=json.dumps(summer.per_array()))
+            )
+        manifest = pq.read_table(store / "manifest.parquet")  # and the manifest, which records them too
+        markers = read_markers(store)
+        sums = pa.array([markers[i].checksum for i in manifest.column("shard_id").to_pylist()])
+        pq.write_table(
+            manifest.set_column(manifest.schema.get_field_index("checksum"), "checksum", sums),
+            store / "manifest.parquet",
+        )
+    assert verify_store(clean).ok
+    report = verify_store(damaged)
+    assert report.damaged_shards == [0, 2, 4]
+    assert ("mismatch", "hessian", 0, None) in {(p.kind, p.array, p.shard, p.chunk) for p in report.problems}

@@ -76,7 +76,7 @@ def test_writes_run_in_one_thread_in_submission_order_with_bounded_queue(tmp_pat
     seen, threads, in_queue = [], set(), []
     real = writer_module.write_region
 
-    def slow_write(p, arrays, start, stop, group=None):
+    def slow_write(p, arrays, start, stop, group=None, targets=None):
         time.sleep(0.05)
         seen.append(start)
         threads.add(threading.get_ident())
@@ -108,7 +108,7 @@ def test_a_compute_failure_drops_queued_writes_and_leaves_no_thread_writing(tmp_
     started, finished = [], []
     real = writer_module.write_region
 
-    def slow_write(p, arrays, start, stop, group=None):
+    def slow_write(p, arrays, start, stop, group=None, targets=None):
         started.append(start)
         time.sleep(0.1)
         real(p, arrays, start, stop, group=group)
