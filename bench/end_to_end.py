@@ -13,13 +13,14 @@ measured side by side in one process on one device:
 
 Ratios are to "compute only"; "bound" is max(compute, write) / compute, what
 a perfect overlap of the two would give. Run: ``python bench/end_to_end.py
-[--device cuda] [--n 65536] [--cases 1024] [--threads 2] [--part ray --options "H packed float16, J float16"]``.
+[--device cuda] [--n 65536] [--cases 1024] [--threads 2] [--part ray --workers 2 --options "H packed float16, J float16"]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import platform
 import shutil
 import tempfile
@@ -41,14 +42,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def workloads(args, folder: Path):
-    yield "seed000 derivatives", "samples", load_spec(ROOT / "jobs/seed000.yaml", [
-        f"inputs.n={args.n}", f"store.path={folder / 'seed000.zarr'}", "store.overwrite=true",
-        f"store.compression={args.compression}",
-    ])
-    yield "rte1d sweep", "cases", load_spec(ROOT / "jobs/sweep.yaml", [
-        "sweep.axes.T0_mean.num=" + str(max(1, args.cases // 64)), "sweep.axes.sigma_mean.num=32",
-        f"store.path={folder / 'sweep.zarr'}", "store.overwrite=true", f"store.compression={args.compression}",
-    ])
+    yield (
+        "seed000 derivatives",
+        "samples",
+        load_spec(
+            ROOT / "jobs/seed000.yaml",
+            [
+                f"inputs.n={args.n}",
+                f"store.path={folder / 'seed000.zarr'}",
+                "store.overwrite=true",
+                f"store.compression={args.compression}",
+            ],
+        ),
+    )
+    yield (
+        "rte1d sweep",
+        "cases",
+        load_spec(
+            ROOT / "jobs/sweep.yaml",
+            [
+                "sweep.axes.T0_mean.num=" + str(max(1, args.cases // 64)),
+                "sweep.axes.sigma_mean.num=32",
+                f"store.path={folder / 'sweep.zarr'}",
+                "store.overwrite=true",
+                f"store.compression={args.compression}",
+            ],
+        ),
+    )
 
 
 def fresh_store(spec):
@@ -125,40 +145,61 @@ def time_job(spec):
 OUTPUT_OPTIONS = {  # seed000's output options (point 1 of the compact-results issue), today's first
     "float32, full (today)": [],
     "hessian packed": ["store.encoding={hessian: {packed: true}}"],
-    "H packed float16, J float16": ["store.encoding={hessian: {packed: true, dtype: float16}, jacobian: {dtype: float16}}"],
+    "H packed float16, J float16": [
+        "store.encoding={hessian: {packed: true, dtype: float16}, jacobian: {dtype: float16}}"
+    ],
     "all float16, H packed": ["store.dtype=float16", "store.encoding={hessian: {packed: true}}"],
     "all bfloat16, H packed": ["store.dtype=bfloat16", "store.encoding={hessian: {packed: true}}"],
     "H diagonal only, float16": ["store.dtype=float16", "store.encoding={hessian: {entries: [[0, 0], [1, 1]]}}"],
     "H packed float16 + zstd, 4 chunks per object": [
-        "store.dtype=float16", "store.encoding={hessian: {packed: true}}", "store.compression=zstd", "store.shards=4"],
+        "store.dtype=float16",
+        "store.encoding={hessian: {packed: true}}",
+        "store.compression=zstd",
+        "store.shards=4",
+    ],
 }
 
 
 def disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and "_shards" not in f.parts
-               and not f.name.endswith(".parquet") and f.name != "zarr.json")
+    return sum(
+        f.stat().st_size
+        for f in Path(path).rglob("*")
+        if f.is_file() and "_shards" not in f.parts and not f.name.endswith(".parquet") and f.name != "zarr.json"
+    )
 
 
 def time_ray_job(spec, executor):
-    """(c): the whole job through ``pipeline.submit`` on the local Ray; returns seconds and the manifest's shard seconds."""
+    """(c): the whole job through ``pipeline.submit`` on the local Ray; returns seconds and its :func:`timeline`."""
     from pipeline.store import read_manifest
 
-    began = time.perf_counter()
+    began = time.time()
     summary = submit(spec, executor, overwrite=True)
-    seconds = time.perf_counter() - began
+    ended = time.time()
     assert summary.complete, "the job did not complete"
-    shard_seconds = read_manifest(spec.store.path).column("seconds").to_pylist()
-    return seconds, shard_seconds
+    return ended - began, timeline(read_manifest(spec.store.path), began, ended)
 
 
-def time_resubmit(spec, executor) -> float:
-    """Seconds of ``pipeline.submit`` on the finished store: the driver's fixed part of a job (no task runs)."""
-    kept = spec.model_copy(update={"store": spec.store.model_copy(update={"overwrite": False})})
-    began = time.perf_counter()
-    summary = submit(kept, executor)
-    seconds = time.perf_counter() - began
-    assert summary.complete, "the resubmitted job is not complete"
-    return seconds
+def timeline(manifest, began: float, ended: float) -> dict:
+    """Where a job's wall time went, from its manifest's per-shard ``started``/``finished``/``worker``/``seconds``.
+
+    - head: ``submit`` called -> the first shard starts (the driver's probe, store creation, first dispatch);
+    - tail: the last shard commits -> ``submit`` returns (finalize: manifest, consolidated metadata);
+    - gap: on one worker, a shard's commit -> the next shard's start (Ray: result back, next task in);
+    - inside: a shard's time in ``run_shard`` outside its ``seconds`` (attempt record, marker);
+    - shard: mean ``seconds`` of a shard (its blocks computed and written).
+    """
+    rows = manifest.select(["worker", "started", "finished", "seconds"]).to_pylist()
+    gaps: list[float] = []
+    for worker in {r["worker"] for r in rows}:
+        mine = sorted((r for r in rows if r["worker"] == worker), key=lambda r: r["started"])
+        gaps += [max(0.0, b["started"] - a["finished"]) for a, b in itertools.pairwise(mine)]
+    return {
+        "head": min(r["started"] for r in rows) - began,
+        "tail": ended - max(r["finished"] for r in rows),
+        "gap": float(np.mean(gaps)) if gaps else None,  # None: no worker ran two shards
+        "inside": float(np.mean([max(0.0, r["finished"] - r["started"] - r["seconds"]) for r in rows])),
+        "shard": float(np.mean([r["seconds"] for r in rows])),
+    }
 
 
 def time_encoded_write(spec, shards, results):
@@ -172,26 +213,32 @@ def time_encoded_write(spec, shards, results):
 
 
 def ray_rows(args, folder: Path) -> None:
-    """(a) compute alone, (b) writes alone, (c) the job on a local Ray of 2 workers, per output option."""
+    """(a) compute alone, (b) writes alone, (c) the job on a local Ray of ``--workers`` workers, per output option."""
     import ray
 
     from pipeline.runner import RayExecutor
 
-    ray.init(address="local", num_cpus=2, object_store_memory=200_000_000, include_dashboard=False,
-             log_to_driver=False)
+    workers = args.workers
+    ray.init(
+        address="local", num_cpus=workers, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False
+    )
     executor = RayExecutor()
-    workers = 2
-    print("#### whole jobs on a local Ray, 2 workers of 1 CPU (1 torch thread each)\n")
-    print("(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
-          "2 (two workers, perfect scaling); efficiency = max(a, b) / (c). Per-shard overhead = "
-          "(c) x 2 / shards - mean shard seconds (manifest): scheduling, worker start, function load, "
-          "outside run_shard. Driver fixed = a resubmit of the finished job (probe, store checks, finalize: "
-          "no task runs); per task = the overhead with that fixed part taken out first. CPU floor = "
-          "((a) + (b)) / (c): on 2 shared cores compute and writes cannot overlap, so max(a, b) is not reachable.\n")
-    print("| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (c) s | "
-          "(c) samples/s | efficiency | per-shard overhead | driver fixed s | per task | CPU floor | "
-          "max rel. error (stated) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"#### whole jobs on a local Ray, {workers} worker(s) of 1 CPU (1 torch thread each)\n")
+    print(
+        f"(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
+        f"{workers} (perfect scaling over the workers); efficiency = max(a, b) / (c). CPU floor = ((a) + (b)) / (c): "
+        "where the workers' compute and their writer threads share the same cores they cannot overlap, and "
+        "(a) + (b) is the best (c) can be. From the manifest's timeline (`timeline`): head = submit -> first "
+        "shard starts (probe, store creation, first dispatch), tail = last commit -> submit returns (finalize), "
+        "per-shard overhead = the gap between one worker's consecutive shards (Ray's scheduling, result and "
+        "argument transfer) + the time in run_shard outside the shard's own seconds, as a share of a shard.\n"
+    )
+    print(
+        "| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (c) s | "
+        "(c) samples/s | efficiency | CPU floor | shard s | head s | tail s | per-shard overhead | "
+        "max rel. error (stated) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     torch.set_num_threads(1)
     base_bytes = None
     chosen = None if args.options is None else {"float32, full (today)", *args.options.split(";")}
@@ -206,48 +253,68 @@ def ray_rows(args, folder: Path) -> None:
         jobs.append(("rte1d sweep", "float32, full (today)", []))
     for job, option, extra in jobs:
         spec = next(s for t, _, s in workloads(args, folder) if t.startswith(job.split()[0]))
-        spec = load_spec(ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml"),
-                         [*overrides_of(spec, args, folder), *extra])
+        spec = load_spec(
+            ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml"),
+            [*overrides_of(spec, args, folder), *extra],
+        )
         shards = fresh_store(spec)
         n = sum(s.size for s in shards)
         time_compute(spec, shards[:1], tasks.pick_device())  # warm-up
-        a, results = time_compute(spec, shards, tasks.pick_device())
-        b = time_encoded_write(spec, shards, results)
-        c, shard_seconds = min((time_ray_job(spec, executor) for _ in range(2)), key=lambda r: r[0])
-        fixed = time_resubmit(spec, executor)
-        from pipeline.encoding import stored_bytes_per_sample
+        a, results = min(
+            (time_compute(spec, shards, tasks.pick_device()) for _ in range(args.repeats)), key=lambda r: r[0]
+        )
+        b = min(time_encoded_write(spec, shards, results) for _ in range(args.repeats))
+        time_ray_job(spec, executor)  # warm-up: the workers' first function build
+        c, parts = min((time_ray_job(spec, executor) for _ in range(args.repeats)), key=lambda r: r[0])
         from pipeline.driver import prepare as prep
+        from pipeline.encoding import stored_bytes_per_sample
+
         stored = stored_bytes_per_sample(prep(spec).plan)
         on_disk = disk_bytes(spec.store.path) / n
         if job == "seed000" and base_bytes is None:
             base_bytes = on_disk
         ratio = f"{on_disk / base_bytes:.2f}" if job == "seed000" else ""
-        overhead = c * workers / len(shards) - float(np.mean(shard_seconds))
-        per_task = (c - fixed) * workers / len(shards) - float(np.mean(shard_seconds))  # the driver's fixed part out
+        per_shard = None if parts["gap"] is None else parts["gap"] + parts["inside"]
+        overhead = (
+            "- (no worker ran two shards)"
+            if per_shard is None
+            else f"{per_shard * 1e3:.1f} ms ({per_shard / parts['shard']:.1%})"
+        )
         errors = []
         import zarr
+
         group = zarr.open_group(spec.store.path, mode="r")
         for name in group.array_keys():
             err = (group[name].attrs.get("pipeline_encoding") or {}).get("rounding_error")
             if err:
                 errors.append(f"{name} {err['max_error_relative_to_max']:.1e}")
         a2, b2 = a / workers, b / workers
-        print(f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
-              f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
-              f"{overhead * 1e3:.0f} ms ({overhead / np.mean(shard_seconds):.0%} of a shard's "
-              f"{np.mean(shard_seconds):.2f} s) | {fixed:.2f} | {per_task * 1e3:.0f} ms "
-              f"({per_task / np.mean(shard_seconds):.0%}) | {(a2 + b2) / c:.2f} | {', '.join(errors) or 'exact'} |",
-              flush=True)
+        print(
+            f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
+            f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
+            f"{(a2 + b2) / c:.2f} | {parts['shard']:.3f} | {parts['head']:.2f} | {parts['tail']:.2f} | "
+            f"{overhead} | {', '.join(errors) or 'exact'} |",
+            flush=True,
+        )
     ray.shutdown()
 
 
 def overrides_of(spec, args, folder):
     """The bench overrides of ``workloads`` for ``spec``'s job."""
     if spec.kind == "sweep":
-        return ["sweep.axes.T0_mean.num=" + str(max(1, args.cases // 64)), "sweep.axes.sigma_mean.num=32",
-                f"store.path={folder / 'sweep.zarr'}", "store.overwrite=true", f"store.compression={args.compression}"]
-    return [f"inputs.n={args.n}", f"store.path={folder / 'seed000.zarr'}", "store.overwrite=true",
-            f"store.compression={args.compression}"]
+        return [
+            "sweep.axes.T0_mean.num=" + str(max(1, args.cases // 64)),
+            "sweep.axes.sigma_mean.num=32",
+            f"store.path={folder / 'sweep.zarr'}",
+            "store.overwrite=true",
+            f"store.compression={args.compression}",
+        ]
+    return [
+        f"inputs.n={args.n}",
+        f"store.path={folder / 'seed000.zarr'}",
+        "store.overwrite=true",
+        f"store.compression={args.compression}",
+    ]
 
 
 def main() -> None:
@@ -257,44 +324,66 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1024, help="cases of the sweep job (multiple of 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--compression", default="auto", choices=["auto", "lz4", "zstd", "none"])
-    parser.add_argument("--options", default=None,
-                        help="--part ray: only these seed000 output options, names of OUTPUT_OPTIONS separated by ; "
-                        "(float32 full is always measured, for 'x today'); add sweep for the sweep row")
+    parser.add_argument(
+        "--options",
+        default=None,
+        help="--part ray: only these seed000 output options, names of OUTPUT_OPTIONS separated by ; "
+        "(float32 full is always measured, for 'x today'); add sweep for the sweep row",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
-    parser.add_argument("--part", default="all", choices=["all", "blocks", "ray"],
-                        help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="--part ray: Ray workers (CPUs of the local Ray); 1 leaves a core to the writer thread",
+    )
+    parser.add_argument(
+        "--part",
+        default="all",
+        choices=["all", "blocks", "ray"],
+        help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     tasks.pick_device = lambda: device  # every row on the asked device
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-          f"device {tasks.device_name(device)}, compression {args.compression}, best of {args.repeats}\n")
-    folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=ROOT / "results" if (ROOT / "results").is_dir()
-                                   else None))
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"device {tasks.device_name(device)}, compression {args.compression}, best of {args.repeats}\n"
+    )
+    folder = Path(
+        tempfile.mkdtemp(prefix="bench-pipeline-", dir=ROOT / "results" if (ROOT / "results").is_dir() else None)
+    )
     try:
         if args.part in ("all", "ray"):
             ray_rows(args, folder)
-        for title, unit, spec in (workloads(args, folder) if args.part in ("all", "blocks") else ()):
+        for title, unit, spec in workloads(args, folder) if args.part in ("all", "blocks") else ():
             shards = fresh_store(spec)
             n = sum(s.size for s in shards)
             time_compute(spec, shards[:1], device)  # warm-up: model build, trace, caches
             rows = {}
-            best = lambda run: min(run() for _ in range(args.repeats))  # noqa: E731
+
+            def best(run, *args_, **kwargs):
+                return min(run(*args_, **kwargs) for _ in range(args.repeats))
+
             compute_s = min(time_compute(spec, shards, device)[0] for _ in range(args.repeats))
             _, results = time_compute(spec, shards, device)
             rows["compute only"] = compute_s
-            rows["write only"] = best(lambda: time_write(spec, shards, results))
-            rows["one block per shard, then write"] = best(lambda: time_run_shards(spec, blocks=1))
+            rows["write only"] = best(time_write, spec, shards, results)
+            rows["one block per shard, then write"] = best(time_run_shards, spec, blocks=1)
             rows["blocks, each written before the next computes"] = best(
-                lambda: time_run_shards(spec, blocks=None, overlap=False))
-            rows["ours: blocks written in the background"] = best(lambda: time_run_shards(spec, blocks=None))
-            rows["whole job (pipeline.submit, inline)"] = best(lambda: time_job(spec))
+                time_run_shards, spec, blocks=None, overlap=False
+            )
+            rows["ours: blocks written in the background"] = best(time_run_shards, spec, blocks=None)
+            rows["whole job (pipeline.submit, inline)"] = best(time_job, spec)
             size = sum(a.nbytes for r in results for a in r.values())
             bound = max(rows["compute only"], rows["write only"]) / rows["compute only"]
-            print(f"#### {title}: {n} {unit} in {len(shards)} shards of {spec.shard_size}, "
-                  f"chunks of {spec.store.chunk_size}, {size / 1e6:.0f} MB of results\n")
+            print(
+                f"#### {title}: {n} {unit} in {len(shards)} shards of {spec.shard_size}, "
+                f"chunks of {spec.store.chunk_size}, {size / 1e6:.0f} MB of results\n"
+            )
             print(f"| step | seconds | {unit}/s | x compute only |")
             print("|---|---:|---:|---:|")
             for name, seconds in rows.items():
