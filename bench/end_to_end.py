@@ -223,10 +223,13 @@ def ray_rows(args, folder: Path) -> None:
         address="local", num_cpus=workers, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False
     )
     executor = RayExecutor()
-    print(f"#### whole jobs on a local Ray, {workers} worker(s) of 1 CPU (1 torch thread each)\n")
+    # shards that run at once: one per worker on the CPU; on a GPU machine each task takes a GPU
+    # (execution.gpus_per_task: auto), so at most one per GPU
+    lanes = workers if tasks.pick_device().type == "cpu" else max(1, min(workers, torch.cuda.device_count()))
+    print(f"#### whole jobs on a local Ray, {workers} worker(s) of 1 CPU (1 torch thread each), {lanes} at once\n")
     print(
         f"(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
-        f"{workers} (perfect scaling over the workers); efficiency = max(a, b) / (c). CPU floor = ((a) + (b)) / (c): "
+        f"{lanes} (perfect scaling over the shards running at once); efficiency = max(a, b) / (c). CPU floor = ((a) + (b)) / (c): "
         "where the workers' compute and their writer threads share the same cores they cannot overlap, and "
         "(a) + (b) is the best (c) can be. From the manifest's timeline (`timeline`): head = submit -> first "
         "shard starts (probe, store creation, first dispatch), tail = last commit -> submit returns (finalize), "
@@ -288,7 +291,7 @@ def ray_rows(args, folder: Path) -> None:
             err = (group[name].attrs.get("pipeline_encoding") or {}).get("rounding_error")
             if err:
                 errors.append(f"{name} {err['max_error_relative_to_max']:.1e}")
-        a2, b2 = a / workers, b / workers
+        a2, b2 = a / lanes, b / lanes
         print(
             f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
             f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
