@@ -455,8 +455,8 @@ def _write_template(
                 **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs)),
             },
         )
-    for name, values in (initial_arrays or {}).items():
-        group[name][...] = values
+    for name, values in (initial_arrays or {}).items():  # a sweep's case parameters and coordinates
+        _for_writing(group[name])[...] = values
 
 
 def consolidate_template(path: str | Path) -> None:
