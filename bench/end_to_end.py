@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import platform
 import shutil
 import tempfile
@@ -180,24 +179,21 @@ def time_ray_job(spec, executor):
 
 
 def timeline(manifest, began: float, ended: float) -> dict:
-    """Where a job's wall time went, from its manifest's per-shard ``started``/``finished``/``worker``/``seconds``.
+    """Where a job's wall time went, from its manifest (``pipeline.timeline``, what ``pipeline report`` shows).
 
     - head: ``submit`` called -> the first shard starts (the driver's probe, store creation, first dispatch);
     - tail: the last shard commits -> ``submit`` returns (finalize: manifest, consolidated metadata);
-    - gap: on one worker, a shard's commit -> the next shard's start (Ray: result back, next task in);
-    - inside: a shard's time in ``run_shard`` outside its ``seconds`` (attempt record, marker);
+    - per_shard: the gap between one worker's consecutive shards (Ray: result back, next task in) plus a
+      shard's time in ``run_shard`` outside its ``seconds`` (attempt record, marker); None with no such gap;
     - shard: mean ``seconds`` of a shard (its blocks computed and written).
     """
+    from pipeline.timeline import per_shard_overhead, worker_timeline
+
     rows = manifest.select(["worker", "started", "finished", "seconds"]).to_pylist()
-    gaps: list[float] = []
-    for worker in {r["worker"] for r in rows}:
-        mine = sorted((r for r in rows if r["worker"] == worker), key=lambda r: r["started"])
-        gaps += [max(0.0, b["started"] - a["finished"]) for a, b in itertools.pairwise(mine)]
     return {
         "head": min(r["started"] for r in rows) - began,
         "tail": ended - max(r["finished"] for r in rows),
-        "gap": float(np.mean(gaps)) if gaps else None,  # None: no worker ran two shards
-        "inside": float(np.mean([max(0.0, r["finished"] - r["started"] - r["seconds"]) for r in rows])),
+        "per_shard": per_shard_overhead(worker_timeline(rows)),
         "shard": float(np.mean([r["seconds"] for r in rows])),
     }
 
@@ -277,7 +273,7 @@ def ray_rows(args, folder: Path) -> None:
         if job == "seed000" and base_bytes is None:
             base_bytes = on_disk
         ratio = f"{on_disk / base_bytes:.2f}" if job == "seed000" else ""
-        per_shard = None if parts["gap"] is None else parts["gap"] + parts["inside"]
+        per_shard = parts["per_shard"]
         overhead = (
             "- (no worker ran two shards)"
             if per_shard is None

@@ -156,10 +156,49 @@ def manifest_section(path: str | Path) -> Section:
             ],
         )
     )
+    add_worker_table(section, timed)
     for row in rows:
         if row["status"] == "failed":
             section.notes.append(f"shard {row['shard_id']} failed: {row['error']}")
     return section
+
+
+MAX_WORKER_ROWS = 32
+
+
+def add_worker_table(section: Section, timed: list[dict]) -> None:
+    """Per worker process: shards, busy and span seconds, the gaps between its shards (``timeline``); and the per-shard overhead."""
+    from .timeline import per_shard_overhead, worker_timeline
+
+    workers = worker_timeline(timed)
+    rows = [
+        [
+            w.worker,
+            w.shards,
+            round(w.busy, 3),
+            round(w.span, 3),
+            f"{w.busy_share:.1%}",
+            round(w.mean_gap * 1e3, 1),
+            round(w.max_gap * 1e3, 1),
+        ]
+        for w in workers[:MAX_WORKER_ROWS]
+    ]
+    if len(workers) > MAX_WORKER_ROWS:
+        rows.append([f"... and {len(workers) - MAX_WORKER_ROWS} more workers", "", "", "", "", "", ""])
+    section.tables.append(
+        (["worker (host:pid)", "shards", "busy s", "span s", "busy share", "mean gap ms", "max gap ms"], rows)
+    )
+    overhead = per_shard_overhead(workers)
+    median = float(np.median([r["seconds"] for r in timed]))
+    if overhead is None:
+        section.notes.append("per-shard overhead: not measured, no worker ran two shards")
+    else:
+        section.notes.append(
+            f"per-shard overhead (the gap before a shard on its worker, plus its time outside its own work): "
+            f"{overhead * 1e3:.1f} ms, {overhead / median:.1%} of the median shard's {median:.3f} s"
+            if median > 0
+            else f"per-shard overhead: {overhead * 1e3:.1f} ms"
+        )
 
 
 # ----------------------------------------------------------- derivative store
