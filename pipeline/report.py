@@ -61,12 +61,41 @@ def inspect_store(path: str, console: Console) -> None:
                 f"methods {methods}, devices {devices}, non-finite values {sum(data['nonfinite'][i] for i in done)}, "
                 f"max attempts {max(data['attempts'])}"
             )
+            _print_timeline(console, data, done)
         _print_nonfinite(console, path)
         failed = [i for i, status in enumerate(data["status"]) if status == "failed"]
         for i in failed:
             console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {escape(error_line(data['error'][i]))}")
         if failed:
             console.print(f"full tracebacks: pipeline inspect {path} --shard {data['shard_id'][failed[0]]}")
+
+
+def _print_timeline(console: Console, data: dict, done: list[int]) -> None:
+    """One line: the worker processes, their busy share and the per-shard overhead (``pipeline.timeline``)."""
+    import statistics
+
+    from .timeline import per_shard_overhead, worker_timeline
+
+    if not {"worker", "started", "finished"} <= set(data):  # a store written before shards recorded them
+        return
+    columns = ("worker", "host", "started", "finished", "seconds")
+    workers = worker_timeline({k: data[k][i] for k in columns} for i in done)
+    if not workers:
+        return
+    shares = [w.busy_share for w in workers]
+    overhead = per_shard_overhead(workers)
+    median = statistics.median(data["seconds"][i] for i in done)
+    if overhead is None:
+        cost = "not measured (no worker ran two shards)"
+    else:
+        share = f" = {overhead / median:.1%} of the median shard" if median > 0 else ""
+        cost = f"{overhead * 1e3:.1f} ms{share} (the gap before a shard on its worker + its time outside its own work)"
+    low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+    plural = "es" if len(workers) != 1 else ""
+    console.print(
+        f"workers: {len(workers)} process{plural}, busy {low if low == high else f'{low}-{high}'} of their span; "
+        f"per-shard overhead {cost}"
+    )
 
 
 def inspect_shard(path: str, shard_id: int, console: Console) -> None:

@@ -53,14 +53,13 @@ class WorkerTime:
 
 def worker_timeline(rows: Iterable[Mapping[str, Any]]) -> list[WorkerTime]:
     """Per worker process (by name), from manifest rows of committed shards with a start and a commit time."""
-    timed = [  # committed, with times (stores written before shards recorded them hold 0.0)
-        r for r in rows if r.get("status", "done") == "done" and r.get("finished") and r.get("started") is not None
-    ]
+    by_worker: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:  # committed, with times (stores written before shards recorded them hold 0.0); one pass
+        if r.get("status", "done") == "done" and r.get("finished") and r.get("started") is not None:
+            by_worker.setdefault(r.get("worker") or r.get("host") or "?", []).append(r)
     found = []
-    for worker in sorted({r.get("worker") or r.get("host") or "?" for r in timed}):
-        mine = sorted(
-            (r for r in timed if (r.get("worker") or r.get("host") or "?") == worker), key=lambda r: r["started"]
-        )
+    for worker in sorted(by_worker):
+        mine = sorted(by_worker[worker], key=lambda r: r["started"])
         found.append(
             WorkerTime(
                 worker=worker,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,24 @@ def test_inspect_and_status(quickstart_store):
     assert result.exit_code == 0
     for word in ("complete", "hessian", "laplacian", "float32", "shards: 3 done", "samples/s"):
         assert word in result.output, word
+    # the per-shard overhead from the manifest's timeline: the gaps between each worker's consecutive
+    # shards, plus each shard's time outside its own seconds
+    from pipeline.store import read_manifest
+
+    rows = read_manifest(quickstart_store).to_pylist()
+    gaps = []
+    for worker in {r["worker"] for r in rows}:
+        mine = sorted((r for r in rows if r["worker"] == worker), key=lambda r: r["started"])
+        gaps += [b["started"] - a["finished"] for a, b in zip(mine, mine[1:])]
+    text = " ".join(result.output.split())  # rich wraps long lines
+    workers = len({r["worker"] for r in rows})
+    assert re.search(rf"workers: {workers} process(es)?, busy [0-9%-]+ of their span; per-shard overhead ", text), text
+    if gaps:  # 3 shards on at most 2 workers: one ran two
+        outside = sum(max(0.0, r["finished"] - r["started"] - r["seconds"]) for r in rows) / len(rows)
+        shown = float(re.search(r"per-shard overhead ([0-9.]+) ms", text).group(1))
+        assert abs(shown - (sum(gaps) / len(gaps) + outside) * 1e3) <= 0.051
+    else:
+        assert "per-shard overhead not measured (no worker ran two shards)" in text
     status = run("status", quickstart_store, "--json")
     assert status.exit_code == 0
     assert json.loads(status.output) == {
