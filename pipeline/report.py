@@ -74,12 +74,17 @@ def _print_timeline(console: Console, data: dict, done: list[int]) -> None:
     """One line: the worker processes, their busy share and the per-shard overhead (``pipeline.timeline``)."""
     import statistics
 
-    from .timeline import per_shard_overhead, worker_timeline
+    from .timeline import per_shard_overhead, worker_timeline_columns
 
     if not {"worker", "started", "finished"} <= set(data):  # a store written before shards recorded them
         return
-    columns = ("worker", "host", "started", "finished", "seconds")
-    workers = worker_timeline({k: data[k][i] for k in columns} for i in done)
+    timed = [i for i in done if data["finished"][i]]  # 0.0: written before shards recorded their times
+    workers = worker_timeline_columns(
+        [data["worker"][i] or data["host"][i] for i in timed],
+        [data["started"][i] for i in timed],
+        [data["finished"][i] for i in timed],
+        [data["seconds"][i] for i in timed],
+    )
     if not workers:
         return
     shares = [w.busy_share for w in workers]
