@@ -168,7 +168,7 @@ MAX_WORKER_ROWS = 32
 
 def add_worker_table(section: Section, timed: list[dict]) -> None:
     """Per worker process: shards, busy and span seconds, the gaps between its shards (``timeline``); and the per-shard overhead."""
-    from .timeline import per_shard_overhead, worker_timeline
+    from .timeline import describe_overhead, worker_timeline
 
     workers = worker_timeline(timed)
     rows = [
@@ -188,17 +188,7 @@ def add_worker_table(section: Section, timed: list[dict]) -> None:
     section.tables.append(
         (["worker (host:pid)", "shards", "busy s", "span s", "busy share", "mean gap ms", "max gap ms"], rows)
     )
-    overhead = per_shard_overhead(workers)
-    median = float(np.median([r["seconds"] for r in timed]))
-    if overhead is None:
-        section.notes.append("per-shard overhead: not measured, no worker ran two shards")
-    else:
-        section.notes.append(
-            f"per-shard overhead (the gap before a shard on its worker, plus its time outside its own work): "
-            f"{overhead * 1e3:.1f} ms, {overhead / median:.1%} of the median shard's {median:.3f} s"
-            if median > 0
-            else f"per-shard overhead: {overhead * 1e3:.1f} ms"
-        )
+    section.notes.append(describe_overhead(workers, float(np.median([r["seconds"] for r in timed]))))
 
 
 # ----------------------------------------------------------- derivative store

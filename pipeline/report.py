@@ -74,7 +74,7 @@ def _print_timeline(console: Console, data: dict, done: list[int]) -> None:
     """One line: the worker processes, their busy share and the per-shard overhead (``pipeline.timeline``)."""
     import statistics
 
-    from .timeline import per_shard_overhead, worker_timeline_columns
+    from .timeline import describe_overhead, worker_timeline_columns
 
     if not {"worker", "started", "finished"} <= set(data):  # a store written before shards recorded them
         return
@@ -88,18 +88,12 @@ def _print_timeline(console: Console, data: dict, done: list[int]) -> None:
     if not workers:
         return
     shares = [w.busy_share for w in workers]
-    overhead = per_shard_overhead(workers)
-    median = statistics.median(data["seconds"][i] for i in done)
-    if overhead is None:
-        cost = "not measured (no worker ran two shards)"
-    else:
-        share = f" = {overhead / median:.1%} of the median shard" if median > 0 else ""
-        cost = f"{overhead * 1e3:.1f} ms{share} (the gap before a shard on its worker + its time outside its own work)"
     low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
     plural = "es" if len(workers) != 1 else ""
+    median = statistics.median(data["seconds"][i] for i in timed)
     console.print(
         f"workers: {len(workers)} process{plural}, busy {low if low == high else f'{low}-{high}'} of their span; "
-        f"per-shard overhead {cost}"
+        f"{describe_overhead(workers, median)}"
     )
 
 

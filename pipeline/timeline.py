@@ -102,3 +102,19 @@ def per_shard_overhead(workers: list[WorkerTime]) -> float | None:
         return None
     outside = sum(w.outside * w.shards for w in workers) / sum(w.shards for w in workers)
     return sum(w.gap_total for w in workers) / count + outside
+
+
+def describe_overhead(workers: list[WorkerTime], median_shard: float) -> str:
+    """The per-shard overhead as ``pipeline inspect`` and ``pipeline report`` say it.
+
+    >>> describe_overhead([WorkerTime("h:1", 2, 2.0, 2.02, 1, 0.02, 0.02, 0.0)], 1.0)
+    'per-shard overhead 20.0 ms = 2.0% of the median shard of 1.000 s (the gap before a shard on its worker + its time outside its own work)'
+    """
+    overhead = per_shard_overhead(workers)
+    if overhead is None:
+        return "per-shard overhead not measured (no worker ran two shards)"
+    share = f" = {overhead / median_shard:.1%} of the median shard of {median_shard:.3f} s" if median_shard > 0 else ""
+    return (
+        f"per-shard overhead {overhead * 1e3:.1f} ms{share} "
+        "(the gap before a shard on its worker + its time outside its own work)"
+    )

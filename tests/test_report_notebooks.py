@@ -99,8 +99,8 @@ def test_derivative_report_holds_its_figures_and_the_store_numbers(stores):
     workers = table_with(page, "worker (host:pid)")
     assert sum(int(row[1]) for row in workers.values()) == counts["done"]
     assert all(0 < float(row[4].rstrip("%")) <= 100 for row in workers.values())
-    assert re.search(r"per-shard overhead \(the gap before a shard on its worker, plus its time outside its own "
-                     r"work\): [0-9.]+ ms, [0-9.]+% of the median shard", page)
+    assert re.search(r"per-shard overhead [0-9.]+ ms = [0-9.]+% of the median shard of [0-9.]+ s \(the gap before a "
+                     r"shard on its worker \+ its time outside its own work\)", page)
     raw = zarr.open_group(stores["grid"], mode="r")
     norms = table_with(page, "quantity")
     for name in ("value", "jacobian", "hessian", "laplacian"):
