@@ -33,8 +33,10 @@ lint: install
 	$(BIN)/ruff format --check pipeline bench
 	$(BIN)/mypy
 
+# two test processes (pytest-xdist), each taking whole files: the cluster and CLI tests wait on Ray and
+# subprocesses much of the time, so two at once finish the suite in ~2/3 of the time on 2 cores
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'

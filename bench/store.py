@@ -4,12 +4,15 @@ Writes the seed-000 result layout (value [N,150], jacobian [N,150,2],
 hessian [N,150,2,2], float32: 4.2 KB per sample) in shards, and compares:
 
 - raw:     ``numpy.ndarray.tofile`` of the same bytes, one file per array and shard
-- zarr:    ``pipeline.store.write_region`` alone, per codec (none, lz4, zstd)
+- write_region: ``pipeline.store.write_region`` alone, whole shards, per codec (none, lz4, zstd)
 - ours:    region writes + checksum + commit marker, as a task does
 - blocks:  one chunk per write, as a task's writer thread writes: arrays opened per block with
-           Zarr's fill check (before session 12) vs opened once per shard, fill check off (now)
+           Zarr's fill check (before session 12); opened once per shard, fill check off, Zarr's
+           ``__setitem__`` (session 12); ``write_region`` now (``pipeline.chunk_files``: the same
+           bytes encoded and written in the calling thread)
 
-Prints MB/s and the ratio to raw. Run: ``python bench/store.py [--n 65536]``.
+Prints MB/s and the ratio to raw, and for the block rows the CPU time of
+every thread of the process (what a worker's writer takes from its compute). Run: ``python bench/store.py [--n 65536]``.
 
 Then, against a local S3 server (moto, started and stopped here): the same
 seed-000 bytes written through zarr's ObjectStore (obstore, what pipeline
@@ -70,31 +73,40 @@ def time_ours(folder: Path, data, plan, with_marker: bool, compression: str) -> 
     return time.perf_counter() - began
 
 
-def time_blocks(folder: Path, data, plan, compression: str, before: bool) -> float:
-    """Each shard written in blocks of one chunk, as a task's writer thread writes them.
+def time_blocks(folder: Path, data, plan, compression: str, how: str) -> tuple[float, float]:
+    """Each shard written in blocks of one chunk, as a task's writer thread writes them: (wall, CPU) seconds.
 
-    ``before``: as tasks wrote until session 12, each block opening its arrays
-    again (a ``zarr.json`` read each, a GET on a bucket) and Zarr checking
-    every chunk against the fill value; otherwise ``write_region``'s
-    ``targets`` (arrays opened once per shard, the fill check off).
+    ``how``: "before", as tasks wrote until session 12, each block opening its
+    arrays again (a ``zarr.json`` read each, a GET on a bucket) and Zarr
+    checking every chunk against the fill value; "zarr", as they wrote in
+    sessions 12-13 (arrays opened once per shard, the fill check off, Zarr's
+    ``__setitem__``); "ours", ``write_region`` now (``chunk_files``: the same
+    bytes encoded and written in the calling thread). CPU is the process's
+    (every thread: Zarr's event loop and codec threads too).
     """
     from pipeline.store import open_for_writing
 
     path = folder / "s.zarr"
     create_store(path, plan, {"spec_hash": "bench"}, compression=compression)
     group = open_for_writing(path)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for shard in plan.shards:
         targets: dict = {}
+        opened: dict = {}
         for start in range(shard.start, shard.stop, plan.chunk_size):
             stop = min(start + plan.chunk_size, shard.stop)
             part = {k: v[start:stop] for k, v in data.items()}
-            if before:
+            if how == "before":
                 for name, values in part.items():
                     group[name][start:stop] = values
+            elif how == "zarr":
+                for name, values in part.items():
+                    if name not in opened:
+                        opened[name] = group[name].with_config({"write_empty_chunks": True})
+                    opened[name][start:stop] = values
             else:
                 write_region(path, part, start, stop, group=group, targets=targets)
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
 def main() -> None:
@@ -116,12 +128,14 @@ def main() -> None:
     )
     variants = {"raw (ndarray.tofile)": None}
     for codec in ("none", "lz4", "zstd"):
-        variants[f"zarr regions, {codec}"] = (codec, False)
+        variants[f"write_region, whole shards, {codec}"] = (codec, False)
         variants[f"ours (+checksum, marker), {codec}"] = (codec, True)
     for codec in ("none", "lz4"):
         variants[f"blocks, {codec}, arrays opened per block + fill check (before)"] = (codec, "before")
-        variants[f"blocks, {codec}, as tasks write (ours)"] = (codec, "blocks")
+        variants[f"blocks, {codec}, Zarr's setitem, arrays opened once (session 12)"] = (codec, "zarr")
+        variants[f"blocks, {codec}, as tasks write (ours: chunk_files)"] = (codec, "ours")
     rows = {label: [] for label in variants}
+    cpu: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(args.repeat):
         for label, variant in variants.items():
             folder = Path(tempfile.mkdtemp(prefix="bench-store-"))
@@ -129,7 +143,9 @@ def main() -> None:
                 if variant is None:
                     rows[label].append(time_raw(folder, data, plan.shards))
                 elif isinstance(variant[1], str):
-                    rows[label].append(time_blocks(folder, data, plan, variant[0], before=variant[1] == "before"))
+                    wall, used = time_blocks(folder, data, plan, variant[0], how=variant[1])
+                    rows[label].append(wall)
+                    cpu[label].append(used)
                 else:
                     rows[label].append(time_ours(folder, data, plan, with_marker=variant[1], compression=variant[0]))
             finally:
@@ -139,11 +155,12 @@ def main() -> None:
         f"store writes: N={args.n}, {nbytes / 1e6:.0f} MB, chunk {args.chunk}, shard {args.shard}, "
         f"best of {args.repeat}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"| {'method':60} | {'seconds':>8} | {'MB/s':>8} | {'x raw time':>10} |")
-    print(f"|{'-' * 62}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
+    print(f"| {'method':66} | {'seconds':>8} | {'MB/s':>8} | {'x raw time':>10} | {'CPU s':>6} |")
+    print(f"|{'-' * 68}|{'-' * 10}|{'-' * 10}|{'-' * 12}|{'-' * 8}|")
     for label, times in rows.items():
         best = min(times)
-        print(f"| {label:60} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} |")
+        used = f"{min(cpu[label]):6.3f}" if cpu[label] else " " * 6  # CPU of every thread, where measured
+        print(f"| {label:66} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} | {used} |")
     if args.s3_n:
         s3_rows(args)
 

@@ -712,23 +712,30 @@ def write_region(
 
     ``targets`` caches the opened arrays between calls (``writer.BlockWriter``
     keeps one per shard): opening an array reads its ``zarr.json``, a GET on a
-    bucket, which every block of a shard would otherwise repeat.
+    bucket, which every block of a shard would otherwise repeat. On local disk
+    the chunks are encoded and written in this thread (``chunk_files``: the
+    same bytes as Zarr's, without its event loop); in a bucket, by Zarr.
     """
+    from .chunk_files import chunk_writer
+
     group = open_for_writing(path) if group is None else group
     targets = {} if targets is None else targets
+    remote = storage.is_remote(path)
     for name, values in arrays.items():
-        target = targets.get(name)
-        if target is None:
-            target = targets[name] = _for_writing(group[name])
+        if name not in targets:
+            array = _for_writing(group[name])
+            targets[name] = (array, None if remote else chunk_writer(array))
+        target, files = targets[name]
         if values.shape[0] != stop - start or tuple(values.shape[1:]) != tuple(target.shape[1:]):
             raise StoreError(
                 f"shard [{start}, {stop}) of {name!r} has shape {values.shape}, the store expects "
                 f"{(stop - start, *target.shape[1:])}"
             )
-        if storage.is_remote(path):  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
-            storage.retry(target.__setitem__, slice(start, stop), values.astype(target.dtype, copy=False))
-        else:
-            target[start:stop] = values.astype(target.dtype, copy=False)
+        values = values.astype(target.dtype, copy=False)
+        if remote:  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
+            storage.retry(target.__setitem__, slice(start, stop), values)
+        elif files is None or not files.write(start, values):
+            target[start:stop] = values
 
 
 def _for_writing(array):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .cluster import placement
+from .encoding import encodings
 from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
@@ -120,6 +121,29 @@ def shard_task(plan: Plan) -> Callable[[Any, Shard, int], ShardRecord]:
     return run_planned_shard
 
 
+_ENCODINGS: dict[tuple[str, ...], dict] = {}
+
+
+def stored_encodings(spec: Any, group) -> dict:
+    """The store's array encodings (``encoding.encodings``), read once per worker process and store.
+
+    Reading them lists the store and opens each array (~20 ms a shard on local
+    disk, a LIST and a GET per array in a bucket). They are kept per store
+    path, spec hash, creation time and fingerprints of the job's files (all in
+    the root attributes, already read with ``group``): a store made anew, or by
+    a changed function, is read again.
+    """
+    attrs = group.attrs
+    made = (str(attrs.get("created")), json.dumps(attrs.get("files"), sort_keys=True, default=str))
+    key = (str(spec.store.path), spec.spec_hash(), *made)
+    found = _ENCODINGS.get(key)
+    if found is None:
+        if len(_ENCODINGS) >= 16:  # a long-lived worker of many jobs keeps the latest few
+            _ENCODINGS.pop(next(iter(_ENCODINGS)))
+        found = _ENCODINGS[key] = encodings(group)
+    return found
+
+
 def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, memory_retries: int) -> ShardRecord:
     store = spec.store.path
     started = time.time()
@@ -142,7 +166,7 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, m
             write_block_progress(store, shard.id, attempt, written, shard.size)
             reported = time.monotonic()
 
-    with BlockWriter(store, group=group, on_written=on_written) as writer:
+    with BlockWriter(store, group=group, on_written=on_written, stored_as=stored_encodings(spec, group)) as writer:
         for block in blocks:
             arrays, block_info = compute_block(spec, block, device, info, budget)
             info = block_info if info is None else merge_info(info, block_info)

@@ -37,12 +37,13 @@ class BlockWriter:
         writer.checksum, writer.nonfinite    # after the block: every write done
     """
 
-    def __init__(self, path: str | Path, *, depth: int = 2, group=None, on_written=None) -> None:
+    def __init__(self, path: str | Path, *, depth: int = 2, group=None, on_written=None, stored_as=None) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
-        self.encodings = encodings(self.group)  # packed / selected / 16-bit arrays (``pipeline.encoding``)
+        # packed / selected / 16-bit arrays (``pipeline.encoding``); ``stored_as`` is what the caller already read
+        self.encodings = encodings(self.group) if stored_as is None else stored_as
         self.depth = depth
         self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0

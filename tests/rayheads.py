@@ -32,9 +32,16 @@ def free_port() -> int:
 
 
 def worker_port_range(width: int = 60) -> tuple[int, int]:
-    """A range of ports for a node's workers, picked at random where none is listening now."""
+    """A range of ports for a node's workers, picked at random where none is listening now.
+
+    It lies below the kernel's ephemeral range, where ``free_port`` (and Ray's own
+    random ports) pick from: a worker range there could take a port given to
+    another component of the same node, which ``ray start`` refuses ("worker_ports
+    is trying to use a port number ... used by other components").
+    """
+    ephemeral_low = _ephemeral_ports()[0]
     for _ in range(50):
-        low = random.randrange(30000, 59000, 100)
+        low = random.randrange(20000, max(20100, ephemeral_low - width), 100)
         busy = False
         for port in range(low, low + width, 7):
             with socket.socket() as sock:
@@ -46,6 +53,15 @@ def worker_port_range(width: int = 60) -> tuple[int, int]:
         if not busy:
             return low, low + width
     raise RuntimeError("no free port range for Ray workers")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux's default 32768-60999 where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def cluster_env(base: Path, token: str | None = TOKEN, **extra) -> dict:

@@ -49,3 +49,27 @@ def test_each_ray_worker_builds_the_function_once(tmp_path, ray_cluster):
     a, b = xr.open_zarr(str(tmp_path / "ray.zarr")), xr.open_zarr(str(tmp_path / "inline.zarr"))
     for name in ("inputs", "value", "jacobian", "hessian"):
         np.testing.assert_array_equal(a[name].values, b[name].values)  # bit-identical to the inline executor
+
+
+def test_a_worker_reads_the_stores_encodings_once_per_job(tmp_path, monkeypatch):
+    """The encodings (here a packed Hessian) are read once per process and job, and every shard uses them."""
+    import pipeline.tasks as tasks
+    from pipeline.encoding import encodings
+
+    reads = []
+    monkeypatch.setattr(tasks, "_ENCODINGS", {})
+    monkeypatch.setattr(tasks, "encodings", lambda group: reads.append(group) or encodings(group))
+    first = counted_job(tmp_path / "a.zarr", tmp_path / "a.txt")
+    assert submit(first, InlineExecutor()).complete
+    assert len(reads) == 1  # 16 shards
+    assert submit(first, InlineExecutor(), overwrite=True).complete
+    assert len(reads) == 2  # the store made anew: read again
+    other = counted_job(tmp_path / "b.zarr", tmp_path / "b.txt")
+    assert submit(other, InlineExecutor()).complete
+    assert len(reads) == 3  # another store
+    reference = counted_job(tmp_path / "c.zarr", tmp_path / "c.txt")
+    monkeypatch.setattr(tasks, "stored_encodings", lambda spec, group: encodings(group))  # read per shard
+    assert submit(reference, InlineExecutor()).complete
+    for name in ("value", "jacobian", "hessian"):  # the packed Hessian stored as when read per shard
+        np.testing.assert_array_equal(xr.open_zarr(str(tmp_path / "a.zarr"))[name].values,
+                                      xr.open_zarr(str(tmp_path / "c.zarr"))[name].values)
