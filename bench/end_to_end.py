@@ -12,7 +12,12 @@ measured side by side in one process on one device:
 - whole job:      ``pipeline.submit`` in this process (adds the driver's check, store creation, finalize)
 
 Ratios are to "compute only"; "bound" is max(compute, write) / compute, what
-a perfect overlap of the two would give. Run: ``python bench/end_to_end.py
+a perfect overlap of the two would give.
+
+``--part ray``: (a) compute alone and (b) writes alone in this process,
+divided by the shards that run at once, and the same two measured in that
+many processes at once (``lanes_at_once``), next to (c) the whole job on a
+local Ray, per output option. Run: ``python bench/end_to_end.py
 [--device cuda] [--n 65536] [--cases 1024] [--threads 2] [--part ray --workers 2 --options "H packed float16, J float16"]``.
 """
 
@@ -208,6 +213,52 @@ def time_encoded_write(spec, shards, results):
     return time_write(spec, shards, encoded, fresh=False)
 
 
+def _lane(job_file: str, overrides: list[str], shard_ids: list[int], device: str, barrier, results) -> None:
+    """One of the processes of :func:`lanes_at_once`: its shards computed, then written, each timed between barriers."""
+    from pipeline.encoding import encode_arrays, encodings
+
+    torch.set_num_threads(1)
+    spec = load_spec(Path(job_file), overrides)
+    shards = [s for s in prepare(spec).plan.shards if s.id in set(shard_ids)]
+    time_compute(spec, shards[:1], torch.device(device))  # warm-up: the function built, traced
+    barrier.wait()
+    a, computed = time_compute(spec, shards, torch.device(device))
+    found = encodings(open_for_writing(spec.store.path))
+    encoded = [encode_arrays(r, found) for r in computed]
+    barrier.wait()
+    b = time_write(spec, shards, encoded, fresh=False)
+    results.put((a, b))
+
+
+def lanes_at_once(job_file: Path, overrides: list[str], lanes: int, device: str) -> tuple[float, float]:
+    """(a) and (b) as the job's workers would meet them: ``lanes`` processes at once, each on every lanes-th shard.
+
+    Returns the wall seconds of the compute phase and of the write phase (the
+    slowest process of each; all start together at a barrier). Where the
+    processes slow each other (shared caches, memory bandwidth, the host's
+    scheduling of the VM's cores) this is what the job's workers get, where
+    (a) / lanes assumes they do not.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(lanes), context.Queue()
+    shards = fresh_store(load_spec(job_file, overrides))
+    processes = [
+        context.Process(
+            target=_lane,
+            args=(str(job_file), overrides, [s.id for s in shards[i::lanes]], device, barrier, results),
+        )
+        for i in range(lanes)
+    ]
+    for process in processes:
+        process.start()
+    times = [results.get(timeout=900) for _ in processes]
+    for process in processes:
+        process.join()
+    return max(t[0] for t in times), max(t[1] for t in times)
+
+
 def ray_rows(args, folder: Path) -> None:
     """(a) compute alone, (b) writes alone, (c) the job on a local Ray of ``--workers`` workers, per output option."""
     import ray
@@ -225,7 +276,9 @@ def ray_rows(args, folder: Path) -> None:
     print(f"#### whole jobs on a local Ray, {workers} worker(s) of 1 CPU (1 torch thread each), {lanes} at once\n")
     print(
         f"(a) compute alone and (b) writes alone are measured in this process with 1 thread and divided by "
-        f"{lanes} (perfect scaling over the shards running at once); efficiency = max(a, b) / (c). CPU floor = ((a) + (b)) / (c): "
+        f"{lanes} (perfect scaling over the shards running at once); '(a) at once' and '(b) at once' are the same "
+        f"work in {lanes} processes at once, each on every {lanes}-th shard (`lanes_at_once`: what the workers meet "
+        "when they slow each other); efficiency = max(a, b) / (c). CPU floor = ((a) + (b)) / (c): "
         "where the workers' compute and their writer threads share the same cores they cannot overlap, and "
         "(a) + (b) is the best (c) can be. From the manifest's timeline (`timeline`): head = submit -> first "
         "shard starts (probe, store creation, first dispatch), tail = last commit -> submit returns (finalize), "
@@ -233,11 +286,11 @@ def ray_rows(args, folder: Path) -> None:
         "argument transfer) + the time in run_shard outside the shard's own seconds, as a share of a shard.\n"
     )
     print(
-        "| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (c) s | "
-        "(c) samples/s | efficiency | CPU floor | shard s | head s | tail s | per-shard overhead | "
-        "max rel. error (stated) |"
+        "| job | output option | stored B/sample | on disk B/sample | x today | (a) s | (b) s | (a) at once s | "
+        "(b) at once s | (c) s | (c) samples/s | efficiency | efficiency (at once) | CPU floor | "
+        "CPU floor (at once) | shard s | head s | tail s | per-shard overhead | max rel. error (stated) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     torch.set_num_threads(1)
     base_bytes = None
     chosen = None if args.options is None else {"float32, full (today)", *args.options.split(";")}
@@ -252,10 +305,9 @@ def ray_rows(args, folder: Path) -> None:
         jobs.append(("rte1d sweep", "float32, full (today)", []))
     for job, option, extra in jobs:
         spec = next(s for t, _, s in workloads(args, folder) if t.startswith(job.split()[0]))
-        spec = load_spec(
-            ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml"),
-            [*overrides_of(spec, args, folder), *extra],
-        )
+        job_file = ROOT / ("jobs/seed000.yaml" if job == "seed000" else "jobs/sweep.yaml")
+        overrides = [*overrides_of(spec, args, folder), *extra]
+        spec = load_spec(job_file, overrides)
         shards = fresh_store(spec)
         n = sum(s.size for s in shards)
         time_compute(spec, shards[:1], tasks.pick_device())  # warm-up
@@ -263,6 +315,9 @@ def ray_rows(args, folder: Path) -> None:
             (time_compute(spec, shards, tasks.pick_device()) for _ in range(args.repeats)), key=lambda r: r[0]
         )
         b = min(time_encoded_write(spec, shards, results) for _ in range(args.repeats))
+        del results
+        at_once = [lanes_at_once(job_file, overrides, lanes, str(tasks.pick_device())) for _ in range(args.repeats)]
+        a_lanes, b_lanes = min(t[0] for t in at_once), min(t[1] for t in at_once)
         time_ray_job(spec, executor)  # warm-up: the workers' first function build
         c, parts = min((time_ray_job(spec, executor) for _ in range(args.repeats)), key=lambda r: r[0])
         from pipeline.driver import prepare as prep
@@ -290,8 +345,9 @@ def ray_rows(args, folder: Path) -> None:
         a2, b2 = a / lanes, b / lanes
         print(
             f"| {job} ({n} in {len(shards)} shards of {spec.shard_size}) | {option} | {stored} | {on_disk:,.0f} | "
-            f"{ratio} | {a2:.2f} | {b2:.2f} | {c:.2f} | {n / c:,.0f} | {max(a2, b2) / c:.2f} | "
-            f"{(a2 + b2) / c:.2f} | {parts['shard']:.3f} | {parts['head']:.2f} | {parts['tail']:.2f} | "
+            f"{ratio} | {a2:.2f} | {b2:.2f} | {a_lanes:.2f} | {b_lanes:.2f} | {c:.2f} | {n / c:,.0f} | "
+            f"{max(a2, b2) / c:.2f} | {max(a_lanes, b_lanes) / c:.2f} | {(a2 + b2) / c:.2f} | "
+            f"{(a_lanes + b_lanes) / c:.2f} | {parts['shard']:.3f} | {parts['head']:.2f} | {parts['tail']:.2f} | "
             f"{overhead} | {', '.join(errors) or 'exact'} |",
             flush=True,
         )
