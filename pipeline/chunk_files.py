@@ -135,25 +135,40 @@ class ChunkFiles:
         self._folders: set[str] = set()
 
     def write(self, start: int, values: np.ndarray) -> bool:
+        """Write rows ``[start, start + len(values))``; False (nothing written) when they are off the chunk grid."""
+        parts = self.parts(start, values)
+        if parts is None:
+            return False
+        for coords, part in parts:
+            self.write_chunk(coords, part)
+        return True
+
+    def parts(self, start: int, values: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]] | None:
+        """The chunks of rows ``[start, start + len(values))``: (chunk coordinates, values), or None off the grid.
+
+        Each can be written by :meth:`write_chunk` in any order and any thread.
+        """
         stop = start + values.shape[0]
         rows = self.chunks[0]
         if values.shape[1:] != self.shape[1:] or start % rows or (stop % rows and stop != self.shape[0]):
-            return False
+            return None
         if stop > self.shape[0] or start < 0:
-            return False
+            return None
         dtype = values.dtype.newbyteorder(self.byte_order) if self.byte_order != "=" else values.dtype
         values = np.ascontiguousarray(values, dtype=dtype)
         grids = [range(start // rows, math.ceil(stop / rows))]
         grids += [range(math.ceil(n / c)) for n, c in zip(self.shape[1:], self.chunks[1:])]
+        parts = []
         for coords in itertools.product(*grids):
             region = tuple(
                 slice(i * c - (start if axis == 0 else 0), min((i + 1) * c, n) - (start if axis == 0 else 0))
                 for axis, (i, c, n) in enumerate(zip(coords, self.chunks, self.shape))
             )
-            self._write_chunk(coords, values[region])
-        return True
+            parts.append((coords, values[region]))
+        return parts
 
-    def _write_chunk(self, coords: tuple[int, ...], part: np.ndarray) -> None:
+    def write_chunk(self, coords: tuple[int, ...], part: np.ndarray) -> None:
+        """Encode and write one chunk (``part``: its values, smaller than a chunk only at the array's edges)."""
         if part.shape != tuple(self.chunks):  # an edge chunk: Zarr stores it whole, padded with the fill value
             whole = np.full(self.chunks, self.fill_value, dtype=part.dtype)
             whole[tuple(slice(0, n) for n in part.shape)] = part

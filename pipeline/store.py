@@ -706,7 +706,13 @@ def open_for_writing(path: str | Path):
 
 
 def write_region(
-    path: str | Path, arrays: dict[str, np.ndarray], start: int, stop: int, group=None, targets: dict | None = None
+    path: str | Path,
+    arrays: dict[str, np.ndarray],
+    start: int,
+    stop: int,
+    group=None,
+    targets: dict | None = None,
+    pool=None,
 ) -> None:
     """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region).
 
@@ -714,13 +720,16 @@ def write_region(
     keeps one per shard): opening an array reads its ``zarr.json``, a GET on a
     bucket, which every block of a shard would otherwise repeat. On local disk
     the chunks are encoded and written in this thread (``chunk_files``: the
-    same bytes as Zarr's, without its event loop); in a bucket, by Zarr.
+    same bytes as Zarr's, without its event loop), or by the threads of
+    ``pool`` (a ``concurrent.futures`` executor) when one is given; in a
+    bucket, by Zarr.
     """
     from .chunk_files import chunk_writer
 
     group = open_for_writing(path) if group is None else group
     targets = {} if targets is None else targets
     remote = storage.is_remote(path)
+    chunks: list[tuple[Any, tuple[int, ...], np.ndarray]] = []  # (writer, chunk coordinates, values), written below
     for name, values in arrays.items():
         if name not in targets:
             array = _for_writing(group[name])
@@ -732,10 +741,18 @@ def write_region(
                 f"{(stop - start, *target.shape[1:])}"
             )
         values = values.astype(target.dtype, copy=False)
+        parts = None if files is None else files.parts(start, values)
         if remote:  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
             storage.retry(target.__setitem__, slice(start, stop), values)
-        elif files is None or not files.write(start, values):
+        elif parts is None:
             target[start:stop] = values
+        else:
+            chunks.extend((files, coords, part) for coords, part in parts)
+    if pool is None or len(chunks) < 2:
+        for files, coords, part in chunks:
+            files.write_chunk(coords, part)
+    else:  # the encoders (Blosc, Zstd) and the file writes release the GIL: the chunks are written in parallel
+        list(pool.map(lambda chunk: chunk[0].write_chunk(chunk[1], chunk[2]), chunks))
 
 
 def _for_writing(array):

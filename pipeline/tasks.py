@@ -166,7 +166,10 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, m
             write_block_progress(store, shard.id, attempt, written, shard.size)
             reported = time.monotonic()
 
-    with BlockWriter(store, group=group, on_written=on_written, stored_as=stored_encodings(spec, group)) as writer:
+    threads = max(1, int(getattr(spec.execution, "cpus_per_task", 1)))  # the CPUs the task asked of Ray
+    with BlockWriter(
+        store, group=group, on_written=on_written, stored_as=stored_encodings(spec, group), threads=threads
+    ) as writer:
         for block in blocks:
             arrays, block_info = compute_block(spec, block, device, info, budget)
             info = block_info if info is None else merge_info(info, block_info)

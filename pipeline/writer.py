@@ -29,7 +29,9 @@ class BlockWriter:
 
     Use as a context manager: leaving the block by an exception waits for the
     write in progress and drops the queued ones (the shard is then not
-    committed, and a retry rewrites its region).
+    committed, and a retry rewrites its region). With ``threads`` > 1 each
+    block's chunks are encoded and written by that many threads (a task that
+    asked Ray for that many CPUs: ``execution.cpus_per_task``).
 
         with BlockWriter(path) as writer:
             for block in blocks:
@@ -37,9 +39,13 @@ class BlockWriter:
         writer.checksum, writer.nonfinite    # after the block: every write done
     """
 
-    def __init__(self, path: str | Path, *, depth: int = 2, group=None, on_written=None, stored_as=None) -> None:
+    def __init__(
+        self, path: str | Path, *, depth: int = 2, group=None, on_written=None, stored_as=None, threads: int = 1
+    ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.path = path
         self.group = open_for_writing(path) if group is None else group
         # packed / selected / 16-bit arrays (``pipeline.encoding``); ``stored_as`` is what the caller already read
@@ -53,6 +59,9 @@ class BlockWriter:
         self._targets: dict = {}  # the shard's arrays, opened once (``store.write_region``)
         self._pending: deque[Future] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-writer")
+        # ``threads`` > 1: a block's chunks encoded and written by that many threads (``store.write_region``'s pool),
+        # the blocks still one after another in the one thread above (the checksum is in sample order)
+        self._chunk_pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-writer") if threads > 1 else None
         self._closed = False
 
     def submit(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
@@ -78,7 +87,7 @@ class BlockWriter:
                     self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
         arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
         self._checksum.update(arrays)
-        write_region(self.path, arrays, start, stop, group=self.group, targets=self._targets)
+        write_region(self.path, arrays, start, stop, group=self.group, targets=self._targets, pool=self._chunk_pool)
         self.bytes_written += sum(a.nbytes for a in arrays.values())
         if self.on_written is not None:
             self.on_written(start, stop)
@@ -92,7 +101,12 @@ class BlockWriter:
                 self._pending.popleft().result()
         finally:
             self._closed = True
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._chunk_pool is not None:
+            self._chunk_pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def checksum(self) -> str:
@@ -116,5 +130,5 @@ class BlockWriter:
             return
         # failing: drop what is queued, let the running write finish (no thread left writing behind a retry)
         self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._shutdown()
         self._pending.clear()

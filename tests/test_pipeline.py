@@ -91,6 +91,25 @@ def test_results_do_not_depend_on_sharding(tmp_path, store_chunk, shard, engine_
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=1e-13, err_msg=name)
 
 
+def test_a_task_of_several_cpus_writes_with_as_many_threads_and_the_same_results(tmp_path, monkeypatch):
+    """``execution.cpus_per_task: 3``: each shard's chunks written by 3 threads; the store is bit-identical."""
+    import pipeline.tasks as tasks
+
+    threads = []
+    real = tasks.BlockWriter
+    monkeypatch.setattr(tasks, "BlockWriter", lambda *a, **k: threads.append(k["threads"]) or real(*a, **k))
+    one = make_spec(tmp_path, "one.zarr", **{"execution.shard_size": 16})
+    three = make_spec(tmp_path, "three.zarr", **{"execution.shard_size": 16, "execution.cpus_per_task": 3})
+    assert submit(one, InlineExecutor()).complete and submit(three, InlineExecutor()).complete
+    assert threads == [1, 1, 1, 3, 3, 3]  # 37 samples in shards of 16
+    a, b = open_results(one.store.path), open_results(three.store.path)
+    expected = reference(one, a.inputs.values)
+    for name in ["inputs", *one.quantities]:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    for name in one.quantities:
+        np.testing.assert_allclose(b[name].values, expected[name].numpy(), rtol=1e-9, atol=1e-10, err_msg=name)
+
+
 def test_user_function_with_matrix_inputs(tmp_path, executor):
     spec = make_spec(
         tmp_path,

@@ -76,7 +76,7 @@ def test_writes_run_in_one_thread_in_submission_order_with_bounded_queue(tmp_pat
     seen, threads, in_queue = [], set(), []
     real = writer_module.write_region
 
-    def slow_write(p, arrays, start, stop, group=None, targets=None):
+    def slow_write(p, arrays, start, stop, group=None, **kwargs):
         time.sleep(0.05)
         seen.append(start)
         threads.add(threading.get_ident())
@@ -108,7 +108,7 @@ def test_a_compute_failure_drops_queued_writes_and_leaves_no_thread_writing(tmp_
     started, finished = [], []
     real = writer_module.write_region
 
-    def slow_write(p, arrays, start, stop, group=None, targets=None):
+    def slow_write(p, arrays, start, stop, group=None, **kwargs):
         started.append(start)
         time.sleep(0.1)
         real(p, arrays, start, stop, group=group)
@@ -126,3 +126,59 @@ def test_a_compute_failure_drops_queued_writes_and_leaves_no_thread_writing(tmp_
         writer.submit(0, 4, block(0, 4))
     with pytest.raises(ValueError, match="depth"):
         BlockWriter(path, depth=0)
+
+
+def test_several_threads_write_a_blocks_chunks_in_parallel_to_the_same_bytes(tmp_path, monkeypatch):
+    """``threads``: a block's chunks written by that many threads at once; the store and checksum as with one."""
+    import pipeline.chunk_files as chunk_files
+
+    paths = {threads: make_store(tmp_path / str(threads), n=24) for threads in (1, 3)}
+    at_once, running, lock = [], [0], threading.Lock()
+    real = chunk_files.ChunkFiles.write_chunk
+
+    def counted(self, coords, part):
+        with lock:
+            running[0] += 1
+            at_once.append(running[0])
+        time.sleep(0.02)  # long enough for the pool's other threads to start theirs
+        real(self, coords, part)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(chunk_files.ChunkFiles, "write_chunk", counted)
+    digests = {}
+    for threads, path in paths.items():
+        at_once.clear()
+        with BlockWriter(path, threads=threads) as writer:
+            for start in (0, 12):  # blocks of 6 chunks of 2 samples, 3 arrays: 18 chunks each
+                writer.submit(start, start + 12, block(start, start + 12))
+        digests[threads] = writer.checksum
+        assert max(at_once) == threads and len(at_once) == 36
+    assert digests[1] == digests[3]
+    for name in ("inputs", "value", "jacobian"):
+        files = [sorted(p.relative_to(paths[t]) for p in (paths[t] / name).rglob("*") if p.is_file()) for t in (1, 3)]
+        assert files[0] == files[1]
+        for relative in files[0]:
+            assert (paths[1] / relative).read_bytes() == (paths[3] / relative).read_bytes()
+
+
+def test_a_failed_chunk_write_in_a_pool_is_raised_and_no_thread_is_left(tmp_path, monkeypatch):
+    import pipeline.chunk_files as chunk_files
+
+    path = make_store(tmp_path, n=24)
+    real = chunk_files.ChunkFiles.write_chunk
+
+    def failing(self, coords, part):
+        if coords[0] == 3:
+            raise OSError("disk full")
+        real(self, coords, part)
+
+    monkeypatch.setattr(chunk_files.ChunkFiles, "write_chunk", failing)
+    before = threading.active_count()
+    with pytest.raises(OSError, match="disk full"):
+        with BlockWriter(path, threads=4) as writer:
+            for start in (0, 12):
+                writer.submit(start, start + 12, block(start, start + 12))
+    assert threading.active_count() == before
+    with pytest.raises(ValueError, match="threads"):
+        BlockWriter(path, threads=0)

@@ -141,7 +141,12 @@ class ExecutionSettings(Strict):
     gpus_per_task: float | Literal["auto"] = Field(
         default="auto", description="GPUs per task; auto = 1 when the cluster has GPUs, else 0"
     )
-    cpus_per_task: Annotated[float, Field(gt=0)] = 1.0
+    cpus_per_task: Annotated[float, Field(gt=0)] = Field(
+        default=1.0,
+        description="CPUs per task (Ray's num_cpus); a task writes its results with that many threads (whole "
+        "CPUs, at least 1): on a GPU node give each GPU task the CPUs it can use, e.g. 8, to encode and write "
+        "chunks in parallel",
+    )
     retries: Annotated[int, Field(ge=0)] = Field(default=2, description="extra attempts for a failed shard")
     max_in_flight: PositiveInt | Literal["auto"] = Field(
         default="auto", description="tasks submitted but not finished; auto = 2 x the worker slots"
