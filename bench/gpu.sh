@@ -5,7 +5,8 @@
 #   run(command="bash bench/gpu.sh", carry=[".devbundle"], timeout_s=600)
 # ends by itself within 9 minutes (GPU_CALL_LIMIT, default 530 s), most important rows first, every
 # row written to $OUT/<part>.txt as it finishes: seed-000 J+H ours vs JAX at 1e5 and 1e6, W2 at 1e6,
-# the rte1d sweep ours vs the seed's vmap at 8192 cases, one end-to-end job (1e6 samples on the GPU),
+# the rte1d sweep ours vs the seed's vmap at 8192 cases, one end-to-end job (1e6 samples on the GPU)
+# with one writer thread and again with 8 (execution.cpus_per_task=8),
 # then, as time allows: store writes, end-to-end rows, sensitivities, derivatives at 1e4, compile.
 # Dry run here (a test of the suite runs it): GPU_CALL_LIMIT=50 bash bench/gpu.sh --device cpu --quick one
 #
@@ -259,6 +260,9 @@ part_one() {
   step sweeps "$(cap 90)" "$PY" bench/sweeps.py --device "$DEVICE" --cases 8192 --repeats 1
   e2e_job "seed000.yaml, 1e6 samples, one task per GPU" "$(cap 120)" --set inputs.n=1000000 \
     --set execution.gpus_per_task=1
+  # the same job writing each block's chunks with 8 threads (a task of 8 CPUs): the writes bound it on a GPU
+  e2e_job "seed000.yaml, 1e6 samples, one task per GPU, 8 CPUs per task" "$(cap 120)" --set inputs.n=1000000 \
+    --set execution.gpus_per_task=1 --set execution.cpus_per_task=8
   # then the rest, as time allows (each step skips itself when less than 20 s are left)
   part_store; part_end_to_end; part_sensitivities
   step derivatives "$(cap 120)" "$PY" bench/derivatives.py --device "$DEVICE" --n 1e4 --deadline 90
