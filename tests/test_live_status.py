@@ -106,8 +106,9 @@ def test_running_then_stale_after_sigkill_then_complete_after_resume(tmp_path, k
                              "samples", "samples_done", "samples_per_second", "eta_seconds"}
     assert progress["shards"] == 8 and progress["samples"] == 128 and progress["shards_failed"] == 0
     assert progress["shards_done"] + progress["shards_running"] + progress["shards_pending"] == 8
-    report = wait_for(lambda r: within_a_shard(r["driver"]["progress"], 16) and r["driver"]["progress"]["eta_seconds"],
-                      driver, store)
+    # a shard committed (so the resume below keeps it) and the next one part-way
+    report = wait_for(lambda r: r["driver"]["progress"]["shards_done"] >= 1 and r["driver"]["progress"]["eta_seconds"]
+                      and within_a_shard(r["driver"]["progress"], 16), driver, store)
     assert report["complete"] is False and report["driver"]["progress"]["samples_per_second"] > 0
     text = run("status", store)
     assert text.exit_code == 3
