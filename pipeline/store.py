@@ -30,6 +30,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -435,6 +436,7 @@ def _write_template(
         "format_version": FORMAT_VERSION,
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store_id": uuid.uuid4().hex,  # this store, not another made at the same path (workers' caches)
         "n": plan.n,
         "chunk_size": plan.chunk_size,
         "shard_size": plan.shard_size,

@@ -121,7 +121,7 @@ def shard_task(plan: Plan) -> Callable[[Any, Shard, int], ShardRecord]:
     return run_planned_shard
 
 
-_ENCODINGS: dict[tuple[str, ...], dict] = {}
+_ENCODINGS: dict[tuple[str, str, str], dict] = {}
 
 
 def stored_encodings(spec: Any, group) -> dict:
@@ -129,13 +129,16 @@ def stored_encodings(spec: Any, group) -> dict:
 
     Reading them lists the store and opens each array (~20 ms a shard on local
     disk, a LIST and a GET per array in a bucket). They are kept per store
-    path, spec hash, creation time and fingerprints of the job's files (all in
-    the root attributes, already read with ``group``): a store made anew, or by
-    a changed function, is read again.
+    path, spec hash and the store's ``store_id`` (a new one each time a store
+    is made; stores older than it: creation time and the job's file
+    fingerprints), all in the root attributes already read with ``group``: a
+    store made anew at the same path is read again.
     """
     attrs = group.attrs
-    made = (str(attrs.get("created")), json.dumps(attrs.get("files"), sort_keys=True, default=str))
-    key = (str(spec.store.path), spec.spec_hash(), *made)
+    made = attrs.get("store_id") or (
+        str(attrs.get("created")) + json.dumps(attrs.get("files"), sort_keys=True, default=str)
+    )
+    key = (str(spec.store.path), spec.spec_hash(), str(made))
     found = _ENCODINGS.get(key)
     if found is None:
         if len(_ENCODINGS) >= 16:  # a long-lived worker of many jobs keeps the latest few
