@@ -73,7 +73,7 @@ def time_ours(folder: Path, data, plan, with_marker: bool, compression: str) -> 
     return time.perf_counter() - began
 
 
-def time_blocks(folder: Path, data, plan, compression: str, how: str) -> tuple[float, float]:
+def time_blocks(folder: Path, data, plan, compression: str, how: str, threads: int = 1) -> tuple[float, float]:
     """Each shard written in blocks of one chunk, as a task's writer thread writes them: (wall, CPU) seconds.
 
     ``how``: "before", as tasks wrote until session 12, each block opening its
@@ -81,9 +81,9 @@ def time_blocks(folder: Path, data, plan, compression: str, how: str) -> tuple[f
     checking every chunk against the fill value; "zarr", as they wrote in
     sessions 12-13 (arrays opened once per shard, the fill check off, Zarr's
     ``__setitem__``); "ours", ``write_region`` now (``chunk_files``: the same
-    bytes encoded and written in the calling thread); "ours N threads", a
-    block's chunks written by N threads (a task of ``execution.cpus_per_task:
-    N``). CPU is the process's
+    bytes encoded and written in the calling thread), with ``threads`` > 1 a
+    block's chunks written by that many threads (a task of
+    ``execution.cpus_per_task: threads``). CPU is the process's
     (every thread: Zarr's event loop and codec threads too).
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +93,6 @@ def time_blocks(folder: Path, data, plan, compression: str, how: str) -> tuple[f
     path = folder / "s.zarr"
     create_store(path, plan, {"spec_hash": "bench"}, compression=compression)
     group = open_for_writing(path)
-    threads = int(how.partition(" threads")[0].rpartition(" ")[2]) if how.endswith(" threads") else 1
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     began, cpu = time.perf_counter(), time.process_time()
     for shard in plan.shards:
@@ -142,7 +141,7 @@ def main() -> None:
         variants[f"blocks, {codec}, arrays opened per block + fill check (before)"] = (codec, "before")
         variants[f"blocks, {codec}, Zarr's setitem, arrays opened once (session 12)"] = (codec, "zarr")
         variants[f"blocks, {codec}, as tasks write (ours: chunk_files)"] = (codec, "ours")
-        variants[f"blocks, {codec}, ours, 2 threads (cpus_per_task: 2)"] = (codec, "ours 2 threads")
+        variants[f"blocks, {codec}, ours, 2 threads (cpus_per_task: 2)"] = (codec, "ours", 2)
     rows = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(args.repeat):
@@ -152,7 +151,7 @@ def main() -> None:
                 if variant is None:
                     rows[label].append(time_raw(folder, data, plan.shards))
                 elif isinstance(variant[1], str):
-                    wall, used = time_blocks(folder, data, plan, variant[0], how=variant[1])
+                    wall, used = time_blocks(folder, data, plan, *variant)
                     rows[label].append(wall)
                     cpu[label].append(used)
                 else:

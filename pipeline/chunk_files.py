@@ -73,7 +73,7 @@ def chunk_writer(array) -> ChunkFiles | None:
 
 def _encoders(codecs) -> tuple[str, Any, bool] | None:
     """(byte order of the ``bytes`` codec, the numcodecs compressor or None, crc32c last), or None when unsupported."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec
 
     codecs = list(codecs)
     if not codecs or not isinstance(codecs[0], BytesCodec):
@@ -85,18 +85,19 @@ def _encoders(codecs) -> tuple[str, Any, bool] | None:
         return None
     compressor = None
     if middle:
-        compressor = _numcodecs_compressor(middle[0], BloscCodec, ZstdCodec)
+        compressor = _numcodecs_compressor(middle[0])
         if compressor is None:
             return None
     order = {"little": "<", "big": ">"}.get(str(endian), "=")
     return order, compressor, crc32c
 
 
-def _numcodecs_compressor(codec, blosc_type, zstd_type):
+def _numcodecs_compressor(codec):
     """The numcodecs object that encodes as Zarr's ``codec`` does (Zarr builds the same one), or None."""
     import numcodecs
+    from zarr.codecs import BloscCodec, ZstdCodec
 
-    if isinstance(codec, blosc_type):
+    if isinstance(codec, BloscCodec):
         if codec.typesize is None:
             return None
         try:
@@ -109,7 +110,7 @@ def _numcodecs_compressor(codec, blosc_type, zstd_type):
             )
         except TypeError:  # numcodecs < 0.16 takes no typesize: Zarr's Blosc then differs, let Zarr write
             return None
-    if isinstance(codec, zstd_type):
+    if isinstance(codec, ZstdCodec):
         return numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
     return None
 

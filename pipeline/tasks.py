@@ -121,29 +121,25 @@ def shard_task(plan: Plan) -> Callable[[Any, Shard, int], ShardRecord]:
     return run_planned_shard
 
 
-_ENCODINGS: dict[tuple[str, str, str], dict] = {}
+_ENCODINGS: dict[str, dict] = {}
 
 
-def stored_encodings(spec: Any, group) -> dict:
+def stored_encodings(group) -> dict:
     """The store's array encodings (``encoding.encodings``), read once per worker process and store.
 
     Reading them lists the store and opens each array (~20 ms a shard on local
-    disk, a LIST and a GET per array in a bucket). They are kept per store
-    path, spec hash and the store's ``store_id`` (a new one each time a store
-    is made; stores older than it: creation time and the job's file
-    fingerprints), all in the root attributes already read with ``group``: a
-    store made anew at the same path is read again.
+    disk, a LIST and a GET per array in a bucket). They are kept by the store's
+    ``store_id`` (a root attribute, already read with ``group``, new each time
+    a store is made); a store made before it had one is read every shard.
     """
-    attrs = group.attrs
-    made = attrs.get("store_id") or (
-        str(attrs.get("created")) + json.dumps(attrs.get("files"), sort_keys=True, default=str)
-    )
-    key = (str(spec.store.path), spec.spec_hash(), str(made))
-    found = _ENCODINGS.get(key)
+    store_id = group.attrs.get("store_id")
+    if store_id is None:
+        return encodings(group)
+    found = _ENCODINGS.get(store_id)
     if found is None:
         if len(_ENCODINGS) >= 16:  # a long-lived worker of many jobs keeps the latest few
             _ENCODINGS.pop(next(iter(_ENCODINGS)))
-        found = _ENCODINGS[key] = encodings(group)
+        found = _ENCODINGS[store_id] = encodings(group)
     return found
 
 
@@ -171,7 +167,7 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, m
 
     threads = max(1, int(getattr(spec.execution, "cpus_per_task", 1)))  # the CPUs the task asked of Ray
     with BlockWriter(
-        store, group=group, on_written=on_written, stored_as=stored_encodings(spec, group), threads=threads
+        store, group=group, on_written=on_written, stored_as=stored_encodings(group), threads=threads
     ) as writer:
         for block in blocks:
             arrays, block_info = compute_block(spec, block, device, info, budget)

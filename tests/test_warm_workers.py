@@ -67,8 +67,14 @@ def test_a_worker_reads_the_stores_encodings_once_per_job(tmp_path, monkeypatch)
     other = counted_job(tmp_path / "b.zarr", tmp_path / "b.txt")
     assert submit(other, InlineExecutor()).complete
     assert len(reads) == 3  # another store
+    import zarr
+
+    older = zarr.open_group(str(tmp_path / "b.zarr"), mode="r+")
+    del older.attrs["store_id"]  # a store made before stores had one: read every time, never mistaken for another
+    assert tasks.stored_encodings(older) == tasks.stored_encodings(older) == encodings(older)
+    assert len(reads) == 5
     reference = counted_job(tmp_path / "c.zarr", tmp_path / "c.txt")
-    monkeypatch.setattr(tasks, "stored_encodings", lambda spec, group: encodings(group))  # read per shard
+    monkeypatch.setattr(tasks, "stored_encodings", encodings)  # read every shard
     assert submit(reference, InlineExecutor()).complete
     for name in ("value", "jacobian", "hessian"):  # the packed Hessian stored as when read per shard
         np.testing.assert_array_equal(xr.open_zarr(str(tmp_path / "a.zarr"))[name].values,
