@@ -19,12 +19,20 @@ divided by the shards that run at once, and the same two measured in that
 many processes at once (``lanes_at_once``), next to (c) the whole job on a
 local Ray, per output option. Run: ``python bench/end_to_end.py
 [--device cuda] [--n 65536] [--cases 1024] [--threads 2] [--part ray --workers 2 --options "H packed float16, J float16"]``.
+
+``--part long``: a long job as a user runs it, ``pipeline submit
+jobs/seed000.yaml --local`` with ``--long-n`` samples (3e6: 11 GB on disk),
+with ``store.direct_writes`` true and false alternately (``--repeats``
+each), timing the command and the machine's CPU (every core, the kernel's
+writeback and reclaim too): where every page-cache page is a new one, as in
+any job larger than a burst.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import platform
 import shutil
 import tempfile
@@ -117,7 +125,7 @@ def time_write(spec, shards, results, fresh=True):
         fresh_store(spec)
     began = time.perf_counter()
     for shard, arrays in zip(shards, results):
-        write_region(spec.store.path, arrays, shard.start, shard.stop)
+        write_region(spec.store.path, arrays, shard.start, shard.stop, direct=spec.store.direct_writes)
         write_marker(spec.store.path, ShardRecord.done(shard, attempts=1, checksum=checksum(arrays)))
     return time.perf_counter() - began
 
@@ -354,6 +362,47 @@ def ray_rows(args, folder: Path) -> None:
     ray.shutdown()
 
 
+def machine_cpu() -> float:
+    """Seconds of CPU used by the whole machine so far (every core; not idle or iowait)."""
+    with open("/proc/stat") as handle:
+        ticks = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def long_rows(args, folder: Path) -> None:
+    """``pipeline submit jobs/seed000.yaml --local`` of ``--long-n`` samples, direct writes on and off, alternately."""
+    import subprocess
+    import sys
+
+    store = folder / "long.zarr"
+    print(
+        f"#### a long job: `pipeline submit jobs/seed000.yaml --local --set inputs.n={args.long_n}` "
+        f"(a local Ray of {os.cpu_count()} CPUs), store.direct_writes true and false alternately\n"
+    )
+    print("| store.direct_writes | run | seconds | samples/s | machine CPU s | on disk GB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    seconds: dict[str, list[float]] = {"true": [], "false": []}
+    for run in range(args.repeats):
+        for direct in ("true", "false"):
+            shutil.rmtree(store, ignore_errors=True)
+            os.sync()
+            time.sleep(3)  # the freed pages go back to the host before the next run
+            command = [sys.executable, "-m", "pipeline.cli", "submit", str(ROOT / "jobs/seed000.yaml"), "--local"]
+            command += ["--quiet", "--overwrite", f"--set=inputs.n={args.long_n}", f"--set=store.path={store}"]
+            command += [f"--set=store.direct_writes={direct}"]
+            began, cpu = time.perf_counter(), machine_cpu()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            wall, used = time.perf_counter() - began, machine_cpu() - cpu
+            seconds[direct].append(wall)
+            print(
+                f"| {direct} | {run + 1} | {wall:.1f} | {args.long_n / wall:,.0f} | {used:.0f} | "
+                f"{disk_bytes(store) / 1e9:.1f} |",
+                flush=True,
+            )
+    shutil.rmtree(store, ignore_errors=True)
+    print(f"\nbest of each: page cache / direct = {min(seconds['false']) / min(seconds['true']):.2f}x the time\n")
+
+
 def overrides_of(spec, args, folder):
     """The bench overrides of ``workloads`` for ``spec``'s job."""
     if spec.kind == "sweep":
@@ -363,12 +412,14 @@ def overrides_of(spec, args, folder):
             f"store.path={folder / 'sweep.zarr'}",
             "store.overwrite=true",
             f"store.compression={args.compression}",
+            f"store.direct_writes={args.direct_writes}",
         ]
     return [
         f"inputs.n={args.n}",
         f"store.path={folder / 'seed000.zarr'}",
         "store.overwrite=true",
         f"store.compression={args.compression}",
+        f"store.direct_writes={args.direct_writes}",
     ]
 
 
@@ -379,6 +430,12 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1024, help="cases of the sweep job (multiple of 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--compression", default="auto", choices=["auto", "lz4", "zstd", "none"])
+    parser.add_argument(
+        "--direct-writes",
+        default="true",
+        choices=["true", "false"],
+        help="store.direct_writes: chunk files of 1 MiB or more past the page cache (O_DIRECT) or not",
+    )
     parser.add_argument(
         "--options",
         default=None,
@@ -395,9 +452,11 @@ def main() -> None:
     parser.add_argument(
         "--part",
         default="all",
-        choices=["all", "blocks", "ray"],
-        help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option",
+        choices=["all", "blocks", "ray", "long"],
+        help="blocks: the in-process rows; ray: (a)/(b)/(c) on a local Ray per output option; "
+        "long: a long job through the CLI, direct writes on and off",
     )
+    parser.add_argument("--long-n", type=int, default=3_000_000, help="--part long: samples of the job")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -406,12 +465,15 @@ def main() -> None:
     tasks.pick_device = lambda: device  # every row on the asked device
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-        f"device {tasks.device_name(device)}, compression {args.compression}, best of {args.repeats}\n"
+        f"device {tasks.device_name(device)}, compression {args.compression}, direct_writes {args.direct_writes}, "
+        f"best of {args.repeats}\n"
     )
     folder = Path(
         tempfile.mkdtemp(prefix="bench-pipeline-", dir=ROOT / "results" if (ROOT / "results").is_dir() else None)
     )
     try:
+        if args.part == "long":
+            long_rows(args, folder)
         if args.part in ("all", "ray"):
             ray_rows(args, folder)
         for title, unit, spec in workloads(args, folder) if args.part in ("all", "blocks") else ():

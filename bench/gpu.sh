@@ -7,7 +7,7 @@
 # row written to $OUT/<part>.txt as it finishes: seed-000 J+H ours vs JAX at 1e5 and 1e6, W2 at 1e6,
 # the rte1d sweep ours vs the seed's vmap at 8192 cases, one end-to-end job (1e6 samples on the GPU)
 # with one writer thread and again with 8 (execution.cpus_per_task=8),
-# then, as time allows: store writes, end-to-end rows, sensitivities, derivatives at 1e4, compile.
+# then, as time allows: store writes (short and sustained), end-to-end rows, sensitivities, derivatives at 1e4, compile.
 # Dry run here (a test of the suite runs it): GPU_CALL_LIMIT=50 bash bench/gpu.sh --device cpu --quick one
 #
 # ---------------------------------------------------------------- what the GPU session runs (older plan)
@@ -159,9 +159,11 @@ part_derivatives_small() {
 
 part_store() {
   if [ "$QUICK" = 1 ]; then
-    step store "$(cap 120)" "$PY" bench/store.py --n 8192 --repeat 1
+    step store "$(cap 120)" "$PY" bench/store.py --n 8192 --repeat 1 --sustained-gb 0.05
   else
     step store "$(cap 120)" "$PY" bench/store.py
+    # long writes (8 GB, far more than a burst): page cache vs O_DIRECT, with the machine's CPU per GB
+    step store "$(cap 120)" "$PY" bench/store.py --no-short --sustained-gb 8 --s3-n 0
   fi
 }
 

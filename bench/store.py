@@ -8,11 +8,18 @@ hessian [N,150,2,2], float32: 4.2 KB per sample) in shards, and compares:
 - ours:    region writes + checksum + commit marker, as a task does
 - blocks:  one chunk per write, as a task's writer thread writes: arrays opened per block with
            Zarr's fill check (before session 12); opened once per shard, fill check off, Zarr's
-           ``__setitem__`` (session 12); ``write_region`` now (``pipeline.chunk_files``: the same
-           bytes encoded and written in the calling thread)
+           ``__setitem__`` (session 12); ``write_region`` (``pipeline.chunk_files``: the same
+           bytes encoded and written in the calling thread) through the page cache (session 13)
+           and now past it (``O_DIRECT``, chunk files of 1 MiB or more)
 
 Prints MB/s and the ratio to raw, and for the block rows the CPU time of
 every thread of the process (what a worker's writer takes from its compute). Run: ``python bench/store.py [--n 65536]``.
+
+``--sustained-gb G`` (default 0: skipped) then writes G GB of seed-000 blocks
+(the same 276 MB written again and again into one big store, so far more
+than the short rows above) through the page cache and past it, with the CPU
+of the process and of the whole machine (the kernel's writeback and reclaim
+too): the regime of a long job, where every page-cache page is a new page.
 
 Then, against a local S3 server (moto, started and stopped here): the same
 seed-000 bytes written through zarr's ObjectStore (obstore, what pipeline
@@ -73,7 +80,9 @@ def time_ours(folder: Path, data, plan, with_marker: bool, compression: str) -> 
     return time.perf_counter() - began
 
 
-def time_blocks(folder: Path, data, plan, compression: str, how: str, threads: int = 1) -> tuple[float, float]:
+def time_blocks(
+    folder: Path, data, plan, compression: str, how: str, threads: int = 1, direct: bool = True
+) -> tuple[float, float]:
     """Each shard written in blocks of one chunk, as a task's writer thread writes them: (wall, CPU) seconds.
 
     ``how``: "before", as tasks wrote until session 12, each block opening its
@@ -83,8 +92,10 @@ def time_blocks(folder: Path, data, plan, compression: str, how: str, threads: i
     ``__setitem__``); "ours", ``write_region`` now (``chunk_files``: the same
     bytes encoded and written in the calling thread), with ``threads`` > 1 a
     block's chunks written by that many threads (a task of
-    ``execution.cpus_per_task: threads``). CPU is the process's
-    (every thread: Zarr's event loop and codec threads too).
+    ``execution.cpus_per_task: threads``); chunk files of 1 MiB or more past
+    the page cache (``O_DIRECT``) unless ``direct`` is false (the store's
+    ``direct_writes``). CPU is the process's (every thread: Zarr's event loop
+    and codec threads too; not the kernel's writeback of the page cache).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -110,7 +121,7 @@ def time_blocks(folder: Path, data, plan, compression: str, how: str, threads: i
                         opened[name] = group[name].with_config({"write_empty_chunks": True})
                     opened[name][start:stop] = values
             else:
-                write_region(path, part, start, stop, group=group, targets=targets, pool=pool)
+                write_region(path, part, start, stop, group=group, targets=targets, pool=pool, direct=direct)
     if pool is not None:
         pool.shutdown()
     return time.perf_counter() - began, time.process_time() - cpu
@@ -124,11 +135,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--s3-n", type=int, default=16384, help="samples for the S3 rows (0: skip them)")
     parser.add_argument("--s3-only", action="store_true", help="only the S3 rows")
+    parser.add_argument("--sustained-gb", type=float, default=0, help="GB of the sustained rows (0: skip them)")
+    parser.add_argument("--sustained-dir", default=None, help="where the sustained rows write (default: the temp dir)")
+    parser.add_argument("--short", action=argparse.BooleanOptionalAction, default=True, help="the short rows")
     args = parser.parse_args()
     if args.s3_only:
         s3_rows(args)
         return
     data = arrays(args.n)
+    if not args.short:
+        sustained_rows(args, data)
+        return
     nbytes = sum(v.nbytes for v in data.values())
     plan = plan_derivative_job(
         args.n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32"
@@ -140,7 +157,8 @@ def main() -> None:
     for codec in ("none", "lz4"):
         variants[f"blocks, {codec}, arrays opened per block + fill check (before)"] = (codec, "before")
         variants[f"blocks, {codec}, Zarr's setitem, arrays opened once (session 12)"] = (codec, "zarr")
-        variants[f"blocks, {codec}, as tasks write (ours: chunk_files)"] = (codec, "ours")
+        variants[f"blocks, {codec}, chunk_files, page cache (direct_writes: false)"] = (codec, "ours", 1, False)
+        variants[f"blocks, {codec}, as tasks write (ours: chunk_files, O_DIRECT)"] = (codec, "ours")
         variants[f"blocks, {codec}, ours, 2 threads (cpus_per_task: 2)"] = (codec, "ours", 2)
     rows = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}
@@ -169,8 +187,61 @@ def main() -> None:
         best = min(times)
         used = f"{min(cpu[label]):6.3f}" if cpu[label] else " " * 6  # CPU of every thread, where measured
         print(f"| {label:66} | {best:8.3f} | {nbytes / 1e6 / best:8.0f} | {best / raw:10.2f} | {used} |")
+    if args.sustained_gb:
+        sustained_rows(args, data)
     if args.s3_n:
         s3_rows(args)
+
+
+def machine_cpu() -> float:
+    """Seconds of CPU used by the whole machine so far (every core, user + system + interrupts; not idle or iowait)."""
+    with open("/proc/stat") as handle:
+        ticks = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def sustained_rows(args, data) -> None:
+    """``--sustained-gb`` of blocks written as a task writes them, through the page cache and past it."""
+    from pipeline.store import open_for_writing
+
+    block = sum(v.nbytes for v in data.values())
+    repeats = max(1, round(args.sustained_gb * 1e9 / block))
+    n = args.n * repeats
+    plan = plan_derivative_job(n, (2,), (150,), ("value", "jacobian", "hessian"), args.chunk, args.shard, "float32")
+    print(
+        f"\nsustained writes: {repeats} x {block / 1e6:.0f} MB = {repeats * block / 1e9:.1f} GB into one store "
+        f"({n} samples), chunk {args.chunk}, one writer thread; machine CPU = every core, kernel threads too"
+    )
+    print("| codec | writes | seconds | MB/s | process CPU s | machine CPU s | machine CPU per GB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for codec in ("none", "lz4"):
+        for direct in (False, True):
+            folder = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.sustained_dir))
+            try:
+                path = folder / "s.zarr"
+                create_store(path, plan, {"spec_hash": "bench"}, compression=codec)
+                group, targets = open_for_writing(path), {}
+                os.sync()
+                began, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu()
+                for r in range(repeats):
+                    for start in range(0, args.n, args.chunk):
+                        stop = min(start + args.chunk, args.n)
+                        part = {k: v[start:stop] for k, v in data.items()}
+                        offset = r * args.n
+                        write_region(
+                            path, part, offset + start, offset + stop, group=group, targets=targets, direct=direct
+                        )
+                os.sync()  # what is still in the page cache, written (its CPU counted in the machine's)
+                wall, used, total = time.perf_counter() - began, time.process_time() - cpu, machine_cpu() - machine
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            how = "past the page cache (O_DIRECT, ours)" if direct else "page cache (direct_writes: false)"
+            gb = repeats * block / 1e9
+            print(
+                f"| {codec} | {how} | {wall:.1f} | {gb * 1e3 / wall:,.0f} | {used:.1f} | {total:.1f} | "
+                f"{total / gb:.2f} s |",
+                flush=True,
+            )
 
 
 def s3_rows(args) -> None:

@@ -715,18 +715,21 @@ def write_region(
     group=None,
     targets: dict | None = None,
     pool=None,
+    direct: bool = True,
 ) -> None:
     """Write samples ``[start, stop)`` of each named array (whole chunks of the shard's region).
 
     ``targets`` caches the opened arrays between calls (``writer.BlockWriter``
     keeps one per shard): opening an array reads its ``zarr.json``, a GET on a
     bucket, which every block of a shard would otherwise repeat. On local disk
-    the chunks are encoded and written in this thread (``chunk_files``: the
-    same bytes as Zarr's, without its event loop), or by the threads of
-    ``pool`` (a ``concurrent.futures`` executor) when one is given; in a
-    bucket, by Zarr.
+    the chunks are encoded in this thread and written by another, one file
+    while the next chunk encodes (``chunk_files``: the same bytes as Zarr's,
+    without its event loop), or encoded and written by the threads of
+    ``pool`` (a ``concurrent.futures`` executor) when one is given, large
+    chunks past the page cache unless ``direct`` is false (the store's
+    ``direct_writes``); in a bucket, by Zarr.
     """
-    from .chunk_files import chunk_writer
+    from .chunk_files import chunk_writer, write_chunks
 
     group = open_for_writing(path) if group is None else group
     targets = {} if targets is None else targets
@@ -735,7 +738,7 @@ def write_region(
     for name, values in arrays.items():
         if name not in targets:
             array = _for_writing(group[name])
-            targets[name] = (array, None if remote else chunk_writer(array))
+            targets[name] = (array, None if remote else chunk_writer(array, direct=direct))
         target, files = targets[name]
         if values.shape[0] != stop - start or tuple(values.shape[1:]) != tuple(target.shape[1:]):
             raise StoreError(
@@ -750,9 +753,8 @@ def write_region(
             target[start:stop] = values
         else:
             chunks.extend((files, coords, part) for coords, part in parts)
-    if pool is None or len(chunks) < 2:
-        for files, coords, part in chunks:
-            files.write_chunk(coords, part)
+    if pool is None or len(chunks) < 2:  # encoded in this thread, each file written while the next one encodes
+        write_chunks(chunks)
     else:  # the encoders (Blosc, Zstd) and the file writes release the GIL: the chunks are written in parallel
         list(pool.map(lambda chunk: chunk[0].write_chunk(chunk[1], chunk[2]), chunks))
 

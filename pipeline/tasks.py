@@ -167,7 +167,12 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, m
 
     threads = max(1, int(getattr(spec.execution, "cpus_per_task", 1)))  # the CPUs the task asked of Ray
     with BlockWriter(
-        store, group=group, on_written=on_written, stored_as=stored_encodings(group), threads=threads
+        store,
+        group=group,
+        on_written=on_written,
+        stored_as=stored_encodings(group),
+        threads=threads,
+        direct=spec.store.direct_writes,
     ) as writer:
         for block in blocks:
             arrays, block_info = compute_block(spec, block, device, info, budget)

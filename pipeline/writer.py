@@ -40,7 +40,15 @@ class BlockWriter:
     """
 
     def __init__(
-        self, path: str | Path, *, depth: int = 2, group=None, on_written=None, stored_as=None, threads: int = 1
+        self,
+        path: str | Path,
+        *,
+        depth: int = 2,
+        group=None,
+        on_written=None,
+        stored_as=None,
+        threads: int = 1,
+        direct: bool = True,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -51,6 +59,7 @@ class BlockWriter:
         # packed / selected / 16-bit arrays (``pipeline.encoding``); ``stored_as`` is what the caller already read
         self.encodings = encodings(self.group) if stored_as is None else stored_as
         self.depth = depth
+        self.direct = direct  # large local chunks written past the page cache (the store's ``direct_writes``)
         self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0
         self.nonfinite_by_array: dict[str, int] = {}
@@ -87,7 +96,16 @@ class BlockWriter:
                     self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
         arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
         self._checksum.update(arrays)
-        write_region(self.path, arrays, start, stop, group=self.group, targets=self._targets, pool=self._chunk_pool)
+        write_region(
+            self.path,
+            arrays,
+            start,
+            stop,
+            group=self.group,
+            targets=self._targets,
+            pool=self._chunk_pool,
+            direct=self.direct,
+        )
         self.bytes_written += sum(a.nbytes for a in arrays.values())
         if self.on_written is not None:
             self.on_written(start, stop)

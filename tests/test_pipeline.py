@@ -92,22 +92,28 @@ def test_results_do_not_depend_on_sharding(tmp_path, store_chunk, shard, engine_
 
 
 def test_a_task_of_several_cpus_writes_with_as_many_threads_and_the_same_results(tmp_path, monkeypatch):
-    """``execution.cpus_per_task: 3``: each shard's chunks written by 3 threads; the store is bit-identical."""
+    """``execution.cpus_per_task: 3``: each shard's chunks written by 3 threads; ``store.direct_writes``: past the
+    page cache (here every chunk file, the threshold set to 0) or not; the stores are bit-identical."""
+    import pipeline.chunk_files as chunk_files
     import pipeline.tasks as tasks
 
-    threads = []
+    made = []
     real = tasks.BlockWriter
-    monkeypatch.setattr(tasks, "BlockWriter", lambda *a, **k: threads.append(k["threads"]) or real(*a, **k))
+    monkeypatch.setattr(tasks, "BlockWriter", lambda *a, **k: made.append((k["threads"], k["direct"])) or real(*a, **k))
+    monkeypatch.setattr(chunk_files, "DIRECT_MIN_BYTES", 0)
     one = make_spec(tmp_path, "one.zarr", **{"execution.shard_size": 16})
     three = make_spec(tmp_path, "three.zarr", **{"execution.shard_size": 16, "execution.cpus_per_task": 3})
-    assert submit(one, InlineExecutor()).complete and submit(three, InlineExecutor()).complete
-    assert threads == [1, 1, 1, 3, 3, 3]  # 37 samples in shards of 16
-    a, b = open_results(one.store.path), open_results(three.store.path)
+    cached = make_spec(tmp_path, "cached.zarr", **{"execution.shard_size": 16, "store.direct_writes": False})
+    assert all(submit(spec, InlineExecutor()).complete for spec in (one, three, cached))
+    assert made == [(1, True)] * 3 + [(3, True)] * 3 + [(1, False)] * 3  # 37 samples in shards of 16
+    a = open_results(one.store.path)
     expected = reference(one, a.inputs.values)
-    for name in ["inputs", *one.quantities]:
-        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    for other in (three, cached):
+        b = open_results(other.store.path)
+        for name in ["inputs", *one.quantities]:
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
     for name in one.quantities:
-        np.testing.assert_allclose(b[name].values, expected[name].numpy(), rtol=1e-9, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(a[name].values, expected[name].numpy(), rtol=1e-9, atol=1e-10, err_msg=name)
 
 
 def test_user_function_with_matrix_inputs(tmp_path, executor):

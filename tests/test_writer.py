@@ -134,18 +134,18 @@ def test_several_threads_write_a_blocks_chunks_in_parallel_to_the_same_bytes(tmp
 
     paths = {threads: make_store(tmp_path / str(threads), n=24) for threads in (1, 3)}
     at_once, running, lock = [], [0], threading.Lock()
-    real = chunk_files.ChunkFiles.write_chunk
+    real = chunk_files.ChunkFiles.store_chunk
 
-    def counted(self, coords, part):
+    def counted(self, coords, data, tail):  # one chunk's file written (with 1 thread: in the I/O thread)
         with lock:
             running[0] += 1
             at_once.append(running[0])
         time.sleep(0.02)  # long enough for the pool's other threads to start theirs
-        real(self, coords, part)
+        real(self, coords, data, tail)
         with lock:
             running[0] -= 1
 
-    monkeypatch.setattr(chunk_files.ChunkFiles, "write_chunk", counted)
+    monkeypatch.setattr(chunk_files.ChunkFiles, "store_chunk", counted)
     digests = {}
     for threads, path in paths.items():
         at_once.clear()
@@ -162,21 +162,23 @@ def test_several_threads_write_a_blocks_chunks_in_parallel_to_the_same_bytes(tmp
             assert (paths[1] / relative).read_bytes() == (paths[3] / relative).read_bytes()
 
 
-def test_a_failed_chunk_write_in_a_pool_is_raised_and_no_thread_is_left(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_failed_chunk_write_is_raised_and_no_thread_is_left(tmp_path, monkeypatch, threads):
+    """A chunk file that fails, in the pool's threads or in the one thread that writes while the next encodes."""
     import pipeline.chunk_files as chunk_files
 
     path = make_store(tmp_path, n=24)
-    real = chunk_files.ChunkFiles.write_chunk
+    real = chunk_files.ChunkFiles.store_chunk
 
-    def failing(self, coords, part):
+    def failing(self, coords, data, tail):
         if coords[0] == 3:
             raise OSError("disk full")
-        real(self, coords, part)
+        real(self, coords, data, tail)
 
-    monkeypatch.setattr(chunk_files.ChunkFiles, "write_chunk", failing)
+    monkeypatch.setattr(chunk_files.ChunkFiles, "store_chunk", failing)
     before = threading.active_count()
     with pytest.raises(OSError, match="disk full"):
-        with BlockWriter(path, threads=4) as writer:
+        with BlockWriter(path, threads=threads) as writer:
             for start in (0, 12):
                 writer.submit(start, start + 12, block(start, start + 12))
     assert threading.active_count() == before
