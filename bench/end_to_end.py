@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import machine_cpu  # bench/timing.py
 
 import pipeline.tasks as tasks
 from pipeline.driver import pending_shards, prepare, submit
@@ -360,13 +361,6 @@ def ray_rows(args, folder: Path) -> None:
             flush=True,
         )
     ray.shutdown()
-
-
-def machine_cpu() -> float:
-    """Seconds of CPU used by the whole machine so far (every core; not idle or iowait)."""
-    with open("/proc/stat") as handle:
-        ticks = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def long_rows(args, folder: Path) -> None:

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import machine_cpu  # bench/timing.py
 
 from pipeline.plan import plan_derivative_job
 from pipeline.store import ShardRecord, checksum, create_store, write_marker, write_region
@@ -193,13 +194,6 @@ def main() -> None:
         s3_rows(args)
 
 
-def machine_cpu() -> float:
-    """Seconds of CPU used by the whole machine so far (every core, user + system + interrupts; not idle or iowait)."""
-    with open("/proc/stat") as handle:
-        ticks = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def sustained_rows(args, data) -> None:
     """``--sustained-gb`` of blocks written as a task writes them, through the page cache and past it."""
     from pipeline.store import open_for_writing
@@ -223,11 +217,10 @@ def sustained_rows(args, data) -> None:
                 group, targets = open_for_writing(path), {}
                 os.sync()
                 began, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu()
-                for r in range(repeats):
+                for offset in range(0, n, args.n):
                     for start in range(0, args.n, args.chunk):
                         stop = min(start + args.chunk, args.n)
                         part = {k: v[start:stop] for k, v in data.items()}
-                        offset = r * args.n
                         write_region(
                             path, part, offset + start, offset + stop, group=group, targets=targets, direct=direct
                         )

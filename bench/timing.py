@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -47,3 +48,14 @@ def best_time(run: Callable[[], object], device: torch.device, repeats: int = 1)
             synchronize(device)
             best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def machine_cpu() -> float:
+    """Seconds of CPU the whole machine has used so far: every core, kernel threads too (Linux ``/proc/stat``).
+
+    What a write costs beyond its own process: the kernel's writeback and
+    reclaim of the page cache run in kernel threads.
+    """
+    with open("/proc/stat") as handle:
+        ticks = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
