@@ -458,7 +458,24 @@ def _write_template(
             },
         )
     for name, values in (initial_arrays or {}).items():  # a sweep's case parameters and coordinates
-        _for_writing(group[name])[...] = values
+        _write_whole(group[name], values)
+
+
+def _write_whole(array, values) -> None:
+    """All of ``array`` set to ``values``: on local disk as chunk files in this thread, else through Zarr.
+
+    A sweep's case parameters are written here, with the store, in chunks of
+    ``plan.PARAMETER_CHUNK_CASES`` cases. Chunked like the results and
+    written through Zarr, as before session 15, a 262,144-case sweep made
+    20,480 files in 33.7 s before its first shard; now 10 files in 0.15 s
+    (``bench/sweep_store.py``, BENCHMARKS.md).
+    """
+    from .chunk_files import chunk_writer
+
+    array = _for_writing(array)
+    files = chunk_writer(array)
+    if files is None or not files.write(0, np.asarray(values, dtype=array.dtype)):
+        array[...] = values
 
 
 def consolidate_template(path: str | Path) -> None:

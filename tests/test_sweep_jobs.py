@@ -330,3 +330,45 @@ def test_workers_read_only_the_row_groups_of_their_cases(tmp_path, monkeypatch):
     whole, grouped = open_results(reference.store.path), open_results(spec.store.path)
     for name in ("T", "E", "T0_mean", "sigma_mean"):
         np.testing.assert_array_equal(grouped[name].values, whole[name].values)
+
+
+def test_a_large_sweeps_case_parameters_are_written_in_few_chunk_files(tmp_path, monkeypatch):
+    """The case parameters are written with the store, in chunks of PARAMETER_CHUNK_CASES cases (not chunk_size),
+    and read back as the grid the job file describes (numpy's own linspace / product as the reference)."""
+    import pipeline.plan
+    from pipeline.driver import open_store
+
+    monkeypatch.setattr(pipeline.plan, "PARAMETER_CHUNK_CASES", 96)  # 3 files of 96 (whole chunks of 2)
+    T0, sigma = np.linspace(0.5, 2.0, 40), np.geomspace(0.1, 1.0, 6)
+    axes = {"T0_mean": {"low": 0.5, "high": 2.0, "num": 40}, "sigma_mean": {"low": 0.1, "high": 1.0, "num": 6, "scale": "log"}}
+    sweep = {"kind": "grid", "axes": axes}
+    spec = sweep_spec(tmp_path, sweep)
+    open_store(prepare(spec))  # the store made, no shard run
+    store = tmp_path / "sweep.zarr"
+    files = sorted(p.name for p in (store / "T0_mean" / "c").iterdir())
+    assert files == ["0", "1", "2"], files  # 240 cases: 96 + 96 + 48, where chunk_size 2 made 120 files
+    assert len(list((store / "T" / "c").glob("*"))) == 0  # results: nothing until shards run
+    ds = open_results(store)
+    grid_T0, grid_sigma = np.meshgrid(T0, sigma, indexing="ij")
+    np.testing.assert_allclose(ds["T0_mean"].values, grid_T0.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(ds["sigma_mean"].values, grid_sigma.ravel(), rtol=1e-12)
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    assert group["T"].chunks[0] == 2 and group["T0_mean"].chunks == (96,)
+
+
+def test_the_sweep_store_benchmark_runs(tmp_path):
+    """bench/sweep_store.py at a small size: both ways of making the store give the same parameters (it asserts)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench/sweep_store.py"), "--cases", "128", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 128 |")]
+    assert len(rows) == 1 and rows[0].split("|")[3].strip() == "10" and rows[0].split("|")[5].strip() == "5", rows
