@@ -102,7 +102,7 @@ class StoreSettings(Strict):
         default=True,
         description="write local chunk files of 1 MiB or more past the page cache (O_DIRECT, Linux; ordinary writes "
         "where the file system refuses it): several times less CPU per byte, at the disk's speed; false to write "
-        "through the page cache (a slow disk with memory to spare)",
+        "through the page cache (NFS, where each direct write waits on the server; a slow disk with memory to spare)",
     )
     compression_level: Annotated[int, Field(ge=1, le=22)] | None = Field(
         default=None, description="codec level of lz4 (1-9, default 5) or zstd (1-22, default 3)"
