@@ -1,4 +1,9 @@
-"""Benchmark: making a sweep's store, the driver's step before any shard runs.
+"""Benchmark: the driver's steps before a sweep's first shard: checking every case, making the store.
+
+Checking every case (``pipeline.driver.prepare``: rte1d builds each case's
+profiles to check its stability limit) ran in blocks of 65,536 cases before
+session 15, and now in blocks of ``kinds.sweep.check_block`` cases (2**21
+numbers of the widest parameter: 5,242 cases at 400 cells).
 
 The store holds one ``[case]`` array per case parameter, written by the
 driver with the store (no shard writes them). Before session 15 they were
@@ -37,6 +42,39 @@ PARAMETERS = ("T0_mean", "sigma_mean", "T0_phase", "T0_amplitude", "sigma_amplit
 
 
 @contextlib.contextmanager
+def check_as_before():
+    """The driver's check of every case in blocks of 65,536 cases, as before session 15."""
+    import pipeline.kinds.sweep as sweep
+
+    block = sweep.check_block
+    sweep.check_block = lambda solver, options: 65536
+    try:
+        yield
+    finally:
+        sweep.check_block = block
+
+
+def sweep_spec(cases: int, path: Path):
+    return load_spec(
+        ROOT / "jobs/sweep.yaml",
+        [
+            f"sweep.axes.T0_mean.num={cases // 64}",
+            "sweep.axes.sigma_mean.num=32",
+            f"store.path={path}",
+            "store.check_free_space=false",  # only the driver's steps run: no results are written
+        ],
+    )
+
+
+def check_seconds(cases: int, folder: Path) -> float:
+    """Seconds of ``prepare`` (the driver's checks, every case's stability among them) for a ``cases``-case sweep."""
+    spec = sweep_spec(cases, folder / "sweep.zarr")
+    began = time.perf_counter()
+    prepare(spec)
+    return time.perf_counter() - began
+
+
+@contextlib.contextmanager
 def as_before():
     """Case parameters chunked by chunk_size and written through Zarr, as before session 15."""
     chunk, whole = pipeline.plan.PARAMETER_CHUNK_CASES, pipeline.store._write_whole
@@ -57,11 +95,7 @@ def make(cases: int, folder: Path) -> tuple[float, int, dict]:
 
     path = folder / "sweep.zarr"
     shutil.rmtree(path, ignore_errors=True)
-    spec = load_spec(
-        ROOT / "jobs/sweep.yaml",
-        [f"sweep.axes.T0_mean.num={cases // 64}", "sweep.axes.sigma_mean.num=32", f"store.path={path}"],
-    )
-    prepared = prepare(spec)  # the driver's checks (every case's stability): not timed
+    prepared = prepare(sweep_spec(cases, path))  # the driver's checks (every case's stability): not timed
     began = time.perf_counter()
     open_store(prepared)
     seconds = time.perf_counter() - began
@@ -77,10 +111,20 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(c) for c in args.cases.split(",")]
     print(f"# {platform.machine()}, {platform.processor() or 'cpu'}, jobs/sweep.yaml, chunk_size 64\n")
-    print("| cases | before: s | before: parameter files | ours: s | ours: parameter files | before / ours |")
-    print("|---:|---:|---:|---:|---:|---:|")
     folder = Path(tempfile.mkdtemp(prefix="sweep-store-"))
     try:
+        check_seconds(counts[0], folder)  # warm-up: imports, the solver's first build
+        print("Checking every case (`prepare`):\n")
+        print("| cases | before: 65,536-case blocks s | ours s | before / ours |")
+        print("|---:|---:|---:|---:|")
+        for cases in counts:
+            with check_as_before():
+                b = min(check_seconds(cases, folder) for _ in range(args.repeats))
+            o = min(check_seconds(cases, folder) for _ in range(args.repeats))
+            print(f"| {cases:,} | {b:.3f} | {o:.3f} | {b / o:.1f}x |", flush=True)
+        print("\nMaking the store (`open_store`):\n")
+        print("| cases | before: s | before: parameter files | ours: s | ours: parameter files | before / ours |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for cases in counts:
             with as_before():
                 before = [make(cases, folder) for _ in range(args.repeats)]

@@ -519,3 +519,19 @@ def test_stiff_cases_are_refused_with_the_fix_and_would_have_gone_wrong():
     solve("rte1d", params, **{**options, "nx": 171})
     with pytest.raises(UnsolvableCase, match=r"1 of 3 .* factor 1\.504 > 1\.5"):
         solve("rte1d", params, **{**options, "nx": 170})
+
+
+def test_in_place_profiles_are_the_same_numbers():
+    """The stability check builds profiles in place (no autograd): bit for bit the autograd-able ones."""
+    from pipeline.solvers.rte1d import profile
+
+    generator = torch.Generator().manual_seed(7)
+    for dtype in (torch.float64, torch.float32):
+        mean, amplitude, wavenumber, phase = (3 * torch.rand(257, generator=generator, dtype=dtype) for _ in range(4))
+        x = torch.linspace(0, 2, 123, dtype=dtype)
+        with torch.no_grad():
+            fast = profile(mean, amplitude, wavenumber, phase, x, 2.0, in_place=True)
+        reference = mean[:, None] * (1 + amplitude[:, None] * torch.sin(2 * math.pi / 2.0 * wavenumber[:, None] * x
+                                                                          + phase[:, None]))
+        assert torch.equal(fast, profile(mean, amplitude, wavenumber, phase, x, 2.0))
+        torch.testing.assert_close(fast, reference, rtol=0, atol=0)

@@ -370,5 +370,37 @@ def test_the_sweep_store_benchmark_runs(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| 128 |")]
-    assert len(rows) == 1 and rows[0].split("|")[3].strip() == "10" and rows[0].split("|")[5].strip() == "5", rows
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 128 |")]
+    assert len(rows) == 2, done.stdout  # the check of every case, then the store
+    assert rows[1][3].strip() == "10" and rows[1][5].strip() == "5", rows  # parameter files: before, ours
+
+
+def test_the_check_of_every_case_in_blocks_names_a_stiff_case_by_its_number_in_the_sweep(tmp_path, monkeypatch):
+    """Blocks of 64 cases (CHECK_NUMBERS patched): the case named is the stiffest of the first block holding a
+    stiff case, numbered in the sweep, as stability_factors over every case at once (the reference) finds it;
+    the message says which cases the count covers."""
+    import pipeline.kinds.sweep
+    from pipeline.solvers.rte1d import DEFAULT_OPTIONS, initial_profiles, stability_factors
+
+    monkeypatch.setattr(pipeline.kinds.sweep, "CHECK_NUMBERS", 64 * 32)  # nx=32: 64 cases per block
+    T0 = np.linspace(0.5, 2.5, 100)
+    sigma = np.array([0.5, 1.0, 4.0])
+    spec = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": T0.tolist(), "sigma_mean": sigma.tolist()}})
+    grid_T0, grid_sigma = (g.ravel() for g in np.meshgrid(T0, sigma, indexing="ij"))
+    from pipeline.solvers import get_solver
+    from pipeline.solvers.rte1d import PROFILE_DEFAULTS
+
+    full = {f"{p}_{k}": torch.full((300,), v, dtype=torch.float64) for p in ("T0", "sigma")
+            for k, v in PROFILE_DEFAULTS.items()}  # every case's profile, as rte1d documents its defaults
+    full["T0_mean"], full["sigma_mean"] = torch.tensor(grid_T0), torch.tensor(grid_sigma)
+    options = get_solver("rte1d").validate_options({**DEFAULT_OPTIONS, **SMALL_RTE})
+    factors = stability_factors(*initial_profiles(full, options), options)
+    first_bad = int(torch.nonzero(factors > 1.5)[0])
+    start = first_bad // 64 * 64
+    stiff = start + int(factors[start : start + 64].argmax())
+    bad = int((factors[start : start + 64] > 1.5).sum())
+    assert start >= 64 and factors.max() > factors[stiff]  # past the first block; a stiffer case lies further on
+    with pytest.raises(SpecError, match=rf"sweep: case {stiff} \(.* rte1d: {bad} of 64 cases are too stiff .*"
+                                        rf"\(counted in cases {start}-{start + 63} of 300: the check stops"):
+        prepare(spec)
+    assert not (tmp_path / "sweep.zarr").exists()
