@@ -3,7 +3,8 @@
 Checking every case (``pipeline.driver.prepare``: rte1d builds each case's
 profiles to check its stability limit) ran in blocks of 65,536 cases before
 session 15, and now in blocks of ``kinds.sweep.check_block`` cases (2**21
-numbers of the widest parameter: 5,242 cases at 400 cells).
+numbers of the widest parameter: 5,242 cases at 400 cells), the profiles
+built in place.
 
 The store holds one ``[case]`` array per case parameter, written by the
 driver with the store (no shard writes them). Before session 15 they were
@@ -43,15 +44,18 @@ PARAMETERS = ("T0_mean", "sigma_mean", "T0_phase", "T0_amplitude", "sigma_amplit
 
 @contextlib.contextmanager
 def check_as_before():
-    """The driver's check of every case in blocks of 65,536 cases, as before session 15."""
+    """The driver's check of every case in blocks of 65,536 cases, rte1d's profiles not in place: as before
+    session 15."""
     import pipeline.kinds.sweep as sweep
+    import pipeline.solvers.rte1d as rte1d
 
-    block = sweep.check_block
+    block, profile = sweep.check_block, rte1d.profile
     sweep.check_block = lambda solver, options: 65536
+    rte1d.profile = lambda *args, in_place=False: profile(*args)
     try:
         yield
     finally:
-        sweep.check_block = block
+        sweep.check_block, rte1d.profile = block, profile
 
 
 def sweep_spec(cases: int, path: Path):
