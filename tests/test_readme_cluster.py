@@ -119,13 +119,13 @@ def test_readme_cluster_commands_run_as_written(s3_server):
             assert pipeline.open_results(f"s3://my-bucket/results/{name}.zarr").attrs["complete"], name
     finally:
         cluster.stop()
-        assert not any(str(base).encode() in (p / "cmdline").read_bytes()
-                       for p in Path("/proc").iterdir() if p.name.isdigit() and _readable(p))
+        assert not any(str(base).encode() in _cmdline(p)
+                       for p in Path("/proc").iterdir() if p.name.isdigit() and p.name != str(os.getpid()))
 
 
-def _readable(proc: Path) -> bool:
+def _cmdline(proc: Path) -> bytes:
+    """A process's command line, read once: b"" for one that has just exited (or is not ours to read)."""
     try:
-        (proc / "cmdline").read_bytes()
-        return proc.name != str(os.getpid())
+        return (proc / "cmdline").read_bytes()
     except OSError:
-        return False
+        return b""
