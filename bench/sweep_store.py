@@ -50,7 +50,7 @@ def check_as_before():
     import pipeline.solvers.rte1d as rte1d
 
     block, profile = sweep.check_block, rte1d.profile
-    sweep.check_block = lambda solver, options: 65536
+    sweep.check_block = lambda parameters: 65536
     rte1d.profile = lambda *args, in_place=False: profile(*args)
     try:
         yield
@@ -83,7 +83,7 @@ def as_before():
     """Case parameters chunked by chunk_size and written through Zarr, as before session 15."""
     chunk, whole = pipeline.plan.PARAMETER_CHUNK_CASES, pipeline.store._write_whole
 
-    def through_zarr(array, values):
+    def through_zarr(array, values, direct=True):
         pipeline.store._for_writing(array)[...] = values
 
     pipeline.plan.PARAMETER_CHUNK_CASES, pipeline.store._write_whole = 1, through_zarr

@@ -457,23 +457,25 @@ def _write_template(
                 **with_crc32c(create_options(layout, store_settings or {"compression": compression}, array_attrs)),
             },
         )
+    direct = (store_settings or {}).get("direct_writes", True)
     for name, values in (initial_arrays or {}).items():  # a sweep's case parameters and coordinates
-        _write_whole(group[name], values)
+        _write_whole(group[name], values, direct=direct)
 
 
-def _write_whole(array, values) -> None:
+def _write_whole(array, values, direct: bool = True) -> None:
     """All of ``array`` set to ``values``: on local disk as chunk files in this thread, else through Zarr.
 
     A sweep's case parameters are written here, with the store, in chunks of
     ``plan.PARAMETER_CHUNK_CASES`` cases. Chunked like the results and
     written through Zarr, as before session 15, a 262,144-case sweep made
     20,480 files in 33.7 s before its first shard; now 10 files in 0.15 s
-    (``bench/sweep_store.py``, BENCHMARKS.md).
+    (``bench/sweep_store.py``, BENCHMARKS.md). ``direct``: the store's
+    ``direct_writes`` (a parameter chunk is 1 MiB, written past the page cache).
     """
     from .chunk_files import chunk_writer
 
     array = _for_writing(array)
-    files = chunk_writer(array)
+    files = chunk_writer(array, direct=direct)
     if files is None or not files.write(0, np.asarray(values, dtype=array.dtype)):
         array[...] = values
 

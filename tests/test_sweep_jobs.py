@@ -404,3 +404,24 @@ def test_the_check_of_every_case_in_blocks_names_a_stiff_case_by_its_number_in_t
                                         rf"\(counted in cases {start}-{start + 63} of 300: the check stops"):
         prepare(spec)
     assert not (tmp_path / "sweep.zarr").exists()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_case_parameters_follow_store_direct_writes(tmp_path, monkeypatch, direct):
+    """The parameters' chunk files are written past the page cache only where the store allows it."""
+    import pipeline.chunk_files
+    from pipeline.driver import open_store
+
+    asked = []
+    original = pipeline.chunk_files.chunk_writer
+
+    def spy(array, direct=True):
+        asked.append(direct)
+        return original(array, direct=direct)
+
+    monkeypatch.setattr(pipeline.chunk_files, "chunk_writer", spy)
+    spec = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [0.8, 1.2]}}, store={
+        "path": str(tmp_path / "sweep.zarr"), "chunk_size": 2, "direct_writes": direct})
+    open_store(prepare(spec))
+    assert asked and set(asked) == {direct}, asked
+    np.testing.assert_array_equal(open_results(tmp_path / "sweep.zarr")["T0_mean"].values, [0.8, 1.2])

@@ -82,7 +82,7 @@ def prepare(spec) -> Prepared:
                 ]
             )
     scalars, wrt = sensitivity_names(spec, swept)
-    _check_every_case(spec, solver, options, table, n)
+    _check_every_case(spec, solver, options, table, n, known)
     first = _case_params(spec, {k: v[:1] for k, v in table.items()}, 0, 1, torch.float64, torch.device("cpu"))
     try:
         outputs = solver.outputs(options, example={k: v[0] for k, v in first.items()})
@@ -164,8 +164,9 @@ def prepare(spec) -> Prepared:
 CHECK_NUMBERS = 1 << 21  # numbers of the widest parameter per block when the driver checks every case
 
 
-def check_block(solver, options) -> int:
-    """Cases per block of the driver's check: ``CHECK_NUMBERS`` numbers of the widest declared parameter.
+def check_block(parameters: dict) -> int:
+    """Cases per block of the driver's check: ``CHECK_NUMBERS`` numbers of the widest of ``parameters``
+    (a solver's declared parameters, ``Solver.parameters(options)``).
 
     rte1d's check builds every case's ``T0`` and ``sigma`` profiles: at 400
     cells, blocks of 65,536 cases made 210 MB temporaries and took 7.3 s for
@@ -175,21 +176,21 @@ def check_block(solver, options) -> int:
     declares no parameters may still take wide profiles from files.
 
         >>> from pipeline.solvers import get_solver
-        >>> check_block(get_solver("rte1d"), {"nx": 400}), check_block(get_solver("rte1d"), {"nx": 10**7})
-        (5242, 64)
+        >>> rte1d = get_solver("rte1d")
+        >>> check_block(rte1d.parameters({"nx": 400})), check_block(rte1d.parameters({"nx": 10**7})), check_block({})
+        (5242, 64, 65536)
     """
-    shapes = [info.shape for info in solver.parameters(options).values()]
-    width = max((math.prod(shape) for shape in shapes), default=1)
+    width = max((math.prod(info.shape) for info in parameters.values()), default=1)
     return max(64, min(65536, CHECK_NUMBERS // max(1, width)))
 
 
-def _check_every_case(spec, solver, options, table, n) -> None:
+def _check_every_case(spec, solver, options, table, n, parameters) -> None:
     """The solver's own check of every case (e.g. rte1d's stability limit), before any store exists."""
     from ..solvers import UnsolvableCase, check_cases
 
     if solver.check_cases is None:
         return  # nothing to check: do not read every case's profiles for nothing
-    block = check_block(solver, options)
+    block = check_block(parameters)
     for start in range(0, n, block):
         stop = min(start + block, n)
         rows = {k: v[start:stop] for k, v in table.items()}
