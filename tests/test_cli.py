@@ -219,6 +219,8 @@ def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
     assert "replaced the existing store" in result.output and "store.overwrite: true" in result.output
     result = run(*args, "--overwrite")
     assert "replaced the existing store" in result.output and "(--overwrite)" in result.output
+    # said before the old results are deleted (a large store's deletion takes a while), not only after
+    assert result.output.index("deleting its old results first") < result.output.index("replaced the existing store")
 
 
 def test_another_spec_names_the_keys_that_differ(tmp_path):
