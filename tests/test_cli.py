@@ -219,8 +219,25 @@ def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
     assert "replaced the existing store" in result.output and "store.overwrite: true" in result.output
     result = run(*args, "--overwrite")
     assert "replaced the existing store" in result.output and "(--overwrite)" in result.output
-    # said before the old results are deleted (a large store's deletion takes a while), not only after
     assert result.output.index("deleting its old results first") < result.output.index("replaced the existing store")
+
+
+def test_a_replaced_store_is_announced_before_its_old_results_go(tmp_path):
+    """A large store's deletion takes a while (0.3-0.5 s per GB): the user hears of it before, not only after."""
+    from pipeline.driver import open_store, prepare, submit
+    from pipeline.runner import InlineExecutor
+    from pipeline.spec import load_spec
+
+    store = tmp_path / "s.zarr"
+    spec = load_spec(ROOT / "jobs/quickstart.yaml", ["inputs.n=100", f"store.path={store}"])
+    submit(spec, InlineExecutor())
+    old = sorted(p for p in (store / "_shards").iterdir())
+    assert old
+    heard = []
+    opened = open_store(prepare(spec), overwrite=True, notify=lambda m: heard.append((m, all(p.exists() for p in old))))
+    assert heard == [(f"replacing the existing store at {store} (--overwrite): deleting its old results first", True)]
+    assert not any(p.exists() for p in old)  # and then they went: the store was replaced
+    assert any("replaced the existing store" in note for note in opened.notes)
 
 
 def test_another_spec_names_the_keys_that_differ(tmp_path):
