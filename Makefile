@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   install, then run the seed-000 job on a local Ray and inspect its store
-#   make test   install, lint and type-check pipeline/, then run the test suite (what CI runs, via .ci/run)
+#   make test   install, lint (pipeline/, bench/, tests/) and type-check pipeline/, then run the test suite (what CI runs, via .ci/run)
 #
 # Installs into .venv. TORCH picks the torch build: the default is the CPU
 # build this project is tested with; on a CUDA machine use e.g. `make demo TORCH=torch`.
@@ -26,11 +26,11 @@ demo: install
 	$(BIN)/pipeline submit jobs/seed000.yaml --local
 	$(BIN)/pipeline inspect results/seed000.zarr
 
-# ruff (lint and format check) on pipeline/ and bench/, mypy on pipeline/ (mypy's files are set in pyproject.toml);
+# ruff (lint and format check) on pipeline/, bench/ and tests/, mypy on pipeline/ (mypy's files are set in pyproject.toml);
 # `make test` runs it first, so CI fails on a lint or type error before any test runs.
 lint: install
-	$(BIN)/ruff check pipeline bench
-	$(BIN)/ruff format --check pipeline bench
+	$(BIN)/ruff check pipeline bench tests
+	$(BIN)/ruff format --check pipeline bench tests
 	$(BIN)/mypy
 
 # two test processes (pytest-xdist), each taking whole files: the cluster and CLI tests wait on Ray and

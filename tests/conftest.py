@@ -49,7 +49,6 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-
 @pytest.fixture
 def lock_holder():
     """``hold(store)`` starts another process that holds the store's driver lock; it is killed afterwards."""
@@ -61,9 +60,16 @@ def lock_holder():
 
     def hold(store) -> subprocess.Popen:
         process = subprocess.Popen(
-            [sys.executable, "-c", "import time; from pipeline.lock import store_lock\n"
-             f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)"],
-            stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+            [
+                sys.executable,
+                "-c",
+                "import time; from pipeline.lock import store_lock\n"
+                f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         started.append(process)
         assert process.stdout.readline().strip() == "locked"
         return process

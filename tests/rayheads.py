@@ -72,8 +72,13 @@ def cluster_env(base: Path, token: str | None = TOKEN, **extra) -> dict:
     `pipeline`), token authentication on with a token of our own.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-    env.update(TMPDIR=str(base), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
-               RAY_DEDUP_LOGS="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    env.update(
+        TMPDIR=str(base),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_DEDUP_LOGS="0",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+    )
     if token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     else:
@@ -103,9 +108,15 @@ class RayCluster:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, args: list[str], env: dict | None = None, tries: int = 2) -> int:
-        for attempt in range(tries):
-            process = subprocess.Popen([RAY, "start", *args], env=env or self.env, start_new_session=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _attempt in range(tries):
+            process = subprocess.Popen(
+                [RAY, "start", *args],
+                env=env or self.env,
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             out, _ = process.communicate(timeout=180)
             if process.returncode == 0:
                 self.groups.append(process.pid)
@@ -116,30 +127,52 @@ class RayCluster:
         self.stop()
         raise RuntimeError(f"ray start {' '.join(args)} failed:\n{out[-3000:]}")
 
-    def start_head(self, num_cpus: int = 2, extra: list[str] = (), env: dict | None = None) -> "RayCluster":
+    def start_head(self, num_cpus: int = 2, extra: list[str] = (), env: dict | None = None) -> RayCluster:
         self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         low, high = worker_port_range()
-        self._start([
-            "--head", f"--temp-dir={self.temp_dir}", f"--port={self.port}", f"--num-cpus={num_cpus}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={self.client_port}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--min-worker-port={low}", f"--max-worker-port={high}",
-            "--object-store-memory=200000000", "--include-dashboard=true", "--disable-usage-stats", *extra,
-        ], env)
+        self._start(
+            [
+                "--head",
+                f"--temp-dir={self.temp_dir}",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={self.client_port}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--min-worker-port={low}",
+                f"--max-worker-port={high}",
+                "--object-store-memory=200000000",
+                "--include-dashboard=true",
+                "--disable-usage-stats",
+                *extra,
+            ],
+            env,
+        )
         return self
 
     def add_worker(self, num_cpus: int = 1) -> int:
         low, high = worker_port_range()
-        group = self._start([
-            f"--address={self.address}", f"--num-cpus={num_cpus}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--min-worker-port={low}", f"--max-worker-port={high}", "--object-store-memory=100000000",
-            "--disable-usage-stats",
-        ])
+        group = self._start(
+            [
+                f"--address={self.address}",
+                f"--num-cpus={num_cpus}",
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--min-worker-port={low}",
+                f"--max-worker-port={high}",
+                "--object-store-memory=100000000",
+                "--disable-usage-stats",
+            ]
+        )
         self.workers.append(group)
         return group
 
@@ -185,8 +218,9 @@ def start_cluster(num_cpus: int = 2, token: str | None = TOKEN, workers: list[in
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 
 
-def start_autoscaling_cluster(worker_types: dict, head_cpus: int = 1, idle_timeout_minutes: float = 0.1,
-                              token: str | None = TOKEN) -> RayCluster:
+def start_autoscaling_cluster(
+    worker_types: dict, head_cpus: int = 1, idle_timeout_minutes: float = 0.1, token: str | None = TOKEN
+) -> RayCluster:
     """A head whose autoscaler starts (and stops) nodes of ``worker_types`` with Ray's fake multi-node provider.
 
     What ``ray.cluster_utils.AutoscalingCluster`` sets up, on our own ports and
@@ -197,47 +231,86 @@ def start_autoscaling_cluster(worker_types: dict, head_cpus: int = 1, idle_timeo
     """
     base = new_base()
     head_id = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head node id
-    cluster = RayCluster(base, cluster_env(  # autoscaler v2: it tracks nodes by the GCS (no SSH updaters)
-        base, token, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_enable_autoscaler_v2="1",
-        RAY_CLOUD_INSTANCE_ID=head_id, RAY_OVERRIDE_NODE_ID_FOR_TESTING=head_id))
+    cluster = RayCluster(
+        base,
+        cluster_env(  # autoscaler v2: it tracks nodes by the GCS (no SSH updaters)
+            base,
+            token,
+            RAY_FAKE_CLUSTER="1",
+            AUTOSCALER_UPDATE_INTERVAL_S="1",
+            RAY_enable_autoscaler_v2="1",
+            RAY_CLOUD_INSTANCE_ID=head_id,
+            RAY_OVERRIDE_NODE_ID_FOR_TESTING=head_id,
+        ),
+    )
     cluster.port = free_port()
     config = {
-        "cluster_name": "fake", "max_workers": sum(t.get("max_workers", 0) for t in worker_types.values()),
-        "idle_timeout_minutes": idle_timeout_minutes, "upscaling_speed": 2,
-        "provider": {"type": "external", "module": FAKE_PROVIDER, "gcs_address": cluster.address,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "launch_multiple": True, "head_node_id": head_id},
-        "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
+        "cluster_name": "fake",
+        "max_workers": sum(t.get("max_workers", 0) for t in worker_types.values()),
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "upscaling_speed": 2,
+        "provider": {
+            "type": "external",
+            "module": FAKE_PROVIDER,
+            "gcs_address": cluster.address,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "launch_multiple": True,
+            "head_node_id": head_id,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "head_node_type": "ray.head.default",
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
             **{name: {"node_config": {}, **t} for name, t in worker_types.items()},
         },
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
     (base / "autoscaling.json").write_text(json.dumps(config))
     cluster.dashboard_port, cluster.client_port = free_port(), free_port()
     low, high = worker_port_range()
-    cluster._start([
-        "--head", f"--temp-dir={cluster.temp_dir}", f"--port={cluster.port}", f"--num-cpus={head_cpus}",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-port={cluster.dashboard_port}", f"--ray-client-server-port={cluster.client_port}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--min-worker-port={low}", f"--max-worker-port={high}", "--object-store-memory=200000000",
-        f"--autoscaling-config={base / 'autoscaling.json'}", "--disable-usage-stats",
-    ])
+    cluster._start(
+        [
+            "--head",
+            f"--temp-dir={cluster.temp_dir}",
+            f"--port={cluster.port}",
+            f"--num-cpus={head_cpus}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-port={cluster.dashboard_port}",
+            f"--ray-client-server-port={cluster.client_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={high}",
+            "--object-store-memory=200000000",
+            f"--autoscaling-config={base / 'autoscaling.json'}",
+            "--disable-usage-stats",
+        ]
+    )
     return cluster
 
 
 def alive_nodes(cluster: RayCluster) -> list[dict]:
     """The cluster's alive nodes (their resources), asked of the GCS by a short-lived Ray client process."""
-    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print('NODES ' + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))" % cluster.address)
+    code = (
+        f"import json, ray; ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
+        "print('NODES ' + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cluster.env, timeout=120)
     # Ray's raylet may print its own notes to stdout too (e.g. about infeasible tasks): read our line only
     lines = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
     assert lines, f"no node list from the GCS: {out.stdout[-2000:]} {out.stderr[-2000:]}"
-    return json.loads(lines[-1][len("NODES "):])
+    return json.loads(lines[-1][len("NODES ") :])

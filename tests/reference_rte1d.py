@@ -91,16 +91,20 @@ def reference_solve(
         # streaming, positive vx
         lv = slice(Nvx // 2, None)
         coe = mu[lv]
-        I[lv, index] = I_out[lv, index] - dt / dx * coe[..., None] * (
-            I_out[lv, index] - I_out[lv, index_sub1]
-        ) + dt * sigma * ((0.5 * a * c * T_out**4).repeat(Nvx // 2, 1) - I_out[lv, index])
+        I[lv, index] = (
+            I_out[lv, index]
+            - dt / dx * coe[..., None] * (I_out[lv, index] - I_out[lv, index_sub1])
+            + dt * sigma * ((0.5 * a * c * T_out**4).repeat(Nvx // 2, 1) - I_out[lv, index])
+        )
 
         # streaming, negative vx
         lv = slice(0, Nvx // 2)
         coe = mu[lv]
-        I[lv, index] = I_out[lv, index] - dt / dx * coe[..., None] * (
-            I_out[lv, index_add1] - I_out[lv, index]
-        ) + dt * sigma * ((0.5 * a * c * T_out**4).repeat(Nvx // 2, 1) - I_out[lv, index])
+        I[lv, index] = (
+            I_out[lv, index]
+            - dt / dx * coe[..., None] * (I_out[lv, index_add1] - I_out[lv, index])
+            + dt * sigma * ((0.5 * a * c * T_out**4).repeat(Nvx // 2, 1) - I_out[lv, index])
+        )
 
         I = F.pad(I[None, ..., 1:-1], (1, 1), mode="circular")[0]
         T = T_out + dt / cv * sigma[0, :] * (I0_out[index] - a * c * T_out**4)

@@ -53,8 +53,11 @@ class S3Server:
 
     def storage_options(self, endpoint: str | None = None) -> dict:
         """Options as xarray/fsspec take them (what ``store.storage_options`` holds)."""
-        return {"key": self.key, "secret": self.secret,
-                "client_kwargs": {"endpoint_url": endpoint or self.endpoint, "region_name": "us-east-1"}}
+        return {
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": endpoint or self.endpoint, "region_name": "us-east-1"},
+        }
 
 
 def _moto_server() -> str:
@@ -70,8 +73,9 @@ def s3_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4", "MOTO_PORT": str(port)}
     with open(log, "w") as out:
-        process = subprocess.Popen([_moto_server(), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            [_moto_server(), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -84,21 +88,41 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.05)
         else:
             raise RuntimeError(f"moto_server did not answer on {endpoint}")
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+        )
         iam.create_user(UserName="pipeline")
-        iam.put_user_policy(UserName="pipeline", PolicyName="all", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="pipeline",
+            PolicyName="all",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+            ),
+        )
         key = iam.create_access_key(UserName="pipeline")["AccessKey"]
-        variables = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                     "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        variables = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         saved = {name: os.environ.get(name) for name in (*variables, "AWS_PROFILE", "AWS_SESSION_TOKEN")}
         os.environ.update(variables)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(name, None)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+        )
         s3.create_bucket(Bucket=BUCKET)
         try:
             yield S3Server(endpoint, port, key["AccessKeyId"], key["SecretAccessKey"], BUCKET, process)

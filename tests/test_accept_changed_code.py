@@ -17,8 +17,13 @@ FIXED = "import torch\n\ndef f(x):\n    return (x ** 2).sum()\n"
 
 
 def submit(job, *extra):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(job), "--executor", "inline", "-q",
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--executor", "inline", "-q", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_fixed_module_resumes_with_accept_changed_code(tmp_path):
@@ -26,11 +31,13 @@ def test_a_fixed_module_resumes_with_accept_changed_code(tmp_path):
     module.write_text(BROKEN)
     job = tmp_path / "job.yaml"
     # a grid from 0 to 1, one x[0] per shard: shards 0 and 1 (x[0] = 0, 1/3) hit the bug and fail
-    job.write_text("schema_version: 1\nname: fix\nfunction: {kind: import, target: 'buggy_fns:f'}\n"
-                   "inputs: {kind: grid, axes: [{low: 0, high: 1, num: 4}, {low: 0, high: 1, num: 8}]}\n"
-                   "quantities: [value, jacobian]\nderivatives: {dtype: float64, method: taylor}\n"
-                   f"store: {{path: {tmp_path / 's.zarr'}, chunk_size: 8}}\n"
-                   "execution: {shard_size: 8, retries: 0, on_nonfinite: fail}\n")
+    job.write_text(
+        "schema_version: 1\nname: fix\nfunction: {kind: import, target: 'buggy_fns:f'}\n"
+        "inputs: {kind: grid, axes: [{low: 0, high: 1, num: 4}, {low: 0, high: 1, num: 8}]}\n"
+        "quantities: [value, jacobian]\nderivatives: {dtype: float64, method: taylor}\n"
+        f"store: {{path: {tmp_path / 's.zarr'}, chunk_size: 8}}\n"
+        "execution: {shard_size: 8, retries: 0, on_nonfinite: fail}\n"
+    )
     first = submit(job)
     assert first.returncode == 1, first.stderr
     before = read_manifest(tmp_path / "s.zarr").to_pydict()
@@ -49,7 +56,7 @@ def test_a_fixed_module_resumes_with_accept_changed_code(tmp_path):
     assert [(h["before"], h["after"]) for h in history] == [(old_code, new_code)]
     ds = open_results(tmp_path / "s.zarr", require_complete=True)
     x = ds.inputs.values
-    np.testing.assert_allclose(ds.value.values, (x ** 2).sum(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(ds.value.values, (x**2).sum(axis=1), rtol=1e-14)
     np.testing.assert_allclose(ds.jacobian.values, 2 * x, rtol=1e-14)
     # a later plain resume accepts the recorded (fixed) module as it is now
     assert submit(job).returncode == 0

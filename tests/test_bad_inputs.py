@@ -34,21 +34,30 @@ def write_job(tmp_path, function=MLP, inputs=UNIFORM, store=None) -> Path:
 
 def syntax_error(tmp_path):
     (tmp_path / "broken_fns.py").write_text("def f(x):\n    return x +\n")
-    return write_job(tmp_path, function="{kind: import, target: 'broken_fns:f'}"), \
-        ["function.target", "SyntaxError", "broken_fns.py, line 2", "fix the module"]
+    return write_job(tmp_path, function="{kind: import, target: 'broken_fns:f'}"), [
+        "function.target",
+        "SyntaxError",
+        "broken_fns.py, line 2",
+        "fix the module",
+    ]
 
 
 def index_error_on_the_probe_samples(tmp_path):
     (tmp_path / "picky_fns.py").write_text(
         "def f(x):\n    if float(x.detach().abs().sum()) > 0:\n        raise IndexError('index 7 is out of bounds')\n"
-        "    return (x ** 2).sum()\n")
+        "    return (x ** 2).sum()\n"
+    )
     return write_job(tmp_path, function="{kind: import, target: 'picky_fns:f'}"), ["function:", "Error"]
 
 
 def complex_npy(tmp_path):
     np.save(tmp_path / "z.npy", (np.arange(8.0) + 1j).reshape(4, 2))
-    return write_job(tmp_path, inputs=f"{{kind: npy, path: {tmp_path / 'z.npy'}}}"), \
-        ["inputs.path", "complex128", "imaginary part", "numpy.stack"]
+    return write_job(tmp_path, inputs=f"{{kind: npy, path: {tmp_path / 'z.npy'}}}"), [
+        "inputs.path",
+        "complex128",
+        "imaginary part",
+        "numpy.stack",
+    ]
 
 
 def unrelated_directory(tmp_path):
@@ -67,29 +76,51 @@ def etc(tmp_path):
 
 
 def too_big_for_the_disk(tmp_path):
-    return write_job(tmp_path, inputs="{kind: uniform, n: 1000000000000, shape: [2]}"), \
-        ["store.path", "free", "reduce inputs.n", "store.check_free_space"]
+    return write_job(tmp_path, inputs="{kind: uniform, n: 1000000000000, shape: [2]}"), [
+        "store.path",
+        "free",
+        "reduce inputs.n",
+        "store.check_free_space",
+    ]
 
 
 def past_the_sample_limit(tmp_path):
-    return write_job(tmp_path, inputs="{kind: uniform, n: 2199023255552, shape: [2]}"), \
-        ["inputs.n", "1099511627776", "2199023255552", "split the job"]
+    return write_job(tmp_path, inputs="{kind: uniform, n: 2199023255552, shape: [2]}"), [
+        "inputs.n",
+        "1099511627776",
+        "2199023255552",
+        "split the job",
+    ]
 
 
 def sweep_axis_of_zero_points(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text("schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\nsweep:\n  kind: grid\n"
-                   f"  axes:\n    alpha: {{low: 0.1, high: 1.0, num: 0}}\nstore: {{path: {tmp_path / 'out.zarr'}}}\n")
+    job.write_text(
+        "schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\nsweep:\n  kind: grid\n"
+        f"  axes:\n    alpha: {{low: 0.1, high: 1.0, num: 0}}\nstore: {{path: {tmp_path / 'out.zarr'}}}\n"
+    )
     return job, ["sweep.axes.alpha.num", "greater than 0", "(got 0)"]
 
 
-CASES = [syntax_error, index_error_on_the_probe_samples, complex_npy, unrelated_directory, a_file, etc,
-         too_big_for_the_disk, past_the_sample_limit, sweep_axis_of_zero_points]
+CASES = [
+    syntax_error,
+    index_error_on_the_probe_samples,
+    complex_npy,
+    unrelated_directory,
+    a_file,
+    etc,
+    too_big_for_the_disk,
+    past_the_sample_limit,
+    sweep_axis_of_zero_points,
+]
 
 
 def listing(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"")
-            for p in sorted(folder.rglob("*")) if "__pycache__" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"")
+        for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("command", ["validate", "submit"])
@@ -105,8 +136,11 @@ def test_a_bad_input_is_one_clean_line(tmp_path, case, command):
     output = result.output  # stdout and stderr together
     assert result.exit_code == 2, output
     assert "Traceback" not in output and "error:" in output
-    problems = [line for line in output.splitlines() if line.startswith("  - ") or line.startswith("error: ")
-                and "invalid job spec" not in line]
+    problems = [
+        line
+        for line in output.splitlines()
+        if line.startswith("  - ") or (line.startswith("error: ") and "invalid job spec" not in line)
+    ]
     assert len(problems) == 1, output  # one line, naming the key ...
     for part in expected:
         assert part in output, (part, output)
@@ -178,13 +212,19 @@ def test_import_paths_resolve_once_for_functions_and_solvers(tmp_path):
     with pytest.raises(ImportPathError) as caught:
         import_object("helper_mod_i8:g")
     assert caught.value.reason == "attribute" and caught.value.missing == "g" and "f" in caught.value.public_names()
-    with pytest.raises(FunctionError, match=r"function.target: 'helper_mod_i8' has no attribute 'g'; available names include \['f'\]"):
+    with pytest.raises(
+        FunctionError, match=r"function.target: 'helper_mod_i8' has no attribute 'g'; available names include \['f'\]"
+    ):
         import_target("helper_mod_i8:g")
-    with pytest.raises(FunctionError, match=r"importing module 'broken_mod_i8' failed: SyntaxError: .*broken_mod_i8.py, line 1"):
+    with pytest.raises(
+        FunctionError, match=r"importing module 'broken_mod_i8' failed: SyntaxError: .*broken_mod_i8.py, line 1"
+    ):
         import_target("broken_mod_i8:f", [str(tmp_path)])
     with pytest.raises(FunctionError, match=r"cannot import module 'no_such_module_i8'.*function.python_path"):
         import_target("no_such_module_i8:f")
-    with pytest.raises(ValueError, match=r"solver 'helper_mod_i8:g': module 'helper_mod_i8' has no attribute 'g'; it has: f"):
+    with pytest.raises(
+        ValueError, match=r"solver 'helper_mod_i8:g': module 'helper_mod_i8' has no attribute 'g'; it has: f"
+    ):
         get_solver("helper_mod_i8:g")
     with pytest.raises(ValueError, match=r"solver 'no_such_module_i8:f': cannot import module"):
         get_solver("no_such_module_i8:f")

@@ -108,7 +108,9 @@ def test_write_region_writes_local_chunks_without_zarrs_setitem(tmp_path, monkey
     values = smooth((12, 3, 2), "float32")
     calls = []
     original = zarr.Array.__setitem__
-    monkeypatch.setattr(zarr.Array, "__setitem__", lambda self, key, value: calls.append(key) or original(self, key, value))
+    monkeypatch.setattr(
+        zarr.Array, "__setitem__", lambda self, key, value: calls.append(key) or original(self, key, value)
+    )
     targets: dict = {}
     write_region(tmp_path / "g.zarr", {"h": values[0:8]}, 0, 8, group=group, targets=targets)
     write_region(tmp_path / "g.zarr", {"h": values[8:12]}, 8, 12, group=group, targets=targets)

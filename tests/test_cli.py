@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -15,9 +16,14 @@ from pipeline.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 SMALL_SWEEP = [
-    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",  # stability factor < 1.5
-    "--set", "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
-    "--set", "store.chunk_size=2", "--set", "execution.shard_size=4",
+    "--set",
+    "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",  # stability factor < 1.5
+    "--set",
+    "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
+    "--set",
+    "store.chunk_size=2",
+    "--set",
+    "execution.shard_size=4",
 ]
 
 
@@ -31,13 +37,29 @@ def small_overrides(job: Path) -> tuple[list[str], int]:
     if "kind: sweep" in text and "kind: grid" in text:
         return SMALL_SWEEP, 6
     if "kind: sweep" in text:
-        return ["--set", "solver.options={nx: 64, t_end: 0.25, save_every: 5}", "--set", "sweep.n=6",
-                "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"], 6
+        return [
+            "--set",
+            "solver.options={nx: 64, t_end: 0.25, save_every: 5}",
+            "--set",
+            "sweep.n=6",
+            "--set",
+            "store.chunk_size=2",
+            "--set",
+            "execution.shard_size=4",
+        ], 6
     if job.name == "from_store.yaml":
         return ["--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
     if "kind: grid" in text:  # a grid of inputs: 30 x 20 points
-        return ["--set", "inputs.axes.0.num=30", "--set", "inputs.axes.1.num=20", "--set", "store.chunk_size=100",
-                "--set", "execution.shard_size=200"], 600
+        return [
+            "--set",
+            "inputs.axes.0.num=30",
+            "--set",
+            "inputs.axes.1.num=20",
+            "--set",
+            "store.chunk_size=100",
+            "--set",
+            "execution.shard_size=200",
+        ], 600
     return ["--set", "inputs.n=600", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200"], 600
 
 
@@ -46,8 +68,19 @@ def quickstart_store(tmp_path_factory, ray_cluster):
     """The quickstart job run through the CLI on local Ray, as the README says."""
     folder = tmp_path_factory.mktemp("cli")
     store = folder / "quickstart.zarr"
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", "inputs.n=600",
-                 "--set", f"store.path={store}", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--local",
+        "--set",
+        "inputs.n=600",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "store.chunk_size=100",
+        "--set",
+        "execution.shard_size=200",
+    )
     assert result.exit_code == 0, result.output
     return store
 
@@ -69,9 +102,19 @@ def test_every_job_runs_through_the_cli(job, quickstart_store, tmp_path):
 
 
 def test_submit_again_resumes_and_does_nothing(quickstart_store):
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", "inputs.n=600",
-                 "--set", f"store.path={quickstart_store}", "--set", "store.chunk_size=100",
-                 "--set", "execution.shard_size=200")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--local",
+        "--set",
+        "inputs.n=600",
+        "--set",
+        f"store.path={quickstart_store}",
+        "--set",
+        "store.chunk_size=100",
+        "--set",
+        "execution.shard_size=200",
+    )
     assert result.exit_code == 0 and "0 shards run" in result.output and "already committed" in result.output
 
 
@@ -79,8 +122,10 @@ def test_validate_good_and_bad(tmp_path):
     ok = run("validate", ROOT / "jobs/quickstart.yaml")
     assert ok.exit_code == 0 and "valid: quickstart" in ok.output and "shards" in ok.output
     bad = tmp_path / "bad.yaml"
-    bad.write_text("schema_version: 1\nname: b\nfunction: {kind: mlp, in_features: 2, out_features: 3}\n"
-                   "inputs: {kind: uniform, n: 10, shape: [2], colour: red}\nstore: {path: " + str(tmp_path / "s.zarr") + "}\n")
+    bad.write_text(
+        "schema_version: 1\nname: b\nfunction: {kind: mlp, in_features: 2, out_features: 3}\n"
+        "inputs: {kind: uniform, n: 10, shape: [2], colour: red}\nstore: {path: " + str(tmp_path / "s.zarr") + "}\n"
+    )
     result = run("validate", bad)
     assert result.exit_code == 2
     assert "inputs.colour: unknown key" in result.output and "'red'" in result.output
@@ -96,27 +141,59 @@ def test_validate_tells_the_size_of_the_results():
 
 def test_submit_bad_spec_exits_2_and_writes_nothing(tmp_path):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline",
-                 "--set", f"store.path={store}", "--set", "inputs.shape=[3]")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "inputs.shape=[3]",
+    )
     assert result.exit_code == 2 and "in_features is 2" in result.output
     assert not store.exists() and not list(tmp_path.iterdir())
 
 
 def test_bad_import_path_exits_2_and_writes_nothing(tmp_path):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
-                 "--set", f"store.path={store}", "--set", "function.target=user_functions:nope")
+    result = run(
+        "submit",
+        ROOT / "jobs/user_function.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "function.target=user_functions:nope",
+    )
     assert result.exit_code == 2 and "has no attribute 'nope'" in result.output
-    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
-                 "--set", f"store.path={store}", "--set", "function.target=no_such_module:f")
+    result = run(
+        "submit",
+        ROOT / "jobs/user_function.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "function.target=no_such_module:f",
+    )
     assert result.exit_code == 2 and "cannot import module 'no_such_module'" in result.output
     assert not list(tmp_path.iterdir())
 
 
 def test_function_that_fails_on_samples_exits_2(tmp_path):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/user_function.yaml", "--executor", "inline",
-                 "--set", f"store.path={store}", "--set", "inputs.shape=[2, 3]")
+    result = run(
+        "submit",
+        ROOT / "jobs/user_function.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "inputs.shape=[2, 3]",
+    )
     assert result.exit_code == 2 and "function:" in result.output and "[2, 3]" in result.output
     assert not store.exists()
 
@@ -145,7 +222,7 @@ def test_inspect_and_status(quickstart_store):
     gaps = []
     for worker in {r["worker"] for r in rows}:
         mine = sorted((r for r in rows if r["worker"] == worker), key=lambda r: r["started"])
-        gaps += [b["started"] - a["finished"] for a, b in zip(mine, mine[1:])]
+        gaps += [b["started"] - a["finished"] for a, b in itertools.pairwise(mine)]
     text = " ".join(result.output.split())  # rich wraps long lines
     workers = len({r["worker"] for r in rows})
     assert re.search(rf"workers: {workers} process(es)?, busy [0-9%-]+ of their span; per-shard overhead ", text), text
@@ -158,9 +235,20 @@ def test_inspect_and_status(quickstart_store):
     status = run("status", quickstart_store, "--json")
     assert status.exit_code == 0
     assert json.loads(status.output) == {
-        "path": str(quickstart_store), "name": "quickstart", "complete": True, "shards": 3, "done": 3,
-        "failed": 0, "pending": 0, "samples_done": 600, "samples": 600, "unit": "samples",
-        "failed_shards": [], "pending_shards": [], "state": "complete", "driver": None,
+        "path": str(quickstart_store),
+        "name": "quickstart",
+        "complete": True,
+        "shards": 3,
+        "done": 3,
+        "failed": 0,
+        "pending": 0,
+        "samples_done": 600,
+        "samples": 600,
+        "unit": "samples",
+        "failed_shards": [],
+        "pending_shards": [],
+        "state": "complete",
+        "driver": None,
     }
 
 
@@ -183,8 +271,18 @@ def test_overwrite_leaves_a_directory_that_is_not_a_store_alone(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "thesis.tex").write_text("years of work")
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
-                 "--set", f"store.path={results}", "--overwrite")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--executor",
+        "inline",
+        "--quiet",
+        "--set",
+        "inputs.n=100",
+        "--set",
+        f"store.path={results}",
+        "--overwrite",
+    )
     assert result.exit_code == 2, result.output
     assert "left untouched" in result.output and "choose another store.path" in result.output
     assert "--overwrite" not in result.output
@@ -193,8 +291,18 @@ def test_overwrite_leaves_a_directory_that_is_not_a_store_alone(tmp_path):
 
 def test_gpus_the_cluster_lacks_exit_2_and_leave_no_store(tmp_path, ray_cluster):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--quiet", "--set", "inputs.n=100",
-                 "--set", f"store.path={store}", "--set", "execution.gpus_per_task=1000")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--local",
+        "--quiet",
+        "--set",
+        "inputs.n=100",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "execution.gpus_per_task=1000",
+    )
     assert result.exit_code == 2, result.output
     assert "execution.gpus_per_task is 1000" in result.output
     assert not store.exists() and not list(tmp_path.iterdir())
@@ -202,8 +310,17 @@ def test_gpus_the_cluster_lacks_exit_2_and_leave_no_store(tmp_path, ray_cluster)
 
 def small_inline_quickstart(store) -> list:
     """`pipeline submit` arguments of a 100-sample quickstart job in this process, writing ``store``."""
-    return ["submit", ROOT / "jobs/quickstart.yaml", "--executor", "inline", "--quiet", "--set", "inputs.n=100",
-            "--set", f"store.path={store}"]
+    return [
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--executor",
+        "inline",
+        "--quiet",
+        "--set",
+        "inputs.n=100",
+        "--set",
+        f"store.path={store}",
+    ]
 
 
 def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
@@ -257,9 +374,15 @@ def test_string_parquet_column_exits_2_naming_the_key(tmp_path):
     pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]}), tmp_path / "pts.parquet")
     store = tmp_path / "s.zarr"
     for command in ("validate", "submit"):
-        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
-                     "--set", f"store.path={store}",
-                     "--set", f"inputs={{kind: parquet, path: {tmp_path / 'pts.parquet'}, columns: [x, s]}}")
+        result = run(
+            command,
+            ROOT / "jobs/quickstart.yaml",
+            *(["--executor", "inline"] if command == "submit" else []),
+            "--set",
+            f"store.path={store}",
+            "--set",
+            f"inputs={{kind: parquet, path: {tmp_path / 'pts.parquet'}, columns: [x, s]}}",
+        )
         assert result.exit_code == 2, result.output
         assert "inputs.columns: column 's'" in result.output and "type string" in result.output
         assert not store.exists()
@@ -267,8 +390,10 @@ def test_string_parquet_column_exits_2_naming_the_key(tmp_path):
 
 def _unwritable_store_paths(tmp_path):
     (tmp_path / "a_file").write_text("not a directory")
-    paths = [(tmp_path / "a_file" / "x.zarr", "is a file, not a directory"),
-             (tmp_path / "a_file" / "deeper" / "x.zarr", "is a file, not a directory")]
+    paths = [
+        (tmp_path / "a_file" / "x.zarr", "is a file, not a directory"),
+        (tmp_path / "a_file" / "deeper" / "x.zarr", "is a file, not a directory"),
+    ]
     if Path("/proc/self").is_dir():  # Linux: /proc and /sys take no new directories, even as root
         paths += [(Path("/proc/foo.zarr"), "/proc is not writable"), (Path("/sys/x.zarr"), "/sys is not writable")]
     return paths
@@ -277,8 +402,15 @@ def _unwritable_store_paths(tmp_path):
 @pytest.mark.parametrize("command", ["validate", "submit"])
 def test_unwritable_store_path_exits_2_naming_store_path(tmp_path, command):
     for store, reason in _unwritable_store_paths(tmp_path):
-        result = run(command, ROOT / "jobs/quickstart.yaml", *(["--executor", "inline"] if command == "submit" else []),
-                     "--set", f"store.path={store}", "--set", "inputs.n=200")
+        result = run(
+            command,
+            ROOT / "jobs/quickstart.yaml",
+            *(["--executor", "inline"] if command == "submit" else []),
+            "--set",
+            f"store.path={store}",
+            "--set",
+            "inputs.n=200",
+        )
         assert result.exit_code == 2, result.output
         assert f"store.path: cannot create {store}" in result.output and reason in result.output, result.output
         assert not store.exists()
@@ -295,8 +427,16 @@ def test_store_path_in_new_folders_is_fine_and_probing_leaves_nothing(tmp_path):
 
 def test_huge_sweep_grid_exits_2_naming_the_axes(tmp_path):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
-                 "--set", "sweep.axes={T0_mean: {low: 0.5, high: 2, num: 100000}, sigma_mean: {low: 0.5, high: 2, num: 100000}}")
+    result = run(
+        "submit",
+        ROOT / "jobs/sweep.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "sweep.axes={T0_mean: {low: 0.5, high: 2, num: 100000}, sigma_mean: {low: 0.5, high: 2, num: 100000}}",
+    )
     assert result.exit_code == 2, result.output
     assert "sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
     assert not store.exists()
@@ -308,8 +448,10 @@ def test_a_path_inside_a_store_or_a_plain_zarr_group_exits_2(quickstart_store, t
 
     result = run(command, quickstart_store / "value")
     assert result.exit_code == 2, result.output
-    assert (f"{quickstart_store / 'value'} is a Zarr array inside the pipeline store {quickstart_store}; "
-            f"give the store's own path") in result.output
+    assert (
+        f"{quickstart_store / 'value'} is a Zarr array inside the pipeline store {quickstart_store}; "
+        f"give the store's own path"
+    ) in result.output
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", shape=(3,), dtype="f8")
     result = run(command, tmp_path / "plain.zarr")
     assert result.exit_code == 2 and "is a Zarr group but not a pipeline store" in result.output, result.output
@@ -330,18 +472,41 @@ def test_submit_warns_about_non_finite_results_and_still_exits_0(tmp_path):
     assert "warning: 200 non-finite values (NaN or Inf) in 2 of 4 shards" in result.output
     assert f"pipeline inspect {tmp_path / 's.zarr'}" in result.output
     # a finite run prints no warning
-    result = run("submit", job, "--executor", "inline", "--quiet", "--set", "inputs.axes=[{low: 0.5, high: 1, num: 400}]",
-                 "--set", f"store.path={tmp_path / 'finite.zarr'}")
+    result = run(
+        "submit",
+        job,
+        "--executor",
+        "inline",
+        "--quiet",
+        "--set",
+        "inputs.axes=[{low: 0.5, high: 1, num: 400}]",
+        "--set",
+        f"store.path={tmp_path / 'finite.zarr'}",
+    )
     assert result.exit_code == 0 and "complete:" in result.output and "non-finite" not in result.output
 
 
 def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
     store = tmp_path / "s.zarr"
-    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--set", f"store.path={store}",
-                 "--set", "solver={name: heat1d, options: {nx: 64, t_end: 0.01, n_saves: 2, scheme: ftcs}}",
-                 "--set", "sweep.axes={diffusivity: [0.1, 5.0]}", "--set", "fixed={}")
+    result = run(
+        "submit",
+        ROOT / "jobs/sweep.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={store}",
+        "--set",
+        "solver={name: heat1d, options: {nx: 64, t_end: 0.01, n_saves: 2, scheme: ftcs}}",
+        "--set",
+        "sweep.axes={diffusivity: [0.1, 5.0]}",
+        "--set",
+        "fixed={}",
+    )
     assert result.exit_code == 2, result.output
-    assert "case 1 (diffusivity=5) cannot be solved as asked" in result.output and "scheme='ftcs' is unstable" in result.output
+    assert (
+        "case 1 (diffusivity=5) cannot be solved as asked" in result.output
+        and "scheme='ftcs' is unstable" in result.output
+    )
     assert "run the same command again" not in result.output and not store.exists()
 
 

@@ -40,9 +40,22 @@ def test_unreachable_address_fails_fast_and_says_what_to_do(tmp_path):
     env.pop("RAY_ADDRESS", None)
     begin = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(ROOT / "jobs/quickstart.yaml"),
-         "--address", f"127.0.0.1:{port}", "--set", f"store.path={store}"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "submit",
+            str(ROOT / "jobs/quickstart.yaml"),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--set",
+            f"store.path={store}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
     assert time.monotonic() - begin < 60
@@ -100,8 +113,15 @@ def test_address_without_host_and_port_is_explained(address):
 
 
 def test_local_and_address_together_is_a_usage_error(tmp_path):
-    result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--address", "10.0.0.1:6379",
-                 "--set", f"store.path={tmp_path / 's.zarr'}")
+    result = run(
+        "submit",
+        ROOT / "jobs/quickstart.yaml",
+        "--local",
+        "--address",
+        "10.0.0.1:6379",
+        "--set",
+        f"store.path={tmp_path / 's.zarr'}",
+    )
     assert result.exit_code == 2
     assert "--local" in result.output and "--address" in result.output and "only one" in result.output
     assert not (tmp_path / "s.zarr").exists()
@@ -110,9 +130,14 @@ def test_local_and_address_together_is_a_usage_error(tmp_path):
 # ------------------------------------------------------------------ status and inspect
 
 SMALL_SWEEP = [
-    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
-    "--set", "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
-    "--set", "store.chunk_size=2", "--set", "execution.shard_size=4",
+    "--set",
+    "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+    "--set",
+    "sweep.axes={T0_mean: [1.0, 2.0], sigma_mean: [0.5, 1.0, 2.0], T0_phase: [0.0]}",
+    "--set",
+    "store.chunk_size=2",
+    "--set",
+    "execution.shard_size=4",
 ]
 
 
@@ -141,10 +166,16 @@ def incomplete_store(tmp_path_factory):
     from pipeline.spec import load_spec
 
     store = tmp_path_factory.mktemp("status") / "partial.zarr"
-    spec = load_spec(ROOT / "jobs/quickstart.yaml", [
-        "inputs.n=2400", "store.chunk_size=100", "execution.shard_size=100", f"store.path={store}",
-        "quantities=[value]",
-    ])
+    spec = load_spec(
+        ROOT / "jobs/quickstart.yaml",
+        [
+            "inputs.n=2400",
+            "store.chunk_size=100",
+            "execution.shard_size=100",
+            f"store.path={store}",
+            "quantities=[value]",
+        ],
+    )
     summary = submit(spec, PartlyFailing())
     assert not summary.complete and len(summary.failed) == 12
     return store
@@ -164,15 +195,23 @@ def test_status_lists_the_failed_and_pending_shards(incomplete_store):
 def test_require_complete_points_to_commands_that_list_the_shards(incomplete_store):
     from pipeline.store import StoreError, open_results
 
-    with pytest.raises(StoreError, match="status .* lists the failed and pending shards"):
+    with pytest.raises(StoreError, match=r"status .* lists the failed and pending shards"):
         open_results(incomplete_store, require_complete=True)
     assert "shard 0 failed" in run("inspect", incomplete_store).output  # where their errors are
 
 
 def test_sweep_stores_count_cases_not_samples(tmp_path):
     store = tmp_path / "sweep.zarr"
-    result = run("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "--quiet",
-                 "--set", f"store.path={store}", *SMALL_SWEEP)
+    result = run(
+        "submit",
+        ROOT / "jobs/sweep.yaml",
+        "--executor",
+        "inline",
+        "--quiet",
+        "--set",
+        f"store.path={store}",
+        *SMALL_SWEEP,
+    )
     assert result.exit_code == 0, result.output
     inspect = run("inspect", store).output
     assert "(6 of 6 cases)" in inspect and "cases/s per shard" in inspect and "samples" not in inspect

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from rayheads import RAY, TOKEN, free_port, start_cluster
+from rayheads import RAY, free_port, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "jobs/quickstart.yaml")
@@ -40,8 +39,14 @@ def cluster():
 def pipeline(cluster, *args, env=None, cwd=None, timeout=240) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in the cluster's environment; on a timeout, fail with where it hung."""
     command = [sys.executable, "-X", "faulthandler", "-m", "pipeline", *map(str, args)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**cluster.env, **(env or {})}, cwd=cwd or ROOT)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**cluster.env, **(env or {})},
+        cwd=cwd or ROOT,
+    )
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -59,8 +64,9 @@ def in_parallel(*calls, at_once: int = 4):
 def client_server_logs(cluster) -> str:
     """The head's Ray Client server logs (why a ray:// join was refused), last lines of each."""
     logs = sorted((cluster.base / "ray" / "session_latest" / "logs").glob("ray_client_server*"))
-    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                     for log in logs)
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:]) for log in logs
+    )
 
 
 def test_every_address_form_joins_the_cluster(cluster, tmp_path):
@@ -72,12 +78,23 @@ def test_every_address_form_joins_the_cluster(cluster, tmp_path):
         "auto": (["--address", "auto"], {}),  # TMPDIR=<base>: Ray finds <base>/ray/ray_current_cluster
     }
     # the driver's environment has the token but not RAY_AUTH_MODE: pipeline turns token mode on itself
-    results = in_parallel(*(
-        (lambda args=args, env=env, name=name: pipeline(
-            cluster, "submit", QUICK, *args, "--set", f"store.path={tmp_path / name}.zarr", *SMALL,
-            env={"RAY_AUTH_MODE": "", **env}))
-        for name, (args, env) in forms.items()
-    ))
+    results = in_parallel(
+        *(
+            (
+                lambda args=args, env=env, name=name: pipeline(
+                    cluster,
+                    "submit",
+                    QUICK,
+                    *args,
+                    "--set",
+                    f"store.path={tmp_path / name}.zarr",
+                    *SMALL,
+                    env={"RAY_AUTH_MODE": "", **env},
+                )
+            )
+            for name, (args, env) in forms.items()
+        )
+    )
     for name, result in zip(forms, results):
         assert result.returncode == 0, (name, result.stderr[-3000:], client_server_logs(cluster))
         assert "executor: ray (3 CPUs, 0 GPUs, 3 nodes)" in result.stderr, (name, result.stderr[-2000:])
@@ -87,15 +104,27 @@ def test_every_address_form_joins_the_cluster(cluster, tmp_path):
 def refusals(cluster, tmp_path) -> dict:
     """name: (address, environment, words the one line must hold)."""
     return {
-        "no token": (cluster.address, {"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path), "RAY_AUTH_MODE": ""},
-                     ["uses token authentication", "no token", "ray get-auth-token", "RAY_AUTH_TOKEN"]),
-        "wrong token": (cluster.address, {"RAY_AUTH_TOKEN": "not-the-token"},
-                        ["refuses the authentication token from RAY_AUTH_TOKEN", "ray get-auth-token"]),
-        "client, wrong token": (f"ray://127.0.0.1:{cluster.client_port}", {"RAY_AUTH_TOKEN": "not-the-token"},
-                                ["refuses the authentication token", "~/.ray/auth_token"]),
+        "no token": (
+            cluster.address,
+            {"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path), "RAY_AUTH_MODE": ""},
+            ["uses token authentication", "no token", "ray get-auth-token", "RAY_AUTH_TOKEN"],
+        ),
+        "wrong token": (
+            cluster.address,
+            {"RAY_AUTH_TOKEN": "not-the-token"},
+            ["refuses the authentication token from RAY_AUTH_TOKEN", "ray get-auth-token"],
+        ),
+        "client, wrong token": (
+            f"ray://127.0.0.1:{cluster.client_port}",
+            {"RAY_AUTH_TOKEN": "not-the-token"},
+            ["refuses the authentication token", "~/.ray/auth_token"],
+        ),
         "refused": (f"127.0.0.1:{free_port()}", {}, ["cannot reach", "Connection refused", "ray start --head"]),
-        "client port without ray://": (f"127.0.0.1:{cluster.client_port}", {},
-                                       ["not a Ray head's address", "ray://HEAD:10001"]),
+        "client port without ray://": (
+            f"127.0.0.1:{cluster.client_port}",
+            {},
+            ["not a Ray head's address", "ray://HEAD:10001"],
+        ),
         "head port with ray://": (f"ray://{cluster.address}", {}, ["not the Ray client server", "HEAD:6379"]),
         "dashboard port": (f"127.0.0.1:{cluster.dashboard_port}", {}, ["not a Ray cluster", "HOST:6379"]),
     }
@@ -104,10 +133,17 @@ def refusals(cluster, tmp_path) -> dict:
 def test_refusals_are_one_line_with_the_fix_and_exit_2(cluster, tmp_path):
     cases = refusals(cluster, tmp_path)
     stores = [tmp_path / f"never{i}.zarr" for i in range(len(cases))]
-    results = in_parallel(*(
-        (lambda a=a, e=e, s=s: pipeline(cluster, "submit", QUICK, "--address", a, "--set", f"store.path={s}",
-                                        *SMALL, env=e, timeout=120))
-        for (a, e, _), s in zip(cases.values(), stores)), at_once=3)
+    results = in_parallel(
+        *(
+            (
+                lambda a=a, e=e, s=s: pipeline(
+                    cluster, "submit", QUICK, "--address", a, "--set", f"store.path={s}", *SMALL, env=e, timeout=120
+                )
+            )
+            for (a, e, _), s in zip(cases.values(), stores)
+        ),
+        at_once=3,
+    )
     for (name, (_, _, words)), result in zip(cases.items(), results):
         assert result.returncode == 2, (name, result.stderr[-2000:])
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -119,10 +155,10 @@ def test_refusals_are_one_line_with_the_fix_and_exit_2(cluster, tmp_path):
 
 def test_refusals_are_decided_in_under_10_s(cluster, tmp_path, monkeypatch):
     """What `submit` does before `ray.init` (which would retry for minutes), timed in this process."""
+    from ray._raylet import AuthenticationTokenLoader
+
     from pipeline.cluster import authenticate
     from pipeline.runner import ClusterError, check_reachable
-
-    from ray._raylet import AuthenticationTokenLoader
 
     try:
         for name, (address, env, words) in refusals(cluster, tmp_path).items():
@@ -143,8 +179,18 @@ def test_refusals_are_decided_in_under_10_s(cluster, tmp_path, monkeypatch):
 
 
 def test_gpus_the_cluster_can_never_offer_are_refused(cluster, tmp_path):
-    result = pipeline(cluster, "submit", QUICK, "--address", cluster.address, "--set", "execution.gpus_per_task=1",
-                      "--set", f"store.path={tmp_path / 'g.zarr'}", *SMALL)
+    result = pipeline(
+        cluster,
+        "submit",
+        QUICK,
+        "--address",
+        cluster.address,
+        "--set",
+        "execution.gpus_per_task=1",
+        "--set",
+        f"store.path={tmp_path / 'g.zarr'}",
+        *SMALL,
+    )
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     for word in ("execution.gpus_per_task is 1", "has 0 GPUs", "no autoscaler node types", "gpus_per_task: auto"):
@@ -154,15 +200,45 @@ def test_gpus_the_cluster_can_never_offer_are_refused(cluster, tmp_path):
 
 def test_ray_job_submit_runs_a_sweep_and_refuses_a_store_in_its_temporary_dir(cluster, tmp_path):
     """`ray job submit --working-dir . -- pipeline submit jobs/sweep.yaml`, as the README shows."""
-    sweep = ["--set", "sweep.axes.T0_mean.num=2", "--set", "sweep.axes.sigma_mean.num=2", "--set", "sweep.axes.sigma_mean.high=1.0",
-             "--set", "solver.options.nx=40", "--set", "store.chunk_size=2", "--set", "execution.shard_size=4"]
+    sweep = [
+        "--set",
+        "sweep.axes.T0_mean.num=2",
+        "--set",
+        "sweep.axes.sigma_mean.num=2",
+        "--set",
+        "sweep.axes.sigma_mean.high=1.0",
+        "--set",
+        "solver.options.nx=40",
+        "--set",
+        "store.chunk_size=2",
+        "--set",
+        "execution.shard_size=4",
+    ]
     store = tmp_path / "sweep.zarr"
 
     def job(*args):
         return subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}", "--working-dir", ".",
-             "--", "pipeline", "submit", "jobs/sweep.yaml", *sweep, *args],
-            capture_output=True, text=True, env=cluster.env, cwd=ROOT, timeout=240)
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{cluster.dashboard_port}",
+                "--working-dir",
+                ".",
+                "--",
+                "pipeline",
+                "submit",
+                "jobs/sweep.yaml",
+                *sweep,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=cluster.env,
+            cwd=ROOT,
+            timeout=240,
+        )
 
     # one after the other: jobs of one working dir share Ray's copy of it, deleted when a job ends
     good = job("--set", f"store.path={store}")
@@ -194,9 +270,23 @@ def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster
     overrides = ["inputs.n=20480", "store.chunk_size=1024", "execution.shard_size=1024", "quantities=[value, hessian]"]
     store = tmp_path / "multi.zarr"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "submit", QUICK, "--address", cluster.address, "-q",
-         *(a for o in overrides + [f"store.path={store}"] for a in ("--set", o))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "submit",
+            QUICK,
+            "--address",
+            cluster.address,
+            "-q",
+            *(a for o in overrides + [f"store.path={store}"] for a in ("--set", o)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+        cwd=ROOT,
+    )
     one_node = tmp_path / "one.zarr"
     submit(load_spec(QUICK, overrides + [f"store.path={one_node}"]), InlineExecutor())  # meanwhile
     deadline = time.monotonic() + 120
@@ -204,7 +294,7 @@ def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
     cluster.kill_group(cluster.workers[-1])  # a node goes away mid-run: its running shards are retried
-    out, err = process.communicate(timeout=240)
+    _, err = process.communicate(timeout=240)
     assert process.returncode == 0, err[-3000:]
     manifest = pq.read_table(store / "manifest.parquet").to_pydict()
     assert set(manifest["status"]) == {"done"}
@@ -234,21 +324,37 @@ def test_a_lost_head_ends_the_driver_with_exit_1_and_the_store_resumes(cluster, 
 
     lost_s = 5
     store, job = tmp_path / "lost.zarr", tmp_path / "lost.yaml"
-    job.write_text(json.dumps({
-        "schema_version": 1, "name": "lost",
-        "function": {"kind": "import", "target": "user_fns:slow_sin", "python_path": [str(ROOT / "tests")],
-                     "kwargs": {"seconds": 0.25}},  # a job to kill the head under
-        "inputs": {"kind": "uniform", "n": 48, "shape": [2], "seed": 3},
-        "quantities": ["value", "jacobian"], "derivatives": {"method": "forward", "dtype": "float64"},
-        "store": {"path": str(store), "chunk_size": 4}, "execution": {"shard_size": 4, "retries": 1},
-    }))
+    job.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "name": "lost",
+                "function": {
+                    "kind": "import",
+                    "target": "user_fns:slow_sin",
+                    "python_path": [str(ROOT / "tests")],
+                    "kwargs": {"seconds": 0.25},
+                },  # a job to kill the head under
+                "inputs": {"kind": "uniform", "n": 48, "shape": [2], "seed": 3},
+                "quantities": ["value", "jacobian"],
+                "derivatives": {"method": "forward", "dtype": "float64"},
+                "store": {"path": str(store), "chunk_size": 4},
+                "execution": {"shard_size": 4, "retries": 1},
+            }
+        )
+    )
 
     def committed() -> int:
         return len(list((store / "_shards").glob("*.json"))) if (store / "_shards").is_dir() else 0
 
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "submit", str(job), "--address", cluster.address],
-                              env={**cluster.env, "PIPELINE_CLUSTER_LOST_S": str(lost_s)}, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "submit", str(job), "--address", cluster.address],
+        env={**cluster.env, "PIPELINE_CLUSTER_LOST_S": str(lost_s)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while committed() < 2:
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-4000:]
@@ -273,8 +379,14 @@ def test_a_lost_head_ends_the_driver_with_exit_1_and_the_store_resumes(cluster, 
     assert f"{done} of 12 shards are committed and kept; run the same command again to resume" in lines[0]
     assert not Path(f"{store}.lock").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "pipeline", "submit", str(job), "--executor", "inline"],
-                             env=cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", str(job), "--executor", "inline"],
+        env=cluster.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     skipped = re.search(r"resumed: (\d+) shards were already committed", resumed.stdout + resumed.stderr)
     assert skipped and int(skipped.group(1)) >= done, resumed.stdout[-3000:] + resumed.stderr[-3000:]

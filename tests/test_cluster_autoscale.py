@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from rayheads import alive_nodes, start_autoscaling_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def gpu_cluster():
     cluster = start_autoscaling_cluster(
-        {"gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2}})
+        {"gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2}}
+    )
     yield cluster
     cluster.stop()
 
@@ -35,17 +35,42 @@ def test_the_autoscaler_starts_gpu_workers_for_the_shards_and_stops_them(gpu_clu
     assert [n.get("GPU", 0) for n in alive_nodes(gpu_cluster)] == [0]  # the head alone, no GPU yet
     store = tmp_path / "gpu.zarr"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "submit", "jobs/quickstart.yaml", "--address", gpu_cluster.address,
-         "--set", f"store.path={store}", "--set", "inputs.n=4096", "--set", "store.chunk_size=2048",
-         "--set", "execution.shard_size=2048", "--set", "quantities=[value, jacobian]"],
-        capture_output=True, text=True, env=gpu_cluster.env, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "submit",
+            "jobs/quickstart.yaml",
+            "--address",
+            gpu_cluster.address,
+            "--set",
+            f"store.path={store}",
+            "--set",
+            "inputs.n=4096",
+            "--set",
+            "store.chunk_size=2048",
+            "--set",
+            "execution.shard_size=2048",
+            "--set",
+            "quantities=[value, jacobian]",
+        ],
+        capture_output=True,
+        text=True,
+        env=gpu_cluster.env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "executor: ray (1 CPUs, 0 GPUs, 1 nodes)" in result.stderr  # none when the job starts ...
     assert "wait for the autoscaler to start GPU workers (gpu_worker)" in result.stderr  # ... so it says it waits
     manifest = pq.read_table(store / "manifest.parquet").to_pydict()
     assert set(manifest["status"]) == {"done"}
-    assert all(re.fullmatch(r"cpu \(ray node [0-9a-f]{56}, GPU \d\)", d) for d in manifest["device"]), manifest["device"]
-    nodes = {device.partition("(ray node ")[2].partition(",")[0] for device in manifest["device"]}  # Ray node ids, of the fake GPU workers
+    assert all(re.fullmatch(r"cpu \(ray node [0-9a-f]{56}, GPU \d\)", d) for d in manifest["device"]), manifest[
+        "device"
+    ]
+    nodes = {
+        device.partition("(ray node ")[2].partition(",")[0] for device in manifest["device"]
+    }  # Ray node ids, of the fake GPU workers
     assert not any(node.endswith("00000") for node in nodes)  # not the head (the fake provider's id ...00000)
     # idle workers are removed again (idle_timeout_minutes: 0.1; autoscaler v2 as in AutoscalingCluster(autoscaler_v2=True))
     deadline = time.monotonic() + 90
@@ -62,8 +87,9 @@ def test_explicit_gpus_per_task_is_accepted_on_a_cluster_that_can_add_gpus(gpu_c
         f"executor = RayExecutor(address='{gpu_cluster.address}'); executor.check(spec)\n"
         "print(executor.resources(spec)[1], executor.waiting)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=gpu_cluster.env,
-                            cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=gpu_cluster.env, cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("1.0 the cluster has 0 GPUs now"), result.stdout
 
@@ -82,8 +108,9 @@ def test_node_types_are_read_on_the_head_by_a_task_for_a_driver_elsewhere(gpu_cl
         "c._on_head = lambda gcs: False; state.get_cluster_config = lambda: None\n"
         "print('TYPES ' + json.dumps([reported, c.node_types()]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=gpu_cluster.env,
-                            cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=gpu_cluster.env, cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     import json
 

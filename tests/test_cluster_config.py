@@ -25,8 +25,13 @@ def test_pipeline_reads_the_gpu_node_types_as_the_autoscaler_does(tmp_path):
 
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     head = config["head_node_type"]
-    types = {name: {"resources": node.get("resources") or {}, "min_workers": node.get("min_workers", 0),
-                    "max_workers": 0 if name == head else node.get("max_workers", config["max_workers"])}
-             for name, node in config["available_node_types"].items()}
+    types = {
+        name: {
+            "resources": node.get("resources") or {},
+            "min_workers": node.get("min_workers", 0),
+            "max_workers": 0 if name == head else node.get("max_workers", config["max_workers"]),
+        }
+        for name, node in config["available_node_types"].items()
+    }
     assert list(gpu_node_types(types)) == ["gpu_worker"]
     assert "gpu_worker (CPU 4, GPU 1; 0 to 8 workers)" in describe_node_types(types)

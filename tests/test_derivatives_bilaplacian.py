@@ -56,8 +56,7 @@ def test_bilaplacian_in_taylor_mode_matches_the_laplacian_of_the_laplacian(d, ou
     assert result.outputs["bilaplacian"].shape == expected.shape == ((7,) if out == 1 else (7, out))
     torch.testing.assert_close(result.outputs["bilaplacian"], expected, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(result.outputs["laplacian"], torch.vmap(laplacian_fn(fn))(x), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-10,
-                               atol=1e-12)
+    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-10, atol=1e-12)
 
 
 def test_bilaplacian_against_finite_differences_of_the_laplacian():
@@ -132,5 +131,4 @@ def test_a_job_stores_the_bilaplacian(tmp_path):
     assert results["bilaplacian"].dims == ("sample", "output")
     fn = build_function(spec.function, F64)
     x = torch.as_tensor(results.inputs.values)
-    np.testing.assert_allclose(results["bilaplacian"].values, reference(fn, x).detach().numpy(), rtol=1e-9,
-                               atol=1e-10)
+    np.testing.assert_allclose(results["bilaplacian"].values, reference(fn, x).detach().numpy(), rtol=1e-9, atol=1e-10)

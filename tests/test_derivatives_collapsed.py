@@ -54,10 +54,10 @@ def test_laplacian_is_collapsed_and_exact(d, out, chunk):
     result = compute_derivatives(fn, x, ("value", "jacobian", "laplacian"), chunk_size=chunk)
     assert result.method == "collapsed"
     h = hessians(fn, x)
-    torch.testing.assert_close(result.outputs["laplacian"], h.diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-10,
-                               atol=1e-12)
-    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-10,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        result.outputs["laplacian"], h.diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(result.outputs["value"], torch.stack([fn(xi) for xi in x]).detach())
     if chunk == 3:
         torch.testing.assert_close(result.outputs["laplacian"], fd_laplacian(fn, x), rtol=1e-5, atol=1e-6)
@@ -77,14 +77,16 @@ def test_covered_ops_match_torch_func(d):
     fn = _ops if d > 1 else (lambda z: _ops(torch.cat([z, z * 0.5])))
     result = compute_derivatives(fn, x, ("laplacian",), chunk_size=2)
     assert result.method == "collapsed"
-    torch.testing.assert_close(result.outputs["laplacian"], hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1),
-                               rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        result.outputs["laplacian"], hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-9, atol=1e-10
+    )
 
 
 def test_an_uncovered_op_falls_back_to_taylor_with_the_same_numbers():
     torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(),
-                              torch.nn.Linear(8, 2)).to(F64)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(
+        F64
+    )
     x = torch.randn(6, 3, dtype=F64)
     result = compute_derivatives(net, x, ("laplacian",))
     assert result.method == "taylor"
@@ -106,12 +108,15 @@ def test_weighted_laplacian_constant_and_state_dependent_factor(d, out):
     torch.testing.assert_close(result.outputs["weighted_laplacian"], expected, rtol=1e-10, atol=1e-12)
 
     def factor(z):  # a diffusion matrix that depends on the state
-        return torch.eye(d, 3, dtype=z.dtype) * (1 + z[0] ** 2) + 0.1 * torch.outer(torch.sin(z), torch.ones(3, dtype=z.dtype))
+        return torch.eye(d, 3, dtype=z.dtype) * (1 + z[0] ** 2) + 0.1 * torch.outer(
+            torch.sin(z), torch.ones(3, dtype=z.dtype)
+        )
 
     result = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=factor), chunk_size=1)
     c = torch.vmap(lambda z: factor(z) @ factor(z).T)(x)
-    torch.testing.assert_close(result.outputs["weighted_laplacian"], torch.einsum("b...ij,bij->b...", h, c),
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        result.outputs["weighted_laplacian"], torch.einsum("b...ij,bij->b...", h, c), rtol=1e-10, atol=1e-12
+    )
     # a forced torch.func method contracts its Hessian: the same numbers
     forced = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=s), method="forward")
     assert forced.method == "forward"
@@ -132,8 +137,9 @@ def test_estimate_does_not_depend_on_chunking_or_the_shard_it_is_in():
     # a forced torch.func method uses the very same directions
     forced = compute_derivatives(fn, x, ("laplacian_estimate",), options=options, method="forward").outputs
     torch.testing.assert_close(forced["laplacian_estimate"], whole["laplacian_estimate"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(forced["laplacian_estimate_stderr"], whole["laplacian_estimate_stderr"], rtol=1e-10,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        forced["laplacian_estimate_stderr"], whole["laplacian_estimate_stderr"], rtol=1e-10, atol=1e-12
+    )
     # another seed gives other directions
     moved = compute_derivatives(fn, x, ("laplacian_estimate",), options=OperatorOptions(samples=8, seed=8)).outputs
     assert not torch.allclose(moved["laplacian_estimate"], whole["laplacian_estimate"])
@@ -151,8 +157,9 @@ def test_estimates_are_unbiased_within_their_standard_error(distribution, weight
     name = "weighted_laplacian_estimate" if weighted else "laplacian_estimate"
     # one call with many samples: 300 seeds' worth of sample indices, each a fresh set of directions
     many = x.repeat(seeds, 1)
-    out = compute_derivatives(fn, many, (name,), options=OperatorOptions(factor=s, samples=16, seed=11,
-                                                                          distribution=distribution)).outputs
+    out = compute_derivatives(
+        fn, many, (name,), options=OperatorOptions(factor=s, samples=16, seed=11, distribution=distribution)
+    ).outputs
     est = out[name].reshape(seeds, 2)
     stderr = out[name + "_stderr"].reshape(seeds, 2)
     mean_error = (est.mean(0) - exact).abs()
@@ -170,8 +177,13 @@ def _job(tmp_path, name, **derivatives):
         "function": {"kind": "mlp", "in_features": 3, "hidden": [16, 16], "out_features": 2, "activation": "tanh"},
         "inputs": {"kind": "normal", "n": 24, "shape": [3], "seed": 1},
         "quantities": ["value", "laplacian", "weighted_laplacian", "laplacian_estimate"],
-        "derivatives": {"dtype": "float64", "factor": [[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]], "samples": 8,
-                        "seed": 3, **derivatives},
+        "derivatives": {
+            "dtype": "float64",
+            "factor": [[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]],
+            "samples": 8,
+            "seed": 3,
+            **derivatives,
+        },
         "store": {"path": str(tmp_path / name), "chunk_size": 4},
         "execution": {"shard_size": 8, "retries": 0},
     }
@@ -192,10 +204,12 @@ def test_a_job_stores_the_operators_and_the_standard_error_the_same_for_any_shar
     x = torch.as_tensor(a.inputs.values)
     h = hessians(fn, x).detach()
     s = torch.tensor(spec.derivatives.factor, dtype=F64)
-    np.testing.assert_allclose(a["weighted_laplacian"].values, torch.einsum("bkij,ij->bk", h, s @ s.T).numpy(),
-                               rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(a["laplacian"].values, h.diagonal(dim1=-2, dim2=-1).sum(-1).numpy(), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        a["weighted_laplacian"].values, torch.einsum("bkij,ij->bk", h, s @ s.T).numpy(), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        a["laplacian"].values, h.diagonal(dim1=-2, dim2=-1).sum(-1).numpy(), rtol=1e-10, atol=1e-12
+    )
     for name in ("laplacian_estimate", "laplacian_estimate_stderr"):
         assert a[name].shape == (24, 2)
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=1e-13, err_msg=name)
@@ -301,10 +315,12 @@ def test_a_job_asks_for_shared_directions_and_the_default_keeps_its_hash(tmp_pat
     from pipeline.models import build_function
 
     fn = build_function(shared.function, F64)
-    again = compute_derivatives(fn, fn_x[:1].repeat(3, 1), ("laplacian_estimate",),
-                                options=shared.derivatives.operator_options(), offset=17).outputs
-    np.testing.assert_allclose(again["laplacian_estimate"].numpy(), np.repeat(a["laplacian_estimate"].values[:1], 3, 0),
-                               rtol=1e-12, atol=1e-13)
-    with pytest.raises(SpecError, match="derivatives.directions"):
+    again = compute_derivatives(
+        fn, fn_x[:1].repeat(3, 1), ("laplacian_estimate",), options=shared.derivatives.operator_options(), offset=17
+    ).outputs
+    np.testing.assert_allclose(
+        again["laplacian_estimate"].numpy(), np.repeat(a["laplacian_estimate"].values[:1], 3, 0), rtol=1e-12, atol=1e-13
+    )
+    with pytest.raises(SpecError, match=r"derivatives\.directions"):
         _job(tmp_path, "bad.zarr", directions="each")
     assert not (tmp_path / "bad.zarr").exists()

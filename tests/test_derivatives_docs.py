@@ -7,12 +7,23 @@ import importlib
 
 import pytest
 
-MODULES = ["pipeline.engine", "pipeline.engine.api", "pipeline.engine.strategies",
-           "pipeline.engine.jets", "pipeline.engine.univariate", "pipeline.engine.trace",
-           "pipeline.engine.taylor", "pipeline.engine.choose", "pipeline.engine.chunking",
-           "pipeline.engine.hvp", "pipeline.engine.collapsed",
-           "pipeline.engine.operators", "pipeline.engine.hvp_operator",
-           "pipeline.engine.rule_table", "pipeline.engine.jet_helpers"]
+MODULES = [
+    "pipeline.engine",
+    "pipeline.engine.api",
+    "pipeline.engine.strategies",
+    "pipeline.engine.jets",
+    "pipeline.engine.univariate",
+    "pipeline.engine.trace",
+    "pipeline.engine.taylor",
+    "pipeline.engine.choose",
+    "pipeline.engine.chunking",
+    "pipeline.engine.hvp",
+    "pipeline.engine.collapsed",
+    "pipeline.engine.operators",
+    "pipeline.engine.hvp_operator",
+    "pipeline.engine.rule_table",
+    "pipeline.engine.jet_helpers",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

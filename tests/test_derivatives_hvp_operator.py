@@ -53,7 +53,7 @@ def test_seed001_newton_step_by_cg_matches_the_dense_solve():
         assert fn.calls == 1 and op.products == iterations
         g = torch.cat(op.gradient)
         if n <= 300:  # the full dense Hessian, float64, and a dense solve
-            flat = torch.func.hessian(lambda z: seed001(z[:n], z[n:]))(torch.cat([w, x]))
+            flat = torch.func.hessian(lambda z, n=n: seed001(z[:n], z[n:]))(torch.cat([w, x]))
             expected = torch.linalg.solve(flat, -g)
         else:  # 20,000 unknowns: the Hessian only couples (w_i, x_i): a dense solve per 2x2 block
             blocks = torch.tensor([[2.0, 1.0], [1.0, 0.0]], dtype=F64).expand(n, 2, 2) / n

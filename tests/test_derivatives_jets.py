@@ -75,7 +75,9 @@ def test_matmul_product_of_two_jets():
             for m in range(3):
                 term = _poly_product(
                     {alpha: float(a.coeffs[p, 0, i, m]) for p, alpha in enumerate(index_set.indices)},
-                    {alpha: float(b.coeffs[p, 0, m, j]) for p, alpha in enumerate(index_set.indices)}, 3)
+                    {alpha: float(b.coeffs[p, 0, m, j]) for p, alpha in enumerate(index_set.indices)},
+                    3,
+                )
                 for alpha, value in term.items():
                     expected[alpha] = expected.get(alpha, 0.0) + value
             for p, alpha in enumerate(index_set.indices):
@@ -92,7 +94,8 @@ def test_univariate_sequences_match_repeated_autograd(name):
         u = u.abs() * 0.5
     seq = univariate.derivative_sequence(name, u, order)
     func = {"reciprocal": torch.reciprocal, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}.get(
-        name, getattr(torch, name, None))
+        name, getattr(torch, name, None)
+    )
     ref = autograd_loop(func, u, order)  # u [7]: seven 0-d samples, so each order is [7]
     torch.testing.assert_close(seq[0], ref[0])
     for j in range(1, order + 1):

@@ -8,16 +8,16 @@ import pytest
 import torch
 from references import autograd_loop
 
-from pipeline.engine import compute_derivatives
-from pipeline.engine import chunking
+from pipeline.engine import chunking, compute_derivatives
 
 D = torch.float64
 
 
 def _net(seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
-                               torch.nn.Linear(32, 4)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)
+    ).double()
 
 
 def test_tracker_counts_live_bytes_and_views_once():
@@ -86,8 +86,9 @@ def test_memory_cap_backs_off_a_too_large_chunk(method):
     per_chunk = free.peak_memory_bytes
     assert per_chunk > 30_000
     cap = per_chunk // 3
-    result = compute_derivatives(net, x, ("value", "jacobian", "hessian"), method=method, chunk_size=16,
-                                 memory_limit_bytes=cap)
+    result = compute_derivatives(
+        net, x, ("value", "jacobian", "hessian"), method=method, chunk_size=16, memory_limit_bytes=cap
+    )
     assert result.chunk_size < 16
     assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= cap
     ref = autograd_loop(net, x, 2)
@@ -176,5 +177,6 @@ def test_a_torch_func_method_whose_one_sample_tensors_cannot_fit_stops_before_ru
     assert len(calls) == 1  # only the one-sample call that finds the output size; nothing was differentiated
     monkeypatch.setattr(chunking, "available_bytes", lambda device: 4 * hessian_bytes)  # fits: one sample measured
     result = compute_derivatives(net, x, ("laplacian",), method="forward")
-    torch.testing.assert_close(result.outputs["laplacian"].double(), reference.diagonal(dim1=-2, dim2=-1).sum(-1),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        result.outputs["laplacian"].double(), reference.diagonal(dim1=-2, dim2=-1).sum(-1), atol=1e-5, rtol=1e-4
+    )

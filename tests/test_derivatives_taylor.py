@@ -78,8 +78,12 @@ OPS = {
     "constants_inside": (_buffer, None),
     "expand_unsqueeze": (lambda x: (x.unsqueeze(0).expand(2, 3) * x[:2].unsqueeze(1)).sum(0), None),
     "two_layers": (lambda x: LIN2(torch.tanh(LIN(x))), None),
-    "conv1d_conv2d": (lambda x: torch.tanh(CONV1(x.reshape(1, 3))).sum(0)
-                      + CONV2(torch.outer(x, x.sin()).reshape(1, 3, 3)).sum(0).flatten(), None),
+    "conv1d_conv2d": (
+        lambda x: (
+            torch.tanh(CONV1(x.reshape(1, 3))).sum(0) + CONV2(torch.outer(x, x.sin()).reshape(1, 3, 3)).sum(0).flatten()
+        ),
+        None,
+    ),
 }
 
 
@@ -137,15 +141,16 @@ def _nested_jacrev(fn, x, order):
 @pytest.mark.parametrize("in_size", [1, 2, 3, 4])
 def test_orders_and_input_sizes_of_an_mlp(order, in_size):
     torch.manual_seed(order * 10 + in_size)
-    net = torch.nn.Sequential(torch.nn.Linear(in_size, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Sigmoid(),
-                              torch.nn.Linear(5, 2)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(in_size, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 2)
+    ).double()
     x = torch.randn(3, in_size, dtype=D)
     name = {1: "jacobian", 2: "hessian"}.get(order, f"d{order}")
     result = compute_derivatives(net, x, (name,), method="taylor")
     assert result.method == "taylor"
     # nested reverse mode (torch.func) everywhere; the plain autograd loop too where it is quick
     torch.testing.assert_close(result.outputs[name], _nested_jacrev(net, x, order))
-    if in_size ** order <= 27:
+    if in_size**order <= 27:
         torch.testing.assert_close(result.outputs[name], autograd_loop(net, x, order)[order])
 
 
@@ -197,8 +202,9 @@ def test_data_dependent_control_flow_is_refused_by_the_tracer():
 
 
 def test_output_independent_of_input():
-    result = compute_derivatives(lambda x: torch.ones(2, dtype=D), torch.randn(3, 2, dtype=D),
-                                 ("value", "jacobian", "hessian"), method="taylor")
+    result = compute_derivatives(
+        lambda x: torch.ones(2, dtype=D), torch.randn(3, 2, dtype=D), ("value", "jacobian", "hessian"), method="taylor"
+    )
     torch.testing.assert_close(result.outputs["value"], torch.ones(3, 2, dtype=D))
     assert result.outputs["hessian"].abs().max() == 0 and result.outputs["hessian"].shape == (3, 2, 2, 2)
 
@@ -225,7 +231,9 @@ def test_many_inputs_build_their_index_set_from_multisets_and_match_torch_func()
     x = torch.randn(5, 60, dtype=torch.float64)
     result = compute_derivatives(net, x, ("jacobian", "hessian"), method="taylor")
     assert result.method == "taylor"
-    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(net))(x), rtol=1e-10,
-                               atol=1e-12)
-    torch.testing.assert_close(result.outputs["hessian"], torch.vmap(torch.func.hessian(net))(x), rtol=1e-10,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        result.outputs["jacobian"], torch.vmap(torch.func.jacrev(net))(x), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(
+        result.outputs["hessian"], torch.vmap(torch.func.hessian(net))(x), rtol=1e-10, atol=1e-12
+    )

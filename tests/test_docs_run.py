@@ -41,9 +41,15 @@ MARKER = re.compile(r"<!--\s*doc-test:\s*(.*?)\s*-->")
 STORES = {
     "results/grid.zarr": ("jobs/grid.yaml", []),  # full size: the README reshapes it to 100 x 50
     "results/quickstart.zarr": ("jobs/quickstart.yaml", ["inputs.n=4096"]),
-    "results/sweep.zarr": ("jobs/sweep.yaml", [
-        "sweep.axes.T0_mean.num=3", "sweep.axes.sigma_mean.num=2", "solver.options.t_end=0.1",
-        "solver.options.save_every=20"]),
+    "results/sweep.zarr": (
+        "jobs/sweep.yaml",
+        [
+            "sweep.axes.T0_mean.num=3",
+            "sweep.axes.sigma_mean.num=2",
+            "solver.options.t_end=0.1",
+            "solver.options.save_every=20",
+        ],
+    ),
 }
 
 
@@ -71,11 +77,11 @@ def doc_blocks() -> list[Block]:
                 if directive.startswith("skip"):
                     block.skip = directive[4:].strip(" ()") or "marked skip"
                 elif directive.startswith("replace "):
-                    old, new = directive[len("replace "):].split(" -> ")
+                    old, new = directive[len("replace ") :].split(" -> ")
                     assert old in block.code, f"{block.where}: the marker replaces {old!r}, not in the block"
                     block.code = block.code.replace(old, new)
                 elif directive.startswith("needs "):
-                    block.needs += directive[len("needs "):].split()
+                    block.needs += directive[len("needs ") :].split()
                 elif directive.startswith("set "):
                     block.sets += [s for s in directive.split("set ") if s.strip() and s.strip()]
                     block.sets = [s.strip() for s in block.sets]
@@ -87,8 +93,11 @@ def doc_blocks() -> list[Block]:
 
 BLOCKS = doc_blocks()
 PYTHON = [b for b in BLOCKS if b.lang == "python"]
-JOBS = [b for b in BLOCKS if b.lang == "yaml" and isinstance(yaml.safe_load(b.code), dict)
-        and "schema_version" in yaml.safe_load(b.code)]
+JOBS = [
+    b
+    for b in BLOCKS
+    if b.lang == "yaml" and isinstance(yaml.safe_load(b.code), dict) and "schema_version" in yaml.safe_load(b.code)
+]
 FILES = [b for b in PYTHON if re.match(r"#\s*[\w./-]+\.py\s*$", b.code.splitlines()[0])]
 
 
@@ -120,8 +129,10 @@ def ensure_store(scratch: Path, store: str, where: str) -> None:
     if (scratch / store / "zarr.json").is_file():
         return
     if store not in STORES:
-        pytest.fail(f"{where} reads {store}: add the job that makes it to STORES in tests/test_docs_run.py, "
-                    "or mark the block <!-- doc-test: skip (why) -->")
+        pytest.fail(
+            f"{where} reads {store}: add the job that makes it to STORES in tests/test_docs_run.py, "
+            "or mark the block <!-- doc-test: skip (why) -->"
+        )
     job, overrides = STORES[store]
     spec = load_spec(ROOT / job, [*overrides, f"store.path={scratch / store}"])
     assert submit(spec, InlineExecutor()).complete

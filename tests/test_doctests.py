@@ -9,13 +9,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["pipeline.quantities", "pipeline.plan", "pipeline.spec", "pipeline.sources", "pipeline.models",
-           "pipeline.sweeps", "pipeline.solvers.interface", "pipeline.solvers.rte1d", "pipeline.solvers.heat1d",
-           "pipeline.solvers.registry", "pipeline.solvers.run", "pipeline.solvers.params", "pipeline.solvers.checks",
-           "pipeline.solvers.sensitivity", "pipeline.sobol", "pipeline.parquet", "pipeline.store", "pipeline.lock", "pipeline.fingerprints",
-           "pipeline.labels", "pipeline.provenance", "pipeline.encoding"]
-MODULES += ["pipeline.live", "pipeline.spec.base", "pipeline.spec.derivative", "pipeline.spec.sweep", "pipeline.spec.loading",
-            "pipeline.kinds"]
+MODULES = [
+    "pipeline.quantities",
+    "pipeline.plan",
+    "pipeline.spec",
+    "pipeline.sources",
+    "pipeline.models",
+    "pipeline.sweeps",
+    "pipeline.solvers.interface",
+    "pipeline.solvers.rte1d",
+    "pipeline.solvers.heat1d",
+    "pipeline.solvers.registry",
+    "pipeline.solvers.run",
+    "pipeline.solvers.params",
+    "pipeline.solvers.checks",
+    "pipeline.solvers.sensitivity",
+    "pipeline.sobol",
+    "pipeline.parquet",
+    "pipeline.store",
+    "pipeline.lock",
+    "pipeline.fingerprints",
+    "pipeline.labels",
+    "pipeline.provenance",
+    "pipeline.encoding",
+]
+MODULES += [
+    "pipeline.live",
+    "pipeline.spec.base",
+    "pipeline.spec.derivative",
+    "pipeline.spec.sweep",
+    "pipeline.spec.loading",
+    "pipeline.kinds",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

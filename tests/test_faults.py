@@ -38,8 +38,13 @@ execution: {{shard_size: 500, retries: 2}}
 def test_a_killed_driver_leaves_no_ray_and_resumes_bit_identical(tmp_path, ray_cluster):
     job = tmp_path / "job.yaml"
     job.write_text(JOB.format(store=tmp_path / "killed.zarr"))
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     markers = tmp_path / "killed.zarr" / "_shards"
     ray_processes: list[tuple[int, int]] = []
     try:
@@ -76,15 +81,23 @@ def test_a_worker_killed_mid_shard_is_retried_bit_identical(tmp_path, ray_cluste
     flag.write_text("")
 
     def spec_at(name):
-        return validate_spec({
-            "schema_version": 1, "name": "worker-kill",
-            "function": {"kind": "import", "target": "user_fns:dies_once_on_a_worker",
-                         "kwargs": {"flag": str(flag), "driver_pid": os.getpid()}, "python_path": [TESTS]},
-            "inputs": {"kind": "uniform", "n": 4000, "shape": [2], "seed": 2},
-            "quantities": ["value", "jacobian", "hessian"],
-            "derivatives": {"dtype": "float64", "method": "taylor"},  # auto may time a close call either way
-            "store": {"path": str(tmp_path / name), "chunk_size": 250}, "execution": {"shard_size": 500, "retries": 2},
-        })
+        return validate_spec(
+            {
+                "schema_version": 1,
+                "name": "worker-kill",
+                "function": {
+                    "kind": "import",
+                    "target": "user_fns:dies_once_on_a_worker",
+                    "kwargs": {"flag": str(flag), "driver_pid": os.getpid()},
+                    "python_path": [TESTS],
+                },
+                "inputs": {"kind": "uniform", "n": 4000, "shape": [2], "seed": 2},
+                "quantities": ["value", "jacobian", "hessian"],
+                "derivatives": {"dtype": "float64", "method": "taylor"},  # auto may time a close call either way
+                "store": {"path": str(tmp_path / name), "chunk_size": 250},
+                "execution": {"shard_size": 500, "retries": 2},
+            }
+        )
 
     spec = spec_at("killed.zarr")
     summary = submit(spec, RayExecutor())
@@ -95,4 +108,3 @@ def test_a_worker_killed_mid_shard_is_retried_bit_identical(tmp_path, ray_cluste
     clean = spec_at("clean.zarr")
     assert submit(clean, RayExecutor()).complete
     assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
-

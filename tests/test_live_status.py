@@ -26,27 +26,47 @@ def run(*args, env=None):
     return CliRunner(env=env).invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def write_job(folder: Path, *, n: int, shard_size: int, chunk_size: int = 4, target: str = "user_fns:slow_sin",
-              retries: int = 1, kwargs: dict | None = None) -> tuple[Path, Path]:
+def write_job(
+    folder: Path,
+    *,
+    n: int,
+    shard_size: int,
+    chunk_size: int = 4,
+    target: str = "user_fns:slow_sin",
+    retries: int = 1,
+    kwargs: dict | None = None,
+) -> tuple[Path, Path]:
     """A job file calling a tests/user_fns.py function (method forward calls it on every block)."""
     store = folder / "live.zarr"
     job = folder / "live.yaml"
-    job.write_text(json.dumps({
-        "schema_version": 1, "name": "live",
-        "function": {"kind": "import", "target": target, "python_path": [str(TESTS)], "kwargs": kwargs or {}},
-        "inputs": {"kind": "uniform", "n": n, "shape": [2], "seed": 1},
-        "quantities": ["value", "jacobian"], "derivatives": {"method": "forward", "dtype": "float64"},
-        "store": {"path": str(store), "chunk_size": chunk_size},
-        "execution": {"shard_size": shard_size, "retries": retries},
-    }))
+    job.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "name": "live",
+                "function": {"kind": "import", "target": target, "python_path": [str(TESTS)], "kwargs": kwargs or {}},
+                "inputs": {"kind": "uniform", "n": n, "shape": [2], "seed": 1},
+                "quantities": ["value", "jacobian"],
+                "derivatives": {"method": "forward", "dtype": "float64"},
+                "store": {"path": str(store), "chunk_size": chunk_size},
+                "execution": {"shard_size": shard_size, "retries": retries},
+            }
+        )
+    )
     return job, store
 
 
 def start_driver(job: Path, *args: str, seconds_per_call: float) -> subprocess.Popen:
     env = {**os.environ, SLOW_ENV: str(seconds_per_call), "PIPELINE_PROGRESS_INTERVAL": "0.5"}
     pipeline = Path(sys.executable).with_name("pipeline")  # the console script, as a user runs it
-    return subprocess.Popen([str(pipeline), "submit", str(job), *args],
-                            cwd=str(job.parent), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(pipeline), "submit", str(job), *args],
+        cwd=str(job.parent),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def status(store: Path) -> tuple[int, dict]:
@@ -60,9 +80,9 @@ def wait_for(predicate, process: subprocess.Popen, store: Path, limit_s: float =
     while time.monotonic() < deadline:
         if os.path.exists(store / "zarr.json") or os.path.exists(f"{store}.lock"):
             try:
-                code, report = status(store)
+                _, report = status(store)
             except json.JSONDecodeError:  # no store yet and no driver holding it
-                code, report = None, None
+                report = None
             if report is not None and predicate(report):
                 return report
         assert process.poll() is None, process.stdout.read()
@@ -93,8 +113,9 @@ def test_running_then_stale_after_sigkill_then_complete_after_resume(tmp_path, k
     job, store = write_job(tmp_path, n=128, shard_size=16)  # 8 shards of 4 blocks, ~0.2 s a block
     driver = start_driver(job, "--executor", "inline", seconds_per_call=0.1)
     killed_driver.append(driver)
-    report = wait_for(lambda r: r["state"] == "running" and (r["driver"]["progress"] or {}).get("samples_done"),
-                      driver, store)
+    report = wait_for(
+        lambda r: r["state"] == "running" and (r["driver"]["progress"] or {}).get("samples_done"), driver, store
+    )
     # running: who, since when, the command, live counters that count samples within a shard
     assert status(store)[0] == 3
     info = report["driver"]
@@ -102,13 +123,29 @@ def test_running_then_stale_after_sigkill_then_complete_after_resume(tmp_path, k
     assert info["command"] == f"pipeline submit {job} --executor inline"
     assert info["cwd"] == str(tmp_path) and info["started"] and info["host"]
     progress = info["progress"]
-    assert set(progress) >= {"shards", "shards_done", "shards_running", "shards_pending", "shards_failed",
-                             "samples", "samples_done", "samples_per_second", "eta_seconds"}
+    assert set(progress) >= {
+        "shards",
+        "shards_done",
+        "shards_running",
+        "shards_pending",
+        "shards_failed",
+        "samples",
+        "samples_done",
+        "samples_per_second",
+        "eta_seconds",
+    }
     assert progress["shards"] == 8 and progress["samples"] == 128 and progress["shards_failed"] == 0
     assert progress["shards_done"] + progress["shards_running"] + progress["shards_pending"] == 8
     # a shard committed (so the resume below keeps it) and the next one part-way
-    report = wait_for(lambda r: r["driver"]["progress"]["shards_done"] >= 1 and r["driver"]["progress"]["eta_seconds"]
-                      and within_a_shard(r["driver"]["progress"], 16), driver, store)
+    report = wait_for(
+        lambda r: (
+            r["driver"]["progress"]["shards_done"] >= 1
+            and r["driver"]["progress"]["eta_seconds"]
+            and within_a_shard(r["driver"]["progress"], 16)
+        ),
+        driver,
+        store,
+    )
     assert report["complete"] is False and report["driver"]["progress"]["samples_per_second"] > 0
     text = run("status", store)
     assert text.exit_code == 3
@@ -155,7 +192,7 @@ def test_a_store_being_replaced_is_never_complete(tmp_path, killed_driver):
     running = [i for i, s in enumerate(seen) if s[1] == "running"]
     assert running, seen
     # from the moment a driver holds it, the old complete store is not called complete
-    assert all(s == (3, "running", False) for s in seen[running[0]:]), seen
+    assert all(s == (3, "running", False) for s in seen[running[0] :]), seen
     kill(driver)
     code, report = status(store)
     assert (code, report["state"], report["complete"]) == (1, "stale", False)
@@ -188,8 +225,7 @@ def test_ray_progress_lines_count_samples_off_a_terminal(tmp_path, ray_cluster):
 
 
 def test_failed_attempts_are_one_line_each_and_inspect_shows_the_traceback(tmp_path, ray_cluster):
-    job, store = write_job(tmp_path, n=16, shard_size=8, chunk_size=8, target="user_fns:fails_in_ray_task",
-                           retries=2)
+    job, store = write_job(tmp_path, n=16, shard_size=8, chunk_size=8, target="user_fns:fails_in_ray_task", retries=2)
     result = run("submit", job, "--progress-interval", "60")
     assert result.exit_code == 1, result.output
     out = result.output
@@ -197,15 +233,21 @@ def test_failed_attempts_are_one_line_each_and_inspect_shows_the_traceback(tmp_p
         for attempt in (1, 2):
             line = f"shard {shard}: attempt {attempt}/3 failed, retrying: RuntimeError: this worker always fails\n"
             assert out.count(line) == 1, out
-        assert out.count(f"shard {shard}: attempt 3/3 failed, giving up: RuntimeError: this worker always fails "
-                         f"(traceback: pipeline inspect {store} --shard {shard})") == 1, out
+        assert (
+            out.count(
+                f"shard {shard}: attempt 3/3 failed, giving up: RuntimeError: this worker always fails "
+                f"(traceback: pipeline inspect {store} --shard {shard})"
+            )
+            == 1
+        ), out
     assert "Traceback" not in out and "retries remaining" not in out and "File " not in out, out
     from pipeline.store import read_manifest
 
     manifest = read_manifest(store).to_pydict()
     assert manifest["status"] == ["failed", "failed"] and manifest["attempts"] == [3, 3]
-    assert all(e.startswith("Traceback (most recent call last)") and "fails_in_ray_task" in e
-               for e in manifest["error"])
+    assert all(
+        e.startswith("Traceback (most recent call last)") and "fails_in_ray_task" in e for e in manifest["error"]
+    )
     summary = run("inspect", store).output
     assert "shard 1 failed: RuntimeError: this worker always fails\n" in summary and "Traceback" not in summary
     shard = run("inspect", store, "--shard", 1)

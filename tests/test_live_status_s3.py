@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from test_live_status import within_a_shard
 
 from pipeline import storage
@@ -38,23 +37,39 @@ def run(*args, env=None):
 def write_job(folder: Path, store: str, *, n: int, shard_size: int) -> Path:
     """A job calling tests/user_fns.py's slow_sin (method forward calls it on every block of 4 samples)."""
     job = folder / "live.yaml"
-    job.write_text(json.dumps({
-        "schema_version": 1, "name": "live",
-        "function": {"kind": "import", "target": "user_fns:slow_sin", "python_path": [str(TESTS)]},
-        "inputs": {"kind": "uniform", "n": n, "shape": [2], "seed": 1},
-        "quantities": ["value", "jacobian"], "derivatives": {"method": "forward", "dtype": "float64"},
-        "store": {"path": store, "chunk_size": 4},
-        "execution": {"shard_size": shard_size, "retries": 1},
-    }))
+    job.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "name": "live",
+                "function": {"kind": "import", "target": "user_fns:slow_sin", "python_path": [str(TESTS)]},
+                "inputs": {"kind": "uniform", "n": n, "shape": [2], "seed": 1},
+                "quantities": ["value", "jacobian"],
+                "derivatives": {"method": "forward", "dtype": "float64"},
+                "store": {"path": store, "chunk_size": 4},
+                "execution": {"shard_size": shard_size, "retries": 1},
+            }
+        )
+    )
     return job
 
 
 def start_driver(job: Path, *args: str, seconds_per_call: float) -> subprocess.Popen:
     """`python -m pipeline submit JOB ...` in its own process, finding the server by the AWS_* variables."""
-    env = {**os.environ, SLOW_ENV: str(seconds_per_call), "PIPELINE_LEASE_TTL_S": str(TTL_S),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "submit", str(job), *args], cwd=str(job.parent),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        SLOW_ENV: str(seconds_per_call),
+        "PIPELINE_LEASE_TTL_S": str(TTL_S),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "submit", str(job), *args],
+        cwd=str(job.parent),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def status(url: str) -> tuple[int, dict | None]:
@@ -123,7 +138,7 @@ def test_running_then_stale_when_the_lease_expires_then_complete_after_resume(s3
         assert driver.poll() is None and len(seen) < 200, driver.stdout.read()
         time.sleep(0.5)  # a status costs this process and the server CPU that the driver needs
     running = [i for i, s in enumerate(seen) if s[1] == "running"]
-    assert all(s == (3, "running", False) for s in seen[running[0]:]), seen
+    assert all(s == (3, "running", False) for s in seen[running[0] :]), seen
 
     # running: who, since when, the command, live counters that count samples within a shard (progress objects)
     info = report["driver"]
@@ -134,9 +149,16 @@ def test_running_then_stale_when_the_lease_expires_then_complete_after_resume(s3
     progress = info["progress"]
     assert (progress["shards"], progress["samples"], progress["shards_failed"]) == (8, 128, 0)
     assert progress["shards_done"] + progress["shards_running"] + progress["shards_pending"] == 8
-    report = wait_for(lambda r: r["state"] == "running" and r["done"] >= 1
-                      and within_a_shard(r["driver"]["progress"], 16) and r["driver"]["progress"]["eta_seconds"],
-                      driver, url)
+    report = wait_for(
+        lambda r: (
+            r["state"] == "running"
+            and r["done"] >= 1
+            and within_a_shard(r["driver"]["progress"], 16)
+            and r["driver"]["progress"]["eta_seconds"]
+        ),
+        driver,
+        url,
+    )
     assert report["complete"] is False and report["driver"]["progress"]["samples_per_second"] > 0
     assert storage.exists(url + ".driver.json")
     text = run("status", url)
@@ -196,16 +218,28 @@ def test_status_of_a_lease_left_fresh_expired_or_by_a_dead_process(s3_server, tm
     assert run("submit", job, "--executor", "inline", "--quiet", env={SLOW_ENV: "0"}).exit_code == 0
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live holder's pid
     try:
-        for pid, expires, state in ((other.pid, time.time() + 60, "running"), (other.pid, time.time() - 1, "stale"),
-                                    (-1, time.time() + 60, None)):
+        for pid, expires, state in (
+            (other.pid, time.time() + 60, "running"),
+            (other.pid, time.time() - 1, "stale"),
+            (-1, time.time() + 60, None),
+        ):
             if state is None:  # the same lease once its process has gone: stale at once, before it expires
                 other.kill()
                 other.wait()
                 pid, state = other.pid, "stale"
             held = {"host": os.uname().nodename, "pid": pid, "token": "t", "since": "s", "expires": expires}
             storage.write_bytes(url + ".lease", json.dumps(held).encode())
-            live.put_record(url, {"host": held["host"], "pid": pid, "started": "s", "phase": "replacing",
-                                  "replacing": True, "progress": None})  # an --overwrite: never complete
+            live.put_record(
+                url,
+                {
+                    "host": held["host"],
+                    "pid": pid,
+                    "started": "s",
+                    "phase": "replacing",
+                    "replacing": True,
+                    "progress": None,
+                },
+            )  # an --overwrite: never complete
             code, report = status(url)
             assert (code, report["state"], report["driver"]["pid"]) == ({"running": 3, "stale": 1}[state], state, pid)
             assert report["complete"] is False and report["driver"]["alive"] is (state == "running")

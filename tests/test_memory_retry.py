@@ -212,8 +212,14 @@ def test_a_shard_killed_by_rays_memory_monitor_succeeds_on_its_smaller_retry(tmp
     path = tmp_path / "killed.json"
     path.write_text(json.dumps(spec.model_dump(mode="json")))
     env = {**os.environ, "RAY_memory_usage_threshold": f"{line / total:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
-    result = subprocess.run([sys.executable, "-m", "pipeline", "submit", str(path), "--local"], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", str(path), "--local"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "shard 0: attempt 1/4 failed, retrying: OutOfMemoryError: " in result.stderr, result.stderr[-4000:]
     rows = manifest(spec.store.path)

@@ -19,18 +19,22 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from s3server import Outage
 
 from pipeline import storage
 from pipeline.cli import main
 from pipeline.store import open_results, read_attributes, read_markers
-from s3server import Outage
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "jobs/quickstart.yaml"
 SMALL = ["--set", "inputs.n=6000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]  # 12 shards
 SWEEP = [
-    "--set", "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
-    "--set", "store.chunk_size=2", "--set", "execution.shard_size=2",
+    "--set",
+    "solver.options={nx: 64, n_angles: 4, t_end: 0.25, save_every: 5}",
+    "--set",
+    "store.chunk_size=2",
+    "--set",
+    "execution.shard_size=2",
 ]
 
 
@@ -39,9 +43,15 @@ def cli(*args):
 
 
 def subprocess_cli(*args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=str(ROOT),
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        cwd=str(ROOT),
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def assert_same_dataset(ds: xr.Dataset, reference: xr.Dataset) -> None:
@@ -54,7 +64,7 @@ def assert_same_dataset(ds: xr.Dataset, reference: xr.Dataset) -> None:
 def objects(url: str) -> list[str]:
     fs, path = storage.filesystem(url)
     fs.invalidate_cache()
-    return sorted(p[len(path) + 1:] for p in fs.find(path))
+    return sorted(p[len(path) + 1 :] for p in fs.find(path))
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +112,17 @@ def test_storage_options_are_used_and_never_stored(s3_server, local_quickstart, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     options = json.dumps(s3_server.storage_options())
     url = s3_server.url("with-options.zarr")
-    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}",
-                 "--set", f"store.storage_options={options}", *SMALL)
+    result = cli(
+        "submit",
+        QUICKSTART,
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={url}",
+        "--set",
+        f"store.storage_options={options}",
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     assert s3_server.secret not in result.output
     storage.set_options(url, s3_server.storage_options())
@@ -118,20 +137,41 @@ def test_sweep_job_to_s3_on_ray_with_a_case_table_from_s3(s3_server, ray_cluster
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cases = pa.table({"T0_mean": [1.0, 2.0, 1.5, 0.5], "sigma_mean": [0.5, 1.0, 2.0, 1.0],
-                      "T0_phase": [0.0, 0.0, 1.0, 0.5]})
+    cases = pa.table(
+        {"T0_mean": [1.0, 2.0, 1.5, 0.5], "sigma_mean": [0.5, 1.0, 2.0, 1.0], "T0_phase": [0.0, 0.0, 1.0, 0.5]}
+    )
     pq.write_table(cases, tmp_path / "cases.parquet")
     storage.write_bytes(s3_server.url("inputs/cases.parquet"), (tmp_path / "cases.parquet").read_bytes())
     local = tmp_path / "sweep.zarr"
-    result = cli("submit", ROOT / "jobs/sweep.yaml", "--executor", "inline", "-q", "--set", f"store.path={local}",
-                 "--set", f"sweep={{kind: parquet, path: {tmp_path / 'cases.parquet'}}}", *SWEEP)
+    result = cli(
+        "submit",
+        ROOT / "jobs/sweep.yaml",
+        "--executor",
+        "inline",
+        "-q",
+        "--set",
+        f"store.path={local}",
+        "--set",
+        f"sweep={{kind: parquet, path: {tmp_path / 'cases.parquet'}}}",
+        *SWEEP,
+    )
     assert result.exit_code == 0, result.output
     url = s3_server.url("sweep.zarr")
     # the workers of a Ray started earlier may lack this session's AWS variables: the options travel in the spec
     options = json.dumps(s3_server.storage_options())
-    result = cli("submit", ROOT / "jobs/sweep.yaml", "--local", "-q", "--set", f"store.path={url}",
-                 "--set", f"store.storage_options={options}",
-                 "--set", f"sweep={{kind: parquet, path: {s3_server.url('inputs/cases.parquet')}}}", *SWEEP)
+    result = cli(
+        "submit",
+        ROOT / "jobs/sweep.yaml",
+        "--local",
+        "-q",
+        "--set",
+        f"store.path={url}",
+        "--set",
+        f"store.storage_options={options}",
+        "--set",
+        f"sweep={{kind: parquet, path: {s3_server.url('inputs/cases.parquet')}}}",
+        *SWEEP,
+    )
     assert result.exit_code == 0, result.output
     storage.set_options(url, s3_server.storage_options())
     assert_same_dataset(open_results(url), open_results(local))
@@ -152,8 +192,15 @@ def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quic
     torch.save(make_mlp(2, [16], 3, activation="tanh").state_dict(), tmp_path / "net.pt")
     for name in ("x.npy", "x.parquet", "net.pt"):
         storage.write_bytes(s3_server.url(f"inputs/{name}"), (tmp_path / name).read_bytes())
-    common = ["--set", "function={kind: mlp, in_features: 2, hidden: [16], out_features: 3, activation: tanh, "
-                        "seed: 0, checkpoint: %s}", "--set", "store.chunk_size=100", "--set", "execution.shard_size=200"]
+    common = [
+        "--set",
+        "function={kind: mlp, in_features: 2, hidden: [16], out_features: 3, activation: tanh, "
+        "seed: 0, checkpoint: %s}",
+        "--set",
+        "store.chunk_size=100",
+        "--set",
+        "execution.shard_size=200",
+    ]
     jobs = {
         "npy": "inputs={kind: npy, path: %s/x.npy}",
         "parquet": "inputs={kind: parquet, path: %s/x.parquet, columns: [a, b]}",
@@ -162,8 +209,20 @@ def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quic
         stores = {}
         for where, base in (("local", str(tmp_path)), ("s3", s3_server.url("inputs"))):
             stores[where] = (tmp_path / f"{kind}.zarr") if where == "local" else s3_server.url(f"from-{kind}.zarr")
-            result = cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={stores[where]}",
-                         "--set", inputs % base, common[0], common[1] % f"{base}/net.pt", *common[2:])
+            result = cli(
+                "submit",
+                QUICKSTART,
+                "--executor",
+                "inline",
+                "-q",
+                "--set",
+                f"store.path={stores[where]}",
+                "--set",
+                inputs % base,
+                common[0],
+                common[1] % f"{base}/net.pt",
+                *common[2:],
+            )
             assert result.exit_code == 0, (kind, where, result.output)
         assert_same_dataset(open_results(stores["s3"]), open_results(stores["local"]))
         assert "etag" in read_attributes(stores["s3"])["files"]["function.checkpoint"]
@@ -171,9 +230,21 @@ def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quic
     out = {}
     for where, source in (("local", local_quickstart), ("s3", s3_quickstart)):
         out[where] = tmp_path / "from-store.zarr" if where == "local" else s3_server.url("from-store.zarr")
-        result = cli("submit", ROOT / "jobs/from_store.yaml", "--executor", "inline", "-q",
-                     "--set", f"store.path={out[where]}", "--set", f"inputs.path={source}",
-                     "--set", "store.chunk_size=1500", "--set", "execution.shard_size=3000")
+        result = cli(
+            "submit",
+            ROOT / "jobs/from_store.yaml",
+            "--executor",
+            "inline",
+            "-q",
+            "--set",
+            f"store.path={out[where]}",
+            "--set",
+            f"inputs.path={source}",
+            "--set",
+            "store.chunk_size=1500",
+            "--set",
+            "execution.shard_size=3000",
+        )
         assert result.exit_code == 0, (where, result.output)
     assert_same_dataset(open_results(out["s3"]), open_results(out["local"]))
 
@@ -181,8 +252,11 @@ def test_inputs_and_checkpoint_read_from_s3(s3_server, s3_quickstart, local_quic
 def _wait_for_markers(url: str, process: subprocess.Popen, at_least: int = 1, timeout: float = 120) -> int:
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        done = len([n for n in objects(url) if n.startswith("_shards/") and n.endswith(".json")]) \
-            if storage.exists(storage.join(url, "zarr.json")) else 0
+        done = (
+            len([n for n in objects(url) if n.startswith("_shards/") and n.endswith(".json")])
+            if storage.exists(storage.join(url, "zarr.json"))
+            else 0
+        )
         if done >= at_least or process.poll() is not None:
             return done
         time.sleep(0.05)
@@ -213,8 +287,18 @@ def test_server_gone_mid_run_commits_nothing_half_and_a_rerun_finishes(s3_server
     url = s3_server.url("outage.zarr")
     # one try per storage call and per shard, so that the shards after the outage fail fast (retries: below)
     env = {"AWS_ENDPOINT_URL": proxy.endpoint, "PIPELINE_STORAGE_RETRIES": "1"}
-    args = ("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}",
-            "--set", "execution.retries=0", *SMALL)
+    args = (
+        "submit",
+        QUICKSTART,
+        "--executor",
+        "inline",
+        "-q",
+        "--set",
+        f"store.path={url}",
+        "--set",
+        "execution.retries=0",
+        *SMALL,
+    )
     try:
         process = subprocess_cli(*args, env=env)
         try:
@@ -246,17 +330,36 @@ def test_server_gone_mid_run_commits_nothing_half_and_a_rerun_finishes(s3_server
 def test_wrong_credentials_and_missing_bucket_exit_2_before_any_work(s3_server, tmp_path):
     url = s3_server.url("never.zarr")
     wrong = json.dumps({**s3_server.storage_options(), "secret": "not-the-secret"})
-    result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}",
-                 "--set", f"store.storage_options={wrong}", *SMALL)
+    result = cli(
+        "submit",
+        QUICKSTART,
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={url}",
+        "--set",
+        f"store.storage_options={wrong}",
+        *SMALL,
+    )
     assert result.exit_code == 2, result.output
     assert "store.path" in result.output and "refused" in result.output and "credentials" in result.output
     assert "not-the-secret" not in result.output
     missing = "s3://no-such-bucket-here/x.zarr"
     result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={missing}", *SMALL)
     assert result.exit_code == 2, result.output
-    assert "store.path" in result.output and "no-such-bucket-here" in result.output and "does not exist" in result.output
-    result = cli("submit", ROOT / "jobs/from_store.yaml", "--executor", "inline", "--set",
-                 f"store.path={tmp_path / 'y.zarr'}", "--set", "inputs.path=s3://no-such-bucket-here/in.zarr")
+    assert (
+        "store.path" in result.output and "no-such-bucket-here" in result.output and "does not exist" in result.output
+    )
+    result = cli(
+        "submit",
+        ROOT / "jobs/from_store.yaml",
+        "--executor",
+        "inline",
+        "--set",
+        f"store.path={tmp_path / 'y.zarr'}",
+        "--set",
+        "inputs.path=s3://no-such-bucket-here/in.zarr",
+    )
     assert result.exit_code == 2 and "inputs.path" in result.output, result.output
     fs, path = storage.filesystem(url, s3_server.storage_options())  # the right keys: nothing was written
     assert not fs.exists(path) and not (tmp_path / "y.zarr").exists()
@@ -276,13 +379,17 @@ def test_unknown_scheme_exits_2_and_memory_url_works(tmp_path, local_quickstart,
 
 def test_a_second_driver_is_refused_by_the_lease(s3_server):
     from pipeline import lease
-    from pipeline.store import StoreError
 
     url = s3_server.url("leased.zarr")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live holder's pid
     try:
-        held = {"host": os.uname().nodename, "pid": other.pid, "token": "other", "since": "now",
-                "expires": time.time() + 60}
+        held = {
+            "host": os.uname().nodename,
+            "pid": other.pid,
+            "token": "other",
+            "since": "now",
+            "expires": time.time() + 60,
+        }
         storage.write_bytes(lease.lease_url(url), json.dumps(held).encode())
         result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}", *SMALL)
         assert result.exit_code == 2, result.output

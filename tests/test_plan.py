@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +19,7 @@ from pipeline.plan import derivative_arrays, plan_derivative_job, plan_shards, s
 def test_shards_partition_samples_on_chunk_boundaries(n, chunk, chunks_per_shard):
     shards = plan_shards(n, chunk * chunks_per_shard, chunk)
     assert shards[0].start == 0 and shards[-1].stop == n
-    for a, b in zip(shards, shards[1:]):
+    for a, b in itertools.pairwise(shards):
         assert a.stop == b.start
     for s in shards:
         assert s.start % chunk == 0
@@ -67,13 +69,14 @@ def test_scalar_output_and_small_n():
     max_block_bytes=st.integers(1, 10**7),
     blocks=st.integers(1, 8),
 )
-def test_blocks_tile_a_shard_on_chunk_boundaries(n, chunk, chunks_per_shard, shard_index, bytes_per_sample,
-                                                  max_block_bytes, blocks):
+def test_blocks_tile_a_shard_on_chunk_boundaries(
+    n, chunk, chunks_per_shard, shard_index, bytes_per_sample, max_block_bytes, blocks
+):
     shards = plan_shards(n, chunk * chunks_per_shard, chunk)
     shard = shards[shard_index % len(shards)]
     parts = shard_blocks(shard, chunk, bytes_per_sample, blocks=blocks, max_block_bytes=max_block_bytes)
     assert parts[0].start == shard.start and parts[-1].stop == shard.stop
-    for a, b in zip(parts, parts[1:]):
+    for a, b in itertools.pairwise(parts):
         assert a.stop == b.start
     for part in parts:
         assert part.id == shard.id and part.size > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,24 @@ TESTS = str(Path(__file__).resolve().parent)
 
 def sqrt_job(tmp_path, name, policy):
     # sqrt of a grid from -0.5 to 1: NaN (value and derivatives) for the 11 negative points, all in shards 0 and 1
-    return validate_spec({
-        "schema_version": 1, "name": "sqrt",
-        "function": {"kind": "import", "target": "user_fns:sqrt_first", "python_path": [TESTS]},
-        "inputs": {"kind": "grid", "axes": [{"low": -0.5, "high": 1.0, "num": 32}]},
-        "quantities": ["value", "jacobian", "hessian"], "derivatives": {"dtype": "float64"},
-        "store": {"path": str(tmp_path / name), "chunk_size": 4},
-        "execution": {"shard_size": 8, "retries": 0, "on_nonfinite": policy},
-    })
+    return validate_spec(
+        {
+            "schema_version": 1,
+            "name": "sqrt",
+            "function": {"kind": "import", "target": "user_fns:sqrt_first", "python_path": [TESTS]},
+            "inputs": {"kind": "grid", "axes": [{"low": -0.5, "high": 1.0, "num": 32}]},
+            "quantities": ["value", "jacobian", "hessian"],
+            "derivatives": {"dtype": "float64"},
+            "store": {"path": str(tmp_path / name), "chunk_size": 4},
+            "execution": {"shard_size": 8, "retries": 0, "on_nonfinite": policy},
+        }
+    )
 
 
 def independent_counts():
     x = np.linspace(-0.5, 1.0, 32)
     negative = x < 0
-    return {shard: int(negative[shard * 8:(shard + 1) * 8].sum()) for shard in range(4)}
+    return {shard: int(negative[shard * 8 : (shard + 1) * 8].sum()) for shard in range(4)}
 
 
 def test_warn_commits_and_inspect_counts_per_array_and_shard(tmp_path):
@@ -45,7 +48,9 @@ def test_warn_commits_and_inspect_counts_per_array_and_shard(tmp_path):
         assert int(np.isnan(ds[name].values).sum()) == 11 * per_sample, name
     output = CliRunner().invoke(main, ["inspect", spec.store.path]).output
     assert "non-finite values (NaN or Inf) by array: hessian 11, jacobian 11, value 11, in 2 shards" in output
-    rows = [[cell for cell in line.split() if cell != "│"] for line in output.splitlines() if line.strip()[:1].isdigit()]
+    rows = [
+        [cell for cell in line.split() if cell != "│"] for line in output.splitlines() if line.strip()[:1].isdigit()
+    ]
     assert ["0", "8", "8", "8"] in rows and ["1", "3", "3", "3"] in rows
 
 
@@ -53,8 +58,10 @@ def test_fail_marks_the_shards_failed_with_the_array_and_count(tmp_path):
     spec = sqrt_job(tmp_path, "fail.zarr", "fail")
     summary = submit(spec, InlineExecutor())
     assert not summary.complete and sorted(summary.failed) == [0, 1]
-    assert "shard 1 (samples 8-16) holds 9 non-finite values (3 in hessian, 3 in jacobian, 3 in value)" in \
-        summary.failed[1].error
+    assert (
+        "shard 1 (samples 8-16) holds 9 non-finite values (3 in hessian, 3 in jacobian, 3 in value)"
+        in summary.failed[1].error
+    )
     manifest = read_manifest(spec.store.path).to_pydict()
     assert manifest["status"] == ["failed", "failed", "done", "done"]
     ds = open_results(spec.store.path)

@@ -16,8 +16,17 @@ from pipeline.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "jobs/quickstart.yaml")
-SMALL = ["--executor", "inline", "-q", "--set", "inputs.n=2048", "--set", "store.chunk_size=512",
-         "--set", "execution.shard_size=1024"]
+SMALL = [
+    "--executor",
+    "inline",
+    "-q",
+    "--set",
+    "inputs.n=2048",
+    "--set",
+    "store.chunk_size=512",
+    "--set",
+    "execution.shard_size=1024",
+]
 
 
 def expected_git() -> dict | None:
@@ -27,8 +36,9 @@ def expected_git() -> dict | None:
         return None
     if commit.returncode:
         return None
-    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout
     return {"commit": commit.stdout.strip(), "dirty": bool(status.strip())}
 
 
@@ -58,16 +68,23 @@ def test_store_records_who_ran_it_from_which_commit_and_each_run(tmp_path, monke
 def test_manifests_of_many_stores_group_and_order_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for seed in (1, 0):  # seed 1 first: ordering by start must put it first whatever the names
-        result = CliRunner().invoke(main, ["submit", JOB, *SMALL, "--set", f"function.seed={seed}",
-                                           "--set", f"store.path=results/seed{seed}.zarr"])
+        result = CliRunner().invoke(
+            main,
+            ["submit", JOB, *SMALL, "--set", f"function.seed={seed}", "--set", f"store.path=results/seed{seed}.zarr"],
+        )
         assert result.exit_code == 0, result.output
     paths = sorted(str(p) for p in tmp_path.glob("results/*.zarr/manifest.parquet"))
     shards = ds.dataset(paths, format="parquet").to_table()
-    runs = (shards.filter(pc.equal(shards["status"], "done")).group_by(["job", "spec_hash"])
-            .aggregate([("started", "min"), ("stop", "max"), ("status", "count")])
-            .sort_by([("started_min", "ascending")])).to_pylist()
-    hashes = [json.loads((tmp_path / f"results/seed{s}.zarr/zarr.json").read_text())["attributes"]["spec_hash"]
-              for s in (1, 0)]
+    runs = (
+        shards.filter(pc.equal(shards["status"], "done"))
+        .group_by(["job", "spec_hash"])
+        .aggregate([("started", "min"), ("stop", "max"), ("status", "count")])
+        .sort_by([("started_min", "ascending")])
+    ).to_pylist()
+    hashes = [
+        json.loads((tmp_path / f"results/seed{s}.zarr/zarr.json").read_text())["attributes"]["spec_hash"]
+        for s in (1, 0)
+    ]
     assert [r["spec_hash"] for r in runs] == hashes and len(set(hashes)) == 2
     assert all(r["stop_max"] == 2048 and r["status_count"] == 2 for r in runs)
 

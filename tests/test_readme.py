@@ -85,14 +85,24 @@ def test_readme_grid_reshape_recovers_the_grid(tmp_path, monkeypatch):
     from pipeline.runner import InlineExecutor
     from pipeline.spec import load_spec
 
-    grid_line = next(line for block in yaml_blocks() for line in block.splitlines() if line.startswith("inputs: {kind: grid"))
-    snippet = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "results/grid.zarr" in b)
+    grid_line = next(
+        line for block in yaml_blocks() for line in block.splitlines() if line.startswith("inputs: {kind: grid")
+    )
+    snippet = next(
+        b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "results/grid.zarr" in b
+    )
     monkeypatch.chdir(tmp_path)
     inputs = yaml.safe_load(grid_line)["inputs"]
-    spec = load_spec(ROOT / "jobs/quickstart.yaml", [
-        f"inputs={json.dumps(inputs)}", "quantities=[value]", "store.path=results/grid.zarr",
-        "store.chunk_size=1000", "execution.shard_size=1000",
-    ])
+    spec = load_spec(
+        ROOT / "jobs/quickstart.yaml",
+        [
+            f"inputs={json.dumps(inputs)}",
+            "quantities=[value]",
+            "store.path=results/grid.zarr",
+            "store.chunk_size=1000",
+            "execution.shard_size=1000",
+        ],
+    )
     assert submit(spec, InlineExecutor()).complete
     names: dict = {}
     exec("import pipeline\n" + snippet, names)

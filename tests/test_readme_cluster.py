@@ -27,7 +27,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from rayheads import RayCluster, cluster_env, free_port, new_base, worker_port_range
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +46,18 @@ def cluster_commands() -> list[str]:
 
 def test_the_section_shows_the_whole_path():
     commands = " ; ".join(cluster_commands())
-    for step in ("ray start --head", "ray start --address", "pipeline submit", "ray job submit", "ray job logs",
-                 "ray status", "pipeline status", "ray stop", "ray://", "--working-dir ."):
+    for step in (
+        "ray start --head",
+        "ray start --address",
+        "pipeline submit",
+        "ray job submit",
+        "ray job logs",
+        "ray status",
+        "pipeline status",
+        "ray stop",
+        "ray://",
+        "--working-dir .",
+    ):
         assert step in commands, step
 
 
@@ -57,19 +66,32 @@ def isolate(command: str) -> str:
     if not command.startswith("ray start"):
         return command
     low, high = worker_port_range()
-    flags = [f"--num-cpus=1", f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-             f"--min-worker-port={low}", f"--max-worker-port={high}", "--object-store-memory=100000000",
-             "--disable-usage-stats"]
+    flags = [
+        "--num-cpus=1",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={high}",
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+    ]
     return command + " " + " ".join(flags)
 
 
 def test_readme_cluster_commands_run_as_written(s3_server):
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.key,
-                 aws_secret_access_key=s3_server.secret, region_name="us-east-1").create_bucket(Bucket="my-bucket")
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=s3_server.key,
+        aws_secret_access_key=s3_server.secret,
+        region_name="us-east-1",
+    ).create_bucket(Bucket="my-bucket")
     base = new_base()
     shared = base / "shared"
     (base / "home").mkdir()
@@ -88,12 +110,19 @@ def test_readme_cluster_commands_run_as_written(s3_server):
                 cluster.stop(remove=False)
                 continue
             if command.startswith("export "):
-                key, _, value = command[len("export "):].partition("=")
+                key, _, value = command[len("export ") :].partition("=")
                 env[key] = shlex.split(value)[0]
                 continue
-            for attempt in range(2):
-                process = subprocess.Popen(["bash", "-c", isolate(command)], cwd=ROOT, env=env, text=True,
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            for _attempt in range(2):
+                process = subprocess.Popen(
+                    ["bash", "-c", isolate(command)],
+                    cwd=ROOT,
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 if command.startswith("ray start"):
                     cluster.groups.append(process.pid)
                 try:
@@ -119,8 +148,11 @@ def test_readme_cluster_commands_run_as_written(s3_server):
             assert pipeline.open_results(f"s3://my-bucket/results/{name}.zarr").attrs["complete"], name
     finally:
         cluster.stop()
-        assert not any(str(base).encode() in _cmdline(p)
-                       for p in Path("/proc").iterdir() if p.name.isdigit() and p.name != str(os.getpid()))
+        assert not any(
+            str(base).encode() in _cmdline(p)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and p.name != str(os.getpid())
+        )
 
 
 def _cmdline(proc: Path) -> bytes:

@@ -27,9 +27,15 @@ from pipeline.store import summarize
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["inputs.axes.0.num=20", "inputs.axes.1.num=15", "store.chunk_size=100", "execution.shard_size=100"]
 SWEEP = [
-    "sweep.axes.T0_mean.num=5", "sweep.axes.T0_mean.high=1.5", "sweep.axes.sigma_mean.num=4",
-    "sweep.axes.sigma_mean.high=2.0", "solver.options.nx=100", "solver.options.save_every=20",
-    "solver.options.t_end=0.2", "store.chunk_size=8", "execution.shard_size=8",
+    "sweep.axes.T0_mean.num=5",
+    "sweep.axes.T0_mean.high=1.5",
+    "sweep.axes.sigma_mean.num=4",
+    "sweep.axes.sigma_mean.high=2.0",
+    "solver.options.nx=100",
+    "solver.options.save_every=20",
+    "solver.options.t_end=0.2",
+    "store.chunk_size=8",
+    "execution.shard_size=8",
     "sensitivities={outputs: {T_final: {output: T, index: -1, reduce: mean}}, wrt: [T0_mean, sigma_mean]}",
 ]
 
@@ -52,10 +58,16 @@ def run_notebook(name: str, store: str, figures: Path, monkeypatch) -> str:
     monkeypatch.setenv("PIPELINE_NOTEBOOK_FIGURES", str(figures))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}}).execute()
-    return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    nbclient.NotebookClient(
+        notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    return "".join(
+        out.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    )
 
 
 def test_derivative_notebook_runs_and_its_derivative_matches_finite_differences(stores, tmp_path, monkeypatch):
@@ -68,8 +80,11 @@ def test_derivative_notebook_runs_and_its_derivative_matches_finite_differences(
 
 def test_sweep_notebook_runs_and_its_sensitivities_match_finite_differences(stores, tmp_path, monkeypatch):
     printed = run_notebook("sweep.ipynb", stores["sweep"], tmp_path, monkeypatch)
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["fields.png", "outputs_vs_parameters.png",
-                                                               "sensitivities.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "fields.png",
+        "outputs_vs_parameters.png",
+        "sensitivities.png",
+    ]
     gap = float(re.search(r"largest relative gap (\S+)", printed).group(1))
     assert gap < 1e-2
 
@@ -99,8 +114,11 @@ def test_derivative_report_holds_its_figures_and_the_store_numbers(stores):
     workers = table_with(page, "worker (host:pid)")
     assert sum(int(row[1]) for row in workers.values()) == counts["done"]
     assert all(0 < float(row[4].rstrip("%")) <= 100 for row in workers.values())
-    assert re.search(r"per-shard overhead [0-9.]+ ms = [0-9.]+% of the median shard of [0-9.]+ s \(the gap before a "
-                     r"shard on its worker \+ its time outside its own work\)", page)
+    assert re.search(
+        r"per-shard overhead [0-9.]+ ms = [0-9.]+% of the median shard of [0-9.]+ s \(the gap before a "
+        r"shard on its worker \+ its time outside its own work\)",
+        page,
+    )
     raw = zarr.open_group(stores["grid"], mode="r")
     norms = table_with(page, "quantity")
     for name in ("value", "jacobian", "hessian", "laplacian"):
@@ -124,8 +142,9 @@ def test_sweep_report_from_the_command_is_one_file_with_its_figures_and_the_stor
     outputs = table_with(page, "output")
     for name in ("E", "T"):
         values = raw[name][:].astype(np.float64)
-        np.testing.assert_allclose([float(v) for v in outputs[name][4:7]], [values.min(), values.mean(), values.max()],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            [float(v) for v in outputs[name][4:7]], [values.min(), values.mean(), values.max()], rtol=1e-5
+        )
     scalars = table_with(page, "quantity")
     assert set(scalars) == {"T_final", "dT_final_dT0_mean", "dT_final_dsigma_mean"}
     for name, row in scalars.items():

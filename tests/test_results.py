@@ -48,8 +48,9 @@ def test_complete_store_opens_labelled_and_lazy_without_warnings(grid_store):
     raw = zarr.open_group(path, mode="r")
     np.testing.assert_array_equal(ds.x0.values, raw["inputs"][:, 0])
     np.testing.assert_array_equal(ds.value.sel(output="v").values, raw["value"][:, 1])
-    np.testing.assert_array_equal(ds.hessian.sel(output="w", input="x1", input_d2="x0").values,
-                                  raw["hessian"][:, 2, 1, 0])
+    np.testing.assert_array_equal(
+        ds.hessian.sel(output="w", input="x1", input_d2="x0").values, raw["hessian"][:, 2, 1, 0]
+    )
 
 
 def test_unstack_grid_gives_the_grid_axes(grid_store):
@@ -82,8 +83,13 @@ def test_axis_chunks_make_one_output_a_fraction_of_the_reads(tmp_path):
     """store.chunks: {output: 4} on 32 outputs: sel(output=k) reads 1/8 of the value chunks (counted)."""
     from zarr.storage import LocalStore
 
-    spec = grid_spec(tmp_path, "function.output_names=null", "function.out_features=32", "store.chunks={output: 4}",
-                     "quantities=[value, jacobian]")
+    spec = grid_spec(
+        tmp_path,
+        "function.output_names=null",
+        "function.out_features=32",
+        "store.chunks={output: 4}",
+        "quantities=[value, jacobian]",
+    )
     assert submit(spec, InlineExecutor()).complete
     meta = json.loads((Path(spec.store.path) / "value" / "zarr.json").read_text())
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [20, 4]

@@ -23,20 +23,37 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def test_a_job_of_1e10_samples_is_planned_tracked_and_finalized(tmp_path, record_property):
-    out = subprocess.run([sys.executable, "bench/scale.py", "--samples", "1e10", "--shard-size", str(2**22),
-                          "--dir", str(tmp_path), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/scale.py",
+            "--samples",
+            "1e10",
+            "--shard-size",
+            str(2**22),
+            "--dir",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
-    shards = -(-10**10 // 2**22)
+    shards = -(-(10**10) // 2**22)
     assert result["samples"] == 10**10 and result["shards"] == shards == 2385
     assert result["committed"] == shards and result["complete"] is True
     assert result["manifest_rows"] == shards and result["manifest_status"] == {"done": shards}
     # what the issue asks the test to report: the driver's memory and time (also in the -rP output)
     for key in ("driver_bytes", "seconds_plan", "seconds_track", "seconds_finalize", "seconds_total"):
         record_property(key, result[key])
-    print(f"1e10 samples, {shards} shards: driver {result['driver_bytes'] / 2**20:.0f} MiB above baseline, "
-          f"{result['seconds_total']:.1f} s (plan {result['seconds_plan']:.1f}, track {result['seconds_track']:.1f}, "
-          f"finalize {result['seconds_finalize']:.1f})")
+    print(
+        f"1e10 samples, {shards} shards: driver {result['driver_bytes'] / 2**20:.0f} MiB above baseline, "
+        f"{result['seconds_total']:.1f} s (plan {result['seconds_plan']:.1f}, track {result['seconds_track']:.1f}, "
+        f"finalize {result['seconds_finalize']:.1f})"
+    )
     assert not list(tmp_path.iterdir())  # the bench removed its store
 
 

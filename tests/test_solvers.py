@@ -70,7 +70,7 @@ def test_callable_with_options_and_broadcast_scalars():
 
     out = solve(affine, {"x": torch.arange(4.0), "b": 10.0}, slope=2.0)
     torch.testing.assert_close(out["y"], torch.tensor([10.0, 12.0, 14.0, 16.0]))
-    with pytest.raises(ValueError, match="unknown option 'slop'.*known options are: slope"):
+    with pytest.raises(ValueError, match=r"unknown option 'slop'.*known options are: slope"):
         solve(affine, {"x": torch.arange(4.0), "b": 1.0}, slop=2.0)
 
 

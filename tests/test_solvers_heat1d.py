@@ -54,7 +54,9 @@ def fitted_order(steps: list[float], errors: list[float]) -> float:
     return float(slope)
 
 
-@pytest.mark.parametrize("scheme,dt_of_dx", [("crank_nicolson", lambda dx: 0.5 * dx), ("ftcs", lambda dx: 0.2 * dx * dx)])
+@pytest.mark.parametrize(
+    "scheme,dt_of_dx", [("crank_nicolson", lambda dx: 0.5 * dx), ("ftcs", lambda dx: 0.2 * dx * dx)]
+)
 def test_space_time_convergence_order_is_two(scheme, dt_of_dx):
     sizes = [16, 32, 64, 128]
     errors = []
@@ -107,7 +109,11 @@ def test_ftcs_instability_is_reported_with_a_fix():
 
 @pytest.mark.parametrize(
     "options,words",
-    [({"scheme": "euler"}, ["scheme='euler'", "crank_nicolson, ftcs"]), ({"dt": 0.0}, ["dt=0.0", "None"]), ({"n_saves": 0}, ["n_saves=0"])],
+    [
+        ({"scheme": "euler"}, ["scheme='euler'", "crank_nicolson, ftcs"]),
+        ({"dt": 0.0}, ["dt=0.0", "None"]),
+        ({"n_saves": 0}, ["n_saves=0"]),
+    ],
 )
 def test_option_errors(options, words):
     with pytest.raises(ValueError) as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +17,7 @@ from pipeline.spec import GridInputs, NormalInputs, NpyInputs, ParquetInputs, So
 
 def pieces(spec, n, cuts):
     bounds = [0, *cuts, n]
-    return np.concatenate([read_inputs(spec, a, b) for a, b in zip(bounds, bounds[1:])])
+    return np.concatenate([read_inputs(spec, a, b) for a, b in itertools.pairwise(bounds)])
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,7 @@ def test_npy_is_memory_mapped_and_sliced(tmp_path):
     spec = NpyInputs(kind="npy", path=str(tmp_path / "x.npy"))
     assert describe_inputs(spec).shape == (2, 2)
     np.testing.assert_array_equal(read_inputs(spec, 10, 30), data[10:30])
-    with pytest.raises(InputError, match="inputs.n"):
+    with pytest.raises(InputError, match=r"inputs\.n"):
         describe_inputs(spec.model_copy(update={"n": 101}))
 
 
@@ -100,7 +102,7 @@ def test_zarr_inputs(tmp_path):
     spec = ZarrInputs(kind="zarr", path=str(tmp_path / "s.zarr"))
     assert describe_inputs(spec).n == 30
     np.testing.assert_array_equal(read_inputs(spec, 5, 20), data[5:20])
-    with pytest.raises(InputError, match="inputs.array: 'nope'.*inputs"):
+    with pytest.raises(InputError, match=r"inputs\.array: 'nope'.*inputs"):
         describe_inputs(spec.model_copy(update={"array": "nope"}))
     with pytest.raises(InputError, match="does not exist"):
         describe_inputs(spec.model_copy(update={"path": str(tmp_path / "missing.zarr")}))
@@ -120,12 +122,14 @@ def test_parquet_reads_only_needed_row_groups(tmp_path):
 def test_parquet_columns_must_be_numeric_and_without_nulls(tmp_path):
     pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"], "k": [1, 2, 3]}), tmp_path / "p.parquet")
     spec = ParquetInputs(kind="parquet", path=str(tmp_path / "p.parquet"), columns=["x", "s"])
-    with pytest.raises(InputError, match=r"inputs.columns: column 's' .* has type string; choose numeric columns.*\['x', 'k'\]"):
+    with pytest.raises(
+        InputError, match=r"inputs.columns: column 's' .* has type string; choose numeric columns.*\['x', 'k'\]"
+    ):
         describe_inputs(spec)
     assert describe_inputs(spec.model_copy(update={"columns": ["k", "x"]})).shape == (2,)  # integers are numeric
     pq.write_table(pa.table({"x": [1.0, None, 3.0], "y": [1.0, 2.0, 3.0]}), tmp_path / "n.parquet")
     spec = ParquetInputs(kind="parquet", path=str(tmp_path / "n.parquet"), columns=["y", "x"])
-    with pytest.raises(InputError, match="inputs.columns: column 'x' .* has 1 null value"):
+    with pytest.raises(InputError, match=r"inputs\.columns: column 'x' .* has 1 null value"):
         describe_inputs(spec)
 
 
@@ -147,7 +151,7 @@ def test_file_inputs_of_the_wrong_format_are_refused_by_key(tmp_path, kind):
 def test_zarr_array_of_strings_is_refused(tmp_path):
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     group.create_array("names", data=np.array(["a", "b", "c"]))
-    with pytest.raises(InputError, match="inputs.array: 'names' .* need a numeric array"):
+    with pytest.raises(InputError, match=r"inputs\.array: 'names' .* need a numeric array"):
         describe_inputs(ZarrInputs(kind="zarr", path=str(tmp_path / "s.zarr"), array="names"))
 
 
@@ -158,8 +162,10 @@ def _store_with_committed_shards(tmp_path, committed: int):
     from pipeline.tasks import run_shard
 
     path = tmp_path / "partial.zarr"
-    spec = load_spec("jobs/quickstart.yaml", ["inputs.n=400", f"store.path={path}", "store.chunk_size=100",
-                                              "execution.shard_size=100"])
+    spec = load_spec(
+        "jobs/quickstart.yaml",
+        ["inputs.n=400", f"store.path={path}", "store.chunk_size=100", "execution.shard_size=100"],
+    )
     prepared = prepare(spec)
     shards, _ = pending_shards(prepared)
     for shard in shards[:committed]:
@@ -174,8 +180,11 @@ def test_an_incomplete_pipeline_store_is_refused_as_input(tmp_path, monkeypatch)
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     path = _store_with_committed_shards(tmp_path, 1)
     spec = ZarrInputs(kind="zarr", path=str(path), array="inputs")
-    with pytest.raises(InputError, match=r"inputs.path: the store .* is not complete \(1 of 4 shards committed\)"
-                                         r".*pipeline submit.*'quickstart'.*complete store"):
+    with pytest.raises(
+        InputError,
+        match=r"inputs.path: the store .* is not complete \(1 of 4 shards committed\)"
+        r".*pipeline submit.*'quickstart'.*complete store",
+    ):
         describe_inputs(spec)
     complete = _store_with_committed_shards(tmp_path / "full", 4)
     assert describe_inputs(spec.model_copy(update={"path": str(complete)})).n == 400

@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 
 
@@ -294,5 +292,7 @@ def test_a_kind_switch_outside_kinds_is_found(tmp_path):
     package = tmp_path / "pkg"
     (package / "kinds").mkdir(parents=True)
     (package / "kinds" / "__init__.py").write_text('KIND = "sweep"\nif KIND == "sweep":\n    pass\n')
-    (package / "store.py").write_text('def unit(attrs):\n    return "cases" if attrs["kind"] == "sweep" else "samples"\n')
+    (package / "store.py").write_text(
+        'def unit(attrs):\n    return "cases" if attrs["kind"] == "sweep" else "samples"\n'
+    )
     assert kind_name_comparisons(package, ("sweep",)) == ["store.py:2: attrs['kind'] == 'sweep'"]

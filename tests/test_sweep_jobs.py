@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from reference_rte1d import reference_solve_batch, seed_grid
 
 from pipeline.driver import prepare, submit
 from pipeline.runner import InlineExecutor
 from pipeline.spec import SpecError, validate_spec
 from pipeline.store import open_results
-from reference_rte1d import reference_solve_batch, seed_grid
 
 SMALL_RTE = {"nx": 32, "n_angles": 4, "t_end": 0.5, "save_every": 5}
 
@@ -49,8 +49,10 @@ def rte_reference(T0_mean, sigma_mean, T0_phase, amplitude=0.1, options=SMALL_RT
 def test_rte_grid_sweep_matches_the_seed_solver(tmp_path, executor):
     spec = sweep_spec(
         tmp_path,
-        {"kind": "grid", "axes": {"T0_mean": [0.8, 1.6], "sigma_mean": {"low": 0.5, "high": 2.0, "num": 3},
-                                  "T0_phase": [0.0, 1.0]}},
+        {
+            "kind": "grid",
+            "axes": {"T0_mean": [0.8, 1.6], "sigma_mean": {"low": 0.5, "high": 2.0, "num": 3}, "T0_phase": [0.0, 1.0]},
+        },
         fixed={"T0_amplitude": 0.1, "sigma_amplitude": 0.1},
     )
     summary = submit(spec, executor)
@@ -77,11 +79,26 @@ def test_rte_grid_sweep_matches_the_seed_solver(tmp_path, executor):
     [
         ({"kind": "zip", "values": {"T0_mean": [1.0, 1.2, 1.4], "sigma_mean": [0.5, 0.7, 0.9]}}, 3),
         ({"kind": "random", "n": 5, "ranges": {"T0_mean": [0.5, 2.0]}, "seed": 1}, 5),
-        ({"kind": "lhs", "n": 6, "ranges": {"T0_mean": [0.5, 1.5], "sigma_mean": {"low": 0.1, "high": 2, "scale": "log"}}}, 6),
+        (
+            {
+                "kind": "lhs",
+                "n": 6,
+                "ranges": {"T0_mean": [0.5, 1.5], "sigma_mean": {"low": 0.1, "high": 2, "scale": "log"}},
+            },
+            6,
+        ),
         # T0_mean <= 1.6 with sigma_mean <= 2: inside rte1d's stability limit for any scramble (as the grid test's corner)
         ({"kind": "sobol", "n": 4, "ranges": {"T0_mean": [0.5, 1.6], "sigma_mean": [0.5, 2.0]}}, 4),
-        ({"kind": "product", "sweeps": [{"kind": "grid", "axes": {"T0_mean": [1.0, 1.5]}},
-                                         {"kind": "zip", "values": {"sigma_mean": [0.5, 1.0, 1.5]}}]}, 6),
+        (
+            {
+                "kind": "product",
+                "sweeps": [
+                    {"kind": "grid", "axes": {"T0_mean": [1.0, 1.5]}},
+                    {"kind": "zip", "values": {"sigma_mean": [0.5, 1.0, 1.5]}},
+                ],
+            },
+            6,
+        ),
     ],
     ids=["zip", "random", "lhs", "sobol", "product"],
 )
@@ -96,16 +113,23 @@ def test_every_sweep_kind_runs_and_records_its_cases(tmp_path, sweep, n):
     for name, values in expected.items():
         np.testing.assert_allclose(ds[name].values, values)
     phase = np.zeros(n)
-    E, T = rte_reference(torch.tensor(ds.T0_mean.values),
-                         torch.tensor(ds.sigma_mean.values if "sigma_mean" in ds else np.ones(n)), torch.tensor(phase))
+    E, T = rte_reference(
+        torch.tensor(ds.T0_mean.values),
+        torch.tensor(ds.sigma_mean.values if "sigma_mean" in ds else np.ones(n)),
+        torch.tensor(phase),
+    )
     np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ds.E.values, E.numpy(), rtol=1e-10)
 
 
 def test_parquet_table_of_cases(tmp_path):
-    pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 1.2], "sigma_mean": [1.0, 2.0, 3.0], "note": ["a", "b", "c"]}),
-                   tmp_path / "cases.parquet")
-    spec = sweep_spec(tmp_path, {"kind": "parquet", "path": str(tmp_path / "cases.parquet"),
-                                 "columns": ["T0_mean", "sigma_mean"]})
+    pq.write_table(
+        pa.table({"T0_mean": [1.0, 1.5, 1.2], "sigma_mean": [1.0, 2.0, 3.0], "note": ["a", "b", "c"]}),
+        tmp_path / "cases.parquet",
+    )
+    spec = sweep_spec(
+        tmp_path, {"kind": "parquet", "path": str(tmp_path / "cases.parquet"), "columns": ["T0_mean", "sigma_mean"]}
+    )
     submit(spec, InlineExecutor())
     ds = open_results(spec.store.path)
     np.testing.assert_allclose(ds.sigma_mean.values, [1.0, 2.0, 3.0])
@@ -131,14 +155,18 @@ def test_profiles_from_a_npy_file(tmp_path):
     T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3, 4, 5)])
     np.save(tmp_path / "T0.npy", T0.numpy())
     levels = [0.5, 1.0, 2.0, 3.0, 4.0]
-    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": levels}},
-                      profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
-                      fixed={"sigma_amplitude": 0.0})
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"sigma_mean": levels}},
+        profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+        fixed={"sigma_amplitude": 0.0},
+    )
     submit(spec, InlineExecutor())
     ds = open_results(spec.store.path)
     sigma = torch.tensor(levels, dtype=torch.float64)[:, None].expand(5, 32)
     E, T = reference_solve_batch(T0, sigma, Nvx=4, t=0.5, save_every=5)
     np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ds.E.values, E.numpy(), rtol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -162,8 +190,12 @@ def test_sensitivities_match_finite_differences_of_the_seed_solver(tmp_path, exe
     spec = sweep_spec(
         tmp_path,
         {"kind": "zip", "values": {"T0_mean": [0.8, 1.3, 1.1], "sigma_mean": [0.5, 1.0, 3.0]}},
-        sensitivities={"outputs": {"Tf": {"output": "T", "index": -1, "reduce": "mean"},
-                                   "Emax": {"output": "E", "index": 2, "reduce": "max"}}},
+        sensitivities={
+            "outputs": {
+                "Tf": {"output": "T", "index": -1, "reduce": "mean"},
+                "Emax": {"output": "E", "index": 2, "reduce": "max"},
+            }
+        },
         fixed={"T0_phase": 0.0},
     )
     submit(spec, executor)
@@ -195,10 +227,13 @@ def test_sensitivities_with_profiles_match_finite_differences(tmp_path):
     T0 = torch.stack([1 + 0.2 * torch.cos(2 * math.pi * x * k) for k in (1, 2, 3)])
     np.save(tmp_path / "T0.npy", T0.numpy())
     levels = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
-    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"sigma_mean": levels.tolist()}},
-                      profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
-                      fixed={"sigma_amplitude": 0.0},
-                      sensitivities={"outputs": {"Tf": {"output": "T", "index": -1, "reduce": "mean"}}})
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"sigma_mean": levels.tolist()}},
+        profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+        fixed={"sigma_amplitude": 0.0},
+        sensitivities={"outputs": {"Tf": {"output": "T", "index": -1, "reduce": "mean"}}},
+    )
     submit(spec, InlineExecutor())
     ds = open_results(spec.store.path)
 
@@ -214,9 +249,12 @@ def test_sensitivities_with_profiles_match_finite_differences(tmp_path):
 
 
 def test_sensitivity_of_an_unknown_output_is_refused(tmp_path):
-    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
-                      sensitivities={"outputs": {"q": {"output": "Temperature"}}})
-    with pytest.raises(SpecError, match="sensitivities.outputs.q.output: 'Temperature' is not an output"):
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"T0_mean": [1.0]}},
+        sensitivities={"outputs": {"q": {"output": "Temperature"}}},
+    )
+    with pytest.raises(SpecError, match=r"sensitivities\.outputs\.q\.output: 'Temperature' is not an output"):
         prepare(spec)
 
 
@@ -241,13 +279,19 @@ def test_sensitivities_of_a_solver_without_its_own_jvp(tmp_path):
 def test_a_stiff_case_stops_the_job_before_any_store_exists(tmp_path):
     # case 5 of the grid (T0_mean=2, sigma_mean=4) is past rte1d's stability limit at nx=32
     spec = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [1.0, 2.0], "sigma_mean": [0.5, 1.0, 4.0]}})
-    with pytest.raises(SpecError, match=r"sweep: case 5 \(T0_mean=2, sigma_mean=4\) cannot be solved as asked\. "
-                                        r"rte1d: 1 of 6 cases are too stiff .* raise nx to at least 100"):
+    with pytest.raises(
+        SpecError,
+        match=r"sweep: case 5 \(T0_mean=2, sigma_mean=4\) cannot be solved as asked\. "
+        r"rte1d: 1 of 6 cases are too stiff .* raise nx to at least 100",
+    ):
         submit(spec, InlineExecutor())
     assert not (tmp_path / "sweep.zarr").exists()
     # the option to run anyway is there, and then every case is solved
-    relaxed = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [1.0, 2.0], "sigma_mean": [0.5, 1.0, 4.0]}},
-                         solver={"name": "rte1d", "options": {**SMALL_RTE, "stability_check": False}, "dtype": "float64"})
+    relaxed = sweep_spec(
+        tmp_path,
+        {"kind": "grid", "axes": {"T0_mean": [1.0, 2.0], "sigma_mean": [0.5, 1.0, 4.0]}},
+        solver={"name": "rte1d", "options": {**SMALL_RTE, "stability_check": False}, "dtype": "float64"},
+    )
     assert submit(relaxed, InlineExecutor()).complete
 
 
@@ -260,8 +304,14 @@ def test_a_rewritten_case_table_stops_the_resume_but_performance_options_do_not(
     submit(spec, InlineExecutor())
     (tmp_path / "sweep.zarr" / "_shards" / "1.json").unlink()  # the last shard is to be run again
     faster = {**SMALL_RTE, "compile": False, "block_cases": 1, "stability_check": False}
-    summary = submit(sweep_spec(tmp_path, {"kind": "parquet", "path": str(table)},
-                                solver={"name": "rte1d", "options": faster, "dtype": "float64"}), InlineExecutor())
+    summary = submit(
+        sweep_spec(
+            tmp_path,
+            {"kind": "parquet", "path": str(table)},
+            solver={"name": "rte1d", "options": faster, "dtype": "float64"},
+        ),
+        InlineExecutor(),
+    )
     assert summary.complete and summary.skipped == 1 and summary.ran == 1
     (tmp_path / "sweep.zarr" / "_shards" / "1.json").unlink()
     pq.write_table(pa.table({"T0_mean": [1.0, 1.5, 1.2, 1.1, 1.4], "sigma_mean": [1.0, 2.0, 3.0, 1.0, 2.0]}), table)
@@ -273,29 +323,44 @@ def test_a_rewritten_case_table_stops_the_resume_but_performance_options_do_not(
 @pytest.mark.parametrize("index", [99, 4, -5])
 def test_a_sensitivity_index_out_of_range_is_refused_naming_the_key(tmp_path, index):
     # SMALL_RTE saves T at 4 times: indices -4..3
-    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
-                      sensitivities={"outputs": {"T_final": {"output": "T", "index": index}}})
-    with pytest.raises(SpecError, match=rf"sensitivities.outputs.T_final.index: {index} is out of range for output "
-                                        r"'T', whose first axis 'time' has 4 entries; use an index from -4 to 3"):
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"T0_mean": [1.0]}},
+        sensitivities={"outputs": {"T_final": {"output": "T", "index": index}}},
+    )
+    with pytest.raises(
+        SpecError,
+        match=rf"sensitivities.outputs.T_final.index: {index} is out of range for output "
+        r"'T', whose first axis 'time' has 4 entries; use an index from -4 to 3",
+    ):
         prepare(spec)
     assert not (tmp_path / "sweep.zarr").exists()
     for ok in (3, -4, None):
-        prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"T0_mean": [1.0]}},
-                           sensitivities={"outputs": {"T_final": {"output": "T", "index": ok}}}))
+        prepare(
+            sweep_spec(
+                tmp_path,
+                {"kind": "zip", "values": {"T0_mean": [1.0]}},
+                sensitivities={"outputs": {"T_final": {"output": "T", "index": ok}}},
+            )
+        )
 
 
 def test_an_unstable_ftcs_case_stops_a_heat_sweep_before_any_store_exists(tmp_path):
     # nx 64 and FTCS's default dt = 0.2 dx^2: stable for D <= 2.5, so cases 2 and 3 are past the limit
     heat = {"name": "heat1d", "options": {"nx": 64, "t_end": 0.01, "n_saves": 2, "scheme": "ftcs"}, "dtype": "float64"}
     spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 1.0, 3.0, 5.0]}}, solver=heat)
-    with pytest.raises(SpecError, match=r"sweep: case 2 \(diffusivity=3\) cannot be solved as asked\. heat1d: "
-                                        r"scheme='ftcs' is unstable for 2 of 4 cases, first case 2: max D dt / dx\^2 = "
-                                        r"0.99\d* > 0.5 \(max diffusivity 5, .*\); set dt <= .* or use scheme='crank_nicolson'"):
+    with pytest.raises(
+        SpecError,
+        match=r"sweep: case 2 \(diffusivity=3\) cannot be solved as asked\. heat1d: "
+        r"scheme='ftcs' is unstable for 2 of 4 cases, first case 2: max D dt / dx\^2 = "
+        r"0.99\d* > 0.5 \(max diffusivity 5, .*\); set dt <= .* or use scheme='crank_nicolson'",
+    ):
         submit(spec, InlineExecutor())
     assert not (tmp_path / "sweep.zarr").exists()
     # below the limit (and with Crank-Nicolson for any D) every case is solved
-    assert submit(sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 1.0, 2.5]}}, solver=heat),
-                  InlineExecutor()).complete
+    assert submit(
+        sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 1.0, 2.5]}}, solver=heat), InlineExecutor()
+    ).complete
     cn = {**heat, "options": {**heat["options"], "scheme": "crank_nicolson"}}
     prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 5.0]}}, solver=cn))
 
@@ -340,7 +405,10 @@ def test_a_large_sweeps_case_parameters_are_written_in_few_chunk_files(tmp_path,
 
     monkeypatch.setattr(pipeline.plan, "PARAMETER_CHUNK_CASES", 96)  # 3 files of 96 (whole chunks of 2)
     T0, sigma = np.linspace(0.5, 2.0, 40), np.geomspace(0.1, 1.0, 6)
-    axes = {"T0_mean": {"low": 0.5, "high": 2.0, "num": 40}, "sigma_mean": {"low": 0.1, "high": 1.0, "num": 6, "scale": "log"}}
+    axes = {
+        "T0_mean": {"low": 0.5, "high": 2.0, "num": 40},
+        "sigma_mean": {"low": 0.1, "high": 1.0, "num": 6, "scale": "log"},
+    }
     sweep = {"kind": "grid", "axes": axes}
     spec = sweep_spec(tmp_path, sweep)
     open_store(prepare(spec))  # the store made, no shard run
@@ -367,7 +435,10 @@ def test_the_sweep_store_benchmark_runs(tmp_path):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "bench/sweep_store.py"), "--cases", "128", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 128 |")]
@@ -390,8 +461,11 @@ def test_the_check_of_every_case_in_blocks_names_a_stiff_case_by_its_number_in_t
     from pipeline.solvers import get_solver
     from pipeline.solvers.rte1d import PROFILE_DEFAULTS
 
-    full = {f"{p}_{k}": torch.full((300,), v, dtype=torch.float64) for p in ("T0", "sigma")
-            for k, v in PROFILE_DEFAULTS.items()}  # every case's profile, as rte1d documents its defaults
+    full = {
+        f"{p}_{k}": torch.full((300,), v, dtype=torch.float64)
+        for p in ("T0", "sigma")
+        for k, v in PROFILE_DEFAULTS.items()
+    }  # every case's profile, as rte1d documents its defaults
     full["T0_mean"], full["sigma_mean"] = torch.tensor(grid_T0), torch.tensor(grid_sigma)
     options = get_solver("rte1d").validate_options({**DEFAULT_OPTIONS, **SMALL_RTE})
     factors = stability_factors(*initial_profiles(full, options), options)
@@ -400,8 +474,11 @@ def test_the_check_of_every_case_in_blocks_names_a_stiff_case_by_its_number_in_t
     stiff = start + int(factors[start : start + 64].argmax())
     bad = int((factors[start : start + 64] > 1.5).sum())
     assert start >= 64 and factors.max() > factors[stiff]  # past the first block; a stiffer case lies further on
-    with pytest.raises(SpecError, match=rf"sweep: case {stiff} \(.* rte1d: {bad} of 64 cases are too stiff .*"
-                                        rf"\(counted in cases {start}-{start + 63} of 300: the check stops"):
+    with pytest.raises(
+        SpecError,
+        match=rf"sweep: case {stiff} \(.* rte1d: {bad} of 64 cases are too stiff .*"
+        rf"\(counted in cases {start}-{start + 63} of 300: the check stops",
+    ):
         prepare(spec)
     assert not (tmp_path / "sweep.zarr").exists()
 
@@ -420,8 +497,11 @@ def test_the_case_parameters_follow_store_direct_writes(tmp_path, monkeypatch, d
         return original(array, direct=direct)
 
     monkeypatch.setattr(pipeline.chunk_files, "chunk_writer", spy)
-    spec = sweep_spec(tmp_path, {"kind": "grid", "axes": {"T0_mean": [0.8, 1.2]}}, store={
-        "path": str(tmp_path / "sweep.zarr"), "chunk_size": 2, "direct_writes": direct})
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "grid", "axes": {"T0_mean": [0.8, 1.2]}},
+        store={"path": str(tmp_path / "sweep.zarr"), "chunk_size": 2, "direct_writes": direct},
+    )
     open_store(prepare(spec))
     assert asked and set(asked) == {direct}, asked
     np.testing.assert_array_equal(open_results(tmp_path / "sweep.zarr")["T0_mean"].values, [0.8, 1.2])

@@ -100,7 +100,9 @@ def test_grid_arguments_are_validated_by_the_model(axes, words):
 def test_zip():
     table = zip_cases({"a": [1.0, 2.0, 3.0], "b": [4, 5, 6]})
     assert n_cases(table) == 3 and table["b"].tolist() == [4, 5, 6]
-    with pytest.raises(ValueError, match=r"sweep zip.values: all lists must have the same length, got \{'a': 2, 'b': 3\}"):
+    with pytest.raises(
+        ValueError, match=r"sweep zip.values: all lists must have the same length, got \{'a': 2, 'b': 3\}"
+    ):
         zip_cases({"a": [1, 2], "b": [1, 2, 3]})
 
 
@@ -190,11 +192,26 @@ def test_sobol_first_points_are_the_known_sequence():
 # Joe & Kuo (2008), new-joe-kuo-6.21201, dimensions 2..21: (degree s, polynomial a, m_1..m_s); dimension 1 is
 # the van der Corput sequence in base 2. An implementation of their recurrence, independent of torch's engine.
 JOE_KUO = (
-    (1, 0, (1,)), (2, 1, (1, 3)), (3, 1, (1, 3, 1)), (3, 2, (1, 1, 1)), (4, 1, (1, 1, 3, 3)), (4, 4, (1, 3, 5, 13)),
-    (5, 2, (1, 1, 5, 5, 17)), (5, 4, (1, 1, 5, 5, 5)), (5, 7, (1, 1, 7, 11, 19)), (5, 11, (1, 1, 5, 1, 1)),
-    (5, 13, (1, 1, 1, 3, 11)), (5, 14, (1, 3, 5, 5, 31)), (6, 1, (1, 3, 3, 9, 7, 49)), (6, 13, (1, 1, 1, 15, 21, 21)),
-    (6, 16, (1, 3, 1, 13, 27, 49)), (6, 19, (1, 1, 1, 15, 7, 5)), (6, 22, (1, 3, 1, 15, 13, 25)),
-    (6, 25, (1, 1, 5, 5, 19, 61)), (7, 1, (1, 3, 7, 11, 23, 15, 103)), (7, 4, (1, 3, 7, 13, 13, 15, 69)),
+    (1, 0, (1,)),
+    (2, 1, (1, 3)),
+    (3, 1, (1, 3, 1)),
+    (3, 2, (1, 1, 1)),
+    (4, 1, (1, 1, 3, 3)),
+    (4, 4, (1, 3, 5, 13)),
+    (5, 2, (1, 1, 5, 5, 17)),
+    (5, 4, (1, 1, 5, 5, 5)),
+    (5, 7, (1, 1, 7, 11, 19)),
+    (5, 11, (1, 1, 5, 1, 1)),
+    (5, 13, (1, 1, 1, 3, 11)),
+    (5, 14, (1, 3, 5, 5, 31)),
+    (6, 1, (1, 3, 3, 9, 7, 49)),
+    (6, 13, (1, 1, 1, 15, 21, 21)),
+    (6, 16, (1, 3, 1, 13, 27, 49)),
+    (6, 19, (1, 1, 1, 15, 7, 5)),
+    (6, 22, (1, 3, 1, 15, 13, 25)),
+    (6, 25, (1, 1, 5, 5, 19, 61)),
+    (7, 1, (1, 3, 7, 11, 23, 15, 103)),
+    (7, 4, (1, 3, 7, 13, 13, 15, 69)),
 )
 
 
@@ -232,7 +249,7 @@ def test_sobol_points_are_a_function_of_the_index_only(scramble):
 
     whole = sequence.points(0, 1000, 5, seed=11, scramble=scramble)
     for cuts in ([0, 1, 3, 64, 65, 500, 1000], [0, 7, 1000], [0, 999, 1000]):
-        pieces = [sequence.points(a, b, 5, seed=11, scramble=scramble) for a, b in zip(cuts, cuts[1:])]
+        pieces = [sequence.points(a, b, 5, seed=11, scramble=scramble) for a, b in itertools.pairwise(cuts)]
         np.testing.assert_array_equal(np.concatenate(pieces), whole)
     if not scramble:
         np.testing.assert_array_equal(whole, joe_kuo_sobol(1000, 5))
@@ -313,7 +330,13 @@ def test_make_cases_dispatches_every_kind(tmp_path):
     }
     for kind, (spec, n) in specs.items():
         assert n_cases(make_cases(spec)) == n, kind
-    both = make_cases({"kind": "product", "sweeps": [specs["zip"][0], {"kind": "grid", "axes": {"b": [7, 8, 9]}}], "fixed": {"c": 0.5}})
+    both = make_cases(
+        {
+            "kind": "product",
+            "sweeps": [specs["zip"][0], {"kind": "grid", "axes": {"b": [7, 8, 9]}}],
+            "fixed": {"c": 0.5},
+        }
+    )
     assert n_cases(both) == 6
     assert both["a"].tolist() == [1, 1, 1, 2, 2, 2] and both["b"].tolist() == [7, 8, 9, 7, 8, 9]
     assert both["c"].tolist() == [0.5] * 6
@@ -348,10 +371,20 @@ def test_table_helpers():
 def test_too_many_cases_are_refused_before_any_is_built():
     # 10**10 cases: a meshgrid of them would need 149 GiB; the count is checked before anything is allocated
     axes = {"a": {"low": 0, "high": 1, "num": 100_000}, "b": {"low": 0, "high": 1, "num": 100_000}}
-    with pytest.raises(ValueError, match=r"sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases, more than "
-                                         r"the limit of 100,000,000.*fewer values per axis"):
+    with pytest.raises(
+        ValueError,
+        match=r"sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases, more than "
+        r"the limit of 100,000,000.*fewer values per axis",
+    ):
         grid(axes)
     with pytest.raises(ValueError, match=r"sweep product.sweeps: 20,000 x 20,000 = 400,000,000 cases"):
-        make_cases({"kind": "product", "sweeps": [{"kind": "grid", "axes": {"a": {"low": 0, "high": 1, "num": 20_000}}},
-                                                  {"kind": "random", "ranges": {"b": [0, 1]}, "n": 20_000}]})
+        make_cases(
+            {
+                "kind": "product",
+                "sweeps": [
+                    {"kind": "grid", "axes": {"a": {"low": 0, "high": 1, "num": 20_000}}},
+                    {"kind": "random", "ranges": {"b": [0, 1]}, "n": 20_000},
+                ],
+            }
+        )
     assert n_cases(grid({"a": {"low": 0, "high": 1, "num": 10_000}, "b": [1, 2, 3]})) == 30_000  # below: fine

@@ -26,7 +26,12 @@ def test_busy_span_gaps_and_time_outside_a_shards_work_per_worker():
     assert first.mean_gap == pytest.approx(0.3) and first.max_gap == pytest.approx(0.5)
     assert first.busy == pytest.approx(2.4) and first.span == pytest.approx(3.0)
     assert first.busy_share == pytest.approx(0.8) and first.outside == pytest.approx(0.1)
-    assert second.gap_count == 0 and second.max_gap == 0.0 and second.busy_share == pytest.approx(1.0) and second.outside == pytest.approx(0.0)
+    assert (
+        second.gap_count == 0
+        and second.max_gap == 0.0
+        and second.busy_share == pytest.approx(1.0)
+        and second.outside == pytest.approx(0.0)
+    )
     # the gaps' mean (0.3) plus the time outside seconds, averaged over all 4 shards: (3 x 0.1 + 0) / 4
     assert per_shard_overhead([first, second]) == pytest.approx(0.3 + 0.075)
 
@@ -51,4 +56,6 @@ def test_columns_match_rows_over_many_workers_and_shards():
     assert len(found) == 64 and all(w.shards == n // 64 and w.gap_count == n // 64 - 1 for w in found)
     assert per_shard_overhead(found) == pytest.approx(0.1 + 0.05)
     small = [row(w, s, f, d) for w, s, f, d in zip(workers[:640], started[:640], finished[:640], seconds[:640])]
-    assert worker_timeline(small) == worker_timeline_columns(workers[:640], started[:640], finished[:640], seconds[:640])
+    assert worker_timeline(small) == worker_timeline_columns(
+        workers[:640], started[:640], finished[:640], seconds[:640]
+    )

@@ -16,15 +16,23 @@ TESTS = Path(__file__).resolve().parent
 
 
 def counted_job(store: Path, log: Path):
-    return validate_spec({
-        "schema_version": 1, "name": "warm",
-        "function": {"kind": "import", "target": "user_fns:counted_quadratic", "factory": True,
-                     "kwargs": {"log": str(log)}, "python_path": [str(TESTS)]},
-        "inputs": {"kind": "normal", "n": 512, "shape": [3], "seed": 4},
-        "quantities": ["value", "jacobian", "hessian"],
-        "store": {"path": str(store), "chunk_size": 16, "encoding": {"hessian": {"packed": True}}},
-        "execution": {"shard_size": 32},  # 16 shards
-    })
+    return validate_spec(
+        {
+            "schema_version": 1,
+            "name": "warm",
+            "function": {
+                "kind": "import",
+                "target": "user_fns:counted_quadratic",
+                "factory": True,
+                "kwargs": {"log": str(log)},
+                "python_path": [str(TESTS)],
+            },
+            "inputs": {"kind": "normal", "n": 512, "shape": [3], "seed": 4},
+            "quantities": ["value", "jacobian", "hessian"],
+            "store": {"path": str(store), "chunk_size": 16, "encoding": {"hessian": {"packed": True}}},
+            "execution": {"shard_size": 32},  # 16 shards
+        }
+    )
 
 
 def loads(log: Path) -> Counter:
@@ -77,5 +85,6 @@ def test_a_worker_reads_the_stores_encodings_once_per_job(tmp_path, monkeypatch)
     monkeypatch.setattr(tasks, "stored_encodings", encodings)  # read every shard
     assert submit(reference, InlineExecutor()).complete
     for name in ("value", "jacobian", "hessian"):  # the packed Hessian stored as when read per shard
-        np.testing.assert_array_equal(xr.open_zarr(str(tmp_path / "a.zarr"))[name].values,
-                                      xr.open_zarr(str(tmp_path / "c.zarr"))[name].values)
+        np.testing.assert_array_equal(
+            xr.open_zarr(str(tmp_path / "a.zarr"))[name].values, xr.open_zarr(str(tmp_path / "c.zarr"))[name].values
+        )

@@ -119,7 +119,7 @@ def test_a_compute_failure_drops_queued_writes_and_leaves_no_thread_writing(tmp_
         with BlockWriter(path, depth=3) as writer:
             for start in (0, 4, 8):
                 writer.submit(start, start + 4, block(start, start + 4))
-            1 / 0
+            raise ZeroDivisionError
     # the write in progress finished before the error got out; the queued ones never started
     assert finished == started and len(started) < 3
     with pytest.raises(RuntimeError, match="closed"):
