@@ -47,7 +47,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
 import socket
 import struct
 import sys
@@ -64,6 +63,7 @@ from . import storage
 from .lease import holder as lease_holder
 from .lock import held_here, lock_path
 from .plan import ShardFlags
+from .provenance import command_line
 from .store import MARKERS, marker_names
 
 RECORD_VERSION = 1
@@ -183,18 +183,6 @@ def lock_holder(store: str | Path) -> dict[str, Any] | None:
     holder = _get_json(file) or {}
     holder.setdefault("pid", owner)
     return holder
-
-
-def command_line() -> str:
-    """This process's command as a user would type it again (``pipeline submit ...``)."""
-    argv = list(sys.argv) or ["python"]
-    if os.path.basename(argv[0]) == "pipeline":
-        argv[0] = "pipeline"
-    elif argv[0].endswith(os.path.join("pipeline", "cli.py")):  # python -m pipeline.cli
-        argv[:1] = ["python", "-m", "pipeline.cli"]
-    elif argv[0].endswith(os.path.join("pipeline", "__main__.py")):  # python -m pipeline
-        argv[:1] = ["python", "-m", "pipeline"]
-    return shlex.join(argv)
 
 
 # ------------------------------------------------------------------ worker side

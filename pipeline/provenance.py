@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .storage import redact_command
+
 
 def git_state(path: str | Path) -> dict[str, Any] | None:
     """``{"commit", "dirty", "root"}`` of the git work tree holding ``path``, or None (no git, no repository)."""
@@ -45,6 +47,23 @@ def git_state(path: str | Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status), "root": git("rev-parse", "--show-toplevel")}
 
 
+def command_line() -> str:
+    """This process's command as a user would type it again (``pipeline submit ...``), secrets redacted.
+
+    ``--set store.storage_options=...`` values are replaced by ``<redacted>``
+    (``storage.redact_command``): the command is recorded in the store and its
+    lease, and printed by ``status``, where the options' keys must not appear.
+    """
+    argv = list(sys.argv) or ["python"]
+    if os.path.basename(argv[0]) == "pipeline":
+        argv[0] = "pipeline"
+    elif argv[0].endswith(os.path.join("pipeline", "cli.py")):  # python -m pipeline.cli
+        argv[:1] = ["python", "-m", "pipeline.cli"]
+    elif argv[0].endswith(os.path.join("pipeline", "__main__.py")):  # python -m pipeline
+        argv[:1] = ["python", "-m", "pipeline"]
+    return shlex.join(redact_command(argv))
+
+
 def collect(job_file: str | Path | None = None) -> dict[str, Any]:
     """Host, user, command line, working directory, Python and (for a job file in a git work tree) its commit."""
     try:
@@ -54,7 +73,7 @@ def collect(job_file: str | Path | None = None) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "user": user,
-        "command": shlex.join(sys.argv),
+        "command": command_line(),
         "cwd": os.getcwd(),
         "python": platform.python_version(),
         "job_file": str(Path(job_file).resolve()) if job_file else None,
@@ -74,7 +93,7 @@ def run_record(started: float, finished: float, shards_run: int, failed: int) ->
         "started_epoch": round(started, 3),
         "finished_epoch": round(finished, 3),
         "host": socket.gethostname(),
-        "command": shlex.join(sys.argv),
+        "command": command_line(),
         "shards_run": shards_run,
         "shards_failed": failed,
     }

@@ -176,6 +176,26 @@ def redact(options: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def redact_command(argv: list[str]) -> list[str]:
+    """A command line as recorded (store, lease, ``status``): each ``--set`` of ``store.storage_options`` redacted.
+
+    Example:
+        >>> redact_command(["pipeline", "submit", "j.yaml", "--set", "store.storage_options={key: K, secret: S}"])
+        ['pipeline', 'submit', 'j.yaml', '--set', 'store.storage_options=<redacted>']
+        >>> redact_command(["pipeline", "submit", "--set=store.storage_options.secret=S", "--set", "inputs.n=8"])
+        ['pipeline', 'submit', '--set=store.storage_options.secret=<redacted>', '--set', 'inputs.n=8']
+    """
+    out = []
+    for arg in argv:
+        prefix, body = ("--set=", arg[len("--set=") :]) if arg.startswith("--set=") else ("", arg)
+        key, equals, value = body.partition("=")
+        path = key.strip()
+        if equals and (path.startswith("store.storage_options") or (path == "store" and "storage_options" in value)):
+            arg = f"{prefix}{key}=<redacted>"
+        out.append(arg)
+    return out
+
+
 # ------------------------------------------------------------- filesystems
 
 

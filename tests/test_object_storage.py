@@ -112,23 +112,19 @@ def test_storage_options_are_used_and_never_stored(s3_server, local_quickstart, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     options = json.dumps(s3_server.storage_options())
     url = s3_server.url("with-options.zarr")
-    result = cli(
-        "submit",
-        QUICKSTART,
-        "--executor",
-        "inline",
-        "--set",
-        f"store.path={url}",
-        "--set",
-        f"store.storage_options={options}",
-        *SMALL,
-    )
+    args = ["submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}"]
+    args += ["--set", f"store.storage_options={options}", *SMALL]
+    monkeypatch.setattr(sys, "argv", ["pipeline", *map(str, args)])  # the command line the store records
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     assert s3_server.secret not in result.output
     storage.set_options(url, s3_server.storage_options())
     assert_same_dataset(open_results(url), open_results(local_quickstart))
     raw = storage.read_bytes(storage.join(url, "zarr.json")).decode()
     assert s3_server.secret not in raw and s3_server.key not in raw
+    attributes = read_attributes(url)
+    assert "store.storage_options=<redacted>" in attributes["provenance"]["command"]
+    assert "store.storage_options=<redacted>" in attributes["runs"][-1]["command"]
     recorded = read_attributes(url)["spec"]["store"]["storage_options"]
     assert recorded["secret"] == "<redacted>" and recorded["key"] == "<redacted>"
 
