@@ -39,6 +39,14 @@ def _store_location(store: str) -> str:
     return store if _is_remote(store) else str(Path(store).absolute())
 
 
+def _check_readable(store: str) -> None:
+    """For a URL STORE: a missing bucket, an unreachable endpoint or refused credentials, said as such (BadInput)."""
+    if _is_remote(store):
+        from .store import check_readable
+
+        check_readable(store)
+
+
 def _unit(spec) -> str:
     """What one row of the job is called: a sweep runs cases, a derivative job samples."""
     from .kinds import kind_of
@@ -88,7 +96,10 @@ def main() -> None:
     "--address",
     default=None,
     metavar="HOST:PORT",
-    help="Ray cluster to join, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS).",
+    help=(
+        "Ray cluster to join: HOST:6379 (from a node), ray://HOST:10001 (the Ray client) or auto (a head on this "
+        "machine); default $RAY_ADDRESS. Its token is read from ~/.ray/auth_token or $RAY_AUTH_TOKEN."
+    ),
 )
 @click.option(
     "--executor",
@@ -283,13 +294,25 @@ def _submit_spec(
             f"first error (shard {first.shard_id}): {error_line(first.error)} "
             f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})"
         )
+        if any(_no_credentials(result.error) for result in summary.failed.values()):
+            console.print(
+                f"the workers found no credentials for {summary.path} (this process did): give every Ray node "
+                "the same variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...) or an "
+                "instance role, or put them in store.storage_options, which travel with the job's tasks and "
+                "are never recorded; then run the same command again"
+            )
         if nonfinite:
             console.print(nonfinite)
         sys.exit(EXIT_FAILED_SHARDS)
     rate = f", {summary.samples_per_second:,.0f} {_unit(spec)}/s per task" if ran else ""
-    click.echo(f"complete: {summary.path} ({ran} shards run{rate})")
+    click.echo(f"complete: {summary.path} ({ran} shard{'' if ran == 1 else 's'} run{rate})")
     if nonfinite:
         console.print(nonfinite)
+
+
+def _no_credentials(error: str | None) -> bool:
+    """A shard's error (its traceback) is botocore's: no credentials at all in the worker's environment."""
+    return error is not None and ("NoCredentialsError" in error or "Unable to locate credentials" in error)
 
 
 def _nonfinite_warning(path: str) -> str | None:
@@ -390,6 +413,10 @@ def inspect(store, as_json, shard_id):
     Also prints the error of every failed shard, one line each; --shard N
     prints shard N's attempts with their full tracebacks.
 
+    STORE is a folder or a URL (s3://bucket/results/x.zarr, gs://, az://), read
+    with the environment's credentials and endpoint (AWS_PROFILE or
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+
     \b
     Examples:
       pipeline inspect results/quickstart.zarr
@@ -401,11 +428,13 @@ def inspect(store, as_json, shard_id):
 
     if as_json:
         try:
+            _check_readable(store)
             click.echo(json.dumps(store_facts(store), indent=2, default=str))
         except BadInput as err:
             _fail(str(err))
         return
     try:
+        _check_readable(store)
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
         if shard_id is not None:
             inspect_shard(store, shard_id, console)
@@ -434,6 +463,10 @@ def report(store, out):
     outputs / sensitivities against the swept parameters. Needs matplotlib
     (pip install 'pipeline[notebook]').
 
+    STORE is a folder or a URL (s3://bucket/results/x.zarr, gs://, az://), read
+    with the environment's credentials and endpoint (AWS_PROFILE or
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+
     \b
     Examples:
       pipeline report results/quickstart.zarr            # writes results/quickstart.html
@@ -446,6 +479,7 @@ def report(store, out):
     from .html_report import write_report
 
     try:
+        _check_readable(store)
         written = write_report(store, out)
     except BadInput as err:
         _fail(str(err))
@@ -477,7 +511,12 @@ def status(store, as_json):
                 finishes them (`pipeline inspect` shows the errors)
 
     \b
-    Exit codes: 0 complete, 1 incomplete or stale, 2 not a store, 3 running.
+    Exit codes: 0 complete, 1 incomplete or stale, 3 running, 2 not a store
+    (or a bucket it cannot read).
+
+    STORE is a folder or a URL (s3://bucket/results/x.zarr, gs://, az://), read
+    with the environment's credentials and endpoint (AWS_PROFILE or
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
 
     \b
     --json prints one object: path, name, complete, shards, done, failed,
@@ -498,6 +537,7 @@ def status(store, as_json):
     from .report import print_status
 
     try:
+        _check_readable(store)
         report = store_status(store)
     except BadInput as err:
         _fail(str(err))
@@ -595,6 +635,10 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
     everything matches, 1 when something is damaged (after --repair: 0 when
     the recomputed store is complete), 2 when STORE is not a pipeline store.
 
+    STORE is a folder or a URL (s3://bucket/results/x.zarr, gs://, az://), read
+    with the environment's credentials and endpoint (AWS_PROFILE or
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+
     \b
     Examples:
       pipeline verify results/quickstart.zarr
@@ -609,10 +653,11 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
     if local and address:
         raise click.UsageError(f"--local and --address {address} contradict each other; pass only one of them")
     try:
+        _check_readable(store)
         if not repair:
             report = _verify_with_progress(store, threads, quiet or as_json)
         else:
-            from .spec import validate_spec
+            from .spec import drop_redacted_storage_options, validate_spec
             from .store import read_attributes
 
             stored = read_attributes(store).get("spec")
@@ -620,6 +665,13 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
                 _fail(
                     f"{store} records no job spec, so it cannot be recomputed; run its job file with "
                     "`pipeline submit JOB --repair`"
+                )
+            stored, dropped = drop_redacted_storage_options(stored)
+            if dropped:
+                _console().print(
+                    f"note: the store's store.storage_options ({', '.join(dropped)}) were never recorded; the repair "
+                    "uses this environment's credentials and endpoint on every node (or run `pipeline submit JOB "
+                    "--set store.storage_options=... --repair`)"
                 )
             spec = validate_spec(stored, f"{store} (its recorded spec)")
             spec = spec.model_copy(

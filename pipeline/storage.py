@@ -353,8 +353,17 @@ def exists(url: str) -> bool:
 
 
 def isfile(url: str) -> bool:
+    """True when ``url`` is an object (a file); False when nothing is there or it is a prefix (a folder).
+
+    Not fsspec's ``isfile``, which says False for any error: a refused
+    credential or an unreachable endpoint raises here, rather than passing
+    for a missing object.
+    """
     fs, path = _fresh(url)
-    return bool(retry(fs.isfile, path))
+    try:
+        return retry(fs.info, path).get("type") == "file"
+    except FileNotFoundError:
+        return False
 
 
 def listdir(url: str) -> list[str]:
@@ -401,11 +410,14 @@ def protocol_of(fs) -> str:
     return protocol[0] if isinstance(protocol, (tuple, list)) else protocol
 
 
-def check_access(url: str, key: str) -> None:
-    """Raise ``StorageError`` naming ``key`` when the bucket is missing or the credentials are refused.
+def check_access(url: str, key: str, options: str | None = "store.storage_options") -> None:
+    """Raise ``StorageError`` naming ``key`` when the bucket is missing, unreachable or the credentials are refused.
 
-    A cheap round trip before any work starts (list the bucket); nothing is written.
+    A cheap round trip before any work starts (list the bucket); nothing is
+    written. ``options`` names where else than the environment the storage
+    options can come from, for the messages (None: only the environment).
     """
+    alternative = f" or {options}" if options else ""
     check_url(url, key)
     scheme, rest = split(url)
     if scheme == "memory":
@@ -422,16 +434,44 @@ def check_access(url: str, key: str) -> None:
     except PermissionError as err:
         raise StorageError(
             f"{key}: access to {scheme}://{bucket} was refused ({_first_line(err)}); check the credentials "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, "
-            "AZURE_STORAGE_*) or store.storage_options"
+            f"({CREDENTIAL_VARIABLES}){alternative}"
         ) from None
     except Exception as err:
+        if is_missing_credentials(err):
+            raise StorageError(
+                f"{key}: no credentials were found for {url} ({_first_line(err)}); give them in the environment "
+                f"({CREDENTIAL_VARIABLES}){alternative}, or run where an instance role provides them"
+            ) from None
         if is_transient(err):
             raise StorageError(
                 f"{key}: cannot reach the storage of {url} ({_first_line(err)}); check the endpoint "
-                "(AWS_ENDPOINT_URL or store.storage_options) and the network"
+                f"(AWS_ENDPOINT_URL{alternative}) and the network"
             ) from None
         raise StorageError(f"{key}: cannot open {url} ({_first_line(err)})") from None
+
+
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*"
+)
+
+
+def is_missing_credentials(err: BaseException) -> bool:
+    """botocore's ``NoCredentialsError`` (and its kin), anywhere in ``err``'s chain: no keys at all, not wrong ones.
+
+    Example:
+        >>> is_missing_credentials(RuntimeError("Unable to locate credentials")), is_missing_credentials(OSError())
+        (True, False)
+    """
+    link: BaseException | None = err
+    for _ in range(8):
+        if link is None:
+            return False
+        if type(link).__name__ in ("NoCredentialsError", "PartialCredentialsError") or (
+            "unable to locate credentials" in str(link).lower()
+        ):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _first_line(err: BaseException) -> str:

@@ -132,6 +132,18 @@ def _zarr():
     return zarr
 
 
+def check_readable(path: str | Path, key: str = "STORE", options: str | None = None) -> None:
+    """For a URL: raise ``StorageError`` when its bucket is missing or unreachable or the credentials are refused.
+
+    What the commands that read a store (``status``, ``inspect``, ``verify``,
+    ``report``, ``open_results``) check first, so such a store is not
+    reported as "not a pipeline store". They read with the environment's
+    credentials and endpoint (or ``open_results(storage_options=)``).
+    """
+    if storage.is_remote(path):
+        storage.check_access(str(path), key, options=options)
+
+
 def store_exists(path: str | Path) -> bool:
     """True when ``path`` holds a Zarr group."""
     if storage.is_remote(path):
@@ -209,8 +221,8 @@ def is_pipeline_store(path: str | Path) -> bool:
 
 def _replaceable(path: str | Path) -> bool:
     """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
-    if storage.is_remote(path):
-        return is_pipeline_store(path) or not storage.listdir(str(path))
+    if storage.is_remote(path):  # an object named like the store is not replaceable: a recursive delete takes it too
+        return is_pipeline_store(path) or (not storage.listdir(str(path)) and not storage.isfile(str(path)))
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return True
@@ -220,6 +232,12 @@ def _replaceable(path: str | Path) -> bool:
 def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
     """Raise a StoreError when ``path`` exists and is not a pipeline store (it is never deleted)."""
     if storage.is_remote(path):
+        if storage.isfile(str(path)):
+            raise StoreError(
+                f"{key}: {path} is an existing object (a file), so it is left untouched (only a store written by "
+                f"pipeline is ever replaced); choose another {key}, a prefix with no objects (e.g. "
+                f"{storage.parent(str(path))}/<job>.zarr)"
+            )
         if not _replaceable(path):
             raise StoreError(
                 f"{key}: {path} holds objects that were not written by pipeline, so they are left untouched "
@@ -998,14 +1016,18 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
 # ----------------------------------------------------------------- reading
 
 
-def open_results(path: str | Path, *, require_complete: bool = False):
+def open_results(path: str | Path, *, require_complete: bool = False, storage_options: dict[str, Any] | None = None):
     """Open a store as an ``xarray.Dataset`` with named dimensions.
 
     Args:
-        path: the store directory.
+        path: the store directory, or its URL (``s3://bucket/results/x.zarr``).
         require_complete: raise if some shards have not committed yet (by
             default an incomplete store opens with NaN where shards are missing,
             and ``ds.attrs["complete"]`` is False).
+        storage_options: for a URL, the fsspec options (keys, endpoint) as
+            ``xarray.open_zarr`` takes them, e.g. ``{"client_kwargs":
+            {"endpoint_url": "http://localhost:9000"}}``; by default the
+            environment's (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
 
     Example:
         >>> ds = open_results("results/quickstart.zarr")   # doctest: +SKIP
@@ -1014,6 +1036,10 @@ def open_results(path: str | Path, *, require_complete: bool = False):
     """
     import xarray as xr
 
+    if storage.is_remote(path):
+        if storage_options is not None:
+            storage.set_options(str(path), storage_options)
+        check_readable(path, "path", options="storage_options=")
     attrs = read_attributes(path)
     if require_complete and not attrs.get("complete"):
         raise StoreError(

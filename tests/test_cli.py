@@ -332,7 +332,7 @@ def test_resume_notes_a_kept_codec_and_a_replaced_store(tmp_path):
     assert "keeps its codec auto" in result.output and "--overwrite" in result.output
     assert "keeps its job name 'quickstart'" in result.output
     result = run(*args, "--set", "store.overwrite=true")
-    assert result.exit_code == 0 and "1 shards run" in result.output, result.output
+    assert result.exit_code == 0 and "1 shard run" in result.output, result.output
     assert "replaced the existing store" in result.output and "store.overwrite: true" in result.output
     result = run(*args, "--overwrite")
     assert "replaced the existing store" in result.output and "(--overwrite)" in result.output

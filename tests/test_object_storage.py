@@ -464,3 +464,83 @@ def test_a_bucket_store_left_without_its_plan_is_made_anew_by_the_next_run(s3_se
     assert again.exit_code == 0, again.output
     assert f"made the store at {url} anew" in again.output, again.output
     assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))
+
+
+def test_verify_repair_of_a_store_made_with_storage_options_uses_the_environment(s3_server, local_quickstart):
+    """The options were redacted in the store: the repair runs on the environment's keys (before: a crash after
+    the damaged shards were un-committed)."""
+    url = s3_server.url("verify-options.zarr")
+    options = json.dumps(s3_server.storage_options())
+    made = cli(
+        "submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}",
+        "--set", f"store.storage_options={options}", *SMALL,
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    chunk = sorted(name for name in objects(url) if name.startswith("value/c/"))[2]
+    storage.write_bytes(f"{url}/{chunk}", b"not a chunk")
+    repaired = cli("verify", url, "--repair", "--executor", "inline", "-q")
+    assert repaired.exit_code == 0, repaired.output
+    assert "were never recorded" in repaired.output and "this environment's credentials" in repaired.output
+    assert s3_server.secret not in repaired.output
+    assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))
+
+
+def test_a_store_path_naming_an_existing_object_is_refused_and_the_object_kept(s3_server):
+    url = s3_server.url("notes/data.txt")
+    storage.write_bytes(url, b"the user's own object")
+    for extra in ([], ["--overwrite"]):
+        result = cli("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}", *SMALL, *extra)
+        assert result.exit_code == 2, result.output
+        assert "store.path" in result.output and "is an existing object" in result.output
+        assert storage.read_bytes(url) == b"the user's own object"
+        assert storage.listdir(url) == [] and not storage.exists(url + ".lease")  # nothing made under it
+
+
+def test_reading_commands_say_what_is_wrong_with_the_bucket(s3_server, s3_quickstart):
+    """status, inspect, verify and report on a store they cannot reach: one line naming the cause, exit 2
+    (before: a traceback from status, "not a pipeline store" from the rest)."""
+    from s3server import free_port
+
+    unreachable = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "PIPELINE_STORAGE_RETRIES": "1"}
+    cases = [
+        ({"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, s3_quickstart, "was refused", "AWS_SECRET_ACCESS_KEY"),
+        (unreachable, s3_quickstart, "cannot reach the storage", "AWS_ENDPOINT_URL"),
+        ({}, "s3://no-such-bucket-here/x.zarr", "does not exist", "aws s3 mb"),
+    ]
+    for env, url, cause, fix in cases:
+        for command in ("status", "inspect", "verify", "report"):
+            process = subprocess_cli(command, url, env=env)
+            output = process.communicate(timeout=180)[0]
+            assert process.returncode == 2, (command, output)
+            assert cause in output and fix in output, (command, output)
+            assert "Traceback" not in output and "not a pipeline store" not in output, (command, output)
+            assert "store.storage_options" not in output  # what these commands cannot take
+    assert not Path("x.zarr").exists() and not Path(s3_quickstart.rsplit("/", 1)[1].replace(".zarr", ".html")).exists()
+
+
+def test_open_results_takes_storage_options_and_says_why_it_cannot_read(s3_server, s3_quickstart, local_quickstart):
+    from pipeline.storage import StorageError
+
+    url = s3_quickstart
+    try:
+        wrong = {**s3_server.storage_options(), "secret": "not-the-secret"}
+        with pytest.raises(StorageError, match=r"was refused.*storage_options="):
+            open_results(url, storage_options=wrong)
+        ds = open_results(url, storage_options=s3_server.storage_options())
+        assert_same_dataset(ds, open_results(local_quickstart))
+    finally:
+        storage.set_options(url, {})  # the environment's again, for the other tests of this module
+
+
+def test_workers_without_credentials_are_told_apart_from_a_bug(ray_cluster, tmp_path):
+    """A shard failing with botocore's NoCredentialsError: the run's last words say the nodes lack the keys
+    (running the same command again, the generic advice, would fail the same way)."""
+    function = f"{{kind: import, target: 'user_fns:no_credentials_off_driver', python_path: ['{ROOT / 'tests'}'], "
+    function += f"kwargs: {{driver_pid: {os.getpid()}}}}}"
+    result = cli(
+        "submit", QUICKSTART, "--local", "--set", f"function={function}", "--set", "quantities=[value]",
+        "--set", f"store.path={tmp_path / 'x.zarr'}", "--set", "execution.retries=0", *SMALL,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "NoCredentialsError" in result.output and "the workers found no credentials" in result.output
+    assert "AWS_ACCESS_KEY_ID" in result.output and "store.storage_options" in result.output

@@ -4,7 +4,10 @@ The commands run as written, in the repository, with these substitutions
 (the only ones), so that they stay on this host's free ports and temp dir and
 never touch another Ray on it:
 
-- ``HEAD`` -> ``127.0.0.1``; the ports 6379, 8265, 10001 -> free ports;
+- ``HEAD`` -> ``127.0.0.1``, except in the ``ray job`` commands, which reach the
+  dashboard at this machine's own network address where it has one (as
+  another machine would: a dashboard on the loopback interface only fails
+  there); the ports 6379, 8265, 10001 -> free ports;
   ``/shared`` -> a temporary directory (the "shared filesystem", the alternative
   to a bucket); the bucket ``s3://my-bucket`` is a real S3 server on localhost
   (moto, started by the ``s3_server`` fixture), whose endpoint and keys every
@@ -61,6 +64,18 @@ def test_the_section_shows_the_whole_path():
         assert step in commands, step
 
 
+def network_address() -> str:
+    """This machine's address on its network (not the loopback), or 127.0.0.1 when it has none."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: the kernel only picks the route
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
 def isolate(command: str) -> str:
     """The extra `ray start` flags that let several nodes share this machine."""
     if not command.startswith("ray start"):
@@ -101,9 +116,11 @@ def test_readme_cluster_commands_run_as_written(s3_server):
     cluster = RayCluster(base, env)
     ports = {"6379": str(free_port()), "8265": str(free_port()), "10001": str(free_port())}
     outputs = []
+    remote = network_address()
     try:
         for written in cluster_commands():
-            command = written.replace("HEAD", "127.0.0.1").replace("/shared", str(shared))
+            head = remote if written.startswith("ray job") else "127.0.0.1"
+            command = written.replace("HEAD", head).replace("/shared", str(shared))
             for port, free in ports.items():
                 command = re.sub(rf"(?<=[:\s]){port}\b", free, command)
             if command == "ray stop":

@@ -21,6 +21,15 @@ def fails_off_driver(x, driver_pid=0):
     return torch.sin(x).sum()
 
 
+def no_credentials_off_driver(x, driver_pid=0):
+    """Works in the driver, and raises botocore's NoCredentialsError on a Ray worker (a node without the keys)."""
+    if os.getpid() != driver_pid:
+        from botocore.exceptions import NoCredentialsError
+
+        raise NoCredentialsError()
+    return torch.sin(x).sum()
+
+
 class Quadratic(torch.nn.Module):
     """y = x^T A x + b . x with fixed A and b, for checkpoint tests."""
 

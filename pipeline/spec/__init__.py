@@ -28,6 +28,7 @@ from .base import (
     StoreSettings,
     Strict,
     check_store_layout,
+    drop_redacted_storage_options,
     redact_storage_options,
 )
 from .derivative import (
@@ -86,6 +87,7 @@ __all__ = [
     "ZarrInputs",
     "apply_overrides",
     "check_store_layout",
+    "drop_redacted_storage_options",
     "job_models",
     "json_schema",
     "load_spec",

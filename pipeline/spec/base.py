@@ -283,6 +283,26 @@ def redact_storage_options(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def drop_redacted_storage_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A recorded spec made runnable again: the redacted ``store.storage_options`` left out; (data, their names).
+
+    The store never holds the options' secrets, so a job rerun from its
+    recorded spec (``verify --repair``) reads and writes with the
+    environment's credentials instead.
+
+    Example:
+        >>> drop_redacted_storage_options({"store": {"storage_options": {"key": "<redacted>", "anon": False}}})
+        ({'store': {'storage_options': {'anon': False}}}, ['key'])
+    """
+    store = data.get("store")
+    options = store.get("storage_options") if isinstance(store, dict) else None
+    if not isinstance(store, dict) or not isinstance(options, dict):
+        return data, []
+    dropped = [name for name, value in options.items() if value == "<redacted>"]
+    kept = {name: value for name, value in options.items() if name not in dropped}
+    return {**data, "store": {**store, "storage_options": kept or None}}, dropped
+
+
 def check_store_layout(store, shard_size: int) -> None:
     """Cross-key checks of the store's layout options (raise ValueError naming the key)."""
     if store.compression_level is not None:
