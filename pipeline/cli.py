@@ -282,18 +282,33 @@ def _submit_spec(
 
     ran = summary.ran
     if summary.skipped:
-        console.print(f"resumed: {summary.skipped} shards were already committed")
+        console.print(
+            f"resumed: {summary.skipped} shard{' was' if summary.skipped == 1 else 's were'} already committed"
+        )
     nonfinite = _nonfinite_warning(summary.path)
     if summary.failed:
+        # results that break the job's rules (NonFiniteError, StoredOverflowError) come back the same when rerun
+        rejected = all(
+            any(name in (result.error or "") for name in ("NonFiniteError", "StoredOverflowError"))
+            for result in summary.failed.values()
+        )
         console.print(
-            f"[bold red]{len(summary.failed)} of {summary.total} shards failed[/bold red] after retries; "
-            f"see `pipeline status {summary.path}`; run the same command again to retry them"
+            f"[bold red]{len(summary.failed)} of {summary.total} shards failed[/bold red]"
+            + ("; " if rejected else " after retries; ")
+            + f"see `pipeline status {summary.path}`"
+            + ("" if rejected else "; run the same command again to retry them")
         )
         first = next(iter(summary.failed.values()))
         console.print(
             f"first error (shard {first.shard_id}): {error_line(first.error)} "
             f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})"
         )
+        if any("StoredOverflowError" in (result.error or "") for result in summary.failed.values()):
+            console.print(
+                "the stored dtype cannot hold some results (float16: |x| <= 65504; these shards are not retried "
+                "and not committed): store them as bfloat16 or float32 (store.dtype, or store.encoding.<name>.dtype "
+                "for one array) and submit again with --overwrite (the stored dtype is part of the results)"
+            )
         if any(_no_credentials(result.error) for result in summary.failed.values()):
             console.print(
                 f"the workers found no credentials for {summary.path} (this process did): give every Ray node "

@@ -89,7 +89,8 @@ def cast(values: np.ndarray, dtype: str | None) -> np.ndarray:
         return values
     if dtype == "bfloat16":
         return to_bfloat16_bits(values)
-    return values.astype(dtype)
+    with np.errstate(over="ignore"):  # a float16 overflow becomes Inf: counted by ``overflow_count``
+        return values.astype(dtype)
 
 
 def uncast(stored: np.ndarray, dtype: str | None) -> np.ndarray:
@@ -261,6 +262,33 @@ def encodings(group) -> dict[str, dict[str, Any]]:
     return found
 
 
+def overflow_count(values: np.ndarray, stored: np.ndarray, enc: dict[str, Any] | None) -> int:
+    """Finite computed values that the stored dtype made infinite (float16 beyond 65504, bfloat16 near 3.4e38).
+
+    ``values`` is a block as computed, ``stored`` the same block encoded with ``enc``.
+
+    Example:
+        >>> enc = {"dtype": "float16"}
+        >>> values = np.array([1.0, 7e4, np.inf], np.float32)
+        >>> overflow_count(values, encode(values, enc), enc)
+        1
+    """
+    dtype = (enc or {}).get("dtype")
+    if dtype not in LOSSY:
+        return 0
+    infinite = (stored & 0x7FFF) == 0x7F80 if dtype == "bfloat16" else np.isinf(stored)
+    if not infinite.any():
+        return 0
+    selected = encode(values, {**(enc or {}), "dtype": None})  # the same entries, as computed
+    return int(np.count_nonzero(infinite & np.isfinite(selected)))
+
+
+def dtype_key(spec, name: str) -> str:
+    """The job-file key that chose array ``name``'s stored dtype: ``store.encoding.<name>.dtype`` or ``store.dtype``."""
+    own = (getattr(spec.store, "encoding", None) or {}).get(name)
+    return f"store.encoding.{name}.dtype" if own is not None and own.dtype else "store.dtype"
+
+
 def encode_arrays(arrays: dict[str, np.ndarray], found: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
     """A block's arrays in their stored form."""
     return {name: encode(values, found[name]) if name in found else values for name, values in arrays.items()}
@@ -290,19 +318,21 @@ def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
     """Record the rounding error of each lossy stored dtype on ``arrays`` (the driver's check) in the attributes."""
     from .spec import SpecError
 
+    problems = []
     for name, attrs in prepared.array_attributes.items():
         enc = attrs.get(ATTRIBUTE)
         if not enc or enc.get("dtype") not in LOSSY or name not in arrays:
             continue
         error = rounding_error(arrays[name], enc)
         if error["overflow"]:
-            raise SpecError(
-                [
-                    f"store.encoding.{name}.dtype: {enc['dtype']} overflows for {name} (values beyond "
-                    f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32"
-                ]
+            problems.append(
+                f"{dtype_key(spec, name)}: {enc['dtype']} overflows for {name} (values beyond "
+                f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32 for it "
+                f"(store.encoding.{name}.dtype)"
             )
         enc["rounding_error"] = {**error, "samples": samples}
+    if problems:
+        raise SpecError(problems)
 
 
 # ------------------------------------------------------------- codecs

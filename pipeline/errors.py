@@ -29,6 +29,14 @@ class ClusterError(BadInput, RuntimeError):
     """Ray cannot be started or joined, or the cluster cannot run the job's tasks."""
 
 
+class RejectedResults(RuntimeError):
+    """A shard whose results break a rule of the job (NaN under ``on_nonfinite: fail``, a stored dtype's overflow).
+
+    Another attempt computes the same values and fails the same way, so it is
+    not retried; the shard is not committed and the run says why.
+    """
+
+
 class ClusterLost(RuntimeError):
     """The driver lost its Ray cluster mid-run: exit code 1, committed shards kept, the same command resumes.
 

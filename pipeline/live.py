@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
+from .errors import RejectedResults
 from .lease import holder as lease_holder
 from .lock import held_here, lock_path
 from .plan import ShardFlags
@@ -215,6 +216,7 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
                 "attempt": attempt,
                 "type": type(error).__name__,
                 "message": str(error)[:2000],
+                "final": isinstance(error, RejectedResults),  # never retried: fail() reports it
                 "traceback": text[-TRACEBACK_CHARS:],
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -486,7 +488,7 @@ class LiveRun:
                 shard_id = int(error["shard_id"])
                 attempt = self._attempt_in_run(shard_id, int(error["attempt"]))
                 self._running.pop(shard_id, None)
-                if attempt < self.tries:  # the last one is reported by fail(), with the outcome
+                if attempt < self.tries and not error.get("final"):  # the last is reported by fail(), with the outcome
                     what = error_line(f"{error.get('type')}: {error.get('message')}")
                     lines.append(f"shard {shard_id}: attempt {attempt}/{self.tries} failed, retrying: {what}")
             running = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .cluster_watch import ClusterWatch, host_port, reason_of
-from .errors import ClusterError
+from .errors import ClusterError, RejectedResults
 from .memory import is_memory_failure
 from .plan import Shard
 from .store import ShardRecord
@@ -368,11 +368,11 @@ class Attempts:
         self._memory: dict[int, int] = {}
 
     def failed(self, shard_id: int, error: BaseException | None) -> bool:
-        """Count a failed attempt of the shard; True when it gets another one."""
+        """Count a failed attempt of the shard; True when it gets another one (never for ``RejectedResults``)."""
         self._failures[shard_id] = self._failures.get(shard_id, 0) + 1
         if is_memory_failure(error):
             self._memory[shard_id] = self._memory.get(shard_id, 0) + 1
-        return self._failures[shard_id] <= self.retries
+        return self._failures[shard_id] <= self.retries and not isinstance(error, RejectedResults)
 
     def count(self, shard_id: int) -> int:
         """Attempts of the shard that failed so far."""

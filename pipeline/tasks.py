@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from .cluster import placement
-from .encoding import encodings
+from .encoding import dtype_key, encodings
+from .errors import RejectedResults
 from .fingerprints import code_fingerprint
 from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
@@ -29,7 +30,7 @@ from .store import ShardRecord, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RejectedResults):
     """A shard holds NaN or Inf and the job says ``execution.on_nonfinite: fail``: it is not committed."""
 
     def __init__(self, shard: Shard, counts: dict[str, int]) -> None:
@@ -49,6 +50,32 @@ def _rebuild_nonfinite(message: str, counts: dict[str, int]) -> NonFiniteError:
     error = NonFiniteError.__new__(NonFiniteError)
     RuntimeError.__init__(error, message)
     error.counts = counts
+    return error
+
+
+class StoredOverflowError(RejectedResults):
+    """Finite results that the stored dtype (float16) cannot hold: the shard is not committed, whatever
+    ``on_nonfinite`` says (its values would read back as Inf). The driver's check of the first samples
+    stops most such jobs before they start; this catches values past them."""
+
+    def __init__(self, shard: Shard, counts: dict[str, int], keys: dict[str, str]) -> None:
+        self.counts, self.keys = dict(counts), dict(keys)
+        what = "; ".join(
+            f"{keys[name]}: {count} values of {name} beyond its range" for name, count in sorted(counts.items())
+        )
+        super().__init__(
+            f"shard {shard.id} (samples {shard.start}-{shard.stop}): the stored dtype overflows ({what}; float16 "
+            "holds |x| <= 65504); use bfloat16 or float32 for these arrays (store.encoding.<name>.dtype)"
+        )
+
+    def __reduce__(self):  # Ray sends the error back pickled
+        return (_rebuild_overflow, (str(self), self.counts, self.keys))
+
+
+def _rebuild_overflow(message: str, counts: dict[str, int], keys: dict[str, str]) -> StoredOverflowError:
+    error = StoredOverflowError.__new__(StoredOverflowError)
+    RuntimeError.__init__(error, message)
+    error.counts, error.keys = counts, keys
     return error
 
 
@@ -178,6 +205,9 @@ def _run_attempt(spec: Any, shard: Shard, attempt: int, bytes_per_sample: int, m
             arrays, block_info = compute_block(spec, block, device, info, budget)
             info = block_info if info is None else merge_info(info, block_info)
             writer.submit(block.start, block.stop, arrays)
+    if writer.overflow_by_array:
+        keys = {name: dtype_key(spec, name) for name in writer.overflow_by_array}
+        raise StoredOverflowError(shard, writer.overflow_by_array, keys)
     if writer.nonfinite and getattr(spec.execution, "on_nonfinite", "warn") == "fail":
         raise NonFiniteError(shard, writer.nonfinite_by_array)
     seconds = time.perf_counter() - began

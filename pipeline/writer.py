@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoding import encode_arrays, encodings
+from .encoding import encode_arrays, encodings, overflow_count
 from .store import Checksum, open_for_writing, write_region
 
 
@@ -63,6 +63,7 @@ class BlockWriter:
         self.on_written = on_written  # called with (start, stop) in the writer thread after each block's write
         self.nonfinite = 0
         self.nonfinite_by_array: dict[str, int] = {}
+        self.overflow_by_array: dict[str, int] = {}  # finite values a float16/bfloat16 stored dtype made Inf
         self.bytes_written = 0
         self._checksum = Checksum()
         self._targets: dict = {}  # the shard's arrays, opened once (``store.write_region``)
@@ -94,7 +95,12 @@ class BlockWriter:
                 if count:
                     self.nonfinite += count
                     self.nonfinite_by_array[name] = self.nonfinite_by_array.get(name, 0) + count
-        arrays = encode_arrays(arrays, self.encodings)  # in this thread: overlaps the next block's compute
+        computed, arrays = arrays, encode_arrays(arrays, self.encodings)  # in this thread: overlaps the compute
+        for name, enc in self.encodings.items():
+            if name in computed:
+                over = overflow_count(computed[name], arrays[name], enc)
+                if over:
+                    self.overflow_by_array[name] = self.overflow_by_array.get(name, 0) + over
         self._checksum.update(arrays)
         write_region(
             self.path,

@@ -279,3 +279,69 @@ def spec_overrides(tmp_path, store):
         "execution.shard_size=4",
         f"store.path={tmp_path / store}",
     ]
+
+
+def steep_job(tmp_path, store, retries=2):
+    """A grid whose first 256 samples (the driver's check) fit float16 and whose later ones do not."""
+    return validate_spec(
+        {
+            "schema_version": 1,
+            "name": "steep",
+            "function": {"kind": "import", "target": "user_fns:steep", "python_path": [str(Path(__file__).parent)]},
+            "inputs": {"kind": "grid", "axes": [{"low": 0, "high": 1, "num": 40}, {"low": 0, "high": 0.5, "num": 16}]},
+            "quantities": ["value", "jacobian"],
+            "derivatives": {"dtype": "float32"},
+            "store": {"path": str(tmp_path / "steep.zarr"), "chunk_size": 32, **store},
+            "execution": {"shard_size": 64, "retries": retries},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "store,keys",
+    [
+        ({"dtype": "float16"}, {"value": "store.dtype", "jacobian": "store.dtype"}),
+        ({"encoding": {"value": {"dtype": "float16"}}}, {"value": "store.encoding.value.dtype"}),
+    ],
+)
+def test_a_float16_overflow_past_the_checked_samples_fails_its_shards_not_silently(tmp_path, store, keys):
+    """Before, values past float16's range were stored as Inf, counted nowhere, and the job said complete."""
+    spec = steep_job(tmp_path, store)
+    summary = submit(spec, InlineExecutor())
+    # the reference: the same grid and function in float64 numpy, as float32 then float16 (x0 = i / 39 by rows)
+    x0, x1 = np.repeat(np.linspace(0, 1, 40), 16), np.tile(np.linspace(0, 0.5, 16), 40)
+    exact = {"value": 2e5 * x0**4 + x1, "jacobian": 8e5 * x0**3}
+    with np.errstate(over="ignore"):
+        beyond = {name: np.isinf(values.astype(np.float32).astype(np.float16)) for name, values in exact.items()}
+    beyond = {name: flags for name, flags in beyond.items() if name in keys}
+    expected_failed = {s for s in range(10) if any(flags[s * 64 : (s + 1) * 64].any() for flags in beyond.values())}
+    assert expected_failed and min(expected_failed) * 64 >= 256  # past the driver's check: only the shards see it
+    assert not summary.complete and set(summary.failed) == expected_failed
+    for shard_id, record in summary.failed.items():
+        assert record.attempts == 1  # not retried: another attempt would store the same values
+        rows = slice(shard_id * 64, (shard_id + 1) * 64)
+        for name, key in keys.items():
+            count = int(beyond[name][rows].sum())
+            assert (f"{key}: {count} values of {name} beyond its range" in record.error) == bool(count), record.error
+    ds = open_results(spec.store.path)
+    for name in keys:
+        stored = ds[name].values.reshape(640, -1)[:, 0]
+        assert not np.isinf(stored).any()  # no Inf reached the store: failed shards read as NaN
+        good = np.ones(640, bool)
+        for shard_id in expected_failed:
+            good[shard_id * 64 : (shard_id + 1) * 64] = False
+        assert np.isnan(stored[~good]).all()
+        np.testing.assert_allclose(stored[good], exact[name][good], rtol=2**-11, atol=1e-3)
+
+
+def test_a_float16_overflow_in_the_checked_samples_names_the_key_the_user_set(tmp_path):
+    spec_file = tmp_path / "steep.yaml"
+    spec = steep_job(tmp_path, {"dtype": "float16"}).model_dump(mode="json")
+    spec["inputs"]["axes"][0] = {"low": 0.9, "high": 1, "num": 40}  # overflows from the first sample on
+    spec_file.write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["validate", str(spec_file)])
+    assert result.exit_code == 2, result.output
+    assert "store.dtype: float16 overflows for value" in result.output
+    assert "store.dtype: float16 overflows for jacobian" in result.output  # every array that overflows
+    assert "store.encoding.value.dtype: float16" not in result.output and "RuntimeWarning" not in result.output
+    assert not (tmp_path / "steep.zarr").exists()

@@ -30,6 +30,11 @@ def no_credentials_off_driver(x, driver_pid=0):
     return torch.sin(x).sum()
 
 
+def steep(x):
+    """2e5 * x0**4 + x1: small near x0 = 0, beyond float16's 65504 past x0 = 0.757 (its Jacobian past 0.434)."""
+    return 2e5 * x[0] ** 4 + x[1]
+
+
 class Quadratic(torch.nn.Module):
     """y = x^T A x + b . x with fixed A and b, for checkpoint tests."""
 
