@@ -358,11 +358,18 @@ def _nonfinite_warning(path: str) -> str | None:
     show_default=True,
     help="Also open input files, import the function and run it on two samples.",
 )
-def validate(job, overrides, deep):
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Check as `submit --overwrite` would: an existing store at store.path is to be replaced, not resumed.",
+)
+def validate(job, overrides, deep, overwrite):
     """Check JOB without running it or touching any store.
 
     Exits 0 when the job is valid, 2 with one line per problem otherwise
-    (naming the key, the bad value and the fix).
+    (naming the key, the bad value and the fix). An existing store at
+    store.path is checked as `submit` would resume it (the same spec, the
+    same input files and code); --overwrite checks a replacement instead.
 
     \b
     Examples:
@@ -381,6 +388,11 @@ def validate(job, overrides, deep):
 
             prepared = prepare(spec)
             line += "".join(f"\n  {part}" for part in prepared.summary.splitlines())
+            if not overwrite:
+                from .driver import check_resumable
+
+                resumes = check_resumable(spec)
+                line += f"\n  {resumes}" if resumes else ""
             line += (
                 f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {_unit(spec)}, "
                 f"chunks of {prepared.plan.chunk_size}"

@@ -261,8 +261,7 @@ def open_store(
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
     existing = is_pipeline_store(path)
-    # a bucket store without its plan and with no shard committed: its driver was killed while making it
-    half_made = existing and _remote(path) and not has_plan(path) and next(committed_ids(path), None) is None
+    half_made = existing and _half_made(path)
     if existing and not replace_it and not half_made:
         return _resume(spec, path, accept_changed_code=accept_changed_code)
     replaced = existing and not half_made
@@ -297,7 +296,28 @@ def _remote(path) -> bool:
     return is_remote(path)
 
 
-def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
+def _half_made(path) -> bool:
+    """A bucket store without its plan and with no shard committed: its driver was killed while making it."""
+    return _remote(path) and not has_plan(path) and next(committed_ids(path), None) is None
+
+
+def check_resumable(spec) -> str | None:
+    """What ``validate`` says of an existing store at ``store.path``: None when there is none (or it is replaced).
+
+    Raises ``StoreError`` when ``submit`` would refuse to resume it (another
+    spec, changed input files or code), so ``validate`` refuses it too.
+    """
+    path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
+    if spec.store.overwrite or not is_pipeline_store(path) or _half_made(path):
+        return None
+    _check_resumable(spec, path, accept_changed_code=False)
+    committed = sum(1 for _ in committed_ids(path))
+    shards = "shard is" if committed == 1 else "shards are"
+    return f"resumes the store at {path}: {committed} {shards} committed (submit --overwrite replaces it instead)"
+
+
+def _check_resumable(spec, path, *, accept_changed_code: bool) -> tuple[dict, list[str]]:
+    """The store's attributes and the changed code files accepted; raises ``StoreError`` when it cannot resume."""
     attrs = read_attributes(path)
     stored = attrs.get("spec")
     # the stored spec's hash is computed again, so that keys which do not change results (and
@@ -332,6 +352,12 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
                 else ""
             )
         )
+    return attrs, accepted
+
+
+def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
+    attrs, accepted = _check_resumable(spec, path, accept_changed_code=accept_changed_code)
+    stored = attrs.get("spec")
     notes = []
     old_codec = (stored or {}).get("store", {}).get("compression")
     if old_codec and old_codec != spec.store.compression:

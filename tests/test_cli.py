@@ -517,3 +517,22 @@ def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path, lock_hol
     assert result.exit_code == 2
     assert f"another `pipeline submit` is running this store (pid {holder.pid}" in result.output
     assert "executor:" not in result.output and not store.exists()
+
+
+def test_validate_refuses_what_submit_would_refuse_to_resume(tmp_path):
+    """An existing store made by another spec: validate said valid, then submit refused it (exit 2)."""
+    store = tmp_path / "q.zarr"
+    small = ["--set", f"store.path={store}", "--set", "inputs.n=600", "--set", "store.chunk_size=100"]
+    small += ["--set", "execution.shard_size=200"]
+    job = ROOT / "jobs/quickstart.yaml"
+    assert run("submit", job, "--executor", "inline", "-q", *small).exit_code == 0
+    same = run("validate", job, *small)
+    assert same.exit_code == 0 and f"resumes the store at {store}: 3 shards are committed" in same.output
+    other = [*small, "--set", "derivatives.dtype=float64"]
+    refused = run("validate", job, *other)
+    assert refused.exit_code == 2 and "holds results of another spec" in refused.output, refused.output
+    assert "derivatives.dtype" in refused.output and "--overwrite" in refused.output
+    assert run("submit", job, "--executor", "inline", "-q", *other).exit_code == 2  # as submit says
+    replacing = run("validate", job, *other, "--overwrite")
+    assert replacing.exit_code == 0 and "resumes" not in replacing.output, replacing.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.zarr"]  # validate left nothing
