@@ -394,7 +394,8 @@ def validate(job, overrides, deep, overwrite):
                 resumes = check_resumable(spec)
                 line += f"\n  {resumes}" if resumes else ""
             line += (
-                f"\n  {len(prepared.plan.shards)} shards of {prepared.plan.shard_size} {_unit(spec)}, "
+                f"\n  {len(prepared.plan.shards)} shard{'' if len(prepared.plan.shards) == 1 else 's'} of "
+                f"{prepared.plan.shard_size} {_unit(spec)}, "
                 f"chunks of {prepared.plan.chunk_size}"
                 f"\n  results: {human_size(prepared.plan.result_bytes())} before compression"
             )

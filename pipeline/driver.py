@@ -296,6 +296,11 @@ def _remote(path) -> bool:
     return is_remote(path)
 
 
+def _complete(path) -> bool:
+    """A pipeline store at ``path`` whose every shard is committed (``complete`` in its attributes)."""
+    return is_pipeline_store(path) and read_attributes(path).get("complete") is True
+
+
 def _half_made(path) -> bool:
     """A bucket store without its plan and with no shard committed: its driver was killed while making it."""
     return _remote(path) and not has_plan(path) and next(committed_ids(path), None) is None
@@ -484,8 +489,9 @@ def submit(
     (``submit --repair``: un-commit damaged shards), ``executor.start()``
     (then ``on_started(executor.describe())``), ``executor.check(spec)`` (its
     resources, before the store is created, so a job the cluster cannot run
-    leaves no store behind), the store created or resumed, the pending shards
-    run, the store finalized.
+    leaves no store behind; all three skipped for a complete store that is
+    resumed, where nothing runs), the store created or resumed, the pending
+    shards run, the store finalized.
 
     ``job`` is the job file, recorded with the command line in the store's
     provenance. ``notify(message)`` is called with notes about the store
@@ -499,10 +505,12 @@ def submit(
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
         if repair is not None:
             repair(spec.store.path)
-        executor.start()
-        if on_started is not None:
-            on_started(executor.describe())
-        executor.check(spec)
+        replace_it = overwrite or spec.store.overwrite
+        if replace_it or not _complete(spec.store.path):  # a complete store resumed runs nothing: no Ray started
+            executor.start()
+            if on_started is not None:
+                on_started(executor.describe())
+            executor.check(spec)
         # the driver record `pipeline status` reads (live.py), deleted when the run ends
         replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
         unit = kind_of(spec).unit
@@ -551,6 +559,7 @@ def _run(
             progress.advance(record)
 
     def on_failed(shard: Shard, attempts: int, error: str) -> None:
+        in_run = attempts  # the executor's count: right even when the workers could not record theirs
         try:
             attempts = max(attempts, attempt_count(spec.store.path, shard.id))
             error = attempt_traceback(spec.store.path, shard.id, attempts) or error  # the worker's full traceback
@@ -558,7 +567,7 @@ def _run(
             pass
         summary.failed[shard.id] = ShardRecord.failed(shard, attempts=attempts, error=error)
         if progress is not None:
-            progress.fail(shard, error)
+            progress.fail(shard, error, attempts=in_run)
 
     discard = False
     lost: ClusterLost | None = None

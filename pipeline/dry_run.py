@@ -50,7 +50,8 @@ class DryRun:
         from .report import human_size
 
         return [
-            f"{self.n:,} {self.unit} in {self.shards} shards of {self.shard_size} (chunks of {self.chunk_size})",
+            f"{self.n:,} {self.unit} in {self.shards} shard{'' if self.shards == 1 else 's'} of {self.shard_size} "
+            f"(chunks of {self.chunk_size})",
             f"results: {human_size(self.result_bytes)} to write before compression",
             f"probe: {self.probe} {self.unit} in {self.probe_seconds:.3f} s on this CPU "
             f"({self.per_second:,.0f} {self.unit}/s)",

@@ -399,12 +399,13 @@ class LiveRun:
         if self.display is not None and not hasattr(self.display, "update"):
             self.display.advance(record)
 
-    def fail(self, shard, error: str) -> None:
+    def fail(self, shard, error: str, attempts: int | None = None) -> None:
+        """Say the shard failed for good; ``attempts``: this run's count of them, as the executor made them."""
         self.poll()  # lines of its earlier attempts first
         with self._lock:
             self._failed.add(shard.id)
             self._running.pop(shard.id, None)
-            attempts = self._attempt_in_run(shard.id, None)
+            attempts = max(self._attempt_in_run(shard.id, None), attempts or 0)
         self._message(
             f"shard {shard.id}: attempt {attempts}/{self.tries} failed, giving up: {error_line(error)} "
             f"(traceback: pipeline inspect {self._where} --shard {shard.id})"

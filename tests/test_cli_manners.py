@@ -39,7 +39,7 @@ def test_dry_run_prints_the_plan_and_an_estimate_and_writes_nothing(tmp_path, mo
         ],
     )
     assert sweep.exit_code == 0, sweep.output
-    assert "256 cases in 1 shards of 256" in sweep.output and "probe: 8 cases in" in sweep.output
+    assert "256 cases in 1 shard of 256" in sweep.output and "probe: 8 cases in" in sweep.output
     assert list(tmp_path.rglob("*")) == []  # no store, no lock, no results folder
 
 
