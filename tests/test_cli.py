@@ -536,3 +536,19 @@ def test_validate_refuses_what_submit_would_refuse_to_resume(tmp_path):
     replacing = run("validate", job, *other, "--overwrite")
     assert replacing.exit_code == 0 and "resumes" not in replacing.output, replacing.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.zarr"]  # validate left nothing
+
+
+def test_a_complete_store_resubmitted_needs_no_cluster(tmp_path):
+    """Nothing to run: no Ray is started or joined (an address where no Ray listens is never tried)."""
+    store = tmp_path / "q.zarr"
+    small = ["--set", f"store.path={store}", "--set", "inputs.n=600", "--set", "store.chunk_size=100"]
+    small += ["--set", "execution.shard_size=200"]
+    job = ROOT / "jobs/quickstart.yaml"
+    assert run("submit", job, "--executor", "inline", "-q", *small).exit_code == 0
+    again = run("submit", job, "--address", "127.0.0.1:9", *small)  # port 9 (discard): no Ray there
+    assert again.exit_code == 0, again.output
+    assert "resumed: 3 shards were already committed" in again.output and "0 shards run" in again.output
+    partial = tmp_path / "q.zarr" / "_shards" / "1.json"
+    partial.unlink()  # one shard pending: now the cluster is needed, and this one is refused
+    refused = run("submit", job, "--address", "127.0.0.1:9", *small)
+    assert refused.exit_code == 2 and "127.0.0.1:9" in refused.output, refused.output
