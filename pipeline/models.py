@@ -183,21 +183,39 @@ def _bind(fn: Callable, kwargs: dict) -> Callable:
     return bound
 
 
-def probe_output_shape(fn: Callable, in_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> tuple[int, ...]:
-    """Evaluate ``fn`` on one zero sample and return its output shape, with a clear error on failure."""
-    x = torch.zeros(in_shape, dtype=dtype)
-    try:
-        with torch.no_grad():
-            y = fn(x)
-    except Exception as err:
+def probe_output_shape(fn: Callable, samples: torch.Tensor) -> tuple[int, ...]:
+    """Evaluate ``fn`` on each of ``samples`` (real input samples, ``[k, *in_shape]``) and return its output shape.
+
+    Real samples, not zeros: a function whose domain leaves out 0 (``cholesky``
+    of SPD matrices, ``log``) is valid on its inputs. Every failure is a
+    ``FunctionError`` naming the sample.
+
+    Example:
+        >>> probe_output_shape(torch.log, torch.ones(2, 3))
+        (3,)
+    """
+    if len(samples) == 0:
+        raise ValueError("probe_output_shape needs at least one sample")
+    shapes = []
+    for i, x in enumerate(samples):
+        try:
+            with torch.no_grad():
+                y = fn(x)
+        except Exception as err:
+            raise FunctionError(
+                f"function: evaluating it on input sample {i} (shape {list(x.shape)}) failed: "
+                f"{type(err).__name__}: {err}; the function must map ONE sample (no batch axis) to its output"
+            ) from None
+        if not isinstance(y, torch.Tensor):
+            raise FunctionError(f"function: must return a tensor, returned {type(y).__name__}")
+        if not y.is_floating_point():
+            raise FunctionError(f"function: must return a floating-point tensor, returned {y.dtype}")
+        if math.prod(y.shape) == 0:
+            raise FunctionError(f"function: returned an empty tensor of shape {list(y.shape)}")
+        shapes.append(tuple(y.shape))
+    if len(set(shapes)) > 1:
         raise FunctionError(
-            f"function: evaluating it on one sample of shape {list(in_shape)} failed: {type(err).__name__}: {err}; "
-            "the function must map ONE sample (no batch axis) to its output"
-        ) from None
-    if not isinstance(y, torch.Tensor):
-        raise FunctionError(f"function: must return a tensor, returned {type(y).__name__}")
-    if not y.is_floating_point():
-        raise FunctionError(f"function: must return a floating-point tensor, returned {y.dtype}")
-    if math.prod(y.shape) == 0:
-        raise FunctionError(f"function: returned an empty tensor of shape {list(y.shape)}")
-    return tuple(y.shape)
+            f"function: returned outputs of different shapes on input samples 0..{len(shapes) - 1} "
+            f"({[list(s) for s in shapes]}); the output shape must not depend on the sample"
+        )
+    return shapes[0]

@@ -50,6 +50,16 @@ def index_error_on_the_probe_samples(tmp_path):
     return write_job(tmp_path, function="{kind: import, target: 'picky_fns:f'}"), ["function:", "Error"]
 
 
+def output_shape_that_depends_on_the_sample(tmp_path):
+    (tmp_path / "ragged_fns.py").write_text("import torch\n\ndef f(x):\n    return torch.cat([x, x[: int(x[0])]])\n")
+    np.save(tmp_path / "x.npy", np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 0.0]]))
+    return write_job(
+        tmp_path,
+        function="{kind: import, target: 'ragged_fns:f'}",
+        inputs=f"{{kind: npy, path: {tmp_path / 'x.npy'}}}",
+    ), ["function:", "[[3], [4]]", "must not depend on the sample"]
+
+
 def complex_npy(tmp_path):
     np.save(tmp_path / "z.npy", (np.arange(8.0) + 1j).reshape(4, 2))
     return write_job(tmp_path, inputs=f"{{kind: npy, path: {tmp_path / 'z.npy'}}}"), [
@@ -105,6 +115,7 @@ def sweep_axis_of_zero_points(tmp_path):
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
+    output_shape_that_depends_on_the_sample,
     complex_npy,
     unrelated_directory,
     a_file,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def prepare(spec: DerivativeJob) -> Prepared:
-    """Resolve sizes, run the engine on two samples on the CPU, and plan the store."""
+    """Resolve sizes, probe the function and run the engine on the first two input samples on the CPU, plan the store."""
     import torch
 
     from .. import encoding
@@ -41,8 +41,8 @@ def prepare(spec: DerivativeJob) -> Prepared:
         )
     dtype = DTYPES[spec.derivatives.dtype]
     fn = build_function(spec.function, dtype, "cpu")
-    out_shape = probe_output_shape(fn, info.shape, dtype)
-    x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)
+    x = torch.as_tensor(read_inputs(spec.inputs, 0, min(2, info.n)), dtype=dtype)  # the two probe samples
+    out_shape = probe_output_shape(fn, x)
     try:
         result = compute_derivatives(
             fn,
