@@ -112,6 +112,25 @@ def sweep_axis_of_zero_points(tmp_path):
     return job, ["sweep.axes.alpha.num", "greater than 0", "(got 0)"]
 
 
+def duplicate_key_in_the_job_file(tmp_path):
+    job = write_job(tmp_path, inputs="\n  kind: uniform\n  n: 16\n  n: 32\n  shape: [2]")
+    assert job.read_text().splitlines()[5:7] == ["  n: 16", "  n: 32"]
+    return job, ["inputs.n", "given twice", "(lines 6 and 7)", "remove one of them"]
+
+
+def duplicate_key_in_a_set_value(tmp_path):
+    return (
+        write_job(tmp_path),
+        ["--set 'inputs={kind: uniform, n: 16, n: 32, shape: [2]}'", "inputs.n", "given twice", "remove one"],
+        ["--set", "inputs={kind: uniform, n: 16, n: 32, shape: [2]}"],
+    )
+
+
+def yaml_syntax_error(tmp_path):
+    job = write_job(tmp_path, inputs="{kind: uniform\n  n: 16, shape: [2]}")
+    return job, [f"{job}, line 5, column 4: not valid YAML", "expected ',' or '}'", "fix the syntax"]
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -123,6 +142,9 @@ CASES = [
     too_big_for_the_disk,
     past_the_sample_limit,
     sweep_axis_of_zero_points,
+    duplicate_key_in_the_job_file,
+    duplicate_key_in_a_set_value,
+    yaml_syntax_error,
 ]
 
 
@@ -139,14 +161,15 @@ def listing(folder: Path) -> dict[str, bytes]:
 def test_a_bad_input_is_one_clean_line(tmp_path, case, command):
     import ray
 
-    job, expected = case(tmp_path)
+    job, expected, *extra = case(tmp_path)  # extra: the case's --set arguments
     before = listing(tmp_path)
     ray_before = ray.is_initialized()
-    args = [command, str(job)] + (["--local", "-q"] if command == "submit" else [])
+    args = [command, str(job), *(extra[0] if extra else [])] + (["--local", "-q"] if command == "submit" else [])
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     output = result.output  # stdout and stderr together
     assert result.exit_code == 2, output
     assert "Traceback" not in output and "error:" in output
+    assert "<unicode string>" not in output  # a YAML error names the job file
     problems = [
         line
         for line in output.splitlines()

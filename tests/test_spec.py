@@ -174,6 +174,27 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_spec(bad)
 
 
+def test_a_key_given_twice_is_refused_at_any_depth_and_merge_keys_still_override(tmp_path):
+    from pipeline.spec.yamltext import DuplicateKeyError, load_yaml
+
+    merged = "defaults: &d {n: 1, m: 2}\ninputs:\n  <<: *d\n  n: 3\n"  # a merge key's value may be overridden
+    assert load_yaml(merged) == {"defaults": {"n": 1, "m": 2}, "inputs": {"n": 3, "m": 2}}
+    with pytest.raises(DuplicateKeyError) as info:
+        load_yaml(
+            "sweep:\n  kind: product\n  sweeps:\n    - {kind: grid}\n    - {kind: zip, values: {a: [1], a: [2]}}\n"
+        )
+    assert info.value.path == ["sweep", "sweeps", "[1]", "values", "a"] and info.value.lines == (5, 5)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(base(), sort_keys=False) + "name: again\n")
+    last = len(job.read_text().splitlines())
+    with pytest.raises(SpecError) as caught:
+        load_spec(job)
+    assert caught.value.problems == [
+        f"name: the key is given twice in {job} (lines 2 and {last}) and YAML would silently keep the last; "
+        "remove one of them"
+    ]
+
+
 def test_hash_ignores_execution_but_not_function():
     a = validate_spec(base())
     data = base()

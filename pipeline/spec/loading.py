@@ -5,7 +5,8 @@ key.path=value`` overrides, validates it once against the model of its
 ``kind`` (``pipeline.kinds``) and returns a frozen job. Every problem becomes a
 ``SpecError`` whose lines name the key path, the bad value and the fix; the key
 paths and the allowed keys are read off the models, so a new kind or a new
-tagged variant needs nothing here.
+tagged variant needs nothing here. The YAML itself is read by ``yamltext``:
+a key given twice is an error, a syntax error one line.
 
 Example:
     >>> spec = load_spec("jobs/quickstart.yaml", overrides=["inputs.n=1000"])
@@ -30,6 +31,7 @@ from pydantic_core import ErrorDetails
 
 from .. import kinds
 from .base import SCHEMA_VERSION, Job, SpecError, hash_view
+from .yamltext import DuplicateKeyError, describe_yaml_error, load_yaml
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -46,9 +48,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise SpecError([f"--set {text!r}: the key path is empty; e.g. --set inputs.n=1000"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as err:
+        raise SpecError(
+            [f"--set {text!r}: {describe_yaml_error(DuplicateKeyError(path + err.path, err.lines))}"]
+        ) from None
     except yaml.YAMLError as err:
-        raise SpecError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
+        raise SpecError([f"--set {text!r}: {describe_yaml_error(err)}"]) from None
     return path, _number(value)
 
 
@@ -319,7 +325,7 @@ def job_models() -> dict[str, type[Job]]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a job file, turning file and YAML errors into ``SpecError``."""
+    """Read a job file, turning file and YAML errors (a key given twice too) into ``SpecError``."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -328,9 +334,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise SpecError([f"job file {str(path)!r} cannot be read: {err}"]) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+        data = load_yaml(text)
+    except yaml.YAMLError as err:  # a key given twice too
+        raise SpecError([describe_yaml_error(err, str(path))], str(path)) from None
     return data if data is not None else {}
 
 
