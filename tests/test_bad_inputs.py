@@ -131,6 +131,36 @@ def yaml_syntax_error(tmp_path):
     return job, [f"{job}, line 5, column 4: not valid YAML", "expected ',' or '}'", "fix the syntax"]
 
 
+def empty_sweep_axes(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\nsweep: {kind: grid, axes: {}}\n"
+        f"store: {{path: {tmp_path / 'out.zarr'}}}\n"
+    )
+    return job, ["sweep.axes", "needs at least 1 entry", "at least one swept parameter", "e.g. axes: {alpha: ["]
+
+
+def empty_sweep_ranges(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\nsweep: {kind: lhs, n: 8, ranges: {}}\n"
+        f"store: {{path: {tmp_path / 'out.zarr'}}}\n"
+    )
+    return job, ["sweep.ranges", "at least one swept parameter", "e.g. ranges: {alpha: [0.1, 1.0]}"]
+
+
+def float16_compute_dtype(tmp_path):
+    return (
+        write_job(tmp_path),
+        ["derivatives.dtype", "(got 'float16')", "float32 or float64", "set store.dtype: float16"],
+        ["--set", "derivatives.dtype=float16"],
+    )
+
+
+def negative_retries(tmp_path):
+    return write_job(tmp_path), ["execution.retries", "(got -1)", ">= 0, e.g. 2"], ["--set", "execution.retries=-1"]
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -145,6 +175,10 @@ CASES = [
     duplicate_key_in_the_job_file,
     duplicate_key_in_a_set_value,
     yaml_syntax_error,
+    empty_sweep_axes,
+    empty_sweep_ranges,
+    float16_compute_dtype,
+    negative_retries,
 ]
 
 

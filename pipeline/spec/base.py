@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +26,28 @@ SCHEMA_VERSION = 1
 #: ``package.module:attr``, the import path of a user function or solver
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
+
+@dataclass(frozen=True)
+class Fix:
+    """A field's own fix, said after any error of its value: ``Annotated[int, Fix("...")]``.
+
+    The error messages (``spec.loading``) give a generic fix per error type
+    ("use a whole number >= 0, e.g. 2"); a field whose errors need more (the
+    dtype to use instead, an example of a mapping) says it here, beside its
+    type. Pydantic keeps it in the field's metadata and does nothing with it.
+    """
+
+    text: str
+
+
+#: the dtype a job computes in; what is stored can be narrower (``store.dtype``)
+ComputeDtype = Annotated[
+    Literal["float32", "float64"],
+    Fix(
+        "the compute dtype is float32 or float64; to store the results in float16 or bfloat16, "
+        "compute in float32 and set store.dtype: float16 (or bfloat16)"
+    ),
+]
 PositiveInt = Annotated[int, Field(gt=0)]
 MAX_SAMPLES = 2**40  # samples (or cases) of one job: about 1.1e12; beyond, split the job
 SampleCount = Annotated[int, Field(gt=0, le=MAX_SAMPLES)]

@@ -20,6 +20,7 @@ from ..sobol import check as check_sobol
 from .base import (
     IMPORT_PATH,
     MAX_SAMPLES,
+    ComputeDtype,
     ExecutionSettings,
     Job,
     PositiveInt,
@@ -216,7 +217,7 @@ class DerivativeSettings(Strict):
 
     method: Literal[DERIVATIVE_METHODS] = "auto"  # type: ignore[valid-type]
     chunk_size: PositiveInt | Literal["auto"] = Field(default="auto", description="samples per batched call")
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: ComputeDtype = "float32"
     allow_tf32: bool = Field(default=False, description="allow TF32 matmuls on GPUs (faster, less precise)")
     # options of the operator quantities (weighted_laplacian, laplacian_estimate, ...)
     factor: tuple[tuple[float, ...], ...] | None = Field(

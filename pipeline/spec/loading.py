@@ -5,8 +5,10 @@ key.path=value`` overrides, validates it once against the model of its
 ``kind`` (``pipeline.kinds``) and returns a frozen job. Every problem becomes a
 ``SpecError`` whose lines name the key path, the bad value and the fix; the key
 paths and the allowed keys are read off the models, so a new kind or a new
-tagged variant needs nothing here. The YAML itself is read by ``yamltext``:
-a key given twice is an error, a syntax error one line.
+tagged variant needs nothing here. The fix is the field's own where its type
+carries one (``base.Fix``), else its error type's (``_FIXES``), with the
+field's default as an example of a bound. The YAML itself is read by
+``yamltext``: a key given twice is an error, a syntax error one line.
 
 Example:
     >>> spec = load_spec("jobs/quickstart.yaml", overrides=["inputs.n=1000"])
@@ -27,10 +29,11 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from .. import kinds
-from .base import SCHEMA_VERSION, Job, SpecError, hash_view
+from .base import SCHEMA_VERSION, Fix, Job, SpecError, hash_view
 from .yamltext import DuplicateKeyError, describe_yaml_error, load_yaml
 
 
@@ -241,17 +244,88 @@ def allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
     return None
 
 
+def field_at(model: type[BaseModel], loc: tuple) -> FieldInfo | None:
+    """The model field an error location ends at (union members below it skipped), or ``None``.
+
+    Example:
+        >>> from pipeline.spec import SweepJob
+        >>> field_at(SweepJob, ("sweep", "grid", "axes")).description
+        'name -> values or {low, high, num}'
+        >>> field_at(SweepJob, ("sweep", "grid", "axes", "alpha")) is None  # a value of the mapping
+        True
+    """
+    found = None
+    below: Any = (model, None)
+    for item in loc:
+        if below is None:
+            return None
+        node, discriminator = below
+        step = _step(node, discriminator, item)
+        if _is_model(node) and isinstance(item, str) and item in node.model_fields:
+            found = node.model_fields[item]
+        elif step.part:  # deeper than the field: into a list or a mapping of it
+            found = None
+        below = step.node
+    return found
+
+
+# the fix of an error type, formatted with the error's ``ctx`` ("{ge}"); ``{number}``: a whole number or a number
 _FIXES = {
     "missing": "add this key",
     "int_parsing": "use a whole number",
     "int_type": "use a whole number",
     "float_parsing": "use a number",
     "bool_parsing": "use true or false",
-    "greater_than": "use a larger value",
+    "greater_than": "use {number} > {gt}",
+    "greater_than_equal": "use {number} >= {ge}",
     "less_than_equal": "use a smaller value, or split the job into several",
+    "too_short": "add at least {min_length} (see `pipeline schema`)",
     "union_tag_invalid": "set 'kind' to one of the listed values",
     "union_tag_not_found": "add a 'kind' key",
 }
+# the ctx key of a bound and whether a value keeps it (the field's default is then an example)
+_BOUNDS = {"greater_than": ("gt", float.__gt__), "greater_than_equal": ("ge", float.__ge__)}
+
+
+def _fix(kind: str, ctx: dict[str, Any], field: FieldInfo | None) -> str | None:
+    """The fix of an error: the field's own (``Fix`` beside its type), else its type's, with an example.
+
+    The example of a bound is the field's default where it keeps the bound:
+    ``execution.retries: -1`` -> "use a whole number >= 0, e.g. 2".
+    """
+    own = [meta.text for meta in (field.metadata if field is not None else ()) if isinstance(meta, Fix)]
+    if own and kind != "value_error":  # the model's own checks say their fix themselves
+        return own[0]
+    template = _FIXES.get(kind)
+    if template is None:
+        return None
+    name, keeps = _BOUNDS.get(kind, ("", None))
+    bound = ctx.get(name)  # pydantic gives the bound in the field's type: 0 for an int, 0.0 for a float
+    whole = isinstance(bound, int) and not isinstance(bound, bool)
+    if isinstance(bound, float) and bound.is_integer():
+        ctx = {**ctx, name: int(bound)}
+    try:
+        fix = template.format(number="a whole number" if whole else "a number", **ctx)
+    except (KeyError, IndexError, ValueError):
+        return None
+    default = field.default if field is not None else None
+    if (
+        keeps is not None
+        and isinstance(default, (int, float))
+        and not isinstance(default, bool)
+        and isinstance(bound, (int, float))
+        and keeps(float(default), float(bound))
+    ):
+        fix += f", e.g. {default}"
+    return fix
+
+
+def _message(kind: str, msg: str, ctx: dict[str, Any]) -> str:
+    """Pydantic's message in the file's words where it has none of its own."""
+    if kind == "too_short":
+        what = "entry" if ctx.get("field_type") == "Dictionary" else "item"
+        return f"needs at least {ctx.get('min_length')} {what}, got {ctx.get('actual_length')}"
+    return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
 
 def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
@@ -259,7 +333,7 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     path = key_path(model, loc)
     kind = error.get("type", "")
     value = error.get("input")
-    msg = error.get("msg", "")
+    ctx = dict(error.get("ctx") or {})
     if kind == "extra_forbidden":
         allowed = allowed_keys(model, loc)
         allowed_note = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
@@ -267,17 +341,16 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"{path}: required key is missing; add it (see `pipeline schema`)"
     if kind == "union_tag_invalid":
-        expected = error.get("ctx", {}).get("expected_tags", "")
-        tag = error.get("ctx", {}).get("tag", value)
+        expected = ctx.get("expected_tags", "")
+        tag = ctx.get("tag", value)
         return f"{path}.kind: unknown kind {tag!r}; use one of {expected}"
     if kind == "union_tag_not_found":
         return f"{path}: no 'kind' key; add kind: one of the kinds listed by `pipeline schema`"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    fix = _FIXES.get(kind)
+    msg = _message(kind, error.get("msg", ""), ctx)
     if path == "(top level)" and kind == "value_error":
         return msg  # cross-key checks name their keys themselves
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    fix = _fix(kind, ctx, field_at(model, loc))
+    shown = "" if isinstance(value, dict) or kind == "too_short" else f" (got {value!r})"
     return f"{path}: {msg}{shown}" + (f"; {fix}" if fix and fix not in msg else "")
 
 

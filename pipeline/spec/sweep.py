@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ..sobol import check as check_sobol
-from .base import IMPORT_PATH, ExecutionSettings, Job, PositiveInt, StoreSettings, Strict
+from .base import IMPORT_PATH, ComputeDtype, ExecutionSettings, Fix, Job, PositiveInt, StoreSettings, Strict
 from .derivative import NpyInputs, ZarrInputs
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -83,7 +83,7 @@ class SolverSettings(Strict):
     options: Annotated[dict[str, Any] | None, _EmptyIfNull] = Field(
         default_factory=dict, description="solver options (grid, time span, constants); empty or null: defaults"
     )
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: ComputeDtype = "float32"
     python_path: list[str] = Field(default_factory=list, description="directories searched for a user solver")
 
     @field_validator("name")
@@ -104,21 +104,36 @@ class GridSweep(Strict):
     """Cartesian product: every combination of the axes' values (last axis fastest)."""
 
     kind: Literal["grid"]
-    axes: dict[str, list[float] | Axis] = Field(min_length=1, description="name -> values or {low, high, num}")
+    axes: Annotated[
+        dict[str, list[float] | Axis],
+        Fix(
+            "give at least one swept parameter with its values, e.g. axes: {alpha: [0.1, 0.5, 1.0]} "
+            "or axes: {alpha: {low: 0.1, high: 1.0, num: 8}}"
+        ),
+    ] = Field(min_length=1, description="name -> values or {low, high, num}")
 
 
 class ZipSweep(Strict):
     """Cases side by side: the i-th value of every list forms case i."""
 
     kind: Literal["zip"]
-    values: dict[str, list[float]] = Field(min_length=1, description="name -> values, all of one length")
+    values: Annotated[
+        dict[str, list[float]],
+        Fix(
+            "give at least one swept parameter with its values (lists of one length), e.g. values: {alpha: [0.1, 0.2]}"
+        ),
+    ] = Field(min_length=1, description="name -> values, all of one length")
 
 
 class _Sampled(Strict):
     n: PositiveInt = Field(description="number of cases")
-    ranges: dict[str, tuple[float, float] | Range] = Field(
-        min_length=1, description="name -> [low, high] or {low, high, scale}"
-    )
+    ranges: Annotated[
+        dict[str, tuple[float, float] | Range],
+        Fix(
+            "give at least one swept parameter with its range, e.g. ranges: {alpha: [0.1, 1.0]} "
+            "or ranges: {alpha: {low: 0.1, high: 10.0, scale: log}}"
+        ),
+    ] = Field(min_length=1, description="name -> [low, high] or {low, high, scale}")
     seed: Annotated[int, Field(ge=0)] = 0
 
 
@@ -158,7 +173,10 @@ class ProductSweep(Strict):
     """Cartesian product of the case tables of several sweeps."""
 
     kind: Literal["product"]
-    sweeps: list[Sweep] = Field(min_length=1)
+    sweeps: Annotated[
+        list[Sweep],
+        Fix("list at least one sweep, e.g. sweeps: [{kind: grid, axes: {alpha: [0.1, 1.0]}}]"),
+    ] = Field(min_length=1)
 
 
 Sweep = Annotated[
@@ -183,7 +201,10 @@ class Reduction(Strict):
 class Sensitivities(Strict):
     """Derivatives of scalar outputs with respect to swept parameters, per case."""
 
-    outputs: dict[str, Reduction] = Field(min_length=1, description="name -> which scalar to differentiate")
+    outputs: Annotated[
+        dict[str, Reduction],
+        Fix("name at least one scalar output, e.g. outputs: {T_end: {output: T, reduce: mean}}"),
+    ] = Field(min_length=1, description="name -> which scalar to differentiate")
     wrt: list[str] | None = Field(default=None, description="swept parameters (default: every swept parameter)")
 
     @field_validator("outputs")
