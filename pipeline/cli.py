@@ -55,7 +55,10 @@ def _unit(spec) -> str:
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    _console().print(f"[bold red]error:[/bold red] {message}", markup=True)
+    from rich.markup import escape
+
+    # the message is plain text: its square brackets ("[a, b", "shard 1 [8, 16)") are not rich markup
+    _console().print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
     sys.exit(code)
 
 

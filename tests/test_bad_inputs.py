@@ -126,6 +126,15 @@ def duplicate_key_in_a_set_value(tmp_path):
     )
 
 
+def brackets_in_a_set_value(tmp_path):
+    # the message quotes the value whole: its brackets are not taken for console markup
+    return (
+        write_job(tmp_path),
+        ["--set 'inputs=[a, b'", "not valid YAML", "fix the syntax"],
+        ["--set", "inputs=[a, b"],
+    )
+
+
 def yaml_syntax_error(tmp_path):
     job = write_job(tmp_path, inputs="{kind: uniform\n  n: 16, shape: [2]}")
     return job, [f"{job}, line 5, column 4: not valid YAML", "expected ',' or '}'", "fix the syntax"]
@@ -174,6 +183,7 @@ CASES = [
     sweep_axis_of_zero_points,
     duplicate_key_in_the_job_file,
     duplicate_key_in_a_set_value,
+    brackets_in_a_set_value,
     yaml_syntax_error,
     empty_sweep_axes,
     empty_sweep_ranges,
