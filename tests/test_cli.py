@@ -545,10 +545,18 @@ def test_a_complete_store_resubmitted_needs_no_cluster(tmp_path):
     small += ["--set", "execution.shard_size=200"]
     job = ROOT / "jobs/quickstart.yaml"
     assert run("submit", job, "--executor", "inline", "-q", *small).exit_code == 0
-    again = run("submit", job, "--address", "127.0.0.1:9", *small)  # port 9 (discard): no Ray there
-    assert again.exit_code == 0, again.output
-    assert "resumed: 3 shards were already committed" in again.output and "0 shards run" in again.output
+
+    def fresh_process(*args):  # a process of its own: this one may hold another test's Ray already
+        import subprocess
+        import sys
+
+        command = [sys.executable, "-m", "pipeline.cli", "submit", str(job), *args, *small]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    again = fresh_process("--address", "127.0.0.1:9")  # port 9 (discard): no Ray there
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 3 shards were already committed" in again.stderr and "0 shards run" in again.stdout
     partial = tmp_path / "q.zarr" / "_shards" / "1.json"
     partial.unlink()  # one shard pending: now the cluster is needed, and this one is refused
-    refused = run("submit", job, "--address", "127.0.0.1:9", *small)
-    assert refused.exit_code == 2 and "127.0.0.1:9" in refused.output, refused.output
+    refused = fresh_process("--address", "127.0.0.1:9")
+    assert refused.returncode == 2 and "127.0.0.1:9" in refused.stderr, refused.stderr
