@@ -583,8 +583,10 @@ def _verify_with_progress(store: str, threads: int, quiet: bool):
     """``verify.verify_store`` with a progress bar on stderr (none with ``quiet``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .store import read_attributes
     from .verify import verify_store
 
+    read_attributes(store)  # not a store: said before a progress bar starts (its end would leave a blank line)
     if quiet:
         return verify_store(store, threads=threads)
     with Progress(

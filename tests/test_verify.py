@@ -182,3 +182,16 @@ def test_checksums_are_crc32c_and_a_store_made_with_zlibs_crc32_still_verifies(c
     report = verify_store(damaged)
     assert report.damaged_shards == [0, 2, 4]
     assert ("mismatch", "hessian", 0, None) in {(p.kind, p.array, p.shard, p.chunk) for p in report.problems}
+
+
+def test_verify_of_a_path_that_is_not_a_store_is_one_line(tmp_path):
+    """Exit 2 and the error line first: no progress bar's blank line before it, no store left."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "verify", str(tmp_path / "none.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "is not a pipeline store" in result.stderr, repr(result.stderr)
+    assert not any(tmp_path.iterdir())
