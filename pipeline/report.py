@@ -291,6 +291,11 @@ def print_status(status: dict, console: Console, ids_shown: int = 10) -> None:
         console.print(f"their errors: pipeline inspect {status['path']}")
     if state == "stale" and driver.get("command"):
         console.print(f"resume: cd {driver.get('cwd', '.')} && {resume_command(driver)}")
+    elif not status["complete"] and not status["failed_shards"] and not status["pending_shards"]:
+        console.print(  # e.g. `ray job stop` while the driver was finalizing
+            "every shard is committed but the store was not finalized (its driver stopped first): "
+            "run the job again to finalize it; nothing is computed again"
+        )
     elif not status["complete"]:
         console.print("run the job again to finish them: committed shards are kept")
 

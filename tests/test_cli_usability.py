@@ -243,3 +243,25 @@ def test_validate_help_examples_run(monkeypatch):
     for args in examples:
         result = run("validate", *args)
         assert result.exit_code == 0, (args, result.output)
+
+
+def test_status_of_a_store_whose_driver_stopped_while_finalizing(tmp_path):
+    """Every shard committed, `complete` never set (e.g. `ray job stop` mid-finalize): status says to finalize,
+    not that shards are left; the same command finalizes it and computes nothing."""
+    import json
+
+    store = tmp_path / "f.zarr"
+    small = ["--set", f"store.path={store}", "--set", "inputs.n=400", "--set", "store.chunk_size=100"]
+    small += ["--set", "execution.shard_size=200", "--executor", "inline", "-q"]
+    job = ROOT / "jobs/quickstart.yaml"
+    assert run("submit", job, *small).exit_code == 0
+    metadata = json.loads((store / "zarr.json").read_text())
+    metadata["attributes"]["complete"] = False  # as a driver stopped before its finalize leaves it
+    (store / "zarr.json").write_text(json.dumps(metadata))
+    said = run("status", store)
+    assert said.exit_code == 1, said.output
+    text = " ".join(said.output.split())
+    assert "every shard is committed but the store was not finalized" in text and "finish them" not in text
+    again = run("submit", job, *small)
+    assert again.exit_code == 0 and "0 shards run" in again.output, again.output
+    assert run("status", store).exit_code == 0
