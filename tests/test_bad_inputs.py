@@ -170,6 +170,20 @@ def negative_retries(tmp_path):
     return write_job(tmp_path), ["execution.retries", "(got -1)", ">= 0, e.g. 2"], ["--set", "execution.retries=-1"]
 
 
+def compression_level_too_high(tmp_path):
+    # an upper bound says the bound (not "split the job", which only the sample count's says)
+    return (
+        write_job(tmp_path),
+        ["store.compression_level", "(got 30)", "<= 22"],
+        [
+            "--set",
+            "store.compression=zstd",
+            "--set",
+            "store.compression_level=30",
+        ],
+    )
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -189,6 +203,7 @@ CASES = [
     empty_sweep_ranges,
     float16_compute_dtype,
     negative_retries,
+    compression_level_too_high,
 ]
 
 

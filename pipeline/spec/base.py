@@ -35,9 +35,12 @@ class Fix:
     ("use a whole number >= 0, e.g. 2"); a field whose errors need more (the
     dtype to use instead, an example of a mapping) says it here, beside its
     type. Pydantic keeps it in the field's metadata and does nothing with it.
+    ``kinds`` limits it to those pydantic error types (e.g. only
+    ``less_than_equal``), the others keeping their generic fix.
     """
 
     text: str
+    kinds: tuple[str, ...] | None = None
 
 
 #: the dtype a job computes in; what is stored can be narrower (``store.dtype``)
@@ -50,7 +53,11 @@ ComputeDtype = Annotated[
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
 MAX_SAMPLES = 2**40  # samples (or cases) of one job: about 1.1e12; beyond, split the job
-SampleCount = Annotated[int, Field(gt=0, le=MAX_SAMPLES)]
+SampleCount = Annotated[
+    int,
+    Field(gt=0, le=MAX_SAMPLES),
+    Fix(f"use at most {MAX_SAMPLES} samples in one job, or split the job into several", ("less_than_equal",)),
+]
 Shape = tuple[PositiveInt, ...]
 
 

@@ -278,13 +278,17 @@ _FIXES = {
     "bool_parsing": "use true or false",
     "greater_than": "use {number} > {gt}",
     "greater_than_equal": "use {number} >= {ge}",
-    "less_than_equal": "use a smaller value, or split the job into several",
+    "less_than_equal": "use {number} <= {le}",
     "too_short": "add at least {min_length} (see `pipeline schema`)",
     "union_tag_invalid": "set 'kind' to one of the listed values",
     "union_tag_not_found": "add a 'kind' key",
 }
 # the ctx key of a bound and whether a value keeps it (the field's default is then an example)
-_BOUNDS = {"greater_than": ("gt", float.__gt__), "greater_than_equal": ("ge", float.__ge__)}
+_BOUNDS = {
+    "greater_than": ("gt", float.__gt__),
+    "greater_than_equal": ("ge", float.__ge__),
+    "less_than_equal": ("le", float.__le__),
+}
 
 
 def _fix(kind: str, ctx: dict[str, Any], field: FieldInfo | None) -> str | None:
@@ -293,7 +297,11 @@ def _fix(kind: str, ctx: dict[str, Any], field: FieldInfo | None) -> str | None:
     The example of a bound is the field's default where it keeps the bound:
     ``execution.retries: -1`` -> "use a whole number >= 0, e.g. 2".
     """
-    own = [meta.text for meta in (field.metadata if field is not None else ()) if isinstance(meta, Fix)]
+    own = [
+        meta.text
+        for meta in (field.metadata if field is not None else ())
+        if isinstance(meta, Fix) and (meta.kinds is None or kind in meta.kinds)
+    ]
     if own and kind != "value_error":  # the model's own checks say their fix themselves
         return own[0]
     template = _FIXES.get(kind)
