@@ -13,7 +13,13 @@ of this process (CPU time, not wall time: the other jobs on a shared machine
 change wall time, not the work), best of ``--repeats``, the candidates run in
 turn, Zarr's thread pool at one thread.
 
-Run: ``python bench/codecs.py [--n 16384] [--repeats 3] [--only 'old default,auto']``.
+A second table (``--encode-costs``, alone) times, per 16-bit output option and
+array, what a task's writer does to one chunk-sized block before the codecs:
+the encoding (``encoding.encode``: packing, selection, the cast) and the
+overflow count of its cast (``encoding.overflow_count``, on the stored bits),
+against numpy's ``isinf`` on the float16 values, CPU milliseconds per block.
+
+Run: ``python bench/codecs.py [--n 16384] [--repeats 3] [--only 'old default,auto'] [--encode-costs]``.
 """
 
 from __future__ import annotations
@@ -126,6 +132,52 @@ def stored_forms(full, n: int):
     return forms
 
 
+def encode_costs(full, n: int, chunk: int, repeats: int) -> None:
+    """Print the CPU ms per ``chunk``-sample block of encoding each 16-bit array and of counting its overflow."""
+    from pipeline.driver import prepare
+    from pipeline.encoding import ATTRIBUTE, LOSSY, encode, overflow_count
+    from pipeline.spec import load_spec
+
+    def best(call) -> float:
+        times = []
+        for _ in range(repeats):
+            began = time.process_time()
+            call()
+            times.append(time.process_time() - began)
+        return min(times) * 1e3
+
+    print(f"\n# encode and overflow check of one {chunk}-sample block, CPU ms, best of {repeats}\n")
+    print("| output option | array | encode ms | overflow_count ms (bits) | x encode | numpy isinf ms | x encode |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for option, extra in OPTIONS.items():
+        spec = load_spec(
+            ROOT / "jobs/seed000.yaml",
+            [f"inputs.n={n}", f"execution.shard_size={n}", f"store.path={SCRATCH / 'seed000.zarr'}", *extra],
+        )
+        attributes = prepare(spec).array_attributes
+        for name, values in full.items():
+            enc = attributes.get(name, {}).get(ATTRIBUTE)
+            if not enc or enc.get("dtype") not in LOSSY:
+                continue
+            block = values[:chunk]
+            stored = encode(block, enc)
+            encode_ms = best(lambda: encode(block, enc))  # noqa: B023 (timed at once, in this iteration)
+            count_ms = best(lambda: overflow_count(block, stored, enc))  # noqa: B023
+            isinf = "| | |"  # bfloat16 is stored as uint16 bits: numpy has no isinf for it
+            if enc["dtype"] == "float16":
+                isinf_ms = best(lambda: np.isinf(stored))  # noqa: B023
+                isinf = f"| {isinf_ms:.3f} | {isinf_ms / encode_ms:.1%} |"
+            print(
+                f"| {option} | {name} | {encode_ms:.2f} | {count_ms:.3f} | {count_ms / encode_ms:.1%} {isinf}",
+                flush=True,
+            )
+    began = time.process_time()
+    results(chunk)
+    print(
+        f"\ncomputing one such block (seed000 value, jacobian, hessian, float32): {(time.process_time() - began) * 1e3:.0f} ms CPU"
+    )
+
+
 def write(folder: Path, arrays, chain, chunk: int) -> tuple[int, float, float]:
     """Bytes on disk, CPU seconds of writing and of reading ``arrays`` as one Zarr group (checked bit for bit)."""
     import zarr
@@ -168,12 +220,19 @@ def main() -> None:
         help="only the codec chains whose names contain one of these comma-separated parts, e.g. 'old default,auto'",
     )
     parser.add_argument("--options", default="", help="only these output options (names separated by ;)")
+    parser.add_argument(
+        "--encode-costs", action="store_true", help="only the table of encode and overflow-check costs per block"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     import zarr
 
     zarr.config.set({"threading.max_workers": 1})
     full = results(args.n)
+    if args.encode_costs:
+        print(f"# {platform.processor() or platform.machine()}, seed000 n={args.n}, 1 thread")
+        encode_costs(full, args.n, args.chunk, max(args.repeats, 20))
+        return
     forms = stored_forms(full, args.n)
     print(
         f"# {platform.processor() or platform.machine()}, zarr {zarr.__version__}, seed000 n={args.n}, "
