@@ -323,14 +323,3 @@ def test_error_paths_and_allowed_keys_are_read_off_the_models_of_a_new_kind(monk
     assert found[4] == "boxes[2].kind: unknown kind 'drawer'; use one of 'shelf', 'crate'"
     assert len(found) == 5  # the list member's complaint about the mapping at slots.b is left out
     assert "warehouse" in problems({**data, "kind": "shed"})[0]  # the registry names the new kind
-
-
-def test_a_job_file_writes_sizes_as_1e3_like_set_does(tmp_path):
-    """PyYAML (YAML 1.1) reads 1e3 as a string, so `inputs.n: 1e3` was refused though `--set inputs.n=1e3` works."""
-    text = (Path(__file__).resolve().parents[1] / "jobs/quickstart.yaml").read_text()
-    assert "  n: 20000\n" in text
-    (tmp_path / "a.yaml").write_text(text.replace("  n: 20000\n", "  n: 2e4\n"))
-    (tmp_path / "b.yaml").write_text(text)
-    a, b = load_spec(tmp_path / "a.yaml"), load_spec(tmp_path / "b.yaml")
-    assert a.inputs.n == 20000 and isinstance(a.inputs.n, int) and a.spec_hash() == b.spec_hash()
-    assert yaml.safe_load("n: 2e4") == {"n": "2e4"}  # PyYAML's own loader is left as it is
