@@ -170,6 +170,11 @@ def negative_retries(tmp_path):
     return write_job(tmp_path), ["execution.retries", "(got -1)", ">= 0, e.g. 2"], ["--set", "execution.retries=-1"]
 
 
+def e_notation_in_the_job_file(tmp_path):
+    # PyYAML reads 2e3 as text: the message says what to write (a resolver would change old stores' spec hashes)
+    return write_job(tmp_path, inputs="{kind: uniform, n: 2e3, shape: [2]}"), ["inputs.n", "'2e3'", "write it as 2000"]
+
+
 def compression_level_too_high(tmp_path):
     # an upper bound says the bound (not "split the job", which only the sample count's says)
     return (
@@ -204,6 +209,7 @@ CASES = [
     float16_compute_dtype,
     negative_retries,
     compression_level_too_high,
+    e_notation_in_the_job_file,
 ]
 
 

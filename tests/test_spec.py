@@ -179,6 +179,9 @@ def test_a_key_given_twice_is_refused_at_any_depth_and_merge_keys_still_override
 
     merged = "defaults: &d {n: 1, m: 2}\ninputs:\n  <<: *d\n  n: 3\n"  # a merge key's value may be overridden
     assert load_yaml(merged) == {"defaults": {"n": 1, "m": 2}, "inputs": {"n": 3, "m": 2}}
+    # a mapping that overrides a merged key and is itself merged elsewhere (flattened before it is built)
+    nested = "b: &B {k: 1}\nx: {y: &A {<<: *B, k: 2}}\nc: {<<: *A}\n"
+    assert load_yaml(nested) == yaml.safe_load(nested)
     with pytest.raises(DuplicateKeyError) as info:
         load_yaml(
             "sweep:\n  kind: product\n  sweeps:\n    - {kind: grid}\n    - {kind: zip, values: {a: [1], a: [2]}}\n"

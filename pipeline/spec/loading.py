@@ -358,6 +358,9 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if path == "(top level)" and kind == "value_error":
         return msg  # cross-key checks name their keys themselves
     fix = _fix(kind, ctx, field_at(model, loc))
+    if kind in ("int_parsing", "float_parsing") and isinstance(value, str) and _FLOAT.match(value.strip()):
+        number = _number(value)  # YAML 1.1 (PyYAML) reads 1e3 as text: say what to write instead
+        fix = f"write it as {number!r} (YAML reads {value} as text; `--set` takes it as a number)"
     shown = "" if isinstance(value, dict) or kind == "too_short" else f" (got {value!r})"
     return f"{path}: {msg}{shown}" + (f"; {fix}" if fix and fix not in msg else "")
 

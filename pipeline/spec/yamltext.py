@@ -48,7 +48,16 @@ class _StrictLoader(yaml.SafeLoader):
         self._root = self.get_single_node()  # kept: a duplicate's key path is looked up from the root
         return self.construct_document(self._root) if self._root is not None else None
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def flatten_mapping(self, node: MappingNode) -> None:
+        # checked at a mapping's first flattening, which alone changes its key list: the keys as written,
+        # before merge keys (``<<``) add theirs (a merge of it elsewhere may flatten it before it is built)
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            self._check_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _check_duplicates(self, node: MappingNode) -> None:
         seen: dict[Any, Node] = {}
         for key_node, _ in node.value:
             if key_node.tag == _MERGE:
@@ -62,7 +71,6 @@ class _StrictLoader(yaml.SafeLoader):
                 name = key_node.value if isinstance(key_node, ScalarNode) else key  # as written in the file
                 path = [*_path_to(self._root, node), str(name)]
                 raise DuplicateKeyError(path, (first.start_mark.line + 1, key_node.start_mark.line + 1))
-        return super().construct_mapping(node, deep=deep)
 
 
 def _path_to(root: Node | None, target: Node) -> list[str]:
