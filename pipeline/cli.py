@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import BadInput, ClusterLost
 
@@ -55,8 +56,6 @@ def _unit(spec) -> str:
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    from rich.markup import escape
-
     # the message is plain text: its square brackets ("[a, b", "shard 1 [8, 16)") are not rich markup
     _console().print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
     sys.exit(code)
@@ -234,10 +233,10 @@ def _submit_spec(
     console = _console()
 
     def note(text: str) -> None:
-        console.print(f"[yellow]note[/yellow]: {text}")
+        console.print(f"[yellow]note[/yellow]: {escape(text)}")
 
     def started(description: str) -> None:
-        console.print(f"[dim]executor: {description}[/dim]")
+        console.print(f"[dim]executor: {escape(description)}[/dim]")
 
     spec = None
     try:
@@ -267,7 +266,7 @@ def _submit_spec(
     except BadInput as err:
         _fail(str(err))
     except ClusterLost as err:
-        _console().print(f"[bold red]error:[/bold red] {err}", markup=True)
+        _console().print(f"[bold red]error:[/bold red] {escape(str(err))}", markup=True)
         # Ray's exit hooks wait on the lost cluster (a minute and more): the store is finalized and
         # its lock gone, so nothing is left to do but leave
         sys.stdout.flush()
@@ -298,19 +297,22 @@ def _submit_spec(
         console.print(
             f"[bold red]{len(summary.failed)} of {summary.total} shards failed[/bold red]"
             + ("; " if rejected else " after retries; ")
-            + f"see `pipeline status {summary.path}`"
+            + escape(f"see `pipeline status {summary.path}`")
             + ("" if rejected else "; run the same command again to retry them")
         )
         first = next(iter(summary.failed.values()))
-        console.print(
-            f"first error (shard {first.shard_id}): {error_line(first.error)} "
-            f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})"
+        console.print(  # the error's own text: "[batch, 3]" is not console markup
+            escape(
+                f"first error (shard {first.shard_id}): {error_line(first.error)} "
+                f"(traceback: pipeline inspect {summary.path} --shard {first.shard_id})"
+            )
         )
         if any("StoredOverflowError" in (result.error or "") for result in summary.failed.values()):
             console.print(
-                "the stored dtype cannot hold some results (float16: |x| <= 65504; these shards are not retried "
-                "and not committed): store them as bfloat16 or float32 (store.dtype, or store.encoding.<name>.dtype "
-                "for one array) and submit again with --overwrite (the stored dtype is part of the results)"
+                "the stored dtype cannot hold some results (float16: |x| <= 65504, bfloat16: |x| <= 3.4e38; these "
+                "shards are not retried and not committed): store them as float32, or float16 ones as bfloat16 "
+                "(store.dtype, or store.encoding.<name>.dtype for one array), and submit again with --overwrite "
+                "(the stored dtype is part of the results)"
             )
         if any(_no_credentials(result.error) for result in summary.failed.values()):
             console.print(
@@ -366,7 +368,12 @@ def _nonfinite_warning(path: str) -> str | None:
     is_flag=True,
     help="Check as `submit --overwrite` would: an existing store at store.path is to be replaced, not resumed.",
 )
-def validate(job, overrides, deep, overwrite):
+@click.option(
+    "--accept-changed-code",
+    is_flag=True,
+    help="Check as `submit --accept-changed-code` would: a store whose function or solver module changed resumes.",
+)
+def validate(job, overrides, deep, overwrite, accept_changed_code):
     """Check JOB without running it or touching any store.
 
     Exits 0 when the job is valid, 2 with one line per problem otherwise
@@ -394,7 +401,7 @@ def validate(job, overrides, deep, overwrite):
             if not overwrite:
                 from .driver import check_resumable
 
-                resumes = check_resumable(spec)
+                resumes = check_resumable(spec, accept_changed_code=accept_changed_code)
                 line += f"\n  {resumes}" if resumes else ""
             line += (
                 f"\n  {len(prepared.plan.shards)} shard{'' if len(prepared.plan.shards) == 1 else 's'} of "
@@ -615,7 +622,7 @@ def _uncommit_damaged(store: str, console: Console) -> list[int]:
         return []
     report = _verify_with_progress(store, 4, quiet=False)
     for line in summary_lines(report):
-        console.print(f"[yellow]damaged[/yellow] {line}")
+        console.print(f"[yellow]damaged[/yellow] {escape(line)}")
     if report.unrepairable:
         raise StoreError(
             f"store.path: {store} has damaged arrays that no shard writes "

@@ -306,7 +306,7 @@ def _half_made(path) -> bool:
     return _remote(path) and not has_plan(path) and next(committed_ids(path), None) is None
 
 
-def check_resumable(spec) -> str | None:
+def check_resumable(spec, *, accept_changed_code: bool = False) -> str | None:
     """What ``validate`` says of an existing store at ``store.path``: None when there is none (or it is replaced).
 
     Raises ``StoreError`` when ``submit`` would refuse to resume it (another
@@ -315,7 +315,7 @@ def check_resumable(spec) -> str | None:
     path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     if spec.store.overwrite or not is_pipeline_store(path) or _half_made(path):
         return None
-    _check_resumable(spec, path, accept_changed_code=False)
+    _check_resumable(spec, path, accept_changed_code=accept_changed_code)
     committed = sum(1 for _ in committed_ids(path))
     shards = "shard is" if committed == 1 else "shards are"
     return f"resumes the store at {path}: {committed} {shards} committed (submit --overwrite replaces it instead)"
@@ -505,12 +505,19 @@ def submit(
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
         if repair is not None:
             repair(spec.store.path)
-        replace_it = overwrite or spec.store.overwrite
-        if replace_it or not _complete(spec.store.path):  # a complete store resumed runs nothing: no Ray started
-            executor.start()
-            if on_started is not None:
-                on_started(executor.describe())
-            executor.check(spec)
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            if not started:
+                executor.start()
+                if on_started is not None:
+                    on_started(executor.describe())
+                executor.check(spec)
+                started = True
+
+        if overwrite or spec.store.overwrite or not _complete(spec.store.path):
+            start()  # a complete store resumed runs nothing: no Ray started (unless shards turn out pending)
         # the driver record `pipeline status` reads (live.py), deleted when the run ends
         replacing = (overwrite or spec.store.overwrite) and is_pipeline_store(spec.store.path)
         unit = kind_of(spec).unit
@@ -524,6 +531,7 @@ def submit(
                 progress=live,
                 notify=notify,
                 accept_changed_code=accept_changed_code,
+                start=start,
             )
 
 
@@ -535,6 +543,7 @@ def _run(
     progress: LiveRun | None,
     notify: Callable[[str], None] | None,
     accept_changed_code: bool = False,
+    start: Callable[[], None] | None = None,
 ) -> RunSummary:
     spec = prepared.spec
     opened = open_store(prepared, overwrite=overwrite, accept_changed_code=accept_changed_code, notify=notify)
@@ -574,6 +583,8 @@ def _run(
     started = time.time()
     try:
         if shards:
+            if start is not None:
+                start()  # already, unless the store said complete and a shard's marker has gone since
             executor.run(shard_task(plan), spec, shards, on_done, on_failed)
     except ClusterLost as err:  # the cluster went mid-run: finalize what is committed, then say so
         lost = err

@@ -68,7 +68,8 @@ def is_symmetric(name: str) -> bool:
 
 def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     """float -> bfloat16 bit patterns (uint16), rounded to nearest even, NaN kept NaN."""
-    f32 = np.ascontiguousarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, counted by ``overflow_count``
+        f32 = np.ascontiguousarray(values, dtype=np.float32)
     bits = f32.view(np.uint32)
     rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
     return np.where(np.isnan(f32), np.uint16(BF16_NAN), rounded)

@@ -184,12 +184,14 @@ def redact_command(argv: list[str]) -> list[str]:
         ['pipeline', 'submit', 'j.yaml', '--set', 'store.storage_options=<redacted>']
         >>> redact_command(["pipeline", "submit", "--set=store.storage_options.secret=S", "--set", "inputs.n=8"])
         ['pipeline', 'submit', '--set=store.storage_options.secret=<redacted>', '--set', 'inputs.n=8']
+        >>> redact_command(["--set", ".store..storage_options.key=K"])  # empty parts: the same key
+        ['--set', '.store..storage_options.key=<redacted>']
     """
     out = []
     for arg in argv:
         prefix, body = ("--set=", arg[len("--set=") :]) if arg.startswith("--set=") else ("", arg)
         key, equals, value = body.partition("=")
-        path = key.strip()
+        path = ".".join(part for part in key.strip().split(".") if part)  # as ``spec.parse_override`` reads it
         if equals and (path.startswith("store.storage_options") or (path == "store" and "storage_options" in value)):
             arg = f"{prefix}{key}=<redacted>"
         out.append(arg)

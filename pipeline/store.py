@@ -139,9 +139,22 @@ def check_readable(path: str | Path, key: str = "STORE", options: str | None = N
     ``report``, ``open_results``) check first, so such a store is not
     reported as "not a pipeline store". They read with the environment's
     credentials and endpoint (or ``open_results(storage_options=)``).
+
+    One HEAD of the store's ``zarr.json`` when it is there (a reader allowed
+    only under a prefix is not asked to list the bucket); only when that
+    fails or finds nothing is the bucket probed (``storage.check_access``),
+    to say why. Nothing wrong with the bucket: returns, and the command says
+    what it finds (no store yet, not a store).
     """
-    if storage.is_remote(path):
-        storage.check_access(str(path), key, options=options)
+    if not storage.is_remote(path):
+        return
+    try:
+        if storage.isfile(storage.join(str(path), "zarr.json")):
+            return
+    except Exception:
+        storage.check_access(str(path), key, options=options)  # the cause, said as such
+        raise  # the bucket answers: this error is the store's own
+    storage.check_access(str(path), key, options=options)
 
 
 def store_exists(path: str | Path) -> bool:

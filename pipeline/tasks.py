@@ -65,7 +65,8 @@ class StoredOverflowError(RejectedResults):
         )
         super().__init__(
             f"shard {shard.id} (samples {shard.start}-{shard.stop}): the stored dtype overflows ({what}; float16 "
-            "holds |x| <= 65504); use bfloat16 or float32 for these arrays (store.encoding.<name>.dtype)"
+            "holds |x| <= 65504, bfloat16 |x| <= 3.4e38); store these arrays as float32, or a float16 one as "
+            "bfloat16 (store.encoding.<name>.dtype)"
         )
 
     def __reduce__(self):  # Ray sends the error back pickled

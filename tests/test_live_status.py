@@ -268,3 +268,15 @@ def test_the_resume_hint_drops_overwrite_once_the_store_was_replaced():
     assert resume_command({"command": command, "replacing": False}) == "pipeline submit 'my job.yaml' --executor inline"
     assert resume_command({"command": command, "replacing": True}) == command  # the old store is still there
     assert resume_command({"command": "pipeline submit j.yaml --local"}) == "pipeline submit j.yaml --local"
+
+
+def test_an_error_with_square_brackets_is_shown_whole(tmp_path, ray_cluster):
+    """The summary's first-error line is the error's own text: "[batch, 3]" is not taken for console markup."""
+    message = "expected shape [batch, 3] or [/data/x]"
+    job, _ = write_job(
+        tmp_path, n=8, shard_size=8, chunk_size=8, target="user_fns:fails_in_ray_task", retries=0,
+        kwargs={"message": message},
+    )  # fmt: skip
+    result = run("submit", job, "--progress-interval", "60")
+    assert result.exit_code == 1, result.output
+    assert f"first error (shard 0): RuntimeError: {message}" in " ".join(result.output.split()), result.output

@@ -544,3 +544,17 @@ def test_workers_without_credentials_are_told_apart_from_a_bug(ray_cluster, tmp_
     assert result.exit_code == 1, result.output
     assert "NoCredentialsError" in result.output and "the workers found no credentials" in result.output
     assert "AWS_ACCESS_KEY_ID" in result.output and "store.storage_options" in result.output
+
+
+def test_reading_a_store_does_not_list_its_bucket(s3_server, s3_quickstart, monkeypatch):
+    """A reader allowed only under a prefix may not list the bucket's top level: reading HEADs the store's
+    zarr.json, and the bucket probe (storage.check_access, which lists it) only explains a failure."""
+    from pipeline import store as store_module
+
+    probes = []
+    monkeypatch.setattr(storage, "check_access", lambda *args, **kwargs: probes.append(args))
+    assert open_results(s3_quickstart).attrs["complete"]
+    assert cli("status", s3_quickstart).exit_code == 0 and cli("inspect", s3_quickstart).exit_code == 0
+    assert probes == []
+    store_module.check_readable(s3_server.url("nothing-here.zarr"))  # no store: now the bucket is asked why
+    assert len(probes) == 1

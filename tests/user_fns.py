@@ -93,10 +93,10 @@ def slow_sin(x, seconds=None):
     return torch.sin(x).sum(-1, keepdim=True)
 
 
-def fails_in_ray_task(x):
+def fails_in_ray_task(x, message="this worker always fails"):
     """Works outside Ray tasks (the driver's check on two samples), raises inside one: a shard that always fails."""
     import ray
 
     if ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None:
-        raise RuntimeError("this worker always fails")
+        raise RuntimeError(message)
     return torch.sin(x).sum()
