@@ -42,10 +42,9 @@ def _store_location(store: str) -> str:
 
 def _check_readable(store: str) -> None:
     """For a URL STORE: a missing bucket, an unreachable endpoint or refused credentials, said as such (BadInput)."""
-    if _is_remote(store):
-        from .store import check_readable
+    from .store import check_readable  # lazily: `pipeline --help` imports no zarr
 
-        check_readable(store)
+    check_readable(store)
 
 
 def _unit(spec) -> str:
@@ -314,7 +313,9 @@ def _submit_spec(
                 "(store.dtype, or store.encoding.<name>.dtype for one array), and submit again with --overwrite "
                 "(the stored dtype is part of the results)"
             )
-        if any(_no_credentials(result.error) for result in summary.failed.values()):
+        from .storage import says_no_credentials
+
+        if any(says_no_credentials(result.error) for result in summary.failed.values()):
             console.print(
                 f"the workers found no credentials for {summary.path} (this process did): give every Ray node "
                 "the same variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...) or an "
@@ -328,11 +329,6 @@ def _submit_spec(
     click.echo(f"complete: {summary.path} ({ran} shard{'' if ran == 1 else 's'} run{rate})")
     if nonfinite:
         console.print(nonfinite)
-
-
-def _no_credentials(error: str | None) -> bool:
-    """A shard's error (its traceback) is botocore's: no credentials at all in the worker's environment."""
-    return error is not None and ("NoCredentialsError" in error or "Unable to locate credentials" in error)
 
 
 def _nonfinite_warning(path: str) -> str | None:

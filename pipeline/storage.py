@@ -457,8 +457,21 @@ CREDENTIAL_VARIABLES = (
 )
 
 
+def says_no_credentials(text: str | None) -> bool:
+    """An error's text (``Type: message``, or a shard's traceback) is botocore's: no keys at all, not wrong ones.
+
+    Example:
+        >>> says_no_credentials("botocore.exceptions.NoCredentialsError: ..."), says_no_credentials("Forbidden")
+        (True, False)
+    """
+    text = text or ""
+    return any(name in text for name in ("NoCredentialsError", "PartialCredentialsError")) or (
+        "unable to locate credentials" in text.lower()
+    )
+
+
 def is_missing_credentials(err: BaseException) -> bool:
-    """botocore's ``NoCredentialsError`` (and its kin), anywhere in ``err``'s chain: no keys at all, not wrong ones.
+    """``says_no_credentials`` of ``err`` or of anything in its chain.
 
     Example:
         >>> is_missing_credentials(RuntimeError("Unable to locate credentials")), is_missing_credentials(OSError())
@@ -468,9 +481,7 @@ def is_missing_credentials(err: BaseException) -> bool:
     for _ in range(8):
         if link is None:
             return False
-        if type(link).__name__ in ("NoCredentialsError", "PartialCredentialsError") or (
-            "unable to locate credentials" in str(link).lower()
-        ):
+        if says_no_credentials(f"{type(link).__name__}: {link}"):
             return True
         link = link.__cause__ or link.__context__
     return False

@@ -234,8 +234,8 @@ def is_pipeline_store(path: str | Path) -> bool:
 
 def _replaceable(path: str | Path) -> bool:
     """A missing path, an empty directory or a pipeline store: what a new store may take the place of."""
-    if storage.is_remote(path):  # an object named like the store is not replaceable: a recursive delete takes it too
-        return is_pipeline_store(path) or (not storage.listdir(str(path)) and not storage.isfile(str(path)))
+    if storage.is_remote(path):  # (an object named like the store: refused by refuse_foreign_path first)
+        return is_pipeline_store(path) or not storage.listdir(str(path))
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return True
@@ -245,7 +245,7 @@ def _replaceable(path: str | Path) -> bool:
 def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
     """Raise a StoreError when ``path`` exists and is not a pipeline store (it is never deleted)."""
     if storage.is_remote(path):
-        if storage.isfile(str(path)):
+        if storage.isfile(str(path)):  # not replaceable: a recursive delete of the prefix would take it too
             raise StoreError(
                 f"{key}: {path} is an existing object (a file), so it is left untouched (only a store written by "
                 f"pipeline is ever replaced); choose another {key}, a prefix with no objects (e.g. "

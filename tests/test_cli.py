@@ -519,12 +519,18 @@ def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path, lock_hol
     assert "executor:" not in result.output and not store.exists()
 
 
+def three_shards(store: Path) -> list[str]:
+    """Overrides that make jobs/quickstart.yaml 600 samples in 3 shards of 200, stored at ``store``."""
+    return ["--set", f"store.path={store}", "--set", "inputs.n=600", "--set", "store.chunk_size=100"] + [
+        "--set",
+        "execution.shard_size=200",
+    ]
+
+
 def test_validate_refuses_what_submit_would_refuse_to_resume(tmp_path):
     """An existing store made by another spec: validate said valid, then submit refused it (exit 2)."""
     store = tmp_path / "q.zarr"
-    small = ["--set", f"store.path={store}", "--set", "inputs.n=600", "--set", "store.chunk_size=100"]
-    small += ["--set", "execution.shard_size=200"]
-    job = ROOT / "jobs/quickstart.yaml"
+    small, job = three_shards(store), ROOT / "jobs/quickstart.yaml"
     assert run("submit", job, "--executor", "inline", "-q", *small).exit_code == 0
     same = run("validate", job, *small)
     assert same.exit_code == 0 and f"resumes the store at {store}: 3 shards are committed" in same.output
@@ -541,9 +547,7 @@ def test_validate_refuses_what_submit_would_refuse_to_resume(tmp_path):
 def test_a_complete_store_resubmitted_needs_no_cluster(tmp_path):
     """Nothing to run: no Ray is started or joined (an address where no Ray listens is never tried)."""
     store = tmp_path / "q.zarr"
-    small = ["--set", f"store.path={store}", "--set", "inputs.n=600", "--set", "store.chunk_size=100"]
-    small += ["--set", "execution.shard_size=200"]
-    job = ROOT / "jobs/quickstart.yaml"
+    small, job = three_shards(store), ROOT / "jobs/quickstart.yaml"
     assert run("submit", job, "--executor", "inline", "-q", *small).exit_code == 0
 
     def fresh_process(*args):  # a process of its own: this one may hold another test's Ray already
