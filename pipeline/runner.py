@@ -121,7 +121,8 @@ class InlineExecutor:
 
 
 CLIENT_TRIES = 3  # ray:// joins tried when the head's client server fails to start a driver's server
-CLIENT_START_FAILED = "Starting Ray client server failed"
+# the head's client server failed to start, or its per-client server died starting (a loaded head): both pass
+CLIENT_START_FAILED = ("Starting Ray client server failed", "Initialization failure from server")
 
 
 @dataclass
@@ -179,14 +180,16 @@ class RayExecutor:
         """ray.init, tried again when a Ray Client server could not start its per-driver server.
 
         The head's client proxy starts one server process per driver; on a loaded head that start
-        can fail once ("Starting Ray client server failed") and succeed when asked again.
+        can fail once ("Starting Ray client server failed", or "Initialization failure from server" when
+        that server dies starting) and succeed when asked again.
         """
         for attempt in range(CLIENT_TRIES):
             try:
                 ray.init(address=address, **self._logging())
                 return
             except Exception as err:
-                if address.startswith("ray://") and CLIENT_START_FAILED in str(err) and attempt + 1 < CLIENT_TRIES:
+                transient = any(text in str(err) for text in CLIENT_START_FAILED)
+                if address.startswith("ray://") and transient and attempt + 1 < CLIENT_TRIES:
                     ray.shutdown()
                     time.sleep(2.0 * (attempt + 1))
                     continue

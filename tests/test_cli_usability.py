@@ -265,3 +265,33 @@ def test_status_of_a_store_whose_driver_stopped_while_finalizing(tmp_path):
     again = run("submit", job, *small)
     assert again.exit_code == 0 and "0 shards run" in again.output, again.output
     assert run("status", store).exit_code == 0
+
+
+@pytest.mark.parametrize("failure", ["Starting Ray client server failed", "Initialization failure from server: ..."])
+def test_a_ray_client_join_is_tried_again_when_the_heads_client_server_fails_to_start(failure, monkeypatch):
+    """The retry policy of RayExecutor._init (a real Ray client join is in test_cluster.py): these two failures of
+    a loaded head's client server pass, and are tried again; any other error, or a non-client address, is not."""
+    import pipeline.runner as runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: None)
+
+    class FlakyRay:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def init(self, address, **kwargs):
+            self.calls += 1
+            if self.errors:
+                raise RuntimeError(self.errors.pop(0))
+
+        def shutdown(self):
+            pass
+
+    ray = FlakyRay([failure])
+    runner.RayExecutor()._init(ray, "ray://head:10001")
+    assert ray.calls == 2
+    for address, error in (("head:6379", failure), ("ray://head:10001", "token refused")):
+        ray = FlakyRay([error])
+        with pytest.raises(ClusterError, match="cannot join"):
+            runner.RayExecutor()._init(ray, address)
+        assert ray.calls == 1
