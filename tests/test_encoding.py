@@ -345,3 +345,22 @@ def test_a_float16_overflow_in_the_checked_samples_names_the_key_the_user_set(tm
     assert "store.dtype: float16 overflows for jacobian" in result.output  # every array that overflows
     assert "store.encoding.value.dtype: float16" not in result.output and "RuntimeWarning" not in result.output
     assert not (tmp_path / "steep.zarr").exists()
+
+
+def test_16_bit_storage_of_operator_quantities_uses_the_jobs_operator_options(tmp_path):
+    factor = [[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]]
+    quantities = ("hessian", "weighted_laplacian", "laplacian_estimate")
+    options = {"factor": factor, "samples": 8, "seed": 3}
+    spec = job(tmp_path, {"dtype": "float16"}, quantities=quantities, derivatives=options)
+    submit(spec, InlineExecutor())  # the driver's rounding-error check computes them with the job's factor
+    ds = open_results(spec.store.path)
+    s = np.asarray(factor)
+    exact = np.einsum("ij,noij->no", s @ s.T, ds.hessian.values.astype(np.float64))
+    np.testing.assert_allclose(ds.weighted_laplacian.values, exact, rtol=2e-3, atol=2e-3)
+    full = validate_spec({**spec.model_dump(mode="json"), "store": {**spec.store.model_dump(), "dtype": None}})
+    full = full.model_copy(update={"store": full.store.model_copy(update={"path": str(tmp_path / "full.zarr")})})
+    submit(full, InlineExecutor())
+    reference = open_results(full.store.path).laplacian_estimate.values[:N]
+    stated_error = stated(ds, "laplacian_estimate")["rounding_error"]["max_abs_error"]
+    # the error stated is that of the job's own estimate (its samples and seed), not of another one
+    assert np.abs(ds.laplacian_estimate.values - reference).max() == pytest.approx(stated_error, rel=1e-6)

@@ -84,7 +84,14 @@ def prepare(spec: DerivativeJob) -> Prepared:
     ):
         samples = min(info.n, ERROR_SAMPLES)  # the rounding error of the stored dtypes, measured here
         x = torch.as_tensor(read_inputs(spec.inputs, 0, samples), dtype=dtype)
-        full = compute_derivatives(fn, x, spec.quantities, method=result.method, chunk_size=samples)
+        full = compute_derivatives(
+            fn,
+            x,
+            spec.quantities,
+            method=result.method,
+            chunk_size=samples,
+            options=spec.derivatives.operator_options(),
+        )
         encoding.measure_errors(spec, prepared, {k: v.detach().numpy() for k, v in full.outputs.items()}, samples)
     return prepared
 
