@@ -46,6 +46,7 @@ import numpy as np
 
 ATTRIBUTE = "pipeline_encoding"
 LOSSY = ("float16", "bfloat16")
+FLOAT16_ROUNDOFF = 2.0**-11  # of the largest magnitude, while that is a normal float16 number
 BF16_NAN = 0x7FC0
 SYMMETRIC = ("hessian",)  # and dK, k >= 2
 
@@ -332,6 +333,14 @@ def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
                 f"{dtype_key(spec, name)}: {enc['dtype']} overflows for {name} (values beyond "
                 f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32 for it "
                 f"(store.encoding.{name}.dtype)"
+            )
+        elif enc["dtype"] == "float16" and error["max_error_relative_to_max"] > FLOAT16_ROUNDOFF:
+            problems.append(
+                f"{dtype_key(spec, name)}: float16 underflows for {name} (its largest magnitude on the first "
+                f"{samples} samples is below float16's smallest normal number "
+                f"{np.finfo(np.float16).smallest_normal:.1e}: stored, it is off by "
+                f"{error['max_error_relative_to_max']:.1%} of it instead of at most {FLOAT16_ROUNDOFF:.1e}); "
+                f"use bfloat16 or float32 for it (store.encoding.{name}.dtype)"
             )
         enc["rounding_error"] = {**error, "samples": samples}
     if problems:

@@ -364,3 +364,26 @@ def test_16_bit_storage_of_operator_quantities_uses_the_jobs_operator_options(tm
     stated_error = stated(ds, "laplacian_estimate")["rounding_error"]["max_abs_error"]
     # the error stated is that of the job's own estimate (its samples and seed), not of another one
     assert np.abs(ds.laplacian_estimate.values - reference).max() == pytest.approx(stated_error, rel=1e-6)
+
+
+def test_a_float16_underflow_in_the_checked_samples_is_refused_not_stored(tmp_path):
+    (tmp_path / "tiny_fns.py").write_text("import torch\n\ndef tiny(x):\n    return 1e-7 * torch.sin(x)\n")
+    spec = {
+        "schema_version": 1,
+        "name": "tiny",
+        "function": {"kind": "import", "target": "tiny_fns:tiny", "python_path": [str(tmp_path)]},
+        "inputs": {"kind": "normal", "n": 100, "shape": [2]},
+        "quantities": ["value", "jacobian"],
+        "store": {
+            "path": str(tmp_path / "tiny.zarr"),
+            "chunk_size": 50,
+            "encoding": {"jacobian": {"dtype": "float16"}},
+        },
+    }
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["submit", str(spec_file), "--executor", "inline", "-q"])
+    # every value below float16's smallest normal number: stored, they would be off by up to 100%
+    assert result.exit_code == 2, result.output
+    assert "store.encoding.jacobian.dtype: float16 underflows for jacobian" in result.output
+    assert not (tmp_path / "tiny.zarr").exists()
