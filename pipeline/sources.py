@@ -25,7 +25,7 @@ from typing import cast
 
 import numpy as np
 
-from . import sobol, storage
+from . import encoding, sobol, storage
 from .errors import BadInput
 from .parquet import open_parquet, read_rows
 from .spec import (
@@ -110,7 +110,9 @@ def read_inputs(spec, start: int, stop: int) -> np.ndarray:
     if isinstance(spec, NpyInputs):
         return np.array(_open_npy(spec.path)[start:stop], dtype=np.float64)  # copy out of the memory map
     if isinstance(spec, ZarrInputs):
-        return np.asarray(_open_zarr(spec)[start:stop], dtype=np.float64)
+        array = _open_zarr(spec)
+        stored = (array.attrs.get(encoding.ATTRIBUTE) or {}).get("dtype")  # a pipeline store's bfloat16: bits
+        return np.asarray(encoding.uncast(np.asarray(array[start:stop]), stored), dtype=np.float64)
     if isinstance(spec, ParquetInputs):
         return _parquet_rows(spec, start, stop)
     raise TypeError(f"unknown input spec {type(spec).__name__}")

@@ -108,6 +108,17 @@ def test_zarr_inputs(tmp_path):
         describe_inputs(spec.model_copy(update={"path": str(tmp_path / "missing.zarr")}))
 
 
+def test_zarr_inputs_from_a_bfloat16_result_array_are_its_values_not_its_bits(tmp_path):
+    from pipeline.encoding import ATTRIBUTE, from_bfloat16_bits, to_bfloat16_bits
+
+    values = np.array([[-0.0473, 0.0727], [1.5, -3.25], [2.0e3, 7.0]], dtype=np.float32)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    group.create_array("jacobian", data=to_bfloat16_bits(values))  # how a pipeline store keeps bfloat16
+    group["jacobian"].attrs[ATTRIBUTE] = {"dtype": "bfloat16"}
+    spec = ZarrInputs(kind="zarr", path=str(tmp_path / "s.zarr"), array="jacobian")
+    np.testing.assert_array_equal(read_inputs(spec, 1, 3), from_bfloat16_bits(to_bfloat16_bits(values))[1:])
+
+
 def test_parquet_reads_only_needed_row_groups(tmp_path):
     table = pa.table({"a": np.arange(100.0), "b": np.arange(100.0) * 2, "c": np.zeros(100)})
     pq.write_table(table, tmp_path / "x.parquet", row_group_size=16)
