@@ -189,6 +189,22 @@ def compression_level_too_high(tmp_path):
     )
 
 
+def weighted_laplacian_without_its_factor(tmp_path):
+    return (
+        write_job(tmp_path),
+        ["derivatives.factor", "weighted_laplacian", "set derivatives.factor, e.g. [[1.0, 0.0], [0.0, 1.0]]"],
+        ["--set", "quantities=[value, weighted_laplacian]"],
+    )
+
+
+def ragged_weighted_laplacian_factor(tmp_path):
+    return (
+        write_job(tmp_path),
+        ["derivatives.factor", "(got [[1.0, 0.0], [1.0]])", "every row as long"],
+        ["--set", "quantities=[weighted_laplacian]", "--set", "derivatives.factor=[[1.0, 0.0], [1.0]]"],
+    )
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -210,6 +226,8 @@ CASES = [
     negative_retries,
     compression_level_too_high,
     e_notation_in_the_job_file,
+    weighted_laplacian_without_its_factor,
+    ragged_weighted_laplacian_factor,
 ]
 
 

@@ -234,6 +234,13 @@ class DerivativeSettings(Strict):
         "directions for every sample (about 2.4x cheaper at 1000 inputs; errors correlated across samples)",
     )
 
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value):
+        if value is not None and (not value or not value[0] or len({len(row) for row in value}) > 1):
+            raise ValueError("needs d rows of R numbers each (every row as long), e.g. [[1.0, 0.0], [0.5, 1.0]]")
+        return value
+
     def operator_options(self):
         """The engine's ``OperatorOptions`` for these settings."""
         from ..engine.operators import OperatorOptions
@@ -278,6 +285,12 @@ class DerivativeJob(Job):
                     f"store.encoding.{name}: {name!r} is not among the job's quantities "
                     f"{list(self.quantities)}; use one of those names"
                 )
+        weighted = [q for q in self.quantities if q in ("weighted_laplacian", "weighted_laplacian_estimate")]
+        if weighted and self.derivatives.factor is None:
+            raise ValueError(
+                f"derivatives.factor: {weighted} need the factor S of C = S S^T (d rows of R numbers, d the input "
+                "size); set derivatives.factor, e.g. [[1.0, 0.0], [0.0, 1.0]] for C = I with d = 2"
+            )
         if isinstance(self.function, MLPFunction) and isinstance(
             self.inputs, (UniformInputs, NormalInputs, SobolInputs, GridInputs)
         ):
