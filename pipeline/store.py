@@ -1054,17 +1054,22 @@ def open_results(path: str | Path, *, require_complete: bool = False, storage_op
             storage.set_options(str(path), storage_options)
         check_readable(path, "path", options="storage_options=")
     attrs = read_attributes(path)
+    incomplete = StoreError(
+        f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
+        f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
+    )
     if require_complete and not attrs.get("complete"):
-        raise StoreError(
-            f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
-            f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"
-        )
+        raise incomplete
     dataset = _open_dataset(path, xr)
     from .encoding import decode
     from .labels import label_dataset
 
     dataset = decode(dataset)  # packed / selected / 16-bit arrays back as their full quantities, lazily
     dataset = mask_uncommitted(dataset, path, attrs)  # only committed data is visible
+    if "committed" in dataset.coords and not dataset.committed.values.all():  # a marker removed since the finalize
+        if require_complete:
+            raise incomplete
+        dataset.attrs["complete"] = False
 
     return label_dataset(dataset, attrs)
 
@@ -1154,7 +1159,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
     return {
         "path": str(path),
         "name": attrs.get("spec", {}).get("name", "?"),
-        "complete": bool(attrs.get("complete")),
+        "complete": bool(attrs.get("complete")) and done == len(plan),  # a marker removed since says pending
         "shards": len(plan),
         "done": done,
         "failed": len(failed),

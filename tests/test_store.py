@@ -211,3 +211,19 @@ def test_checksum_falls_back_to_zlibs_crc32_without_compiled_crc32c(monkeypatch)
     summer.update(data)
     assert summer.kind == "crc32" and summer.per_array() == {"x": f"{zlib.crc32(data['x'].tobytes()):08x}"}
     assert Checksum.like(summer.hexdigest()).kind == "crc32"
+
+
+def test_a_store_missing_a_marker_is_not_called_complete(tmp_path):
+    path, plan = make(tmp_path)
+    for shard in plan.shards:
+        write_region(
+            path, {"value": np.ones((shard.size, 3)), "jacobian": np.ones((shard.size, 3, 2))}, shard.start, shard.stop
+        )
+        write_marker(path, record(shard))
+    assert finalize_store(path, plan) is True
+    (path / "_shards" / "1.json").unlink()  # removed by hand: the shard is pending again
+    counts = summarize(path)
+    assert (counts["done"], counts["pending"], counts["complete"]) == (2, 1, False)
+    assert open_results(path).attrs["complete"] is False
+    with pytest.raises(StoreError, match="not complete"):
+        open_results(path, require_complete=True)
