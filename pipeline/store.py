@@ -258,6 +258,9 @@ def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
             )
         return
     path = Path(path)
+    damaged = _damaged_metadata(path)
+    if damaged:
+        raise StoreError(f"{key}: {damaged}")
     if not _replaceable(path):
         what = "a file" if path.is_file() else "a directory that was not written by pipeline"
         raise StoreError(
@@ -266,10 +269,26 @@ def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
         )
 
 
+def _damaged_metadata(path: Path) -> str | None:
+    """What is wrong when the local folder ``path`` has a ``zarr.json`` that is not JSON; None otherwise."""
+    try:
+        json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError) as err:
+        if isinstance(err, ValueError):
+            return (
+                f"{path} has a damaged zarr.json ({err}), so it cannot be read as a store and is left untouched; "
+                f"restore {path / 'zarr.json'} from a copy, or remove {path} and run its job again"
+            )
+    return None
+
+
 def read_attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes of a store (spec, spec_hash, complete, ...)."""
     if not store_exists(path):
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
+    damaged = None if storage.is_remote(path) else _damaged_metadata(Path(path))
+    if damaged:
+        raise StoreError(damaged)
     metadata = _read_json(path, "zarr.json")
     attributes = dict(metadata.get("attributes", {}))
     if metadata.get("node_type") != "group" or "format_version" not in attributes:

@@ -227,3 +227,14 @@ def test_a_store_missing_a_marker_is_not_called_complete(tmp_path):
     assert open_results(path).attrs["complete"] is False
     with pytest.raises(StoreError, match="not complete"):
         open_results(path, require_complete=True)
+
+
+def test_a_damaged_zarr_json_is_said_as_such(tmp_path):
+    from pipeline.store import refuse_foreign_path
+
+    path, _ = make(tmp_path)
+    (path / "zarr.json").write_text('{"zarr_format": 3, "node_ty')  # cut short
+    with pytest.raises(StoreError, match=r"damaged zarr\.json"):
+        read_attributes(path)  # status, verify, inspect, open_results: not a JSONDecodeError traceback
+    with pytest.raises(StoreError, match=r"damaged zarr\.json"):
+        refuse_foreign_path(path)  # submit: not "a directory that was not written by pipeline"
