@@ -754,16 +754,26 @@ def _write_manifest(path: str | Path, rows) -> None:
 
 
 def read_manifest(path: str | Path):
-    """The manifest as a ``pyarrow.Table`` (None before the first finalize)."""
-    if storage.is_remote(path):
-        try:
-            return _read_table(path, MANIFEST_FILE)
-        except FileNotFoundError:
-            return None
-    import pyarrow.parquet as pq
+    """The manifest as a ``pyarrow.Table`` (None before the first finalize).
 
-    file = Path(path) / MANIFEST_FILE
-    return pq.read_table(file) if file.is_file() else None
+    Raises ``StoreError`` when the file is not Parquet (damaged): the driver writes it anew from the markers.
+    """
+    try:
+        if storage.is_remote(path):
+            try:
+                return _read_table(path, MANIFEST_FILE)
+            except FileNotFoundError:
+                return None
+        import pyarrow.parquet as pq
+
+        file = Path(path) / MANIFEST_FILE
+        return pq.read_table(file) if file.is_file() else None
+    except ValueError as err:  # pyarrow's ArrowInvalid: no Parquet footer, a cut-short file
+        raise StoreError(
+            f"{path}: its {MANIFEST_FILE} is damaged ({str(err).splitlines()[0]}); run the store's job again "
+            "(`pipeline submit JOB`): it writes the manifest anew from the commit markers and computes nothing "
+            "that is committed"
+        ) from None
 
 
 # ------------------------------------------------------------------ worker

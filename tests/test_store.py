@@ -238,3 +238,13 @@ def test_a_damaged_zarr_json_is_said_as_such(tmp_path):
         read_attributes(path)  # status, verify, inspect, open_results: not a JSONDecodeError traceback
     with pytest.raises(StoreError, match=r"damaged zarr\.json"):
         refuse_foreign_path(path)  # submit: not "a directory that was not written by pipeline"
+
+
+def test_a_damaged_manifest_is_said_as_such_and_the_finalize_writes_it_anew(tmp_path):
+    path, plan = make(tmp_path)
+    assert finalize_store(path, plan) is False
+    (path / "manifest.parquet").write_text("garbage")
+    with pytest.raises(StoreError, match=r"manifest\.parquet is damaged"):
+        summarize(path)  # status, inspect, verify: not an ArrowInvalid traceback
+    finalize_store(path, plan)  # what running the job again does
+    assert summarize(path)["pending"] == 3
