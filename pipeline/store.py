@@ -620,6 +620,11 @@ def read_plan(path: str | Path):
     except FileNotFoundError:
         # on object storage a store is written in place, plan last: a driver killed while it made
         # the store leaves one without a plan (a local store appears whole, by a rename, or not at all)
+        if not storage.is_remote(path):  # renamed into place whole: the file was removed since
+            raise StoreError(
+                f"{path} has no {PLAN_FILE}: the file was removed, so the store cannot be resumed; restore it "
+                "from a copy, or run its job with --overwrite to replace the store (every shard is computed again)"
+            ) from None
         raise StoreError(
             f"{path} has no {PLAN_FILE}: a driver was stopped while creating it, or the file was removed; "
             "run its job again (`pipeline submit JOB`), which makes a bucket store without commits anew, "

@@ -248,3 +248,15 @@ def test_a_damaged_manifest_is_said_as_such_and_the_finalize_writes_it_anew(tmp_
         summarize(path)  # status, inspect, verify: not an ArrowInvalid traceback
     finalize_store(path, plan)  # what running the job again does
     assert summarize(path)["pending"] == 3
+
+
+def test_a_local_store_without_its_plan_says_to_restore_it_or_overwrite(tmp_path):
+    from pipeline.store import read_plan
+
+    path, plan = make(tmp_path)
+    (path / "plan.parquet").unlink()
+    with pytest.raises(StoreError, match="--overwrite to replace the store") as err:
+        read_plan(path)
+    assert "bucket" not in str(err.value)  # running the job again alone would fail the same way
+    create_store(path, plan, {"spec_hash": "new"}, overwrite=True)
+    assert len(read_plan(path)) == len(plan.shards)
