@@ -101,8 +101,12 @@ def _put_json(where: str | Path, data: dict[str, Any]) -> None:
         return
     file = Path(where)
     temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, file)
+    try:
+        temporary.write_text(json.dumps(data))
+        os.replace(temporary, file)
+    except BaseException:  # a full disk: no half-written temporary left beside the store
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _get_json(where: str | Path) -> dict[str, Any] | None:

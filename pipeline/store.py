@@ -918,8 +918,12 @@ def write_marker(path: str | Path, record: ShardRecord) -> None:
     folder = Path(path) / MARKERS
     final = folder / f"{record.shard_id}.json"
     temporary = folder / f".{record.shard_id}.json.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(vars(record)))
-    os.replace(temporary, final)
+    try:
+        temporary.write_text(json.dumps(vars(record)))
+        os.replace(temporary, final)
+    except BaseException:  # a full disk: no half-written temporary left in _shards/
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def marker_names(path: str | Path) -> Iterator[str]:

@@ -260,3 +260,23 @@ def test_a_local_store_without_its_plan_says_to_restore_it_or_overwrite(tmp_path
     assert "bucket" not in str(err.value)  # running the job again alone would fail the same way
     create_store(path, plan, {"spec_hash": "new"}, overwrite=True)
     assert len(read_plan(path)) == len(plan.shards)
+
+
+def test_a_full_disk_leaves_no_temporary_marker_or_driver_record(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipeline.live import put_record
+
+    path, plan = make(tmp_path)
+
+    def full(self, text):  # the file is made, then the write runs out of space
+        self.touch()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        write_marker(path, record(plan.shards[0]))
+    with pytest.raises(OSError):
+        put_record(path, {"pid": 1})
+    assert [p.name for p in (path / "_shards").iterdir()] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
