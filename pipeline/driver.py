@@ -607,12 +607,15 @@ def _run(
                     append_run(spec.store.path, run_record(started, time.time(), summary.ran, len(summary.failed)))
                     summary.complete = finalize_store(spec.store.path, plan, summary.failed)
                 except Exception as err:
-                    if not _remote(spec.store.path):
+                    local = not _remote(spec.store.path)
+                    if local and not isinstance(err, OSError):
                         raise
                     text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                     raise StoreError(
                         f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
-                        "kept: run the same command again when the storage answers (it resumes)"
+                        "kept: run the same command again "
+                        + ("once the disk has room and the store is writable" if local else "when the storage answers")
+                        + " (it resumes)"
                     ) from err
         finally:
             if progress is not None:

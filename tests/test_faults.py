@@ -108,3 +108,24 @@ def test_a_worker_killed_mid_shard_is_retried_bit_identical(tmp_path, ray_cluste
     clean = spec_at("clean.zarr")
     assert submit(clean, RayExecutor()).complete
     assert chunk_files(Path(spec.store.path)) == chunk_files(Path(clean.store.path))
+
+
+def test_a_full_disk_at_the_finalize_is_one_message_that_says_the_run_resumes(tmp_path, monkeypatch):
+    import pytest
+
+    import pipeline.driver
+    from pipeline.runner import InlineExecutor
+    from pipeline.store import StoreError
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "full.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.driver, "append_run", full)
+    with pytest.raises(StoreError, match=r"No space left on device.*once the disk has room.*\(it resumes\)"):
+        submit(spec, InlineExecutor())  # exit 2 with this line, not an OSError traceback
+    monkeypatch.undo()
+    assert submit(spec, InlineExecutor()).complete
