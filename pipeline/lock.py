@@ -60,7 +60,13 @@ def _holder(file: Path) -> str:
 def _acquire(file: Path) -> int:
     """An open descriptor of ``file`` holding its lock; raises ``StoreError`` if another process holds it."""
     while True:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only folder or file system: the store cannot be written either
+            raise StoreError(
+                f"store.path: cannot write the store's lock {file} ({err.strerror or err}); a store is run or "
+                "repaired only where its folder is writable: copy it to a writable folder, or make this one writable"
+            ) from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -435,3 +435,17 @@ def test_one_driver_per_store(tmp_path, lock_holder):
     with pytest.raises(RuntimeError, match="went away"):
         submit(failing, Broken())
     assert not lock_path(failing.store.path).exists()
+
+
+def test_a_lock_that_cannot_be_written_is_one_message(tmp_path):
+    """`pipeline verify --repair` of a store on a read-only file system: a StoreError (exit 2), not an OSError."""
+    import pytest
+
+    from pipeline.lock import lock_path, store_lock
+    from pipeline.store import StoreError
+
+    store = tmp_path / "s.zarr"
+    lock_path(store).mkdir()  # os.open of the lock fails, as it does on a read-only file system
+    with pytest.raises(StoreError, match="cannot write the store's lock"):
+        with store_lock(store):
+            pass
