@@ -403,10 +403,16 @@ def create_store(
         _write_plan(staging, plan)
         for file_name, table in (tables or {}).items():
             _write_table(staging, file_name, table, table_row_group_size(plan))
+        old = None
         if path.exists():
             refuse_foreign_path(path)  # checked again just before deleting
-            shutil.rmtree(path)
+            # moved aside whole first: a driver stopped while deleting it (Ctrl-C, SIGKILL) never leaves
+            # a half-deleted store at path for the next run to resume as complete
+            old = staging.with_name(staging.name + ".old")
+            os.replace(path, old)
         os.replace(staging, path)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

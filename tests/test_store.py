@@ -280,3 +280,24 @@ def test_a_full_disk_leaves_no_temporary_marker_or_driver_record(tmp_path, monke
         put_record(path, {"pid": 1})
     assert [p.name for p in (path / "_shards").iterdir()] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_an_overwrite_stopped_while_deleting_the_old_store_leaves_no_half_deleted_store(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGKILL) during --overwrite's delete: a later plain submit must not resume a store without arrays."""
+    import shutil
+    from pathlib import Path
+
+    path, plan = make(tmp_path)
+    real = shutil.rmtree
+
+    def stopped(target, *args, **kwargs):  # deletes the old store's value array, then the user presses Ctrl-C
+        if (Path(target) / "value").is_dir():
+            real(Path(target) / "value")
+            raise KeyboardInterrupt
+        real(target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        create_store(path, plan, {"spec_hash": "new"}, overwrite=True)
+    monkeypatch.undo()
+    assert all((path / name / "zarr.json").is_file() for name in ("value", "jacobian", "inputs"))
