@@ -315,10 +315,11 @@ def check_resumable(spec, *, accept_changed_code: bool = False) -> str | None:
     path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     if spec.store.overwrite or not is_pipeline_store(path) or _half_made(path):
         return None
-    _check_resumable(spec, path, accept_changed_code=accept_changed_code)
+    attrs, _ = _check_resumable(spec, path, accept_changed_code=accept_changed_code)
     committed = sum(1 for _ in committed_ids(path))
     shards = "shard is" if committed == 1 else "shards are"
-    return f"resumes the store at {path}: {committed} {shards} committed (submit --overwrite replaces it instead)"
+    kept = "".join(f"; {note}" for note in kept_shard_size(attrs, spec))
+    return f"resumes the store at {path}: {committed} {shards} committed (submit --overwrite replaces it instead){kept}"
 
 
 def _check_resumable(spec, path, *, accept_changed_code: bool) -> tuple[dict, list[str]]:
@@ -370,6 +371,7 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
             f"store.compression: the store at {path} keeps its codec {old_codec} (set when it was created); "
             f"{spec.store.compression} applies to new stores, pass --overwrite to rewrite this one with it"
         )
+    notes.extend(kept_shard_size(attrs, spec))
     if attrs.get("name") and attrs.get("name") != spec.name:
         notes.append(f"name: the store keeps its job name {attrs.get('name')!r} (this job is {spec.name!r})")
     if accepted:
@@ -377,6 +379,17 @@ def _resume(spec, path: Path, *, accept_changed_code: bool = False) -> Opened:
     shards = read_plan(path)
     committed = ShardFlags(len(shards), committed_ids(path))
     return Opened(Pending(shards, committed), len(committed), False, notes)
+
+
+def kept_shard_size(attrs: dict, spec) -> list[str]:
+    """A note when ``execution.shard_size`` differs from the shards of the store being resumed (its plan wins)."""
+    kept = attrs.get("shard_size")
+    if not kept or kept == spec.execution.shard_size:
+        return []
+    return [
+        f"execution.shard_size: the store keeps its shards of {kept} (its plan, set when it was created); "
+        f"{spec.execution.shard_size} applies to new stores, pass --overwrite to recompute this one with it"
+    ]
 
 
 def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> str:

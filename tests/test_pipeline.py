@@ -385,6 +385,7 @@ def test_settings_that_do_not_change_results_do_not_block_a_resume(tmp_path):
     assert summary.complete and summary.skipped == 2
     assert any("keeps its codec auto" in note for note in summary.notes)
     assert any("keeps its job name 't'" in note for note in summary.notes)
+    assert any("execution.shard_size: the store keeps its shards of" in note for note in summary.notes)
     with pytest.raises(StoreError) as err:
         submit(make_spec(tmp_path, **{"derivatives.dtype": "float32", "inputs.n": 40}), InlineExecutor())
     assert "derivatives.dtype: float64 -> float32" in str(err.value) and "inputs.n: 37 -> 40" in str(err.value)
