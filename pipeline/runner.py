@@ -62,6 +62,20 @@ def start_local_ray(**kwargs: Any) -> None:
             os.environ[LOOPBACK_ENV] = saved_env
 
 
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (``timeout``, a batch scheduler, ``kill``) stop the driver as Ctrl-C does.
+
+    ``ray.init`` makes SIGTERM exit the driver (``sys.exit``), after which Ray's own handler dumps a stack
+    and the process aborts (exit 134); as a ``KeyboardInterrupt`` it finalizes the store, says the
+    committed shards are kept and exits 130. Only the main thread may set a handler.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 class Executor(Protocol):
     """What the driver needs of an executor (``InlineExecutor``, ``RayExecutor``).
 
@@ -157,6 +171,7 @@ class RayExecutor:
             from .watchdog import children_of_this_process, watch
 
             watch(children_of_this_process())  # a killed driver leaves no Ray behind
+            sigterm_as_interrupt()
             return
         from .cluster import authenticate, resolve_address
 
@@ -175,6 +190,7 @@ class RayExecutor:
             os.chdir(os.path.dirname(working_dir))
         self._init(ray, address)
         self.joined = address
+        sigterm_as_interrupt()
 
     def _init(self, ray, address: str) -> None:
         """ray.init, tried again when a Ray Client server could not start its per-driver server.

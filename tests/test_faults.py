@@ -129,3 +129,26 @@ def test_a_full_disk_at_the_finalize_is_one_message_that_says_the_run_resumes(tm
         submit(spec, InlineExecutor())  # exit 2 with this line, not an OSError traceback
     monkeypatch.undo()
     assert submit(spec, InlineExecutor()).complete
+
+
+def test_sigterm_stops_the_driver_as_ctrl_c_does(tmp_path):
+    """`timeout`, a batch scheduler's cancel, `kill`: exit 130 with the resume message, not Ray's abort (134)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "term.zarr"))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    markers = tmp_path / "term.zarr" / "_shards"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGTERM)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output
+    assert "interrupted: committed shards are kept" in output and "SIGTERM received" not in output
+    assert summarize(tmp_path / "term.zarr")["done"] >= 1
