@@ -27,7 +27,7 @@ from .errors import ClusterLost
 from .fingerprints import changed_files, fingerprints
 from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
-from .lock import store_lock
+from .lock import held_here, store_lock
 from .plan import Shard, ShardFlags
 from .runner import Executor
 from .spec import results_hash, spec_differences
@@ -47,6 +47,7 @@ from .store import (
     read_manifest,
     read_plan,
     refuse_foreign_path,
+    remove_leftovers,
 )
 from .tasks import shard_task
 
@@ -260,6 +261,8 @@ def open_store(
     path = spec.store.path if _remote(spec.store.path) else Path(spec.store.path)
     replace_it = overwrite or spec.store.overwrite
     refuse_foreign_path(path)
+    if not _remote(path) and held_here(path):  # no other driver is making or replacing this store
+        remove_leftovers(path)  # of a driver killed while it did
     existing = is_pipeline_store(path)
     half_made = existing and _half_made(path)
     if existing and not replace_it and not half_made:

@@ -387,7 +387,7 @@ def create_store(
             f"use its real path {path.resolve()} as store.path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(path), dir=path.parent))
     try:
         _write_template(
             str(staging),
@@ -416,6 +416,27 @@ def create_store(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_prefix(path: Path) -> str:
+    """The name a new local store is made under, beside ``path``, before it is renamed into place."""
+    return f".{path.name}.staging-"
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove what a driver killed while creating or replacing the local store ``path`` left beside it.
+
+    A half-made template (killed while creating) or a whole old store moved aside by ``--overwrite``
+    (killed before deleting it: gigabytes, hidden). Only for the holder of the store's lock
+    (``lock.store_lock``): no other driver can be making them. Returns what it removed.
+    """
+    if storage.is_remote(path):
+        return []
+    path = Path(path)
+    removed = [p for p in sorted(path.parent.glob(staging_prefix(path) + "*")) if p.is_dir() and not p.is_symlink()]
+    for leftover in removed:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
 
 
 def _create_remote(

@@ -152,3 +152,33 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(tmp_path):
     assert driver.returncode == 130, output
     assert "interrupted: committed shards are kept" in output and "SIGTERM received" not in output
     assert summarize(tmp_path / "term.zarr")["done"] >= 1
+
+
+def test_what_a_killed_overwrite_left_beside_the_store_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """A driver killed while --overwrite deletes the old store leaves it moved aside, hidden; the next run removes it."""
+    import shutil
+
+    import pytest
+
+    from pipeline.runner import InlineExecutor
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+    assert submit(spec, InlineExecutor()).complete
+    real = shutil.rmtree
+
+    def killed(target, *args, **kwargs):  # the driver dies before it deletes the old store it moved aside
+        if str(target).endswith(".old"):
+            raise KeyboardInterrupt
+        real(target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, InlineExecutor(), overwrite=True)
+    monkeypatch.undo()
+    (tmp_path / ".s.zarr.keep").mkdir()  # a user's own folder: not ours to remove
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.staging-")]
+    assert len(leftovers) == 1 and leftovers[0].endswith(".old")  # the whole old store, hidden
+    assert submit(spec, InlineExecutor()).complete
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr")) == [".s.zarr.keep"]
