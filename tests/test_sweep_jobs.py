@@ -7,6 +7,7 @@ the heat equation's analytic solution, and float64 finite differences.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -167,6 +168,26 @@ def test_profiles_from_a_npy_file(tmp_path):
     E, T = reference_solve_batch(T0, sigma, Nvx=4, t=0.5, save_every=5)
     np.testing.assert_allclose(ds.T.values, T.numpy(), rtol=1e-10)
     np.testing.assert_allclose(ds.E.values, E.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "swept, fixed", [({"T0_mean": [1.0, 2.0]}, {}), ({"sigma_mean": [1.0, 2.0]}, {"T0_amplitude": 0.1})]
+)
+def test_a_profile_with_the_scalars_it_replaces_is_refused_naming_the_keys(tmp_path, swept, fixed):
+    # rte1d's T0 profile replaces T0_mean, T0_amplitude, ...: giving both was a traceback from the check of every case
+    np.save(tmp_path / "T0.npy", np.ones((2, 32)))
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": swept},
+        profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+        fixed=fixed,
+    )
+    clash = [name for name in (*swept, *fixed) if name.startswith("T0_")]
+    with pytest.raises(
+        SpecError, match=r"profiles\.T0: rte1d takes the profile T0 or the scalars " + re.escape(str(clash))
+    ):
+        prepare(spec)
+    assert not (tmp_path / "sweep.zarr").exists()
 
 
 @pytest.mark.parametrize(

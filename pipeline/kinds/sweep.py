@@ -74,6 +74,14 @@ def prepare(spec) -> Prepared:
         except InputError as err:
             raise SpecError([f"profiles.{name}: {err}"]) from None
         expected = known[name].shape if name in known else info.shape
+        clash = sorted(set(known[name].excludes) & set(table)) if name in known else []
+        if clash:
+            raise SpecError(
+                [
+                    f"profiles.{name}: {solver.name} takes the profile {name} or the scalars {clash}, not both "
+                    f"(they set the same thing); drop profiles.{name}, or drop {clash} from sweep or fixed"
+                ]
+            )
         if info.n < n or tuple(info.shape) != tuple(expected):
             raise SpecError(
                 [
