@@ -195,14 +195,15 @@ def test_a_profile_with_the_scalars_it_replaces_is_refused_naming_the_keys(tmp_p
     [
         ({"solver": {"name": "rte2d"}}, "solver.name: unknown solver 'rte2d'"),
         ({"solver": {"name": "rte1d", "options": {"nxx": 3}}}, "solver.options:"),
-        ({"sweep": {"kind": "grid", "axes": {"T0_meen": [1.0]}}}, "not parameters of rte1d"),
+        ({"sweep": {"kind": "grid", "axes": {"T0_meen": [1.0]}}}, "sweep: ['T0_meen'] are not parameters of rte1d"),
+        ({"fixed": {"sigma_amp": 0.1}}, "fixed: ['sigma_amp'] are not parameters of rte1d"),
         ({"sweep": {"kind": "zip", "values": {"T0_mean": [1.0, 2.0], "sigma_mean": [1.0]}}}, "same length"),
     ],
 )
 def test_bad_sweeps_fail_before_any_store(tmp_path, change, message):
     base = {"kind": "grid", "axes": {"T0_mean": [1.0]}}
-    spec = sweep_spec(tmp_path, change.get("sweep", base), solver=change.get("solver"))
-    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+    spec = sweep_spec(tmp_path, change.get("sweep", base), solver=change.get("solver"), fixed=change.get("fixed", {}))
+    with pytest.raises(SpecError, match=re.escape(message)):
         prepare(spec)
     assert not (tmp_path / "sweep.zarr").exists()
 

@@ -63,11 +63,18 @@ def prepare(spec) -> Prepared:
     swept = [name for name in table if name not in spec.fixed]
     known = solver.parameters(options)
     if known:
-        unknown = sorted((set(table) | set(spec.profiles)) - set(known))
-        if unknown:
-            raise SpecError(
-                [f"sweep: {unknown} are not parameters of {solver.name}; its parameters are {sorted(known)}"]
-            )
+        given = {
+            "sweep": [k for k in table if k not in spec.fixed],
+            "fixed": list(spec.fixed),
+            "profiles": spec.profiles,
+        }
+        errors = [
+            f"{key}: {unknown} are not parameters of {solver.name}; its parameters are {sorted(known)}"
+            for key, names in given.items()
+            if (unknown := sorted(set(names) - set(known)))
+        ]
+        if errors:
+            raise SpecError(errors)
     for name, source in spec.profiles.items():
         try:
             info = describe_inputs(source)
