@@ -351,6 +351,8 @@ def sobol(ranges: Mapping[str, Any], n: int, seed: int = 0, scramble: bool = Tru
 def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> CaseTable:
     """The rows of a Parquet file as cases (numeric, non-null columns; a ``case`` column is dropped).
 
+    Without ``columns`` every integer or floating column is read; other columns (labels) are left out.
+
     Example:
         >>> import tempfile, os, pyarrow as pa, pyarrow.parquet as pq
         >>> p = os.path.join(tempfile.mkdtemp(), "cases.parquet")
@@ -359,6 +361,7 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
         [1.0, 2.0]
     """
     import pyarrow.parquet as pq
+    from pyarrow import types as pa_types
 
     from . import storage
 
@@ -378,8 +381,12 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
         raise _error("parquet.path", f"not a readable Parquet file ({err})", shown, "check the file") from None
     available = [n for n in schema.names if n != INDEX_COLUMN]
-    if columns is None:
-        columns = available
+    if columns is None:  # every numeric column: a label column (a run name) is not a parameter
+        columns = [
+            n
+            for n in available
+            if pa_types.is_integer(schema.field(n).type) or pa_types.is_floating(schema.field(n).type)
+        ]
     else:
         if isinstance(columns, str) or not isinstance(columns, Sequence):
             raise _error("parquet.columns", "expected a list of column names", columns, f"choose from {available}")
@@ -389,7 +396,9 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
                 "parquet.columns", f"column(s) {missing} are not in the file", list(columns), f"choose from {available}"
             )
     if not columns:
-        raise _error("parquet.columns", "no parameter columns to read", list(schema.names), "add columns to the file")
+        raise _error(
+            "parquet.columns", "no parameter columns to read", list(schema.names), "add numeric columns to the file"
+        )
     table = pq.read_table(source(), columns=list(columns))
     out: CaseTable = {}
     for name in columns:

@@ -299,6 +299,9 @@ def test_parquet_round_trip(tmp_path):
         assert back[k].dtype == table[k].dtype
     only = from_parquet(path, columns=["b"])
     assert list(only) == ["b"]
+    # without columns: every numeric column, as the schema says; a label column is left out, not refused
+    pq.write_table(arrow.append_column("run", pa.array([f"run{i}" for i in range(16)])), path)
+    assert list(from_parquet(path)) == ["a", "b", "c", "k"]
 
 
 def test_parquet_errors(tmp_path):
@@ -312,6 +315,9 @@ def test_parquet_errors(tmp_path):
         from_parquet(path, columns=["zz"])
     with pytest.raises(ValueError, match="does not exist"):
         from_parquet(tmp_path / "missing.parquet")
+    pq.write_table(pa.table({"run": ["x", "y"]}), tmp_path / "labels.parquet")
+    with pytest.raises(ValueError, match=r"parquet.columns: no parameter columns to read"):
+        from_parquet(tmp_path / "labels.parquet")
     (tmp_path / "text.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match="not a readable Parquet file"):
         from_parquet(tmp_path / "text.parquet")
