@@ -387,6 +387,20 @@ def test_an_unstable_ftcs_case_stops_a_heat_sweep_before_any_store_exists(tmp_pa
     prepare(sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 5.0]}}, solver=cn))
 
 
+@pytest.mark.parametrize("scheme", ["crank_nicolson", "ftcs"])
+def test_a_negative_diffusivity_stops_a_heat_sweep_before_any_store_exists(tmp_path, scheme):
+    # D < 0 is the backward heat equation: it was solved without a word, into profiles growing without bound
+    heat = {"name": "heat1d", "options": {"nx": 16, "n_saves": 2, "scheme": scheme}, "dtype": "float64"}
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"diffusivity": [0.1, 0.0, -0.1, -0.2]}}, solver=heat)
+    with pytest.raises(
+        SpecError,
+        match=r"sweep: case 2 \(diffusivity=-0.1\) cannot be solved as asked\. heat1d: parameter diffusivity is "
+        r"negative in 2 of 4 cases, first case 2 .*use diffusivity >= 0",
+    ):
+        submit(spec, InlineExecutor())
+    assert not (tmp_path / "sweep.zarr").exists()
+
+
 def test_workers_read_only_the_row_groups_of_their_cases(tmp_path, monkeypatch):
     """cases.parquet has row groups of whole shards; a block reads the groups covering its cases, no more."""
     import pipeline.store

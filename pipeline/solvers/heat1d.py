@@ -212,6 +212,30 @@ def check_ftcs_stability(params: dict[str, torch.Tensor], options: dict[str, Any
     raise UnsolvableCase(_ftcs_unstable(largest, dt, dx, where), first_case + case)
 
 
+def check_cases(params: dict[str, torch.Tensor], options: dict[str, Any], first_case: int = 0) -> None:
+    """Raise ``UnsolvableCase`` naming the first case with a negative diffusivity, then check FTCS's limit.
+
+    ``D < 0`` is the backward heat equation: ill-posed, its results grow without bound instead of decaying.
+
+    Example:
+        >>> check_cases({"diffusivity": torch.tensor([0.1, -0.1])}, DEFAULT_OPTIONS, first_case=7)
+        Traceback (most recent call last):
+        ...
+        pipeline.solvers.interface.UnsolvableCase: heat1d: parameter diffusivity is negative in 1 of 2 cases, ...
+    """
+    D = params["diffusivity"].detach()
+    bad = torch.nonzero(D < 0).flatten()
+    if len(bad):
+        case = first_case + int(bad[0])
+        raise UnsolvableCase(
+            f"heat1d: parameter diffusivity is negative in {len(bad)} of {len(D)} cases, first case {case} "
+            f"(diffusivity={float(D[bad[0]]):.4g}): the backward heat equation grows instead of diffusing; "
+            "use diffusivity >= 0",
+            case,
+        )
+    check_ftcs_stability(params, options, first_case)
+
+
 def _crank_nicolson(u0, D, dx, dt, steps, n_saves):
     nx = u0.shape[1]
     m = torch.arange(nx // 2 + 1, dtype=u0.dtype, device=u0.device)
@@ -233,6 +257,6 @@ SOLVER = Solver(
     outputs_fn=_outputs,
     coords_fn=_coords,
     check_options=_check_options,
-    check_cases=check_ftcs_stability,
+    check_cases=check_cases,
     description="periodic 1-D heat equation, Crank-Nicolson (FFT) or FTCS; exact solution a decaying sine",
 )
