@@ -410,6 +410,14 @@ def from_parquet(path: str | Path, columns: Sequence[str] | None = None) -> Case
         if array.dtype.kind not in "iuf":
             raise _error(key, f"the column is not numeric ({column.type})", name, "keep only numeric parameter columns")
         out[_check_name(key, name)] = array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(out[name]))
+        if len(bad):
+            raise _error(
+                key,
+                f"{len(bad)} value(s) not finite (nan or inf), first in row {bad[0]}",
+                float(out[name][bad[0]]),
+                "fix or drop those rows",
+            )
     if n_cases(out) == 0:
         raise _error("parquet.path", "the file has no rows", shown, "add cases to the file")
     return out

@@ -315,6 +315,11 @@ def test_parquet_errors(tmp_path):
         from_parquet(path, columns=["zz"])
     with pytest.raises(ValueError, match="does not exist"):
         from_parquet(tmp_path / "missing.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0, float("nan")], "b": [1.0, float("inf"), 3.0]}), path)
+    with pytest.raises(ValueError, match=r"parquet.columns.a: 1 value\(s\) not finite \(nan or inf\), first in row 2"):
+        from_parquet(path)  # was read as cases, and rte1d's check of every case failed with a traceback
+    with pytest.raises(ValueError, match=r"parquet.columns.b: 1 value\(s\) not finite .* row 1, got inf"):
+        from_parquet(path, columns=["b"])
     pq.write_table(pa.table({"run": ["x", "y"]}), tmp_path / "labels.parquet")
     with pytest.raises(ValueError, match=r"parquet.columns: no parameter columns to read"):
         from_parquet(tmp_path / "labels.parquet")
