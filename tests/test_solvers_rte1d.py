@@ -538,6 +538,23 @@ def test_stiff_cases_are_refused_with_the_fix_and_would_have_gone_wrong():
         solve("rte1d", params, **{**options, "nx": 170})
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"T0": torch.tensor([[1.0] * 8, [1.0] * 7 + [math.inf]], dtype=F64)},  # an inf in a profile
+        {"T0_mean": torch.tensor([1.0, 10.0], dtype=F64), "sigma_mean": torch.tensor([1.0, 1e308], dtype=F64)},
+    ],
+)
+def test_a_case_with_an_infinite_stability_factor_is_refused_not_a_traceback(params):
+    # the message's rounding and its suggested nx were math.ceil(inf): an OverflowError instead of UnsolvableCase
+    from pipeline.solvers import check_cases
+
+    with pytest.raises(
+        UnsolvableCase, match=r"case 1, has stability factor inf > 1\.5 .* Fix: check T0 and sigma for nan or inf"
+    ):
+        check_cases("rte1d", params, nx=8)
+
+
 def test_in_place_profiles_are_the_same_numbers():
     """The stability check builds profiles in place (no autograd): bit for bit the autograd-able ones."""
     from pipeline.solvers.rte1d import profile

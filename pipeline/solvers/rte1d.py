@@ -222,21 +222,26 @@ def check_stability(params: dict[str, torch.Tensor], options: dict[str, Any], fi
         return
     with torch.no_grad():  # the profiles built in place: a few times faster over a million cases
         T0, sigma = initial_profiles(params, options, in_place=True)
-    factors = stability_factors(T0, sigma, options).nan_to_num(nan=float("inf"))
+    factors = stability_factors(T0, sigma, options).nan_to_num(nan=math.inf, posinf=math.inf)
     bad = int((factors > STABILITY_LIMIT).sum())
     if bad == 0:
         return
     case = int(factors.argmax())
     worst = float(factors[case])
     _, dt, _, _ = time_grid(options)
-    need = math.ceil(options["nx"] * worst / STABILITY_LIMIT) if math.isfinite(worst) else None
-    shown = math.ceil(worst * 1000) / 1000  # rounded up: never shows as the limit itself
+    cells = options["nx"] * worst / STABILITY_LIMIT
+    need = math.ceil(cells) if math.isfinite(cells) else None
+    shown = f"{math.ceil(worst * 1000) / 1000:.3f}" if need else f"{worst:.4g}"  # rounded up: never the limit itself
     raise UnsolvableCase(
         f"rte1d: {bad} of {len(factors)} cases are too stiff for the explicit time step dt = CFL*L/nx "
-        f"= {dt:.4g}; the stiffest, case {first_case + case}, has stability factor {shown:.3f} > {STABILITY_LIMIT} "
+        f"= {dt:.4g}; the stiffest, case {first_case + case}, has stability factor {shown} > {STABILITY_LIMIT} "
         "(max(dt*sigma/(1 - CFL*max|mu|), 4*a*c*dt*sigma*T^3/(rho*cv)) over x), so its results would oscillate "
         "or overflow. Fix: "
-        + (f"raise nx to at least {need} (or lower CFL by the same factor), " if need else "")
+        + (
+            f"raise nx to at least {need} (or lower CFL by the same factor), "
+            if need
+            else "check T0 and sigma for nan or inf (or values that overflow), "
+        )
         + "narrow the range of sigma or T0, or set stability_check: false to run anyway",
         first_case + case,
     )
