@@ -555,6 +555,19 @@ def test_a_case_with_an_infinite_stability_factor_is_refused_not_a_traceback(par
         check_cases("rte1d", params, nx=8)
 
 
+def test_a_negative_opacity_is_refused_naming_the_case():
+    # its stability factor is negative, so the check let it through, and the results grew to inf (a sweep only
+    # warned of non-finite values)
+    params = {"sigma_mean": torch.tensor([1.0, 1.0, -1.0], dtype=F64), "sigma_amplitude": torch.tensor([0.1, 1.0, 0.1])}
+    with pytest.raises(
+        UnsolvableCase, match=r"sigma is negative somewhere in 1 of 3 cases, first case 2 \(min sigma -1\.09\d\)"
+    ):
+        solve("rte1d", params, nx=16, t_end=2.0)
+    with pytest.raises(UnsolvableCase, match=r"first case 0 .* use sigma_mean >= 0 and sigma_amplitude <= 1"):
+        solve("rte1d", {"sigma_amplitude": torch.tensor([1.5], dtype=F64)}, nx=16)
+    assert not torch.isfinite(solve("rte1d", params, nx=16, t_end=2.0, stability_check=False)["T"][2]).all()
+
+
 def test_in_place_profiles_are_the_same_numbers():
     """The stability check builds profiles in place (no autograd): bit for bit the autograd-able ones."""
     from pipeline.solvers.rte1d import profile

@@ -222,6 +222,16 @@ def check_stability(params: dict[str, torch.Tensor], options: dict[str, Any], fi
         return
     with torch.no_grad():  # the profiles built in place: a few times faster over a million cases
         T0, sigma = initial_profiles(params, options, in_place=True)
+    negative = torch.nonzero(sigma.amin(-1) < 0).flatten()
+    if len(negative):
+        case = int(negative[0])
+        raise UnsolvableCase(
+            f"rte1d: sigma is negative somewhere in {len(negative)} of {len(sigma)} cases, first case "
+            f"{first_case + case} (min sigma {float(sigma[case].min()):.4g}): a negative opacity amplifies the "
+            "radiation instead of absorbing it, so the results grow until they overflow. Fix: use sigma_mean >= 0 "
+            "and sigma_amplitude <= 1 (or a sigma profile >= 0), or set stability_check: false to run anyway",
+            first_case + case,
+        )
     factors = stability_factors(T0, sigma, options).nan_to_num(nan=math.inf, posinf=math.inf)
     bad = int((factors > STABILITY_LIMIT).sum())
     if bad == 0:
