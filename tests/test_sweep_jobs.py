@@ -280,6 +280,23 @@ def test_sensitivity_of_an_unknown_output_is_refused(tmp_path):
         prepare(spec)
 
 
+@pytest.mark.parametrize("wrt", ["sigma_meen", "T0"])
+def test_sensitivities_wrt_a_name_not_in_a_parquet_table_is_refused_naming_the_key(tmp_path, wrt):
+    # a Parquet table's columns are unknown to the job's own check: this was "solver: running rte1d on the
+    # first case failed: ValueError: rte1d_jvp: tangent ..."
+    pq.write_table(pa.table({"sigma_mean": [1.0, 2.0]}), tmp_path / "cases.parquet")
+    np.save(tmp_path / "T0.npy", np.ones((2, 32)))
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "parquet", "path": str(tmp_path / "cases.parquet")},
+        profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+        sensitivities={"outputs": {"q": {"output": "T"}}, "wrt": [wrt]},
+    )
+    message = f"sensitivities.wrt: ['{wrt}'] are not swept parameters; choose from ['sigma_mean']"
+    with pytest.raises(SpecError, match=re.escape(message)):
+        prepare(spec)
+
+
 def test_sensitivities_of_a_solver_without_its_own_jvp(tmp_path):
     """heat1d has no jvp_fn: torch.func.jvp through solve; reference: d/dD of A exp(-D k^2 t) sin(k x)."""
     spec = sweep_spec(

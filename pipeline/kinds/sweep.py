@@ -97,6 +97,9 @@ def prepare(spec) -> Prepared:
                 ]
             )
     scalars, wrt = sensitivity_names(spec, swept)
+    unknown = sorted(set(wrt) - set(swept))
+    if unknown:  # the job's own check cannot see a Parquet table's columns
+        raise SpecError([f"sensitivities.wrt: {unknown} are not swept parameters; choose from {sorted(swept)}"])
     _check_every_case(spec, solver, options, table, n, known)
     first = _case_params(spec, {k: v[:1] for k, v in table.items()}, 0, 1, torch.float64, torch.device("cpu"))
     try:
