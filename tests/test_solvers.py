@@ -143,3 +143,14 @@ def test_prepare_params_broadcasts_and_fills_defaults():
     assert batch["sigma_amplitude"].tolist() == pytest.approx([0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         solve("heat1d", {}, chunk_size=0)
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_an_unsolvable_case_in_a_later_chunk_is_named_by_its_index_in_params(track):
+    # with chunk_size, the stiff case 3 was reported as "case 1" (its index in the second chunk of 2)
+    from pipeline.solvers import UnsolvableCase
+
+    sigma_mean = torch.tensor([1.0, 1.0, 1.0, 100.0], dtype=torch.float64, requires_grad=track)
+    with pytest.raises(UnsolvableCase, match=r"the stiffest, case 3, has stability factor") as caught:
+        solve("rte1d", {"sigma_mean": sigma_mean}, chunk_size=2, nx=32, t_end=0.3)
+    assert caught.value.case == 3

@@ -168,20 +168,26 @@ class Solver:
             def run(part: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
                 return torch.func.vmap(lambda case: per_case(case, **resolved))(part)
 
+        def run_chunk(start: int, stop: int) -> Mapping[str, torch.Tensor]:
+            part = {k: v[start:stop] for k, v in batch.items()}
+            try:
+                return _check_result(self.name, run(part), stop - start)
+            except UnsolvableCase:
+                if start and self.check_cases is not None:  # name the case by its index in params, not in the chunk
+                    self.check_cases(part, resolved, start)
+                raise
+
         chunk = n_cases if chunk_size is None else min(chunk_size, n_cases)
         if chunk == n_cases:
             return _check_result(self.name, run(batch), n_cases)
         if tracks_derivatives(*batch.values()):
             # out-of-place assembly keeps autograd / torch.func derivatives flowing
-            pieces = [
-                _check_result(self.name, run({k: v[a : a + chunk] for k, v in batch.items()}), min(chunk, n_cases - a))
-                for a in range(0, n_cases, chunk)
-            ]
+            pieces = [run_chunk(a, min(a + chunk, n_cases)) for a in range(0, n_cases, chunk)]
             return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
         outputs: dict[str, torch.Tensor] = {}
         for start in range(0, n_cases, chunk):
             stop = min(start + chunk, n_cases)
-            result = _check_result(self.name, run({k: v[start:stop] for k, v in batch.items()}), stop - start)
+            result = run_chunk(start, stop)
             for k, v in result.items():
                 if k not in outputs:  # preallocate once: no second copy of all outputs
                     outputs[k] = v.new_empty((n_cases, *v.shape[1:]))
