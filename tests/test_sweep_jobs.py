@@ -190,6 +190,18 @@ def test_a_profile_with_the_scalars_it_replaces_is_refused_naming_the_keys(tmp_p
     assert not (tmp_path / "sweep.zarr").exists()
 
 
+def test_a_missing_profile_file_is_refused_naming_its_profiles_key(tmp_path):
+    # the message named a derivative job's key: "profiles.T0: inputs.path: ... does not exist"
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "zip", "values": {"sigma_mean": [1.0]}},
+        profiles={"T0": {"kind": "npy", "path": str(tmp_path / "T0.npy")}},
+    )
+    with pytest.raises(SpecError, match=r"profiles\.T0\.path: .*T0\.npy does not exist") as caught:
+        prepare(spec)
+    assert "inputs." not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

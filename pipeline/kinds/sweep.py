@@ -79,7 +79,8 @@ def prepare(spec) -> Prepared:
         try:
             info = describe_inputs(source)
         except InputError as err:
-            raise SpecError([f"profiles.{name}: {err}"]) from None
+            # the message names the keys of a derivative job's inputs: say profiles.<name>.path, not inputs.path
+            raise SpecError([str(err).replace("inputs.", f"profiles.{name}.")]) from None
         expected = known[name].shape if name in known else info.shape
         clash = sorted(set(known[name].excludes) & set(table)) if name in known else []
         if clash:
