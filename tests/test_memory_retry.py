@@ -229,3 +229,17 @@ def test_a_shard_killed_by_rays_memory_monitor_succeeds_on_its_smaller_retry(tmp
     assert submit(reference, InlineExecutor()).complete
     for name, value in arrays(reference.store.path).items():
         np.testing.assert_array_equal(arrays(spec.store.path)[name], value)
+
+
+def test_sensitivity_shards_retry_with_smaller_solver_chunks(tmp_path):
+    """A sweep with sensitivities halves the solver's chunks too, not only its blocks (README: fault table)."""
+    data = job(tmp_path, "hungry_sens", max_cases=4, error="torch").model_dump()
+    data["sensitivities"] = {"outputs": {"S": {"output": "s"}}, "wrt": ["a"]}
+    spec = validate_spec(data)
+    summary = submit(spec, InlineExecutor())
+    assert summary.complete and not summary.failed
+    assert all(c <= 4 for c in manifest(spec.store.path)["chunk_size"])
+    ds = open_results(spec.store.path, require_complete=True)
+    a = ds["a"].values
+    np.testing.assert_allclose(ds["S"].values, a * a + 1, rtol=1e-15)  # s = a^2 + 1
+    np.testing.assert_allclose(ds["dS_da"].values, 2 * a, rtol=1e-15, atol=1e-15)  # its derivative, analytic

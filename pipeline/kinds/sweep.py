@@ -251,7 +251,24 @@ def _solve_cases(spec, solver, options, params, device, dtype, chunk_size=None):
         return solve(solver, params, chunk_size=chunk_size, device=device, dtype=dtype, **options), {}
     swept = [name for name in params if name not in spec.fixed and name not in spec.profiles]
     _, wrt = sensitivity_names(spec, swept)
-    return sensitivities(solver, params, spec.sensitivities.outputs, wrt, device=device, dtype=dtype, **options)
+    n = next(iter(params.values())).shape[0]
+    step = chunk_size or n  # after a memory failure: the cases in chunks, as solve() takes them
+    parts = [
+        sensitivities(
+            solver,
+            {k: v[start : start + step] for k, v in params.items()},
+            spec.sensitivities.outputs,
+            wrt,
+            device=device,
+            dtype=dtype,
+            **options,
+        )
+        for start in range(0, n, step)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    outputs = {name: torch.cat([part[0][name] for part in parts]) for name in parts[0][0]}
+    return outputs, {name: np.concatenate([part[1][name] for part in parts]) for name in parts[0][1]}
 
 
 def compute(spec, shard, device: torch.device, previous: ShardInfo | None = None, *, budget: Budget):
