@@ -269,8 +269,11 @@ def refuse_foreign_path(path: str | Path, key: str = "store.path") -> None:
         )
 
 
-def _damaged_metadata(path: Path) -> str | None:
-    """What is wrong when the local folder ``path`` has a ``zarr.json`` that is not JSON; None otherwise."""
+def _damaged_metadata(path: Path, *, arrays: bool = True) -> str | None:
+    """What is wrong when the local folder ``path`` or one of its arrays has a ``zarr.json`` that is not JSON.
+
+    None when every one reads (or ``path`` has none: not a store, said elsewhere).
+    """
     try:
         json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError) as err:
@@ -279,14 +282,29 @@ def _damaged_metadata(path: Path) -> str | None:
                 f"{path} has a damaged zarr.json ({err}), so it cannot be read as a store and is left untouched; "
                 f"restore {path / 'zarr.json'} from a copy, or remove {path} and run its job again"
             )
+        return None
+    for array in sorted(path.iterdir()) if arrays else ():
+        try:
+            json.loads((array / "zarr.json").read_text())
+        except (OSError, ValueError) as err:
+            if isinstance(err, ValueError):
+                return (
+                    f"{path}: the metadata of its array {array.name!r} is damaged ({array / 'zarr.json'}: {err}), "
+                    f"so the array cannot be read; restore that file from a copy, or remove {path} and run its "
+                    "job again"
+                )
     return None
 
 
-def read_attributes(path: str | Path) -> dict[str, Any]:
-    """The root attributes of a store (spec, spec_hash, complete, ...)."""
+def read_attributes(path: str | Path, *, arrays: bool = True) -> dict[str, Any]:
+    """The root attributes of a store (spec, spec_hash, complete, ...).
+
+    A local store whose ``zarr.json`` (or, with ``arrays``, an array's) is not JSON raises ``StoreError``
+    saying which; ``open_results`` passes ``arrays=False``, as it reads the arrays' consolidated copy.
+    """
     if not store_exists(path):
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
-    damaged = None if storage.is_remote(path) else _damaged_metadata(Path(path))
+    damaged = None if storage.is_remote(path) else _damaged_metadata(Path(path), arrays=arrays)
     if damaged:
         raise StoreError(damaged)
     metadata = _read_json(path, "zarr.json")
@@ -1118,7 +1136,7 @@ def open_results(path: str | Path, *, require_complete: bool = False, storage_op
         if storage_options is not None:
             storage.set_options(str(path), storage_options)
         check_readable(path, "path", options="storage_options=")
-    attrs = read_attributes(path)
+    attrs = read_attributes(path, arrays=False)  # a damaged array's own zarr.json: its consolidated copy reads
     incomplete = StoreError(
         f"{path} is not complete; `pipeline status {path}` lists the failed and pending shards "
         f"(`pipeline inspect {path}` shows their errors); run the job again to finish them"

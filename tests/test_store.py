@@ -240,6 +240,18 @@ def test_a_damaged_zarr_json_is_said_as_such(tmp_path):
         refuse_foreign_path(path)  # submit: not "a directory that was not written by pipeline"
 
 
+def test_a_damaged_array_zarr_json_is_said_as_such_and_open_results_still_reads(tmp_path):
+    from pipeline.store import refuse_foreign_path
+
+    path, _ = make(tmp_path)
+    (path / "jacobian" / "zarr.json").write_text("{")
+    with pytest.raises(StoreError, match=r"array 'jacobian' is damaged"):
+        read_attributes(path)  # status, verify, inspect: not a KeyError('plan.parquet') traceback
+    with pytest.raises(StoreError, match=r"array 'jacobian' is damaged"):
+        refuse_foreign_path(path)  # submit: not a resume that dies at the finalize
+    assert open_results(path).jacobian.shape == (10, 3, 2)  # through the consolidated copy of the metadata
+
+
 def test_a_damaged_manifest_is_said_as_such_and_the_finalize_writes_it_anew(tmp_path):
     path, plan = make(tmp_path)
     assert finalize_store(path, plan) is False
