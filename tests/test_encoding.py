@@ -218,6 +218,7 @@ def test_16_bit_arrays_get_zstd_over_the_whole_chunk_and_read_back_bit_exact(tmp
         ({"compression": "lz4", "compression_level": 12}, "store.compression_level"),
         ({"compression_level": 9}, "store.compression_level"),  # auto: lz4 and zstd, no one level
         ({"dtype": "float8"}, "store.dtype"),
+        ({"encoding": {"d2": {"dtype": "float16"}}}, "store.encoding.d2: the store keeps 'd2' as 'hessian'"),
     ],
 )
 def test_bad_encodings_exit_2_naming_the_key(tmp_path, store, key):

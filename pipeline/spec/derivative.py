@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..quantities import canonical_quantities
+from ..quantities import canonical_quantities, canonical_quantity
 from ..sobol import check as check_sobol
 from .base import (
     IMPORT_PATH,
@@ -280,6 +280,14 @@ class DerivativeJob(Job):
     def _consistent(self):
         self.check_shard_size()
         for name in self.store.encoding:
+            try:
+                canon = canonical_quantity(name)
+            except ValueError:
+                canon = name
+            if name not in self.quantities and canon in self.quantities:
+                raise ValueError(
+                    f"store.encoding.{name}: the store keeps {name!r} as {canon!r}; write store.encoding.{canon}"
+                )
             if name not in self.quantities:
                 raise ValueError(
                     f"store.encoding.{name}: {name!r} is not among the job's quantities "
