@@ -205,6 +205,14 @@ def ragged_weighted_laplacian_factor(tmp_path):
     )
 
 
+def uniform_low_above_high(tmp_path):
+    return (
+        write_job(tmp_path, inputs="{kind: uniform, n: 16, shape: [2], low: 5, high: 1}"),
+        ["inputs", "low (5.0) must be smaller than high (1.0)", "swap them"],
+        [],
+    )
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -228,6 +236,7 @@ CASES = [
     e_notation_in_the_job_file,
     weighted_laplacian_without_its_factor,
     ragged_weighted_laplacian_factor,
+    uniform_low_above_high,
 ]
 
 

@@ -118,7 +118,9 @@ class UniformInputs(_Generated):
     @model_validator(mode="after")
     def _range(self):
         if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+            raise ValueError(
+                f"low ({self.low}) must be smaller than high ({self.high}); set low < high, e.g. swap them"
+            )
         return self
 
 
@@ -141,7 +143,9 @@ class SobolInputs(_Generated):
     @model_validator(mode="after")
     def _checks(self):
         if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+            raise ValueError(
+                f"low ({self.low}) must be smaller than high ({self.high}); set low < high, e.g. swap them"
+            )
         check_sobol(math.prod(self.shape), self.n)
         return self
 
