@@ -313,6 +313,16 @@ def _submit_spec(
                 "(store.dtype, or store.encoding.<name>.dtype for one array), and submit again with --overwrite "
                 "(the stored dtype is part of the results)"
             )
+        from .runner import STORAGE_FULL_MESSAGES
+
+        if any(text in (result.error or "") for result in summary.failed.values() for text in STORAGE_FULL_MESSAGES):
+            unstarted = summary.total - summary.skipped - summary.ran - len(summary.failed)
+            console.print(
+                f"the disk of {summary.path} is full (or over its quota), so "
+                + (f"the other {unstarted} shards were not started; " if unstarted else "")
+                + "free space there (`pipeline submit --dry-run` says how much the job writes), then run the same "
+                "command again (it resumes)"
+            )
         from .storage import says_no_credentials
 
         if any(says_no_credentials(result.error) for result in summary.failed.values()):

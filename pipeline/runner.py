@@ -7,6 +7,7 @@ Ray lives here and nowhere else.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import traceback
@@ -132,6 +133,8 @@ class InlineExecutor:
                     if not attempts.failed(shard.id, err):
                         on_failed(shard, attempts.count(shard.id), _format_error(err))
                         break
+            if attempts.storage_full:
+                return  # the other shards would compute only to fail writing
 
 
 CLIENT_TRIES = 3  # ray:// joins tried when the head's client server fails to start a driver's server
@@ -332,8 +335,9 @@ class RayExecutor:
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
         with ClusterWatch(self.joined or "local") as watch:
-            while waiting or running:
-                while waiting and len(running) < bound:
+            # after a full disk no more shards start (they would compute only to fail writing)
+            while (waiting and not attempts.storage_full) or running:
+                while waiting and len(running) < bound and not attempts.storage_full:
                     shard = waiting.pop()
                     running[remote.remote(spec_ref, shard, attempts.memory_retries(shard.id))] = shard
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
@@ -373,8 +377,34 @@ def _record_died(store: str, shard_id: int, err: BaseException) -> None:
     write_attempt_error(store, shard_id, max(1, attempt_count(store, shard_id)), err)
 
 
+STORAGE_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
+
+
+def is_storage_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or an exceeded quota: every shard would fail the same way.
+
+    Follows ``__cause__`` / ``__context__`` and Ray's ``cause``; a worker's error that reached the driver only
+    as text is recognised by its message.
+
+        >>> is_storage_full(RuntimeError("block 2")), is_storage_full(OSError(28, "No space left on device"))
+        (False, True)
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in STORAGE_FULL_MESSAGES):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return False
+
+
 class Attempts:
     """Each shard's failed attempts: whether to retry, and how many ran out of memory.
+
+    A full disk (``is_storage_full``) is never retried and sets ``storage_full``: the executors then start
+    no more shards, which would compute only to fail writing (the run ends; its committed shards are kept).
 
     >>> a = Attempts(retries=1)
     >>> a.failed(7, MemoryError()), a.memory_retries(7), a.failed(7, ValueError()), a.count(7)
@@ -383,6 +413,7 @@ class Attempts:
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
+        self.storage_full = False
         self._failures: dict[int, int] = {}
         self._memory: dict[int, int] = {}
 
@@ -391,6 +422,9 @@ class Attempts:
         self._failures[shard_id] = self._failures.get(shard_id, 0) + 1
         if is_memory_failure(error):
             self._memory[shard_id] = self._memory.get(shard_id, 0) + 1
+        if is_storage_full(error):
+            self.storage_full = True
+            return False
         return self._failures[shard_id] <= self.retries and not isinstance(error, RejectedResults)
 
     def count(self, shard_id: int) -> int:

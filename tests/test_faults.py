@@ -182,3 +182,33 @@ def test_what_a_killed_overwrite_left_beside_the_store_is_removed_by_the_next_ru
     assert len(leftovers) == 1 and leftovers[0].endswith(".old")  # the whole old store, hidden
     assert submit(spec, InlineExecutor()).complete
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr")) == [".s.zarr.keep"]
+
+
+def test_a_full_disk_starts_no_more_shards_and_says_so(tmp_path, monkeypatch):
+    """ENOSPC at shard 3's commit: not retried, the later shards never start, and the console says why and the fix."""
+    from click.testing import CliRunner
+
+    import pipeline.tasks
+    from pipeline.cli import main
+    from pipeline.runner import InlineExecutor
+
+    real = pipeline.tasks.write_marker
+    calls = []
+
+    def full_from_shard_3(store, record):
+        calls.append(record.shard_id)
+        if record.shard_id >= 3:
+            raise OSError(28, "No space left on device")
+        real(store, record)
+
+    monkeypatch.setattr(pipeline.tasks, "write_marker", full_from_shard_3)
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "full.zarr").replace("n: 12000", "n: 4000"))  # 8 shards
+    result = CliRunner().invoke(main, ["submit", str(job), "--executor", "inline", "-q"])
+    assert result.exit_code == 1, result.output
+    assert calls == [0, 1, 2, 3]  # shard 3 once (no retries), shards 4-7 never computed
+    assert "1 of 8 shards failed" in result.output
+    assert "is full (or over its quota), so the other 4 shards were not started" in result.output
+    monkeypatch.undo()
+    assert summarize(tmp_path / "full.zarr")["done"] == 3
+    assert submit(load_spec(job), InlineExecutor()).complete  # room again: it resumes
