@@ -42,3 +42,8 @@ def __getattr__(name: str):
 
         return solve
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too, so that `pipeline.<TAB>` in a notebook and `dir(pipeline)` list them
+    return sorted({*globals(), *__all__})

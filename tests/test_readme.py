@@ -114,3 +114,11 @@ def test_readme_grid_reshape_recovers_the_grid(tmp_path, monkeypatch):
     np.testing.assert_array_equal(grid.value.transpose("x0", "x1", "output").values, names["value"])
     # the point at grid index (i, j) is (axes[0][i], axes[1][j])
     np.testing.assert_allclose(grid.inputs.isel(x0=7, x1=3).values, [axes[0][7], axes[1][3]], rtol=1e-6)
+
+
+def test_the_public_names_show_in_dir_for_tab_completion():
+    """`pipeline.<TAB>` in a notebook lists what dir() gives: the lazily imported names too."""
+    import pipeline
+
+    assert set(pipeline.__all__) <= set(dir(pipeline))
+    assert all(callable(getattr(pipeline, name)) for name in pipeline.__all__)
