@@ -326,3 +326,11 @@ def test_error_paths_and_allowed_keys_are_read_off_the_models_of_a_new_kind(monk
     assert found[4] == "boxes[2].kind: unknown kind 'drawer'; use one of 'shelf', 'crate'"
     assert len(found) == 5  # the list member's complaint about the mapping at slots.b is left out
     assert "warehouse" in problems({**data, "kind": "shed"})[0]  # the registry names the new kind
+
+
+def test_a_top_level_key_written_one_level_down_says_to_move_it():
+    """docs/solvers.md's constant columns: `fixed:` inside `sweep:` is the job's top-level `fixed:`."""
+    data = yaml.safe_load((JOBS / "sweep.yaml").read_text())
+    data["sweep"]["fixed"] = data.pop("fixed")
+    [line] = problems(data)
+    assert line.startswith("sweep.fixed: unknown key here") and "top level of the job file: move it there" in line

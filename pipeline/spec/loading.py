@@ -345,6 +345,10 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         allowed = allowed_keys(model, loc)
         allowed_note = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        key = loc[-1] if loc else None
+        if len(loc) > 1 and key in model.model_fields and key not in ("name", "kind", "schema_version"):
+            # e.g. `fixed:` written inside `sweep:`: the job has that key, one level up
+            return f"{path}: unknown key here (value {value!r}); {key} is a key at the top level of the job file: move it there"
         return f"{path}: unknown key (value {value!r}); remove it or fix its spelling{allowed_note}"
     if kind == "missing":
         return f"{path}: required key is missing; add it (see `pipeline schema`)"
