@@ -39,8 +39,9 @@ class DerivativeResult:
         method: the method that actually ran (``"taylor"``, ``"forward"``, ...).
         chunk_size: samples per chunk at the end of the run (after any out-of-memory back-off).
         peak_memory_bytes: peak of one chunk: measured by the CUDA allocator, by the CPU
-            tracker / profiler on the first chunk (scaled to the final chunk), or - Taylor
-            on CPU without a cap - estimated from the traced tensor sizes.
+            tracker on the first chunk or the profiler on one sample (scaled to the final
+            chunk), or - Taylor on CPU without a cap - estimated from the traced tensor
+            sizes; ``None`` for collapsed mode on CPU without a cap (not measured).
         fallback_reason: why Taylor mode was not used, or ``None``.
     """
 
