@@ -122,3 +122,11 @@ def test_the_public_names_show_in_dir_for_tab_completion():
 
     assert set(pipeline.__all__) <= set(dir(pipeline))
     assert all(callable(getattr(pipeline, name)) for name in pipeline.__all__)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "jobs/quickstart.yaml"])
+def test_the_method_comment_lists_every_method_a_job_takes(doc):
+    from pipeline.engine.api import METHODS
+
+    [comment] = re.findall(r"^\s*method: auto\s*#(.*)$", (ROOT / doc).read_text(), flags=re.M)
+    assert {m.strip() for m in comment.split("|")} == set(METHODS)
