@@ -29,7 +29,7 @@ from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
 from .lock import held_here, store_lock
 from .plan import Shard, ShardFlags
-from .runner import Executor
+from .runner import Executor, RayExecutor
 from .spec import results_hash, spec_differences
 from .store import (
     ShardRecord,
@@ -518,6 +518,8 @@ def submit(
         prepared = prepare(spec)
     if job is not None:
         prepared = with_provenance(prepared, job)
+    if isinstance(executor, RayExecutor):
+        executor.check_store(spec)  # before Ray starts
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
         if repair is not None:
             repair(spec.store.path)

@@ -221,6 +221,15 @@ class RayExecutor:
         gpus = int(resources.get("GPU", 0))
         return f"ray ({int(resources.get('CPU', 0))} CPUs, {gpus} GPUs, {len(ray.nodes())} nodes)"
 
+    @staticmethod
+    def check_store(spec) -> None:
+        """Raise a ClusterError for a ``memory://`` store: it lives in this process, where no Ray worker writes."""
+        if str(spec.store.path).startswith("memory://"):
+            raise ClusterError(
+                f"store.path: {spec.store.path} is this process's memory, which Ray's workers cannot reach; "
+                "use --executor inline with it, or a path or bucket every worker sees"
+            )
+
     def check(self, spec) -> None:
         """Raise a ClusterError when the cluster cannot run the job's tasks (before any store exists)."""
         self.start()

@@ -373,6 +373,22 @@ def test_unknown_scheme_exits_2_and_memory_url_works(tmp_path, local_quickstart,
     assert_same_dataset(open_results(url), open_results(local_quickstart))
 
 
+def test_a_memory_url_with_ray_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """memory:// is the driver's own memory ('inline executor only'): Ray's workers would fail every shard."""
+    from pipeline.runner import RayExecutor
+
+    def no_ray(self):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(RayExecutor, "start", no_ray)
+    monkeypatch.chdir(tmp_path)
+    url = "memory://tests/ray.zarr"
+    result = cli("submit", QUICKSTART, "--local", "-q", "--set", f"store.path={url}", *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"store.path: {url}" in result.output and "--executor inline" in result.output
+    assert not storage.exists(storage.join(url, "zarr.json"))
+
+
 def test_a_second_driver_is_refused_by_the_lease(s3_server):
     from pipeline import lease
 
