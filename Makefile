@@ -2,12 +2,15 @@
 #   make demo   install, then run the seed-000 job on a local Ray and inspect its store
 #   make test   install, lint (pipeline/, bench/, tests/) and type-check pipeline/, then run the test suite (what CI runs, via .ci/run)
 #
-# Installs into .venv. TORCH picks the torch build: the default is the CPU
-# build this project is tested with; on a CUDA machine use e.g. `make demo TORCH=torch`.
+# Installs into .venv. TORCH picks the torch version (default: the one this project is tested with),
+# TORCH_INDEX where its build comes from (see below); e.g. `make demo TORCH=torch` on a CUDA machine.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# the index torch comes from (empty: pip's own), e.g.
+# https://download.pytorch.org/whl/cpu for the CPU build on a Linux machine (PyPI's Linux torch is the CUDA build)
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -18,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
