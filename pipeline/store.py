@@ -303,6 +303,11 @@ def read_attributes(path: str | Path, *, arrays: bool = True) -> dict[str, Any]:
     saying which; ``open_results`` passes ``arrays=False``, as it reads the arrays' consolidated copy.
     """
     if not store_exists(path):
+        if not storage.is_remote(path) and not Path(path).exists():
+            raise StoreError(
+                f"{path} is not a pipeline store: it does not exist; check the path (`pipeline submit JOB` makes "
+                "the store at the job's store.path)"
+            )
         raise StoreError(f"{path} is not a pipeline store (no zarr.json); check the path")
     damaged = None if storage.is_remote(path) else _damaged_metadata(Path(path), arrays=arrays)
     if damaged:

@@ -254,7 +254,7 @@ def test_inspect_and_status(quickstart_store):
 
 def test_status_of_missing_store(tmp_path):
     result = run("status", tmp_path / "nothing.zarr")
-    assert result.exit_code == 2 and "not a pipeline store" in result.output
+    assert result.exit_code == 2 and "not a pipeline store: it does not exist" in result.output
 
 
 def test_schema_and_help():
