@@ -496,7 +496,8 @@ def inspect(store, as_json, shard_id):
     "out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="HTML file to write (default: the store's path with .html, e.g. results/quickstart.html).",
+    help="HTML file or URL to write (default: the store's path with .html, e.g. results/quickstart.html; "
+    "for a URL store, beside it in the bucket).",
 )
 def report(store, out):
     """Write a self-contained HTML page of STORE's pictures and tables (figures inline, one file).

@@ -24,7 +24,7 @@ import html
 import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -411,10 +411,21 @@ def render(attrs: dict[str, Any], path: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of the store at ``path`` to ``out`` (default ``<store>.html`` beside it); returns ``out``."""
-    out = Path(out) if out is not None else Path(str(path).rstrip("/")).with_suffix(".html")
+def write_report(path: str | Path, out: str | Path | None = None) -> str | Path:
+    """Write the report of the store at ``path`` to ``out`` (default ``<store>.html`` beside it: in the bucket for
+    a URL store); ``out`` may be a URL too. Returns where it was written."""
+    from . import storage
+
+    store = str(path).rstrip("/")
+    if out is None and storage.is_remote(store):
+        out = storage.join(storage.parent(store), PurePosixPath(storage.basename(store)).with_suffix(".html").name)
+    elif out is None:
+        out = Path(storage.local_path(store)).with_suffix(".html")
     page = build_report(path)
+    if storage.is_remote(str(out)):
+        storage.write_bytes(str(out), page.encode())
+        return str(out)
+    out = Path(storage.local_path(str(out)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

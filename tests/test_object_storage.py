@@ -534,6 +534,19 @@ def test_reading_commands_say_what_is_wrong_with_the_bucket(s3_server, s3_quicks
     assert not Path("x.zarr").exists() and not Path(s3_quickstart.rsplit("/", 1)[1].replace(".zarr", ".html")).exists()
 
 
+def test_report_of_a_bucket_store_is_written_beside_it_in_the_bucket(s3_server, s3_quickstart, tmp_path, monkeypatch):
+    """`pipeline report s3://b/quick.zarr` writes s3://b/quick.html (before: a local folder `s3:` made of the URL)."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    result = cli("report", s3_quickstart)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {s3_server.url('quick.html')}" in result.output
+    assert list(tmp_path.iterdir()) == []
+    assert storage.read_bytes(s3_server.url("quick.html")).startswith(b"<!DOCTYPE html>")
+    result = cli("report", s3_quickstart, "-o", tmp_path / "mine.html")
+    assert result.exit_code == 0 and (tmp_path / "mine.html").read_text().startswith("<!DOCTYPE html>"), result.output
+
+
 def test_open_results_takes_storage_options_and_says_why_it_cannot_read(s3_server, s3_quickstart, local_quickstart):
     from pipeline.storage import StorageError
 
