@@ -158,8 +158,9 @@ def check_urls(spec) -> None:
     for key, path in named.items():
         try:
             storage.check_url(path, key)
-            if storage.is_remote(path):
-                storage.check_access(path, key)
+            if storage.is_remote(path):  # store.storage_options reach the store's URL only: no fix for the others
+                covered = storage.is_under(path, spec.store.path)
+                storage.check_access(path, key, "store.storage_options" if covered else None)
         except storage.StorageError as err:
             raise SpecError([str(err)]) from None
 

@@ -148,11 +148,17 @@ def set_options(url: str, options: dict[str, Any] | None) -> None:
         _OPTIONS[url.rstrip("/")] = dict(options or {})
 
 
+def is_under(url: str, prefix: str) -> bool:
+    """True when ``url`` is ``prefix`` or below it (``prefix/...``), or beside it as ``prefix.lease`` and the like."""
+    prefix = prefix.rstrip("/")
+    return url == prefix or url.startswith(prefix + "/") or url.startswith(prefix + ".")
+
+
 def options_for(url: str) -> dict[str, Any]:
     """The storage options registered for the longest prefix of ``url`` (``{}`` when none)."""
     best = ""
     for prefix in _OPTIONS:
-        if (url == prefix or url.startswith(prefix + "/") or url.startswith(prefix + ".")) and len(prefix) > len(best):
+        if is_under(url, prefix) and len(prefix) > len(best):
             best = prefix
     return dict(_OPTIONS.get(best, {}))
 

@@ -129,6 +129,25 @@ def test_storage_options_are_used_and_never_stored(s3_server, local_quickstart, 
     assert recorded["secret"] == "<redacted>" and recorded["key"] == "<redacted>"
 
 
+def test_an_input_outside_the_store_is_not_told_to_use_store_storage_options(s3_server, tmp_path):
+    """store.storage_options reach the store's URL only: an input elsewhere in the bucket that the environment's
+    keys cannot read is not told to set them there (before: "... or store.storage_options", already set)."""
+    points = s3_server.url("inputs/outside.npy")
+    local = tmp_path / "outside.npy"
+    np.save(local, np.zeros((4, 2)))
+    storage.write_bytes(points, local.read_bytes())
+    options = json.dumps(s3_server.storage_options())
+    url = s3_server.url("outside-input.zarr")
+    args = ["submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}"]
+    args += ["--set", f"store.storage_options={options}", "--set", f"inputs={{kind: npy, path: {points}}}"]
+    process = subprocess_cli(*args, env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 2, output
+    assert "inputs.path: access to" in output and "AWS_SECRET_ACCESS_KEY" in output, output
+    assert "store.storage_options" not in output, output
+    assert objects(url) == []
+
+
 def test_sweep_job_to_s3_on_ray_with_a_case_table_from_s3(s3_server, ray_cluster, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
