@@ -195,3 +195,21 @@ def test_verify_of_a_path_that_is_not_a_store_is_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and "is not a pipeline store" in result.stderr, repr(result.stderr)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_sweep_store_whose_case_table_is_gone_is_damaged_beyond_shard_repair(tmp_path):
+    """Every shard reads its cases from cases.parquet: with it gone verify says so and --repair refuses with the
+    fix (before: "ok", and a repair's shards failed with FileNotFoundError)."""
+    from test_sweep_jobs import sweep_spec
+
+    solver = {"name": "heat1d", "options": {"nx": 16, "n_saves": 2}, "dtype": "float64"}
+    spec = sweep_spec(tmp_path, {"kind": "zip", "values": {"amplitude": [1.0, 2.0, 3.0]}}, solver=solver)
+    assert submit(spec, InlineExecutor()).complete
+    store = Path(spec.store.path)
+    assert verify_store(store).ok
+    (store / "cases.parquet").unlink()
+    report = verify_store(store)
+    assert [(p.kind, p.array, p.shard) for p in report.problems] == [("missing", "cases.parquet", None)]
+    run = pipeline_cli("verify", str(store), "--repair", "--executor", "inline", "-q")
+    assert run.returncode == 2 and "cases.parquet" in run.stderr and "--overwrite" in run.stderr, run.stderr
+    assert len(read_markers(store)) == 1  # nothing was un-committed
