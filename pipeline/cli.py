@@ -746,7 +746,9 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
             f"{verdict}: {report.path}: {report.committed} of {report.shards} shards committed, "
             f"{report.chunks_read} chunks read"
         )
-        if not report.ok and not repair:
+        if report.unrepairable and not repair:  # no shard rewrites them: --repair would refuse
+            out.print("recompute the whole store: pipeline submit JOB --overwrite")
+        elif not report.ok and not repair:
             out.print(
                 f"recompute the damaged shards: pipeline verify {store} --repair --local "
                 "(or pipeline submit JOB --repair)"

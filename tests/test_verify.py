@@ -210,6 +210,9 @@ def test_a_sweep_store_whose_case_table_is_gone_is_damaged_beyond_shard_repair(t
     (store / "cases.parquet").unlink()
     report = verify_store(store)
     assert [(p.kind, p.array, p.shard) for p in report.problems] == [("missing", "cases.parquet", None)]
+    run = pipeline_cli("verify", str(store))
+    assert run.returncode == 1 and "pipeline submit JOB --overwrite" in run.stdout, run.stdout
+    assert "--repair" not in run.stdout  # which would refuse
     run = pipeline_cli("verify", str(store), "--repair", "--executor", "inline", "-q")
     assert run.returncode == 2 and "cases.parquet" in run.stderr and "--overwrite" in run.stderr, run.stderr
     assert len(read_markers(store)) == 1  # nothing was un-committed
