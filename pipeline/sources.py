@@ -155,11 +155,18 @@ class RemoteNpy:
             reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = reader(file)
             self.offset = file.tell()
+            size = file.seek(0, 2)  # the object's size: a cut-off upload is refused here, not by a failing shard
         if fortran and len(shape) > 1:
             raise InputError(
                 f"inputs.path: {url} is stored in Fortran order; save it with numpy.save of a C-ordered array"
             )
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        needed = self.offset + self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+        if size < needed:
+            raise InputError(
+                f"inputs.path: {url} is cut short: its header says {list(self.shape)} {self.dtype} ({needed} bytes), "
+                f"the object holds {size} bytes; upload the whole file again"
+            )
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(self.shape[0])
@@ -185,6 +192,8 @@ def _open_npy(path: str):
         )
     try:
         array = RemoteNpy(path) if remote else np.load(path, mmap_mode="r")
+    except InputError:
+        raise
     except (ValueError, OSError) as err:
         raise InputError(f"inputs.path: {path} is not a readable .npy file ({err})") from None
     if array.ndim < 1 or not np.issubdtype(array.dtype, np.number):

@@ -278,6 +278,20 @@ def _wait_for_markers(url: str, process: subprocess.Popen, at_least: int = 1, ti
     raise AssertionError("no shard committed in time")
 
 
+def test_a_cut_short_npy_in_a_bucket_is_refused_before_any_work(s3_server, tmp_path):
+    """Exit 2 naming inputs.path, as a local file is (before: a store made, a shard failing on a reshape, exit 1)."""
+    np.save(tmp_path / "points.npy", np.zeros((50, 2)))
+    whole = (tmp_path / "points.npy").read_bytes()
+    points = s3_server.url("inputs/cut.npy")
+    storage.write_bytes(points, whole[:-100])
+    url = s3_server.url("cut-input.zarr")
+    args = ["submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}"]
+    result = cli(*args, "--set", f"inputs={{kind: npy, path: {points}}}")
+    assert result.exit_code == 2, result.output
+    assert f"inputs.path: {points} is cut short" in result.output and "Traceback" not in result.output, result.output
+    assert objects(url) == []
+
+
 def test_resume_after_a_killed_driver_is_bit_identical(s3_server, local_quickstart):
     url = s3_server.url("killed.zarr")
     process = subprocess_cli("submit", QUICKSTART, "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL)
