@@ -675,6 +675,16 @@ def read_plan(path: str | Path):
                 f"{path} has no {PLAN_FILE}: the file was removed, so the store cannot be resumed; restore it "
                 "from a copy, or run its job with --overwrite to replace the store (every shard is computed again)"
             ) from None
+        try:
+            committed = next(iter(committed_ids(path)), None) is not None
+        except Exception:  # the storage itself fails: say what the plan's absence means either way
+            committed = False
+        if committed:  # not a half-made store: the file was removed since, as on local disk
+            raise StoreError(
+                f"{path} has no {PLAN_FILE} but has committed shards: the file was removed, so the store cannot "
+                "be resumed; restore it from a copy, or run its job with --overwrite to replace the store (every "
+                "shard is computed again)"
+            ) from None
         raise StoreError(
             f"{path} has no {PLAN_FILE}: a driver was stopped while creating it, or the file was removed; "
             "run its job again (`pipeline submit JOB`), which makes a bucket store without commits anew, "

@@ -515,6 +515,19 @@ def test_a_bucket_store_left_without_its_plan_is_made_anew_by_the_next_run(s3_se
     assert_same_dataset(open_results(url, require_complete=True), open_results(local_quickstart))
 
 
+def test_a_bucket_store_with_commits_but_no_plan_says_to_restore_it_or_overwrite(s3_server):
+    """Running the job again cannot make such a store anew (it has commits): the message must not send the user round."""
+    url = s3_server.url("noplan.zarr")
+    args = ("submit", QUICKSTART, "--executor", "inline", "--set", f"store.path={url}", *SMALL)
+    assert cli(*args, "-q").exit_code == 0
+    storage.remove(f"{url}/plan.parquet")
+    for result in (cli("status", url), cli(*args)):
+        assert result.exit_code == 2, result.output
+        assert "has committed shards" in result.output and "--overwrite" in result.output, result.output
+        assert "makes a bucket store without commits anew" not in result.output
+    assert cli(*args, "--overwrite", "-q").exit_code == 0
+
+
 def test_verify_repair_of_a_store_made_with_storage_options_uses_the_environment(s3_server, local_quickstart):
     """The options were redacted in the store: the repair runs on the environment's keys (before: a crash after
     the damaged shards were un-committed)."""
