@@ -60,6 +60,13 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
+def _store_argument(ctx, param, value: str) -> str:
+    """STORE as given, with a ``file://`` URL as its plain path (what ``store.path`` accepts, these read too)."""
+    from .storage import local_path
+
+    return local_path(value)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipeline")
 def main() -> None:
@@ -436,7 +443,7 @@ def schema():
 
 
 @main.command()
-@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False), callback=_store_argument)
 @click.option(
     "--json",
     "as_json",
@@ -489,7 +496,7 @@ def inspect(store, as_json, shard_id):
 
 
 @main.command()
-@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False), callback=_store_argument)
 @click.option(
     "-o",
     "--output",
@@ -532,7 +539,7 @@ def report(store, out):
 
 
 @main.command()
-@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False), callback=_store_argument)
 @click.option(
     "--json",
     "as_json",
@@ -648,7 +655,7 @@ def _uncommit_damaged(store: str, console: Console) -> list[int]:
 
 
 @main.command()
-@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False), callback=_store_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every problem, for scripts).")
 @click.option(
     "--repair",

@@ -1147,6 +1147,7 @@ def open_results(path: str | Path, *, require_complete: bool = False, storage_op
     """
     import xarray as xr
 
+    path = storage.local_path(path) if isinstance(path, str) else path  # file:///... as the plain path
     if storage.is_remote(path):
         if storage_options is not None:
             storage.set_options(str(path), storage_options)

@@ -564,3 +564,14 @@ def test_a_complete_store_resubmitted_needs_no_cluster(tmp_path):
     partial.unlink()  # one shard pending: now the cluster is needed, and this one is refused
     refused = fresh_process("--address", "127.0.0.1:9")
     assert refused.returncode == 2 and "127.0.0.1:9" in refused.stderr, refused.stderr
+
+
+def test_the_reading_commands_take_a_file_url_as_store_path_does(quickstart_store, tmp_path):
+    import pipeline
+
+    url = f"file://{quickstart_store}"
+    for command in ("status", "inspect", "verify"):
+        result = run(command, url)
+        assert result.exit_code == 0 and "not a pipeline store" not in result.output, (command, result.output)
+    assert run("report", url, "-o", tmp_path / "r.html").exit_code == 0 and (tmp_path / "r.html").is_file()
+    assert pipeline.open_results(url).value.shape == pipeline.open_results(quickstart_store).value.shape
