@@ -502,13 +502,14 @@ def submit(
     In this order: ``prepare(spec)`` (bad input stops here, before anything
     starts; ``prepared`` when the caller has it already), the store's driver
     lock (``lock.store_lock``, held to the finalize: a second submit on the same
-    store stops with a ``StoreError``), ``repair(store.path)`` when given
-    (``submit --repair``: un-commit damaged shards), ``executor.start()``
+    store stops with a ``StoreError``), ``executor.start()``
     (then ``on_started(executor.describe())``), ``executor.check(spec)`` (its
     resources, before the store is created, so a job the cluster cannot run
     leaves no store behind; all three skipped for a complete store that is
-    resumed, where nothing runs), the store created or resumed, the pending
-    shards run, the store finalized.
+    resumed, where nothing runs, unless there is a repair),
+    ``repair(store.path)`` when given (``submit --repair``: un-commit damaged
+    shards, only once the executor has started), the store created or
+    resumed, the pending shards run, the store finalized.
 
     ``job`` is the job file, recorded with the command line in the store's
     provenance. ``notify(message)`` is called with notes about the store
@@ -522,8 +523,6 @@ def submit(
     if isinstance(executor, RayExecutor):
         executor.check_store(spec)  # before Ray starts
     with store_lock(spec.store.path):  # one driver per store, from its creation to its finalize
-        if repair is not None:
-            repair(spec.store.path)
         started = False
 
         def start() -> None:
@@ -535,6 +534,9 @@ def submit(
                 executor.check(spec)
                 started = True
 
+        if repair is not None:
+            start()  # first: a cluster that cannot be reached stops the repair before it un-commits anything
+            repair(spec.store.path)
         if overwrite or spec.store.overwrite or not _complete(spec.store.path):
             start()  # a complete store resumed runs nothing: no Ray started (unless shards turn out pending)
         # the driver record `pipeline status` reads (live.py), deleted when the run ends

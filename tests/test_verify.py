@@ -216,3 +216,22 @@ def test_a_sweep_store_whose_case_table_is_gone_is_damaged_beyond_shard_repair(t
     run = pipeline_cli("verify", str(store), "--repair", "--executor", "inline", "-q")
     assert run.returncode == 2 and "cases.parquet" in run.stderr and "--overwrite" in run.stderr, run.stderr
     assert len(read_markers(store)) == 1  # nothing was un-committed
+
+
+def test_a_repair_that_cannot_reach_its_cluster_un_commits_nothing(clean_and_damaged):
+    """`verify --repair` without --local and without RAY_ADDRESS stops before it changes the store."""
+    _, damaged = clean_and_damaged
+    committed = sorted(p.name for p in (damaged / "_shards").iterdir())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "verify", str(damaged), "--repair", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "un-committed" not in run.stderr and "RAY_ADDRESS" in run.stderr, run.stderr
+    assert sorted(p.name for p in (damaged / "_shards").iterdir()) == committed
+    assert summarize(damaged)["complete"]
