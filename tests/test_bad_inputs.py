@@ -213,6 +213,16 @@ def uniform_low_above_high(tmp_path):
     )
 
 
+def sweep_fixed_parameter_given_as_yes(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "schema_version: 1\nkind: sweep\nname: s\nsolver: {name: heat1d}\n"
+        "sweep: {kind: grid, axes: {diffusivity: [0.1, 0.2]}}\nfixed: {amplitude: yes}\n"
+        f"store: {{path: {tmp_path / 'out.zarr'}}}\n"
+    )
+    return job, ["fixed", "amplitude: True is not a number", "amplitude: 1.0"]
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -237,6 +247,7 @@ CASES = [
     weighted_laplacian_without_its_factor,
     ragged_weighted_laplacian_factor,
     uniform_low_above_high,
+    sweep_fixed_parameter_given_as_yes,
 ]
 
 

@@ -257,6 +257,14 @@ class SweepJob(Job):
     store: SweepStore
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _numbers(cls, value):
+        for name, number in (value or {}).items() if isinstance(value, dict) else ():
+            if isinstance(number, bool):  # YAML's yes/true/on: not 1.0 without a word (1e-3, a string, still reads)
+                raise ValueError(f"{name}: {number!r} is not a number; write it as one, e.g. {name}: 1.0")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self):
         swept = set(self.swept_parameters()) if _names_known(self.sweep) else None
