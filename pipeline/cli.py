@@ -418,7 +418,7 @@ def validate(job, overrides, deep, overwrite, accept_changed_code):
                 line += f"\n  {resumes}" if resumes else ""
             line += (
                 f"\n  {len(prepared.plan.shards)} shard{'' if len(prepared.plan.shards) == 1 else 's'} of "
-                f"{prepared.plan.shard_size} {_unit(spec)}, "
+                f"{min(prepared.plan.shard_size, prepared.plan.n)} {_unit(spec)}, "
                 f"chunks of {prepared.plan.chunk_size}"
                 f"\n  results: {human_size(prepared.plan.result_bytes())} before compression"
             )

@@ -97,7 +97,7 @@ def dry_run(prepared) -> DryRun:
         kind.unit,
         plan.n,
         len(plan.shards),
-        plan.shard_size,
+        min(plan.shard_size, plan.n),  # what a shard holds: a job smaller than one shard is one shard of n
         plan.chunk_size,
         plan.result_bytes(),
         probe,

@@ -106,3 +106,11 @@ def test_quiet_inline_run_prints_no_warnings(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("complete: ")
     assert "Warning" not in done.stderr, done.stderr
+
+
+def test_a_job_smaller_than_one_shard_is_said_as_one_shard_of_its_size():
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "jobs/quickstart.yaml"), "--set", "inputs.n=100"])
+    assert result.exit_code == 0, result.output
+    assert "1 shard of 100 samples" in result.output  # not the shard_size, which no shard reaches
+    dry = CliRunner().invoke(main, ["submit", str(ROOT / "jobs/quickstart.yaml"), "--dry-run", "--set", "inputs.n=100"])
+    assert dry.exit_code == 0 and "100 samples in 1 shard of 100 " in dry.output, dry.output
