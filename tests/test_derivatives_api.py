@@ -151,6 +151,17 @@ def test_uncovered_operation_falls_back_with_a_reason():
             torch.testing.assert_close(result.outputs[name], ref[k])
 
 
+def test_random_ops_are_not_baked_into_one_draw_for_every_sample():
+    # dropout in train mode: the trace used to draw one mask at trace time and reuse it for every
+    # sample (and every later call), silently; now it is not covered and torch.func refuses randomness
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)).double().train()
+    for fn in (net, lambda z: z + torch.randn(2, dtype=D)):
+        with pytest.raises(RuntimeError, match="random"):
+            compute_derivatives(fn, torch.zeros(5, 2, dtype=D), ("value", "jacobian"))
+    result = compute_derivatives(lambda z: z * torch.ones(2, dtype=D), torch.zeros(5, 2, dtype=D), ("value",))
+    assert result.method == "taylor"  # input-independent constants still fold at trace time
+
+
 @pytest.mark.parametrize("method", ("auto", "forward", "reverse", "forward-over-reverse"))
 def test_layer_norm_under_torch_func_gets_right_higher_derivatives(method):
     # torch's layer norm has wrong nested-jacfwd (order >= 2) and nested-jacrev (order >= 3) derivatives;

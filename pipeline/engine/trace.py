@@ -132,6 +132,12 @@ def _analyse(gm: torch.fx.GraphModule, in_shape, dtype, device) -> TracedFunctio
             continue
         if node.op == "output":
             continue
+        if isinstance(node.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in node.target.tags:
+            # a random op (dropout in train mode, randn) would be drawn once here and baked into every
+            # sample and call: not covered, so the run falls back to torch.func (which refuses randomness)
+            name = rule_name(node.target)
+            if name not in uncovered:
+                uncovered.append(name)
         if any(inp in active for inp in node.all_input_nodes):
             active.add(node)
             order.append(node)
