@@ -162,6 +162,21 @@ def test_random_ops_are_not_baked_into_one_draw_for_every_sample():
     assert result.method == "taylor"  # input-independent constants still fold at trace time
 
 
+def test_switching_train_and_eval_retraces_the_module():
+    # the trace cache ignored train/eval: after eval() a trace made in train mode was reused (and the
+    # other way round, dropout silently left out in train mode)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    net = net.double()
+    x = torch.randn(6, 2, dtype=D)
+    compute_derivatives(net.eval(), x, ("value",))
+    with pytest.raises(RuntimeError, match="random"):
+        compute_derivatives(net.train(), x, ("value",))
+    result = compute_derivatives(net.eval(), x, ("value",))
+    assert result.method == "taylor"
+    torch.testing.assert_close(result.outputs["value"], net(x).detach())
+
+
 @pytest.mark.parametrize("method", ("auto", "forward", "reverse", "forward-over-reverse"))
 def test_layer_norm_under_torch_func_gets_right_higher_derivatives(method):
     # torch's layer norm has wrong nested-jacfwd (order >= 2) and nested-jacrev (order >= 3) derivatives;

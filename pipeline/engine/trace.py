@@ -80,10 +80,12 @@ _STRONG_CACHE: dict = {}
 
 
 def _parameter_fingerprint(fn) -> tuple:
-    """Identity of a module's tensors: a replaced or re-cast parameter invalidates the trace."""
+    """Identity of a module's tensors and train/eval mode: a replaced or re-cast parameter, or
+    ``train()``/``eval()`` (dropout, batch norm), invalidates the trace."""
     if not isinstance(fn, torch.nn.Module):
         return ()
-    return tuple((id(t), t.data_ptr(), t.dtype) for t in list(fn.parameters()) + list(fn.buffers()))
+    tensors = tuple((id(t), t.data_ptr(), t.dtype) for t in list(fn.parameters()) + list(fn.buffers()))
+    return tensors + tuple(m.training for m in fn.modules())
 
 
 def _has_mutation(gm: torch.fx.GraphModule) -> bool:
