@@ -255,6 +255,9 @@ def test_errors_name_the_bad_value_and_the_valid_ones():
         derivatives(torch.sin, x, chunk_size=0)
     with pytest.raises(ValueError, match="sample axis"):
         derivatives(torch.sin, torch.tensor(1.0))
+    for quantities in (("hessian",), ("laplacian_estimate",)):  # not forward-mode AD's ValueError from inside
+        with pytest.raises(ValueError, match=r"x must be a floating-point tensor .*torch.int64.*x.float\(\)"):
+            derivatives(torch.sin, torch.ones(3, 2, dtype=torch.long), quantities)
 
 
 def test_no_samples_gives_empty_tensors_of_the_right_shape():

@@ -58,6 +58,16 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _check_x(x) -> None:
+    if not torch.is_tensor(x) or x.ndim < 1:
+        raise ValueError(
+            f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
+            + (f" of shape {tuple(x.shape)}" if torch.is_tensor(x) else "")
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor to differentiate at, got {x.dtype}; pass x.float()")
+
+
 def _check_chunk(chunk_size) -> int | None:
     if chunk_size == "auto" or chunk_size is None:
         return None
@@ -164,11 +174,7 @@ def compute_derivatives(
     method = _check_method(method)
     quantities = canonical_quantities(quantities)
     fixed_chunk = _check_chunk(chunk_size)
-    if not torch.is_tensor(x) or x.ndim < 1:
-        raise ValueError(
-            f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
-            + (f" of shape {tuple(x.shape)}" if torch.is_tensor(x) else "")
-        )
+    _check_x(x)
     if memory_limit_bytes is not None and memory_limit_bytes <= 0:
         raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
     n, in_shape = x.shape[0], tuple(x.shape[1:])
@@ -474,6 +480,7 @@ def compute_operators(
         A :class:`~pipeline.engine.api.DerivativeResult`.
     """
     options = (options or OperatorOptions()).checked()
+    _check_x(x)
     quantities = tuple(quantities)
     ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
     n, in_shape = x.shape[0], tuple(x.shape[1:])
