@@ -74,7 +74,9 @@ def canonical_quantity(name: str) -> str:
 
 
 def canonical_quantities(names: Iterable[str]) -> tuple[str, ...]:
-    """Canonicalise and de-duplicate, keeping the user's order."""
+    """Canonicalise and de-duplicate, keeping the user's order (one name alone is a name, not its letters)."""
+    if isinstance(names, str):
+        names = (names,)
     seen: list[str] = []
     for name in names:
         canon = canonical_quantity(name)

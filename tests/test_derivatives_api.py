@@ -260,6 +260,13 @@ def test_errors_name_the_bad_value_and_the_valid_ones():
             derivatives(torch.sin, torch.ones(3, 2, dtype=torch.long), quantities)
 
 
+def test_one_quantity_name_as_a_string():
+    # a bare string was iterated letter by letter: "unknown quantity 'h'"
+    x = torch.randn(3, 2, dtype=D)
+    out = derivatives(lambda z: (z**3).sum(), x, "hessian")
+    torch.testing.assert_close(out["hessian"], torch.diag_embed(6 * x))
+
+
 def test_no_samples_gives_empty_tensors_of_the_right_shape():
     out = derivatives(torch.nn.Linear(3, 2), torch.zeros(0, 3), ("value", "jacobian", "hessian"))
     assert out["value"].shape == (0, 2) and out["hessian"].shape == (0, 2, 3, 3)
