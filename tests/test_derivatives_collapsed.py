@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.driver import submit
-from pipeline.engine import compute_derivatives
+from pipeline.engine import compute_derivatives, compute_operators
 from pipeline.engine.operators import OperatorOptions
 from pipeline.runner import InlineExecutor
 from pipeline.spec import validate_spec
@@ -121,6 +121,16 @@ def test_weighted_laplacian_constant_and_state_dependent_factor(d, out):
     forced = compute_derivatives(fn, x, ("weighted_laplacian",), options=OperatorOptions(factor=s), method="forward")
     assert forced.method == "forward"
     torch.testing.assert_close(forced.outputs["weighted_laplacian"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_compute_operators_called_directly_takes_aliases_and_adds_the_stderr():
+    # compute_operators took its quantities verbatim: "d2" was a KeyError and an estimate came without its stderr
+    fn = mlp(3, 2, seed=5)
+    x = torch.randn(4, 3, dtype=F64)
+    for method in ("auto", "forward"):
+        result = compute_operators(fn, x, ("laplacian_estimate", "d2"), method=method)
+        assert set(result.outputs) == {"laplacian_estimate", "laplacian_estimate_stderr", "hessian"}
+        torch.testing.assert_close(result.outputs["hessian"], hessians(fn, x))
 
 
 def test_estimate_does_not_depend_on_chunking_or_the_shard_it_is_in():

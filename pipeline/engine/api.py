@@ -481,7 +481,7 @@ def compute_operators(
     """
     options = (options or OperatorOptions()).checked()
     _check_x(x)
-    quantities = tuple(quantities)
+    quantities = canonical_quantities(quantities)
     ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
     n, in_shape = x.shape[0], tuple(x.shape[1:])
     traced = trace_function(fn, in_shape, x.dtype, x.device) if method in ("auto", "collapsed", "taylor") else None
