@@ -133,3 +133,22 @@ def test_sensitivity_to_diffusivity_matches_finite_differences(scheme):
     fd = (centre_value(D + eps) - centre_value(D - eps)) / (2 * eps)
     torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-9)
     assert float(tangent.abs().min()) > 1e-3
+
+
+def test_sensitivities_name_a_missing_parameter_output_or_reduce():
+    # these were KeyErrors from inside sensitivities ('phase', 'v', 'median')
+    from pipeline.solvers import sensitivities
+    from pipeline.solvers.sensitivity import Reduction
+
+    heat, cpu = get_solver("heat1d"), torch.device("cpu")
+    params = {"diffusivity": torch.tensor([0.1, 0.2], dtype=F64)}
+    cases = (
+        ({"q": Reduction("u")}, ["phase"], r"\['phase'\] need those parameters in params.*given: diffusivity"),
+        ({"q": Reduction("v")}, ["diffusivity"], r"reduction 'q': heat1d has no output 'v'; it has u"),
+        ({"q": Reduction("u", -1, "median")}, [], r"unknown reduce 'median'; use one of mean, sum, max, min"),
+    )
+    for reductions, wrt, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sensitivities(heat, params, reductions, wrt, device=cpu, dtype=F64, nx=16)
+    _, result = sensitivities(heat, params, {"q": Reduction("u", -1, "max")}, ["diffusivity"], device=cpu, dtype=F64)
+    assert result["dq_ddiffusivity"].shape == (2,)

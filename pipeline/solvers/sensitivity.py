@@ -99,6 +99,22 @@ def sensitivities(
     def solve_all(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return solve(solver, values, device=device, dtype=dtype, **options)
 
+    missing = [p for p in wrt if p not in params]
+    if missing:
+        raise ValueError(
+            f"{solver.name}: sensitivities with respect to {missing} need those parameters in params, "
+            f"with a case axis (given: {', '.join(params) or 'none'})"
+        )
+    known = set(solver.outputs(solver.validate_options(options))) if solver.outputs_fn is not None else None
+    for q, reduction in reductions.items():
+        if reduction.reduce not in REDUCTIONS:
+            raise ValueError(
+                f"reduction {q!r}: unknown reduce {reduction.reduce!r}; use one of {', '.join(REDUCTIONS)}"
+            )
+        if known is not None and reduction.output not in known:
+            raise ValueError(
+                f"reduction {q!r}: {solver.name} has no output {reduction.output!r}; it has {', '.join(sorted(known))}"
+            )
     scalars = list(reductions)
     n = next(iter(params.values())).shape[0]
     if not wrt:
