@@ -267,6 +267,15 @@ def test_one_quantity_name_as_a_string():
     torch.testing.assert_close(out["hessian"], torch.diag_embed(6 * x))
 
 
+@pytest.mark.parametrize("method", ("auto", "taylor", "forward", "reverse"))
+def test_a_function_returning_a_tuple_or_dict_is_told_to_return_one_tensor(method):
+    # these failed deep inside: "'tuple' object has no attribute 'new_empty'", "Could not infer dtype of dict"
+    x = torch.randn(3, 2, dtype=D)
+    for fn in (lambda z: (z.sum(), z.prod()), lambda z: {"u": z.sin()}, lambda z: [z.sin(), z.cos()]):
+        with pytest.raises(ValueError, match=r"fn must return ONE tensor for one sample, got (tuple|dict|list)"):
+            derivatives(fn, x, ("value", "hessian"), method=method)
+
+
 def test_no_samples_gives_empty_tensors_of_the_right_shape():
     out = derivatives(torch.nn.Linear(3, 2), torch.zeros(0, 3), ("value", "jacobian", "hessian"))
     assert out["value"].shape == (0, 2) and out["hessian"].shape == (0, 2, 3, 3)

@@ -79,5 +79,8 @@ def test_bad_vector_shape_names_the_expected_shapes():
         hvp(torch.sin, torch.zeros(4, 3), torch.zeros(4, 2, 5))
     with pytest.raises(ValueError, match="unknown hvp method"):
         hvp(torch.sin, torch.zeros(4, 3), torch.zeros(2, 3), method="fast")
+    for method in ("auto", "reverse", "taylor"):
+        with pytest.raises(ValueError, match="fn must return ONE tensor for one sample, got tuple"):
+            hvp(lambda z: (z.sum(), z.prod()), torch.zeros(4, 3), torch.zeros(2, 3), method=method)
     with pytest.raises(ValueError, match="x must be a floating-point tensor"):
         hvp(torch.sin, torch.ones(4, 3, dtype=torch.long), torch.zeros(2, 3))

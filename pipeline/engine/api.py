@@ -104,8 +104,19 @@ def _out_size(fn: Callable, x: torch.Tensor, traced) -> int:
         meta = getattr(value, "meta", {}).get("val") if hasattr(value, "meta") else None
         if meta is not None:
             return math.prod(meta.shape)
+    return sample_output_size(fn, x)
+
+
+def sample_output_size(fn: Callable, x: torch.Tensor) -> int:
+    """Elements of ``fn(x[0])``; a ``ValueError`` when ``fn`` does not return one tensor."""
     with torch.no_grad():
-        return math.prod(torch.as_tensor(fn(x[0])).shape)
+        value = fn(x[0])
+    if not torch.is_tensor(value):
+        raise ValueError(
+            f"fn must return ONE tensor for one sample, got {type(value).__name__}; "
+            "put the parts into one tensor (torch.stack or torch.cat), or call the engine once per part"
+        )
+    return math.prod(value.shape)
 
 
 def _timed(compute: Callable, x: torch.Tensor) -> tuple[float, dict]:

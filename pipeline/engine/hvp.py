@@ -34,7 +34,7 @@ import math
 import torch
 from torch.func import jacrev, jvp, vmap
 
-from .api import _check_x, compute_derivatives
+from .api import _check_x, compute_derivatives, sample_output_size
 from .strategies import exact_layer_norm
 from .trace import trace_function
 
@@ -55,11 +55,10 @@ def _broadcast_vectors(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
 
 def _choose(fn, x: torch.Tensor, k: int) -> str:
     in_size = math.prod(x.shape[1:])
+    out_size = sample_output_size(fn, x)
     traced = trace_function(fn, tuple(x.shape[1:]), x.dtype, x.device)
     if not traced.covered:
         return "reverse"
-    with torch.no_grad():
-        out_size = math.prod(torch.as_tensor(fn(x[0])).shape)
     taylor = 1.5 * math.comb(in_size + 2, 2)
     # the gradient (a forward pass and a batched backward, ~1 + out/2 passes as in choose.py),
     # its primal once and a tangent per vector on top (about twice the primal each)
@@ -148,6 +147,8 @@ def hvp(fn, x, vectors, *, method="auto", chunk_size="auto"):
     in_size = math.prod(in_shape)
     if method == "auto":
         method = _choose(fn, x, k) if n else "reverse"
+    elif n:
+        sample_output_size(fn, x)  # one tensor out, or a ValueError that says so
 
     def one_chunk(xc, vc):
         if method == "reverse":
