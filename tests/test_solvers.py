@@ -83,6 +83,13 @@ def test_numpy_and_lists_are_accepted_and_dtype_follows_inputs():
     assert out_forced["u"].dtype == F64
 
 
+def test_a_dtype_that_is_not_a_floating_torch_dtype_is_named():
+    # dtype="float32" failed inside with "'str' object has no attribute 'is_floating_point'"
+    for dtype in ("float32", torch.int64, np.float64):
+        with pytest.raises(ValueError, match=r"heat1d: dtype must be a floating dtype such as torch\.float64"):
+            solve("heat1d", {"diffusivity": [0.1]}, nx=16, dtype=dtype)
+
+
 def test_no_parameters_means_one_default_case():
     out = solve("heat1d", {}, nx=16)
     assert out["u"].shape == (1, 10, 16)

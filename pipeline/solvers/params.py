@@ -106,8 +106,8 @@ def prepare_params(
         dtype = floating[0] if floating else torch.get_default_dtype()
         for d in floating[1:]:
             dtype = torch.promote_types(dtype, d)
-    if not dtype.is_floating_point:
-        raise ValueError(f"{solver_name}: dtype must be a floating dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{solver_name}: dtype must be a floating dtype such as torch.float64, got {dtype!r}")
 
     batched: dict[str, bool] = {}
     lengths: dict[str, int] = {}
