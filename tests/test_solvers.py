@@ -90,6 +90,13 @@ def test_a_dtype_that_is_not_a_floating_torch_dtype_is_named():
             solve("heat1d", {"diffusivity": [0.1]}, nx=16, dtype=dtype)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_a_value_error_naming_device():
+    # was torch's AssertionError "Torch not compiled with CUDA enabled" from inside prepare_params
+    with pytest.raises(ValueError, match=r"heat1d: device='cuda' but CUDA is not available here; pass device='cpu'"):
+        solve("heat1d", {"diffusivity": [0.1]}, nx=16, device="cuda")
+
+
 def test_no_parameters_means_one_default_case():
     out = solve("heat1d", {}, nx=16)
     assert out["u"].shape == (1, 10, 16)

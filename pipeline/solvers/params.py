@@ -101,6 +101,12 @@ def prepare_params(
                 "move them to one device or pass device="
             )
         device = accelerators.pop() if accelerators else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{solver_name}: device={str(device)!r} but CUDA is not available here; "
+            "pass device='cpu' or leave device=None"
+        )
     if dtype is None:
         floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
         dtype = floating[0] if floating else torch.get_default_dtype()
