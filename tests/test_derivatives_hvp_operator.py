@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.engine.hvp_operator import HessianOperator, conjugate_gradient, newton_step, per_sample_operator
@@ -78,3 +79,10 @@ def test_per_sample_cg_matches_dense_per_sample_solves_with_one_forward_pass():
     g = torch.vmap(torch.func.grad(convex))(x)
     torch.testing.assert_close(op.gradient, g)
     torch.testing.assert_close(p, torch.linalg.solve(h, -g), rtol=1e-8, atol=1e-10)
+
+
+def test_per_sample_operator_refuses_a_function_with_several_outputs():
+    # it summed the outputs and silently returned the Hessian of their sum
+    with pytest.raises(ValueError, match=r"scalar per sample, got shape \(3,\)"):
+        per_sample_operator(lambda z: z**3, torch.randn(4, 3))
+    assert per_sample_operator(lambda z: (z**3).sum(), torch.ones(2, 3))(torch.ones(2, 3)).tolist() == [[6.0] * 3] * 2

@@ -71,7 +71,13 @@ class _PerSample:
     """``v [N, *in] -> [N, *in]``: each sample's ``H(x_n) v_n`` from one graph of ``sum_n f(x_n)``."""
 
     def __init__(self, fn, x: torch.Tensor):
-        self._op = HessianOperator(lambda z: torch.vmap(fn)(z).sum(), x)
+        def total(z: torch.Tensor) -> torch.Tensor:
+            values = torch.vmap(fn)(z)
+            if values.shape != z.shape[:1]:  # summed, the outputs would pass as one scalar function
+                raise ValueError(f"the function must return a scalar per sample, got shape {tuple(values.shape[1:])}")
+            return values.sum()
+
+        self._op = HessianOperator(total, x)
         self.value = None
         self.gradient = self._op.gradient[0]
 
