@@ -133,6 +133,17 @@ def test_compute_operators_called_directly_takes_aliases_and_adds_the_stderr():
         torch.testing.assert_close(result.outputs["hessian"], hessians(fn, x))
 
 
+def test_options_as_a_dict_are_the_operator_options():
+    # a dict was "'dict' object has no attribute 'checked'"
+    fn, x = mlp(3, 2, seed=6), torch.randn(4, 3, dtype=F64)
+    quantities = ("laplacian_estimate", "weighted_laplacian")
+    s = torch.randn(3, 2, dtype=F64)
+    as_dict = compute_derivatives(fn, x, quantities, options={"samples": 16, "seed": 5, "factor": s})
+    expected = compute_derivatives(fn, x, quantities, options=OperatorOptions(samples=16, seed=5, factor=s))
+    for name, value in expected.outputs.items():
+        torch.testing.assert_close(as_dict.outputs[name], value)
+
+
 def test_estimate_does_not_depend_on_chunking_or_the_shard_it_is_in():
     fn = mlp(5, 2, seed=3)
     x = torch.randn(11, 5, dtype=F64)

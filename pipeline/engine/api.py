@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -168,9 +168,9 @@ def compute_derivatives(
             as out of memory and is halved (on CPU the cap is enforced per op).
         compile: run the Taylor pass through ``torch.compile`` (one compile per
             chunk shape; slower on the 2-core CPU it was measured on, meant for GPUs).
-        options: :class:`~pipeline.engine.operators.OperatorOptions` for the operator
-            quantities (``weighted_laplacian``, ``laplacian_estimate``, ...): factor,
-            samples, seed, distribution.
+        options: :class:`~pipeline.engine.operators.OperatorOptions` (or a dict of its fields)
+            for the operator quantities (``weighted_laplacian``, ``laplacian_estimate``, ...):
+            factor, samples, seed, distribution.
         offset: global index of ``x[0]`` (seeds the random directions of the estimates).
 
     Returns:
@@ -469,7 +469,7 @@ def compute_operators(
     fn,
     x: torch.Tensor,
     quantities,
-    options: OperatorOptions | None = None,
+    options: OperatorOptions | Mapping | None = None,
     *,
     method: str = "auto",
     chunk_size="auto",
@@ -481,7 +481,7 @@ def compute_operators(
         fn: maps ONE sample ``[*in]`` to ``[*out]``.
         x: samples ``[N, *in]``.
         quantities: canonical names; operator ones from ``OPERATOR_QUANTITIES``.
-        options: :class:`OperatorOptions` (factor, samples, seed, distribution).
+        options: :class:`OperatorOptions`, or a dict of its fields (factor, samples, seed, distribution).
         method: ``auto`` / ``collapsed`` use the collapsed interpreter when it covers ``fn``;
             any other method contracts that method's Hessian.
         chunk_size: samples per chunk, or ``"auto"``.
@@ -490,6 +490,8 @@ def compute_operators(
     Returns:
         A :class:`~pipeline.engine.api.DerivativeResult`.
     """
+    if isinstance(options, Mapping):  # the job file's keys, e.g. {"samples": 16, "seed": 1}
+        options = OperatorOptions(**options)
     options = (options or OperatorOptions()).checked()
     _check_x(x)
     quantities = canonical_quantities(quantities)
