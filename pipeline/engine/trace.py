@@ -9,7 +9,8 @@ tensors are re-traced under ``functionalize`` so the graph is pure.
 The graph does not depend on the batch size: the interpreter carries the
 coefficient and sample axes in front of every per-sample shape. Traces are
 cached per (function, input shape, dtype, device) and invalidated when a
-module's parameters are replaced.
+module's parameters are replaced or it is switched between train and eval mode.
+Random ops are not covered (they would be drawn once, at trace time).
 """
 
 from __future__ import annotations
