@@ -733,12 +733,10 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
             )
             if executor == "ray" and not local:  # a cluster out of reach stops the repair before it un-commits
                 from .cluster import resolve_address
-                from .runner import check_reachable, cluster_address
+                from .runner import check_cluster, cluster_address
 
                 source = "--address" if address else "RAY_ADDRESS"
-                target = resolve_address(cluster_address(address), source)
-                if target != "local":
-                    check_reachable(target, source)
+                check_cluster(resolve_address(cluster_address(address), source), source)
             with store_lock(store):
                 report = _verify_with_progress(store, threads, quiet or as_json)
                 if report.unrepairable:

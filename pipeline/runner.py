@@ -176,13 +176,11 @@ class RayExecutor:
             watch(children_of_this_process())  # a killed driver leaves no Ray behind
             sigterm_as_interrupt()
             return
-        from .cluster import authenticate, resolve_address
+        from .cluster import resolve_address
 
         source = "--address" if self.address else "RAY_ADDRESS"
         address = resolve_address(cluster_address(self.address), source)
-        check_reachable(address, source)
-        if address != "local" and ("://" not in address or address.startswith("ray://")):
-            authenticate(address, source)  # token authentication: found, checked, turned on
+        check_cluster(address, source)
         from .cluster import ray_job_working_dir
 
         working_dir = ray_job_working_dir()
@@ -481,6 +479,15 @@ def cluster_address(address: str | None) -> str:
 
 
 CONNECT_TIMEOUT_S = 5.0
+
+
+def check_cluster(address: str, source: str = "--address") -> None:
+    """Raise a ClusterError unless this process can join the cluster at ``address``: reachable, token accepted."""
+    from .cluster import authenticate
+
+    check_reachable(address, source)
+    if address != "local" and ("://" not in address or address.startswith("ray://")):
+        authenticate(address, source)  # token authentication: found, checked, turned on
 
 
 def check_reachable(address: str, source: str = "--address", timeout: float = CONNECT_TIMEOUT_S) -> None:

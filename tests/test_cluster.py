@@ -178,6 +178,28 @@ def test_refusals_are_decided_in_under_10_s(cluster, tmp_path, monkeypatch):
         AuthenticationTokenLoader.instance().reset_cache()
 
 
+def test_a_repair_the_cluster_would_refuse_un_commits_nothing(cluster, tmp_path):
+    """`verify --repair --address` with no token or a wrong one stops before it changes the store.
+
+    (It checked only that the port answered, un-committed the damaged shard, cleared 'complete', then
+    stopped at the token.)
+    """
+    from pipeline.store import read_markers, summarize
+
+    store = tmp_path / "damaged.zarr"
+    made = pipeline(cluster, "submit", QUICK, "--executor", "inline", "-q", "--set", f"store.path={store}", *SMALL)
+    assert made.returncode == 0, made.stderr
+    with open(store / "value" / "c" / "0" / "0", "ab") as chunk:
+        chunk.write(b"garbage")
+    committed = sorted(read_markers(store))
+    for name in ("no token", "wrong token"):
+        address, env, words = refusals(cluster, tmp_path)[name]
+        run = pipeline(cluster, "verify", store, "--repair", "--address", address, "-q", env=env, timeout=120)
+        assert run.returncode == 2 and "un-committed" not in run.stderr, (name, run.stderr[-2000:])
+        assert all(word in run.stderr for word in words), (name, run.stderr[-2000:])
+        assert sorted(read_markers(store)) == committed and summarize(store)["complete"], name
+
+
 def test_gpus_the_cluster_can_never_offer_are_refused(cluster, tmp_path):
     result = pipeline(
         cluster,
