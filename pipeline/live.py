@@ -211,6 +211,8 @@ def clear_block_progress(store: str | Path, shard_id: int) -> None:
 
 def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: BaseException) -> None:
     """Record why attempt ``attempt`` of a shard failed: type, message, full traceback, host, time."""
+    from .runner import is_storage_full
+
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     with contextlib.suppress(Exception):  # never hides the error itself
         _put_json(
@@ -220,7 +222,8 @@ def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: B
                 "attempt": attempt,
                 "type": type(error).__name__,
                 "message": str(error)[:2000],
-                "final": isinstance(error, RejectedResults),  # never retried: fail() reports it
+                # never retried: fail() reports it
+                "final": isinstance(error, RejectedResults) or is_storage_full(error),
                 "traceback": text[-TRACEBACK_CHARS:],
                 "host": socket.gethostname(),
                 "pid": os.getpid(),

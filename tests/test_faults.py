@@ -204,9 +204,10 @@ def test_a_full_disk_starts_no_more_shards_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.tasks, "write_marker", full_from_shard_3)
     job = tmp_path / "job.yaml"
     job.write_text(JOB.format(store=tmp_path / "full.zarr").replace("n: 12000", "n: 4000"))  # 8 shards
-    result = CliRunner().invoke(main, ["submit", str(job), "--executor", "inline", "-q"])
+    result = CliRunner().invoke(main, ["submit", str(job), "--executor", "inline"])
     assert result.exit_code == 1, result.output
     assert calls == [0, 1, 2, 3]  # shard 3 once (no retries), shards 4-7 never computed
+    assert "retrying" not in result.output and "shard 3: attempt 1/3 failed, giving up" in result.output
     assert "1 of 8 shards failed" in result.output
     assert "is full (or over its quota), so the other 4 shards were not started" in result.output
     monkeypatch.undo()
