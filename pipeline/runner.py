@@ -217,7 +217,7 @@ class RayExecutor:
 
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        return f"ray ({int(resources.get('CPU', 0))} CPUs, {gpus} GPUs, {len(ray.nodes())} nodes)"
+        return f"ray ({int(resources.get('CPU', 0))} CPUs, {gpus} GPUs, {sum(1 for n in ray.nodes() if n.get('Alive'))} nodes)"
 
     @staticmethod
     def check_store(spec) -> None:

@@ -329,6 +329,17 @@ def test_shards_spread_over_the_nodes_and_survive_a_node_removed_mid_run(cluster
         assert got[name].tobytes() == expected[name].tobytes(), name
 
 
+def test_the_executor_line_counts_only_the_nodes_alive(monkeypatch):
+    """A node that left the cluster stays in ``ray.nodes()``, marked dead: not counted (it said '2 nodes' of 1)."""
+    import ray
+
+    from pipeline.runner import RayExecutor
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": False}])
+    assert RayExecutor().describe() == "ray (1 CPUs, 0 GPUs, 1 nodes)"
+
+
 def test_a_lost_head_ends_the_driver_with_exit_1_and_the_store_resumes(cluster, tmp_path):
     """Last in the module: it kills the head under a running driver (its process group: GCS, raylet, all).
 
