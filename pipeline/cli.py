@@ -285,7 +285,11 @@ def _submit_spec(
             )
         else:
             console.print("\n[yellow]interrupted[/yellow] before any store was written")
-        sys.exit(EXIT_INTERRUPTED)
+        # Ray's exit hooks take seconds more, past the grace `ray job stop` (3 s) or a scheduler gives
+        # before its SIGKILL; the store is finalized and its lock gone, so leave now (its Ray goes with us)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     from .live import error_line
 
     ran = summary.ran
