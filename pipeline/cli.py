@@ -324,7 +324,7 @@ def _submit_spec(
                 "(store.dtype, or store.encoding.<name>.dtype for one array), and submit again with --overwrite "
                 "(the stored dtype is part of the results)"
             )
-        from .runner import STORAGE_FULL_MESSAGES
+        from .errors import STORAGE_FULL_MESSAGES
 
         if any(text in (result.error or "") for result in summary.failed.values() for text in STORAGE_FULL_MESSAGES):
             unstarted = summary.total - summary.skipped - summary.ran - len(summary.failed)

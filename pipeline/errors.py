@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import errno
+
 
 class BadInput(Exception):
     """Input the user must fix (job file, function, input files, store path, cluster): exit code 2."""
@@ -55,3 +57,26 @@ class ClusterLost(RuntimeError):
     def __str__(self) -> str:
         kept = "" if self.total is None else f"; {self.committed} of {self.total} shards are committed and kept"
         return f"lost the Ray cluster at {self.address} ({self.reason}){kept}; run the same command again to resume"
+
+
+STORAGE_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
+
+
+def is_storage_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or an exceeded quota: every shard would fail the same way.
+
+    Follows ``__cause__`` / ``__context__`` and Ray's ``cause``; a worker's error that reached the driver only
+    as text is recognised by its message.
+
+        >>> is_storage_full(RuntimeError("block 2")), is_storage_full(OSError(28, "No space left on device"))
+        (False, True)
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in STORAGE_FULL_MESSAGES):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return False

@@ -211,7 +211,7 @@ def clear_block_progress(store: str | Path, shard_id: int) -> None:
 
 def write_attempt_error(store: str | Path, shard_id: int, attempt: int, error: BaseException) -> None:
     """Record why attempt ``attempt`` of a shard failed: type, message, full traceback, host, time."""
-    from .runner import is_storage_full
+    from .errors import is_storage_full
 
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     with contextlib.suppress(Exception):  # never hides the error itself

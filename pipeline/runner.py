@@ -7,7 +7,6 @@ Ray lives here and nowhere else.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 import traceback
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .cluster_watch import ClusterWatch, host_port, reason_of
-from .errors import ClusterError, RejectedResults
+from .errors import ClusterError, RejectedResults, is_storage_full
 from .memory import is_memory_failure
 from .plan import Shard
 from .store import ShardRecord
@@ -382,29 +381,6 @@ def _record_died(store: str, shard_id: int, err: BaseException) -> None:
     from .store import attempt_count
 
     write_attempt_error(store, shard_id, max(1, attempt_count(store, shard_id)), err)
-
-
-STORAGE_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
-
-
-def is_storage_full(error: BaseException | None) -> bool:
-    """Whether ``error`` (or what caused it) is a full disk or an exceeded quota: every shard would fail the same way.
-
-    Follows ``__cause__`` / ``__context__`` and Ray's ``cause``; a worker's error that reached the driver only
-    as text is recognised by its message.
-
-        >>> is_storage_full(RuntimeError("block 2")), is_storage_full(OSError(28, "No space left on device"))
-        (False, True)
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(error) for text in STORAGE_FULL_MESSAGES):
-            return True
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
-    return False
 
 
 class Attempts:

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import storage
-from .store import CASES_FILE, Checksum, read_attributes, read_manifest, read_markers, uncommit_shards
+from .kinds import kind_of_store
+from .store import Checksum, read_attributes, read_manifest, read_markers, uncommit_shards
 
 DEFAULT_THREADS = 4
 
@@ -238,21 +239,21 @@ def _verify(path: str, threads: int, progress) -> VerifyReport:
     for name in sorted(set(group.array_keys()) - set(names)):
         report.problems.extend(_check_other(group, name))
         report.chunks_read += 1
-    if attrs.get("kind") == "sweep":
-        report.problems.extend(_check_cases(path))
+    for table in kind_of_store(attrs).tables:
+        report.problems.extend(_check_table(path, table))
     return report
 
 
-def _check_cases(path: str) -> list[Problem]:
-    """A sweep's ``cases.parquet``, which every shard reads its cases from: gone or unreadable is damage."""
+def _check_table(path: str, name: str) -> list[Problem]:
+    """A table of the job's kind (a sweep's ``cases.parquet``), which every shard reads: gone or unreadable is damage."""
     from .parquet import open_parquet
 
     try:
-        open_parquet(storage.join(path, CASES_FILE) if storage.is_remote(path) else Path(path) / CASES_FILE).read()
+        open_parquet(storage.join(path, name) if storage.is_remote(path) else Path(path) / name).read()
     except FileNotFoundError:
-        return [Problem("missing", CASES_FILE, None, None, None, None, "the table of cases is gone")]
+        return [Problem("missing", name, None, None, None, None, "the table is gone")]
     except Exception as err:
-        return [Problem("unreadable", CASES_FILE, None, None, None, None, f"{type(err).__name__}: {str(err)[:200]}")]
+        return [Problem("unreadable", name, None, None, None, None, f"{type(err).__name__}: {str(err)[:200]}")]
     return []
 
 

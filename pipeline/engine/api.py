@@ -58,7 +58,7 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _check_x(x) -> None:
+def check_x(x) -> None:
     if not torch.is_tensor(x) or x.ndim < 1:
         raise ValueError(
             f"x must be a tensor [N, *in_shape] with a sample axis first, got {type(x).__name__}"
@@ -185,7 +185,7 @@ def compute_derivatives(
     method = _check_method(method)
     quantities = canonical_quantities(quantities)
     fixed_chunk = _check_chunk(chunk_size)
-    _check_x(x)
+    check_x(x)
     if memory_limit_bytes is not None and memory_limit_bytes <= 0:
         raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
     n, in_shape = x.shape[0], tuple(x.shape[1:])
@@ -493,7 +493,7 @@ def compute_operators(
     if isinstance(options, Mapping):  # the job file's keys, e.g. {"samples": 16, "seed": 1}
         options = OperatorOptions(**options)
     options = (options or OperatorOptions()).checked()
-    _check_x(x)
+    check_x(x)
     quantities = canonical_quantities(quantities)
     ordinary = tuple(q for q in quantities if q not in OPERATOR_QUANTITIES)
     n, in_shape = x.shape[0], tuple(x.shape[1:])

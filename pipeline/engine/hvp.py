@@ -34,7 +34,7 @@ import math
 import torch
 from torch.func import jacrev, jvp, vmap
 
-from .api import _check_x, compute_derivatives, sample_output_size
+from .api import check_x, compute_derivatives, sample_output_size
 from .strategies import exact_layer_norm
 from .trace import trace_function
 
@@ -140,7 +140,7 @@ def hvp(fn, x, vectors, *, method="auto", chunk_size="auto"):
     auto_size = chunk_size == "auto"
     if not auto_size and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
-    _check_x(x)
+    check_x(x)
     vectors = _broadcast_vectors(x, vectors).to(dtype=x.dtype, device=x.device)
     n, k = x.shape[0], vectors.shape[1]
     in_shape = tuple(x.shape[1:])

@@ -79,6 +79,8 @@ class Kind:
             ``--accept-changed-code`` lets through).
         labels: ``module:function`` that labels an opened store's dataset (``open_results``).
         report: ``module:function`` giving the kind's sections of ``pipeline report``.
+        tables: the Parquet files of its own in a store (``Prepared.tables``), which every shard reads
+            (``pipeline verify`` checks them: one gone is damage no shard repairs).
     """
 
     name: str
@@ -91,6 +93,7 @@ class Kind:
     code_key: str
     labels: str
     report: str
+    tables: tuple[str, ...] = ()
 
     def implementation(self) -> ModuleType:
         """The implementation module, imported on first use (it brings torch)."""
@@ -165,6 +168,7 @@ KINDS: dict[str, Kind] = {
             code_key="solver.name",
             labels="pipeline.labels:label_cases",
             report="pipeline.html_report:sweep_sections",
+            tables=("cases.parquet",),
         ),
     )
 }
