@@ -274,25 +274,32 @@ def _damaged_metadata(path: Path, *, arrays: bool = True) -> str | None:
 
     None when every one reads (or ``path`` has none: not a store, said elsewhere).
     """
-    try:
-        json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError) as err:
-        if isinstance(err, ValueError):
-            return (
-                f"{path} has a damaged zarr.json ({err}), so it cannot be read as a store and is left untouched; "
-                f"restore {path / 'zarr.json'} from a copy, or remove {path} and run its job again"
-            )
+    broken = _not_json(path / "zarr.json")
+    if broken is not None:
+        return (
+            f"{path} has a damaged zarr.json ({broken}), so it cannot be read as a store and is left untouched; "
+            f"restore {path / 'zarr.json'} from a copy, or remove {path} and run its job again"
+        )
+    if not arrays or not (path / "zarr.json").is_file():
         return None
-    for array in sorted(path.iterdir()) if arrays else ():
-        try:
-            json.loads((array / "zarr.json").read_text())
-        except (OSError, ValueError) as err:
-            if isinstance(err, ValueError):
-                return (
-                    f"{path}: the metadata of its array {array.name!r} is damaged ({array / 'zarr.json'}: {err}), "
-                    f"so the array cannot be read; restore that file from a copy, or remove {path} and run its "
-                    "job again"
-                )
+    for array in sorted(path.iterdir()):
+        broken = _not_json(array / "zarr.json")
+        if broken is not None:
+            return (
+                f"{path}: the metadata of its array {array.name!r} is damaged ({array / 'zarr.json'}: {broken}), "
+                f"so the array cannot be read; restore that file from a copy, or remove {path} and run its job again"
+            )
+    return None
+
+
+def _not_json(file: Path) -> ValueError | None:
+    """The parse error of ``file`` when it is there and not JSON; None when it reads or is absent."""
+    try:
+        json.loads(file.read_text())
+    except OSError:
+        return None
+    except ValueError as err:
+        return err
     return None
 
 

@@ -35,17 +35,23 @@ execution: {{shard_size: 500, retries: 2}}
 """
 
 
-def test_a_killed_driver_leaves_no_ray_and_resumes_bit_identical(tmp_path, ray_cluster):
+def start_driver(tmp_path, store: str, stdout) -> tuple[subprocess.Popen, Path]:
+    """``pipeline submit JOB --local -q`` of the test job in a session of its own; and its store's marker folder."""
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(store=tmp_path / "killed.zarr"))
+    job.write_text(JOB.format(store=tmp_path / store))
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
-    markers = tmp_path / "killed.zarr" / "_shards"
+    return driver, tmp_path / store / "_shards"
+
+
+def test_a_killed_driver_leaves_no_ray_and_resumes_bit_identical(tmp_path, ray_cluster):
+    driver, markers = start_driver(tmp_path, "killed.zarr", stdout=subprocess.DEVNULL)
     ray_processes: list[tuple[int, int]] = []
     try:
         deadline = time.monotonic() + 180
@@ -67,6 +73,7 @@ def test_a_killed_driver_leaves_no_ray_and_resumes_bit_identical(tmp_path, ray_c
             if alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
     # the resume runs only what was not committed, and the store is a clean run's, bit for bit
+    job = tmp_path / "job.yaml"
     spec = load_spec(job)
     summary = submit(spec, RayExecutor())
     assert summary.complete and summary.skipped == committed and summary.ran == 24 - committed
@@ -133,17 +140,7 @@ def test_a_full_disk_at_the_finalize_is_one_message_that_says_the_run_resumes(tm
 
 def test_sigterm_stops_the_driver_as_ctrl_c_does(tmp_path):
     """`timeout`, a batch scheduler's cancel, `kill`: exit 130 with the resume message, not Ray's abort (134)."""
-    job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(store=tmp_path / "term.zarr"))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--local", "-q"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    markers = tmp_path / "term.zarr" / "_shards"
+    driver, markers = start_driver(tmp_path, "term.zarr", stdout=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
         time.sleep(0.05)
