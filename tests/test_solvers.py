@@ -83,6 +83,16 @@ def test_numpy_and_lists_are_accepted_and_dtype_follows_inputs():
     assert out_forced["u"].dtype == F64
 
 
+@pytest.mark.parametrize("value", [0.1, [0.1, 0.1]])
+def test_python_numbers_keep_their_float64_value_in_a_float64_solve(value):
+    # they went through torch.as_tensor's float32 first: a float64 solve ran on D = 0.10000000149
+    exact = solve("heat1d", {"diffusivity": torch.tensor([0.1, 0.1], dtype=F64)}, nx=16)["u"]
+    got = solve("heat1d", {"diffusivity": value, "amplitude": np.ones(2)}, nx=16)["u"]
+    assert got.dtype == F64
+    torch.testing.assert_close(got, exact, rtol=0, atol=0)
+    assert solve("heat1d", {"diffusivity": value}, nx=16)["u"].dtype == torch.float32  # still the default dtype
+
+
 def test_a_dtype_that_is_not_a_floating_torch_dtype_is_named():
     # dtype="float32" failed inside with "'str' object has no attribute 'is_floating_point'"
     for dtype in ("float32", torch.int64, np.float64):

@@ -108,6 +108,41 @@ def test_ftcs_instability_is_reported_with_a_fix():
 
 
 @pytest.mark.parametrize(
+    "diffusivity", [0.1, np.float64(0.1), torch.tensor(0.1, dtype=F64), np.array([0.1, 0.1]), [0.1, 0.1]]
+)
+def test_sensitivities_take_parameters_as_solve_does(diffusivity):
+    # a 0-d tensor or a number was an IndexError, numpy a TypeError, a broadcast value a RuntimeError in jvp
+    from pipeline.solvers.sensitivity import Reduction, sensitivities
+
+    heat, cpu = get_solver("heat1d"), torch.device("cpu")
+    amplitude = torch.tensor([1.0, 2.0], dtype=F64)
+    _, result = sensitivities(
+        heat, {"diffusivity": diffusivity, "amplitude": amplitude}, {"q": Reduction("u", -1, "max")},
+        ["diffusivity"], device=cpu, dtype=F64, nx=16,
+    )  # fmt: skip
+
+    def q(D: float) -> np.ndarray:
+        u = solve("heat1d", {"diffusivity": D, "amplitude": amplitude}, nx=16, dtype=F64)["u"]
+        return u[:, -1].amax(-1).numpy()
+
+    eps = 1e-6
+    np.testing.assert_allclose(result["q"], q(0.1), rtol=1e-14)
+    np.testing.assert_allclose(result["dq_ddiffusivity"], (q(0.1 + eps) - q(0.1 - eps)) / (2 * eps), rtol=1e-6)
+    d = result["dq_ddiffusivity"]
+    assert d.shape == (2,) and d[0] < 0
+    np.testing.assert_allclose(d[1], 2 * d[0], rtol=1e-12)  # each case its own derivative (u is linear in amplitude)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_a_negative_diffusivity_is_refused_by_solve_itself(chunk_size):
+    # only the sweep jobs' check_cases refused it; solve() returned a profile growing without bound
+    D = torch.tensor([0.1, 0.2, 0.3, -0.1], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"diffusivity is negative in 1 of .* first case 3 .*diffusivity >= 0"):
+        solve("heat1d", {"diffusivity": D}, chunk_size=chunk_size)
+    assert solve("heat1d", {"diffusivity": D.abs()})["u"].abs().max() <= 1.0 + 1e-12  # a max principle holds
+
+
+@pytest.mark.parametrize(
     "options,words",
     [
         ({"scheme": "euler"}, ["scheme='euler'", "crank_nicolson, ftcs"]),

@@ -85,9 +85,16 @@ def prepare_params(
                     f"alternative ways to set the same thing; drop {name!r} or drop {clash}"
                 )
     tensors: dict[str, torch.Tensor] = {}
+    given: dict[str, torch.dtype] = {}  # the dtype each value counts as when dtype=None picks one
     for name, value in params.items():
         try:
-            tensors[name] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            given[name] = t.dtype
+            if t.is_floating_point() and not hasattr(value, "dtype"):
+                # Python numbers and lists: torch.as_tensor rounds them to float32 (the default dtype),
+                # and a float64 solve would then run on 0.10000000149 for 0.1
+                t = torch.as_tensor(value, dtype=torch.float64)
+            tensors[name] = t
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(
                 f"{solver_name}: parameter {name!r} is not numeric ({err}); give numbers or tensors"
@@ -108,7 +115,7 @@ def prepare_params(
             "pass device='cpu' or leave device=None"
         )
     if dtype is None:
-        floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+        floating = [given[name] for name, t in tensors.items() if t.is_floating_point()]
         dtype = floating[0] if floating else torch.get_default_dtype()
         for d in floating[1:]:
             dtype = torch.promote_types(dtype, d)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .interface import Solver
+from .params import prepare_params
 from .run import solve
 
 REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -78,7 +79,7 @@ def reduce_output(outputs: Mapping[str, torch.Tensor], reduction: ReductionLike)
 
 def sensitivities(
     solver: Solver,
-    params: Mapping[str, torch.Tensor],
+    params: Mapping[str, Any],
     reductions: Mapping[str, ReductionLike],
     wrt: Sequence[str],
     *,
@@ -116,7 +117,10 @@ def sensitivities(
                 f"reduction {q!r}: {solver.name} has no output {reduction.output!r}; it has {', '.join(sorted(known))}"
             )
     scalars = list(reductions)
-    n = next(iter(params.values())).shape[0]
+    # numbers, numpy arrays and values without a case axis, as solve() takes them
+    infos = solver.parameters_fn(solver.validate_options(options)) if solver.parameters_fn is not None else {}
+    params, n = prepare_params(solver.name, params, infos, device=device, dtype=dtype)
+    params = {k: v.contiguous() if k in wrt else v for k, v in params.items()}  # a broadcast value gets its own memory
     if not wrt:
         outputs = solve_all(params)
         return outputs, {q: reduce_output(outputs, reductions[q]).detach().cpu().numpy() for q in scalars}
