@@ -741,7 +741,7 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
 
                 source = "--address" if address else "RAY_ADDRESS"
                 check_cluster(resolve_address(cluster_address(address), source), source)
-            with store_lock(store):
+            with store_lock(store, "pipeline verify --repair"):
                 report = _verify_with_progress(store, threads, quiet or as_json)
                 if report.unrepairable:
                     raise StoreError(

@@ -50,9 +50,10 @@ def lease_url(store: str) -> str:
     return store.rstrip("/") + ".lease"
 
 
-def _record(token: str) -> bytes:
+def _record(token: str, command: str) -> bytes:
     return json.dumps(
         {
+            "command": command,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "token": token,
@@ -117,12 +118,12 @@ def _create(url: str, data: bytes) -> bool:
         return True
 
 
-def acquire(store: str) -> str:
-    """Take the store's lease; returns its token. Raises ``StoreError`` while another live driver holds it."""
+def acquire(store: str, command: str = "pipeline submit") -> str:
+    """Take the store's lease for ``command``; returns its token. Raises ``StoreError`` while another live driver holds it."""
     url = lease_url(store)
     token = uuid.uuid4().hex
     for _ in range(3):
-        if _create(url, _record(token)):
+        if _create(url, _record(token, command)):
             held = _read(url)
             if held and held.get("token") == token:
                 return token
@@ -132,7 +133,7 @@ def acquire(store: str) -> str:
             continue  # released meanwhile: try again
         if _alive(held):
             raise StoreError(
-                f"store.path: another `pipeline submit` is running this store (pid {held.get('pid')} on "
+                f"store.path: another `{held.get('command') or 'pipeline submit'}` is running this store (pid {held.get('pid')} on "
                 f"{held.get('host')}, since {held.get('since')}; its lease {url} is renewed every "
                 f"{RENEW_SECONDS:.0f} s); wait for it to finish and run the command again (it resumes). "
                 f"A driver that died loses the lease within {TTL_SECONDS:.0f} s."
@@ -150,9 +151,9 @@ def release(store: str, token: str) -> None:
 
 
 class _Renewer(threading.Thread):
-    def __init__(self, store: str, token: str) -> None:
+    def __init__(self, store: str, token: str, command: str) -> None:
         super().__init__(name="pipeline-lease", daemon=True)
-        self.store, self.token = store, token
+        self.store, self.token, self.command = store, token, command
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -162,12 +163,15 @@ class _Renewer(threading.Thread):
                 held = _read(url)
                 if held is not None and held.get("token") not in (None, self.token):
                     return  # overtaken (we were partitioned past the TTL): stop writing
-                storage.write_bytes(url, _record(self.token))
+                storage.write_bytes(url, _record(self.token, self.command))
 
 
 @contextlib.contextmanager
-def store_lease(store: str) -> Iterator[None]:
-    """Hold the store's lease (re-entrant within a process), renewed in the background, released at the end."""
+def store_lease(store: str, command: str = "pipeline submit") -> Iterator[None]:
+    """Hold the store's lease (re-entrant within a process), renewed in the background, released at the end.
+
+    ``command`` names the holder in the message another driver gets.
+    """
     url = lease_url(store)
     if url in _HELD:
         _HELD[url] += 1
@@ -176,9 +180,9 @@ def store_lease(store: str) -> Iterator[None]:
         finally:
             _HELD[url] -= 1
         return
-    token = acquire(store)
+    token = acquire(store, command)
     _HELD[url] = 1
-    renewer = _Renewer(store, token)
+    renewer = _Renewer(store, token, command)
     renewer.start()
     try:
         yield

@@ -49,12 +49,15 @@ def held_here(store: str | Path) -> bool:
     return str(lock_path(store).resolve()) in _HELD
 
 
-def _holder(file: Path) -> str:
+def _holder(file: Path) -> tuple[str, str]:
+    """(the holder's command, "pid ... on ..., since ...") from the lock file."""
     try:
         holder = json.loads(file.read_text())
-        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+        return holder.get(
+            "command"
+        ) or "pipeline submit", f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "pipeline submit", "holder unknown"
 
 
 def _acquire(file: Path) -> int:
@@ -71,8 +74,9 @@ def _acquire(file: Path) -> int:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
+            command, who = _holder(file)
             raise StoreError(
-                f"store.path: another `pipeline submit` is running this store ({_holder(file)}); wait for it "
+                f"store.path: another `{command}` is running this store ({who}); wait for it "
                 "to finish and run the command again (it resumes). The lock ends with that process."
             ) from None
         try:
@@ -85,8 +89,10 @@ def _acquire(file: Path) -> int:
 
 
 @contextlib.contextmanager
-def store_lock(store: str | Path) -> Iterator[None]:
+def store_lock(store: str | Path, command: str = "pipeline submit") -> Iterator[None]:
     """Hold the store's driver lock for the duration; raise ``StoreError`` if another process holds it.
+
+    ``command`` names the holder in the message another driver gets.
 
     A URL store (``s3://...``) has no POSIX lock: its driver holds a lease object instead (``lease.py``).
     """
@@ -95,7 +101,7 @@ def store_lock(store: str | Path) -> Iterator[None]:
     if is_remote(store):
         from .lease import store_lease
 
-        with store_lease(str(store)):
+        with store_lease(str(store), command):
             yield
         return
     file = lock_path(store)
@@ -115,7 +121,12 @@ def store_lock(store: str | Path) -> Iterator[None]:
         os.pwrite(
             fd,
             json.dumps(
-                {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                {
+                    "command": command,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
             ).encode(),
             0,
         )

@@ -51,20 +51,20 @@ def one_torch_thread():
 
 @pytest.fixture
 def lock_holder():
-    """``hold(store)`` starts another process that holds the store's driver lock; it is killed afterwards."""
+    """``hold(store, command)`` starts another process that holds the store's driver lock as ``command``; it is killed afterwards."""
     import subprocess
     import sys
     from pathlib import Path
 
     started = []
 
-    def hold(store) -> subprocess.Popen:
+    def hold(store, command: str = "pipeline submit") -> subprocess.Popen:
         process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 "import time; from pipeline.lock import store_lock\n"
-                f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)",
+                f"with store_lock({str(store)!r}, {command!r}):\n    print('locked', flush=True); time.sleep(60)",
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -510,12 +510,13 @@ def test_unstable_ftcs_heat_sweep_exits_2_without_a_store(tmp_path):
     assert "run the same command again" not in result.output and not store.exists()
 
 
-def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path, lock_holder):
+@pytest.mark.parametrize("command", ["pipeline submit", "pipeline verify --repair"])
+def test_a_second_driver_of_a_store_stops_before_starting_ray(tmp_path, lock_holder, command):
     store = tmp_path / "s.zarr"
-    holder = lock_holder(store)
+    holder = lock_holder(store, command)  # the message named `pipeline submit` also for a repair's lock
     result = run("submit", ROOT / "jobs/quickstart.yaml", "--local", "--set", f"store.path={store}")
     assert result.exit_code == 2
-    assert f"another `pipeline submit` is running this store (pid {holder.pid}" in result.output
+    assert f"another `{command}` is running this store (pid {holder.pid}" in result.output
     assert "executor:" not in result.output and not store.exists()
 
 

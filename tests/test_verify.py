@@ -235,3 +235,28 @@ def test_a_repair_that_cannot_reach_its_cluster_un_commits_nothing(clean_and_dam
     assert "un-committed" not in run.stderr and "RAY_ADDRESS" in run.stderr, run.stderr
     assert sorted(p.name for p in (damaged / "_shards").iterdir()) == committed
     assert summarize(damaged)["complete"]
+
+
+def test_a_repair_holds_the_store_lock_as_verify_repair(clean_and_damaged, monkeypatch):
+    # the lock named every holder `pipeline submit`: a second driver was told to wait for a submit nobody ran
+    import contextlib
+
+    from click.testing import CliRunner
+
+    import pipeline.lock as lock
+    from pipeline.cli import main
+
+    _, damaged = clean_and_damaged
+    recorded: list[str] = []
+    real = lock.store_lock
+
+    @contextlib.contextmanager
+    def recording(store, *args):
+        with real(store, *args):
+            recorded.append(json.loads(lock.lock_path(store).read_text())["command"])
+            yield
+
+    monkeypatch.setattr(lock, "store_lock", recording)
+    result = CliRunner().invoke(main, ["verify", str(damaged), "--repair", "--executor", "inline", "-q"])
+    assert result.exit_code == 0, result.output
+    assert recorded == ["pipeline verify --repair"] and verify_store(damaged).ok
