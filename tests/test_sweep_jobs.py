@@ -136,6 +136,35 @@ def test_parquet_table_of_cases(tmp_path):
     np.testing.assert_allclose(ds.sigma_mean.values, [1.0, 2.0, 3.0])
 
 
+def test_a_case_table_inside_a_product_is_found_from_any_directory(tmp_path, monkeypatch):
+    # a nested Parquet path stayed relative (the top-level one was made absolute): the store's recorded spec, and
+    # the same command from another directory, pointed at a file that was not there
+    import yaml
+
+    from pipeline.spec import load_spec
+    from pipeline.store import read_attributes
+
+    job_dir = tmp_path / "project"
+    job_dir.mkdir()
+    pq.write_table(pa.table({"T0_mean": [1.0, 1.5]}), job_dir / "cases.parquet")
+    sweep = {
+        "kind": "product",
+        "sweeps": [{"kind": "parquet", "path": "cases.parquet"}, {"kind": "grid", "axes": {"sigma_mean": [0.5, 1.0]}}],
+    }
+    job = job_dir / "job.yaml"
+    job.write_text(yaml.safe_dump(sweep_spec(tmp_path, sweep).model_dump(mode="json", exclude_none=True)))
+    monkeypatch.chdir(job_dir)
+    spec = load_spec(job)
+    assert spec.sweep.sweeps[0].path == str(job_dir / "cases.parquet")
+    monkeypatch.chdir(tmp_path)
+    assert submit(spec, InlineExecutor()).complete
+    recorded = read_attributes(spec.store.path)["spec"]["sweep"]["sweeps"][0]["path"]
+    assert recorded == str(job_dir / "cases.parquet")
+    ds = open_results(spec.store.path)
+    np.testing.assert_array_equal(ds.T0_mean.values, [1.0, 1.0, 1.5, 1.5])
+    np.testing.assert_array_equal(ds.sigma_mean.values, [0.5, 1.0, 0.5, 1.0])
+
+
 def test_heat_sweep_matches_the_analytic_solution(tmp_path, executor):
     spec = sweep_spec(
         tmp_path,

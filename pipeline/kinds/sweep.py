@@ -320,11 +320,25 @@ def resolve_paths(spec, job_dir, absolute) -> dict:
     if ":" in solver.name:
         paths = [absolute(p) for p in solver.python_path] or [str(job_dir)]
         update["solver"] = solver.model_copy(update={"python_path": paths})
-    if getattr(spec.sweep, "path", None):
-        update["sweep"] = spec.sweep.model_copy(update={"path": absolute(spec.sweep.path)})
+    if _case_tables(spec.sweep):
+        update["sweep"] = _absolute_tables(spec.sweep, absolute)
     if spec.profiles:
         update["profiles"] = {k: v.model_copy(update={"path": absolute(v.path)}) for k, v in spec.profiles.items()}
     return update
+
+
+def _case_tables(sweep) -> bool:
+    """Whether ``sweep`` reads a Parquet case table, also nested in a product."""
+    return sweep.kind == "parquet" or (sweep.kind == "product" and any(_case_tables(p) for p in sweep.sweeps))
+
+
+def _absolute_tables(sweep, absolute):
+    """``sweep`` with every Parquet case table's path made absolute, nested products included."""
+    if sweep.kind == "parquet":
+        return sweep.model_copy(update={"path": absolute(sweep.path)})
+    if sweep.kind == "product":
+        return sweep.model_copy(update={"sweeps": [_absolute_tables(part, absolute) for part in sweep.sweeps]})
+    return sweep
 
 
 def check_labels(prepared) -> None:
