@@ -318,9 +318,21 @@ def rounding_error(full: np.ndarray, enc: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
-    """Record the rounding error of each lossy stored dtype on ``arrays`` (the driver's check) in the attributes."""
+def lossy_arrays(prepared) -> list[str]:
+    """The arrays of ``prepared`` stored in a 16-bit dtype (``LOSSY``)."""
+    return [
+        name for name, attrs in prepared.array_attributes.items() if (attrs.get(ATTRIBUTE) or {}).get("dtype") in LOSSY
+    ]
+
+
+def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int, where: str | None = None):
+    """Record the rounding error of each lossy stored dtype on ``arrays`` (the driver's check) in the attributes.
+
+    ``where`` says in the messages what ``arrays`` holds (default: the first ``samples`` samples).
+    """
     from .spec import SpecError
+
+    where = where or f"the first {samples} samples"
 
     problems = []
     for name, attrs in prepared.array_attributes.items():
@@ -331,13 +343,13 @@ def measure_errors(spec, prepared, arrays: dict[str, np.ndarray], samples: int):
         if error["overflow"]:
             problems.append(
                 f"{dtype_key(spec, name)}: {enc['dtype']} overflows for {name} (values beyond "
-                f"{np.finfo(np.float16).max:.0f} on the first {samples} samples); use bfloat16 or float32 for it "
+                f"{np.finfo(np.float16).max:.0f} on {where}); use bfloat16 or float32 for it "
                 f"(store.encoding.{name}.dtype)"
             )
         elif enc["dtype"] == "float16" and error["max_error_relative_to_max"] > FLOAT16_ROUNDOFF:
             problems.append(
-                f"{dtype_key(spec, name)}: float16 underflows for {name} (its largest magnitude on the first "
-                f"{samples} samples is below float16's smallest normal number "
+                f"{dtype_key(spec, name)}: float16 underflows for {name} (its largest magnitude on {where} "
+                "is below float16's smallest normal number "
                 f"{np.finfo(np.float16).smallest_normal:.1e}: stored, it is off by "
                 f"{error['max_error_relative_to_max']:.1%} of it instead of at most {FLOAT16_ROUNDOFF:.1e}); "
                 f"use bfloat16 or float32 for it (store.encoding.{name}.dtype)"

@@ -388,3 +388,25 @@ def test_a_float16_underflow_in_the_checked_samples_is_refused_not_stored(tmp_pa
     assert result.exit_code == 2, result.output
     assert "store.encoding.jacobian.dtype: float16 underflows for jacobian" in result.output
     assert not (tmp_path / "tiny.zarr").exists()
+
+
+def test_a_sweep_whose_later_case_overflows_float16_is_refused_before_any_store(tmp_path):
+    # only the first case was checked: u_mean=1e5 was stored as inf, or failed its shard after the others ran
+    from pipeline.driver import prepare
+
+    spec = validate_spec(
+        {
+            "schema_version": 1,
+            "name": "hot",
+            "kind": "sweep",
+            "solver": {"name": "heat1d", "options": {"nx": 16, "n_saves": 2}},
+            "sweep": {"kind": "grid", "axes": {"u_mean": [0.0, 1.0, 1.0e5], "diffusivity": [0.1, 0.2]}},
+            "store": {"path": str(tmp_path / "hot.zarr"), "chunk_size": 2, "dtype": "float16"},
+        }
+    )
+    with pytest.raises(SpecError, match=r"store\.dtype: float16 overflows for u \(values beyond 65504 on 4 cases: "):
+        prepare(spec)
+    assert not (tmp_path / "hot.zarr").exists()
+    fits = spec.model_copy(update={"store": spec.store.model_copy(update={"dtype": "bfloat16"})})
+    stated = prepare(fits).array_attributes["u"]["pipeline_encoding"]["rounding_error"]
+    assert stated["samples"] == 4 and 0 < stated["max_error_relative_to_max"] <= UNIT_ROUNDOFF["bfloat16"]

@@ -51,6 +51,7 @@ def sensitivity_names(spec, swept: list[str]) -> tuple[list[str], list[str]]:
 
 def prepare(spec) -> Prepared:
     """Build the case table, check the solver on the first case, and plan the store."""
+    from ..solvers import solve
     from ..sweeps import to_arrow_table
 
     solver = _solver(spec)
@@ -175,9 +176,36 @@ def prepare(spec) -> Prepared:
             array_attributes={name: {"coordinates": case_coords} for name in (*outputs, *derived)},
         ),
     )
-    # the rounding error of a 16-bit stored dtype, measured on the first case (solved in float64 above)
-    encoding.measure_errors(spec, prepared, {k: v.detach().cpu().numpy() for k, v in result.items()}, 1)
+    # the rounding error of a 16-bit stored dtype, measured on the first case (solved in float64 above) and, when
+    # one is asked for, on the cases at each swept parameter's extremes (where float16 overflows, if anywhere)
+    arrays = {k: v.detach().cpu().numpy() for k, v in result.items()}
+    probes = _probe_cases(table, swept, n) if encoding.lossy_arrays(prepared) else [0]
+    for case in probes[1:]:
+        rows = {k: v[case : case + 1] for k, v in table.items()}
+        params = _case_params(spec, rows, case, case + 1, torch.float64, torch.device("cpu"))
+        try:
+            more = solve(solver, params, device=torch.device("cpu"), dtype=torch.float64, **options)
+        except Exception as err:  # whatever the user's solver raises
+            raise SpecError(
+                [f"solver: running {solver.name} on case {case} failed: {type(err).__name__}: {err}"]
+            ) from None
+        arrays = {k: np.concatenate([v, more[k].detach().cpu().numpy()]) for k, v in arrays.items()}
+    where = (
+        "the first case"
+        if len(probes) == 1
+        else f"{len(probes)} cases: the first, the last and each swept parameter's smallest and largest"
+    )
+    encoding.measure_errors(spec, prepared, arrays, len(probes), where=where)
     return prepared
+
+
+def _probe_cases(table, swept, n) -> list[int]:
+    """The first case, then the last and each swept parameter's smallest and largest (each case once)."""
+    found = [0, n - 1]
+    for name in swept:
+        values = np.asarray(table[name], dtype=np.float64)
+        found += [int(np.argmin(values)), int(np.argmax(values))]
+    return list(dict.fromkeys(found))
 
 
 CHECK_NUMBERS = 1 << 21  # numbers of the widest parameter per block when the driver checks every case
