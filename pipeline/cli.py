@@ -250,7 +250,7 @@ def _submit_spec(
         if dry_run:  # nothing written, no Ray: the plan and a time estimate only
             from .dry_run import dry_run as plan_only
 
-            prepared = prepare(spec)
+            prepared = prepare(spec, note)
             click.echo(f"dry run: {spec.name} ({spec.kind}), store {spec.store.path}")
             for line in plan_only(prepared).lines():
                 click.echo(f"  {line}")
@@ -413,7 +413,8 @@ def validate(job, overrides, deep, overwrite, accept_changed_code):
             from .driver import prepare
             from .report import human_size
 
-            prepared = prepare(spec)
+            console = _console()
+            prepared = prepare(spec, lambda text: console.print(f"[yellow]note[/yellow]: {escape(text)}"))
             line += "".join(f"\n  {part}" for part in prepared.summary.splitlines())
             if not overwrite:
                 from .driver import check_resumable

@@ -82,19 +82,40 @@ class RunSummary:
         return self.samples_run / self.seconds_run if self.seconds_run else 0.0
 
 
-def prepare(spec) -> Prepared:
+SLOW_CHECK_S = 10.0  # when the driver's check of a job has run this long, ``prepare`` says what it is doing
+
+
+def prepare(spec, notify: Callable[[str], None] | None = None) -> Prepared:
     """Resolve sizes, check the job on a tiny example, and plan the store (no store is touched).
 
     ``validate`` and ``submit`` both come here first, so they refuse the same
     store paths (not a pipeline store, not writable, too little free space).
+    The check computes the job's first samples (or solves its first cases)
+    in this process; when that takes over ``SLOW_CHECK_S`` seconds,
+    ``notify`` hears once what it is waiting for.
     """
+    import threading
+
     from .cluster import check_store_path as check_ray_job_store_path
 
     check_ray_job_store_path(spec.store.path)  # not in a Ray job's temporary working dir
     check_urls(spec)
     refuse_foreign_path(spec.store.path)  # what submit would refuse, validate refuses too
     check_store_path(spec.store.path)
-    prepared = with_store_layout(kind_of(spec).prepare(spec))
+    unit = kind_of(spec).unit
+    message = (
+        f"checking the job: its first {unit} are being computed here, on the CPU, to check its outputs before "
+        f"any store or worker exists (it takes as long as those {unit} do; Ctrl-C stops it)"
+    )
+    slow = threading.Timer(SLOW_CHECK_S, notify, (message,)) if notify is not None else None
+    if slow is not None:
+        slow.daemon = True
+        slow.start()
+    try:
+        prepared = with_store_layout(kind_of(spec).prepare(spec))
+    finally:
+        if slow is not None:
+            slow.cancel()
     check_free_space(prepared)
     return prepared
 
@@ -517,7 +538,7 @@ def submit(
     ``RunSummary.notes``. ``progress`` shows the run (``progress.make_progress``).
     """
     if prepared is None or prepared.spec is not spec:
-        prepared = prepare(spec)
+        prepared = prepare(spec, notify)
     if job is not None:
         prepared = with_provenance(prepared, job)
     if isinstance(executor, RayExecutor):

@@ -576,3 +576,17 @@ def test_the_reading_commands_take_a_file_url_as_store_path_does(quickstart_stor
         assert result.exit_code == 0 and "not a pipeline store" not in result.output, (command, result.output)
     assert run("report", url, "-o", tmp_path / "r.html").exit_code == 0 and (tmp_path / "r.html").is_file()
     assert pipeline.open_results(url).value.shape == pipeline.open_results(quickstart_store).value.shape
+
+
+def test_a_slow_check_of_the_job_says_what_it_waits_for(tmp_path, monkeypatch):
+    # validate (and submit) solved the first case in silence: an FTCS heat1d with a tiny dt ran for hours unexplained
+    import pipeline.driver
+
+    monkeypatch.setattr(pipeline.driver, "SLOW_CHECK_S", 0.05)
+    heat = ["--set", "solver={name: heat1d, options: {nx: 64, scheme: ftcs, dt: 2.0e-5}}", "--set", "fixed={}"]
+    heat += ["--set", "sweep.axes={diffusivity: [0.1, 0.2]}", "--set", f"store.path={tmp_path / 's.zarr'}"]
+    result = run("validate", ROOT / "jobs/sweep.yaml", *heat)
+    assert result.exit_code == 0, result.output
+    assert "note: checking the job: its first cases are being computed here" in result.output
+    monkeypatch.setattr(pipeline.driver, "SLOW_CHECK_S", 60.0)
+    assert "checking the job" not in run("validate", ROOT / "jobs/sweep.yaml", *heat).output
