@@ -570,8 +570,9 @@ def test_reading_commands_say_what_is_wrong_with_the_bucket(s3_server, s3_quicks
         ({}, "s3://no-such-bucket-here/x.zarr", "does not exist", "aws s3 mb"),
     ]
     for env, url, cause, fix in cases:
-        for command in ("status", "inspect", "verify", "report"):
-            process = subprocess_cli(command, url, env=env)
+        commands = ("status", "inspect", "verify", "report")
+        processes = [subprocess_cli(command, url, env=env) for command in commands]  # the four at once
+        for command, process in zip(commands, processes):
             output = process.communicate(timeout=180)[0]
             assert process.returncode == 2, (command, output)
             assert cause in output and fix in output, (command, output)
