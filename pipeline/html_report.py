@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 import time
@@ -422,10 +423,18 @@ def write_report(path: str | Path, out: str | Path | None = None) -> str | Path:
     elif out is None:
         out = Path(storage.local_path(store)).with_suffix(".html")
     page = build_report(path)
-    if storage.is_remote(str(out)):
-        storage.write_bytes(str(out), page.encode())
-        return str(out)
-    out = Path(storage.local_path(str(out)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    try:
+        if storage.is_remote(str(out)):
+            storage.write_bytes(str(out), page.encode())
+            return str(out)
+        out = Path(storage.local_path(str(out)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page)
+        return out
+    except OSError as err:  # a reader's credentials, a read-only folder or file system: the report goes elsewhere
+        if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
+            raise
+        raise storage.StorageError(
+            f"cannot write the report to {out} ({getattr(err, 'strerror', None) or err}): write access there is "
+            "refused; write it where you can with -o FILE.html (e.g. -o report.html)"
+        ) from None

@@ -152,6 +152,20 @@ def test_sweep_report_from_the_command_is_one_file_with_its_figures_and_the_stor
         np.testing.assert_allclose([float(v) for v in row[3:6]], [values.min(), values.mean(), values.max()], rtol=1e-5)
 
 
+def test_a_report_that_cannot_be_written_there_says_to_use_o(stores, tmp_path):
+    # a reader without write access to the store's folder (or bucket) got the storage's OSError traceback
+    where = Path("/sys/pipeline-report.html")  # refused even to root, as a read-only folder is to a reader
+    try:
+        where.write_text("")
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    result = CliRunner().invoke(main, ["report", stores["sweep"], "-o", str(where)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the report to {where}" in result.output and "-o FILE.html" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_report_refuses_a_path_that_is_not_a_store(tmp_path):
     bad = CliRunner().invoke(main, ["report", str(tmp_path / "nothing.zarr")])
     assert bad.exit_code == 2 and "not a pipeline store" in bad.output
