@@ -70,14 +70,14 @@ def chunk_writer(array, direct: bool = True) -> ChunkFiles | None:
     18.0
     """
     try:
-        from zarr.core.chunk_grids import RegularChunkGrid
         from zarr.storage import LocalStore
-    except ImportError:  # a zarr without these names: it writes everything itself
+    except ImportError:  # a zarr without this name: it writes everything itself
         return None
+    regular = _regular_chunk_grid()
     metadata = array.metadata
-    if getattr(metadata, "zarr_format", None) != 3 or not isinstance(array.store, LocalStore):
+    if getattr(metadata, "zarr_format", None) != 3 or not isinstance(array.store, LocalStore) or regular is None:
         return None
-    if not isinstance(metadata.chunk_grid, RegularChunkGrid) or not hasattr(metadata, "encode_chunk_key"):
+    if not isinstance(metadata.chunk_grid, regular) or not hasattr(metadata, "encode_chunk_key"):
         return None
     steps = _encoders(metadata.codecs)
     if steps is None:
@@ -94,6 +94,18 @@ def chunk_writer(array, direct: bool = True) -> ChunkFiles | None:
         chunk_key=metadata.encode_chunk_key,
         direct_min_bytes=DIRECT_MIN_BYTES if direct and _O_DIRECT else None,
     )
+
+
+def _regular_chunk_grid() -> type[Any] | None:
+    """Zarr's class of a regular chunk grid, or None (a zarr without one: it writes everything itself).
+
+    ``RegularChunkGrid`` in zarr 3.1 (the newest on Python 3.11), ``RegularChunkGridMetadata`` in zarr 3.4
+    (Python 3.12+), whose ``RegularChunkGrid`` is gone: without it, every chunk went through Zarr.
+    """
+    from zarr.core import chunk_grids
+    from zarr.core.metadata import v3
+
+    return getattr(v3, "RegularChunkGridMetadata", None) or getattr(chunk_grids, "RegularChunkGrid", None)
 
 
 def _encoders(codecs) -> tuple[str, Any, bool] | None:
