@@ -313,7 +313,7 @@ def rounding_error(full: np.ndarray, enc: dict[str, Any]) -> dict[str, float]:
     return {
         "max_abs_error": err,
         "max_error_relative_to_max": err / scale if scale else 0.0,
-        "max_elementwise_relative_error": float(rel.max()) if rel.size else 0.0,
+        "max_elementwise_relative_error": float(np.max(rel)) if rel.size else 0.0,
         "overflow": bool(np.isinf(stored[finite]).any()),
     }
 
