@@ -378,7 +378,7 @@ def compressors(name: str, level: int | None = None, *, stored_dtype: str | None
 
     >>> compressors("auto", stored_dtype="float16", chunk_bytes=4096 * 300).blocksize
     1228800
-    >>> compressors("auto", stored_dtype="float32").cname.value
+    >>> compressors("auto", stored_dtype="float32").to_dict()["configuration"]["cname"]
     'lz4'
     """
     from zarr.codecs import BloscCodec, ZstdCodec
