@@ -195,12 +195,40 @@ def add_worker_table(section: Section, timed: list[dict]) -> None:
 # ----------------------------------------------------------- derivative store
 
 
+def sampled_rows(n: int, chunk: int, max_samples: int = MAX_SAMPLES) -> list[slice]:
+    """Row ranges of whole store chunks (``chunk`` samples), evenly spaced over ``n``, at most ``max_samples`` rows.
+
+    Every row when they fit. A strided selection would read every chunk of the
+    store for a fraction of its samples; these ranges read only the chunks
+    they keep (at least one, cut to ``max_samples`` rows when a chunk is larger).
+
+    >>> sampled_rows(10, 4, 100)
+    [slice(0, 10, None)]
+    >>> sampled_rows(100, 10, 30)
+    [slice(0, 10, None), slice(40, 50, None), slice(90, 100, None)]
+    """
+    if n <= max_samples:
+        return [slice(0, n)]
+    chunks = -(-n // chunk)
+    keep = max(1, min(chunks, max_samples // chunk))
+    picked = [0] if keep == 1 else [i * (chunks - 1) // (keep - 1) for i in range(keep)]  # the first and last too
+    return [slice(i * chunk, min(n, i * chunk + min(chunk, max_samples))) for i in picked]
+
+
 def sample_norms(dataset, name: str, max_samples: int = MAX_SAMPLES) -> np.ndarray:
-    """The Frobenius norm of ``name`` per sample (over every other axis), for at most ``max_samples`` samples."""
+    """The Frobenius norm of ``name`` per sample (over every other axis), for at most ``max_samples`` samples.
+
+    Beyond ``max_samples``, the samples of whole chunks evenly spaced over the
+    store (``sampled_rows``), read one range at a time: only those chunks are
+    read, and only one range is in memory as float64.
+    """
     array = dataset[name]
-    step = max(1, -(-array.sizes["sample"] // max_samples))
-    values = np.asarray(array.isel(sample=slice(None, None, step)).values, dtype=np.float64)
-    return np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1))
+    n = array.sizes["sample"]
+    norms = []
+    for rows in sampled_rows(n, int(dataset.attrs.get("chunk_size") or n), max_samples):
+        values = np.asarray(array.isel(sample=rows).values, dtype=np.float64)
+        norms.append(np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1)))
+    return np.concatenate(norms)
 
 
 def derivative_sections(dataset) -> list[Section]:
@@ -231,9 +259,13 @@ def derivative_sections(dataset) -> list[Section]:
         (["quantity", "dims", "shape", "samples used", "NaN samples", "min norm", "mean norm", "max norm"], rows)
     )
     section.figures.append(("norm histograms", _png(figure)))
-    step = max(1, -(-dataset.sizes["sample"] // MAX_SAMPLES))
-    if step > 1:
-        section.notes.append(f"norms over every {step}th sample ({MAX_SAMPLES:,} at most)")
+    n = dataset.sizes["sample"]
+    ranges = sampled_rows(n, int(dataset.attrs.get("chunk_size") or n))
+    if ranges != [slice(0, n)]:
+        used = sum(r.stop - r.start for r in ranges)
+        section.notes.append(
+            f"norms of {used:,} samples: {len(ranges)} evenly spaced chunks of the store ({MAX_SAMPLES:,} samples at most)"
+        )
     sections = [section]
     grid = grid_section(dataset, quantities)
     if grid is not None:

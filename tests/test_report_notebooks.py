@@ -170,3 +170,29 @@ def test_report_refuses_a_path_that_is_not_a_store(tmp_path):
     bad = CliRunner().invoke(main, ["report", str(tmp_path / "nothing.zarr")])
     assert bad.exit_code == 2 and "not a pipeline store" in bad.output
     assert os.listdir(tmp_path) == []
+
+
+def test_sample_norms_of_a_big_store_read_only_the_chunks_they_use(stores):
+    """Beyond max_samples, whole chunks evenly spaced: a strided selection would read every chunk (counted)."""
+    from zarr.storage import LocalStore
+
+    import pipeline
+    from pipeline.html_report import sample_norms
+
+    ds = pipeline.open_results(stores["grid"])  # 300 samples in chunks of 100
+    read: list[str] = []
+    original = LocalStore.get
+
+    async def counting_get(self, key, *a, **k):
+        read.append(key)
+        return await original(self, key, *a, **k)
+
+    LocalStore.get = counting_get
+    try:
+        norms = sample_norms(ds, "hessian", max_samples=200)
+    finally:
+        LocalStore.get = original
+    assert sorted({k for k in read if k.startswith("hessian/c/")}) == ["hessian/c/0/0/0/0", "hessian/c/2/0/0/0"]
+    stored = zarr.open_group(stores["grid"], mode="r")["hessian"]
+    values = np.concatenate([stored[:100], stored[200:]]).astype(np.float64)
+    np.testing.assert_allclose(norms, np.sqrt((values.reshape(200, -1) ** 2).sum(axis=1)))
