@@ -311,6 +311,24 @@ def grid_section(dataset, quantities) -> Section | None:
 # ---------------------------------------------------------------- sweep store
 
 
+def field_summary(array, chunk: int) -> list[Any]:
+    """NaN values, min, mean and max of a sweep output, read ``chunk`` cases at a time.
+
+    Only one range of cases is in memory (as float64), never the whole array.
+    """
+    nans, count, total, low, high = 0, 0, 0.0, np.inf, -np.inf
+    for start in range(0, array.sizes["case"], chunk):
+        values = np.asarray(array.isel(case=slice(start, start + chunk)).values, dtype=np.float64)
+        seen = values[~np.isnan(values)]
+        nans += values.size - seen.size
+        if seen.size:
+            count, total = count + seen.size, total + float(seen.sum())
+            low, high = min(low, float(seen.min())), max(high, float(seen.max()))
+    if not count:
+        return [nans, float("nan"), float("nan"), float("nan")]
+    return [nans, low, total / count, high]
+
+
 def sweep_sections(dataset) -> list[Section]:
     """Output fields of a few cases; scalar outputs and sensitivities against the swept parameters."""
     attrs = dataset.attrs
@@ -318,6 +336,7 @@ def sweep_sections(dataset) -> list[Section]:
     outputs = [o for o in attrs.get("outputs", []) if o in dataset.data_vars]
     n = dataset.sizes["case"]
     cases = sorted({0, n // 2, n - 1})[:SHOWN_CASES]
+    chunk = int(attrs.get("chunk_size") or n)
     fields = Section("Output fields")
     rows = []
     for name in outputs:
@@ -345,17 +364,8 @@ def sweep_sections(dataset) -> list[Section]:
             axis.set_title(f"{name}, case {case}\n{label}", fontsize=9)
         axes[0][0].set_ylabel(name)
         fields.figures.append((f"{name} of cases {cases}", _png(figure)))
-        everything = np.asarray(array.values, dtype=np.float64)
         rows.append(
-            [
-                name,
-                ", ".join(map(str, array.dims)),
-                str(tuple(array.shape)),
-                int(np.isnan(everything).sum()),
-                float(np.nanmin(everything)),
-                float(np.nanmean(everything)),
-                float(np.nanmax(everything)),
-            ]
+            [name, ", ".join(map(str, array.dims)), str(tuple(array.shape)), *field_summary(array, chunk=chunk)]
         )
     fields.tables.append((["output", "dims", "shape", "NaN values", "min", "mean", "max"], rows))
     sections = [fields]

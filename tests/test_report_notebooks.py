@@ -196,3 +196,41 @@ def test_sample_norms_of_a_big_store_read_only_the_chunks_they_use(stores):
     stored = zarr.open_group(stores["grid"], mode="r")["hessian"]
     values = np.concatenate([stored[:100], stored[200:]]).astype(np.float64)
     np.testing.assert_allclose(norms, np.sqrt((values.reshape(200, -1) ** 2).sum(axis=1)))
+
+
+class _Recording:
+    """A lazy backend array over ``data`` that records the case ranges read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.cases = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key):
+        from xarray.core import indexing
+
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._raw)
+
+    def _raw(self, key):
+        self.cases.append(len(np.arange(self.shape[0])[key[0]]))
+        return self.data[np.ix_(*(np.arange(n)[k] for n, k in zip(self.shape, key)))]
+
+
+def recorded(dataset, name: str):
+    """``dataset`` with ``name`` read through a ``_Recording`` array (the ranges it was asked for)."""
+    import xarray as xr
+    from xarray.core import indexing
+
+    variable = dataset[name].variable
+    backend = type("Recorded", (_Recording, xr.backends.BackendArray), {})(variable.values)
+    return dataset.assign({name: xr.Variable(variable.dims, indexing.LazilyIndexedArray(backend))}), backend
+
+
+def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores):
+    """The NaN/min/mean/max table never holds a whole output array in memory (40 cases, chunks of 8)."""
+    import pipeline
+    from pipeline.html_report import sweep_sections
+
+    ds, backend = recorded(pipeline.open_results(stores["sweep"]), "E")
+    table = {row[0]: row for row in sweep_sections(ds)[0].tables[0][1]}
+    assert backend.cases and max(backend.cases) <= ds.attrs["chunk_size"] == 8
+    values = backend.data.astype(np.float64)
+    np.testing.assert_allclose(table["E"][3:7], [0, values.min(), values.mean(), values.max()], rtol=1e-6)
