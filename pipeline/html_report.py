@@ -273,6 +273,19 @@ def derivative_sections(dataset) -> list[Section]:
     return sections
 
 
+def per_sample(array, chunk: int, first_output: bool = False) -> np.ndarray:
+    """Per sample: the Frobenius norm of ``array`` (or its first output's value), read ``chunk`` samples at a time.
+
+    Only one range of samples is in memory as float64, never the whole array.
+    """
+    parts = []
+    for start in range(0, array.sizes["sample"], chunk):
+        values = np.asarray(array.isel(sample=slice(start, start + chunk)).values, dtype=np.float64)
+        flat = values.reshape(values.shape[0], -1)
+        parts.append(flat[:, 0] if first_output else np.sqrt(np.sum(flat**2, axis=1)))
+    return np.concatenate(parts)
+
+
 def grid_section(dataset, quantities) -> Section | None:
     """Maps of the first output's value and of each quantity's norm over a 1-D or 2-D input grid."""
     from .labels import grid_axes
@@ -284,16 +297,13 @@ def grid_section(dataset, quantities) -> Section | None:
     shown = [q for q in quantities if q != "inputs"]
     section = Section(f"Over the input grid ({' x '.join(str(len(v)) for v in axes_points.values())})")
     figure, axes = _figure(3.6 * len(shown), 3.2, ncols=len(shown), squeeze=False)
+    chunk = int(dataset.attrs.get("chunk_size") or dataset.sizes["sample"])
     for axis, name in zip(axes[0], shown):
-        values = np.asarray(dataset[name].values, dtype=np.float64)
+        first = name == "value" and dataset[name].ndim == 2
+        values = per_sample(dataset[name], chunk, first_output=first)
         title = f"|{name}|"
-        if name == "value" and values.ndim == 2:
-            values, title = (
-                values[:, 0],
-                f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0",
-            )
-        else:
-            values = np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1))
+        if first:
+            title = f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0"
         if len(names) == 2:  # the flat sample axis is the grid in C order (as labels.unstack_grid reads it)
             field = values.reshape(len(axes_points[names[0]]), len(axes_points[names[1]]))
             mesh = axis.pcolormesh(axes_points[names[1]], axes_points[names[0]], field, shading="auto", cmap="viridis")

@@ -234,3 +234,15 @@ def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores):
     assert backend.cases and max(backend.cases) <= ds.attrs["chunk_size"] == 8
     values = backend.data.astype(np.float64)
     np.testing.assert_allclose(table["E"][3:7], [0, values.min(), values.mean(), values.max()], rtol=1e-6)
+
+
+def test_grid_maps_read_each_quantity_a_chunk_of_samples_at_a_time(stores):
+    """The maps over the grid never hold a whole quantity in memory (300 samples, chunks of 100)."""
+    import pipeline
+    from pipeline.html_report import grid_section
+
+    ds = pipeline.open_results(stores["grid"])
+    for name in ("value", "hessian"):
+        ds, backend = recorded(ds, name)
+        assert grid_section(ds, [name]) is not None
+        assert backend.cases and max(backend.cases) <= ds.attrs["chunk_size"] == 100
