@@ -137,3 +137,24 @@ def test_set_indexes_lists_and_reads_yaml_numbers(tmp_path):
     with pytest.raises(SpecError, match=r"inputs.axes is a list, so the next key must be an index"):
         grid_spec(tmp_path, "inputs.axes.num=3")
     assert load_spec(ROOT / "jobs/quickstart.yaml", ["inputs.shape=[2]", "inputs.n=2.5e3"]).inputs.n == 2500
+
+
+def test_open_results_masks_uncommitted_shards_without_reading_a_marker(grid_store, tmp_path, monkeypatch):
+    """The committed samples come from the plan and the markers' names: no marker file is read (one GET each in a bucket)."""
+    import shutil
+
+    from pipeline import store
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(grid_store.store.path, path)
+    store.uncommit_shards(path, [1])  # samples 20-39 of 60
+    read: list[int] = []
+    original = store.read_marker
+    monkeypatch.setattr(store, "read_marker", lambda p, i: read.append(i) or original(p, i))
+    ds = pipeline.open_results(path)
+    assert read == []
+    expected = np.ones(60, dtype=bool)
+    expected[20:40] = False
+    np.testing.assert_array_equal(ds.committed.values, expected)
+    assert not ds.attrs["complete"] and bool(ds.value.isel(sample=slice(20, 40)).isnull().all())
+    assert not bool(ds.value.isel(sample=slice(0, 20)).isnull().any())
