@@ -172,13 +172,15 @@ def test_report_refuses_a_path_that_is_not_a_store(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_sample_norms_of_a_big_store_read_only_the_chunks_they_use(stores):
+def test_sample_norms_of_a_big_store_read_only_the_chunks_they_use(stores, monkeypatch):
     """Beyond max_samples, whole chunks evenly spaced: a strided selection would read every chunk (counted)."""
     from zarr.storage import LocalStore
 
     import pipeline
+    from pipeline import html_report
     from pipeline.html_report import sample_norms
 
+    monkeypatch.setattr(html_report, "RANGE_BYTES", 1)  # one chunk per range
     ds = pipeline.open_results(stores["grid"])  # 300 samples in chunks of 100
     read: list[str] = []
     original = LocalStore.get
@@ -224,11 +226,13 @@ def recorded(dataset, name: str):
     return dataset.assign({name: xr.Variable(variable.dims, indexing.LazilyIndexedArray(backend))}), backend
 
 
-def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores):
+def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores, monkeypatch):
     """The NaN/min/mean/max table never holds a whole output array in memory (40 cases, chunks of 8)."""
     import pipeline
+    from pipeline import html_report
     from pipeline.html_report import sweep_sections
 
+    monkeypatch.setattr(html_report, "RANGE_BYTES", 1)  # one chunk per range
     ds, backend = recorded(pipeline.open_results(stores["sweep"]), "E")
     table = {row[0]: row for row in sweep_sections(ds)[0].tables[0][1]}
     assert backend.cases and max(backend.cases) <= ds.attrs["chunk_size"] == 8
@@ -236,13 +240,17 @@ def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores):
     np.testing.assert_allclose(table["E"][3:7], [0, values.min(), values.mean(), values.max()], rtol=1e-6)
 
 
-def test_grid_maps_read_each_quantity_a_chunk_of_samples_at_a_time(stores):
-    """The maps over the grid never hold a whole quantity in memory (300 samples, chunks of 100)."""
+def test_grid_maps_read_each_quantity_a_range_of_whole_chunks_at_a_time(stores, monkeypatch):
+    """The maps over the grid never hold a whole quantity in memory, nor read small chunks one by one.
+
+    300 samples in chunks of 100; a range of at most 250 samples' float64 Hessians (12 numbers
+    each) is two whole chunks: reads of 200 and 100 samples.
+    """
     import pipeline
+    from pipeline import html_report
     from pipeline.html_report import grid_section
 
-    ds = pipeline.open_results(stores["grid"])
-    for name in ("value", "hessian"):
-        ds, backend = recorded(ds, name)
-        assert grid_section(ds, [name]) is not None
-        assert backend.cases and max(backend.cases) <= ds.attrs["chunk_size"] == 100
+    monkeypatch.setattr(html_report, "RANGE_BYTES", 250 * 12 * 8, raising=False)
+    ds, backend = recorded(pipeline.open_results(stores["grid"]), "hessian")
+    assert grid_section(ds, ["hessian"]) is not None
+    assert backend.cases == [200, 100]
