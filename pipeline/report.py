@@ -38,7 +38,7 @@ def inspect_store(path: str, console: Console) -> None:
                 name,
                 ", ".join(dims),
                 str(tuple(array.shape)),
-                str(array.dtype),
+                shown_dtype(array),
                 str(tuple(array.chunks)),
                 human_size(array.nbytes_stored()),
             )
@@ -136,6 +136,17 @@ def inspect_shard(path: str, shard_id: int, console: Console) -> None:
 
 
 NONFINITE_ROWS = 20  # shards listed by `inspect` with their non-finite counts
+
+
+def shown_dtype(array) -> str:
+    """The Zarr dtype of a store array, and for bfloat16 (stored as its ``uint16`` bits) what it holds."""
+    import json
+
+    from .encoding import ATTRIBUTE
+
+    enc = array.attrs.get(ATTRIBUTE) or {}
+    enc = json.loads(enc) if isinstance(enc, str) else enc
+    return "bfloat16 (as uint16)" if enc.get("dtype") == "bfloat16" else str(array.dtype)
 
 
 def nonfinite_counts(path: str) -> dict[int, dict[str, int]]:

@@ -410,3 +410,18 @@ def test_a_sweep_whose_later_case_overflows_float16_is_refused_before_any_store(
     fits = spec.model_copy(update={"store": spec.store.model_copy(update={"dtype": "bfloat16"})})
     stated = prepare(fits).array_attributes["u"]["pipeline_encoding"]["rounding_error"]
     assert stated["samples"] == 4 and 0 < stated["max_error_relative_to_max"] <= UNIT_ROUNDOFF["bfloat16"]
+
+
+def test_inspect_says_a_uint16_array_holds_bfloat16(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    spec = job(tmp_path, {"encoding": {"jacobian": {"dtype": "bfloat16"}}}, quantities=("value", "jacobian"))
+    assert submit(spec, InlineExecutor()).complete
+    shown = CliRunner().invoke(main, ["inspect", spec.store.path])
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.output.splitlines() if line.lstrip().startswith("jacobian"))
+    assert "bfloat16 (as uint16)" in row and "float32" in next(
+        line for line in shown.output.splitlines() if line.lstrip().startswith("value")
+    )
