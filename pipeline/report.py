@@ -62,7 +62,7 @@ def inspect_store(path: str, console: Console) -> None:
                 f"max attempts {max(data['attempts'])}"
             )
             _print_timeline(console, data, done)
-        _print_nonfinite(console, path)
+        _print_nonfinite(console, path, data)
         failed = [i for i, status in enumerate(data["status"]) if status == "failed"]
         for i in failed:
             console.print(f"[red]shard {data['shard_id'][i]} failed:[/red] {escape(error_line(data['error'][i]))}")
@@ -149,26 +149,37 @@ def shown_dtype(array) -> str:
     return "bfloat16 (as uint16)" if enc.get("dtype") == "bfloat16" else str(array.dtype)
 
 
-def nonfinite_counts(path: str) -> dict[int, dict[str, int]]:
-    """``{shard: {array: count}}`` of the committed shards holding NaN or Inf (from their commit markers)."""
+def nonfinite_counts(path: str, manifest: dict | None = None) -> dict[int, dict[str, int]]:
+    """``{shard: {array: count}}`` of the committed shards holding NaN or Inf.
+
+    From the store's ``manifest`` (``read_manifest(path).to_pydict()``, the markers' records as of the last
+    finalize) for the shards it has as done, from the commit markers for the others (it lags the markers after
+    an interrupt): one listing, and a read (a GET in a bucket) only per commit the manifest lacks.
+    """
     import json
 
-    from .store import read_markers
+    from .store import committed_ids, read_marker
 
+    recorded: dict[int, tuple[int, str]] = {}
+    if manifest:
+        rows = zip(manifest["shard_id"], manifest["status"], manifest["nonfinite"], manifest["nonfinite_by_array"])
+        recorded = {shard: (count, by_array) for shard, status, count, by_array in rows if status == "done"}
     found = {}
-    for shard_id, record in sorted(read_markers(path).items()):
-        if record.nonfinite:
-            counts = (
-                json.loads(record.nonfinite_by_array)
-                if record.nonfinite_by_array
-                else {"(arrays not recorded)": record.nonfinite}
-            )
-            found[shard_id] = counts
+    for shard_id in sorted(committed_ids(path)):
+        if shard_id in recorded:
+            nonfinite, by_array = recorded[shard_id]
+        else:
+            record = read_marker(path, shard_id)
+            if record is None:  # un-committed since it was listed
+                continue
+            nonfinite, by_array = record.nonfinite, record.nonfinite_by_array
+        if nonfinite:
+            found[shard_id] = json.loads(by_array) if by_array else {"(arrays not recorded)": nonfinite}
     return found
 
 
-def _print_nonfinite(console: Console, path: str) -> None:
-    counts = nonfinite_counts(path)
+def _print_nonfinite(console: Console, path: str, manifest: dict | None = None) -> None:
+    counts = nonfinite_counts(path, manifest)
     if not counts:
         return
     arrays = sorted({name for per in counts.values() for name in per})

@@ -68,3 +68,30 @@ def test_fail_marks_the_shards_failed_with_the_array_and_count(tmp_path):
     assert not ds.committed.values[:16].any() and ds.committed.values[16:].all()
     assert np.isfinite(ds.value.values[16:]).all()
     np.testing.assert_allclose(ds.value.values[16:, 0], np.sqrt(np.linspace(-0.5, 1.0, 32)[16:]), rtol=1e-14)
+
+
+def test_inspect_reads_the_non_finite_counts_from_the_manifest_and_only_the_commits_it_lacks(tmp_path, monkeypatch):
+    # inspect read every shard's commit marker (one GET per shard in a bucket) for counts the manifest holds
+    import json
+
+    import pipeline.store as store
+    from pipeline.report import nonfinite_counts
+
+    spec = sqrt_job(tmp_path, "warn.zarr", "warn")
+    assert submit(spec, InlineExecutor()).complete
+    path = spec.store.path
+    from_markers = {
+        shard: json.loads(record.nonfinite_by_array)
+        for shard, record in store.read_markers(path).items()
+        if record.nonfinite
+    }
+    assert from_markers == {0: {"value": 8, "jacobian": 8, "hessian": 8}, 1: {"value": 3, "jacobian": 3, "hessian": 3}}
+    read: list[int] = []
+    real = store.read_marker
+    monkeypatch.setattr(store, "read_marker", lambda p, shard: read.append(shard) or real(p, shard))
+    manifest = read_manifest(path).to_pydict()
+    assert nonfinite_counts(path, manifest) == from_markers and read == []
+    # a manifest that lags (an interrupted run's late commits): those shards' markers are read
+    lagging = {key: values[1:] for key, values in manifest.items()}
+    assert nonfinite_counts(path, lagging) == from_markers and read == [0]
+    assert nonfinite_counts(path) == from_markers and read == [0, 0, 1, 2, 3]
