@@ -236,7 +236,7 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
     import json
 
     if storage.is_remote(spec.path):
-        from .store import read_markers
+        from .store import committed_ids
 
         try:
             attrs = json.loads(storage.read_bytes(storage.join(spec.path, "zarr.json"))).get("attributes", {})
@@ -244,7 +244,7 @@ def _refuse_incomplete_store(spec: ZarrInputs) -> None:
             return
         if "format_version" not in attrs or "complete" not in attrs or attrs["complete"]:
             return
-        done = len(read_markers(spec.path))
+        done = sum(1 for _ in committed_ids(spec.path))  # one listing: no marker is read
         name = attrs.get("name") or attrs.get("spec", {}).get("name", "?")
         raise InputError(
             f"inputs.path: the store {spec.path} is not complete ({done} of {attrs.get('n_shards', '?')} shards "
