@@ -537,7 +537,8 @@ def report(store, out):
 
     try:
         _check_readable(store)
-        written = write_report(store, out)
+        with _console().status(f"reading {escape(store)} and drawing its report..."):  # a spinner on a terminal only
+            written = write_report(store, out)
     except BadInput as err:
         _fail(str(err))
     click.echo(f"wrote {written}")
