@@ -80,6 +80,13 @@ def test_bad_kind_lists_choices():
     assert line.startswith("inputs.kind:") and "halton" in line and "sobol" in line
 
 
+@pytest.mark.parametrize("kind", [["sweep"], {"a": 1}, [], {}])
+def test_a_job_kind_that_is_a_list_or_mapping_is_one_line(kind):
+    data = {**base(), "kind": kind}
+    [line] = problems(data)
+    assert line.startswith("kind: unknown job kind") and repr(kind) in line and "derivatives, sweep" in line
+
+
 def test_bad_import_path():
     data = base()
     data["function"] = {"kind": "import", "target": "mymodule.fn"}

@@ -185,7 +185,7 @@ def kind_named(name: str | None) -> Kind:
         'derivatives'
     """
     name = DEFAULT_KIND if name is None else name
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:  # a list or mapping is unhashable: say so, no TypeError
         raise SpecError([f"kind: unknown job kind {name!r}; use one of {', '.join(KINDS)}"])
     return KINDS[name]
 
