@@ -73,6 +73,14 @@ def test_negative_count():
     assert line.startswith("inputs.n:") and "-3" in line
 
 
+@pytest.mark.parametrize("kind", ["uniform", "normal", "sobol"])
+def test_a_negative_input_seed_is_refused_naming_the_key(kind):
+    data = base()
+    data["inputs"] = {"kind": kind, "n": 100, "shape": [2], "seed": -1}
+    [line] = problems(data)
+    assert line.startswith("inputs.seed:") and "(got -1)" in line and "use a whole number >= 0" in line
+
+
 def test_bad_kind_lists_choices():
     data = base()
     data["inputs"]["kind"] = "halton"

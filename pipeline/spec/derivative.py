@@ -105,7 +105,7 @@ Function = Annotated[MLPFunction | ImportFunction, Field(discriminator="kind")]
 class _Generated(Strict):
     n: SampleCount = Field(description=f"number of samples (at most 2**40 = {MAX_SAMPLES})")
     shape: Shape = Field(default=(2,), description="shape of one input sample, e.g. [2] or [2, 2]")
-    seed: int = Field(default=0, description="random seed; results do not depend on sharding")
+    seed: Annotated[int, Field(ge=0)] = Field(default=0, description="random seed; results do not depend on sharding")
 
 
 class UniformInputs(_Generated):
