@@ -123,6 +123,15 @@ def test_bad_quantity():
     assert line.startswith("quantities:") and "hessain" in line and "laplacian" in line
 
 
+@pytest.mark.parametrize("value", [-1, 0.5, {"value": 1}])
+def test_quantities_that_are_not_a_list_are_one_line(value):
+    data = {**base(), "quantities": value}
+    [line] = problems(data)
+    assert (
+        line.startswith("quantities:") and "expected a list of quantity names" in line and "[value, jacobian]" in line
+    )
+
+
 def test_quantity_aliases_and_dedup():
     data = base()
     data["quantities"] = ["d1", "jacobian", "d2", "d3"]

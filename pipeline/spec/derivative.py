@@ -278,6 +278,8 @@ class DerivativeJob(Job):
     def _quantities(cls, value):
         if isinstance(value, str):
             value = [value]
+        if not isinstance(value, list | tuple):  # a number is not iterable, a mapping would pass as its keys
+            raise ValueError("expected a list of quantity names, e.g. [value, jacobian]")
         return canonical_quantities(value)
 
     @model_validator(mode="after")
