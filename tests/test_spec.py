@@ -81,6 +81,18 @@ def test_a_negative_input_seed_is_refused_naming_the_key(kind):
     assert line.startswith("inputs.seed:") and "(got -1)" in line and "use a whole number >= 0" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "fix"), [("store", "results/<job>.zarr"), ("function", "give the state_dict file, e.g. model.pt")]
+)
+def test_an_empty_store_path_or_checkpoint_is_refused_naming_the_key(key, fix):
+    data = base()  # '' was the current directory as a store, and a checkpoint that silently loaded nothing
+    data[key] = {**data[key], "path" if key == "store" else "checkpoint": ""}
+    [line] = problems(data)
+    assert (
+        line.startswith(f"{key}.{'path' if key == 'store' else 'checkpoint'}:") and "(got '')" in line and fix in line
+    )
+
+
 def test_bad_kind_lists_choices():
     data = base()
     data["inputs"]["kind"] = "halton"

@@ -116,7 +116,9 @@ class ArrayEncoding(Strict):
 class StoreSettings(Strict):
     """Where and how results are written."""
 
-    path: str = Field(description="Zarr store directory (relative paths are relative to the current directory)")
+    path: Annotated[str, Fix("give the store's directory, e.g. results/<job>.zarr", ("string_too_short",))] = Field(
+        min_length=1, description="Zarr store directory (relative paths are relative to the current directory)"
+    )
     chunk_size: PositiveInt = Field(default=4096, description="samples per Zarr chunk")
     compression: Literal["auto", "lz4", "zstd", "none"] = Field(
         default="auto",

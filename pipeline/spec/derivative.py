@@ -22,6 +22,7 @@ from .base import (
     MAX_SAMPLES,
     ComputeDtype,
     ExecutionSettings,
+    Fix,
     Job,
     PositiveInt,
     SampleCount,
@@ -36,6 +37,13 @@ DERIVATIVE_METHODS = ("auto", "taylor", "forward", "reverse", "forward-over-reve
 
 # --------------------------------------------------------------------- function
 
+#: a state_dict file; an empty string would silently load nothing
+Checkpoint = Annotated[
+    str | None,
+    Field(min_length=1),
+    Fix("give the state_dict file, e.g. model.pt, or remove the key", ("string_too_short",)),
+]
+
 
 class MLPFunction(Strict):
     """The built-in multilayer perceptron ``in_features -> hidden... -> out_features``."""
@@ -46,7 +54,7 @@ class MLPFunction(Strict):
     out_features: PositiveInt = Field(description="size of one output sample")
     activation: Literal[ACTIVATIONS] = Field(default="tanh", description="elementwise activation")  # type: ignore[valid-type]
     seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
-    checkpoint: str | None = Field(default=None, description="state_dict file, loaded with weights_only=True")
+    checkpoint: Checkpoint = Field(default=None, description="state_dict file, loaded with weights_only=True")
     output_names: list[str] | None = Field(
         default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
     )
@@ -69,7 +77,7 @@ class ImportFunction(Strict):
     target: str = Field(description="import path 'package.module:attr'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class/factory/function")
     factory: bool = Field(default=False, description="call target(**kwargs) to build the function")
-    checkpoint: str | None = Field(
+    checkpoint: Checkpoint = Field(
         default=None, description="state_dict file for an nn.Module, loaded with weights_only=True"
     )
     python_path: list[str] = Field(
