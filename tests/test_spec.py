@@ -93,6 +93,16 @@ def test_an_empty_store_path_or_checkpoint_is_refused_naming_the_key(key, fix):
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("gpus_per_task", float("nan")), ("gpus_per_task", float("inf")), ("cpus_per_task", float("inf"))],
+)
+def test_nan_or_inf_gpus_or_cpus_per_task_is_refused_naming_the_key(key, value):
+    data = {**base(), "execution": {key: value}}  # they validated, and Ray cannot place such a task
+    [line] = problems(data)
+    assert line.startswith(f"execution.{key}:") and f"(got {value!r})" in line and "finite number" in line
+
+
 def test_bad_kind_lists_choices():
     data = base()
     data["inputs"]["kind"] = "halton"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -179,7 +180,7 @@ class ExecutionSettings(Strict):
     gpus_per_task: float | Literal["auto"] = Field(
         default="auto", description="GPUs per task; auto = 1 when the cluster has GPUs, else 0"
     )
-    cpus_per_task: Annotated[float, Field(gt=0)] = Field(
+    cpus_per_task: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
         default=1.0,
         description="CPUs per task (Ray's num_cpus); a task writes its results with that many threads (whole "
         "CPUs, at least 1): on a GPU node give each GPU task the CPUs it can use, e.g. 8, to encode and write "
@@ -224,8 +225,8 @@ class ExecutionSettings(Strict):
     @field_validator("gpus_per_task")
     @classmethod
     def _gpus(cls, value):
-        if value != "auto" and value < 0:
-            raise ValueError(f"must be 'auto' or >= 0, got {value}")
+        if value != "auto" and not 0 <= value < math.inf:  # nan and inf too: Ray cannot place such a task
+            raise ValueError("must be 'auto' or a finite number >= 0; use auto, 0, 1 or a fraction such as 0.5")
         return value
 
 

@@ -275,6 +275,7 @@ _FIXES = {
     "int_parsing": "use a whole number",
     "int_type": "use a whole number",
     "float_parsing": "use a number",
+    "finite_number": "use a finite number (not nan or inf)",
     "bool_parsing": "use true or false",
     "greater_than": "use {number} > {gt}",
     "greater_than_equal": "use {number} >= {ge}",
