@@ -172,6 +172,8 @@ def test_unbatched_profile_is_broadcast():
         ({"n_angles": 7}, ["n_angles=7", "even"]),
         ({"CFL": 1.5}, ["CFL=1.5", "CFL <= 1"]),
         ({"t_end": 1e-5}, ["t_end=1e-05", "increase t_end"]),
+        ({"t_end": 1e30}, ["t_end=1e+30", "more than 2**31", "a smaller t_end or a larger save_every"]),
+        ({"t_end": 1e9, "nx": 32}, ["t_end=1000000000.0", "more than 2**31"]),
         ({"save_every": 0}, ["save_every=0", ">= 1"]),
         ({"cv": -1.0}, ["cv=-1.0", "> 0"]),
         ({"compile": "yes"}, ["compile='yes'", "'auto'"]),

@@ -146,6 +146,10 @@ def _coords(options: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"x": cell_centres(options["nx"], options["L"]), "time": (saves + 1) * dt}
 
 
+#: saved values of one output of one case (saves x nx): beyond, the saves alone do not fit in memory
+MAX_OUTPUT_VALUES = 2**31
+
+
 def _check_options(options: dict[str, Any]) -> None:
     def bad(key: str, fix: str) -> ValueError:
         return ValueError(f"rte1d: option {key}={options[key]!r} is invalid; {fix}")
@@ -167,7 +171,15 @@ def _check_options(options: dict[str, Any]) -> None:
             f"the upwind step is unstable when CFL * max|mu| = {options['CFL'] * mu_max:.4g} > 1; "
             "use CFL <= 1 (the seed uses 0.8)",
         )
-    _, dt, n_steps, _ = time_grid(options)
+    dt = options["CFL"] * options["L"] / options["nx"]
+    n_steps = int(options["t_end"] / dt)  # time_grid's arange of the saves only once their number is sane
+    values = -(-n_steps // options["save_every"]) * options["nx"]
+    if values > MAX_OUTPUT_VALUES:
+        raise bad(
+            "t_end",
+            f"it takes {n_steps:.3g} time steps of dt = CFL * L / nx = {dt:.4g}, saving {values:.3g} values of each "
+            f"output per case (more than 2**31); use a smaller t_end or a larger save_every",
+        )
     if n_steps < 1:
         raise bad("t_end", f"it is shorter than one time step dt = CFL * L / nx = {dt:.4g}; increase t_end")
     if options["compile"] not in ("auto", True, False):
