@@ -103,6 +103,24 @@ def test_nan_or_inf_gpus_or_cpus_per_task_is_refused_naming_the_key(key, value):
     assert line.startswith(f"execution.{key}:") and f"(got {value!r})" in line and "finite number" in line
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "fix"),
+    [
+        ("function", "hidden", "abc", "write a list in brackets"),
+        ("store", "chunks", "", "write a mapping in braces, e.g. {key: value}"),
+        ("store", "overwrite", [], "use true or false"),
+        ("store", "path", 1, "write it as text"),
+        ("inputs", "low", [1, 2], "use a number"),
+        ("inputs", "n", 1e30, "use a smaller whole number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_says_what_to_write(section, key, value, fix):
+    data = base()
+    data[section] = {**data[section], key: value}
+    [line] = problems(data)
+    assert line.startswith(f"{section}.{key}:") and f"(got {value!r})" in line and fix in line
+
+
 def test_bad_kind_lists_choices():
     data = base()
     data["inputs"]["kind"] = "halton"
@@ -364,7 +382,10 @@ def test_error_paths_and_allowed_keys_are_read_off_the_models_of_a_new_kind(monk
     assert found[0] == (
         "boxes[1].dept: unknown key (value 3); remove it or fix its spelling; allowed keys here: depth, kind, slots"
     )
-    assert found[1] == "boxes[1].slots.a: Input should be a valid dictionary or instance of Shelf (got [1.0, 'x'])"
+    assert found[1] == (
+        "boxes[1].slots.a: Input should be a valid dictionary or instance of Shelf (got [1.0, 'x']); "
+        "write a mapping of its keys in braces (see `pipeline schema`)"
+    )
     assert found[2].startswith("boxes[1].slots.a[1]: Input should be a valid number")
     assert found[3] == (
         "boxes[1].slots.b.hight: unknown key (value 2); remove it or fix its spelling; allowed keys here: kind, width"
