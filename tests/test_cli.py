@@ -438,7 +438,7 @@ def test_huge_sweep_grid_exits_2_naming_the_axes(tmp_path):
         "sweep.axes={T0_mean: {low: 0.5, high: 2, num: 100000}, sigma_mean: {low: 0.5, high: 2, num: 100000}}",
     )
     assert result.exit_code == 2, result.output
-    assert "sweep grid.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
+    assert "sweep.axes: 100,000 x 100,000 = 10,000,000,000 cases" in result.output
     assert not store.exists()
 
 

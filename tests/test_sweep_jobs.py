@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -599,3 +600,22 @@ def test_the_case_parameters_follow_store_direct_writes(tmp_path, monkeypatch, d
     open_store(prepare(spec))
     assert asked and set(asked) == {direct}, asked
     np.testing.assert_array_equal(open_results(tmp_path / "sweep.zarr")["T0_mean"].values, [0.8, 1.2])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("sweep.axes.T0_mean.low=.nan", "sweep.axes.T0_mean: low and high must be finite"),
+        ("sweep.axes.T0_phase=[]", "sweep.axes.T0_phase: expected a non-empty flat list"),
+    ],
+)
+def test_a_bad_case_table_names_the_job_file_key_not_the_sweep_kind(tmp_path, override, key):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "sweep.yaml"
+    args = ["validate", str(job), "--set", f"store.path={tmp_path / 's.zarr'}", "--set", override]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 2 and key in result.output, result.output  # was `sweep grid.axes.T0_mean`
+    assert list(tmp_path.iterdir()) == []

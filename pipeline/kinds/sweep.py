@@ -39,7 +39,11 @@ def case_table(spec) -> dict[str, np.ndarray]:
     try:
         return make_cases(spec.sweep, dict(spec.fixed) or None)
     except (ValueError, OSError) as err:
-        raise SpecError([str(err)]) from None
+        message = str(err)
+        own = f"sweep {spec.sweep.kind}"  # make_cases names a key by its sweep's kind: `sweep grid.axes.a`
+        if spec.sweep.kind != "product" and message.startswith((own + ".", own + ":")):
+            message = "sweep" + message[len(own) :]  # the job file's key: `sweep.axes.a`
+        raise SpecError([message]) from None
 
 
 def sensitivity_names(spec, swept: list[str]) -> tuple[list[str], list[str]]:
