@@ -121,6 +121,24 @@ def test_a_value_of_the_wrong_type_says_what_to_write(section, key, value, fix):
     assert line.startswith(f"{section}.{key}:") and f"(got {value!r})" in line and fix in line
 
 
+@pytest.mark.parametrize(
+    ("inputs", "key", "words"),
+    [
+        ({"kind": "uniform", "n": 10, "high": float("inf")}, "inputs.high", "(got inf)"),
+        ({"kind": "normal", "n": 10, "mean": float("nan")}, "inputs.mean", "(got nan)"),
+        ({"kind": "grid", "axes": [{"low": float("nan"), "high": 1, "num": 3}]}, "inputs.axes[0].low", "(got nan)"),
+        ({"kind": "grid", "axes": [{"low": 0, "high": float("inf"), "num": 3}]}, "inputs.axes[0].high", "(got inf)"),
+        ({"kind": "uniform", "n": 10, "low": -1e308, "high": 1e308}, "inputs", "overflows a float"),
+    ],
+)
+def test_nan_or_inf_bounds_of_generated_inputs_are_refused_naming_the_key(inputs, key, words):
+    if inputs["kind"] == "grid":
+        inputs = {**inputs, "axes": [*inputs["axes"], {"low": 0, "high": 1, "num": 3}]}  # in_features is 2
+    data = {**base(), "inputs": inputs}
+    [line] = problems(data)
+    assert line.startswith(key) and words in line
+
+
 def test_bad_kind_lists_choices():
     data = base()
     data["inputs"]["kind"] = "halton"

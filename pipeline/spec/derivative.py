@@ -109,6 +109,9 @@ Function = Annotated[MLPFunction | ImportFunction, Field(discriminator="kind")]
 
 # ----------------------------------------------------------------------- inputs
 
+#: a bound or moment of generated inputs: nan or inf would make every sample nan (or a numpy traceback)
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
 
 class _Generated(Strict):
     n: SampleCount = Field(description=f"number of samples (at most 2**40 = {MAX_SAMPLES})")
@@ -120,14 +123,18 @@ class UniformInputs(_Generated):
     """Uniform random samples in [low, high)."""
 
     kind: Literal["uniform"]
-    low: float = -1.0
-    high: float = 1.0
+    low: Finite = -1.0
+    high: Finite = 1.0
 
     @model_validator(mode="after")
     def _range(self):
         if not self.low < self.high:
             raise ValueError(
                 f"low ({self.low}) must be smaller than high ({self.high}); set low < high, e.g. swap them"
+            )
+        if not math.isfinite(self.high - self.low):  # numpy's uniform needs the width as a float
+            raise ValueError(
+                f"high - low ({self.high} - {self.low}) overflows a float; narrow the range, e.g. low: -1e300, high: 1e300"
             )
         return self
 
@@ -136,16 +143,16 @@ class NormalInputs(_Generated):
     """Normal random samples with the given mean and standard deviation."""
 
     kind: Literal["normal"]
-    mean: float = 0.0
-    std: Annotated[float, Field(gt=0)] = 1.0
+    mean: Finite = 0.0
+    std: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 
 
 class SobolInputs(_Generated):
     """Scrambled Sobol points mapped to [low, high) in every coordinate."""
 
     kind: Literal["sobol"]
-    low: float = 0.0
-    high: float = 1.0
+    low: Finite = 0.0
+    high: Finite = 1.0
     scramble: bool = True
 
     @model_validator(mode="after")
@@ -161,8 +168,8 @@ class SobolInputs(_Generated):
 class GridAxis(Strict):
     """One axis of a regular grid: ``num`` points from ``low`` to ``high`` inclusive."""
 
-    low: float
-    high: float
+    low: Finite
+    high: Finite
     num: PositiveInt
 
 
