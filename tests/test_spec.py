@@ -419,3 +419,14 @@ def test_a_top_level_key_written_one_level_down_says_to_move_it():
     data["sweep"]["fixed"] = data.pop("fixed")
     [line] = problems(data)
     assert line.startswith("sweep.fixed: unknown key here") and "top level of the job file: move it there" in line
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {"inner": [1.0, float("-inf")]}])
+def test_a_function_kwarg_that_is_not_finite_is_refused_naming_it(value):
+    # validate passed, then every shard failed: the job reaches the workers as JSON, where nan and inf are null
+    data = base()
+    data["function"] = {"kind": "import", "target": "m:f", "kwargs": {"scale": value, "ok": 1.5}}
+    with pytest.raises(SpecError, match=r"function\.kwargs: scale.* is -?(nan|inf): .*give a finite number"):
+        validate_spec(data)
+    data["function"]["kwargs"] = {"scale": 2.0, "ok": [1.0, {"x": 3}]}
+    assert validate_spec(data).function.kwargs["scale"] == 2.0

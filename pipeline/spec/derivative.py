@@ -93,6 +93,26 @@ class ImportFunction(Strict):
         "'sample' holding that input)",
     )
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        def walk(item: Any, where: str) -> None:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(
+                    f"{where} is {item}: nan and inf do not reach the workers (the job travels as JSON, where they "
+                    "become null); give a finite number, or make the value inside the function"
+                )
+            if isinstance(item, dict):
+                for key, inner in item.items():
+                    walk(inner, f"{where}.{key}")
+            elif isinstance(item, list):
+                for i, inner in enumerate(item):
+                    walk(inner, f"{where}[{i}]")
+
+        for key, item in value.items():
+            walk(item, key)
+        return value
+
     @field_validator("target")
     @classmethod
     def _import_path(cls, value: str) -> str:
