@@ -178,7 +178,7 @@ def _ftcs(u0, D, dx, dt, steps, n_saves):
 FTCS_LIMIT = 0.5  # FTCS is stable when D dt / dx^2 <= 1/2
 
 
-def _ftcs_unstable(largest: float, dt: float, dx: float, where: str = "here") -> str:
+def _ftcs_unstable(largest: float, dt: float, dx: float, where: str) -> str:
     return (
         f"heat1d: scheme='ftcs' is unstable {where}: max D dt / dx^2 = {largest * dt / dx**2:.4g} > {FTCS_LIMIT} "
         f"(max diffusivity {largest:.4g}, dt={dt:.4g}, dx={dx:.4g}); "

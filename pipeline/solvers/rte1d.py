@@ -105,10 +105,15 @@ def time_grid(options: dict[str, Any]) -> tuple[float, float, int, np.ndarray]:
         >>> n_steps, len(saves)
         (500, 50)
     """
+    dx, dt, n_steps = time_steps(options)
+    return dx, dt, n_steps, np.arange(0, n_steps, options["save_every"])
+
+
+def time_steps(options: dict[str, Any]) -> tuple[float, float, int]:
+    """``(dx, dt, n_steps)`` of ``time_grid``, without its array of save steps (checked before it is made)."""
     dx = options["L"] / options["nx"]
     dt = options["CFL"] * dx
-    n_steps = int(options["t_end"] / dt)
-    return dx, dt, n_steps, np.arange(0, n_steps, options["save_every"])
+    return dx, dt, int(options["t_end"] / dt)
 
 
 def gauss_legendre(n_angles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +176,7 @@ def _check_options(options: dict[str, Any]) -> None:
             f"the upwind step is unstable when CFL * max|mu| = {options['CFL'] * mu_max:.4g} > 1; "
             "use CFL <= 1 (the seed uses 0.8)",
         )
-    dt = options["CFL"] * options["L"] / options["nx"]
-    n_steps = int(options["t_end"] / dt)  # time_grid's arange of the saves only once their number is sane
+    _, dt, n_steps = time_steps(options)  # time_grid's arange of the saves only once their number is sane
     values = -(-n_steps // options["save_every"]) * options["nx"]
     if values > MAX_OUTPUT_VALUES:
         raise bad(
