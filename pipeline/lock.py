@@ -53,9 +53,8 @@ def _holder(file: Path) -> tuple[str, str]:
     """(the holder's command, "pid ... on ..., since ...") from the lock file."""
     try:
         holder = json.loads(file.read_text())
-        return holder.get(
-            "command"
-        ) or "pipeline submit", f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        command = holder.get("command") or "pipeline submit"  # a lock written before it named its command
+        return command, f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "pipeline submit", "holder unknown"
 

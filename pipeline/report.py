@@ -140,12 +140,9 @@ NONFINITE_ROWS = 20  # shards listed by `inspect` with their non-finite counts
 
 def shown_dtype(array) -> str:
     """The Zarr dtype of a store array, and for bfloat16 (stored as its ``uint16`` bits) what it holds."""
-    import json
-
     from .encoding import ATTRIBUTE
 
-    enc = array.attrs.get(ATTRIBUTE) or {}
-    enc = json.loads(enc) if isinstance(enc, str) else enc
+    enc = array.attrs.get(ATTRIBUTE) or {}  # a Zarr array's attributes: a dict (decode reads xarray's JSON text)
     return "bfloat16 (as uint16)" if enc.get("dtype") == "bfloat16" else str(array.dtype)
 
 
