@@ -223,6 +223,15 @@ def sweep_fixed_parameter_given_as_yes(tmp_path):
     return job, ["fixed", "amplitude: True is not a number", "amplitude: 1.0"]
 
 
+def storage_options_with_a_local_path(tmp_path):
+    """A bucket path written without its scheme (``my-bucket/x.zarr``) wrote a local folder, the options unused."""
+    return (
+        write_job(tmp_path, store=tmp_path / "my-bucket/out.zarr"),
+        ["store.storage_options", "my-bucket/out.zarr' is a local path", "s3://bucket/results.zarr"],
+        ["--set", "store.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9'}}"],
+    )
+
+
 CASES = [
     syntax_error,
     index_error_on_the_probe_samples,
@@ -248,6 +257,7 @@ CASES = [
     ragged_weighted_laplacian_factor,
     uniform_low_above_high,
     sweep_fixed_parameter_given_as_yes,
+    storage_options_with_a_local_path,
 ]
 
 

@@ -170,6 +170,19 @@ class StoreSettings(Strict):
         "then selecting one output reads 1/16 of the array (default: whole axes)",
     )
 
+    @field_validator("storage_options")
+    @classmethod
+    def _options_need_a_url(cls, value, info):
+        from ..storage import is_remote
+
+        path = info.data.get("path")
+        if value and isinstance(path, str) and not is_remote(path):
+            raise ValueError(
+                f"only a bucket URL store.path uses them, and {path!r} is a local path; write the bucket's URL "
+                "(e.g. s3://bucket/results.zarr), or leave storage_options out"
+            )
+        return value
+
 
 class ExecutionSettings(Strict):
     """How the work is spread over Ray workers."""
