@@ -148,6 +148,12 @@ def test_a_negative_diffusivity_is_refused_by_solve_itself(chunk_size):
         ({"scheme": "euler"}, ["scheme='euler'", "crank_nicolson, ftcs"]),
         ({"dt": 0.0}, ["dt=0.0", "None"]),
         ({"n_saves": 0}, ["n_saves=0"]),
+        # were the first case's MemoryError / OverflowError, naming no option, or an FTCS run of days
+        ({"nx": 10**9}, ["n_saves=10 and nx=1000000000", "1e+10 values", "fewer saves or a coarser grid"]),
+        ({"n_saves": 10**8}, ["n_saves=100000000", "6.4e+09 values"]),
+        ({"scheme": "ftcs", "t_end": 1e30}, ["t_end=1e+30", "2.05e+34 time steps", "crank_nicolson"]),
+        ({"scheme": "ftcs", "dt": 1e-12}, ["dt=1e-12", "1e+11 time steps", "crank_nicolson"]),
+        ({"dt": 1e-300, "t_end": 1e300}, ["dt=1e-300", "too large to count time steps", "larger dt"]),
     ],
 )
 def test_option_errors(options, words):
@@ -155,6 +161,24 @@ def test_option_errors(options, words):
         get_solver("heat1d").validate_options(options)
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize("dt", [1e-3, 1e-7, 1e-9, 1e-30])
+def test_crank_nicolson_keeps_the_decay_at_any_small_dt_in_float32(dt):
+    """At a small dt one step's gain rounded to 1 in float32 (dt = 1e-9: no decay at all, error 0.98); now float32
+    agrees with float64, and both with the semi-discrete exact solution (CN's time error is O(dt^2))."""
+    params32 = {k: v.float() for k, v in CASES.items()}
+    u32 = solve("heat1d", params32, nx=32, dt=dt)["u"].double()
+    u64 = solve("heat1d", CASES, nx=32, dt=dt)["u"]
+    exact = semi_discrete_exact(32, 0.1, 10)
+    assert float((u64 - exact).abs().max()) < 1e-6 + dt**2 * 1e3
+    assert float((u32 - exact).abs().max()) < 2e-6 + dt**2 * 1e3
+
+
+def test_crank_nicolson_over_a_huge_time_reaches_the_mean():
+    """t_end = 1e30: the step count passes int64 (was an OverflowError); every mode but the mean has decayed."""
+    u = solve("heat1d", CASES, t_end=1e30, n_saves=2)["u"]
+    torch.testing.assert_close(u, CASES["u_mean"][:, None, None].expand_as(u), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("scheme", ["crank_nicolson", "ftcs"])

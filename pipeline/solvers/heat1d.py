@@ -52,6 +52,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "dt": None,
 }
 SCHEMES = ("crank_nicolson", "ftcs")
+#: saved values of u of one case (n_saves x nx): beyond, the saves alone do not fit in memory (as rte1d's bound)
+MAX_OUTPUT_VALUES = 2**31
+#: FTCS steps of one case: each is a pass over the grid, so more than this runs for days
+MAX_FTCS_STEPS = 2**31
 INITIAL_DEFAULTS = {"u_mean": 0.0, "amplitude": 1.0, "wavenumber": 1.0, "phase": 0.0}
 
 
@@ -113,6 +117,27 @@ def _check_options(options: dict[str, Any]) -> None:
         raise bad("scheme", f"use one of {', '.join(SCHEMES)}")
     if options["dt"] is not None and not is_positive(options["dt"]):
         raise bad("dt", "use a number > 0, or None for the scheme's default")
+    values = options["n_saves"] * options["nx"]
+    if values > MAX_OUTPUT_VALUES:
+        raise ValueError(
+            f"heat1d: options n_saves={options['n_saves']!r} and nx={options['nx']!r} save {values:.3g} values of u "
+            "per case (more than 2**31: the saves alone do not fit in memory); use fewer saves or a coarser grid"
+        )
+    dx = options["L"] / options["nx"]
+    dt = (
+        options["dt"] if options["dt"] is not None else (dx if options["scheme"] == "crank_nicolson" else 0.2 * dx * dx)
+    )
+    steps = options["t_end"] / dt  # time_step's count before rounding up, as a float: it may not fit an integer
+    key = "dt" if options["dt"] is not None else "t_end"
+    if not math.isfinite(steps):
+        raise bad(key, f"t_end / dt = {options['t_end']!r} / {dt!r} is too large to count time steps; use a larger dt")
+    if options["scheme"] == "ftcs" and steps > MAX_FTCS_STEPS:
+        raise bad(
+            key,
+            f"FTCS takes {steps:.3g} time steps of dt = {dt:.4g} per case (more than 2**31, each a pass over the grid); "
+            "use scheme crank_nicolson (stable at any dt, its cost independent of the step count), "
+            "or a smaller t_end",
+        )
 
 
 def initial_profile(params: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
@@ -239,9 +264,18 @@ def _crank_nicolson(u0, D, dx, dt, steps, n_saves):
     m = torch.arange(nx // 2 + 1, dtype=u0.dtype, device=u0.device)
     lam = 4 * torch.sin(math.pi * m / nx) ** 2 / dx**2  # eigenvalues of -d2/dx2 (central differences)
     half = 0.5 * dt * D[:, None] * lam  # [cases, modes]
-    gain = (1 - half) / (1 + half)  # one CN step, per mode
-    n = steps * torch.arange(1, n_saves + 1, dtype=u0.dtype, device=u0.device)
-    factors = gain[:, None, :] ** n[None, :, None]  # [cases, saves, modes]
+    # one CN step multiplies a mode by gain = (1 - half) / (1 + half); n steps by gain**n, taken as
+    # sign * exp(n log|gain|) with log1p: at a small dt, 1 - half rounds to 1 (float32: dt < ~1e-7 here) and
+    # gain**n lost the decay (no decay at all at dt = 1e-9), where log1p keeps it
+    # (each branch given a harmless value where the other is taken, so that neither puts a NaN in a derivative)
+    below, above = half < 1, half >= 1
+    log_gain = torch.where(
+        below, torch.log1p(-torch.where(below, half, 0.0)), torch.log(torch.where(above, half - 1, 1.0))
+    ) - torch.log1p(half)
+    n = float(steps) * torch.arange(1, n_saves + 1, dtype=u0.dtype, device=u0.device)  # steps may pass int64
+    factors = torch.exp(log_gain[:, None, :] * n[None, :, None])  # [cases, saves, modes]
+    flips = above[:, None, :] & (torch.remainder(n, 2) == 1)[None, :, None]  # gain < 0 to an odd power
+    factors = torch.where(flips, -factors, factors)
     spectrum = torch.fft.rfft(u0, dim=-1)[:, None, :] * factors
     return torch.fft.irfft(spectrum, n=nx, dim=-1)
 
