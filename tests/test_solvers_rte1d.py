@@ -570,6 +570,20 @@ def test_a_negative_opacity_is_refused_naming_the_case():
     assert not torch.isfinite(solve("rte1d", params, nx=16, t_end=2.0, stability_check=False)["T"][2]).all()
 
 
+def test_a_negative_initial_temperature_is_refused_naming_the_case():
+    # T^4 emits for a negative T as for a positive one: the run went through and its results meant nothing
+    params = {"T0_mean": torch.tensor([1.0, 0.0, -0.5], dtype=F64), "T0_amplitude": torch.tensor([0.1, 0.1, 0.1])}
+    with pytest.raises(
+        UnsolvableCase, match=r"T0 is negative somewhere in 1 of 3 cases, first case 2 \(min T0 -0\.54\d\)"
+    ):
+        solve("rte1d", params, nx=16, t_end=0.2)
+    with pytest.raises(UnsolvableCase, match=r"first case 0 .* use T0_mean >= 0 and T0_amplitude <= 1"):
+        solve("rte1d", {"T0_amplitude": torch.tensor([1.5], dtype=F64)}, nx=16)
+    cold = solve("rte1d", {"T0_mean": torch.tensor([0.0], dtype=F64)}, nx=16, t_end=0.2)["T"]  # absolute zero: fine
+    assert bool((cold == 0).all())
+    assert torch.isfinite(solve("rte1d", params, nx=16, t_end=0.2, stability_check=False)["T"]).all()
+
+
 def test_in_place_profiles_are_the_same_numbers():
     """The stability check builds profiles in place (no autograd): bit for bit the autograd-able ones."""
     from pipeline.solvers.rte1d import profile

@@ -248,6 +248,16 @@ def check_stability(params: dict[str, torch.Tensor], options: dict[str, Any], fi
             "and sigma_amplitude <= 1 (or a sigma profile >= 0), or set stability_check: false to run anyway",
             first_case + case,
         )
+    negative = torch.nonzero(T0.amin(-1) < 0).flatten()
+    if len(negative):
+        case = int(negative[0])
+        raise UnsolvableCase(
+            f"rte1d: T0 is negative somewhere in {len(negative)} of {len(T0)} cases, first case "
+            f"{first_case + case} (min T0 {float(T0[case].min()):.4g}): T is an absolute temperature, emitting "
+            "a c T^4, so a negative one emits as if it were positive and its results mean nothing. Fix: use "
+            "T0_mean >= 0 and T0_amplitude <= 1 (or a T0 profile >= 0), or set stability_check: false to run anyway",
+            first_case + case,
+        )
     factors = stability_factors(T0, sigma, options).nan_to_num(nan=math.inf, posinf=math.inf)
     bad = int((factors > STABILITY_LIMIT).sum())
     if bad == 0:
