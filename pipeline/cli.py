@@ -231,6 +231,9 @@ def _submit_spec(
     finalize); this builds its callbacks and turns the outcome into lines and
     an exit code.
     """
+    from .runner import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # any executor (Ray sets it again after ray.init): SIGTERM finalizes as Ctrl-C does, exit 130
     from .driver import prepare
     from .driver import submit as run_submit
     from .progress import make_progress

@@ -213,3 +213,31 @@ def test_a_full_disk_starts_no_more_shards_and_says_so(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert summarize(tmp_path / "full.zarr")["done"] == 3
     assert submit(load_spec(job), InlineExecutor()).complete  # room again: it resumes
+
+
+def test_sigterm_stops_an_inline_driver_as_ctrl_c_does(tmp_path):
+    """No Ray to set the handler: SIGTERM still finalizes, says so and exits 130, and the rerun resumes."""
+    from pipeline.runner import InlineExecutor
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "term.zarr").replace("n: 12000", "n: 4000"))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(job), "--executor", "inline", "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    markers = tmp_path / "term.zarr" / "_shards"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
+        time.sleep(0.01)
+    os.kill(driver.pid, signal.SIGTERM)  # mid-run: one shard committed, 7 to go
+    output, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130, output
+    assert "interrupted: committed shards are kept" in output
+    assert (tmp_path / "term.zarr" / "manifest.parquet").exists()  # finalized with what it committed
+    spec = load_spec(job)
+    summary = submit(spec, InlineExecutor())
+    assert summary.complete and summary.skipped >= 1 and verify_store(spec.store.path).ok
