@@ -234,11 +234,6 @@ def _submit_spec(
     from .runner import sigterm_as_interrupt
 
     sigterm_as_interrupt()  # any executor (Ray sets it again after ray.init): SIGTERM finalizes as Ctrl-C does, exit 130
-    from .driver import prepare
-    from .driver import submit as run_submit
-    from .progress import make_progress
-    from .runner import make_executor
-
     console = _console()
 
     def note(text: str) -> None:
@@ -249,6 +244,13 @@ def _submit_spec(
 
     spec = None
     try:
+        # imported here: torch takes seconds to import, and a Ctrl-C meanwhile is "interrupted" (130), not click's
+        # "Aborted!" (1)
+        from .driver import prepare
+        from .driver import submit as run_submit
+        from .progress import make_progress
+        from .runner import make_executor
+
         spec = load()
         if dry_run:  # nothing written, no Ray: the plan and a time estimate only
             from .dry_run import dry_run as plan_only

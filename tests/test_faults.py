@@ -241,3 +241,38 @@ def test_sigterm_stops_an_inline_driver_as_ctrl_c_does(tmp_path):
     spec = load_spec(job)
     summary = submit(spec, InlineExecutor())
     assert summary.complete and summary.skipped >= 1 and verify_store(spec.store.path).ok
+
+
+INTERRUPTED_IMPORT = """
+import os, signal, sys
+
+
+class CtrlC:  # Ctrl-C while `pipeline submit` imports the driver (torch: seconds)
+    def find_spec(self, name, path=None, target=None):
+        if name == "pipeline.driver":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlC())
+from pipeline.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_submit_starts_is_an_interrupt_not_click_abort(tmp_path):
+    """A Ctrl-C in the seconds before the job is loaded: exit 130 and the interrupted line, nothing written."""
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr"))
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT, "submit", str(job), "--executor", "inline", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 130, output
+    assert "interrupted before any store was written" in output and "Aborted!" not in output
+    assert list(tmp_path.iterdir()) == [job]
