@@ -244,6 +244,7 @@ def _submit_spec(
 
     spec = None
     try:
+        spec = load()  # first: a Ctrl-C from here on names the store it leaves (verify --repair has un-committed)
         # imported here: torch takes seconds to import, and a Ctrl-C meanwhile is "interrupted" (130), not click's
         # "Aborted!" (1)
         from .driver import prepare
@@ -251,7 +252,6 @@ def _submit_spec(
         from .progress import make_progress
         from .runner import make_executor
 
-        spec = load()
         if dry_run:  # nothing written, no Ray: the plan and a time estimate only
             from .dry_run import dry_run as plan_only
 

@@ -276,3 +276,25 @@ def test_ctrl_c_while_submit_starts_is_an_interrupt_not_click_abort(tmp_path):
     assert done.returncode == 130, output
     assert "interrupted before any store was written" in output and "Aborted!" not in output
     assert list(tmp_path.iterdir()) == [job]
+
+
+def test_ctrl_c_in_a_repair_after_the_un_commit_says_the_store_is_kept_and_the_rerun_repairs(tmp_path):
+    """`verify --repair` interrupted once it has un-committed the damaged shards: not "before any store was written"."""
+    from pipeline.runner import InlineExecutor
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+    assert submit(spec, InlineExecutor()).complete
+    chunk = next(p for p in sorted((tmp_path / "s.zarr" / "value").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()  # shard 0 damaged
+    repair = ["verify", str(tmp_path / "s.zarr"), "--repair", "--executor", "inline", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT, *repair], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 130 and "un-committed shards 0" in output, output
+    assert "interrupted: committed shards are kept; run the same command again" in output, output
+    again = subprocess.run([sys.executable, "-m", "pipeline.cli", *repair], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert verify_store(spec.store.path).ok
