@@ -67,7 +67,22 @@ def _store_argument(ctx, param, value: str) -> str:
     return local_path(value)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The ``pipeline`` group: Ctrl-C in a command that reads a store is one line and exit 130.
+
+    Click would print ``Aborted!`` and exit 1, which a script cannot tell from a
+    failure. ``submit`` says more (what it kept) and leaves by itself first.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _console().print("\n[yellow]interrupted[/yellow]")
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipeline")
 def main() -> None:
     """Batched derivatives and PDE parameter sweeps on Ray, written to Zarr + Parquet.
