@@ -240,6 +240,24 @@ def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores, monkeyp
     np.testing.assert_allclose(table["E"][3:7], [0, values.min(), values.mean(), values.max()], rtol=1e-6)
 
 
+def test_sample_norms_of_a_store_that_fits_read_a_range_at_a_time(stores, monkeypatch):
+    """Up to max_samples every sample is used, but never the whole quantity as float64 at once.
+
+    300 samples in chunks of 100, a range of one chunk: reads of 100 samples (before: one read of 300;
+    at 200,000 samples of 150 x 2 x 2 Hessians that one read held 960 MB).
+    """
+    import pipeline
+    from pipeline import html_report
+    from pipeline.html_report import sample_norms
+
+    monkeypatch.setattr(html_report, "RANGE_BYTES", 1)  # one chunk per range
+    ds, backend = recorded(pipeline.open_results(stores["grid"]), "hessian")
+    norms = sample_norms(ds, "hessian")
+    assert backend.cases == [100, 100, 100]
+    values = backend.data.astype(np.float64)
+    np.testing.assert_allclose(norms, np.sqrt((values.reshape(300, -1) ** 2).sum(axis=1)))
+
+
 def test_grid_maps_read_each_quantity_a_range_of_whole_chunks_at_a_time(stores, monkeypatch):
     """The maps over the grid never hold a whole quantity in memory, nor read small chunks one by one.
 
