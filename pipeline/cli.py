@@ -557,8 +557,12 @@ def report(store, out):
 
     try:
         _check_readable(store)
-        with _console().status(f"reading {escape(store)} and drawing its report..."):  # a spinner on a terminal only
-            written = write_report(store, out)
+        with _console().status(f"reading {escape(store)} and drawing its report...") as spinner:  # a terminal only
+
+            def say(text: str) -> None:  # what is read now: "reading T: range 3 of 17"
+                spinner.update(f"report of {escape(store)}: {escape(text)}")
+
+            written = write_report(store, out, progress=say)
     except BadInput as err:
         _fail(str(err))
     click.echo(f"wrote {written}")

@@ -25,6 +25,7 @@ import html
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +35,13 @@ import numpy as np
 MAX_SAMPLES = 200_000  # samples whose norms are computed (evenly strided beyond that)
 SHOWN_CASES = 3  # cases whose output fields are drawn
 RANGE_BYTES = 64 * 2**20  # float64 bytes of one range of samples (cases) read at a time
+
+#: says what the report reads now ("reading T: range 3 of 17"), for a spinner's text
+Progress = Callable[[str], None]
+
+
+def _silent(text: str) -> None:
+    """The ``progress`` of a report nobody watches."""
 
 
 @dataclass
@@ -68,10 +76,11 @@ def _fmt(value: Any) -> str:
 # ------------------------------------------------------------------ any store
 
 
-def manifest_section(path: str | Path) -> Section:
+def manifest_section(path: str | Path, progress: Progress = _silent) -> Section:
     """Counts, the shard timeline per worker and the throughput over time, from the manifest."""
     from .store import read_manifest, summarize
 
+    progress("reading the manifest")
     counts = summarize(path)
     section = Section("Shards")
     unit = counts["unit"]
@@ -228,31 +237,36 @@ def sampled_rows(n: int, chunk: int, max_samples: int = MAX_SAMPLES) -> list[sli
     return [slice(i * chunk, min(n, i * chunk + min(chunk, max_samples))) for i in picked]
 
 
-def sample_norms(dataset, name: str, max_samples: int = MAX_SAMPLES) -> np.ndarray:
+def sample_norms(dataset, name: str, max_samples: int = MAX_SAMPLES, progress: Progress = _silent) -> np.ndarray:
     """The Frobenius norm of ``name`` per sample (over every other axis), for at most ``max_samples`` samples.
 
     Every sample up to ``max_samples``, beyond it the samples of whole chunks evenly spaced over the
     store (``sampled_rows``), read one range at a time (``range_size``): only those chunks are
-    read, and only one range is in memory as float64.
+    read, and only one range is in memory as float64. ``progress`` is told each range before it is read.
     """
     array = dataset[name]
     n = array.sizes["sample"]
     norms = []
     block = range_size(array, int(dataset.attrs.get("chunk_size") or n))
-    for rows in sampled_rows(n, block, max_samples):
+    ranges = sampled_rows(n, block, max_samples)
+    for number, rows in enumerate(ranges, 1):
+        progress(f"reading {name}: range {number} of {len(ranges)}")
         values = np.asarray(array.isel(sample=rows).values, dtype=np.float64)
         norms.append(np.sqrt(np.sum(values.reshape(values.shape[0], -1) ** 2, axis=1)))
     return np.concatenate(norms)
 
 
-def derivative_sections(dataset) -> list[Section]:
-    """Norm histograms and table per quantity; a map over the input grid when the inputs are a grid."""
+def derivative_sections(dataset, progress: Progress = _silent) -> list[Section]:
+    """Norm histograms and table per quantity; a map over the input grid when the inputs are a grid.
+
+    ``progress`` is told each range of samples before it is read.
+    """
     quantities = [q for q in dataset.attrs.get("quantities", []) if q in dataset.data_vars]
     section = Section("Quantities: per-sample norms")
     rows = []
     figure, axes = _figure(3.2 * max(1, len(quantities)), 3.0, ncols=max(1, len(quantities)), squeeze=False)
     for axis, name in zip(axes[0], quantities):
-        norms = sample_norms(dataset, name)
+        norms = sample_norms(dataset, name, progress=progress)
         finite = norms[np.isfinite(norms)]
         rows.append(
             [
@@ -279,27 +293,29 @@ def derivative_sections(dataset) -> list[Section]:
             "(samples used: the table)"
         )
     sections = [section]
-    grid = grid_section(dataset, quantities)
+    grid = grid_section(dataset, quantities, progress)
     if grid is not None:
         sections.append(grid)
     return sections
 
 
-def per_sample(array, chunk: int, first_output: bool = False) -> np.ndarray:
+def per_sample(array, chunk: int, first_output: bool = False, progress: Progress = _silent) -> np.ndarray:
     """Per sample: the Frobenius norm of ``array`` (or its first output's value), read a range at a time.
 
     Ranges of whole chunks (``range_size``): only one is in memory as float64, never the whole array.
     """
     parts = []
     step = range_size(array, chunk)
-    for start in range(0, array.sizes["sample"], step):
+    starts = range(0, array.sizes["sample"], step)
+    for number, start in enumerate(starts, 1):
+        progress(f"reading {array.name} for the grid map: range {number} of {len(starts)}")
         values = np.asarray(array.isel(sample=slice(start, start + step)).values, dtype=np.float64)
         flat = values.reshape(values.shape[0], -1)
         parts.append(flat[:, 0] if first_output else np.sqrt(np.sum(flat**2, axis=1)))
     return np.concatenate(parts)
 
 
-def grid_section(dataset, quantities) -> Section | None:
+def grid_section(dataset, quantities, progress: Progress = _silent) -> Section | None:
     """Maps of the first output's value and of each quantity's norm over a 1-D or 2-D input grid."""
     from .labels import grid_axes
 
@@ -313,7 +329,7 @@ def grid_section(dataset, quantities) -> Section | None:
     chunk = int(dataset.attrs.get("chunk_size") or dataset.sizes["sample"])
     for axis, name in zip(axes[0], shown):
         first = name == "value" and dataset[name].ndim == 2
-        values = per_sample(dataset[name], chunk, first_output=first)
+        values = per_sample(dataset[name], chunk, first_output=first, progress=progress)
         title = f"|{name}|"
         if first:
             title = f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0"
@@ -334,14 +350,16 @@ def grid_section(dataset, quantities) -> Section | None:
 # ---------------------------------------------------------------- sweep store
 
 
-def field_summary(array, chunk: int) -> list[Any]:
+def field_summary(array, chunk: int, progress: Progress = _silent) -> list[Any]:
     """NaN values, min, mean and max of a sweep output, read a range of whole chunks of cases at a time.
 
     Only one range (``range_size``) is in memory as float64, never the whole array.
     """
     nans, count, total, low, high = 0, 0, 0.0, np.inf, -np.inf
     step = range_size(array, chunk)
-    for start in range(0, array.sizes["case"], step):
+    starts = range(0, array.sizes["case"], step)
+    for number, start in enumerate(starts, 1):
+        progress(f"reading {array.name}: range {number} of {len(starts)}")
         values = np.asarray(array.isel(case=slice(start, start + step)).values, dtype=np.float64)
         seen = values[~np.isnan(values)]
         nans += values.size - seen.size
@@ -353,8 +371,11 @@ def field_summary(array, chunk: int) -> list[Any]:
     return [nans, low, total / count, high]
 
 
-def sweep_sections(dataset) -> list[Section]:
-    """Output fields of a few cases; scalar outputs and sensitivities against the swept parameters."""
+def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
+    """Output fields of a few cases; scalar outputs and sensitivities against the swept parameters.
+
+    ``progress`` is told each range of cases before it is read.
+    """
     attrs = dataset.attrs
     swept = [p for p in attrs.get("swept", []) if p in dataset.coords]
     outputs = [o for o in attrs.get("outputs", []) if o in dataset.data_vars]
@@ -365,6 +386,7 @@ def sweep_sections(dataset) -> list[Section]:
     rows = []
     for name in outputs:
         array = dataset[name]
+        progress(f"reading {name} of cases {cases}")
         values = np.asarray(array.isel(case=cases).values, dtype=np.float64)
         other = [d for d in array.dims if d != "case"]
         figure, axes = _figure(3.4 * len(cases), 3.0, ncols=len(cases), squeeze=False)
@@ -389,7 +411,12 @@ def sweep_sections(dataset) -> list[Section]:
         axes[0][0].set_ylabel(name)
         fields.figures.append((f"{name} of cases {cases}", _png(figure)))
         rows.append(
-            [name, ", ".join(map(str, array.dims)), str(tuple(array.shape)), *field_summary(array, chunk=chunk)]
+            [
+                name,
+                ", ".join(map(str, array.dims)),
+                str(tuple(array.shape)),
+                *field_summary(array, chunk=chunk, progress=progress),
+            ]
         )
     fields.tables.append((["output", "dims", "shape", "NaN values", "min", "mean", "max"], rows))
     sections = [fields]
@@ -409,6 +436,7 @@ def sweep_sections(dataset) -> list[Section]:
         )
         table = []
         for i, (name, values) in enumerate(summary.items()):
+            progress(f"reading {name} of every case ({i + 1} of {len(summary)})")
             y = np.asarray(values.values, dtype=np.float64)
             for j, parameter in enumerate(swept):
                 x = np.asarray(dataset[parameter].values, dtype=np.float64)
@@ -424,6 +452,7 @@ def sweep_sections(dataset) -> list[Section]:
             table.append(
                 [name, len(y), int(np.isnan(y).sum()), float(np.nanmin(y)), float(np.nanmean(y)), float(np.nanmax(y))]
             )
+        progress(f"drawing {len(summary)} x {len(swept)} scatter plots of {n:,} cases")
         scatter.figures.append(("scatter", _png(figure)))
         scatter.tables.append((["quantity", "cases", "NaN cases", "min", "mean", "max"], table))
         sections.append(scatter)
@@ -433,15 +462,17 @@ def sweep_sections(dataset) -> list[Section]:
 # ---------------------------------------------------------------------- page
 
 
-def build_report(path: str | Path) -> str:
-    """The HTML page of a store (a string; ``write_report`` writes it)."""
+def build_report(path: str | Path, progress: Progress = _silent) -> str:
+    """The HTML page of a store (a string; ``write_report`` writes it); ``progress`` is told what is read now."""
     from .kinds import kind_of_store
     from .store import open_results, read_attributes
 
+    progress("opening the store")
     attrs = read_attributes(path)
     dataset = open_results(path)
-    sections = [manifest_section(path)]
-    sections += kind_of_store(attrs).report_sections(dataset)
+    sections = [manifest_section(path, progress)]
+    sections += kind_of_store(attrs).report_sections(dataset, progress)
+    progress("writing the page")
     return render(attrs, str(path), sections)
 
 
@@ -478,9 +509,12 @@ def render(attrs: dict[str, Any], path: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> str | Path:
+def write_report(path: str | Path, out: str | Path | None = None, progress: Progress = _silent) -> str | Path:
     """Write the report of the store at ``path`` to ``out`` (default ``<store>.html`` beside it: in the bucket for
-    a URL store); ``out`` may be a URL too. Returns where it was written."""
+    a URL store); ``out`` may be a URL too. Returns where it was written.
+
+    ``progress(text)`` is told what is read now ("reading T: range 3 of 17"), e.g. to update a spinner.
+    """
     from . import storage
 
     store = str(path).rstrip("/")
@@ -488,7 +522,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> str | Path:
         out = storage.join(storage.parent(store), PurePosixPath(storage.basename(store)).with_suffix(".html").name)
     elif out is None:
         out = Path(storage.local_path(store)).with_suffix(".html")
-    page = build_report(path)
+    page = build_report(path, progress)
     try:
         if storage.is_remote(str(out)):
             storage.write_bytes(str(out), page.encode())

@@ -130,12 +130,12 @@ class Kind:
         label = cast(Callable[[Any, dict[str, Any]], Any], import_object(self.labels))
         return label(dataset, attributes)
 
-    def report_sections(self, dataset: Any) -> list[Any]:
-        """The kind's sections of ``pipeline report`` for an opened store."""
+    def report_sections(self, dataset: Any, progress: Callable[[str], None] | None = None) -> list[Any]:
+        """The kind's sections of ``pipeline report`` for an opened store (``progress``: told what is read now)."""
         from ..imports import import_object
 
-        sections = cast(Callable[[Any], list[Any]], import_object(self.report))
-        return sections(dataset)
+        sections = cast(Callable[..., list[Any]], import_object(self.report))
+        return sections(dataset) if progress is None else sections(dataset, progress)
 
     def check_labels(self, prepared: Prepared) -> None:
         """Check the job file's axis labels against the prepared shapes (raise ``ValueError`` naming the key)."""
