@@ -34,6 +34,8 @@ import numpy as np
 
 MAX_SAMPLES = 200_000  # samples whose norms are computed (evenly strided beyond that)
 SHOWN_CASES = 3  # cases whose output fields are drawn
+#: cases drawn in a scatter plot (evenly strided beyond: 100,000 markers per panel took 1.2 s to draw each)
+MAX_SCATTER_POINTS = 20_000
 RANGE_BYTES = 64 * 2**20  # float64 bytes of one range of samples (cases) read at a time
 
 #: says what the report reads now ("reading T: range 3 of 17"), for a spinner's text
@@ -442,7 +444,10 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
                 x = np.asarray(dataset[parameter].values, dtype=np.float64)
                 others = [p for p in swept if p != parameter]
                 colour = np.asarray(dataset[others[0]].values, dtype=np.float64) if others else None
-                points = axes[i][j].scatter(x, y, s=8, alpha=0.8, c=colour, cmap="viridis")
+                drawn = slice(None, None, -(-len(y) // MAX_SCATTER_POINTS))  # the table still takes every case
+                points = axes[i][j].scatter(
+                    x[drawn], y[drawn], s=8, alpha=0.8, c=None if colour is None else colour[drawn], cmap="viridis"
+                )
                 if others:
                     figure.colorbar(points, ax=axes[i][j]).set_label(others[0], fontsize=8)
                 if parameter.startswith("sigma") and x.min() > 0 and x.max() / x.min() > 20:
@@ -455,6 +460,11 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
         progress(f"drawing {len(summary)} x {len(swept)} scatter plots of {n:,} cases")
         scatter.figures.append(("scatter", _png(figure)))
         scatter.tables.append((["quantity", "cases", "NaN cases", "min", "mean", "max"], table))
+        if n > MAX_SCATTER_POINTS:
+            scatter.notes.append(
+                f"the plots draw every {-(-n // MAX_SCATTER_POINTS)}th case ({len(range(0, n, -(-n // MAX_SCATTER_POINTS))):,} "
+                f"of {n:,}); the table is of every case"
+            )
         sections.append(scatter)
     return sections
 

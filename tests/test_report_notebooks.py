@@ -272,3 +272,28 @@ def test_grid_maps_read_each_quantity_a_range_of_whole_chunks_at_a_time(stores, 
     ds, backend = recorded(pipeline.open_results(stores["grid"]), "hessian")
     assert grid_section(ds, ["hessian"]) is not None
     assert backend.cases == [200, 100]
+
+
+def test_sweep_scatter_draws_at_most_max_scatter_points_and_tables_every_case(stores, monkeypatch):
+    """Drawing 100,000 markers per panel took seconds each: beyond MAX_SCATTER_POINTS every k-th case is drawn."""
+    from matplotlib.collections import PathCollection
+
+    import pipeline
+    from pipeline import html_report
+    from pipeline.html_report import sweep_sections
+
+    monkeypatch.setattr(html_report, "MAX_SCATTER_POINTS", 10)  # 40 cases: every 4th drawn
+    drawn: list[int] = []
+    png = html_report._png
+
+    def counting(figure):
+        drawn.extend(
+            len(c.get_offsets()) for axes in figure.axes for c in axes.collections if isinstance(c, PathCollection)
+        )
+        return png(figure)
+
+    monkeypatch.setattr(html_report, "_png", counting)
+    scatter = sweep_sections(pipeline.open_results(stores["sweep"]))[1]
+    assert drawn and set(drawn) == {10}
+    assert {row[1] for row in scatter.tables[0][1]} == {40}
+    assert "the plots draw every 4th case (10 of 40); the table is of every case" in scatter.notes
