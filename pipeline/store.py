@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -760,6 +761,7 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
     _write_manifest(path, rows())
     _clear_finished_progress(path)
     if complete:
+        remove_temporaries(path)
         zarr = _zarr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about our Parquet files and markers
@@ -770,14 +772,19 @@ def finalize_store(path: str | Path, plan: Plan, failed: dict[int, ShardRecord] 
 
 
 def _clear_finished_progress(path: str | Path) -> None:
-    """Remove the block-progress entries (``<id>.progress``) of committed shards.
+    """Remove the block-progress entries (``<id>.progress``) of committed shards, and their temporary files.
 
     A worker removes its own right after the shard's marker; one stopped or
     killed between the two leaves it, and no later attempt of that shard runs
-    to remove it.
+    to remove it. A worker killed while it wrote a marker or a progress entry
+    leaves its temporary file (``.<id>.json.<pid>.tmp``); once the shard has
+    committed no attempt of it writes again, so that file is stale.
     """
     for name in marker_names(path):
-        stem, _, ext = name.partition(".")
+        if name.startswith(".") and name.endswith(".tmp"):  # `.<id>.json.<pid>.tmp`: a write killed before its rename
+            stem, ext = name[1:].partition(".")[0], "progress"
+        else:
+            stem, _, ext = name.partition(".")
         if ext != "progress" or not stem.isdigit() or read_marker(path, int(stem)) is None:
             continue
         try:
@@ -787,6 +794,39 @@ def _clear_finished_progress(path: str | Path) -> None:
                 (Path(path) / MARKERS / name).unlink()
         except FileNotFoundError:
             pass
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files of writes killed before their rename from a complete local store; what it removed.
+
+    A chunk file is written as ``<chunk>.<uuid>.partial`` (``chunk_files``), the
+    manifest as ``.manifest.parquet.<pid>.tmp``, the driver's record beside the
+    store as ``.<store>.driver.json.<pid>.<thread>.tmp``; a worker or driver
+    killed (SIGKILL, the memory monitor) between the write and the rename
+    leaves the file, which no reader looks at but which takes its space. Only
+    once every shard has committed (``finalize_store``), by the holder of the
+    store's lock: then no attempt is writing. This process's own are kept. A
+    bucket has none: each object is one PUT.
+    """
+    if storage.is_remote(path):
+        return []
+    path = Path(path)
+    own = f".{os.getpid()}."
+    found = [*path.glob(f".{MANIFEST_FILE}.*.tmp"), *path.parent.glob(f".{path.name}.driver.json.*.tmp")]
+    for folder, subfolders, files in os.walk(path):
+        if folder == str(path):
+            subfolders[:] = [f for f in subfolders if f != MARKERS]  # markers: _clear_finished_progress
+        found += [Path(folder) / f for f in files if f.endswith(".partial")]
+    removed = []
+    for leftover in found:
+        if own in leftover.name and not leftover.name.endswith(".partial"):
+            continue
+        try:
+            leftover.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(leftover)
+    return removed
 
 
 def append_run(path: str | Path, run: dict[str, Any]) -> None:
@@ -817,9 +857,14 @@ def _write_manifest(path: str | Path, rows) -> None:
             if writer is None:
                 writer = pq.ParquetWriter(temporary, table.schema)
             writer.write_table(table)
-    finally:
+    except BaseException:  # Ctrl-C or a full disk mid-write: no half-written temporary left in the store
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(Exception):  # the first error is the one to tell
+                writer.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    if writer is not None:
+        writer.close()
     if writer is None:
         return
     os.replace(temporary, path / MANIFEST_FILE)

@@ -298,3 +298,61 @@ def test_ctrl_c_in_a_repair_after_the_un_commit_says_the_store_is_kept_and_the_r
     again = subprocess.run([sys.executable, "-m", "pipeline.cli", *repair], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr
     assert verify_store(spec.store.path).ok
+
+
+def test_temporaries_of_killed_writes_are_removed_when_the_store_completes(tmp_path):
+    """A worker or driver SIGKILLed between a write and its rename leaves its temporary file (a ``.partial`` chunk
+    file can be megabytes); once every shard has committed, the finalize removes them, and nothing else."""
+    from pipeline.runner import InlineExecutor
+    from pipeline.store import uncommit_shards
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+    store = tmp_path / "s.zarr"
+    assert submit(spec, InlineExecutor()).complete
+    clean = chunk_files(store)
+    uncommit_shards(store, [1])  # as a shard whose worker was killed: the next run computes it again
+    chunk = next(store / name for name in clean if name.startswith("hessian/"))
+    left = [
+        chunk.with_name(f"{chunk.name}.5f0e0c6a.partial"),  # chunk_files.store_chunk's temporary name
+        store / "_shards" / ".1.json.999999.tmp",  # store.write_marker's
+        store / "_shards" / ".0.progress.999999.7.tmp",  # live._put_json's
+        store / ".manifest.parquet.999999.tmp",  # store._write_manifest's
+        tmp_path / ".s.zarr.driver.json.999999.7.tmp",  # the driver's record, beside the store
+    ]
+    for file in left:
+        file.write_bytes(b"half a write")
+    kept = [tmp_path / ".s.zarr.keep", store / "_shards" / "notes.txt"]  # not written by a pipeline process
+    for file in kept:
+        file.write_text("mine")
+    assert submit(spec, InlineExecutor()).complete
+    assert [file.name for file in left if file.exists()] == []
+    assert all(file.exists() for file in kept)
+    assert chunk_files(store) == clean and verify_store(store).ok
+
+
+def test_a_manifest_write_interrupted_leaves_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C while the finalize writes the manifest: its half-written ``.manifest.parquet.<pid>.tmp`` was left."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    from pipeline.runner import InlineExecutor
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+
+    real = pq.ParquetWriter.write_table
+
+    def interrupted(self, table, *args, **kwargs):  # Ctrl-C at the finalize, after the manifest's first batch
+        real(self, table, *args, **kwargs)
+        if "status" in table.column_names:  # the manifest's rows, not the plan's
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        submit(spec, InlineExecutor())
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "s.zarr").iterdir() if p.name.endswith(".tmp")] == []
+    assert submit(spec, InlineExecutor()).complete and verify_store(tmp_path / "s.zarr").ok
