@@ -25,6 +25,7 @@ import html
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -352,25 +353,32 @@ def grid_section(dataset, quantities, progress: Progress = _silent) -> Section |
 # ---------------------------------------------------------------- sweep store
 
 
-def field_summary(array, chunk: int, progress: Progress = _silent) -> list[Any]:
+def field_summary(array, chunk: int, progress: Progress = _silent, last_mean: bool = False):
     """NaN values, min, mean and max of a sweep output, read a range of whole chunks of cases at a time.
 
     Only one range (``range_size``) is in memory as float64, never the whole array.
+    ``last_mean``: also each case's mean (NaN skipped, as xarray's) at the last
+    index of its second axis (the last saved time), from the same reads;
+    then ``(row, means)``.
     """
     nans, count, total, low, high = 0, 0, 0.0, np.inf, -np.inf
+    means = []
     step = range_size(array, chunk)
     starts = range(0, array.sizes["case"], step)
     for number, start in enumerate(starts, 1):
         progress(f"reading {array.name}: range {number} of {len(starts)}")
         values = np.asarray(array.isel(case=slice(start, start + step)).values, dtype=np.float64)
+        if last_mean:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a case all NaN: its mean is NaN
+                means.append(np.nanmean(values[:, -1].reshape(len(values), -1), axis=1))
         seen = values[~np.isnan(values)]
         nans += values.size - seen.size
         if seen.size:
             count, total = count + seen.size, total + float(seen.sum())
             low, high = min(low, float(seen.min())), max(high, float(seen.max()))
-    if not count:
-        return [nans, float("nan"), float("nan"), float("nan")]
-    return [nans, low, total / count, high]
+    row = [nans, low, total / count, high] if count else [nans, float("nan"), float("nan"), float("nan")]
+    return (row, np.concatenate(means)) if last_mean else row
 
 
 def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
@@ -386,6 +394,8 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
     chunk = int(attrs.get("chunk_size") or n)
     fields = Section("Output fields")
     rows = []
+    scalars = [s for s in attrs.get("sensitivities", []) if s in dataset.data_vars]
+    last_means: dict[str, Any] = {}  # no sensitivities: each output's per-case mean at its last saved time
     for name in outputs:
         array = dataset[name]
         progress(f"reading {name} of cases {cases}")
@@ -412,25 +422,14 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
             axis.set_title(f"{name}, case {case}\n{label}", fontsize=9)
         axes[0][0].set_ylabel(name)
         fields.figures.append((f"{name} of cases {cases}", _png(figure)))
-        rows.append(
-            [
-                name,
-                ", ".join(map(str, array.dims)),
-                str(tuple(array.shape)),
-                *field_summary(array, chunk=chunk, progress=progress),
-            ]
-        )
+        if not scalars and array.ndim >= 3:  # read once for the table and the means
+            row, last_means[f"mean {name}"] = field_summary(array, chunk=chunk, progress=progress, last_mean=True)
+        else:
+            row = field_summary(array, chunk=chunk, progress=progress)
+        rows.append([name, ", ".join(map(str, array.dims)), str(tuple(array.shape)), *row])
     fields.tables.append((["output", "dims", "shape", "NaN values", "min", "mean", "max"], rows))
     sections = [fields]
-    scalars = [s for s in attrs.get("sensitivities", []) if s in dataset.data_vars]
-    if not scalars:  # no sensitivities: summarise each output by its mean at the last saved time
-        summary = {
-            f"mean {o}": dataset[o].isel({dataset[o].dims[1]: -1}).mean(dataset[o].dims[2:])
-            for o in outputs
-            if dataset[o].ndim >= 3
-        }
-    else:
-        summary = {s: dataset[s] for s in scalars}
+    summary = last_means if not scalars else {s: dataset[s] for s in scalars}
     if swept and summary:
         scatter = Section("Outputs against the swept parameters" + (" (sensitivities d<q>_d<p>)" if scalars else ""))
         figure, axes = _figure(
@@ -438,8 +437,9 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
         )
         table = []
         for i, (name, values) in enumerate(summary.items()):
-            progress(f"reading {name} of every case ({i + 1} of {len(summary)})")
-            y = np.asarray(values.values, dtype=np.float64)
+            if not isinstance(values, np.ndarray):  # a sensitivity (a mean of the outputs is read above)
+                progress(f"reading {name} of every case ({i + 1} of {len(summary)})")
+            y = np.asarray(getattr(values, "values", values), dtype=np.float64)
             for j, parameter in enumerate(swept):
                 x = np.asarray(dataset[parameter].values, dtype=np.float64)
                 others = [p for p in swept if p != parameter]

@@ -240,6 +240,23 @@ def test_sweep_report_reads_an_output_a_chunk_of_cases_at_a_time(stores, monkeyp
     np.testing.assert_allclose(table["E"][3:7], [0, values.min(), values.mean(), values.max()], rtol=1e-6)
 
 
+def test_a_sweep_without_sensitivities_reads_each_output_once(stores, monkeypatch):
+    """The table and the per-case mean at the last time come from one pass (the mean read every case again)."""
+    import pipeline
+    from pipeline import html_report
+    from pipeline.html_report import sweep_sections
+
+    monkeypatch.setattr(html_report, "RANGE_BYTES", 1)  # one chunk per range
+    ds = pipeline.open_results(stores["sweep"])
+    ds.attrs["sensitivities"] = []  # a sweep job without them
+    ds, backend = recorded(ds, "T")
+    sections = sweep_sections(ds)
+    assert sum(backend.cases) == 3 + 40  # the three cases drawn, then every case once
+    table = {row[0]: row for row in sections[1].tables[0][1]}
+    last = backend.data[:, -1].astype(np.float64).mean(axis=1)  # [case, time, x]: each case's mean at the last time
+    np.testing.assert_allclose(table["mean T"][1:], [40, 0, last.min(), last.mean(), last.max()], rtol=1e-6)
+
+
 def test_sample_norms_of_a_store_that_fits_read_a_range_at_a_time(stores, monkeypatch):
     """Up to max_samples every sample is used, but never the whole quantity as float64 at once.
 
