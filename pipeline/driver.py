@@ -627,7 +627,8 @@ def _run(
         if shards:
             if start is not None:
                 start()  # already, unless the store said complete and a shard's marker has gone since
-            executor.run(shard_task(plan), spec, shards, on_done, on_failed)
+            store_id = read_attributes(spec.store.path).get("store_id")  # workers check they write this store
+            executor.run(shard_task(plan, store_id), spec, shards, on_done, on_failed)
     except ClusterLost as err:  # the cluster went mid-run: finalize what is committed, then say so
         lost = err
     except Exception:

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .memory import Budget, attempt_budget, block_sizing
 from .plan import BLOCKS_PER_SHARD, MAX_BLOCK_BYTES, Plan, Shard, shard_blocks
-from .storage import set_options
+from .storage import is_remote, set_options
 from .store import ShardRecord, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
@@ -115,7 +116,51 @@ def merge_info(first: ShardInfo, other: ShardInfo) -> ShardInfo:
     return ShardInfo(method, max(first.chunk_size, other.chunk_size), max(peaks) if peaks else None)
 
 
-def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int, memory_retries: int = 0) -> ShardRecord:
+class StoreNotHere(RuntimeError):
+    """The worker's machine does not see the driver's store (a local ``store.path`` on a cluster of several
+    machines without a shared filesystem). Retried as any failure: another attempt may run where it is."""
+
+
+_SHARED_FIX = (
+    "on a cluster of several machines, use a bucket URL (s3://..., docs/object-storage.md) or a path on a "
+    "filesystem every node sees (NFS, a shared volume)"
+)
+
+
+def _where() -> str:
+    node, _ = placement()
+    return f"{socket.gethostname()}" + (f", {node}" if node else "")
+
+
+def check_store_here(path: Any, store_id: str | None = None) -> None:
+    """Raise ``StoreNotHere`` unless this machine sees the driver's local store ``path`` (with its ``store_id``).
+
+    Without it, a worker on a machine that does not see the driver's disk failed on the missing ``_shards``
+    folder (FileNotFoundError), or wrote into another store made at the same path on its own disk.
+    A bucket is the same for every machine: nothing to check.
+    """
+    if is_remote(path):
+        return
+    try:
+        found = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {}).get("store_id")
+    except FileNotFoundError:
+        raise StoreNotHere(
+            f"store.path {path} does not exist on this worker's machine ({_where()}): the driver made it on its "
+            f"own disk, which this machine does not see; {_SHARED_FIX}"
+        ) from None
+    except (OSError, ValueError, AttributeError):  # unreadable here: the writes say what is wrong
+        return
+    if store_id is not None and found is not None and found != store_id:
+        raise StoreNotHere(
+            f"store.path {path} on this worker's machine ({_where()}) holds another store than the driver's "
+            f"(made at the same path: store_id {found}, not {store_id}), so this machine does not see the "
+            f"driver's disk; {_SHARED_FIX}"
+        )
+
+
+def run_shard(
+    spec: Any, shard: Shard, *, bytes_per_sample: int, memory_retries: int = 0, store_id: str | None = None
+) -> ShardRecord:
     """Compute one shard block by block, write its region and commit it; return its record.
 
     ``bytes_per_sample`` (``Plan.bytes_per_sample``) sizes the blocks, within
@@ -127,6 +172,7 @@ def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int, memory_retries:
     """
     store = spec.store.path
     set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
+    check_store_here(store, store_id)
     attempt = record_attempt(store, shard.id)
     try:
         return _run_attempt(spec, shard, attempt, bytes_per_sample, memory_retries)
@@ -136,15 +182,18 @@ def run_shard(spec: Any, shard: Shard, *, bytes_per_sample: int, memory_retries:
         raise
 
 
-def shard_task(plan: Plan) -> Callable[[Any, Shard, int], ShardRecord]:
+def shard_task(plan: Plan, store_id: str | None = None) -> Callable[[Any, Shard, int], ShardRecord]:
     """The unit of work the driver hands its executor: ``run_shard(spec, shard, memory_retries)`` with ``plan``'s block sizing.
 
+    ``store_id``: the store's (a root attribute); a worker that finds another there refuses to write.
     A plain function (not a ``functools.partial``), so that Ray can make a task of it.
     """
     bytes_per_sample = plan.bytes_per_sample()
 
     def run_planned_shard(spec: Any, shard: Shard, memory_retries: int = 0) -> ShardRecord:
-        return run_shard(spec, shard, bytes_per_sample=bytes_per_sample, memory_retries=memory_retries)
+        return run_shard(
+            spec, shard, bytes_per_sample=bytes_per_sample, memory_retries=memory_retries, store_id=store_id
+        )
 
     return run_planned_shard
 

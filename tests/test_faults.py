@@ -356,3 +356,53 @@ def test_a_manifest_write_interrupted_leaves_no_temporary(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "s.zarr").iterdir() if p.name.endswith(".tmp")] == []
     assert submit(spec, InlineExecutor()).complete and verify_store(tmp_path / "s.zarr").ok
+
+
+def test_a_worker_that_does_not_see_the_drivers_store_says_so_and_writes_nothing(tmp_path):
+    """A local store.path on a cluster of machines without a shared disk: a worker elsewhere found no store (its
+    first write failed on the missing _shards folder, FileNotFoundError), or another store made at the same path
+    on its own disk, and wrote into that one. Simulated on one machine: while the shards run, the path holds no
+    store, then another job's store."""
+    import shutil
+
+    from pipeline.runner import InlineExecutor
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(store=tmp_path / "s.zarr").replace("n: 12000", "n: 1000"))
+    spec = load_spec(job)
+    other = load_spec(job, [f"store.path={tmp_path / 'other.zarr'}"])
+    assert submit(other, InlineExecutor()).complete  # a store made on "that machine"
+    other_files = chunk_files(tmp_path / "other.zarr")
+    store = tmp_path / "s.zarr"
+
+    class Elsewhere(InlineExecutor):
+        """Runs the shards where ``store`` shows what ``view`` puts there."""
+
+        def __init__(self, view):
+            self.view = view
+
+        def run(self, unit, spec, shards, on_done, on_failed):
+            store.rename(tmp_path / "hidden.zarr")
+            self.view()
+            try:
+                super().run(unit, spec, shards, on_done, on_failed)
+            finally:
+                self.left = chunk_files(store) if store.exists() else None  # what the shards did there
+                shutil.rmtree(store, ignore_errors=True)
+                (tmp_path / "hidden.zarr").rename(store)
+
+    summary = submit(spec, Elsewhere(lambda: None))
+    assert not summary.complete and len(summary.failed) == 2
+    for record in summary.failed.values():
+        assert "StoreNotHere" in record.error and "does not exist on this worker's machine" in record.error
+        assert "use a bucket URL" in record.error and "every node sees" in record.error
+    assert not list((store / "_shards").glob("*.json"))
+
+    elsewhere = Elsewhere(lambda: shutil.copytree(tmp_path / "other.zarr", store))
+    summary = submit(spec, elsewhere)
+    assert not summary.complete
+    assert all("holds another store than the driver's" in r.error for r in summary.failed.values())
+    assert elsewhere.left == other_files  # the other store was not written into
+
+    summary = submit(spec, InlineExecutor())  # where the store is seen, the same command finishes the job
+    assert summary.complete and verify_store(store).ok
