@@ -188,7 +188,8 @@ class ExecutionSettings(Strict):
     """How the work is spread over Ray workers."""
 
     shard_size: PositiveInt | None = Field(
-        default=None, description="samples per task; a multiple of store.chunk_size (default: 4 chunks)"
+        default=None,
+        description="samples (a sweep: cases) per task; a multiple of store.chunk_size (default: 4 chunks; a sweep: 1 chunk)",
     )
     gpus_per_task: float | Literal["auto"] = Field(
         default="auto", description="GPUs per task; auto = 1 when the cluster has GPUs, else 0"
