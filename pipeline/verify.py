@@ -203,7 +203,7 @@ def verify_store(
 ) -> VerifyReport:
     """Read every chunk of ``path`` and check each committed shard against its marker and the manifest.
 
-    ``progress(done, total)`` is called after each shard (from worker threads).
+    ``progress(done, total)`` is called once the markers are read (``done`` 0), then after each shard.
     Raises ``StoreError`` when ``path`` is not a pipeline store.
     """
     with warnings.catch_warnings():
@@ -225,6 +225,8 @@ def _verify(path: str, threads: int, progress) -> VerifyReport:
     records = [markers[i] for i in sorted(markers)]
     total = len(records)
     done = 0
+    if progress is not None:
+        progress(0, total)  # the markers are read: the bar shows 0/N, not 0/? until the first shard is checked
 
     def one(record):
         return _check_shard(group, names, record, recorded.get(record.shard_id))

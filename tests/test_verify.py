@@ -260,3 +260,12 @@ def test_a_repair_holds_the_store_lock_as_verify_repair(clean_and_damaged, monke
     result = CliRunner().invoke(main, ["verify", str(damaged), "--repair", "--executor", "inline", "-q"])
     assert result.exit_code == 0, result.output
     assert recorded == ["pipeline verify --repair"] and verify_store(damaged).ok
+
+
+def test_verify_tells_its_progress_the_shard_count_before_the_first_shard_is_checked(clean_and_damaged):
+    """The bar showed ``0/?`` while the first shard was read (seconds on a big store); now ``0/N`` at once."""
+    clean, _ = clean_and_damaged
+    calls = []
+    report = verify_store(clean, threads=1, progress=lambda done, total: calls.append((done, total)))
+    assert report.ok and calls[0] == (0, report.committed) and calls[-1] == (report.committed, report.committed)
+    assert [done for done, _ in calls] == list(range(report.committed + 1))
