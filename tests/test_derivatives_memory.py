@@ -180,3 +180,19 @@ def test_a_torch_func_method_whose_one_sample_tensors_cannot_fit_stops_before_ru
     torch.testing.assert_close(
         result.outputs["laplacian"].double(), reference.diagonal(dim1=-2, dim2=-1).sum(-1), atol=1e-5, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("quantity", ["laplacian_estimate", "weighted_laplacian"])
+def test_memory_cap_holds_for_the_operator_quantities(quantity):
+    """memory_limit_bytes was silently ignored for weighted_laplacian / *_estimate (a job's execution.memory_limit too)."""
+    net = _net()
+    x = torch.randn(300, 3, dtype=D)
+    options = {"samples": 8, "factor": torch.eye(3, dtype=D)}
+    free = compute_derivatives(net, x, (quantity,), options=options)
+    with pytest.raises(torch.OutOfMemoryError, match="memory_limit_bytes=64"):
+        compute_derivatives(net, x, (quantity,), options=options, memory_limit_bytes=64)
+    cap = 200_000
+    capped = compute_derivatives(net, x, (quantity,), options=options, memory_limit_bytes=cap)
+    assert capped.chunk_size < 300 and capped.peak_memory_bytes is not None and capped.peak_memory_bytes <= cap
+    for name, value in free.outputs.items():
+        torch.testing.assert_close(capped.outputs[name], value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -191,7 +192,16 @@ def compute_derivatives(
     n, in_shape = x.shape[0], tuple(x.shape[1:])
     in_size = math.prod(in_shape)
     if any(q in OPERATOR_QUANTITIES for q in quantities):
-        return compute_operators(fn, x, quantities, options, method=method, chunk_size=chunk_size, offset=offset)
+        return compute_operators(
+            fn,
+            x,
+            quantities,
+            options,
+            method=method,
+            chunk_size=chunk_size,
+            offset=offset,
+            memory_limit_bytes=memory_limit_bytes,
+        )
     if n == 0:
         return _empty_result(fn, x, quantities, "auto" if method == "collapsed" else method)
 
@@ -465,6 +475,10 @@ def derivatives(fn, x, quantities=("value", "jacobian", "hessian"), *, method="a
     return compute_derivatives(fn, x, quantities, method=method, chunk_size=chunk_size).outputs
 
 
+def _operators_at(traced, x, *, quantities, offset, options):
+    return collapsed_operators_chunk(traced, x, quantities, offset, options)
+
+
 def compute_operators(
     fn,
     x: torch.Tensor,
@@ -474,6 +488,7 @@ def compute_operators(
     method: str = "auto",
     chunk_size="auto",
     offset: int = 0,
+    memory_limit_bytes: int | None = None,
 ):
     """Operator quantities (and any ordinary ones) of ``fn`` at every sample of ``x``.
 
@@ -486,9 +501,11 @@ def compute_operators(
             any other method contracts that method's Hessian.
         chunk_size: samples per chunk, or ``"auto"``.
         offset: global index of ``x[0]`` (a shard's start), which seeds the random directions.
+        memory_limit_bytes: cap on one chunk's memory, as in :func:`compute_derivatives`
+            (chunks are sized to it and halved when one crosses it).
 
     Returns:
-        A :class:`~pipeline.engine.api.DerivativeResult`.
+        A :class:`~pipeline.engine.api.DerivativeResult` (in collapsed mode ``peak_memory_bytes`` is measured only under a cap).
     """
     if isinstance(options, Mapping):  # the job file's keys, e.g. {"samples": 16, "seed": 1}
         options = OperatorOptions(**options)
@@ -500,13 +517,26 @@ def compute_operators(
     traced = trace_function(fn, in_shape, x.dtype, x.device) if method in ("auto", "collapsed", "taylor") else None
     gap = collapsed_gap(traced) if traced is not None else _requested(method)
     outputs: dict[str, torch.Tensor] = {}
+    peak: int | None = None
     if gap is None and n > 0:
-        chunk = operator_chunk_size(traced, x, options, chunk_size, quantities)
+        chunk = operator_chunk_size(traced, x, options, chunk_size, quantities, memory_limit_bytes)
         position, pieces = 0, []
         while position < n:
             piece = x[position : position + chunk]
             try:
-                pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
+                if memory_limit_bytes is None:
+                    pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
+                else:  # the tracker enforces the cap per op, as for the collapsed Laplacian
+                    measured = chunking.measure(
+                        functools.partial(
+                            _operators_at, traced, quantities=quantities, offset=offset + position, options=options
+                        ),
+                        piece,
+                        memory_limit_bytes,
+                    )
+                    pieces.append(measured.outputs)
+                    if measured.peak_bytes is not None:
+                        peak = max(peak or 0, measured.peak_bytes)
             except Exception as error:
                 if not chunking.is_out_of_memory(error) or chunk == 1:
                     raise
@@ -518,19 +548,29 @@ def compute_operators(
         used, reason = "collapsed", None
         if ordinary:
             extra = compute_derivatives(
-                fn, x, ordinary, method=method if method != "collapsed" else "auto", chunk_size=chunk_size
+                fn,
+                x,
+                ordinary,
+                method=method if method != "collapsed" else "auto",
+                chunk_size=chunk_size,
+                memory_limit_bytes=memory_limit_bytes,
             )
             outputs.update(extra.outputs)
     else:
         base_method = "auto" if method == "collapsed" else method
         result = compute_derivatives(
-            fn, x, tuple(dict.fromkeys(ordinary + ("hessian",))), method=base_method, chunk_size=chunk_size
+            fn,
+            x,
+            tuple(dict.fromkeys(ordinary + ("hessian",))),
+            method=base_method,
+            chunk_size=chunk_size,
+            memory_limit_bytes=memory_limit_bytes,
         )
         out_ndim = result.outputs["hessian"].ndim - 1 - 2 * len(in_shape)
         outputs.update(contract_hessian(result.outputs["hessian"], x, quantities, offset, options, out_ndim))
         outputs.update({k: v for k, v in result.outputs.items() if k in ordinary})
-        used, chunk = result.method, result.chunk_size
+        used, chunk, peak = result.method, result.chunk_size, result.peak_memory_bytes
         reason = f"collapsed mode not used ({gap}): contracted the {used} Hessian"
     return DerivativeResult(
-        {name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0, None, reason
+        {name: outputs[name] for name in quantities}, used, min(chunk, max(n, 1)) if n else 0, peak, reason
     )

@@ -241,7 +241,9 @@ def contract_hessian(
     return out
 
 
-def operator_chunk_size(traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities) -> int:
+def operator_chunk_size(
+    traced, x: torch.Tensor, options: OperatorOptions, chunk_size, quantities, limit_bytes: int | None = None
+) -> int:
     """Samples per chunk of the collapsed operator pass: ``chunk_size``, or sized from the rows it needs."""
     if chunk_size != "auto":
         return int(chunk_size)
@@ -259,4 +261,4 @@ def operator_chunk_size(traced, x: torch.Tensor, options: OperatorOptions, chunk
             rows = max(rows, 2 + rank)
         else:
             rows = max(rows, 1 + options.group_count + options.samples)
-    return auto_collapsed_chunk(traced, rows, x)
+    return auto_collapsed_chunk(traced, rows, x, limit_bytes)
