@@ -42,7 +42,7 @@ class DerivativeResult:
         peak_memory_bytes: peak of one chunk: measured by the CUDA allocator, by the CPU
             tracker on the first chunk or the profiler on one sample (scaled to the final
             chunk), or - Taylor on CPU without a cap - estimated from the traced tensor
-            sizes; ``None`` for collapsed mode on CPU without a cap (not measured).
+            sizes; ``None`` for collapsed mode without a cap, on any device (not measured).
         fallback_reason: why Taylor mode was not used, or ``None``.
     """
 
