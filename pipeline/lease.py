@@ -15,8 +15,8 @@ up to ``TTL_SECONDS``; takeover of an expired lease is delete-then-create,
 so it is only as exclusive as the conditional create; expiry is judged by the
 clocks of the hosts (keep them in NTP sync); a driver that cannot renew for a
 whole TTL (a network partition) may be overtaken while it still runs. On a
-backend without conditional puts (``memory://``, which is one process anyway)
-the create is a plain check-then-put.
+filesystem whose ``pipe_file`` lacks ``mode="create"`` the create is a plain
+check-then-put (``memory://`` has it: its create is exclusive too).
 
 Example:
     >>> with store_lease("memory://doc/s.zarr"):
