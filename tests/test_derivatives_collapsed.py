@@ -82,6 +82,21 @@ def test_covered_ops_match_torch_func(d):
     )
 
 
+def test_leaky_relu_keeps_its_slope_in_float64():
+    # the slope was drawn from torch.where(mask, 1.0, slope): float32, so 0.2 became 0.2000000030 and the
+    # float64 value, Jacobian and Laplacian were wrong by ~1e-8 relative
+    def fn(z):
+        return torch.sin(torch.nn.functional.leaky_relu(z, 0.2).sum() ** 2)
+
+    x = torch.tensor([[-1.3, -0.7, -2.1], [0.4, -0.9, 1.1]], dtype=F64)
+    result = compute_derivatives(fn, x, ("value", "jacobian", "laplacian"))
+    assert result.method == "collapsed"
+    torch.testing.assert_close(result.outputs["value"], torch.stack([fn(xi) for xi in x]), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(result.outputs["jacobian"], torch.vmap(torch.func.jacrev(fn))(x), rtol=1e-12, atol=1e-13)
+    expected = hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1)
+    torch.testing.assert_close(result.outputs["laplacian"], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_an_uncovered_op_falls_back_to_taylor_with_the_same_numbers():
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(

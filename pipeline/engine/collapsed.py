@@ -587,7 +587,8 @@ def _relu(x):
 
 @rule("leaky_relu")
 def _leaky_relu(x, negative_slope=0.01):
-    slope = torch.where(x.v > 0, 1.0, negative_slope).to(x.v.dtype)
+    # tensors of x's dtype: where(mask, 1.0, slope) of two Python scalars is float32, which rounds the slope
+    slope = torch.where(x.v > 0, torch.ones_like(x.v), torch.full_like(x.v, negative_slope))
     return _elementwise(x, x.v * slope, slope, None)
 
 
