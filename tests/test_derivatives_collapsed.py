@@ -110,6 +110,29 @@ def test_an_uncovered_op_falls_back_to_taylor_with_the_same_numbers():
     torch.testing.assert_close(result.outputs["laplacian"], fd_laplacian(net, x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [lambda z: torch.nn.functional.gelu(z, approximate="tanh").sum(), lambda z: torch.pow(2.0, z).sum()],
+    ids=["gelu-tanh", "scalar-base-pow"],
+)
+@pytest.mark.parametrize("method", ["auto", "collapsed", "taylor"])
+def test_operators_fall_back_when_a_collapsed_rule_refuses_at_run_time(fn, method):
+    # these ops have collapsed rules that refuse the argument form only when they run: compute_operators
+    # raised NotCovered instead of contracting a Hessian, as compute_derivatives falls back for a Laplacian
+    x = torch.randn(4, 3, dtype=F64)
+    factor = torch.randn(3, 2, dtype=F64)
+    options = OperatorOptions(factor=factor, samples=4, seed=3)
+    result = compute_operators(fn, x, ("weighted_laplacian", "laplacian_estimate"), options, method=method)
+    assert "collapsed" in result.fallback_reason
+    h = hessians(fn, x)
+    expected = torch.einsum("nij,ij->n", h, factor @ factor.T)
+    torch.testing.assert_close(result.outputs["weighted_laplacian"], expected, rtol=1e-10, atol=1e-12)
+    forced = compute_operators(fn, x, ("laplacian_estimate",), options, method="forward")
+    torch.testing.assert_close(
+        result.outputs["laplacian_estimate"], forced.outputs["laplacian_estimate"], rtol=1e-10, atol=1e-12
+    )
+
+
 @pytest.mark.parametrize("d", [1, 3, 17])
 @pytest.mark.parametrize("out", [1, 4])
 def test_weighted_laplacian_constant_and_state_dependent_factor(d, out):

@@ -518,9 +518,10 @@ def compute_operators(
     gap = collapsed_gap(traced) if traced is not None else _requested(method)
     outputs: dict[str, torch.Tensor] = {}
     peak: int | None = None
+    pieces: list[dict[str, torch.Tensor]] = []
     if gap is None and n > 0:
         chunk = operator_chunk_size(traced, x, options, chunk_size, quantities, memory_limit_bytes)
-        position, pieces = 0, []
+        position = 0
         while position < n:
             piece = x[position : position + chunk]
             try:
@@ -538,11 +539,16 @@ def compute_operators(
                     if measured.peak_bytes is not None:
                         peak = max(peak or 0, measured.peak_bytes)
             except Exception as error:
-                if not chunking.is_out_of_memory(error) or chunk == 1:
+                if not chunking.is_out_of_memory(error):
+                    # a collapsed rule refused an argument form at run time: contract a Hessian instead
+                    gap = f"collapsed mode failed ({type(error).__name__}: {error})"
+                    break
+                if chunk == 1:
                     raise
                 chunk = max(1, chunk // 2)
                 continue
             position += piece.shape[0]
+    if gap is None and n > 0:
         for name in pieces[0]:
             outputs[name] = torch.cat([p[name] for p in pieces]).to(x.dtype)
         used, reason = "collapsed", None
