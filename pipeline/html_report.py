@@ -462,8 +462,8 @@ def sweep_sections(dataset, progress: Progress = _silent) -> list[Section]:
         scatter.tables.append((["quantity", "cases", "NaN cases", "min", "mean", "max"], table))
         if n > MAX_SCATTER_POINTS:
             scatter.notes.append(
-                f"the plots draw every {-(-n // MAX_SCATTER_POINTS)}th case ({len(range(0, n, -(-n // MAX_SCATTER_POINTS))):,} "
-                f"of {n:,}); the table is of every case"
+                f"the plots draw one case in {-(-n // MAX_SCATTER_POINTS)} "
+                f"({len(range(0, n, -(-n // MAX_SCATTER_POINTS))):,} of {n:,}); the table is of every case"
             )
         sections.append(scatter)
     return sections

@@ -313,4 +313,4 @@ def test_sweep_scatter_draws_at_most_max_scatter_points_and_tables_every_case(st
     scatter = sweep_sections(pipeline.open_results(stores["sweep"]))[1]
     assert drawn and set(drawn) == {10}
     assert {row[1] for row in scatter.tables[0][1]} == {40}
-    assert "the plots draw every 4th case (10 of 40); the table is of every case" in scatter.notes
+    assert "the plots draw one case in 4 (10 of 40); the table is of every case" in scatter.notes
