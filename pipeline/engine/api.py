@@ -522,10 +522,11 @@ def compute_operators(
     if gap is None and n > 0:
         chunk = operator_chunk_size(traced, x, options, chunk_size, quantities, memory_limit_bytes)
         position = 0
+        measured_size = 0  # pieces up to this size ran measured within the cap (see chunking.must_measure)
         while position < n:
             piece = x[position : position + chunk]
             try:
-                if memory_limit_bytes is None:
+                if memory_limit_bytes is None or not chunking.must_measure(piece.shape[0], measured_size, x.device):
                     pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
                 else:  # the tracker enforces the cap per op, as for the collapsed Laplacian
                     measured = chunking.measure(
@@ -536,6 +537,7 @@ def compute_operators(
                         memory_limit_bytes,
                     )
                     pieces.append(measured.outputs)
+                    measured_size = max(measured_size, piece.shape[0])
                     if measured.peak_bytes is not None:
                         peak = max(peak or 0, measured.peak_bytes)
             except Exception as error:
