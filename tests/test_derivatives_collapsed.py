@@ -106,15 +106,34 @@ def test_an_uncovered_op_falls_back_to_taylor_with_the_same_numbers():
     result = compute_derivatives(net, x, ("laplacian",))
     assert result.method == "taylor"
     forced = compute_derivatives(net, x, ("laplacian",), method="collapsed")
-    assert forced.method == "taylor"
+    assert forced.method == "taylor" and "collapsed mode not used" in forced.fallback_reason
     torch.testing.assert_close(result.outputs["laplacian"], fd_laplacian(net, x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
+RUN_TIME_REFUSALS = pytest.mark.parametrize(
     "fn",
     [lambda z: torch.nn.functional.gelu(z, approximate="tanh").sum(), lambda z: torch.pow(2.0, z).sum()],
     ids=["gelu-tanh", "scalar-base-pow"],
 )
+
+
+@RUN_TIME_REFUSALS
+def test_a_forced_collapsed_laplacian_says_why_it_fell_back(fn):
+    """method="collapsed" whose rules refuse at run time: Taylor computes it, and the result says why.
+
+    The reason was lost (``fallback_reason=None``, as if collapsed mode had run or been declined by auto).
+    """
+    x = torch.randn(5, 3, dtype=F64)
+    forced = compute_derivatives(fn, x, ("value", "laplacian"), method="collapsed")
+    assert forced.method == "taylor"
+    assert forced.fallback_reason is not None and forced.fallback_reason.startswith("collapsed mode failed (")
+    expected = hessians(fn, x).diagonal(dim1=-2, dim2=-1).sum(-1)
+    torch.testing.assert_close(forced.outputs["laplacian"], expected, rtol=1e-10, atol=1e-12)
+    chosen = compute_derivatives(fn, x, ("value", "laplacian"))  # auto: Taylor is no fallback, no reason
+    assert chosen.method == "taylor" and chosen.fallback_reason is None
+
+
+@RUN_TIME_REFUSALS
 @pytest.mark.parametrize("method", ["auto", "collapsed", "taylor"])
 def test_operators_fall_back_when_a_collapsed_rule_refuses_at_run_time(fn, method):
     # these ops have collapsed rules that refuse the argument form only when they run: compute_operators

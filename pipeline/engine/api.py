@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import math
@@ -43,7 +44,8 @@ class DerivativeResult:
             tracker on the first chunk or the profiler on one sample (scaled to the final
             chunk), or - Taylor on CPU without a cap - estimated from the traced tensor
             sizes; ``None`` for collapsed mode without a cap, on any device (not measured).
-        fallback_reason: why Taylor mode was not used, or ``None``.
+        fallback_reason: why Taylor mode was not used (for a forced ``"collapsed"``: why collapsed
+            mode was not), or ``None``.
     """
 
     outputs: dict[str, torch.Tensor]
@@ -216,6 +218,7 @@ def compute_derivatives(
         traced is not None and "laplacian" in quantities and all(q in COLLAPSED_QUANTITIES for q in quantities)
     )
     gap = collapsed_gap(traced) if collapsible else "not a Laplacian"
+    forced_collapsed = method == "collapsed"
     if method == "collapsed":
         method = "auto"
         if gap is not None:
@@ -235,22 +238,17 @@ def compute_derivatives(
     if plan.method != "taylor" and reason is None:
         reason = f"the cost model prefers {plan.method} for d={in_size}, order {max_order(quantities)}"
     try:
-        return _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile, out_size)
+        result = _run(fn, x, quantities, plan, traced, fixed_chunk, memory_limit_bytes, reason, compile, out_size)
+        return _not_collapsed(result, reason) if forced_collapsed else result
     except Exception as error:
         if traced is None or plan.method not in ("taylor", "collapsed") or chunking.is_out_of_memory(error):
             raise
         if plan.method == "collapsed":  # the collapsed rules refused: the Taylor engine covers more
-            return _run(
-                fn,
-                x,
-                quantities,
-                MethodPlan("taylor"),
-                traced,
-                fixed_chunk,
-                memory_limit_bytes,
-                f"collapsed mode failed ({type(error).__name__}: {error})",
-                compile,
+            reason = f"collapsed mode failed ({type(error).__name__}: {error})"
+            result = _run(
+                fn, x, quantities, MethodPlan("taylor"), traced, fixed_chunk, memory_limit_bytes, reason, compile
             )
+            return _not_collapsed(result, reason) if forced_collapsed else result
         # a rule refused at run time (an argument form it does not handle), or the interpreter broke:
         # the function still gets its derivatives, from torch.func, and the result says why
         if isinstance(error, NotCovered):
@@ -261,6 +259,16 @@ def compute_derivatives(
         return _run(
             fn, x, quantities, MethodPlan(fallback), None, fixed_chunk, memory_limit_bytes, reason, out_size=out_size
         )
+
+
+def _not_collapsed(result: DerivativeResult, reason: str | None) -> DerivativeResult:
+    """A forced ``method="collapsed"`` that ran another method says why, even where that method is Taylor.
+
+    (``_run`` gives no reason for a Taylor result: under ``auto`` Taylor is no fallback.)
+    """
+    if result.method == "collapsed" or result.fallback_reason is not None or reason is None:
+        return result
+    return dataclasses.replace(result, fallback_reason=reason)
 
 
 def _run(
