@@ -232,32 +232,38 @@ def stability_factors(T0: torch.Tensor, sigma: torch.Tensor, options: dict[str, 
         return torch.maximum(streaming, coupling)
 
 
+def _refuse_negative(name: str, profiles: torch.Tensor, first_case: int, why: str) -> None:
+    """Raise ``UnsolvableCase`` naming the first case whose ``name`` profile is negative somewhere (why: ``why``)."""
+    negative = torch.nonzero(profiles.amin(-1) < 0).flatten()
+    if len(negative):
+        case = int(negative[0])
+        raise UnsolvableCase(
+            f"rte1d: {name} is negative somewhere in {len(negative)} of {len(profiles)} cases, first case "
+            f"{first_case + case} (min {name} {float(profiles[case].min()):.4g}): {why}. Fix: use {name}_mean >= 0 "
+            f"and {name}_amplitude <= 1 (or a {name} profile >= 0), or set stability_check: false to run anyway",
+            first_case + case,
+        )
+
+
 def check_stability(params: dict[str, torch.Tensor], options: dict[str, Any], first_case: int = 0) -> None:
     """Raise ``UnsolvableCase`` naming the stiffest case if any stability factor exceeds ``STABILITY_LIMIT``."""
     if not options["stability_check"]:
         return
     with torch.no_grad():  # the profiles built in place: a few times faster over a million cases
         T0, sigma = initial_profiles(params, options, in_place=True)
-    negative = torch.nonzero(sigma.amin(-1) < 0).flatten()
-    if len(negative):
-        case = int(negative[0])
-        raise UnsolvableCase(
-            f"rte1d: sigma is negative somewhere in {len(negative)} of {len(sigma)} cases, first case "
-            f"{first_case + case} (min sigma {float(sigma[case].min()):.4g}): a negative opacity amplifies the "
-            "radiation instead of absorbing it, so the results grow until they overflow. Fix: use sigma_mean >= 0 "
-            "and sigma_amplitude <= 1 (or a sigma profile >= 0), or set stability_check: false to run anyway",
-            first_case + case,
-        )
-    negative = torch.nonzero(T0.amin(-1) < 0).flatten()
-    if len(negative):
-        case = int(negative[0])
-        raise UnsolvableCase(
-            f"rte1d: T0 is negative somewhere in {len(negative)} of {len(T0)} cases, first case "
-            f"{first_case + case} (min T0 {float(T0[case].min()):.4g}): T is an absolute temperature, emitting "
-            "a c T^4, so a negative one emits as if it were positive and its results mean nothing. Fix: use "
-            "T0_mean >= 0 and T0_amplitude <= 1 (or a T0 profile >= 0), or set stability_check: false to run anyway",
-            first_case + case,
-        )
+    _refuse_negative(
+        "sigma",
+        sigma,
+        first_case,
+        "a negative opacity amplifies the radiation instead of absorbing it, so the results grow until they overflow",
+    )
+    _refuse_negative(
+        "T0",
+        T0,
+        first_case,
+        "T is an absolute temperature, emitting a c T^4, so a negative one emits as if it were positive and its "
+        "results mean nothing",
+    )
     factors = stability_factors(T0, sigma, options).nan_to_num(nan=math.inf, posinf=math.inf)
     bad = int((factors > STABILITY_LIMIT).sum())
     if bad == 0:
