@@ -271,3 +271,23 @@ def test_a_cap_still_stops_the_first_chunk_written_in_place():
     assert 0 < run.peak_bytes <= cap
     torch.testing.assert_close(run.outputs["double"], x * 2)
     assert sizes[:3] == [(8, False), (8, True), (4, True)]
+
+
+@pytest.mark.parametrize("method", ["forward", "reverse", "forward-over-reverse"])
+def test_torch_func_results_hold_no_graph_of_the_modules_parameters(method):
+    """An nn.Module's parameters require grad: each torch.func chunk built an autograd graph for them, and copying
+    the chunks into the results chained every graph on (2,048 forward Hessians of a 20 -> 128 -> 128 -> 1 MLP:
+    4.3 GB peak RSS and 2x the time). The results are detached, as Taylor mode's are, and the numbers unchanged."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    x = torch.randn(40, 3, dtype=torch.float64)
+    net = net.double()
+    result = compute_derivatives(net, x, ("jacobian", "hessian"), method=method, chunk_size=16)
+    for value in result.outputs.values():
+        assert value.grad_fn is None and not value.requires_grad
+    from pipeline.engine.hvp import hvp
+
+    products = hvp(net, x, torch.randn(40, 2, 3, dtype=torch.float64), method="reverse")
+    assert products.grad_fn is None
+    reference = torch.func.vmap(torch.func.hessian(net))(x)
+    torch.testing.assert_close(result.outputs["hessian"], reference.detach(), rtol=1e-12, atol=1e-12)

@@ -83,7 +83,7 @@ def _reverse_chunk(fn, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     def per_sample(xi, vs):
         return vmap(lambda v: jvp(jacrev(fn), (xi,), (v,))[1])(vs)  # [k, *out, *in]
 
-    with exact_layer_norm():
+    with exact_layer_norm(), torch.no_grad():  # no graph for the parameters (see strategies.torch_func_chunk)
         products = vmap(per_sample)(x, vectors)
     return products.reshape(products.shape[:2] + tuple(products.shape[2 : products.ndim - in_ndim]) + x.shape[1:])
 
