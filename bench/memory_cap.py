@@ -40,8 +40,8 @@ CAP = 256 << 20
 ROWS = (  # label, quantities, method, options
     ("value, bilaplacian", ("value", "bilaplacian"), "auto", None),
     ("value, laplacian", ("value", "laplacian"), "auto", None),
-    # a torch.func row (measured with the profiler) is left out: the old column's profiler run every chunk
-    # grew the process past 24 GB over the rounds (BENCHMARKS.md, session 21); `--forward` adds it back
+    # the torch.func row (measured with the profiler, slower) only with `--forward`: before its chunks ran under
+    # no_grad it grew the process past 24 GB over the rounds (BENCHMARKS.md, session 21)
     ("laplacian_estimate (16)", ("laplacian_estimate",), "auto", {"samples": 16, "seed": 0}),
 )
 
