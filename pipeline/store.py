@@ -833,7 +833,9 @@ def append_run(path: str | Path, run: dict[str, Any]) -> None:
     """Add one run (``provenance.run_record``) to the store's ``runs`` root attribute (the driver, before finalize)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = _zarr().open_group(storage.zarr_target(path), mode="r+", use_consolidated=False)
+        # opened through the consolidated copy (when there is one), so that it is kept: a store left
+        # incomplete by this run still opens in xarray without a warning (finalize re-consolidates a complete one)
+        group = _zarr().open_group(storage.zarr_target(path), mode="r+")
         group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 

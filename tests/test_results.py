@@ -158,3 +158,28 @@ def test_open_results_masks_uncommitted_shards_without_reading_a_marker(grid_sto
     np.testing.assert_array_equal(ds.committed.values, expected)
     assert not ds.attrs["complete"] and bool(ds.value.isel(sample=slice(20, 40)).isnull().all())
     assert not bool(ds.value.isel(sample=slice(0, 20)).isnull().any())
+
+
+def test_store_left_incomplete_by_a_failed_shard_still_opens_without_warnings(tmp_path):
+    """A run that ends with a failed shard records itself in ``runs``; the store stays consolidated."""
+    import xarray as xr
+
+    spec = grid_spec(
+        tmp_path,
+        "inputs.axes.1={low: -1, high: 1, num: 5}",
+        f"function={{kind: import, target: 'user_fns:sqrt_first', python_path: ['{ROOT / 'tests'}']}}",
+        "function.output_names=null",
+        "function.input_names=null",
+        "quantities=[value]",
+        "execution.on_nonfinite=fail",
+        "execution.retries=0",
+        "inputs.axes.0={low: -1, high: 1, num: 12}",
+    )
+    summary = submit(spec, InlineExecutor())
+    assert not summary.complete and summary.failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(spec.store.path)
+    assert ds.value.shape == (60, 1) and len(pipeline.open_results(spec.store.path).attrs["runs"]) == 1
+    with pytest.raises(StoreError, match="not complete"):
+        pipeline.open_results(spec.store.path, require_complete=True)
