@@ -119,6 +119,12 @@ def unstack_grid(dataset):
     import xarray as xr
 
     axes = grid_axes(dataset.attrs)
+    if axes is None and "case" in dataset.dims:
+        swept = list(dataset.attrs.get("swept") or [])
+        raise ValueError(
+            "unstack_grid unstacks a derivative job's grid of inputs; this is a sweep store, whose cases unstack "
+            f"by their swept parameters: ds.set_index(case={swept!r}).unstack('case')"
+        )
     if axes is None:
         raise ValueError(
             "unstack_grid: the store's inputs are not a grid (inputs.kind is "

@@ -619,3 +619,21 @@ def test_a_bad_case_table_names_the_job_file_key_not_the_sweep_kind(tmp_path, ov
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 2 and key in result.output, result.output  # was `sweep grid.axes.T0_mean`
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unstack_grid_on_a_sweep_names_the_unstack_that_works(tmp_path):
+    """A grid sweep is not a grid of inputs: the message gives the set_index/unstack call, which works."""
+    import pipeline
+
+    spec = sweep_spec(
+        tmp_path,
+        {"kind": "grid", "axes": {"diffusivity": [0.05, 0.1, 0.2], "amplitude": [0.5, 1.0]}},
+        solver={"name": "heat1d", "options": {"nx": 8, "t_end": 0.1, "n_saves": 2}, "dtype": "float64"},
+    )
+    assert submit(spec, InlineExecutor()).complete
+    ds = open_results(spec.store.path)
+    with pytest.raises(ValueError, match=r"set_index\(case=\['diffusivity', 'amplitude'\]\)\.unstack\('case'\)"):
+        pipeline.unstack_grid(ds)
+    grid = ds.set_index(case=["diffusivity", "amplitude"]).unstack("case")
+    assert grid.u.sizes["diffusivity"] == 3 and grid.u.sizes["amplitude"] == 2
+    np.testing.assert_array_equal(grid.u.sel(diffusivity=0.1, amplitude=1.0).values, ds.u.isel(case=3).values)
