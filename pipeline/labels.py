@@ -113,7 +113,7 @@ def unstack_grid(dataset):
 
     Example:
         >>> grid = unstack_grid(pipeline.open_results("results/grid.zarr"))   # doctest: +SKIP
-        >>> grid.value.sel(output=0).plot()                                  # doctest: +SKIP
+        >>> grid.value.sel(output="u").plot()                                # doctest: +SKIP
     """
     import pandas as pd
     import xarray as xr
