@@ -449,7 +449,7 @@ def accept_code_change(path: Path, attrs: dict, spec, accepted: list[str]) -> st
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(str(path), mode="r+")  # keeps the consolidated copy (store.append_run)
         group.attrs.update({"files": recorded, "code_history": history, "complete": False})
     return (
         "--accept-changed-code: resuming with changed code (" + "; ".join(accepted) + "); the shards run "

@@ -1296,7 +1296,7 @@ def uncommit_shards(path: str | Path, shard_ids) -> None:
     zarr = _zarr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(storage.zarr_target(path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(storage.zarr_target(path), mode="r+")  # keeps the consolidated copy (append_run)
         group.attrs["complete"] = False
     for shard_id in ids:
         if storage.is_remote(path):

@@ -183,3 +183,19 @@ def test_store_left_incomplete_by_a_failed_shard_still_opens_without_warnings(tm
     assert ds.value.shape == (60, 1) and len(pipeline.open_results(spec.store.path).attrs["runs"]) == 1
     with pytest.raises(StoreError, match="not complete"):
         pipeline.open_results(spec.store.path, require_complete=True)
+
+
+def test_a_store_whose_shards_were_uncommitted_still_opens_without_warnings(tmp_path):
+    """`verify --repair` / `submit --repair` un-commit shards and clear ``complete``: that dropped the consolidated
+    metadata too, so xarray.open_zarr warned until the repair's run finished."""
+    import xarray as xr
+
+    from pipeline.store import uncommit_shards
+
+    spec = grid_spec(tmp_path)
+    assert submit(spec, InlineExecutor()).complete
+    uncommit_shards(spec.store.path, [0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(spec.store.path)
+    assert not ds.attrs["complete"] and not pipeline.open_results(spec.store.path).committed.values.all()
