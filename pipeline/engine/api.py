@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gc
 import math
 import time
@@ -483,10 +482,6 @@ def derivatives(fn, x, quantities=("value", "jacobian", "hessian"), *, method="a
     return compute_derivatives(fn, x, quantities, method=method, chunk_size=chunk_size).outputs
 
 
-def _operators_at(traced, x, *, quantities, offset, options):
-    return collapsed_operators_chunk(traced, x, quantities, offset, options)
-
-
 def compute_operators(
     fn,
     x: torch.Tensor,
@@ -526,41 +521,28 @@ def compute_operators(
     gap = collapsed_gap(traced) if traced is not None else _requested(method)
     outputs: dict[str, torch.Tensor] = {}
     peak: int | None = None
-    pieces: list[dict[str, torch.Tensor]] = []
     if gap is None and n > 0:
         chunk = operator_chunk_size(traced, x, options, chunk_size, quantities, memory_limit_bytes)
-        position = 0
-        measured_size = 0  # pieces up to this size ran measured within the cap (see chunking.must_measure)
-        while position < n:
-            piece = x[position : position + chunk]
-            try:
-                if memory_limit_bytes is None or not chunking.must_measure(piece.shape[0], measured_size, x.device):
-                    pieces.append(collapsed_operators_chunk(traced, piece, quantities, offset + position, options))
-                else:  # the tracker enforces the cap per op, as for the collapsed Laplacian
-                    measured = chunking.measure(
-                        functools.partial(
-                            _operators_at, traced, quantities=quantities, offset=offset + position, options=options
-                        ),
-                        piece,
-                        memory_limit_bytes,
-                    )
-                    pieces.append(measured.outputs)
-                    measured_size = max(measured_size, piece.shape[0])
-                    if measured.peak_bytes is not None:
-                        peak = max(peak or 0, measured.peak_bytes)
-            except Exception as error:
-                if not chunking.is_out_of_memory(error):
-                    # a collapsed rule refused an argument form at run time: contract a Hessian instead
-                    gap = f"collapsed mode failed ({type(error).__name__}: {error})"
-                    break
-                if chunk == 1:
-                    raise
-                chunk = max(1, chunk // 2)
-                continue
-            position += piece.shape[0]
+
+        def pass_over(rows: torch.Tensor, out=None) -> dict[str, torch.Tensor]:
+            # the chunking runs over sample indices: a chunk's directions are seeded by its global position
+            first = int(rows[0])
+            piece = x[first : first + rows.shape[0]]
+            return collapsed_operators_chunk(traced, piece, quantities, offset + first, options)
+
+        try:  # chunked, measured under a cap and halved on out-of-memory as every other quantity is
+            run = chunking.run_chunks(
+                pass_over, torch.arange(n, device=x.device), chunk, limit_bytes=memory_limit_bytes
+            )
+        except Exception as error:
+            if chunking.is_out_of_memory(error):
+                raise
+            # a collapsed rule refused an argument form at run time: contract a Hessian instead
+            gap = f"collapsed mode failed ({type(error).__name__}: {error})"
+        else:
+            outputs = {name: value.to(x.dtype) for name, value in run.outputs.items()}
+            chunk, peak = run.chunk_size, run.peak_bytes
     if gap is None and n > 0:
-        for name in pieces[0]:
-            outputs[name] = torch.cat([p[name] for p in pieces]).to(x.dtype)
         used, reason = "collapsed", None
         if ordinary:
             extra = compute_derivatives(
