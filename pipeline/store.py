@@ -92,7 +92,7 @@ class ShardRecord:
     memory_retries: int = 0  # attempts of the shard that ran out of memory (each retry halves blocks and chunks)
     peak_memory_bytes: int = -1
     error: str = ""
-    started: float = 0.0  # when the shard's last attempt began and committed (seconds since the epoch, UTC)
+    started: float = 0.0  # when the last attempt began and committed (s since the epoch, UTC; manifest: null if none did)
     finished: float = 0.0
     worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
     job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
@@ -839,22 +839,35 @@ def append_run(path: str | Path, run: dict[str, Any]) -> None:
         group.attrs["runs"] = [*list(group.attrs.get("runs") or []), run]
 
 
+def _manifest_columns(rows) -> dict[str, Any]:
+    """The manifest's columns of ``rows``: ``started`` and ``finished`` are null where no attempt committed.
+
+    A failed or pending shard's record holds 0.0 there (the dataclass default),
+    which reads as 1970-01-01 once turned into a time; null reads as NaN/NaT.
+    """
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
+    for key in ("started", "finished"):
+        values = [value if row.status == "done" else None for row, value in zip(rows, columns[key])]
+        columns[key] = pa.array(values, type=pa.float64())
+    return columns
+
+
 def _write_manifest(path: str | Path, rows) -> None:
     """The manifest, written in batches of ``BATCH_ROWS`` rows (to a temporary file, then renamed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if storage.is_remote(path):  # one PUT per object
-        rows = list(rows)
-        columns = {key: [getattr(r, key) for r in rows] for key in ShardRecord.__dataclass_fields__}
-        _write_table(path, MANIFEST_FILE, pa.table(columns))
+        _write_table(path, MANIFEST_FILE, pa.table(_manifest_columns(list(rows))))
         return
     path = Path(path)
     temporary = path / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     writer = None
     try:
         for batch in _batches(rows):
-            columns = {key: [getattr(r, key) for r in batch] for key in ShardRecord.__dataclass_fields__}
+            columns = _manifest_columns(batch)
             table = pa.table(columns) if writer is None else pa.table(columns, schema=writer.schema)
             if writer is None:
                 writer = pq.ParquetWriter(temporary, table.schema)

@@ -90,6 +90,26 @@ def test_failed_shards_appear_in_manifest(tmp_path):
         open_results(path, require_complete=True)
 
 
+def test_a_shard_that_never_committed_has_no_start_or_finish_time_in_the_manifest(tmp_path):
+    import pyarrow as pa
+
+    path, plan = make(tmp_path)
+    first = replace(record(plan.shards[0]), started=1765000000.0, finished=1765000001.5)
+    write_marker(path, first)
+    failed = {1: ShardRecord.failed(plan.shards[1], attempts=2, error="boom")}
+    assert finalize_store(path, plan, failed) is False
+    manifest = read_manifest(path)
+    assert manifest.column("status").to_pylist() == ["done", "failed", "pending"]
+    for key in ("started", "finished"):  # null, not 0.0 (1970-01-01 as a time)
+        assert manifest.schema.field(key).type == pa.float64()
+        values = manifest.column(key).to_pylist()
+        assert values[0] == getattr(first, key) and values[1:] == [None, None]
+    # a manifest of shards none of which committed keeps the column's type (a first batch of nulls only)
+    empty, empty_plan = make(tmp_path / "empty")
+    assert finalize_store(empty, empty_plan) is False
+    assert read_manifest(empty).schema.field("started").type == pa.float64()
+
+
 def test_region_writes_open_each_array_once_and_store_all_nan_chunks(tmp_path):
     from pipeline.store import open_for_writing
 
