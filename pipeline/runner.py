@@ -31,6 +31,66 @@ WAIT_S = 1.0  # how long one ray.wait blocks before the cluster watch is asked
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's processes take 127.0.0.1 as the node address
 
 
+RAY_WORKER_ADDRESS_SPACE = 2 * 2**30  # a Ray worker with torch, zarr and the engine imported maps 1.8-2.0 GB (Ray 2.60)
+OBJECT_STORE_SHARE = 4  # under ``ulimit -v``, the object store takes at most this fraction of a process's address space
+
+
+def address_space_limit() -> int | None:
+    """This process's address-space limit in bytes (``ulimit -v``, which Ray's processes inherit); None: unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def ray_default_object_store() -> int:
+    """The object store size a new local Ray takes by itself: 30% of the available memory, at most /dev/shm's size."""
+    from ray._private import ray_constants
+
+    try:
+        from ray._private.utils import estimate_available_memory, resolve_object_store_memory
+
+        return int(resolve_object_store_memory(estimate_available_memory(), None))
+    except (ImportError, TypeError):  # another Ray's private API: its documented rule
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION * memory)
+
+
+def object_store_under_limit(limit: int | None, default: int) -> int | None:
+    """The object store size for a local Ray whose every process may map at most ``limit`` bytes; None: Ray's ``default``.
+
+    Every Ray process (the driver and each worker) maps the whole object store,
+    which Ray sizes to 30% of the available memory; under a ``ulimit -v`` below
+    that plus a worker's own ~2 GB, each worker fails to start (``mmap
+    failed``) and Ray starts another forever: the job hung without a word. The
+    shards pass only small records through the store (results go to the
+    store), so a quarter of the limit is plenty; a worker keeps at least as
+    much again for its chunks. Raises a ``ClusterError`` when the limit leaves
+    a worker no room.
+
+    Example:
+        >>> object_store_under_limit(None, 7 * 2**30) is None, object_store_under_limit(64 * 2**30, 7 * 2**30)
+        (True, None)
+        >>> object_store_under_limit(8 * 2**30, 7 * 2**30) // 2**20
+        2048
+    """
+    from ray._private import ray_constants
+
+    if limit is None:
+        return None
+    size = limit // OBJECT_STORE_SHARE
+    if default <= size:
+        return None
+    if size < ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES or limit < RAY_WORKER_ADDRESS_SPACE + 2 * size:
+        raise ClusterError(
+            f"this shell limits each process to {limit / 2**30:.1f} GiB of address space (ulimit -v {limit // 1024}): "
+            f"a local Ray worker with torch needs ~{RAY_WORKER_ADDRESS_SPACE / 2**30:.0f} GiB of it, plus Ray's object "
+            "store and the job's chunks; raise the limit to 4 GiB or more (`ulimit -v unlimited`, or your "
+            "scheduler's memory request), or run without Ray: --executor inline"
+        )
+    return int(size)
+
+
 def start_local_ray(**kwargs: Any) -> None:
     """Start a new Ray on this machine that listens on the loopback interface only.
 
@@ -49,6 +109,10 @@ def start_local_ray(**kwargs: Any) -> None:
     from ray._private import ray_constants
 
     kwargs.setdefault("include_dashboard", False)
+    limit = address_space_limit()
+    store = None if limit is None else object_store_under_limit(limit, ray_default_object_store())
+    if store is not None:
+        kwargs.setdefault("object_store_memory", store)
     saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
