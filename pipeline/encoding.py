@@ -23,7 +23,9 @@ driver's check). :func:`decode` turns a Dataset opened with plain
 backend array: only the samples indexed are read and unpacked);
 ``pipeline.open_results`` calls it. Entries that are not all of a symmetric
 tensor's unique ones are shown as an ``<name>_entry`` axis with one
-coordinate per input axis (``<name>_i1``, ``<name>_i2``, ...).
+coordinate per input axis (``<name>_i1``, ``<name>_i2``, ...); ``open_results``
+then labels those and ``<name>_output`` with the job's names
+(``labels.label_selections``).
 
 Example:
     >>> unique_entries(3, 2)

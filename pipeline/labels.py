@@ -5,7 +5,8 @@ Driver side, ``check_labels`` refuses ``function.output_names`` /
 Reader side, ``label_dataset`` turns the arrays of a store into a labelled
 ``xarray.Dataset``: a ``sample`` (or ``case``) index coordinate, the inputs
 as coordinates of ``sample``, and the names from the job file as labels of
-the ``output`` and ``input`` axes. ``unstack_grid`` turns the flat sample
+the ``output`` and ``input`` axes, and of the outputs and entries a
+quantity keeps under ``store.encoding`` (``label_selections``). ``unstack_grid`` turns the flat sample
 axis of a grid job into the grid's own axes.
 
 Example:
@@ -17,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -91,6 +93,40 @@ def label_samples(dataset, attributes: dict[str, Any]):
             dataset = dataset.assign_coords(
                 {name: dataset["inputs"].variable.isel(input=i) for i, name in enumerate(input_names)}
             )
+    return label_selections(dataset, output_names, input_names)
+
+
+def label_selections(dataset, output_names, input_names):
+    """The axes of chosen outputs and entries (``store.encoding``) labelled with the function's names.
+
+    ``<name>_output`` (the outputs a quantity kept) gets their names, its
+    integer indices staying as ``<name>_output_index``; the entry coordinates
+    ``<name>_i1``, ``<name>_i2``, ... on ``<name>_entry`` get the input names
+    and become one index (a MultiIndex from two on), so that
+    ``ds.hessian.sel(hessian_i1="x", hessian_i2="y")`` picks an entry; their
+    integers stay as ``<name>_i1_index``, ... Without names nothing changes.
+    """
+    for name in list(dataset.data_vars):
+        dims = dataset[name].dims
+        kept = f"{name}_output"
+        if output_names and kept in dims and kept in dataset.coords and dataset[kept].dtype.kind in "iu":
+            indices = dataset[kept].values
+            if indices.size and indices.max() < len(output_names):
+                dataset = dataset.assign_coords(
+                    {kept: [str(output_names[i]) for i in indices], f"{kept}_index": (kept, indices)}
+                )
+        entry = f"{name}_entry"
+        axes = list(itertools.takewhile(dataset.coords.__contains__, (f"{name}_i{k}" for k in itertools.count(1))))
+        if not input_names or entry not in dims or not axes:
+            continue
+        columns = {axis: dataset[axis].values for axis in axes}
+        if any(values.dtype.kind not in "iu" or values.max() >= len(input_names) for values in columns.values()):
+            continue
+        dataset = dataset.assign_coords(
+            {f"{axis}_index": (entry, values) for axis, values in columns.items()}
+            | {axis: (entry, [str(input_names[i]) for i in values]) for axis, values in columns.items()}
+        )
+        dataset = dataset.set_xindex(axes)
     return dataset
 
 

@@ -199,3 +199,86 @@ def test_a_store_whose_shards_were_uncommitted_still_opens_without_warnings(tmp_
         warnings.simplefilter("error")
         ds = xr.open_zarr(spec.store.path)
     assert not ds.attrs["complete"] and not pipeline.open_results(spec.store.path).committed.values.all()
+
+
+def reference_derivatives(spec, inputs):
+    """value, jacobian, hessian of the job's MLP in float64 by the plain autograd loop (tests/references.py)."""
+    import torch
+    from references import autograd_loop
+
+    from pipeline.models import build_function
+
+    fn = build_function(spec.function, torch.float64)
+    return [t.numpy() for t in autograd_loop(fn, torch.as_tensor(np.asarray(inputs, np.float64)), 2)]
+
+
+@pytest.fixture(scope="module")
+def selected_store(tmp_path_factory):
+    """The grid job (outputs u, v, w; inputs x0, x1) storing chosen outputs and entries."""
+    encoding = (
+        "store.encoding={value: {outputs: [2, 0]}, jacobian: {entries: [[1]], outputs: [1]},"
+        " hessian: {entries: [[1, 0], [0, 0]]}}"
+    )
+    spec = grid_spec(tmp_path_factory.mktemp("selected"), encoding)
+    assert submit(spec, InlineExecutor()).complete
+    return spec
+
+
+def test_selected_outputs_and_entries_are_labelled_with_the_names(selected_store):
+    """`value_output` holds the names of the outputs kept, `hessian_i1`/`_i2` the input names (a MultiIndex on
+    `hessian_entry`); the integer indices stay as `<axis>_index`; the values under a name are the values at its index."""
+    ds = pipeline.open_results(selected_store.store.path, require_complete=True)
+    value, jacobian, hessian = reference_derivatives(selected_store, ds.inputs.values)
+    assert ds.value.dims == ("sample", "value_output")
+    assert ds.value_output.values.tolist() == ["w", "u"] and ds.value_output_index.values.tolist() == [2, 0]
+    for name, index in (("w", 2), ("u", 0)):
+        np.testing.assert_allclose(ds.value.sel(value_output=name).values, value[:, index], rtol=1e-5, atol=1e-6)
+    assert ds.jacobian.dims == ("sample", "jacobian_output", "jacobian_entry")
+    assert ds.jacobian_output.values.tolist() == ["v"] and ds.jacobian_i1.values.tolist() == ["x1"]
+    assert ds.jacobian_i1_index.values.tolist() == [1]
+    np.testing.assert_allclose(
+        ds.jacobian.sel(jacobian_output="v", jacobian_i1="x1").values, jacobian[:, 1, 1], rtol=1e-5, atol=1e-6
+    )
+    assert ds.hessian.dims == ("sample", "output", "hessian_entry")
+    assert ds.hessian_i1.values.tolist() == ["x1", "x0"] and ds.hessian_i2.values.tolist() == ["x0", "x0"]
+    assert ds.hessian_i1_index.values.tolist() == [1, 0] and ds.hessian_i2_index.values.tolist() == [0, 0]
+    for i, j in ((1, 0), (0, 0)):
+        got = ds.hessian.sel(output="v", hessian_i1=f"x{i}", hessian_i2=f"x{j}").values
+        np.testing.assert_allclose(got, hessian[:, 1, i, j], rtol=1e-4, atol=1e-5)
+    row = ds.hessian.sel(hessian_i2="x0")  # a partial key: the entries it matches, along the other input axis
+    assert row.dims == ("sample", "output", "hessian_i1") and row.hessian_i1.values.tolist() == ["x1", "x0"]
+    np.testing.assert_allclose(ds.x1.values, ds.inputs.values[:, 1])  # the inputs' own coordinates are untouched
+
+
+def test_selected_axes_without_names_read_as_before(tmp_path):
+    """No output_names / input_names: the selected axes keep their integer coordinates (old stores read the same)."""
+    spec = grid_spec(
+        tmp_path,
+        "function.output_names=null",
+        "function.input_names=null",
+        "quantities=[value, hessian]",
+        "store.encoding={value: {outputs: [2, 0]}, hessian: {entries: [[1, 0]]}}",
+    )
+    assert submit(spec, InlineExecutor()).complete
+    ds = pipeline.open_results(spec.store.path)
+    assert ds.value_output.values.tolist() == [2, 0] and ds.hessian_i1.values.tolist() == [1]
+    assert "value_output_index" not in ds.coords and "hessian_i1_index" not in ds.coords
+
+
+def test_packed_and_selected_outputs_unpack_to_named_axes(tmp_path):
+    """A packed Hessian of chosen outputs reads back on `hessian_output` (names), `input`, `input_d2` (names)."""
+    spec = grid_spec(
+        tmp_path,
+        "quantities=[value, hessian]",
+        "store.encoding={hessian: {packed: true, outputs: [2, 1]}}",
+    )
+    assert submit(spec, InlineExecutor()).complete
+    ds = pipeline.open_results(spec.store.path)
+    _, _, hessian = reference_derivatives(spec, ds.inputs.values)
+    assert ds.hessian.dims == ("sample", "hessian_output", "input", "input_d2")
+    assert ds.hessian_output.values.tolist() == ["w", "v"] and ds.hessian_output_index.values.tolist() == [2, 1]
+    assert ds.input_d2.values.tolist() == ["x0", "x1"] and list(ds.output.values) == ["u", "v", "w"]
+    for name, index in (("w", 2), ("v", 1)):
+        got = ds.hessian.sel(hessian_output=name, input="x0", input_d2="x1").values
+        np.testing.assert_allclose(got, hessian[:, index, 0, 1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got, ds.hessian.sel(hessian_output=name, input="x1", input_d2="x0").values)

@@ -56,12 +56,14 @@ class MLPFunction(Strict):
     seed: int = Field(default=0, description="seed of the weight initialisation (ignored with a checkpoint)")
     checkpoint: Checkpoint = Field(default=None, description="state_dict file, loaded with weights_only=True")
     output_names: list[str] | None = Field(
-        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+        default=None,
+        description="labels of the 1-D output axis (the 'output' coordinate of the store, and of the outputs "
+        "store.encoding keeps), one per output",
     )
     input_names: list[str] | None = Field(
         default=None,
-        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
-        "'sample' holding that input)",
+        description="labels of the 1-D input axis (the 'input' coordinate, and of the entries store.encoding "
+        "keeps; each also a coordinate of 'sample' holding that input)",
     )
 
 
@@ -85,12 +87,14 @@ class ImportFunction(Strict):
         description="directories added to sys.path before importing (default: the job file's directory)",
     )
     output_names: list[str] | None = Field(
-        default=None, description="labels of the 1-D output axis (the 'output' coordinate of the store), one per output"
+        default=None,
+        description="labels of the 1-D output axis (the 'output' coordinate of the store, and of the outputs "
+        "store.encoding keeps), one per output",
     )
     input_names: list[str] | None = Field(
         default=None,
-        description="labels of the 1-D input axis (the 'input' coordinate; each also a coordinate of "
-        "'sample' holding that input)",
+        description="labels of the 1-D input axis (the 'input' coordinate, and of the entries store.encoding "
+        "keeps; each also a coordinate of 'sample' holding that input)",
     )
 
     @field_validator("kwargs")
