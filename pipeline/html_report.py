@@ -334,8 +334,9 @@ def grid_section(dataset, quantities, progress: Progress = _silent) -> Section |
         first = name == "value" and dataset[name].ndim == 2
         values = per_sample(dataset[name], chunk, first_output=first, progress=progress)
         title = f"|{name}|"
-        if first:
-            title = f"value, output {dataset['output'].values[0]}" if "output" in dataset.coords else "value, output 0"
+        if first:  # the first output the array holds: its own axis when store.encoding keeps chosen outputs
+            outputs = dataset[name].dims[1]
+            title = f"value, output {dataset[outputs].values[0] if outputs in dataset.coords else 0}"
         if len(names) == 2:  # the flat sample axis is the grid in C order (as labels.unstack_grid reads it)
             field = values.reshape(len(axes_points[names[0]]), len(axes_points[names[1]]))
             mesh = axis.pcolormesh(axes_points[names[1]], axes_points[names[0]], field, shading="auto", cmap="viridis")

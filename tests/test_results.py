@@ -282,3 +282,18 @@ def test_packed_and_selected_outputs_unpack_to_named_axes(tmp_path):
         got = ds.hessian.sel(hessian_output=name, input="x0", input_d2="x1").values
         np.testing.assert_allclose(got, hessian[:, index, 0, 1], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(got, ds.hessian.sel(hessian_output=name, input="x1", input_d2="x0").values)
+
+
+def test_report_grid_map_names_the_first_output_the_value_keeps(selected_store, monkeypatch):
+    """value keeps outputs [2, 0] (w, u): the map shows output w, and its title said `output u` (the full axis')."""
+    from matplotlib.axes import Axes
+
+    from pipeline.html_report import grid_section
+
+    titles: list[str] = []
+    original = Axes.set_title
+    monkeypatch.setattr(
+        Axes, "set_title", lambda self, text, *a, **k: titles.append(text) or original(self, text, *a, **k)
+    )
+    assert grid_section(pipeline.open_results(selected_store.store.path), ["value"]) is not None
+    assert titles == ["value, output w"]
