@@ -48,11 +48,18 @@ def check_labels(function: dict[str, Any], quantities, *, in_shape, out_shape) -
             raise ValueError(f"function.{key}: {twice} appear more than once; the names must differ")
         if key == "input_names":  # each also becomes a coordinate of 'sample': a Python identifier, no clash
             taken = set(RESERVED) | set(quantities)
-            bad = [n for n in names if not _NAME.match(n) or n in taken or n.startswith("input_")]
+            # nor the coordinates of the outputs and entries store.encoding keeps (label_selections)
+            selections = re.compile(rf"^({'|'.join(map(re.escape, quantities))})_(output|entry|i\d+)(_index)?$")
+            bad = [
+                n
+                for n in names
+                if not _NAME.match(n) or n in taken or n.startswith("input_") or (quantities and selections.match(n))
+            ]
             if bad:
                 raise ValueError(
                     f"function.input_names: {bad} cannot name coordinates (letters, digits and _, "
-                    f"not one of {sorted(taken)}); rename them"
+                    f"not one of {sorted(taken)}, nor <quantity>_output, <quantity>_entry, <quantity>_i1, ...); "
+                    "rename them"
                 )
 
 

@@ -297,3 +297,20 @@ def test_report_grid_map_names_the_first_output_the_value_keeps(selected_store, 
     )
     assert grid_section(pipeline.open_results(selected_store.store.path), ["value"]) is not None
     assert titles == ["value, output w"]
+
+
+def test_input_names_that_would_replace_a_selection_coordinate_are_refused(tmp_path):
+    """`input_names: [hessian_i1, y]` made the input coordinate `hessian_i1` silently replace the entry coordinate."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    for names in ("[hessian_i1, y]", "[value_output, y]", "[hessian_i2_index, y]"):
+        with pytest.raises(SpecError, match=r"function.input_names: \['\w+'\] cannot name coordinates .*rename them"):
+            prepare(grid_spec(tmp_path, f"function.input_names={names}"))
+    store = tmp_path / "grid.zarr"
+    args = ["submit", ROOT / "jobs/grid.yaml", "--executor", "inline", "--set", f"store.path={store}"]
+    args += ["--set", "function.input_names=[hessian_i1, y]", "--set", "store.encoding={hessian: {entries: [[1, 0]]}}"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2 and "function.input_names: ['hessian_i1'] cannot name coordinates" in result.output
+    assert not store.exists() and not list(tmp_path.iterdir())
