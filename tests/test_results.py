@@ -314,3 +314,26 @@ def test_input_names_that_would_replace_a_selection_coordinate_are_refused(tmp_p
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 2 and "function.input_names: ['hessian_i1'] cannot name coordinates" in result.output
     assert not store.exists() and not list(tmp_path.iterdir())
+
+
+def test_third_derivative_entries_are_a_multiindex_of_the_input_names(tmp_path):
+    """d3 keeps entries (0, 1, 1), (1, 1, 0) of output v: `.sel` by three input names gives the float64 autograd value."""
+    import torch
+    from references import autograd_loop
+
+    from pipeline.models import build_function
+
+    spec = grid_spec(
+        tmp_path,
+        "quantities=[value, d3]",
+        "store.encoding={d3: {entries: [[0, 1, 1], [1, 1, 0]], outputs: [1]}}",
+    )
+    assert submit(spec, InlineExecutor()).complete
+    ds = pipeline.open_results(spec.store.path)
+    fn = build_function(spec.function, torch.float64)
+    d3 = autograd_loop(fn, torch.as_tensor(ds.inputs.values.astype(np.float64)), 3)[3].numpy()
+    assert ds.d3.dims == ("sample", "d3_output", "d3_entry") and ds.d3_output.values.tolist() == ["v"]
+    assert ds.d3_i3.values.tolist() == ["x1", "x0"] and ds.d3_i3_index.values.tolist() == [1, 0]
+    for i, j, k in ((0, 1, 1), (1, 1, 0)):
+        got = ds.d3.sel(d3_output="v", d3_i1=f"x{i}", d3_i2=f"x{j}", d3_i3=f"x{k}").values
+        np.testing.assert_allclose(got, d3[:, 1, i, j, k], rtol=1e-4, atol=1e-6)
