@@ -92,7 +92,7 @@ class ShardRecord:
     memory_retries: int = 0  # attempts of the shard that ran out of memory (each retry halves blocks and chunks)
     peak_memory_bytes: int = -1
     error: str = ""
-    started: float = 0.0  # when the last attempt began and committed (s since the epoch, UTC; manifest: null if none did)
+    started: float = 0.0  # when the last attempt began and committed (epoch s, UTC; manifest: null if none did)
     finished: float = 0.0
     worker: str = ""  # host:pid of the process that ran it (a shard timeline per worker)
     job: str = ""  # the job name and spec hash, so that manifests of many stores can be grouped
