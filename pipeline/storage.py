@@ -421,9 +421,15 @@ def protocol_of(fs) -> str:
 def check_access(url: str, key: str, options: str | None = "store.storage_options") -> None:
     """Raise ``StorageError`` naming ``key`` when the bucket is missing, unreachable or the credentials are refused.
 
-    A cheap round trip before any work starts (list the bucket); nothing is
-    written. ``options`` names where else than the environment the storage
-    options can come from, for the messages (None: only the environment).
+    A cheap round trip before any work starts; nothing is written. On
+    ``s3://`` it lists at most one object under the URL's own key prefix
+    (``ListObjectsV2`` with ``Prefix=<key>/``, ``MaxKeys=1``), so credentials
+    allowed only under a prefix (docs/object-storage.md) pass: S3 answers
+    ``NoSuchBucket`` for a missing bucket and an empty listing for a prefix
+    that holds nothing (s3fs's ``ls`` says FileNotFoundError for both). Other
+    schemes list the bucket. ``options`` names where else than the environment
+    the storage options can come from, for the messages (None: only the
+    environment).
     """
     alternative = f" or {options}" if options else ""
     check_url(url, key)
@@ -431,9 +437,14 @@ def check_access(url: str, key: str, options: str | None = "store.storage_option
     if scheme == "memory":
         return
     fs, _ = filesystem(url)
-    bucket = rest.split("/", 1)[0]
+    bucket, _, prefix = rest.strip("/").partition("/")
+    listed = f"{scheme}://{bucket}/{prefix}/" if prefix else f"{scheme}://{bucket}"
     try:
-        retry(fs.ls, bucket, detail=False, refresh=True)
+        if protocol_of(fs) == "s3":
+            retry(fs.call_s3, "list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+        else:
+            listed = f"{scheme}://{bucket}"
+            retry(fs.ls, bucket, detail=False, refresh=True)
     except FileNotFoundError:
         raise StorageError(
             f"{key}: the bucket {bucket!r} of {url} does not exist (or these credentials cannot see it); "
@@ -441,8 +452,8 @@ def check_access(url: str, key: str, options: str | None = "store.storage_option
         ) from None
     except PermissionError as err:
         raise StorageError(
-            f"{key}: access to {scheme}://{bucket} was refused ({_first_line(err)}); check the credentials "
-            f"({CREDENTIAL_VARIABLES}){alternative}"
+            f"{key}: access to {listed} was refused ({_first_line(err)}); check the credentials "
+            f"({CREDENTIAL_VARIABLES}){alternative}; a job needs to list, read and write under {listed}"
         ) from None
     except Exception as err:
         if is_missing_credentials(err):

@@ -143,8 +143,9 @@ def check_readable(path: str | Path, key: str = "STORE", options: str | None = N
 
     One HEAD of the store's ``zarr.json`` when it is there (a reader allowed
     only under a prefix is not asked to list the bucket); only when that
-    fails or finds nothing is the bucket probed (``storage.check_access``),
-    to say why. Nothing wrong with the bucket: returns, and the command says
+    fails or finds nothing is the store's prefix listed (``storage.check_access``:
+    a missing bucket, refused or no credentials, an unreachable endpoint), to
+    say why. Nothing wrong with the bucket: returns, and the command says
     what it finds (no store yet, not a store).
     """
     if not storage.is_remote(path):
