@@ -10,6 +10,7 @@ results, bit for bit, as the job on local disk, without a single refusal.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -169,3 +170,27 @@ def test_a_store_outside_the_users_prefix_is_refused_naming_store_path_before_an
     assert "Traceback" not in output
     assert [r.method for r in proxy.requests] == ["GET"], proxy.requests  # the one listing, refused
     assert objects(url) == [] and not storage.exists(url + ".lease")  # (the full credentials look)
+
+
+def test_the_fsspec_zarr_layer_stays_under_the_prefix_too(s3_server, proxy, tmp_path, monkeypatch):
+    """zarr's FsspecStore (s3fs), used when obstore is missing or the options are not obstore's: the same job
+    through the prefix-limited proxy, its options in store.storage_options, equals local disk bit for bit."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.setattr(storage, "ZARR_LAYER", "fsspec")
+    small = ["--set", "inputs.n=2000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]
+    local, url = tmp_path / "small.zarr", s3_server.url(PREFIX + "fsspec/small.zarr")
+    options = {**s3_server.storage_options(), "client_kwargs": {"endpoint_url": proxy.endpoint}}
+    for path, extra in ((local, []), (url, ["--set", f"store.storage_options={json.dumps(options)}"])):
+        args = ["submit", str(QUICKSTART), "--executor", "inline", "-q", "--set", f"store.path={path}", *small]
+        result = CliRunner().invoke(main, [*args, *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    try:
+        assert type(storage.zarr_store(url)).__name__ == "FsspecStore"
+        assert_same_dataset(open_results(url, storage_options=options, require_complete=True), open_results(local))
+    finally:
+        storage.set_options(url, {})
+    assert proxy.refused() == [], proxy.refused()
+    assert any("/fsspec/small.zarr/hessian/c/" in r.target and r.method == "PUT" for r in proxy.requests)
