@@ -525,7 +525,7 @@ def submit(
     lock (``lock.store_lock``, held to the finalize: a second submit on the same
     store stops with a ``StoreError``), ``executor.start()``
     (then ``on_started(executor.describe())``), ``executor.check(spec)`` (its
-    resources, before the store is created, so a job the cluster cannot run
+    resources, and on Ray that the nodes on other hosts see a local store path, before the store is created, so a job the cluster cannot run
     leaves no store behind; all three skipped for a complete store that is
     resumed, where nothing runs, unless there is a repair),
     ``repair(store.path)`` when given (``submit --repair``: un-commit damaged

@@ -292,9 +292,110 @@ class RayExecutor:
             )
 
     def check(self, spec) -> None:
-        """Raise a ClusterError when the cluster cannot run the job's tasks (before any store exists)."""
+        """Raise a ClusterError when the cluster cannot run the job's tasks (before any store exists).
+
+        That includes a local ``store.path`` that a node on another host does not see (``check_store_seen``).
+        """
         self.start()
-        self.resources(spec)
+        cpus, gpus, _ = self.resources(spec)
+        self.check_store_seen(spec, cpus, gpus)
+
+    def check_store_seen(self, spec, cpus: float = 1.0, gpus: float = 0.0) -> list[str]:
+        """Raise a ClusterError when a node on another host than the driver does not see the local ``store.path``.
+
+        Only the alive nodes that can run a shard (``cpus``, ``gpus`` free of any task) and whose address is not
+        the driver's are asked: the driver writes a probe file with a random token beside the store
+        (``store_probe.probe_file``, removed whatever happens) and one task pinned to each such node reads it back.
+        A bucket URL, ``--local`` and a cluster all on the driver's host are not probed (no task, no wait). A node
+        that does not answer within ``$PIPELINE_STORE_PROBE_S`` (default 20) s is not waited for: ``notify``
+        hears so, and a shard that runs there is still checked by the worker (``tasks.check_store_here``), as
+        on the nodes an autoscaler adds later. Returns the addresses of the nodes probed.
+        """
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .storage import is_remote
+        from .store_probe import probe_file, probe_timeout_s, sees_probe
+
+        path = spec.store.path
+        if self.local or is_remote(path):
+            return []
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        here = self._driver_addresses(ray, nodes)
+        others = [
+            n
+            for n in nodes
+            if n.get("NodeManagerAddress") not in here
+            and n.get("Resources", {}).get("CPU", 0) >= cpus
+            and n.get("Resources", {}).get("GPU", 0) >= gpus
+        ]
+        if not others:
+            return []
+        timeout = probe_timeout_s()
+        task = ray.remote(num_cpus=0, max_retries=0)(sees_probe)  # no CPU: a busy node answers too
+        with probe_file(path) as (probe, token):
+            asked = {
+                task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                    probe, token
+                ): n
+                for n in others
+            }
+            ready, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
+            unseen, silent = [], [asked[ref] for ref in late]
+            for ref in ready:
+                try:
+                    seen, hostname = ray.get(ref)
+                except ray.exceptions.RayError:  # the node went, or its worker could not start
+                    silent.append(asked[ref])
+                    continue
+                if not seen:
+                    unseen.append({**asked[ref], "NodeManagerHostname": hostname})
+        if unseen:
+            of = f"{len(unseen)} of the {len(others)} nodes on other hosts than this driver"
+            raise ClusterError(
+                f"store.path {path} is a folder on this machine's disk, which {of} do not see: "
+                f"{_node_names(unseen)}; every node that runs shards writes into it. Use a folder every node "
+                "mounts at the same path (NFS, EFS, a shared volume), or a bucket URL (store.path: "
+                "s3://bucket/results/run.zarr, docs/object-storage.md)"
+            )
+        if silent and self.notify is not None:
+            self.notify(
+                f"could not ask {_node_names(silent)} within {timeout:g} s whether it sees store.path {path} "
+                "(busy, or slow to start a worker): going on; a shard that runs where the store is not seen fails "
+                "its attempt saying so"
+            )
+        if self.notify is not None:
+            answered = [n for n in others if n not in silent]
+            if answered:
+                self.notify(
+                    f"store.path {path}: seen by the nodes on other hosts than this driver ({_node_names(answered)})"
+                )
+        return [n["NodeManagerAddress"] for n in others]
+
+    def _driver_addresses(self, ray, nodes: list[dict]) -> set[str]:
+        """The node addresses of this driver's host: its Ray node's, or (Ray client) the addresses of this machine."""
+        import socket
+
+        client = ray.util.client.ray.is_connected()
+        if not client:
+            node_id = ray.get_runtime_context().get_node_id()
+            return {n["NodeManagerAddress"] for n in nodes if n.get("NodeID") == node_id}
+        addresses = set()
+        head = host_port(self.joined or "")
+        # the addresses this machine reaches the head and the default route from (Ray's own pick of a node
+        # address on a machine); a UDP connect sends nothing
+        for target in ([head[0]] if head else []) + ["8.8.8.8"]:
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.connect((target, 80))
+                    addresses.add(udp.getsockname()[0])
+            except OSError:
+                pass
+        try:
+            addresses.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+        except OSError:
+            pass
+        return addresses
 
     def resources(self, spec) -> tuple[float, float, int]:
         """(cpus, gpus) per task and the in-flight bound for this cluster."""
@@ -432,6 +533,11 @@ class RayExecutor:
                     else:
                         on_done(record)
                 watch.check()
+
+
+def _node_names(nodes: list[dict]) -> str:
+    """Nodes as ``address (hostname)``, for a message."""
+    return ", ".join(f"{n.get('NodeManagerAddress')} ({n.get('NodeManagerHostname')})" for n in nodes)
 
 
 def _record_died(store: str, shard_id: int, err: BaseException) -> None:

@@ -107,10 +107,10 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, args: list[str], env: dict | None = None, tries: int = 2) -> int:
+    def _start(self, args: list[str], env: dict | None = None, tries: int = 2, wrap: list[str] = ()) -> int:
         for _attempt in range(tries):
             process = subprocess.Popen(
-                [RAY, "start", *args],
+                [*wrap, RAY, "start", *args],
                 env=env or self.env,
                 start_new_session=True,
                 stdout=subprocess.PIPE,
@@ -155,10 +155,20 @@ class RayCluster:
         )
         return self
 
-    def add_worker(self, num_cpus: int = 1) -> int:
+    def add_worker(self, num_cpus: int = 1, node_ip: str | None = None, hide: Path | None = None) -> int:
+        """Start a worker node; ``node_ip`` (e.g. 127.0.0.2, loopback too) makes it another host to Ray.
+
+        ``hide``: a folder the node's processes do not see (``ray start`` runs in a mount namespace of its
+        own, with an empty tmpfs over it), as on a machine without the driver's disk.
+        """
         low, high = worker_port_range()
+        wrap = []
+        if hide is not None:
+            mount = f'mount -t tmpfs none "{hide}" && exec "$0" "$@"'
+            wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
         group = self._start(
             [
+                *([f"--node-ip-address={node_ip}"] if node_ip else []),
                 f"--address={self.address}",
                 f"--num-cpus={num_cpus}",
                 f"--node-manager-port={free_port()}",
@@ -171,7 +181,8 @@ class RayCluster:
                 f"--max-worker-port={high}",
                 "--object-store-memory=100000000",
                 "--disable-usage-stats",
-            ]
+            ],
+            wrap=wrap,
         )
         self.workers.append(group)
         return group

@@ -98,6 +98,7 @@ def test_every_address_form_joins_the_cluster(cluster, tmp_path):
     for name, result in zip(forms, results):
         assert result.returncode == 0, (name, result.stderr[-3000:], client_server_logs(cluster))
         assert "executor: ray (3 CPUs, 0 GPUs, 3 nodes)" in result.stderr, (name, result.stderr[-2000:])
+        assert "seen by the nodes" not in result.stderr, name  # every node on the driver's host: no probe
         assert f"complete: {tmp_path / name}.zarr" in result.stdout
 
 

@@ -40,6 +40,7 @@ MODULES += [
     "pipeline.spec.sweep",
     "pipeline.spec.loading",
     "pipeline.kinds",
+    "pipeline.store_probe",
 ]
 
 
