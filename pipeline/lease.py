@@ -14,7 +14,9 @@ Limits (docs/object-storage.md): a driver killed without cleanup blocks the stor
 up to ``TTL_SECONDS``; takeover of an expired lease is delete-then-create,
 so it is only as exclusive as the conditional create; expiry is judged by the
 clocks of the hosts (keep them in NTP sync); a driver that cannot renew for a
-whole TTL (a network partition) may be overtaken while it still runs. On a
+whole TTL (a network partition) may be overtaken while it still runs. A
+create retried after a lost answer (``storage.retry``) that finds the lease
+holding its own token has taken it. On a
 filesystem whose ``pipe_file`` lacks ``mode="create"`` the create is a plain
 check-then-put (``memory://`` has it: its create is exclusive too).
 
@@ -131,6 +133,8 @@ def acquire(store: str, command: str = "pipeline submit") -> str:
         held = _read(url)
         if held is None:
             continue  # released meanwhile: try again
+        if held.get("token") == token:
+            return token  # our create took effect but its answer was lost; the retry's refusal is our own lease
         if _alive(held):
             raise StoreError(
                 f"store.path: another `{held.get('command') or 'pipeline submit'}` is running this store (pid {held.get('pid')} on "

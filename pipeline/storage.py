@@ -337,7 +337,8 @@ _ASYNC: dict[int, Any] = {}
 
 
 def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
+    """The whole object; never answered from a listing cache (s3fs says a newer object is missing)."""
+    fs, path = _fresh(url)
     return retry(fs.cat_file, path)
 
 

@@ -1,0 +1,116 @@
+"""A bucket that answers some requests with 503 SlowDown, 500 InternalError, resets or stalls (tests/fault_proxy.py).
+
+Every command of the user path runs through the fault proxy in front of the
+real moto server; the store it makes must equal, bit for bit, the same job
+run with no faults (itself equal to local disk: test_object_storage.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from fault_proxy import FaultProxy
+
+from pipeline import storage
+from pipeline.cli import main
+from pipeline.store import open_results
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "jobs/quickstart.yaml"
+SMALL = ["--set", "inputs.n=2000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]  # 4 shards
+TIMESTAMPS = {"started", "finished", "seconds", "samples_per_second", "worker", "node", "host", "pid", "gpu"}
+
+
+def run_cli(endpoint: str, *args, retries: int | None = None, timeout: float = 120) -> tuple[int, str, float]:
+    """``pipeline ARGS`` in a subprocess whose S3 endpoint is ``endpoint``: (exit code, output, seconds)."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    if retries is not None:
+        env["PIPELINE_STORAGE_RETRIES"] = str(retries)
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - began
+
+
+def submit_args(url: str, *extra: str) -> list[str]:
+    return ["submit", str(QUICKSTART), "--executor", "inline", "-q", "--set", f"store.path={url}", *SMALL, *extra]
+
+
+def assert_same_store(s3_server, url: str, reference: str) -> None:
+    """Arrays bit for bit, plan and manifest but for timings, read straight from the server."""
+    direct = s3_server.storage_options()
+    ds = open_results(url, require_complete=True, storage_options=direct)
+    ref = open_results(reference, require_complete=True, storage_options=direct)
+    assert sorted(ds.variables) == sorted(ref.variables)
+    for name in ref.variables:
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
+    for table in ("plan.parquet", "manifest.parquet"):
+        got = pq.read_table(storage.open_file(storage.join(url, table))).to_pylist()
+        want = pq.read_table(storage.open_file(storage.join(reference, table))).to_pylist()
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMESTAMPS} for r in rows]  # noqa: E731
+        assert strip(got) == strip(want), table
+
+
+@pytest.fixture(scope="module")
+def clean_store(s3_server):
+    """The job run with no faults (straight to the server)."""
+    url = s3_server.url("flaky-reference.zarr")
+    code, output, _ = run_cli(s3_server.endpoint, *submit_args(url))
+    assert code == 0, output
+    return url
+
+
+def test_a_few_percent_of_faults_change_nothing(s3_server, clean_store):
+    url = s3_server.url("flaky.zarr")
+    with FaultProxy(s3_server.port, rate=0.05, seed=1, delay_s=0.5) as proxy:
+        code, output, seconds = run_cli(proxy.endpoint, *submit_args(url))
+        print(seconds, proxy.faults, proxy.requests)
+        assert code == 0, output
+        assert sum(proxy.faults.values()) >= 5, proxy.faults
+    assert_same_store(s3_server, url, clean_store)
+
+
+def once(predicate, action: str, times: int = 1):
+    """A proxy rule: ``action`` for the first ``times`` requests that ``predicate(method, path, query, headers)`` picks."""
+    left = [times]
+
+    def rule(method, path, query, headers):
+        if left[0] > 0 and predicate(method, path, query, headers):
+            left[0] -= 1
+            return action
+        return None
+
+    return rule
+
+
+def in_process_submit(s3_server, proxy: FaultProxy, url: str, *extra: str):
+    options = s3_server.storage_options(endpoint=proxy.endpoint)
+    args = [*submit_args(url, *extra), "--set", f"store.storage_options={json.dumps(options)}"]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_a_lease_created_before_its_connection_reset_is_taken_as_ours(s3_server, clean_store):
+    """The conditional PUT of the lease took effect, then its answer was lost; the retry's 412 is our own lease."""
+    url = s3_server.url("flaky-lease.zarr")
+    created = lambda m, p, q, h: m == "PUT" and p.endswith(".lease") and "if-none-match" in h  # noqa: E731
+    with FaultProxy(s3_server.port, rule=once(created, "reset-after")) as proxy:
+        result = in_process_submit(s3_server, proxy, url)
+        assert proxy.faults["reset-after"] == 1
+    assert result.exit_code == 0, result.output
+    assert not storage.exists(url + ".lease")
+    assert_same_store(s3_server, url, clean_store)
