@@ -533,6 +533,9 @@ _TRANSIENT_WORDS = (
     "toomanyrequests",
     "too many requests",
     "internalerror",
+    "internal server error",  # a 500 to a HEAD: no body, so botocore has only the status ("(500) ... Internal Server Error")
+    "bad gateway",
+    "gateway timeout",
     "serviceunavailable",
     "service unavailable",
     "requesttimeout",

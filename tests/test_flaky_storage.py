@@ -114,3 +114,14 @@ def test_a_lease_created_before_its_connection_reset_is_taken_as_ours(s3_server,
     assert result.exit_code == 0, result.output
     assert not storage.exists(url + ".lease")
     assert_same_store(s3_server, url, clean_store)
+
+
+def test_a_500_to_a_head_request_is_retried(s3_server, clean_store):
+    """S3 answers a HEAD with no body: botocore's error says only "(500) ... Internal Server Error" (was not retried)."""
+    url = s3_server.url("flaky-head.zarr")
+    marker_head = lambda m, p, q, h: m == "HEAD" and "/_shards/" in p and p.endswith(".json")  # noqa: E731
+    with FaultProxy(s3_server.port, rule=once(marker_head, "500")) as proxy:
+        result = in_process_submit(s3_server, proxy, url)
+        assert proxy.faults["500"] == 1
+    assert result.exit_code == 0, result.output
+    assert_same_store(s3_server, url, clean_store)
