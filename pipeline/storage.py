@@ -570,6 +570,19 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
+def retry_zarr(store: Any, call: Callable[..., T], *args, **kwargs) -> T:
+    """``call`` through Zarr on ``store``, retried by ``retry``, unless obstore retries its requests itself.
+
+    zarr's ``ObjectStore`` (obstore) already tries each request ``RETRY_ATTEMPTS``
+    times (``_obstore_s3``); a second loop around it would multiply the tries
+    (25 per call, ~30 s, before a shard's attempt fails on a bucket that
+    answers only errors).
+    """
+    from zarr.storage import ObjectStore
+
+    return retry(call, *args, attempts=1 if isinstance(store, ObjectStore) else None, **kwargs)
+
+
 _jitter = threading.local()
 
 

@@ -915,7 +915,8 @@ def read_manifest(path: str | Path):
 def open_for_writing(path: str | Path):
     """The store's Zarr group, opened once by a worker for all of a shard's writes."""
     if storage.is_remote(path):  # the worker writes straight to the bucket
-        return storage.retry(_zarr().open_group, storage.zarr_target(path), mode="r+", use_consolidated=False)
+        target = storage.zarr_target(path)
+        return storage.retry_zarr(target, _zarr().open_group, target, mode="r+", use_consolidated=False)
     return _zarr().open_group(str(path), mode="r+", use_consolidated=False)
 
 
@@ -960,7 +961,7 @@ def write_region(
         values = values.astype(target.dtype, copy=False)
         parts = None if files is None else files.parts(start, values)
         if remote:  # transient errors (5xx, timeouts) retried; a chunk PUT is idempotent
-            storage.retry(target.__setitem__, slice(start, stop), values)
+            storage.retry_zarr(target.store, target.__setitem__, slice(start, stop), values)
         elif parts is None:
             target[start:stop] = values
         else:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,8 +27,19 @@ from pipeline.store import open_results
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "jobs/quickstart.yaml"
-SMALL = ["--set", "inputs.n=2000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=500"]  # 4 shards
-TIMESTAMPS = {"started", "finished", "seconds", "samples_per_second", "worker", "node", "host", "pid", "gpu"}
+SMALL = ["--set", "inputs.n=2000", "--set", "store.chunk_size=250", "--set", "execution.shard_size=250"]  # 8 shards
+RUN_HISTORY = {
+    "attempts",
+    "started",
+    "finished",
+    "seconds",
+    "samples_per_second",
+    "worker",
+    "node",
+    "host",
+    "pid",
+    "gpu",
+}
 
 
 def run_cli(endpoint: str, *args, retries: int | None = None, timeout: float = 120) -> tuple[int, str, float]:
@@ -62,7 +74,7 @@ def assert_same_store(s3_server, url: str, reference: str) -> None:
     for table in ("plan.parquet", "manifest.parquet"):
         got = pq.read_table(storage.open_file(storage.join(url, table))).to_pylist()
         want = pq.read_table(storage.open_file(storage.join(reference, table))).to_pylist()
-        strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMESTAMPS} for r in rows]  # noqa: E731
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in RUN_HISTORY} for r in rows]  # noqa: E731
         assert strip(got) == strip(want), table
 
 
@@ -114,6 +126,54 @@ def test_a_lease_created_before_its_connection_reset_is_taken_as_ours(s3_server,
     assert result.exit_code == 0, result.output
     assert not storage.exists(url + ".lease")
     assert_same_store(s3_server, url, clean_store)
+
+
+def test_a_bucket_answering_only_errors_gives_up_soon_and_a_rerun_completes(s3_server, clean_store):
+    """503 for every request once a shard has committed: the run stops after one shard's attempts, not all of them."""
+    url = s3_server.url("flaky-outage.zarr")
+    faults_on: list[float] = []
+
+    def after_the_first_commit(proxy: FaultProxy) -> None:
+        while not any(n.endswith(".json") for n in storage.listdir(storage.join(url, "_shards"))):
+            time.sleep(0.05)
+        faults_on.append(time.monotonic())
+        proxy.rule = lambda *request: "503"
+
+    # two tries per storage call and per shard (retries=1): the defaults give up the same way, in longer steps
+    args = submit_args(url, "--set", "execution.retries=1")
+    with FaultProxy(s3_server.port) as proxy:
+        threading.Thread(target=after_the_first_commit, args=(proxy,), daemon=True).start()
+        code, output, _ = run_cli(proxy.endpoint, *args, retries=2)
+        gave_up_after = time.monotonic() - faults_on[0]
+        assert code == 2, output
+        error = output.strip().splitlines()[-1]
+        assert error.startswith(f"error: store.path: could not finalize {url} ("), error
+        assert "503" in error and "run the same command again when the storage answers" in error, error
+        assert gave_up_after < 20, f"gave up {gave_up_after:.0f} s after the faults began ({proxy.faults})"
+        done = len([n for n in storage.listdir(storage.join(url, "_shards")) if n.endswith(".json")])
+        assert 0 < done < 8
+        proxy.rule = None  # the bucket answers again: the same command resumes
+        code, output, _ = run_cli(proxy.endpoint, *args)
+    assert code == 0, output
+    assert f"resumed: {done} shard" in output, output
+    assert_same_store(s3_server, url, clean_store)
+
+
+def test_a_worker_opening_the_store_tries_each_request_a_bounded_number_of_times(s3_server, clean_store):
+    """obstore retries each request itself: ``storage.retry`` around it multiplied the tries (5 x 5)."""
+    from pipeline.store import open_for_writing
+
+    with FaultProxy(s3_server.port, rule=lambda *request: "503") as proxy:
+        storage.set_options(clean_store, s3_server.storage_options(endpoint=proxy.endpoint))
+        try:
+            began = time.monotonic()
+            with pytest.raises(Exception, match="503"):
+                open_for_writing(clean_store)
+            seconds = time.monotonic() - began
+        finally:
+            storage.set_options(clean_store, s3_server.storage_options())
+    tries = sum(proxy.faults.values())
+    assert tries <= 4 * storage.RETRY_ATTEMPTS and seconds < 12, (tries, seconds)  # zarr reads up to 4 keys
 
 
 def test_a_500_to_a_head_request_is_retried(s3_server, clean_store):
