@@ -140,6 +140,42 @@ def sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+NODE_LEFT = "a Ray node left the cluster (its raylet ended); the shards it ran are retried on the other nodes"
+
+
+def quiet_node_deaths(notify: Callable[[str], None] | None) -> None:
+    """Say a dead raylet in one line (``notify``), not as Ray's report of it on the driver.
+
+    Ray's driver prints every error the cluster publishes; a worker node's raylet that dies
+    (SIGKILL, the OOM killer, its machine gone) is published by each of its agents as
+    "Raylet is terminated. Termination is unexpected." followed by its last 20 log lines
+    (a "[state-dump]" of timings): about 40 lines for an event the executor handles by
+    retrying the node's shards. Ray has no switch for that thread's output, so its printer
+    (``ray._private.worker.print_to_stdstream``, looked up at each message) is wrapped;
+    every other message passes. With ``submit -v`` nothing is wrapped.
+    """
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "quiet_node_deaths", False):
+        return
+    said: set[str] = set()
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        lines = data.get("lines") or []
+        if data.get("pid") == "raylet" and any(str(line).startswith("Raylet is terminated") for line in lines):
+            text = "\n".join(map(str, lines))
+            if text not in said:  # each of the node's agents publishes the same report
+                said.add(text)
+                if notify is not None:
+                    notify(NODE_LEFT)
+            return
+        printer(data, ignore_prefix)
+
+    print_to_stdstream.quiet_node_deaths = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
 class Executor(Protocol):
     """What the driver needs of an executor (``InlineExecutor``, ``RayExecutor``).
 
@@ -232,6 +268,8 @@ class RayExecutor:
 
         if ray.is_initialized():
             return
+        if not self.verbose:
+            quiet_node_deaths(self.notify)
         if self.local:
             start_local_ray(num_cpus=os.cpu_count(), **self._logging())
             from .watchdog import children_of_this_process, watch
