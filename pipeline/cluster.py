@@ -302,6 +302,25 @@ def ray_job_working_dir() -> str | None:
     return None
 
 
+def ray_job() -> dict | None:
+    """The Ray job this process is the entrypoint of (``ray job submit``), or None.
+
+    ``{"submission_id", "working_dir"}``: the job's id (``ray job logs ID``) and the package
+    Ray made of ``--working-dir`` (``gcs://_ray_pkg_<hash>.zip``, the hash of its files;
+    None without one). A store's provenance records it: in a Ray job the job file is Ray's
+    temporary copy, which has no ``.git`` (Ray leaves it out), so no git commit is found.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw is None:
+        return None
+    try:
+        config = json.loads(raw) or {}
+        metadata, runtime_env = config.get("metadata") or {}, config.get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return {"submission_id": metadata.get("job_submission_id"), "working_dir": runtime_env.get("working_dir")}
+
+
 def check_store_path(path) -> None:
     """Refuse a ``store.path`` inside a Ray job's temporary working dir (the results would vanish with it).
 

@@ -4,12 +4,14 @@
 (``provenance``); every submit appends a run (``runs``: started, finished,
 host, command, shards run) before the store is finalized. Git is asked only
 when it is installed and the job file sits in a work tree; otherwise ``git``
-is None. Manifest rows carry the job name, spec hash and each shard's start
+is None (so in a Ray job, whose copy of the working dir has no ``.git``:
+``ray_job`` names the job and its working-dir package there, and ``job_file``
+is the path within it). Manifest rows carry the job name, spec hash and each shard's start
 and end, so that many stores can be grouped and ordered (docs/provenance.md).
 
 Example:
     >>> sorted(collect("jobs/quickstart.yaml"))
-    ['command', 'cwd', 'git', 'host', 'job_file', 'python', 'user']
+    ['command', 'cwd', 'git', 'host', 'job_file', 'python', 'ray_job', 'user']
 """
 
 from __future__ import annotations
@@ -70,14 +72,22 @@ def collect(job_file: str | Path | None = None) -> dict[str, Any]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = ""
+    from .cluster import ray_job, ray_job_working_dir
+
+    job_path = str(Path(job_file).resolve()) if job_file else None
+    working_dir = ray_job_working_dir()
+    if job_path and working_dir and Path(job_path).is_relative_to(working_dir):
+        # Ray's temporary copy of --working-dir, deleted after the job: the path within it says more
+        job_path = str(Path(job_path).relative_to(working_dir))
     return {
         "host": socket.gethostname(),
         "user": user,
         "command": command_line(),
         "cwd": os.getcwd(),
         "python": platform.python_version(),
-        "job_file": str(Path(job_file).resolve()) if job_file else None,
+        "job_file": job_path,
         "git": git_state(job_file) if job_file else None,
+        "ray_job": ray_job(),
     }
 
 

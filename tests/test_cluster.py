@@ -13,6 +13,7 @@ committed shards, exit 1, the same store resumed to a bit-identical result.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -273,6 +274,13 @@ def test_ray_job_submit_runs_a_sweep_and_refuses_a_store_in_its_temporary_dir(cl
 
     ds = pl.open_results(store)
     assert ds.attrs["complete"] and ds.T.shape[0] == 8
+    # Ray's copy of the working dir has no .git, and is deleted after the job: the provenance names
+    # the job, its working-dir package (a hash of the files) and the job file's path within it
+    provenance = ds.attrs["provenance"]
+    submission = re.search(r"Job '(raysubmit_\w+)' submitted", good.stdout + good.stderr)[1]
+    assert provenance["ray_job"]["submission_id"] == submission, provenance
+    assert re.fullmatch(r"gcs://_ray_pkg_[0-9a-f]+\.zip", provenance["ray_job"]["working_dir"]), provenance
+    assert provenance["job_file"] == "jobs/sweep.yaml" and provenance["git"] is None, provenance
     assert "failed" in relative.stdout + relative.stderr
     assert "store.path: results/sweep.zarr is relative, and this runs as a Ray job" in relative.stdout
     assert "Use an absolute path on a filesystem every node sees" in relative.stdout
