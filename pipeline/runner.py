@@ -154,23 +154,25 @@ def quiet_node_deaths(notify: Callable[[str], None] | None) -> None:
     (``ray._private.worker.print_to_stdstream``, looked up at each message) is wrapped;
     every other message passes. With ``submit -v`` nothing is wrapped.
     """
-    import ray._private.worker as ray_worker
-
-    printer = ray_worker.print_to_stdstream
-    if getattr(printer, "quiet_node_deaths", False):
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:  # another Ray's layout: its report is printed as it is
+        return
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "quiet_node_deaths", False):
         return
     said: set[str] = set()
 
-    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
-        lines = data.get("lines") or []
-        if data.get("pid") == "raylet" and any(str(line).startswith("Raylet is terminated") for line in lines):
+    def print_to_stdstream(data, *args, **kwargs) -> None:
+        lines = (data.get("lines") if isinstance(data, dict) else None) or []
+        if lines and data.get("pid") == "raylet" and any(str(x).startswith("Raylet is terminated") for x in lines):
             text = "\n".join(map(str, lines))
             if text not in said:  # each of the node's agents publishes the same report
                 said.add(text)
                 if notify is not None:
                     notify(NODE_LEFT)
             return
-        printer(data, ignore_prefix)
+        printer(data, *args, **kwargs)
 
     print_to_stdstream.quiet_node_deaths = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = print_to_stdstream

@@ -458,3 +458,23 @@ def test_a_lost_head_ends_the_driver_with_exit_1_and_the_store_resumes(cluster, 
     for name in ("value", "jacobian"):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
         assert got[name].tobytes() == expected[name].tobytes(), name
+
+
+def test_the_dead_raylet_filter_passes_every_other_message_and_survives_another_rays_layout(monkeypatch):
+    """``quiet_node_deaths`` wraps a private Ray printer: other messages pass as they are, and without it nothing breaks."""
+    import ray._private.worker as ray_worker
+
+    from pipeline.runner import NODE_LEFT, quiet_node_deaths
+
+    printed: list[tuple] = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda *args, **kwargs: printed.append((args, kwargs)))
+    notes: list[str] = []
+    quiet_node_deaths(notes.append)
+    death = {"pid": "raylet", "lines": ["Raylet is terminated. Termination is unexpected.", "[state-dump] ..."]}
+    ray_worker.print_to_stdstream(death, False)
+    ray_worker.print_to_stdstream(dict(death), ignore_prefix=False)  # the same report from the node's other agent
+    other = {"pid": 1234, "lines": ["a worker's own print"]}
+    ray_worker.print_to_stdstream(other, ignore_prefix=True)  # a keyword, as another Ray may call it
+    assert notes == [NODE_LEFT] and printed == [((other,), {"ignore_prefix": True})]
+    monkeypatch.delattr(ray_worker, "print_to_stdstream")  # a Ray without the private printer: nothing to wrap
+    quiet_node_deaths(notes.append)
