@@ -718,6 +718,8 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
     matches) and mismatching chunks by array and shard. Exit code 0 when
     everything matches, 1 when something is damaged (after --repair: 0 when
     the recomputed store is complete), 2 when STORE is not a pipeline store.
+    Only committed shards are checked: while a driver still writes the store
+    it says so (and --json has running: true).
 
     STORE is a folder or a URL (s3://bucket/results/x.zarr, gs://, az://), read
     with the environment's credentials and endpoint (AWS_PROFILE or
@@ -778,8 +780,11 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
                 damaged = repair_store(store, report)
     except BadInput as err:
         _fail(str(err))
+    from .live import live_status
+
+    state, driver = live_status(store) if not repair else ("idle", None)
     if as_json:
-        click.echo(json.dumps(report.to_json()))
+        click.echo(json.dumps({**report.to_json(), "running": state == "running"}))
     else:
         out = Console(highlight=False, soft_wrap=True)
         for line in summary_lines(report):
@@ -789,6 +794,11 @@ def verify(store, as_json, repair, threads, local, address, executor, quiet):
             f"{verdict}: {report.path}: {report.committed} of {report.shards} shards committed, "
             f"{report.chunks_read} chunks read"
         )
+        if state == "running" and driver is not None and report.committed < report.shards:
+            out.print(
+                f"note: a driver is still writing this store (pid {driver.get('pid')} on {driver.get('host')}): "
+                "the shards it has not committed yet were not checked; run verify again when it completes"
+            )
         if report.unrepairable and not repair:  # no shard rewrites them: --repair would refuse
             out.print("recompute the whole store: pipeline submit JOB --overwrite")
         elif not report.ok and not repair:

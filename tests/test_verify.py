@@ -269,3 +269,20 @@ def test_verify_tells_its_progress_the_shard_count_before_the_first_shard_is_che
     report = verify_store(clean, threads=1, progress=lambda done, total: calls.append((done, total)))
     assert report.ok and calls[0] == (0, report.committed) and calls[-1] == (report.committed, report.committed)
     assert [done for done, _ in calls] == list(range(report.committed + 1))
+
+
+def test_verify_of_a_store_a_driver_is_still_writing_says_so(tmp_path, clean_and_damaged, lock_holder):
+    """ "ok: 3 of 5 shards committed" alone read as a finished check while the job was still running."""
+    clean, _ = clean_and_damaged
+    running = tmp_path / "running.zarr"
+    shutil.copytree(clean, running)
+    for marker in ("3.json", "4.json"):  # not committed yet
+        (running / "_shards" / marker).unlink()
+    quiet = pipeline_cli("verify", str(running))
+    assert quiet.returncode == 0 and "still writing" not in quiet.stdout, quiet.stdout + quiet.stderr
+    holder = lock_holder(running)
+    run = pipeline_cli("verify", str(running))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok: " in run.stdout and f"a driver is still writing this store (pid {holder.pid} on " in run.stdout
+    assert json.loads(pipeline_cli("verify", str(running), "--json").stdout)["running"] is True
+    assert json.loads(pipeline_cli("verify", str(clean), "--json").stdout)["running"] is False
