@@ -2,7 +2,7 @@
 #   make demo   install, then run the seed-000 job on a local Ray and inspect its store
 #   make test   install, lint (pipeline/, bench/, tests/) and type-check pipeline/, then run the test suite (what CI runs, via .ci/run)
 #
-# Installs into .venv. TORCH picks the torch version (default: the one this project is tested with),
+# Installs into .venv (VENV=.venv313 for another; one made by another Python than PYTHON is refused). TORCH picks the torch version (default: the one this project is tested with),
 # TORCH_INDEX where its build comes from (see below); e.g. `make demo TORCH=torch` on a CUDA machine.
 
 PYTHON ?= python3
@@ -14,12 +14,24 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint test bench clean
+.PHONY: install demo lint test bench clean check-python
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# run on every make (not only when the stamp is out of date): an existing $(VENV) made by another Python
+# would otherwise be used as it is, whatever PYTHON says
+check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pipeline needs Python 3.11+ (zarr 3 has no release for older ones), this is " + sys.version.split()[0] + ": run make with PYTHON=python3.11 or newer")'
+	@if [ -e $(BIN)/python ]; then \
+	  want=$$($(PYTHON) -c 'import sys; print(*sys.version_info[:2], sep=".")'); \
+	  have=$$($(BIN)/python -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null || echo "none (its python does not run)"); \
+	  if [ "$$have" != "$$want" ]; then \
+	    echo "$(VENV) holds Python $$have, but PYTHON=$(PYTHON) is Python $$want: remove it (rm -rf $(VENV)) to reinstall with $(PYTHON), or keep both with VENV=.venv$$(echo $$want | tr -d .)" >&2; \
+	    exit 2; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml Makefile | check-python
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
