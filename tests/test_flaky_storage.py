@@ -39,6 +39,7 @@ RUN_HISTORY = {
     "host",
     "pid",
     "gpu",
+    "device",  # names the Ray node when this process has joined a Ray (another test file's, under xdist)
 }
 
 
