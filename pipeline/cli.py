@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import BadInput, ClusterLost
+from .errors import BadInput, ClusterLost, StorageDown
 
 EXIT_FAILED_SHARDS = 1
 EXIT_BAD_INPUT = 2
@@ -298,6 +298,8 @@ def _submit_spec(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_FAILED_SHARDS)
+    except StorageDown as err:  # the run stopped on a storage outage: the store is as finalized as it could be
+        _fail(str(err), EXIT_FAILED_SHARDS)
     except KeyboardInterrupt:
         if spec is not None and (Path(spec.store.path).exists() or _is_remote(spec.store.path)):
             console.print(

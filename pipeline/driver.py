@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import ClusterLost
+from .errors import ClusterLost, StorageDown
 from .fingerprints import changed_files, fingerprints
 from .kinds import CODE_KEYS, Prepared, kind_of
 from .live import LiveRun, attempt_traceback
@@ -621,7 +621,8 @@ def _run(
             progress.fail(shard, error, attempts=in_run)
 
     discard = False
-    lost: ClusterLost | None = None
+    lost: ClusterLost | StorageDown | None = None
+    not_finalized: str | None = None  # why the finalize failed, when an outage already stopped the run
     started = time.time()
     try:
         if shards:
@@ -629,7 +630,7 @@ def _run(
                 start()  # already, unless the store said complete and a shard's marker has gone since
             store_id = read_attributes(spec.store.path).get("store_id")  # workers check they write this store
             executor.run(shard_task(plan, store_id), spec, shards, on_done, on_failed)
-    except ClusterLost as err:  # the cluster went mid-run: finalize what is committed, then say so
+    except (ClusterLost, StorageDown) as err:  # the cluster or the storage went mid-run: finalize, then say so
         lost = err
     except Exception:
         # the executor failed before any shard started (e.g. the cluster refused the tasks):
@@ -654,15 +655,25 @@ def _run(
                     if local and not isinstance(err, OSError):
                         raise
                     text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-                    raise StoreError(
-                        f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
-                        "kept: run the same command again "
-                        + ("once the disk has room and the store is writable" if local else "when the storage answers")
-                        + " (it resumes)"
-                    ) from err
+                    if not isinstance(lost, StorageDown):
+                        raise StoreError(
+                            f"store.path: could not finalize {spec.store.path} ({text}); the shards it committed are "
+                            "kept: run the same command again "
+                            + (
+                                "once the disk has room and the store is writable"
+                                if local
+                                else "when the storage answers"
+                            )
+                            + " (it resumes)"
+                        ) from err
+                    not_finalized = text  # the outage's one line says it
         finally:
             if progress is not None:
                 progress.stop()
+    if isinstance(lost, StorageDown):
+        # not finalized: the manifest (if any) is an earlier run's, so count what this driver saw
+        committed = summary.skipped + summary.ran if not_finalized else _committed_in_manifest(spec.store.path, summary)
+        raise lost.counted(committed, summary.total, not_finalized)
     if lost is not None:
         raise lost.counted(_committed_in_manifest(spec.store.path, summary), summary.total)
     return summary

@@ -9,6 +9,10 @@ too, for callers that catch those.
 
 ``ClusterLost`` is not bad input: the driver lost its Ray cluster mid-run (exit
 code 1); the shards committed so far are kept and the same command resumes.
+``StorageDown`` is its twin for the store: the storage answered only transient
+errors (an outage, a revoked credential, a cut network) on shard attempts in a
+row, so no further shard started (exit code 1, committed shards kept, the same
+command resumes).
 
 Example:
     >>> from pipeline.store import StoreError
@@ -16,6 +20,8 @@ Example:
     (True, True)
     >>> print(ClusterLost("10.0.0.1:6379", "no answer for 10 s").counted(3, 8))
     lost the Ray cluster at 10.0.0.1:6379 (no answer for 10 s); 3 of 8 shards are committed and kept; run the same command again to resume
+    >>> print(StorageDown("s3://b/x.zarr", "503 SlowDown", 3).counted(1, 12))
+    the storage of s3://b/x.zarr did not answer: 3 shard attempts in a row failed on it (503 SlowDown), so no further shard was started; 1 of 12 shards are committed and kept; run the same command again when the storage answers (it resumes)
 """
 
 from __future__ import annotations
@@ -57,6 +63,42 @@ class ClusterLost(RuntimeError):
     def __str__(self) -> str:
         kept = "" if self.total is None else f"; {self.committed} of {self.total} shards are committed and kept"
         return f"lost the Ray cluster at {self.address} ({self.reason}){kept}; run the same command again to resume"
+
+
+class StorageDown(RuntimeError):
+    """The store's storage answered only transient errors on ``attempts`` shard attempts in a row: exit code 1.
+
+    The executor stops starting shards and knows the store, the last error (``reason``) and the count; the
+    driver adds how many shards are committed (``counted``) and, when the finalize failed too, why
+    (``not_finalized``: the committed shards are still kept, their markers are in the store).
+    """
+
+    def __init__(
+        self,
+        store: str,
+        reason: str,
+        attempts: int,
+        committed: int | None = None,
+        total: int | None = None,
+        not_finalized: str | None = None,
+    ) -> None:
+        self.store, self.reason, self.attempts = store, reason, attempts
+        self.committed, self.total, self.not_finalized = committed, total, not_finalized
+        super().__init__(str(self))
+
+    def counted(self, committed: int, total: int, not_finalized: str | None = None) -> StorageDown:
+        """The same outage, with ``committed`` of ``total`` shards in the store (and why it was not finalized)."""
+        return StorageDown(self.store, self.reason, self.attempts, committed, total, not_finalized)
+
+    def __str__(self) -> str:
+        kept = "" if self.total is None else f"; {self.committed} of {self.total} shards are committed and kept"
+        if self.not_finalized is not None:
+            kept += f" (the manifest could not be written either: {self.not_finalized})"
+        return (
+            f"the storage of {self.store} did not answer: {self.attempts} shard attempts in a row failed on it "
+            f"({self.reason}), so no further shard was started{kept}; run the same command again when the "
+            "storage answers (it resumes)"
+        )
 
 
 STORAGE_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")

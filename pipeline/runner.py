@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .cluster_watch import ClusterWatch, host_port, reason_of
-from .errors import ClusterError, RejectedResults, is_storage_full
+from .errors import ClusterError, RejectedResults, StorageDown, is_storage_full
 from .memory import is_memory_failure
 from .plan import Shard
+from .storage import is_transient
 from .store import ShardRecord
 
 # the unit of work, ``tasks.shard_task(plan)``: (spec, shard, memory_retries) -> its record
@@ -188,7 +189,9 @@ class Executor(Protocol):
     ``on_done(record)`` or, once its ``execution.retries`` are spent,
     ``on_failed(shard, attempts, error)``. Both executors retry a failed
     attempt themselves (``Attempts``): one that ran out of memory is retried
-    with ``memory_retries`` one higher, so it runs with smaller blocks and chunks. The CLI sets
+    with ``memory_retries`` one higher, so it runs with smaller blocks and chunks. After a full disk, or
+    a storage outage (``Attempts.storage_down``), no further shard starts; an outage then raises
+    ``StorageDown`` once the running shards have ended. The CLI sets
     ``notify`` (a line for the user: why tasks wait) and ``verbose`` (the
     compute's own logging).
     """
@@ -226,16 +229,20 @@ class InlineExecutor:
         for shard in shards:
             while True:
                 try:
-                    on_done(unit(spec, shard, attempts.memory_retries(shard.id)))
-                    break
+                    record = unit(spec, shard, attempts.memory_retries(shard.id))
                 except KeyboardInterrupt:
                     raise
                 except Exception as err:
                     if not attempts.failed(shard.id, err):
                         on_failed(shard, attempts.count(shard.id), _format_error(err))
                         break
-            if attempts.storage_full:
-                return  # the other shards would compute only to fail writing
+                else:
+                    attempts.committed()
+                    on_done(record)
+                    break
+            if attempts.stopped:
+                break  # the other shards would compute only to fail writing
+        attempts.raise_if_storage_down(spec.store.path)
 
 
 CLIENT_TRIES = 3  # ray:// joins tried when the head's client server fails to start a driver's server
@@ -546,9 +553,10 @@ class RayExecutor:
         # tasks when its driver goes (cancelling them here trips a Ray 2.60 assertion). A
         # stopped task never wrote its commit marker, so its shard stays pending for a re-run.
         with ClusterWatch(self.joined or "local") as watch:
-            # after a full disk no more shards start (they would compute only to fail writing)
-            while (waiting and not attempts.storage_full) or running:
-                while waiting and len(running) < bound and not attempts.storage_full:
+            # after a full disk or a storage outage no more shards start (they would compute only to fail
+            # writing); the running ones finish or fail
+            while (waiting and not attempts.stopped) or running:
+                while waiting and len(running) < bound and not attempts.stopped:
                     shard = waiting.pop()
                     running[remote.remote(spec_ref, shard, attempts.memory_retries(shard.id))] = shard
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
@@ -565,14 +573,16 @@ class RayExecutor:
                     except ray.exceptions.RayError as err:  # worker died (killed for memory), node lost, ...
                         if not watch.probe():  # the head is gone: not the shard's fault, no attempt counted
                             waiting.appendleft(shard)
-                        elif attempts.failed(shard.id, err):
+                        elif attempts.failed(shard.id, err, died=True):
                             _record_died(spec.store.path, shard.id, err)  # the console's one line for it
                             waiting.appendleft(shard)
                         else:
                             on_failed(shard, attempts.count(shard.id), f"{type(err).__name__}: {err}")
                     else:
+                        attempts.committed()
                         on_done(record)
                 watch.check()
+        attempts.raise_if_storage_down(spec.store.path)
 
 
 def _node_names(nodes: list[dict]) -> str:
@@ -599,26 +609,68 @@ class Attempts:
     A full disk (``is_storage_full``) is never retried and sets ``storage_full``: the executors then start
     no more shards, which would compute only to fail writing (the run ends; its committed shards are kept).
 
+    A storage outage stops the run the same way: once ``retries + 1`` attempts in a row (of any shards)
+    failed with a transient storage error (``storage.is_transient``: 5xx, throttling, timeouts, refused or
+    dropped connections, each already tried ``PIPELINE_STORAGE_RETRIES`` times inside the attempt), with no
+    commit (``committed``) and no failure of another kind in between, ``storage_down`` holds the last error,
+    no attempt is retried and no shard starts; the executor then raises ``StorageDown``. ``retries + 1`` is
+    what one shard that fails on the storage costs anyway: an outage costs one shard's attempts, not every
+    pending shard's (12 shards, ``retries: 1``: 2 attempts instead of 22). Every commit resets the count, so
+    a worker whose own network is cut, in a cluster whose other workers write, stops nothing while any other
+    worker commits a shard within the ``retries + 1`` failures it takes (each at least the storage's own
+    backoff, 0.5 + 1 + 2 + 4 s with the default 5 tries).
+
     >>> a = Attempts(retries=1)
     >>> a.failed(7, MemoryError()), a.memory_retries(7), a.failed(7, ValueError()), a.count(7)
     (True, 1, False, 2)
+    >>> a.failed(8, ConnectionResetError()), a.stopped, a.failed(9, ConnectionResetError()), a.stopped
+    (True, False, False, True)
     """
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
         self.storage_full = False
+        self.storage_down: BaseException | None = None  # the error of the attempt that showed the outage
+        self._storage_failures = 0  # attempts in a row that failed on the storage, since the last commit
         self._failures: dict[int, int] = {}
         self._memory: dict[int, int] = {}
 
-    def failed(self, shard_id: int, error: BaseException | None) -> bool:
-        """Count a failed attempt of the shard; True when it gets another one (never for ``RejectedResults``)."""
+    @property
+    def stopped(self) -> bool:
+        """No shard starts any more: the disk is full, or the storage is down."""
+        return self.storage_full or self.storage_down is not None
+
+    def committed(self) -> None:
+        """A shard committed: the storage answers (its outage count starts again)."""
+        self._storage_failures = 0
+
+    def failed(self, shard_id: int, error: BaseException | None, *, died: bool = False) -> bool:
+        """Count a failed attempt of the shard; True when it gets another one (never for ``RejectedResults``).
+
+        ``died``: its worker died (Ray's error, not the shard's), which says nothing of the storage.
+        """
         self._failures[shard_id] = self._failures.get(shard_id, 0) + 1
         if is_memory_failure(error):
             self._memory[shard_id] = self._memory.get(shard_id, 0) + 1
         if is_storage_full(error):
             self.storage_full = True
             return False
+        if not died and error is not None and is_transient(error):
+            self._storage_failures += 1
+            if self._storage_failures > self.retries and self.storage_down is None:
+                self.storage_down = error
+        elif not died:  # a failure of another kind: not a row of storage failures
+            self._storage_failures = 0
+        if self.storage_down is not None:
+            return False  # no attempt starts any more
         return self._failures[shard_id] <= self.retries and not isinstance(error, RejectedResults)
+
+    def raise_if_storage_down(self, store: str) -> None:
+        """Raise ``StorageDown`` for ``store`` when an outage stopped the run (the driver finalizes, then says it)."""
+        if self.storage_down is not None:
+            error = self.storage_down
+            text = str(error).strip().splitlines()
+            raise StorageDown(str(store), f"{type(error).__name__}: {text[0] if text else ''}"[:300], self.retries + 1)
 
     def count(self, shard_id: int) -> int:
         """Attempts of the shard that failed so far."""

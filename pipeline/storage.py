@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -558,6 +559,9 @@ def is_transient(err: BaseException) -> bool:
     seen = 0
     link: BaseException | None = err
     while link is not None and seen < 8:
+        marked = getattr(link, TRANSIENT_MARK, None)
+        if marked is not None:  # said where its causes were at hand (``mark_transient``)
+            return bool(marked)
         if isinstance(link, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
             return False
         if isinstance(link, (ConnectionError, TimeoutError)) or type(link).__name__ in _TRANSIENT_NAMES:
@@ -568,6 +572,24 @@ def is_transient(err: BaseException) -> bool:
         link = link.__cause__ or link.__context__
         seen += 1
     return False
+
+
+TRANSIENT_MARK = "pipeline_transient"
+
+
+def mark_transient(err: BaseException) -> None:
+    """Record on ``err`` whether it ``is_transient``, so that a copy without its causes still says so.
+
+    A worker's error reaches the driver through Ray's pickle without ``__cause__`` / ``__context__``: s3fs's
+    ``OSError(EBUSY, "Please reduce your request rate.")`` has lost the ``SlowDown`` it came from. An
+    attribute travels with the copy.
+
+        >>> err = OSError(16, "Please reduce your request rate.")
+        >>> err.__cause__ = RuntimeError("SlowDown"); mark_transient(err); err.__cause__ = None; is_transient(err)
+        True
+    """
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type that takes no attributes
+        setattr(err, TRANSIENT_MARK, is_transient(err))
 
 
 def retry_zarr(store: Any, call: Callable[..., T], *args, **kwargs) -> T:

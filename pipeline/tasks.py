@@ -26,7 +26,7 @@ from .kinds import ShardInfo, kind_of
 from .live import BLOCK_REPORT_MIN_S, clear_block_progress, write_attempt_error, write_block_progress
 from .memory import Budget, attempt_budget, block_sizing
 from .plan import BLOCKS_PER_SHARD, MAX_BLOCK_BYTES, Plan, Shard, shard_blocks
-from .storage import is_remote, set_options
+from .storage import is_remote, mark_transient, set_options
 from .store import ShardRecord, open_for_writing, record_attempt, write_marker
 from .writer import BlockWriter
 
@@ -173,10 +173,15 @@ def run_shard(
     store = spec.store.path
     set_options(store, spec.store.storage_options)  # a worker opens the store from its URL itself
     check_store_here(store, store_id)
-    attempt = record_attempt(store, shard.id)
+    try:
+        attempt = record_attempt(store, shard.id)
+    except Exception as err:
+        mark_transient(err)  # the driver counts a storage outage by it (its causes stay here, under Ray)
+        raise
     try:
         return _run_attempt(spec, shard, attempt, bytes_per_sample, memory_retries)
     except Exception as err:
+        mark_transient(err)
         # the full traceback goes to the store (manifest, `pipeline inspect --shard`), the console gets one line
         write_attempt_error(store, shard.id, attempt, err)
         raise
