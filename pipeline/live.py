@@ -412,7 +412,8 @@ class LiveRun:
         with self._lock:
             self._failed.add(shard.id)
             self._running.pop(shard.id, None)
-            attempts = max(self._attempt_in_run(shard.id, None), attempts or 0)
+            with contextlib.suppress(Exception):  # the storage is out of reach: the executor's count stands
+                attempts = max(self._attempt_in_run(shard.id, None), attempts or 0)
         self._message(
             f"shard {shard.id}: attempt {attempts}/{self.tries} failed, giving up: {error_line(error)} "
             f"(traceback: pipeline inspect {self._where} --shard {shard.id})"

@@ -669,6 +669,8 @@ class Attempts:
         """Raise ``StorageDown`` for ``store`` when an outage stopped the run (the driver finalizes, then says it)."""
         if self.storage_down is not None:
             error = self.storage_down
+            for _ in range(8):  # the storage's own words (s3fs's OSError(EBUSY) hides the SlowDown it came from)
+                error = error.__cause__ or error
             text = str(error).strip().splitlines()
             raise StorageDown(str(store), f"{type(error).__name__}: {text[0] if text else ''}"[:300], self.retries + 1)
 

@@ -186,7 +186,7 @@ def assert_outage_line(line: str, url: str, retries: int, done: int) -> None:
     assert line.startswith(
         f"error: the storage of {url} did not answer: {retries + 1} shard attempts in a row failed on it ("
     ), line
-    assert "503" in line, line
+    assert "503" in line or "SlowDown" in line, line
     assert f"no further shard was started; {done} of 12 shards are committed and kept" in line, line
     assert line.endswith("run the same command again when the storage answers (it resumes)"), line
 
@@ -211,6 +211,27 @@ def test_a_bucket_refusing_every_write_starts_no_further_shard_and_a_rerun_compl
     assert_outage_line(line, url, retries, done)
     if executor == "ray":
         return  # the resume is the inline case's (a second local Ray would double this test's time)
+    code, output, _ = run_cli(s3_server.endpoint, *args)  # the bucket answers again: the same command resumes
+    assert code == 0, output
+    assert f"resumed: {done} shard" in output, output
+    assert_same_store(s3_server, url, clean_twelve)
+
+
+def test_a_bucket_answering_only_errors_stops_with_one_line_and_a_rerun_completes(s3_server, clean_twelve):
+    """Every request answered 503 once a shard has committed, the driver's own too: the outage's line, not a crash.
+
+    Before, the driver's progress line for the first shard out of attempts listed the store, and that error
+    ended the run (exit 2, "could not finalize"), hiding what happened.
+    """
+    url = s3_server.url("flaky-outage-all.zarr")
+    retries = 1
+    outage = Outage(url)
+    code, line, done, args = run_outage(s3_server, url, outage, "inline", retries)
+    assert len(outage.attempts) <= retries + 1 + 1, sorted(outage.attempts)
+    assert code == 1, line
+    assert 0 < done < 12
+    assert_outage_line(line, url, retries, done)
+    assert " (the manifest could not be written either: " in line, line
     code, output, _ = run_cli(s3_server.endpoint, *args)  # the bucket answers again: the same command resumes
     assert code == 0, output
     assert f"resumed: {done} shard" in output, output
