@@ -655,7 +655,8 @@ class Attempts:
         if is_storage_full(error):
             self.storage_full = True
             return False
-        if not died and error is not None and is_transient(error):
+        rejected = isinstance(error, RejectedResults)  # the shard's own results, whatever its text holds
+        if not died and error is not None and not rejected and is_transient(error):
             self._storage_failures += 1
             if self._storage_failures > self.retries and self.storage_down is None:
                 self.storage_down = error

@@ -540,13 +540,14 @@ _TRANSIENT_WORDS = (
     "serviceunavailable",
     "service unavailable",
     "requesttimeout",
-    "503",
-    "500 ",
-    "502",
-    "504",
     "connection reset",
     "timed out",
 )
+
+
+# an HTTP status as the clients write it (botocore: "An error occurred (503) when calling ..."; obstore: "status
+# code: 503"), not any digits ("float16 holds |x| <= 65504" is no 504, nor is "shard 500" a 500)
+_TRANSIENT_STATUS = re.compile(r"\((?:500|502|503|504)\)|status(?: code)?:? ?(?:500|502|503|504)(?!\d)")
 
 
 def is_transient(err: BaseException) -> bool:
@@ -554,6 +555,8 @@ def is_transient(err: BaseException) -> bool:
 
     Example:
         >>> is_transient(ConnectionRefusedError(111, "refused")), is_transient(FileNotFoundError("x"))
+        (True, False)
+        >>> is_transient(OSError("An error occurred (503) when calling PutObject")), is_transient(ValueError("|x| <= 65504"))
         (True, False)
     """
     seen = 0
@@ -567,7 +570,7 @@ def is_transient(err: BaseException) -> bool:
         if isinstance(link, (ConnectionError, TimeoutError)) or type(link).__name__ in _TRANSIENT_NAMES:
             return True
         text = str(link).lower()
-        if any(word in text for word in _TRANSIENT_WORDS):
+        if any(word in text for word in _TRANSIENT_WORDS) or _TRANSIENT_STATUS.search(text):
             return True
         link = link.__cause__ or link.__context__
         seen += 1

@@ -634,3 +634,18 @@ def test_reading_a_store_does_not_list_its_bucket(s3_server, s3_quickstart, monk
     assert probes == []
     store_module.check_readable(s3_server.url("nothing-here.zarr"))  # no store: now the bucket is asked why
     assert len(probes) == 1
+
+
+def test_a_status_code_counts_as_transient_only_where_a_client_wrote_one():
+    """ "float16 holds |x| <= 65504" read as a 504: a stored-dtype overflow counted as a storage outage."""
+    from pipeline.errors import RejectedResults
+    from pipeline.runner import Attempts
+
+    assert storage.is_transient(OSError("An error occurred (503) when calling the PutObject operation"))
+    assert storage.is_transient(OSError("Server returned non-2xx status code: 500 Internal Server Error"))
+    overflow = RejectedResults("shard 502 (samples 384-448): float16 holds |x| <= 65504")
+    assert not storage.is_transient(overflow) and not storage.is_transient(OSError("shard 500 failed"))
+    attempts = Attempts(retries=1)
+    for shard in range(3):  # three shards rejected in a row: no outage, each simply not retried
+        assert attempts.failed(shard, overflow) is False
+    assert attempts.storage_down is None
