@@ -6,6 +6,7 @@ server and, for a seeded random share ``rate`` of them (or for the requests a
 
 - ``"503"``: ``503 SlowDown`` with S3's XML error body, request not forwarded;
 - ``"500"``: ``500 InternalError``, request not forwarded;
+- ``"403"``: ``403 AccessDenied``, request not forwarded;
 - ``"reset"``: the connection reset before any answer, request not forwarded;
 - ``"reset-after"``: the request forwarded (so it took effect), then the
   connection reset before the answer reaches the client;
@@ -35,6 +36,7 @@ ACTIONS = ("503", "500", "reset", "reset-after", "delay")
 _ERRORS = {
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "403": (403, "AccessDenied", "Access Denied"),  # what prefix_proxy.PrefixProxy answers outside its prefix
 }
 
 Rule = Callable[[str, str, str, dict[str, str]], "str | None"]
@@ -110,11 +112,16 @@ class FaultProxy:
                 self.faults[action] += 1
             return action
 
+    def _decide(self, handler: BaseHTTPRequestHandler, body: bytes) -> str | None:
+        """The action for this request (None: forward it); subclasses decide otherwise (``PrefixProxy``)."""
+        parts = urlsplit(handler.path)
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        return self._choose(handler.command, parts.path, parts.query, headers)
+
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = _read_body(handler)
         parts = urlsplit(handler.path)
-        headers = {k.lower(): v for k, v in handler.headers.items()}
-        action = self._choose(handler.command, parts.path, parts.query, headers)
+        action = self._decide(handler, body)
         if action in _ERRORS:
             status, code, message = _ERRORS[action]
             xml = (

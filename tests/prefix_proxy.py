@@ -23,20 +23,13 @@ Every request is recorded in ``requests`` as ``(method, path and query, allowed)
 from __future__ import annotations
 
 import html
-import http.client
-import http.server
 import re
 import threading
 import urllib.parse
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 
-from s3server import free_port
-
-ACCESS_DENIED = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message>'
-    b"<RequestId>PREFIXPROXY</RequestId><HostId>prefix-proxy</HostId></Error>"
-)
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
+from fault_proxy import FaultProxy
 
 
 @dataclass(frozen=True)
@@ -74,80 +67,26 @@ def allowed(method: str, target: str, body: bytes, bucket: str, prefix: str) -> 
     return False
 
 
-class PrefixProxy:
-    """``PrefixProxy(server_port, bucket, "team-a/")``: a proxy on ``endpoint`` until ``stop()``."""
+class PrefixProxy(FaultProxy):
+    """``PrefixProxy(server_port, bucket, "team-a/")``: a proxy on ``endpoint`` until ``stop()``.
+
+    A ``FaultProxy`` whose only fault is S3's ``403 AccessDenied``, answered to what ``allowed`` refuses.
+    """
 
     def __init__(self, target_port: int, bucket: str, prefix: str) -> None:
-        self.requests: list[Request] = []
-        proxy = self
+        self.bucket, self.prefix = bucket, prefix
+        self._seen = threading.Lock()
+        super().__init__(target_port)
+        self.requests: list[Request] = []  # type: ignore[assignment]  (every request, not FaultProxy's counts)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        chunk = self.rfile.read(size + 2)[:size]
-                        if size == 0:
-                            while self.rfile.readline().strip():  # trailers
-                                pass
-                            return data
-                        data += chunk
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _handle(self) -> None:
-                body = self._body()
-                ok = allowed(self.command, self.path, body, bucket, prefix)
-                proxy.requests.append(Request(self.command, self.path, ok))
-                if not ok:
-                    self.send_response(403)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(ACCESS_DENIED)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(ACCESS_DENIED)
-                    return
-                upstream = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                    if self.command not in ("GET", "HEAD", "DELETE") or body:
-                        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
-                        headers["Content-Length"] = str(len(body))
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                    self.send_response(response.status, response.reason)
-                    for name, value in response.getheaders():
-                        if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-                            self.send_header(name, value)
-                    length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
-                    self.send_header("Content-Length", length or "0")
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(data)
-                finally:
-                    upstream.close()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
-
-        self.port = free_port()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _decide(self, handler: BaseHTTPRequestHandler, body: bytes) -> str | None:
+        ok = allowed(handler.command, handler.path, body, self.bucket, self.prefix)
+        with self._seen:
+            self.requests.append(Request(handler.command, handler.path, ok))
+        return None if ok else "403"
 
     def refused(self) -> list[Request]:
         return [r for r in self.requests if not r.allowed]
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.close()
