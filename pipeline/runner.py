@@ -18,7 +18,7 @@ from .cluster_watch import ClusterWatch, host_port, reason_of
 from .errors import ClusterError, RejectedResults, StorageDown, is_storage_full
 from .memory import is_memory_failure
 from .plan import Shard
-from .storage import is_transient
+from .storage import is_remote, is_transient
 from .store import ShardRecord
 
 # the unit of work, ``tasks.shard_task(plan)``: (spec, shard, memory_retries) -> its record
@@ -225,7 +225,7 @@ class InlineExecutor:
         """Nothing to check: shards run in this process, on its device."""
 
     def run(self, unit: Unit, spec: Any, shards: Sequence[Shard], on_done: OnDone, on_failed: OnFailed) -> None:
-        attempts = Attempts(spec.execution.retries)
+        attempts = Attempts(spec.execution.retries, remote=is_remote(spec.store.path))
         for shard in shards:
             while True:
                 try:
@@ -361,7 +361,6 @@ class RayExecutor:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from .storage import is_remote
         from .store_probe import probe_file, probe_timeout_s, sees_probe
 
         path = spec.store.path
@@ -545,7 +544,7 @@ class RayExecutor:
         # Ray prints a task's whole traceback on the driver every time it retries one that raised;
         # retried here instead, the worker records the traceback in the store (tasks.run_shard) and
         # the console gets one line per attempt (live.LiveRun).
-        attempts = Attempts(spec.execution.retries)
+        attempts = Attempts(spec.execution.retries, remote=is_remote(spec.store.path))
         # A cluster that goes away mid-run (its head killed, the network cut) makes Ray's calls block
         # and, a minute later, Ray end this process without a word: the watch notices in
         # $PIPELINE_CLUSTER_LOST_S seconds and raises ClusterLost (the driver keeps what is committed).
@@ -609,7 +608,8 @@ class Attempts:
     A full disk (``is_storage_full``) is never retried and sets ``storage_full``: the executors then start
     no more shards, which would compute only to fail writing (the run ends; its committed shards are kept).
 
-    A storage outage stops the run the same way: once ``retries + 1`` attempts in a row (of any shards)
+    A bucket's outage stops the run the same way (``remote``; on a local store a connection error or a
+    timeout is the function's own, counted as any failure): once ``retries + 1`` attempts in a row (of any shards)
     failed with a transient storage error (``storage.is_transient``: 5xx, throttling, timeouts, refused or
     dropped connections, each already tried ``PIPELINE_STORAGE_RETRIES`` times inside the attempt), with no
     commit (``committed``) and no failure of another kind in between, ``storage_down`` holds the last error,
@@ -627,8 +627,9 @@ class Attempts:
     (True, False, False, True)
     """
 
-    def __init__(self, retries: int) -> None:
+    def __init__(self, retries: int, *, remote: bool = True) -> None:
         self.retries = retries
+        self.remote = remote  # a bucket store, which can go down; a local disk has no outage, only a full disk
         self.storage_full = False
         self.storage_down: BaseException | None = None  # the error of the attempt that showed the outage
         self._storage_failures = 0  # attempts in a row that failed on the storage, since the last commit
@@ -656,15 +657,18 @@ class Attempts:
             self.storage_full = True
             return False
         rejected = isinstance(error, RejectedResults)  # the shard's own results, whatever its text holds
-        if not died and error is not None and not rejected and is_transient(error):
+        # a worker that died, or any failure on a local store (a connection error there is the function's own),
+        # says nothing of the storage
+        telling = self.remote and not died
+        if telling and error is not None and not rejected and is_transient(error):
             self._storage_failures += 1
             if self._storage_failures > self.retries and self.storage_down is None:
                 self.storage_down = error
-        elif not died:  # a failure of another kind: not a row of storage failures
+        elif telling:  # a failure of another kind: not a row of storage failures
             self._storage_failures = 0
         if self.storage_down is not None:
             return False  # no attempt starts any more
-        return self._failures[shard_id] <= self.retries and not isinstance(error, RejectedResults)
+        return self._failures[shard_id] <= self.retries and not rejected
 
     def raise_if_storage_down(self, store: str) -> None:
         """Raise ``StorageDown`` for ``store`` when an outage stopped the run (the driver finalizes, then says it)."""

@@ -264,3 +264,35 @@ def test_a_500_to_a_head_request_is_retried(s3_server, clean_store):
         assert proxy.faults["500"] == 1
     assert result.exit_code == 0, result.output
     assert_same_store(s3_server, url, clean_store)
+
+
+def test_connection_errors_on_a_local_store_are_the_functions_not_an_outage(tmp_path):
+    """A function that fetches over the network fails its shards with ConnectionResetError: on a local store
+    that is no storage outage (it stopped the run, saying 'the storage of /local/path did not answer')."""
+    from types import SimpleNamespace
+
+    from pipeline.plan import Shard
+    from pipeline.runner import InlineExecutor
+
+    shards = [Shard(i, 10 * i, 10 * i + 10) for i in range(4)]
+    done, failed = [], []
+
+    def unit(spec, shard, memory_retries):
+        if shard.id < 3:
+            raise ConnectionResetError(104, "connection reset by peer (the function's own download)")
+        return shard.id
+
+    for path, remote in ((str(tmp_path / "local.zarr"), False), ("s3://bucket/run.zarr", True)):
+        done.clear()
+        failed.clear()
+        spec = SimpleNamespace(execution=SimpleNamespace(retries=1), store=SimpleNamespace(path=path))
+        run = lambda spec=spec: InlineExecutor().run(  # noqa: E731
+            unit, spec, shards, done.append, lambda shard, attempts, error: failed.append(shard.id)
+        )
+        if remote:  # a bucket: the same errors, attempts in a row, are an outage (after one shard's attempts)
+            with pytest.raises(Exception, match="did not answer"):
+                run()
+            assert failed == [0] and done == []
+        else:  # every shard ran: three failed on their own error, one committed
+            run()
+            assert failed == [0, 1, 2] and done == [3]
