@@ -347,7 +347,7 @@ class RayExecutor:
         cpus, gpus, _ = self.resources(spec)
         self.check_store_seen(spec, cpus, gpus)
 
-    def check_store_seen(self, spec, cpus: float = 1.0, gpus: float = 0.0) -> list[str]:
+    def check_store_seen(self, spec, cpus: float = 1.0, gpus: float = 0.0) -> None:
         """Raise a ClusterError when a node on another host than the driver does not see the local ``store.path``.
 
         Only the alive nodes that can run a shard (``cpus``, ``gpus`` free of any task) and whose address is not
@@ -356,7 +356,7 @@ class RayExecutor:
         A bucket URL, ``--local`` and a cluster all on the driver's host are not probed (no task, no wait). A node
         that does not answer within ``$PIPELINE_STORE_PROBE_S`` (default 20) s is not waited for: ``notify``
         hears so, and a shard that runs there is still checked by the worker (``tasks.check_store_here``), as
-        on the nodes an autoscaler adds later. Returns the addresses of the nodes probed.
+        on the nodes an autoscaler adds later.
         """
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -365,7 +365,7 @@ class RayExecutor:
 
         path = spec.store.path
         if self.local or is_remote(path):
-            return []
+            return
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         here = self._driver_addresses(ray, nodes)
         others = [
@@ -376,7 +376,7 @@ class RayExecutor:
             and n.get("Resources", {}).get("GPU", 0) >= gpus
         ]
         if not others:
-            return []
+            return
         timeout = probe_timeout_s()
         task = ray.remote(num_cpus=0, max_retries=0)(sees_probe)  # no CPU: a busy node answers too
         with probe_file(path) as (probe, token):
@@ -416,7 +416,6 @@ class RayExecutor:
                 self.notify(
                     f"store.path {path}: seen by the nodes on other hosts than this driver ({_node_names(answered)})"
                 )
-        return [n["NodeManagerAddress"] for n in others]
 
     def _driver_addresses(self, ray, nodes: list[dict]) -> set[str]:
         """The node addresses of this driver's host: its Ray node's, or (Ray client) the addresses of this machine."""
